@@ -1,0 +1,61 @@
+//! The errors that stop a whole run, and the exit codes a scheduler sees.
+//!
+//! Per-machine failures are never an `Error`: they are results rows. An `Error` means the run itself could
+//! not go on (settings, sign-in, input, output), and each variant carries what a user needs to fix it.
+
+use std::path::PathBuf;
+
+/// Exit codes, documented in README and `--help`.
+pub mod exit_code {
+    /// Every row ended `submitted`, `already_pending` or `duplicate`.
+    pub const OK: u8 = 0;
+    /// The run could not run: settings, sign-in, input or output.
+    pub const CANNOT_RUN: u8 = 1;
+    /// The command line was wrong, or a confirmation was needed and could not be asked.
+    pub const USAGE: u8 = 2;
+    /// The run finished, but some rows did not end well.
+    pub const SOME_FAILED: u8 = 3;
+    /// Interrupted by Ctrl-C or SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Why a run could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {}: {message}", path.display())]
+    ConfigFile { path: PathBuf, message: String },
+
+    #[error("setting `{key}`: {message}")]
+    Setting { key: &'static str, message: String },
+
+    #[error("input {}: {message}", path.display())]
+    Input { path: PathBuf, message: String },
+
+    #[error("output {}: {message}", path.display())]
+    Output { path: PathBuf, message: String },
+
+    #[error("sign-in failed: {0}")]
+    Auth(String),
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("simulator: {0}")]
+    Simulator(String),
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// The exit code this error ends the process with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => exit_code::USAGE,
+            Error::Interrupted => exit_code::INTERRUPTED,
+            _ => exit_code::CANNOT_RUN,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

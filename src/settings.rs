@@ -1,0 +1,567 @@
+//! Settings: command-line flags, environment and config file, resolved and validated once.
+//!
+//! Precedence is flag > environment variable > config file (`--config FILE`, TOML) > default. Everything a
+//! later stage needs is checked here, so the rest of the program works with plain values: a wrong key or
+//! value is reported with the key, the value and what is allowed, before any network call.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Where Entra ID signs in commercial-cloud apps (Microsoft's documentation).
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+/// The v2 scope of the Defender for Endpoint API (Microsoft's documentation).
+pub const DEFAULT_SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
+/// The current Defender for Endpoint API host (Microsoft's documentation).
+pub const DEFAULT_API_BASE: &str = "https://api.security.microsoft.com";
+/// The quotas of the offboard and machine APIs: 100 calls a minute and 1,500 an hour (Microsoft's documentation).
+pub const DEFAULT_RATES: [&str; 2] = ["100/1m", "1500/1h"];
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The environment variable that normally holds the client secret (never a flag: flags show in `ps`).
+pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
+
+/// A quota: at most `limit` calls in any window of `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub limit: u32,
+    pub period: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected N/PERIOD, for example 100/1m, 1500/1h or 100/600ms";
+        let (n, period) = s.trim().split_once('/').ok_or_else(|| expected.to_string())?;
+        let limit: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{n}` is not a whole number above 0; {expected}"))?;
+        let period = humantime::parse_duration(period.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("`{period}` is not a period above zero; {expected}"))?;
+        Ok(Rate { limit, period })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.limit, humantime::format_duration(self.period))
+    }
+}
+
+/// A secret value: its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The flags that feed [`Settings`]; flattened into every subcommand that talks to the API.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SettingsArgs {
+    /// TOML config file (see config.example.toml).
+    #[arg(long, value_name = "FILE", env = "MDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Entra ID tenant (directory) id. [config: auth.tenant_id]
+    #[arg(long, env = "MDE_TENANT_ID", value_name = "ID")]
+    pub tenant_id: Option<String>,
+    /// Application (client) id of the app registration. [config: auth.client_id]
+    #[arg(long, env = "MDE_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// File holding the client secret; otherwise it is read from MDE_CLIENT_SECRET. [config: auth.client_secret_file]
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Entra ID sign-in host. [config: auth.authority] [default: https://login.microsoftonline.com]
+    #[arg(long, env = "MDE_AUTHORITY", value_name = "URL")]
+    pub authority: Option<String>,
+    /// OAuth scope of the API. [config: auth.scope] [default: https://api.securitycenter.microsoft.com/.default]
+    #[arg(long, env = "MDE_SCOPE", value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// Defender for Endpoint API host. [config: api.base_url] [default: https://api.security.microsoft.com]
+    #[arg(long = "api-base", env = "MDE_API_BASE", value_name = "URL")]
+    pub api_base: Option<String>,
+    /// Time limit for one API call, e.g. 30s. [config: api.timeout] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Comment recorded with each offboard action (required by the API). [config: run.comment]
+    #[arg(long, env = "MDE_COMMENT", value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Machines worked on at once. [config: run.concurrency] [default: 4]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<String>,
+    /// A quota N/PERIOD; repeat for several. Replaces the configured list. [config: run.rate] [default: 100/1m, 1500/1h]
+    #[arg(long = "rate", value_name = "N/PERIOD")]
+    pub rates: Vec<String>,
+    /// Calls at most per machine before it counts as failed. [config: run.max_attempts] [default: 6]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<String>,
+    /// First wait before retrying a 5xx or a dropped connection; doubles each time, with jitter. [config: run.retry_delay] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub retry_delay: Option<String>,
+}
+
+/// Everything resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// Where the secret came from, for messages (never the secret itself).
+    pub secret_source: Option<String>,
+    pub authority: String,
+    pub scope: String,
+    pub api_base: String,
+    pub timeout: Duration,
+    pub comment: Option<String>,
+    pub concurrency: usize,
+    pub rates: Vec<Rate>,
+    pub max_attempts: u32,
+    pub retry_delay: Duration,
+    /// Things a user should hear about but that do not stop the run.
+    pub warnings: Vec<String>,
+}
+
+/// What signing in needs, all present.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub secret: Secret,
+    pub authority: String,
+    pub scope: String,
+}
+
+/// The keys a config file may hold, by section.
+const CONFIG_KEYS: &[(&str, &[&str])] = &[
+    ("auth", &["tenant_id", "client_id", "client_secret_file", "client_secret", "authority", "scope"]),
+    ("api", &["base_url", "timeout"]),
+    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay"]),
+];
+
+/// Values read from a config file, still unvalidated strings keyed by `section.key`.
+#[derive(Default)]
+struct FileValues {
+    path: Option<PathBuf>,
+    values: Vec<(String, toml::Value)>,
+}
+
+impl FileValues {
+    fn load(path: &Path) -> Result<Self> {
+        let fail = |message: String| Error::ConfigFile { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {}", e.message())))?;
+        let mut values = Vec::new();
+        for (section, body) in table {
+            let Some((_, keys)) = CONFIG_KEYS.iter().find(|(name, _)| *name == section) else {
+                let known: Vec<_> = CONFIG_KEYS.iter().map(|(s, _)| format!("[{s}]")).collect();
+                return Err(fail(format!("unknown section `{section}`; known sections are {}", known.join(", "))));
+            };
+            let toml::Value::Table(body) = body else {
+                return Err(fail(format!("`{section}` must be a section ([{section}]), not a value")));
+            };
+            for (key, value) in body {
+                if !keys.contains(&key.as_str()) {
+                    return Err(fail(format!(
+                        "unknown key `{section}.{key}`; keys in [{section}] are {}",
+                        keys.join(", ")
+                    )));
+                }
+                values.push((format!("{section}.{key}"), value));
+            }
+        }
+        Ok(FileValues { path: Some(path.to_owned()), values })
+    }
+
+    fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn wrong_type(&self, key: &str, wanted: &str) -> Error {
+        Error::ConfigFile {
+            path: self.path.clone().unwrap_or_default(),
+            message: format!("`{key}` must be {wanted}"),
+        }
+    }
+
+    /// A string value; numbers are accepted where the key takes a number written either way.
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+            Some(_) => Err(self.wrong_type(key, "a string")),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.wrong_type(key, "a list of strings")))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.wrong_type(key, "a list of strings")),
+        }
+    }
+}
+
+/// Resolves `args`, the environment (through `env`) and the config file into [`Settings`].
+pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => FileValues::load(path)?,
+        None => FileValues::default(),
+    };
+    let mut warnings = Vec::new();
+
+    let pick = |flag: &Option<String>, key: &str| -> Result<Option<String>> {
+        match flag {
+            Some(v) => Ok(Some(v.clone())),
+            None => file.string(key),
+        }
+    };
+
+    let tenant_id = pick(&args.tenant_id, "auth.tenant_id")?.map(|v| check_tenant(&v)).transpose()?;
+    let client_id = pick(&args.client_id, "auth.client_id")?.map(|v| check_client_id(&v)).transpose()?;
+
+    let (client_secret, secret_source) = resolve_secret(args, &file, env, &mut warnings)?;
+
+    let authority = check_url("auth.authority", &pick(&args.authority, "auth.authority")?.unwrap_or(DEFAULT_AUTHORITY.into()))?;
+    let scope = pick(&args.scope, "auth.scope")?.unwrap_or(DEFAULT_SCOPE.into());
+    if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
+        return Err(bad("auth.scope", &scope, "a scope URL such as https://api.securitycenter.microsoft.com/.default"));
+    }
+    let api_base = check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(DEFAULT_API_BASE.into()))?;
+    let timeout = match pick(&args.timeout, "api.timeout")? {
+        Some(v) => parse_duration("api.timeout", &v)?,
+        None => DEFAULT_TIMEOUT,
+    };
+    let comment = pick(&args.comment, "run.comment")?;
+    if let Some(c) = &comment {
+        if c.trim().is_empty() {
+            return Err(bad("run.comment", c, "a non-empty text (the API requires a comment)"));
+        }
+    }
+    let concurrency = match pick(&args.concurrency, "run.concurrency")? {
+        Some(v) => parse_number("run.concurrency", &v, 1, 256)? as usize,
+        None => DEFAULT_CONCURRENCY,
+    };
+    let rate_texts = if !args.rates.is_empty() {
+        args.rates.clone()
+    } else {
+        file.strings("run.rate")?.unwrap_or_else(|| DEFAULT_RATES.iter().map(|s| s.to_string()).collect())
+    };
+    let rates = rate_texts
+        .iter()
+        .map(|r| r.parse::<Rate>().map_err(|why| bad("run.rate", r, &why)))
+        .collect::<Result<Vec<_>>>()?;
+    let max_attempts = match pick(&args.max_attempts, "run.max_attempts")? {
+        Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
+        None => DEFAULT_MAX_ATTEMPTS,
+    };
+    let retry_delay = match pick(&args.retry_delay, "run.retry_delay")? {
+        Some(v) => parse_duration("run.retry_delay", &v)?,
+        None => DEFAULT_RETRY_DELAY,
+    };
+
+    Ok(Settings {
+        tenant_id,
+        client_id,
+        client_secret,
+        secret_source,
+        authority,
+        scope,
+        api_base,
+        timeout,
+        comment,
+        concurrency,
+        rates,
+        max_attempts,
+        retry_delay,
+        warnings,
+    })
+}
+
+impl Settings {
+    /// What signing in needs, or an error naming the first thing missing.
+    pub fn credentials(&self) -> Result<Credentials> {
+        let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
+        Ok(Credentials {
+            tenant_id: self
+                .tenant_id
+                .clone()
+                .ok_or_else(|| missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file"))?,
+            client_id: self
+                .client_id
+                .clone()
+                .ok_or_else(|| missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file"))?,
+            secret: self.client_secret.clone().ok_or_else(|| {
+                missing(
+                    "auth.client_secret",
+                    "put the client secret in the MDE_CLIENT_SECRET environment variable, or in a file named by --client-secret-file",
+                )
+            })?,
+            authority: self.authority.clone(),
+            scope: self.scope.clone(),
+        })
+    }
+
+    /// The comment an offboard needs, or an error saying how to give one.
+    pub fn require_comment(&self) -> Result<String> {
+        self.comment.clone().ok_or_else(|| Error::Setting {
+            key: "run.comment",
+            message: "is required for offboarding (the API records it with each action); set --comment, MDE_COMMENT or run.comment".into(),
+        })
+    }
+}
+
+fn resolve_secret(
+    args: &SettingsArgs,
+    file: &FileValues,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<Secret>, Option<String>)> {
+    if let Some(path) = &args.client_secret_file {
+        return read_secret_file(path, warnings).map(|s| (Some(s), Some(format!("secret file {}", path.display()))));
+    }
+    if let Some(value) = env(SECRET_ENV) {
+        return check_secret(&value, SECRET_ENV).map(|s| (Some(s), Some(SECRET_ENV.to_string())));
+    }
+    if let Some(path) = file.string("auth.client_secret_file")? {
+        let path = PathBuf::from(path);
+        return read_secret_file(&path, warnings).map(|s| (Some(s), Some(format!("secret file {}", path.display()))));
+    }
+    if let Some(value) = file.string("auth.client_secret")? {
+        let config = file.path.clone().unwrap_or_default();
+        if readable_by_others(&config) {
+            warnings.push(format!(
+                "config file {} holds a client secret and is readable by other users; restrict it (chmod 600) or move the secret to MDE_CLIENT_SECRET",
+                config.display()
+            ));
+        }
+        return check_secret(&value, "auth.client_secret").map(|s| (Some(s), Some(format!("config file {}", config.display()))));
+    }
+    Ok((None, None))
+}
+
+fn read_secret_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Setting {
+        key: "auth.client_secret_file",
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    if readable_by_others(path) {
+        warnings.push(format!(
+            "secret file {} is readable by other users; restrict it (chmod 600)",
+            path.display()
+        ));
+    }
+    check_secret(text.trim_end_matches(['\r', '\n']), "auth.client_secret_file")
+}
+
+/// A secret must be one line of printable characters: anything else is a copy-and-paste accident.
+fn check_secret(value: &str, source: &'static str) -> Result<Secret> {
+    let value = value.trim();
+    let message = if value.is_empty() {
+        "the client secret is empty"
+    } else if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "the client secret contains spaces, line breaks or control characters; copy the secret's Value (not its ID) again"
+    } else {
+        return Ok(Secret::new(value));
+    };
+    Err(Error::Setting { key: source, message: message.into() })
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o044 != 0).unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &Path) -> bool {
+    // Windows ACLs are not mode bits; the file's owner is expected to restrict it.
+    false
+}
+
+fn bad(key: &'static str, value: &str, allowed: &str) -> Error {
+    Error::Setting { key, message: format!("`{value}` is not allowed: {allowed}") }
+}
+
+fn parse_duration(key: &'static str, value: &str) -> Result<Duration> {
+    humantime::parse_duration(value.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| bad(key, value, "a duration above zero such as 30s, 2m or 500ms"))
+}
+
+fn parse_number(key: &'static str, value: &str, min: u64, max: u64) -> Result<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| bad(key, value, &format!("a whole number from {min} to {max}")))
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<_> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn check_tenant(value: &str) -> Result<String> {
+    let v = value.trim();
+    let domain_like = v.contains('.') && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if is_guid(v) || domain_like {
+        Ok(v.to_string())
+    } else {
+        Err(bad("auth.tenant_id", value, "the tenant's GUID (Directory ID) or its domain, such as contoso.onmicrosoft.com"))
+    }
+}
+
+fn check_client_id(value: &str) -> Result<String> {
+    let v = value.trim();
+    if is_guid(v) {
+        Ok(v.to_string())
+    } else {
+        Err(bad("auth.client_id", value, "the app registration's Application (client) ID, a GUID"))
+    }
+}
+
+/// A base URL: https, or plain http to a loopback host only (the simulator), without a trailing slash.
+fn check_url(key: &'static str, value: &str) -> Result<String> {
+    let v = value.trim().trim_end_matches('/');
+    let allowed = "an https:// URL (http:// only for 127.0.0.1, localhost or [::1])";
+    let rest = if let Some(rest) = v.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = v.strip_prefix("http://") {
+        let host = rest.split(['/', ':']).next().unwrap_or("");
+        let host = if rest.starts_with("[::1]") { "[::1]" } else { host };
+        if !(host == "localhost" || host == "[::1]" || host.starts_with("127.")) {
+            return Err(bad(key, value, allowed));
+        }
+        rest
+    } else {
+        return Err(bad(key, value, allowed));
+    };
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(bad(key, value, allowed));
+    }
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn rates_parse_and_reject() {
+        assert_eq!("100/1m".parse::<Rate>().unwrap(), Rate { limit: 100, period: Duration::from_secs(60) });
+        assert_eq!("100/600ms".parse::<Rate>().unwrap().period, Duration::from_millis(600));
+        assert!("0/1m".parse::<Rate>().is_err());
+        assert!("100".parse::<Rate>().is_err());
+        assert!("100/0s".parse::<Rate>().is_err());
+        assert!("x/1m".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn defaults_apply_without_anything() {
+        let s = resolve(&SettingsArgs::default(), &no_env).unwrap();
+        assert_eq!(s.authority, DEFAULT_AUTHORITY);
+        assert_eq!(s.rates.len(), 2);
+        assert_eq!(s.rates[1], Rate { limit: 1500, period: Duration::from_secs(3600) });
+        assert_eq!(s.concurrency, 4);
+        assert!(s.credentials().is_err());
+    }
+
+    #[test]
+    fn flag_beats_file_and_rate_flags_replace_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[run]\nconcurrency = 9\nrate = [\"5/1s\", \"50/1m\"]\ncomment = \"from file\"\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            comment: Some("from flag".into()),
+            rates: vec!["7/1s".into()],
+            ..Default::default()
+        };
+        let s = resolve(&args, &no_env).unwrap();
+        assert_eq!(s.concurrency, 9);
+        assert_eq!(s.comment.as_deref(), Some("from flag"));
+        assert_eq!(s.rates, vec![Rate { limit: 7, period: Duration::from_secs(1) }]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[run]\nconcurency = 9\n").unwrap();
+        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        assert!(msg.contains("run.concurency") && msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn wrong_value_names_key_value_and_allowed() {
+        let args = SettingsArgs { concurrency: Some("0".into()), ..Default::default() };
+        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
+        let args = SettingsArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
+        assert!(resolve(&args, &no_env).unwrap_err().to_string().contains("api.base_url"));
+    }
+
+    #[test]
+    fn secret_from_env_is_checked_and_never_printed() {
+        let env = |k: &str| (k == SECRET_ENV).then(|| "s3cr3t~value".to_string());
+        let s = resolve(&SettingsArgs::default(), &env).unwrap();
+        assert_eq!(s.client_secret.as_ref().unwrap().expose(), "s3cr3t~value");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        let env = |k: &str| (k == SECRET_ENV).then(|| "two words".to_string());
+        let msg = resolve(&SettingsArgs::default(), &env).unwrap_err().to_string();
+        assert!(msg.contains("spaces") && !msg.contains("two words"), "{msg}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_in_world_readable_config_warns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[auth]\nclient_secret = \"abc\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args, &no_env).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(resolve(&args, &no_env).unwrap().warnings.is_empty());
+    }
+}
