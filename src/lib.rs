@@ -1,5 +1,16 @@
 //! mde-offboard: offboard fleets of machines from Microsoft Defender for Endpoint, paced to the API's quotas,
 //! with a built-in simulator of the service for tests, the demo and the benchmarks.
 
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod demo;
 pub mod error;
+pub mod input;
+pub mod limiter;
+pub mod logging;
+pub mod progress;
+pub mod results;
+pub mod run;
 pub mod settings;
+pub mod sim;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+    std::process::ExitCode::from(mde_offboard::cli::main())
 }

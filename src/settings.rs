@@ -565,3 +565,24 @@ mod tests {
         assert!(resolve(&args, &no_env).unwrap().warnings.is_empty());
     }
 }
+
+#[cfg(test)]
+mod example_config {
+    use super::*;
+
+    /// config.example.toml must load, and must document every key the file may hold.
+    #[test]
+    fn example_config_loads_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args, &|_| None).unwrap();
+        assert_eq!(s.rates.len(), 2);
+        let text = std::fs::read_to_string(path).unwrap();
+        for (section, keys) in CONFIG_KEYS {
+            assert!(text.contains(&format!("[{section}]")), "[{section}] is not documented");
+            for key in *keys {
+                assert!(text.contains(&format!("{key} =")), "{section}.{key} is not documented");
+            }
+        }
+    }
+}

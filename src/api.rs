@@ -1,0 +1,335 @@
+//! Calls to the Defender for Endpoint API, each through the shared limiter and token cache, with the one
+//! retry policy every call follows.
+//!
+//! Policy: a 429 pauses the whole pool until `Retry-After` (seconds or an HTTP-date; a bounded backoff
+//! when it is missing or absurd) and the call is tried again; 5xx, timeouts and dropped connections back
+//! off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token once; a 404 may be tried
+//! once more (the service has been seen answering 404 for machines that exist); every other 4xx is final.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, TokenCache, describe_transport};
+use crate::limiter::Limiter;
+
+/// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// Longest backoff between attempts after a 5xx or a transport failure, or a 429 without a usable `Retry-After`.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// 429s one call may meet before it gives up (they do not count against `max_attempts`: they are the
+/// quota's doing, not the machine's).
+const THROTTLED_RETRIES_MAX: u32 = 20;
+
+/// A successful answer (2xx).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+/// The final failure of a call, as it goes into a results row.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The HTTP status, or `None` when no answer came.
+    pub status: Option<u16>,
+    /// The service's error code (`ResourceNotFound`, ...), or what the transport did (`Timeout`, ...).
+    pub code: String,
+    pub message: String,
+}
+
+/// What one logical call ended in, and how many HTTP requests it took.
+#[derive(Debug)]
+pub struct CallResult {
+    pub attempts: u32,
+    pub answer: Result<Reply, Failure>,
+}
+
+/// How a call is retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub retry_delay: Duration,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Counters for the summary.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub calls: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    tokens: Arc<TokenCache>,
+    limiter: Arc<Limiter>,
+    policy: RetryPolicy,
+    pub counters: Counters,
+    /// Set when sign-in fails for good mid-run: every call after it fails without being sent.
+    fatal: OnceLock<AuthError>,
+}
+
+enum Step {
+    Done(Result<Reply, Failure>),
+    /// Try again after waiting this long (outside the limiter).
+    Retry(Duration),
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, base: &str, tokens: Arc<TokenCache>, limiter: Arc<Limiter>, policy: RetryPolicy) -> Self {
+        Api {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            tokens,
+            limiter,
+            policy,
+            counters: Counters::default(),
+            fatal: OnceLock::new(),
+        }
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// The sign-in failure that stopped the run, if any.
+    pub fn fatal(&self) -> Option<&AuthError> {
+        self.fatal.get()
+    }
+
+    /// `POST /api/machines/{id}/offboard` with the required `Comment`.
+    pub async fn offboard(&self, machine_id: &str, comment: &str) -> CallResult {
+        let body = serde_json::json!({ "Comment": comment });
+        self.call(reqwest::Method::POST, &format!("/api/machines/{machine_id}/offboard"), Some(&body), true)
+            .await
+    }
+
+    /// `GET {path}` (path with its query).
+    pub async fn get(&self, path_and_query: &str, retry_404: bool) -> CallResult {
+        self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&serde_json::Value>, retry_404: bool) -> CallResult {
+        let url = format!("{}{}", self.base, path);
+        let mut attempts = 0u32;
+        let mut failures = 0u32; // attempts that count against max_attempts
+        let mut throttled = 0u32;
+        let mut renewed = false;
+        let mut retried_404 = false;
+        loop {
+            if let Some(e) = self.fatal.get() {
+                return CallResult { attempts, answer: Err(sign_in_failure(e)) };
+            }
+            let token = match self.tokens.get().await {
+                Ok(token) => token,
+                Err(e) => {
+                    let failure = sign_in_failure(&e);
+                    let _ = self.fatal.set(e);
+                    return CallResult { attempts, answer: Err(failure) };
+                }
+            };
+            let permit = self.limiter.acquire().await;
+            attempts += 1;
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let sent = request.send().await;
+            let answer = match sent {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    response.bytes().await.map(|body| (status, retry_after, body))
+                }
+                Err(e) => Err(e),
+            };
+            // The answer is in (or the call failed): from now on the call holds its place one period.
+            permit.finish();
+
+            let step = match answer {
+                Err(e) => {
+                    failures += 1;
+                    let failure = transport_failure(&e);
+                    tracing::debug!(%path, attempt = attempts, code = %failure.code, "call failed: {}", failure.message);
+                    if failures < self.policy.max_attempts {
+                        Step::Retry(self.backoff(failures))
+                    } else {
+                        Step::Done(Err(failure))
+                    }
+                }
+                Ok((status, retry_after, body)) => {
+                    tracing::trace!(%path, attempt = attempts, status, "answer");
+                    match status {
+                        200..=299 => Step::Done(Ok(Reply { status, body })),
+                        401 if !renewed => {
+                            renewed = true;
+                            if let Err(e) = self.tokens.renew(&token).await {
+                                let failure = sign_in_failure(&e);
+                                let _ = self.fatal.set(e);
+                                Step::Done(Err(failure))
+                            } else {
+                                Step::Retry(Duration::ZERO)
+                            }
+                        }
+                        429 => {
+                            throttled += 1;
+                            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                            let wait = retry_after.unwrap_or_else(|| self.backoff(throttled));
+                            tracing::info!(%path, wait_ms = wait.as_millis() as u64, "throttled (429): pausing every worker");
+                            self.limiter.pause_until(Instant::now() + wait);
+                            if throttled <= THROTTLED_RETRIES_MAX {
+                                Step::Retry(Duration::ZERO)
+                            } else {
+                                Step::Done(Err(http_failure(status, &body)))
+                            }
+                        }
+                        404 if retry_404 && !retried_404 => {
+                            retried_404 = true;
+                            failures += 1;
+                            Step::Retry(self.policy.retry_delay)
+                        }
+                        500..=599 => {
+                            failures += 1;
+                            if failures < self.policy.max_attempts {
+                                Step::Retry(self.backoff(failures))
+                            } else {
+                                Step::Done(Err(http_failure(status, &body)))
+                            }
+                        }
+                        _ => Step::Done(Err(http_failure(status, &body))),
+                    }
+                }
+            };
+            match step {
+                Step::Done(answer) => return CallResult { attempts, answer },
+                Step::Retry(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Step::Retry(_) => {}
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter: a random wait up to `retry_delay * 2^(n-1)`, capped, at least
+    /// half of it so retries never bunch up at zero.
+    fn backoff(&self, n: u32) -> Duration {
+        let ceiling = self.policy.retry_delay.saturating_mul(1 << n.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+        ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+fn sign_in_failure(e: &AuthError) -> Failure {
+    Failure { status: None, code: "SignInFailed".into(), message: e.to_string() }
+}
+
+fn transport_failure(e: &reqwest::Error) -> Failure {
+    let code = if e.is_timeout() {
+        "Timeout"
+    } else if e.is_connect() {
+        "ConnectionFailed"
+    } else {
+        "ConnectionClosed"
+    };
+    Failure { status: None, code: code.into(), message: describe_transport(e) }
+}
+
+/// Reads the service's error body; copes with a missing or non-JSON body.
+pub fn http_failure(status: u16, body: &[u8]) -> Failure {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (code, message) = match parsed {
+        Some(ErrorBody { error }) => (error.code, error.message),
+        None => (None, None),
+    };
+    let fallback_message = || {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            format!("HTTP {status} with no body")
+        } else {
+            text.chars().take(200).collect()
+        }
+    };
+    Failure {
+        status: Some(status),
+        code: code.filter(|c| !c.is_empty()).unwrap_or_else(|| format!("HTTP{status}")),
+        message: message.filter(|m| !m.is_empty()).unwrap_or_else(fallback_message),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP-date. `None` when missing, unreadable or absurd (over an hour);
+/// a date in the past or zero seconds means "now", which is taken as one second.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(secs) = value.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        Duration::try_from_secs_f64(secs).ok()?
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    if wait > RETRY_AFTER_MAX {
+        return None;
+    }
+    Some(wait.max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_dates_and_nonsense() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("0", now), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after(" 2.5 ", now), Some(Duration::from_millis(2500)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after("999999", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn error_bodies_with_and_without_json() {
+        let f = http_failure(400, br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"Action is already in progress","target":"x"}}"#);
+        assert_eq!((f.status, f.code.as_str(), f.message.as_str()), (Some(400), "ActiveRequestAlreadyExists", "Action is already in progress"));
+        let f = http_failure(502, b"<html>Bad gateway</html>");
+        assert_eq!((f.code.as_str(), f.message.as_str()), ("HTTP502", "<html>Bad gateway</html>"));
+        let f = http_failure(503, b"");
+        assert_eq!(f.message, "HTTP 503 with no body");
+        let f = http_failure(400, br#"{"error":{}}"#);
+        assert_eq!(f.code, "HTTP400");
+    }
+}

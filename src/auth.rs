@@ -1,0 +1,299 @@
+//! Sign-in with Entra ID (client credentials) and the one token cache every worker shares.
+//!
+//! The token is fetched once, renewed ahead of expiry and once after a 401, and only one renewal runs at a
+//! time: workers that find it stale wait for the renewal in progress instead of starting their own. The
+//! token and the secret never reach a log line, an error or a results row.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::settings::Credentials;
+
+/// How long before expiry a token is renewed, at most; short-lived tokens renew at a fifth of their life.
+const RENEW_AHEAD: Duration = Duration::from_secs(300);
+/// Attempts at the token endpoint when it fails for a passing reason (5xx, a dropped connection).
+const SIGN_IN_ATTEMPTS: u32 = 3;
+
+/// An access token. `Debug` hides the value.
+#[derive(Clone)]
+pub struct Token {
+    value: Arc<str>,
+    /// When to stop using it (a little before it really expires).
+    renew_at: Instant,
+    /// The application permissions the token carries (its `roles` claim).
+    pub roles: Arc<[String]>,
+}
+
+impl Token {
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.value)
+    }
+
+    fn same(&self, other: &Token) -> bool {
+        Arc::ptr_eq(&self.value, &other.value)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token").field("roles", &self.roles).finish_non_exhaustive()
+    }
+}
+
+/// Why a token could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// Entra ID answered with an error: wrong secret, unknown app, wrong tenant, ...
+    #[error("Entra ID refused the sign-in ({code}{error}): {hint}{detail}")]
+    Refused { code: String, error: String, hint: String, detail: String },
+    /// The token endpoint could not be reached or kept failing.
+    #[error("cannot reach the sign-in endpoint {url}: {message}")]
+    Unreachable { url: String, message: String },
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct EntraError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+/// The shared token cache.
+pub struct TokenCache {
+    http: reqwest::Client,
+    credentials: Credentials,
+    current: Mutex<Option<Token>>,
+    /// Held while a renewal runs, so only one runs at a time.
+    renewal: tokio::sync::Mutex<()>,
+    issued: std::sync::atomic::AtomicU64,
+}
+
+impl TokenCache {
+    pub fn new(http: reqwest::Client, credentials: Credentials) -> Self {
+        TokenCache {
+            http,
+            credentials,
+            current: Mutex::new(None),
+            renewal: tokio::sync::Mutex::new(()),
+            issued: Default::default(),
+        }
+    }
+
+    /// The token endpoint (v2).
+    pub fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.credentials.authority, self.credentials.tenant_id)
+    }
+
+    /// How many tokens were fetched so far.
+    pub fn tokens_fetched(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cached(&self) -> Option<Token> {
+        let now = Instant::now();
+        self.current.lock().unwrap().as_ref().filter(|t| t.renew_at > now).cloned()
+    }
+
+    /// A valid token, from the cache or freshly fetched.
+    pub async fn get(&self) -> Result<Token, AuthError> {
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        let _one_at_a_time = self.renewal.lock().await;
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        self.fetch().await
+    }
+
+    /// The API refused `rejected` with 401: drop it (unless another worker already replaced it) and get another.
+    pub async fn renew(&self, rejected: &Token) -> Result<Token, AuthError> {
+        let _one_at_a_time = self.renewal.lock().await;
+        {
+            let current = self.current.lock().unwrap();
+            if let Some(token) = current.as_ref() {
+                if !token.same(rejected) && token.renew_at > Instant::now() {
+                    return Ok(token.clone());
+                }
+            }
+        }
+        self.fetch().await
+    }
+
+    async fn fetch(&self) -> Result<Token, AuthError> {
+        let url = self.token_url();
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.credentials.client_id.as_str()),
+            ("client_secret", self.credentials.secret.expose()),
+            ("scope", self.credentials.scope.as_str()),
+        ];
+        let mut last = String::new();
+        for attempt in 1..=SIGN_IN_ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+            let sent_at = Instant::now();
+            let answer = match self.http.post(&url).form(&form).send().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = describe_transport(&e);
+                    tracing::warn!(attempt, "sign-in request failed: {last}");
+                    continue;
+                }
+            };
+            let status = answer.status();
+            let body = answer.bytes().await.unwrap_or_default();
+            if status.is_success() {
+                let token = parse_token(&body, sent_at).map_err(|message| AuthError::Unreachable { url: url.clone(), message })?;
+                self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(roles = ?token.roles, "signed in");
+                *self.current.lock().unwrap() = Some(token.clone());
+                return Ok(token);
+            }
+            if status.is_server_error() {
+                last = format!("HTTP {status}");
+                tracing::warn!(attempt, "sign-in endpoint answered {status}");
+                continue;
+            }
+            return Err(refusal(status.as_u16(), &body));
+        }
+        Err(AuthError::Unreachable { url, message: last })
+    }
+}
+
+fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
+    let answer: TokenAnswer =
+        serde_json::from_slice(body).map_err(|e| format!("the token answer is not the expected JSON ({e})"))?;
+    // v2 sends a number, v1 a string: accept both.
+    let lifetime = match answer.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .map(Duration::from_secs)
+    .unwrap_or(Duration::from_secs(3599));
+    let ahead = RENEW_AHEAD.min(lifetime / 5);
+    Ok(Token {
+        roles: roles_of(&answer.access_token).into(),
+        value: answer.access_token.into(),
+        // Counted from when the request was sent: the service's clock started no earlier.
+        renew_at: sent_at + lifetime - ahead,
+    })
+}
+
+/// The `roles` claim of a JWT access token (read without checking the signature: only used to explain).
+pub fn roles_of(jwt: &str) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Claims {
+        #[serde(default)]
+        roles: Vec<String>,
+    }
+    jwt.split('.')
+        .nth(1)
+        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+        .and_then(|bytes| serde_json::from_slice::<Claims>(&bytes).ok())
+        .map(|c| c.roles)
+        .unwrap_or_default()
+}
+
+/// Turns an Entra error answer into a message with its AADSTS code and a plain hint.
+fn refusal(status: u16, body: &[u8]) -> AuthError {
+    let entra: EntraError = serde_json::from_slice(body).unwrap_or_default();
+    let code = entra
+        .error_codes
+        .first()
+        .copied()
+        .or_else(|| aadsts_in(&entra.error_description));
+    let hint = match code {
+        Some(7000215) => "the client secret is wrong; check that MDE_CLIENT_SECRET (or the secret file) holds the secret's Value, not its Secret ID",
+        Some(7000222) => "the client secret has expired; create a new one under Certificates & secrets in the app registration",
+        Some(700016) => "the app was not found in this tenant; check --tenant-id and --client-id, and that admin consent was granted in this tenant",
+        Some(90002) => "the tenant was not found; check --tenant-id, or whether the tenant lives in another cloud (--authority)",
+        Some(90038) => "the tenant is in another national cloud; use that cloud's sign-in host (--authority)",
+        Some(500011) => "Defender for Endpoint is not provisioned in this tenant or its permissions were not consented",
+        Some(70011) => "the scope is not valid; check --scope (it must end in /.default)",
+        Some(901002) => "the v2 endpoint was sent a `resource`; use --scope instead",
+        Some(700027) | Some(50012) => "the certificate assertion was rejected",
+        _ if status == 401 => "the credentials were rejected",
+        _ => "see the description",
+    };
+    let first_line = entra.error_description.lines().next().unwrap_or("").trim();
+    AuthError::Refused {
+        code: code.map(|c| format!("AADSTS{c}")).unwrap_or_else(|| format!("HTTP {status}")),
+        error: if entra.error.is_empty() { String::new() } else { format!(" {}", entra.error) },
+        hint: hint.to_string(),
+        detail: if first_line.is_empty() { String::new() } else { format!(" [{first_line}]") },
+    }
+}
+
+fn aadsts_in(text: &str) -> Option<u64> {
+    let start = text.find("AADSTS")? + 6;
+    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// A transport failure in a few words, without URLs' query strings or anything secret.
+pub fn describe_transport(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "connection closed before an answer"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() { kind.to_string() } else { format!("{kind} ({cause})") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_come_from_the_jwt_payload() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"roles":["Machine.Offboard","Machine.Read.All"]}"#);
+        assert_eq!(roles_of(&format!("h.{payload}.s")), vec!["Machine.Offboard", "Machine.Read.All"]);
+        assert!(roles_of("not a jwt").is_empty());
+    }
+
+    #[test]
+    fn entra_errors_get_their_code_and_a_hint() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
+        let msg = refusal(401, body).to_string();
+        assert!(msg.contains("AADSTS7000215") && msg.contains("secret is wrong") && !msg.contains("Trace"), "{msg}");
+        let msg = refusal(400, br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#).to_string();
+        assert!(msg.contains("AADSTS90002") && msg.contains("tenant was not found"), "{msg}");
+        assert!(refusal(400, b"<html>").to_string().contains("HTTP 400"));
+    }
+
+    #[tokio::test]
+    async fn expires_in_as_string_or_number() {
+        let now = Instant::now();
+        let t = parse_token(br#"{"access_token":"a.b.c","expires_in":"3599"}"#, now).unwrap();
+        assert_eq!(t.renew_at, now + Duration::from_secs(3599 - 300));
+        let t = parse_token(br#"{"access_token":"a.b.c","expires_in":50}"#, now).unwrap();
+        assert_eq!(t.renew_at, now + Duration::from_secs(40));
+        assert!(!format!("{t:?}").contains("a.b.c"));
+    }
+}

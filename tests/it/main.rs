@@ -1,0 +1,4 @@
+//! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
+
+mod common;
+mod run;
