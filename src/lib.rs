@@ -2,4 +2,6 @@
 //! with a built-in simulator of the service for tests, the demo and the benchmarks.
 
 pub mod error;
+pub mod input;
+pub mod limiter;
 pub mod settings;
