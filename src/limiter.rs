@@ -31,7 +31,7 @@
 //! warning is logged. Tests assert that this never happens.
 //!
 //! Both gates judge the same instant: the time is read once per decision, from [`tokio::time::Instant`]
-//! (so tokio's paused test clock drives everything), and handed to governor through [`DecisionClock`].
+//! (so tokio's paused test clock drives everything), and handed to governor through a `DecisionClock`.
 //! [`earliest_schedule`] runs the very same gates over simulated time, so its answer is what the limiter
 //! does.
 //!
