@@ -1,0 +1,1133 @@
+//! The machine list: a CSV file (or standard input) read as a stream, never loaded whole.
+//!
+//! Reading is two passes. [`scan`] reads everything once to reject a bad input before any API call and to
+//! count what the run will touch (for the confirmation prompt and `--max-machines`); [`Scan::rows`] then
+//! streams the same bytes again for the run. Standard input cannot be read twice, so the scan copies it,
+//! as it streams, to a temporary file that the second pass reads and that is deleted with the [`Scan`].
+//!
+//! Memory stays flat in the number of rows except for duplicate detection, which keeps one 64-bit hash per
+//! distinct valid id (1,000,000 ids: about 18 MB). The hash is SipHash with keys drawn per scan, over the
+//! id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵ (3 × 10⁻⁸ for a million
+//! ids), and if that ever happened the second machine would be reported `duplicate` and not offboarded:
+//! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
+//!
+//! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
+//! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
+//! `--id-column`), or no header at all when the first field of the first row is already a machine id.
+//! A UTF-8 byte-order mark, CRLF, quoted fields, blank lines, extra columns and ragged rows are normal.
+//! An id is 40 hexadecimal characters after trimming, and is compared and sent in lowercase.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// The header names taken as the id column, most specific first, compared after [`normalise_header`].
+const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
+
+/// Where the machine list comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+    Stdin,
+}
+
+impl Source {
+    /// `-` is standard input; anything else a path.
+    pub fn parse(arg: &str) -> Source {
+        if arg == "-" {
+            Source::Stdin
+        } else {
+            Source::Path(PathBuf::from(arg))
+        }
+    }
+
+    /// How messages name the input: its path, or `<stdin>`.
+    pub fn display(&self) -> String {
+        match self {
+            Source::Path(path) => path.display().to_string(),
+            Source::Stdin => "<stdin>".to_string(),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::Input {
+            path: PathBuf::from(self.display()),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the first pass found: the input is good, and this is what the run will touch.
+#[derive(Debug)]
+pub struct Scan {
+    pub source: Source,
+    /// Data rows (the header and blank lines are not rows).
+    pub rows: u64,
+    /// Rows with a machine id seen for the first time: the machines the run will touch.
+    pub valid: u64,
+    /// Rows whose id cell is not a machine id (never sent).
+    pub invalid: u64,
+    /// Rows repeating an id already seen, in any letter case (never sent twice).
+    pub duplicates: u64,
+    /// The id column's header as written; `None` when the file has no header row.
+    pub id_column: Option<String>,
+    layout: Layout,
+    hasher: RandomState,
+    /// The copy of standard input; kept alive by every [`Rows`] reading it.
+    spool: Option<Arc<tempfile::NamedTempFile>>,
+}
+
+/// One data row of the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRow {
+    /// Line number in the input (the header is line 1); for a quoted field spanning lines, the row's first.
+    pub line: u64,
+    /// The id cell as written (empty when the row is too short to have one).
+    pub raw: String,
+    pub kind: RowKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    /// A machine id seen for the first time, in lowercase.
+    Valid(String),
+    /// Not a machine id: never sent.
+    Invalid,
+    /// An id already seen on an earlier row: never sent twice.
+    Duplicate,
+}
+
+/// Reads the whole input once: validates it, finds the id column and counts the rows.
+///
+/// Any error here stops the run before its first API call; the error names the input, the line and the
+/// problem. An input with only a header is not an error: it is an empty run.
+pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
+    match &source {
+        Source::Path(path) => {
+            let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
+            let hasher = RandomState::new();
+            let (layout, counts) = read_all(&source, file, id_column, &hasher)?;
+            Ok(Scan::new(source, layout, counts, hasher, None))
+        }
+        Source::Stdin => scan_spooled(source, io::stdin().lock(), id_column),
+    }
+}
+
+/// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
+fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>) -> Result<Scan> {
+    let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
+    let spool = tempfile::Builder::new()
+        .prefix("mde-offboard-input-")
+        .tempfile()
+        .map_err(spool_error)?;
+    let mut tee = Tee {
+        input,
+        copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?),
+        failed: None,
+    };
+    let hasher = RandomState::new();
+    let result = read_all(&source, &mut tee, id_column, &hasher);
+    if let Some(e) = tee.failed.take() {
+        return Err(spool_error(e));
+    }
+    let (layout, counts) = result?;
+    tee.copy.flush().map_err(spool_error)?;
+    Ok(Scan::new(
+        source,
+        layout,
+        counts,
+        hasher,
+        Some(Arc::new(spool)),
+    ))
+}
+
+impl Scan {
+    fn new(
+        source: Source,
+        layout: Layout,
+        counts: Counts,
+        hasher: RandomState,
+        spool: Option<Arc<tempfile::NamedTempFile>>,
+    ) -> Scan {
+        Scan {
+            source,
+            rows: counts.rows,
+            valid: counts.valid,
+            invalid: counts.invalid,
+            duplicates: counts.duplicates,
+            id_column: layout.header.clone(),
+            layout,
+            hasher,
+            spool,
+        }
+    }
+
+    /// Streams the rows again, for the run. Yields an error (and then ends) if the input changed since the
+    /// scan: the run never touches more machines than the scan counted.
+    pub fn rows(&self) -> Result<Rows> {
+        let (file, spool) = match (&self.source, &self.spool) {
+            (_, Some(spool)) => (File::open(spool.path()), Some(Arc::clone(spool))),
+            (Source::Path(path), None) => (File::open(path), None),
+            (Source::Stdin, None) => {
+                return Err(self
+                    .source
+                    .error("standard input was not kept; scan it again"));
+            }
+        };
+        let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
+        let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
+        // Decide the layout the same way the scan did, and insist it came out the same.
+        let first = reader.next_record()?.ok_or_else(|| self.changed())?;
+        let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref())?;
+        if layout.column != self.layout.column || layout.headerless != self.layout.headerless {
+            return Err(self.changed());
+        }
+        if layout.headerless {
+            reader.pending = Some(first);
+        }
+        Ok(Rows {
+            reader,
+            layout,
+            expected: self.counts(),
+            seen: Counts::default(),
+            done: false,
+            _spool: spool,
+        })
+    }
+
+    /// The input's path; `None` for standard input.
+    pub fn input_path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Path(path) => Some(path),
+            Source::Stdin => None,
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            rows: self.rows,
+            valid: self.valid,
+            invalid: self.invalid,
+            duplicates: self.duplicates,
+        }
+    }
+
+    fn changed(&self) -> Error {
+        self.source.error(CHANGED)
+    }
+}
+
+/// The rows of a scanned input, in order.
+pub struct Rows {
+    reader: RowReader<File>,
+    layout: Layout,
+    expected: Counts,
+    seen: Counts,
+    done: bool,
+    _spool: Option<Arc<tempfile::NamedTempFile>>,
+}
+
+impl Iterator for Rows {
+    type Item = Result<InputRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let row = match self.reader.next_row(&self.layout) {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                self.done = true;
+                return (self.seen != self.expected)
+                    .then(|| Err(self.reader.source.error(CHANGED)));
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        self.seen.count(&row.kind);
+        if self.seen.rows > self.expected.rows || self.seen.valid > self.expected.valid {
+            self.done = true;
+            return Some(Err(self.reader.source.error(CHANGED)));
+        }
+        Some(Ok(row))
+    }
+}
+
+const CHANGED: &str = "changed since it was checked at the start of the run; run again";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    rows: u64,
+    valid: u64,
+    invalid: u64,
+    duplicates: u64,
+}
+
+impl Counts {
+    fn count(&mut self, kind: &RowKind) {
+        self.rows += 1;
+        match kind {
+            RowKind::Valid(_) => self.valid += 1,
+            RowKind::Invalid => self.invalid += 1,
+            RowKind::Duplicate => self.duplicates += 1,
+        }
+    }
+}
+
+/// Where the ids are: which column, and whether the first row is a header.
+#[derive(Clone, Debug)]
+struct Layout {
+    column: usize,
+    header: Option<String>,
+    headerless: bool,
+}
+
+impl Layout {
+    /// Decides from the first non-blank record.
+    fn decide(source: &Source, first: &Record, id_column: Option<&str>) -> Result<Layout> {
+        let at = |message: String| source.error(format!("line {}: {message}", first.line));
+        let looks_like_id = first
+            .fields
+            .first()
+            .is_some_and(|f| machine_id(f).is_some());
+        if looks_like_id {
+            if let Some(name) = id_column {
+                return Err(at(format!(
+                    "--id-column `{name}` was given, but the file has no header row (its first row is already a machine id); drop --id-column"
+                )));
+            }
+            return Ok(Layout {
+                column: 0,
+                header: None,
+                headerless: true,
+            });
+        }
+        let headers = &first.fields;
+        let found = match id_column {
+            Some(name) => {
+                let wanted = normalise_header(name);
+                headers.iter().position(|h| normalise_header(h) == wanted)
+            }
+            None => ID_HEADERS
+                .iter()
+                .find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted)),
+        };
+        if let Some(column) = found {
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+            });
+        }
+        let listed = list_headers(headers);
+        let mut message = match id_column {
+            Some(name) => {
+                format!("no column named `{name}` (from --id-column); the header has {listed}")
+            }
+            None => format!(
+                "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id, or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)"
+            ),
+        };
+        if let Some(hint) = delimiter_hint(headers) {
+            message.push_str("; ");
+            message.push_str(hint);
+        }
+        Err(at(message))
+    }
+}
+
+fn list_headers(headers: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut listed: Vec<String> = headers
+        .iter()
+        .take(SHOWN)
+        .map(|h| format!("`{h}`"))
+        .collect();
+    if headers.len() > SHOWN {
+        listed.push(format!("and {} more", headers.len() - SHOWN));
+    }
+    listed.join(", ")
+}
+
+/// A hint when the header looks separated by something other than commas.
+fn delimiter_hint(headers: &[String]) -> Option<&'static str> {
+    let line = headers.join(",");
+    if line.contains(';') {
+        Some(
+            "the header looks separated by `;` (a spreadsheet's regional CSV format); save the file comma-separated",
+        )
+    } else if line.contains('\t') {
+        Some("the header looks separated by tabs; save the file comma-separated")
+    } else {
+        None
+    }
+}
+
+/// Header names compare ignoring case, spaces and underscores: `Device ID`, `machine_id`, `MachineId`.
+fn normalise_header(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_whitespace() && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The machine id in a cell, in lowercase: 40 hexadecimal characters after trimming.
+fn machine_id(cell: &str) -> Option<String> {
+    let id = cell.trim();
+    (id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
+/// A record that is valid UTF-8 text without NUL bytes.
+#[derive(Clone, Debug)]
+struct Record {
+    line: u64,
+    fields: Vec<String>,
+}
+
+/// Reads the input through once, validating every row; returns the layout and the counts.
+fn read_all(
+    source: &Source,
+    input: impl Read,
+    id_column: Option<&str>,
+    hasher: &RandomState,
+) -> Result<(Layout, Counts)> {
+    let mut reader = RowReader::open(source, input, hasher.clone())?;
+    let first = reader
+        .next_record()?
+        .ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
+    let layout = Layout::decide(source, &first, id_column)?;
+    if layout.headerless {
+        reader.pending = Some(first);
+    }
+    let mut counts = Counts::default();
+    while let Some(row) = reader.next_row(&layout)? {
+        counts.count(&row.kind);
+    }
+    Ok((layout, counts))
+}
+
+/// Records, validated, blank ones skipped; rows, classified, duplicates remembered.
+struct RowReader<R> {
+    source: Source,
+    csv: csv::Reader<Prepared<R>>,
+    record: csv::ByteRecord,
+    /// A record read ahead that is data (the first row of a headerless file).
+    pending: Option<Record>,
+    seen: HashSet<u64, BuildHasherDefault<PassThrough>>,
+    hasher: RandomState,
+}
+
+impl<R: Read> RowReader<R> {
+    fn open(source: &Source, input: R, hasher: RandomState) -> Result<RowReader<R>> {
+        let input = Prepared::new(input).map_err(|e| source.error(format!("cannot read: {e}")))?;
+        if input.utf16 {
+            return Err(source.error(
+                "is UTF-16 text, not UTF-8 (PowerShell's Out-File default); save it as UTF-8, e.g. Export-Csv -Encoding UTF8 or Out-File -Encoding utf8",
+            ));
+        }
+        // Records end at `\n` only: a `\r` before it is stripped from the last field. With every record
+        // ending in a `\n` (see `Prepared`), a record's first line is simply the reader's line after it
+        // minus one, minus the line breaks inside its quoted fields. (The line csv records for the start of
+        // a record is counted before the blank lines and the `\n` of a CRLF that precede it.)
+        let csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(input);
+        Ok(RowReader {
+            source: source.clone(),
+            csv,
+            record: csv::ByteRecord::new(),
+            pending: None,
+            seen: HashSet::default(),
+            hasher,
+        })
+    }
+
+    /// The next record with at least one non-blank field.
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            let more = self
+                .csv
+                .read_byte_record(&mut self.record)
+                .map_err(|e| self.csv_error(e))?;
+            if !more {
+                return Ok(None);
+            }
+            let bytes = self.record.as_slice();
+            let breaks_inside = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            let line = self
+                .csv
+                .position()
+                .line()
+                .saturating_sub(1 + breaks_inside)
+                .max(1);
+            if bytes.contains(&0) {
+                return Err(self.source.error(format!(
+                    "line {line}: binary data (a NUL byte): this is not a CSV file"
+                )));
+            }
+            if let Err(e) = std::str::from_utf8(bytes) {
+                let column = self.column_of_byte(e.valid_up_to());
+                return Err(self.source.error(format!(
+                    "line {line}: not valid UTF-8 text (in field {column}); save the file as UTF-8 (in Excel: \"CSV UTF-8\")"
+                )));
+            }
+            let mut fields: Vec<String> = self
+                .record
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            if let Some(last) = fields.last_mut() {
+                if last.ends_with('\r') {
+                    last.pop();
+                }
+            }
+            if fields.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
+            return Ok(Some(Record { line, fields }));
+        }
+    }
+
+    /// The next data row, classified.
+    fn next_row(&mut self, layout: &Layout) -> Result<Option<InputRow>> {
+        let record = match self.pending.take() {
+            Some(record) => record,
+            None => match self.next_record()? {
+                Some(record) => record,
+                None => return Ok(None),
+            },
+        };
+        let raw = record
+            .fields
+            .into_iter()
+            .nth(layout.column)
+            .unwrap_or_default();
+        let kind = match machine_id(&raw) {
+            None => RowKind::Invalid,
+            Some(id) => {
+                if self.seen.insert(self.id_hash(&id)) {
+                    RowKind::Valid(id)
+                } else {
+                    RowKind::Duplicate
+                }
+            }
+        };
+        Ok(Some(InputRow {
+            line: record.line,
+            raw,
+            kind,
+        }))
+    }
+
+    /// The id's 20 bytes, hashed with this scan's keys.
+    fn id_hash(&self, id: &str) -> u64 {
+        let mut bytes = [0u8; 20];
+        for (i, pair) in id.as_bytes().chunks(2).enumerate() {
+            bytes[i] = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+        }
+        self.hasher.hash_one(bytes)
+    }
+
+    /// 1-based field number holding byte `offset` of the record's concatenated fields.
+    fn column_of_byte(&self, offset: usize) -> usize {
+        let mut end = 0;
+        for (i, field) in self.record.iter().enumerate() {
+            end += field.len();
+            if offset < end {
+                return i + 1;
+            }
+        }
+        self.record.len().max(1)
+    }
+
+    fn csv_error(&self, e: csv::Error) -> Error {
+        let line = e.position().map(|p| p.line());
+        let message = match e.into_kind() {
+            csv::ErrorKind::Io(e) => format!("cannot read: {e}"),
+            other => format!("not a valid CSV file: {other:?}"),
+        };
+        match line {
+            Some(line) => self.source.error(format!("line {line}: {message}")),
+            None => self.source.error(message),
+        }
+    }
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// The set's hasher for values that are already SipHash outputs: use them as they are.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The input as the parser should see it: without a UTF-8 byte-order mark (a UTF-16 one is noted) and
+/// ending with a line break, so that every record ends with one.
+struct Prepared<R> {
+    /// The first bytes, read to look for a mark, still to be served.
+    start: Vec<u8>,
+    served: usize,
+    inner: R,
+    utf16: bool,
+    last: Option<u8>,
+    ended: bool,
+}
+
+impl<R: Read> Prepared<R> {
+    fn new(mut inner: R) -> io::Result<Self> {
+        let mut start = Vec::with_capacity(3);
+        let mut chunk = [0u8; 3];
+        // A pipe may deliver fewer bytes than the mark's length: read until there are 3 or the input ends.
+        while start.len() < 3 {
+            match inner.read(&mut chunk[..3 - start.len()]) {
+                Ok(0) => break,
+                Ok(n) => start.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let utf16 = start.starts_with(&[0xFF, 0xFE]) || start.starts_with(&[0xFE, 0xFF]);
+        if start == [0xEF, 0xBB, 0xBF] {
+            start.clear();
+        }
+        Ok(Prepared {
+            start,
+            served: 0,
+            inner,
+            utf16,
+            last: None,
+            ended: false,
+        })
+    }
+}
+
+impl<R: Read> Read for Prepared<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.ended {
+            return Ok(0);
+        }
+        let n = if self.served < self.start.len() {
+            let n = (self.start.len() - self.served).min(buf.len());
+            buf[..n].copy_from_slice(&self.start[self.served..self.served + n]);
+            self.served += n;
+            n
+        } else {
+            self.inner.read(buf)?
+        };
+        if n > 0 {
+            self.last = Some(buf[n - 1]);
+            return Ok(n);
+        }
+        self.ended = true;
+        if self.last.is_some_and(|b| b != b'\n') {
+            buf[0] = b'\n';
+            return Ok(1);
+        }
+        Ok(0)
+    }
+}
+
+/// Copies every byte read from `input` to `copy`; a failed copy is kept for the caller and ends the input.
+struct Tee<R, W> {
+    input: R,
+    copy: W,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        if let Err(e) = self.copy.write_all(&buf[..n]) {
+            self.failed = Some(e);
+            return Err(io::Error::other(
+                "cannot copy standard input to a temporary file",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+    const B: &str = "2f6cd0e8f524eee8013d3043f529813c95e1dd18";
+    const C: &str = "3a7de1f9a635fff9124e4154a63a924da6f2ee29";
+
+    fn file(content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machines.csv");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    /// Scans `content` from a file and streams its rows.
+    fn read(content: &[u8], id_column: Option<&str>) -> Result<(Scan, Vec<InputRow>)> {
+        let (_dir, path) = file(content);
+        let scan = scan(Source::Path(path), id_column)?;
+        let rows = scan.rows()?.collect::<Result<Vec<_>>>()?;
+        assert_eq!(rows.len() as u64, scan.rows);
+        Ok((scan, rows))
+    }
+
+    fn error(content: &[u8], id_column: Option<&str>) -> String {
+        let (_dir, path) = file(content);
+        let message = scan(Source::Path(path.clone()), id_column)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&path.display().to_string()),
+            "the file is not named: {message}"
+        );
+        message
+    }
+
+    fn valid(id: &str) -> RowKind {
+        RowKind::Valid(id.to_string())
+    }
+
+    #[test]
+    fn every_header_spelling_finds_the_id_column() {
+        for header in [
+            "MachineId",
+            "machineid",
+            "Device ID",
+            "DeviceId",
+            "machine_id",
+            "Id",
+            " id ",
+            "DEVICE_ID",
+            "Machine Id",
+        ] {
+            let content = format!("Name,\"{header}\",Other\nhost,{A},x\n");
+            let (scan, rows) = read(content.as_bytes(), None).unwrap();
+            assert_eq!(scan.id_column.as_deref(), Some(header.trim()), "{header}");
+            assert_eq!(
+                rows,
+                vec![InputRow {
+                    line: 2,
+                    raw: A.into(),
+                    kind: valid(A)
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn the_most_specific_header_wins() {
+        let content = format!("Id,DeviceId,MachineId\nx,y,{A}\n");
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(scan.id_column.as_deref(), Some("MachineId"));
+        assert_eq!(rows[0].kind, valid(A));
+    }
+
+    #[test]
+    fn a_list_without_header_starts_with_an_id() {
+        let content = format!("  {A}  \n{B},extra\n");
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(scan.id_column, None);
+        assert_eq!((scan.rows, scan.valid), (2, 2));
+        assert_eq!(
+            rows[0],
+            InputRow {
+                line: 1,
+                raw: format!("  {A}  "),
+                kind: valid(A)
+            }
+        );
+        assert_eq!(
+            rows[1],
+            InputRow {
+                line: 2,
+                raw: B.into(),
+                kind: valid(B)
+            }
+        );
+    }
+
+    #[test]
+    fn bom_and_crlf_are_normal() {
+        let content = format!("\u{FEFF}MachineId,Name\r\n{A},one\r\n{B},two\r\n");
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(scan.id_column.as_deref(), Some("MachineId"));
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.line, r.kind.clone()))
+                .collect::<Vec<_>>(),
+            vec![(2, valid(A)), (3, valid(B))]
+        );
+        assert_eq!(rows[0].raw, A);
+        // Quoted cells before a CRLF, and a last line without a line break.
+        let content = format!("MachineId,Name\r\n\"{A}\",\"one\"\r\n\"{B}\"\r\n{C}");
+        let (_, rows) = read(content.as_bytes(), None).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.line, r.raw.as_str(), r.kind.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(2, A, valid(A)), (3, B, valid(B)), (4, C, valid(C))]
+        );
+        // A BOM before a headerless list too.
+        let (scan, rows) = read(format!("\u{FEFF}{A}\r\n").as_bytes(), None).unwrap();
+        assert_eq!((scan.id_column, rows[0].kind.clone()), (None, valid(A)));
+    }
+
+    #[test]
+    fn quoted_fields_spanning_lines_keep_line_numbers_right() {
+        let content =
+            format!("Name,MachineId\n\"two\nlines\",{A}\n\"with, comma\",\"{B}\"\nlast,{C}\n");
+        let (_, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
+        assert!(rows.iter().all(|r| matches!(r.kind, RowKind::Valid(_))));
+        // CRLF inside and around quoted fields, and a multi-line last row without a final line break.
+        let content =
+            format!("Name,MachineId\r\n\"a\r\nb\r\nc\",{A}\r\n\r\nx,{B}\r\n\"end\r\n\",{C}");
+        let (_, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 6, 7]
+        );
+        assert_eq!(rows[2].kind, valid(C));
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_not_rows() {
+        let content = format!("\nMachineId\n\n{A}\n   \n,,\n{B}\n\n");
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(scan.rows, 2);
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 7]);
+    }
+
+    #[test]
+    fn extra_and_ragged_columns_are_normal() {
+        let content = format!("Name,MachineId,Extra\nx,{A},1,2,3\nshort\ny,{B}\n");
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
+        assert_eq!(
+            rows[1],
+            InputRow {
+                line: 3,
+                raw: String::new(),
+                kind: RowKind::Invalid
+            }
+        );
+    }
+
+    #[test]
+    fn ids_are_trimmed_and_lowercased() {
+        let upper = A.to_uppercase();
+        let content = format!("MachineId\n {upper}\t\n\"  {B}\"\n");
+        let (_, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            rows[0],
+            InputRow {
+                line: 2,
+                raw: format!(" {upper}\t"),
+                kind: valid(A)
+            }
+        );
+        assert_eq!(rows[1].kind, valid(B));
+    }
+
+    #[test]
+    fn malformed_ids_are_invalid() {
+        let short = &A[..39];
+        let long = format!("{A}0");
+        let non_hex = format!("g{}", &A[1..]);
+        let guid = "c6a3f5e2-1b4d-4e8f-9a7b-2d1c0e3f4a5b";
+        let inner_space = format!("{} {}", &A[..20], &A[21..]);
+        let content = format!(
+            "Name,MachineId\na,{short}\nb,{long}\nc,{non_hex}\nd,\ne,{guid}\nf,{inner_space}\ng,{A}\n"
+        );
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
+            (7, 1, 6, 0)
+        );
+        assert!(rows[..6].iter().all(|r| r.kind == RowKind::Invalid));
+        assert_eq!(rows[3].raw, "");
+        assert_eq!(rows[0].raw, short);
+    }
+
+    #[test]
+    fn repeated_ids_are_duplicates_in_any_case() {
+        let content = format!(
+            "MachineId\n{A}\n{B}\n{}\n {A}\n{C}\n{B}\n",
+            A.to_uppercase()
+        );
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
+            (6, 3, 0, 3)
+        );
+        let kinds: Vec<RowKind> = rows.into_iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                valid(A),
+                valid(B),
+                RowKind::Duplicate,
+                RowKind::Duplicate,
+                valid(C),
+                RowKind::Duplicate
+            ]
+        );
+    }
+
+    #[test]
+    fn id_column_override_is_matched_leniently() {
+        let content = format!("MachineId,Host Id\n{A},{B}\n");
+        let (scan, rows) = read(content.as_bytes(), Some("host_ID")).unwrap();
+        assert_eq!(scan.id_column.as_deref(), Some("Host Id"));
+        assert_eq!(rows[0].kind, valid(B));
+    }
+
+    #[test]
+    fn a_wrong_override_lists_the_headers() {
+        let message = error(
+            format!("MachineId,Name\n{A},x\n").as_bytes(),
+            Some("DeviceGuid"),
+        );
+        assert!(
+            message.contains("DeviceGuid")
+                && message.contains("`MachineId`, `Name`")
+                && message.contains("line 1"),
+            "{message}"
+        );
+        let message = error(format!("{A}\n").as_bytes(), Some("MachineId"));
+        assert!(message.contains("no header row"), "{message}");
+    }
+
+    #[test]
+    fn no_id_column_names_the_file_and_headers() {
+        let message = error(b"Computer,Owner\npc1,me\n", None);
+        assert!(
+            message.contains("no machine id column") && message.contains("`Computer`, `Owner`"),
+            "{message}"
+        );
+        assert!(!message.contains("separated"), "{message}");
+    }
+
+    #[test]
+    fn other_delimiters_get_a_hint() {
+        let message = error(format!("MachineId;Name\n{A};x\n").as_bytes(), None);
+        assert!(
+            message.contains("`;`") && message.contains("comma-separated"),
+            "{message}"
+        );
+        let message = error(format!("MachineId\tName\n{A}\tx\n").as_bytes(), None);
+        assert!(message.contains("tabs"), "{message}");
+    }
+
+    #[test]
+    fn binary_garbage_is_not_csv() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
+        garbage[10] = 0;
+        let message = error(&garbage, None);
+        assert!(
+            message.contains("not a CSV file") || message.contains("UTF-8"),
+            "{message}"
+        );
+        let message = error(b"MachineId\nabc\0def\n", None);
+        assert!(
+            message.contains("line 2") && message.contains("NUL"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let mut content =
+            format!("MachineId,Name\n{A},ok\n\"{B}\",\"two\nlines\"\n{C},caf").into_bytes();
+        content.extend_from_slice(b"\xe9\n");
+        let message = error(&content, None);
+        assert!(
+            message.contains("line 5") && message.contains("UTF-8") && message.contains("field 2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn utf16_gets_a_hint() {
+        let content: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain("MachineId\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let message = error(&content, None);
+        assert!(message.contains("UTF-16"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_but_only_a_header_is_an_empty_run() {
+        assert!(error(b"", None).contains("is empty"));
+        assert!(error(b"\n\n\r\n", None).contains("is empty"));
+        assert!(error("\u{FEFF}".as_bytes(), None).contains("is empty"));
+        let (scan, rows) = read(b"Device ID\r\n", None).unwrap();
+        assert_eq!(
+            (scan.rows, scan.valid, scan.id_column.as_deref()),
+            (0, 0, Some("Device ID"))
+        );
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let message = scan(Source::Path("/nonexistent/machines.csv".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("/nonexistent/machines.csv") && message.contains("cannot open"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn sources_parse_and_display() {
+        assert_eq!(Source::parse("-"), Source::Stdin);
+        assert_eq!(Source::parse("a.csv"), Source::Path("a.csv".into()));
+        assert_eq!(Source::Stdin.display(), "<stdin>");
+    }
+
+    #[test]
+    fn stdin_is_spooled_and_read_twice() {
+        let content = format!("\u{FEFF}DeviceId\r\n{A}\r\n{B}\r\nbad\r\n");
+        // A reader that hands out one byte at a time, like a slow pipe.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None).unwrap();
+        assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
+        assert_eq!(scan.input_path(), None);
+        let spool = scan.spool.as_ref().unwrap().path().to_path_buf();
+        for _ in 0..2 {
+            let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
+            assert_eq!(
+                rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+                vec![2, 3, 4]
+            );
+            assert_eq!(rows[0].kind, valid(A));
+        }
+        // Rows outlive the scan's handle on the spool; the spool goes with the last of them.
+        let rows = scan.rows().unwrap();
+        drop(scan);
+        assert_eq!(rows.count(), 3);
+        assert!(!spool.exists());
+        let message = scan_spooled(Source::Stdin, &b"Name\nx\n"[..], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("input <stdin>: line 1: no machine id column"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_input_changed_since_the_scan_stops_the_rows() {
+        let (_dir, path) = file(format!("MachineId\n{A}\n").as_bytes());
+        let scanned = scan(Source::Path(path.clone()), None).unwrap();
+        std::fs::write(&path, format!("MachineId\n{A}\n{B}\n")).unwrap();
+        let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].is_ok());
+        assert!(
+            rows[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("changed since")
+        );
+        std::fs::write(&path, "MachineId\n").unwrap();
+        let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
+        assert!(
+            rows[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("changed since")
+        );
+        std::fs::write(&path, format!("Name,MachineId\nx,{A}\n")).unwrap();
+        assert!(scanned.rows().is_err());
+    }
+
+    #[test]
+    fn two_hundred_thousand_rows_stream_with_right_counts() {
+        // Every 10th row's id is malformed; every 7th repeats, uppercased, the id 5 rows back.
+        let (mut valid, mut invalid, mut duplicates) = (0u64, 0u64, 0u64);
+        let mut content = String::with_capacity(200_000 * 60);
+        content.push_str("Device ID,Name\r\n");
+        let id = |n: u64| format!("{:040x}", u128::from(n) * 0x9e37_79b9_7f4a_7c15);
+        for n in 0..200_000u64 {
+            if n % 10 == 0 {
+                content.push_str(&format!("{},host{n}\r\n", &id(n)[1..]));
+                invalid += 1;
+            } else if n % 7 == 0 && (n - 5) % 10 != 0 {
+                content.push_str(&format!("{},host{n}\r\n", id(n - 5).to_uppercase()));
+                duplicates += 1;
+            } else {
+                content.push_str(&format!("{},host{n}\r\n", id(n)));
+                valid += 1;
+            }
+        }
+        let started = std::time::Instant::now();
+        let (scan, rows) = read(content.as_bytes(), None).unwrap();
+        assert_eq!(
+            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
+            (200_000, valid, invalid, duplicates)
+        );
+        assert_eq!(rows.last().unwrap().line, 200_001);
+        assert_eq!(
+            rows.iter()
+                .filter(|r| matches!(r.kind, RowKind::Valid(_)))
+                .count() as u64,
+            valid
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

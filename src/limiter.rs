@@ -1,0 +1,796 @@
+//! The one rate limiter every API call of a run goes through.
+//!
+//! The Defender for Endpoint API allows 100 calls a minute and 1,500 an hour (per API, tenant or app: the
+//! documentation does not say), and does not say whether its windows slide. The limiter keeps to the
+//! strictest reading: in *any* window of a quota's period there are never more calls than its limit, for
+//! every quota at once, while never holding a call back longer than the quotas force.
+//!
+//! # How
+//!
+//! **The ledger is the exact part.** The service counts a call when it *arrives*, somewhere between the
+//! moment we send it and the moment its answer comes back; the client cannot see when. So a call occupies
+//! its quotas from the instant its [`Permit`] is taken until one full period after its answer came back
+//! ([`Permit::finish`], or the permit's drop). Per quota the ledger holds the number of calls in flight and a
+//! queue of release instants (answer + period). A call may start only when, for every quota,
+//! `in_flight + unexpired releases < limit`, and it then takes a slot in every quota at once (one mutex
+//! guards all of them). Since a call's arrival lies inside its held span `[send, answer + period)`, any
+//! window of the period that contains arrivals of `limit + 1` calls would need `limit + 1` held spans to
+//! overlap at the start of the last of them, which the ledger refuses. This is also exactly as fast as the
+//! quotas allow: a call starts at the first instant every quota has room, so 100 calls under 100/1m all
+//! start at once, and 1,500 calls under 100/1m + 1500/1h take about 15 minutes.
+//!
+//! **The GCRA is the steady-rate gate, built on governor.** Each quota also has a governor GCRA with rate
+//! `limit / period` and burst `limit`, checked after the ledger agrees. A single GCRA cannot be the whole
+//! limiter: with burst `limit` it lets through up to `2 * limit - 1` calls in one sliding window, and with
+//! burst 1 it caps a run at the long window's average (1,500 calls in an hour instead of 15 minutes). Next
+//! to the ledger it never slows a run down: the ledger spaces any `limit` starts at least one period apart,
+//! so starts `n` and `n + k` are at least `floor(k / limit) * period` apart, which is what GCRA conformance
+//! asks (`(k - limit + 1) * period / limit`; governor rounds `period / limit` down, which only loosens it).
+//! It is the independent second statement of the long-run rate, computed from send times alone: should
+//! the ledger ever admit a call the GCRA refuses, the call waits for the GCRA (the safe side) and a
+//! warning is logged. Tests assert that this never happens.
+//!
+//! Both gates judge the same instant: the time is read once per decision, from [`tokio::time::Instant`]
+//! (so tokio's paused test clock drives everything), and handed to governor through a `DecisionClock`.
+//! [`earliest_schedule`] runs the very same gates over simulated time, so its answer is what the limiter
+//! does.
+//!
+//! **Pauses.** After a 429, [`Limiter::pause_until`] stops every acquire until the given instant; the latest
+//! pause wins and a pause never shortens an existing one.
+//!
+//! **Waiting** never polls: a waiter sleeps until the earliest instant a full quota gains room (its oldest
+//! release, the GCRA's not-before, or the end of a pause), or until a permit finishes (a [`Notify`]), since a
+//! finish turns an in-flight call into a release the waiter did not know of. Timers fire at or after their
+//! deadline, never before, and every decision re-reads the clock, so lateness costs time, never safety.
+//! Waiters are not queued in order: whoever re-checks first after a change wins (workers are symmetric).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::settings::Rate;
+
+/// Paces every API call of a run; share it as `Arc<Limiter>`.
+pub struct Limiter {
+    /// Time zero of the ledger and the GCRAs; instants are kept as nanoseconds since it.
+    origin: Instant,
+    state: Mutex<State>,
+    /// Woken when a permit finishes: a waiter blocked only by calls in flight learns its release instant.
+    finished: Notify,
+}
+
+struct State {
+    gates: Gates,
+    pause: Option<Instant>,
+    acquired: u64,
+    waited: Duration,
+    pauses: u64,
+}
+
+/// What the limiter has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// Permits handed out.
+    pub acquired: u64,
+    /// Permits out now: calls sent whose answer has not come back.
+    pub in_flight: u64,
+    /// Total time spent in [`Limiter::acquire`] by the calls that got a permit (summed over callers).
+    pub waited: Duration,
+    /// Calls to [`Limiter::pause_until`] that set or lengthened a pause.
+    pub pauses: u64,
+}
+
+/// The right to send one call. Finish it when the answer comes back; dropping it counts as finishing.
+#[must_use = "a permit holds a slot in every quota until it is finished or dropped"]
+pub struct Permit {
+    limiter: Arc<Limiter>,
+}
+
+impl Limiter {
+    /// A limiter keeping to every quota in `rates` at once; no rates means no limit (pauses still apply).
+    pub fn new(rates: &[Rate]) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            origin: Instant::now(),
+            state: Mutex::new(State {
+                gates: Gates::new(rates),
+                pause: None,
+                acquired: 0,
+                waited: Duration::ZERO,
+                pauses: 0,
+            }),
+            finished: Notify::new(),
+        })
+    }
+
+    /// Waits until every quota has room and no pause is in force, then takes a slot in every quota.
+    ///
+    /// Cancel-safe: dropping the future while it waits holds nothing.
+    pub async fn acquire(self: &Arc<Self>) -> Permit {
+        let asked = Instant::now();
+        loop {
+            // Registered before looking at the state, so a finish between the look and the wait still wakes us.
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let wake = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                match state.pause.filter(|until| *until > now) {
+                    Some(until) => Some(until),
+                    None => match state.gates.try_start(self.nanos(now)) {
+                        Ok(()) => {
+                            state.acquired += 1;
+                            state.waited += now.saturating_duration_since(asked);
+                            return Permit {
+                                limiter: Arc::clone(self),
+                            };
+                        }
+                        Err(wake) => wake.map(|at| self.origin + Duration::from_nanos(at)),
+                    },
+                }
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = &mut finished => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => finished.await,
+            }
+        }
+    }
+
+    /// Holds every acquire until `until` (after a 429). A pause never shortens one already in force.
+    pub fn pause_until(&self, until: Instant) {
+        let mut state = self.lock();
+        if state.pause.is_none_or(|current| until > current) {
+            state.pause = Some(until);
+            state.pauses += 1;
+        }
+        // Waiters sleeping towards an earlier instant re-check then and find the pause: no wake-up needed.
+    }
+
+    /// The end of the pause in force now, if any.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.lock().pause.filter(|until| *until > now)
+    }
+
+    pub fn stats(&self) -> LimiterStats {
+        let state = self.lock();
+        LimiterStats {
+            acquired: state.acquired,
+            in_flight: state.gates.in_flight,
+            waited: state.waited,
+            pauses: state.pauses,
+        }
+    }
+
+    fn finish(&self) {
+        {
+            let mut state = self.lock();
+            let now = self.nanos(Instant::now());
+            state.gates.finish(now);
+        }
+        self.finished.notify_waiters();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave the ledger half-updated (every update is one short block), so a
+        // poisoned lock is still good to use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        to_nanos(at.saturating_duration_since(self.origin))
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Limiter")
+            .field("rates", &state.gates.rates())
+            .field("pause", &state.pause)
+            .field("in_flight", &state.gates.in_flight)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// The answer came back now: the slot stays held for one period from now, then frees.
+    pub fn finish(self) {
+        // The work is done by Drop, so a permit lost on an error path frees its slot the same way.
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.finish();
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
+/// The earliest time `calls` calls can all have completed when each takes `latency`, at most `concurrency`
+/// run at once, under `rates` with the hold rule of [`Limiter`]: each call starts at the first instant a
+/// worker is free and every quota has room.
+///
+/// It runs the limiter's own gates over simulated time, so it is what the limiter does with that many
+/// workers calling `acquire`, waiting `latency` and finishing. O(calls × quotas).
+pub fn earliest_schedule(
+    rates: &[Rate],
+    calls: u64,
+    concurrency: usize,
+    latency: Duration,
+) -> Duration {
+    let workers = concurrency.max(1);
+    let latency = to_nanos(latency);
+    let mut gates = Gates::new(rates);
+    // Answer instants of the calls in flight; with one latency they come back in the order they started.
+    let mut running: VecDeque<u64> = VecDeque::with_capacity(workers);
+    let (mut started, mut now, mut last_answer) = (0u64, 0u64, 0u64);
+    while started < calls {
+        let mut wake = None;
+        loop {
+            while running.front().is_some_and(|&answer| answer <= now) {
+                let answer = running.pop_front().unwrap_or(now);
+                gates.finish(answer);
+            }
+            if started == calls || running.len() == workers {
+                break;
+            }
+            match gates.try_start(now) {
+                Ok(()) => {
+                    started += 1;
+                    last_answer = now + latency;
+                    running.push_back(last_answer);
+                }
+                Err(at) => {
+                    wake = at;
+                    break;
+                }
+            }
+        }
+        if started == calls {
+            break;
+        }
+        // Nothing can change before the next answer or the instant a full quota gains room.
+        now = match (running.front().copied(), wake) {
+            (Some(answer), Some(at)) => answer.min(at),
+            (Some(answer), None) => answer,
+            (None, Some(at)) => at,
+            (None, None) => {
+                unreachable!("a full quota always has a call in flight or a release pending")
+            }
+        };
+    }
+    Duration::from_nanos(last_answer)
+}
+
+/// The instant every GCRA judges: the one the limiter read for the decision at hand.
+///
+/// governor reads its clock inside `check`; handing it the instant the ledger was judged at (rather than
+/// reading the clock again) keeps both gates on the same instant, and lets [`earliest_schedule`] drive
+/// them with simulated time.
+#[derive(Clone, Debug, Default)]
+struct DecisionClock(Arc<AtomicU64>);
+
+impl Clock for DecisionClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::new(self.0.load(Ordering::Relaxed))
+    }
+}
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DecisionClock, NoOpMiddleware<Nanos>>;
+
+/// Every quota's ledger and GCRA. Instants are nanoseconds since the limiter's origin.
+struct Gates {
+    clock: Arc<AtomicU64>,
+    quotas: Vec<QuotaGate>,
+    in_flight: u64,
+    /// Calls the ledger admitted and a GCRA refused: zero unless the ledger is wrong (see the module doc).
+    gcra_refusals: u64,
+}
+
+struct QuotaGate {
+    rate: Rate,
+    limit: u64,
+    period: u64,
+    /// When the calls answered lately stop counting (answer + period), oldest first. With `in_flight` it
+    /// never holds more than `limit` entries once expired ones are dropped.
+    releases: VecDeque<u64>,
+    gcra: Gcra,
+}
+
+impl Gates {
+    fn new(rates: &[Rate]) -> Gates {
+        let clock = Arc::new(AtomicU64::new(0));
+        let quotas = rates
+            .iter()
+            .map(|rate| QuotaGate {
+                rate: *rate,
+                // A limit of 0 would block forever; settings reject it, and here it is taken as 1.
+                limit: u64::from(rate.limit.max(1)),
+                period: to_nanos(rate.period),
+                releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
+                gcra: RateLimiter::direct_with_clock(
+                    gcra_quota(rate),
+                    DecisionClock(Arc::clone(&clock)),
+                ),
+            })
+            .collect();
+        Gates {
+            clock,
+            quotas,
+            in_flight: 0,
+            gcra_refusals: 0,
+        }
+    }
+
+    fn rates(&self) -> Vec<Rate> {
+        self.quotas.iter().map(|q| q.rate).collect()
+    }
+
+    /// Starts a call at `now` if every quota has room, taking a slot in each. Otherwise returns the instant
+    /// before which nothing but a finishing call can make room (None: only a finish can).
+    fn try_start(&mut self, now: u64) -> Result<(), Option<u64>> {
+        let mut full = false;
+        let mut wake: Option<u64> = None;
+        for quota in &mut self.quotas {
+            while quota
+                .releases
+                .front()
+                .is_some_and(|&release| release <= now)
+            {
+                quota.releases.pop_front();
+            }
+            if self.in_flight + quota.releases.len() as u64 >= quota.limit {
+                full = true;
+                // Every full quota must gain room, and each does so no earlier than its oldest release.
+                if let Some(&release) = quota.releases.front() {
+                    wake = Some(wake.map_or(release, |w| w.max(release)));
+                }
+            }
+        }
+        if full {
+            return Err(wake);
+        }
+        self.clock.store(now, Ordering::Relaxed);
+        for quota in &self.quotas {
+            if let Err(not_until) = quota.gcra.check() {
+                // Unreachable if the ledger is right. GCRAs checked before this one have counted the call:
+                // that only makes them stricter.
+                self.gcra_refusals += 1;
+                let at = not_until.earliest_possible().as_u64().max(now + 1);
+                tracing::warn!(rate = %quota.rate, "rate limiter: the GCRA refused a call the ledger admitted; waiting for it");
+                return Err(Some(at));
+            }
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// A call's answer came back at `now`: it holds its slot for one more period.
+    fn finish(&mut self, now: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        for quota in &mut self.quotas {
+            quota.releases.push_back(now + quota.period);
+        }
+    }
+}
+
+/// rate `limit / period` with burst `limit` (governor rounds `period / limit` down to whole nanoseconds).
+fn gcra_quota(rate: &Rate) -> Quota {
+    let burst = std::num::NonZeroU32::new(rate.limit.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let per_call = (rate.period / burst.get()).max(Duration::from_nanos(1));
+    Quota::with_period(per_call)
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+fn to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn rate(limit: u32, period: Duration) -> Rate {
+        Rate { limit, period }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// One call as the test saw it: when it got its permit and when its answer came back.
+    #[derive(Clone, Copy, Debug)]
+    struct Call {
+        sent: Instant,
+        answered: Instant,
+    }
+
+    /// The independent checker. Whatever instant in `[sent, answered]` the service counts a call at, a
+    /// window of `period` ending at `e` may hold call j iff `sent_j < e <= answered_j + period`. The most
+    /// calls any window can hold is the most such spans covering one point, and that maximum is reached
+    /// just after some call's send: so count, for every call i, the calls j with
+    /// `sent_j <= sent_i < answered_j + period`.
+    fn most_in_any_window(calls: &[Call], period: Duration) -> usize {
+        calls
+            .iter()
+            .map(|i| {
+                calls
+                    .iter()
+                    .filter(|j| j.sent <= i.sent && i.sent < j.answered + period)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn assert_within(calls: &[Call], rates: &[Rate]) {
+        for r in rates {
+            let most = most_in_any_window(calls, r.period);
+            assert!(
+                most <= r.limit as usize,
+                "{most} calls in one window of {r}"
+            );
+        }
+    }
+
+    /// `workers` tasks share `calls` calls; each takes a permit, waits `latency(call)`, then finishes.
+    async fn run(
+        limiter: &Arc<Limiter>,
+        calls: usize,
+        workers: usize,
+        latency: impl Fn(usize) -> Duration,
+    ) -> Vec<Call> {
+        let next = Arc::new(AtomicU64::new(0));
+        let latencies: Arc<Vec<Duration>> = Arc::new((0..calls).map(latency).collect());
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (limiter, next, latencies) = (
+                Arc::clone(limiter),
+                Arc::clone(&next),
+                Arc::clone(&latencies),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= latencies.len() {
+                        return done;
+                    }
+                    let permit = limiter.acquire().await;
+                    let sent = Instant::now();
+                    if !latencies[n].is_zero() {
+                        tokio::time::sleep(latencies[n]).await;
+                    }
+                    done.push(Call {
+                        sent,
+                        answered: Instant::now(),
+                    });
+                    permit.finish();
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort_by_key(|c| c.sent);
+        all
+    }
+
+    fn gcra_refusals(limiter: &Limiter) -> u64 {
+        limiter.lock().gates.gcra_refusals
+    }
+
+    #[test]
+    fn checker_catches_a_send_time_log() {
+        // A sliding-window log on send times: 100 sent at 0 answered at 1s, 100 more sent at 60s. The
+        // service may count the first batch at 1s and the second at 60s: 200 in one minute.
+        let t0 = Instant::now();
+        let mut calls: Vec<Call> = (0..100)
+            .map(|_| Call {
+                sent: t0,
+                answered: t0 + ms(1000),
+            })
+            .collect();
+        calls.extend((0..100).map(|_| Call {
+            sent: t0 + MINUTE,
+            answered: t0 + MINUTE,
+        }));
+        assert_eq!(most_in_any_window(&calls, MINUTE), 200);
+        // One period after the answers, they no longer count.
+        for c in &mut calls[100..] {
+            c.sent = t0 + MINUTE + ms(1000);
+        }
+        assert_eq!(most_in_any_window(&calls, MINUTE), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_calls_start_at_once() {
+        let rates = [rate(100, MINUTE), rate(1500, HOUR)];
+        let limiter = Limiter::new(&rates);
+        let t0 = Instant::now();
+        let calls = run(&limiter, 100, 100, |_| ms(300)).await;
+        assert!(calls.iter().all(|c| c.sent == t0));
+        assert_eq!(limiter.stats().waited, Duration::ZERO);
+        assert_eq!(limiter.stats().acquired, 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_101st_waits_one_period_after_the_first_answer() {
+        let rates = [rate(100, MINUTE), rate(1500, HOUR)];
+        for latency in [Duration::ZERO, ms(250)] {
+            let limiter = Limiter::new(&rates);
+            let t0 = Instant::now();
+            let calls = run(&limiter, 150, 150, |_| latency).await;
+            assert!(calls[..100].iter().all(|c| c.sent == t0));
+            let first_answer = calls.iter().map(|c| c.answered).min().unwrap();
+            assert!(
+                calls[100..].iter().all(|c| c.sent == first_answer + MINUTE),
+                "latency {latency:?}"
+            );
+            assert_within(&calls, &rates);
+            assert_eq!(gcra_refusals(&limiter), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hourly_quota_binds_long_runs() {
+        // Defaults scaled by 1/100: 100/600ms and 1500/36s.
+        let rates = [rate(100, ms(600)), rate(1500, ms(36_000))];
+        let limiter = Limiter::new(&rates);
+        let t0 = Instant::now();
+        let calls = run(&limiter, 3000, 8, |n| ms(5 + (n as u64 * 7) % 20)).await;
+        assert_within(&calls, &rates);
+        assert_eq!(gcra_refusals(&limiter), 0);
+        // The first 1,500 go at the minute quota's pace (about 9s); then the hour's ledger holds the rest
+        // until the first answers are an hour old.
+        assert!(
+            calls[1499].sent - t0 < ms(9_500),
+            "{:?}",
+            calls[1499].sent - t0
+        );
+        let first_answer = calls.iter().map(|c| c.answered).min().unwrap();
+        assert!(calls[1500].sent >= first_answer + ms(36_000));
+        assert!(calls[1500].sent < first_answer + ms(36_700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_quotas_hold_together_under_random_latency() {
+        let rates = [rate(10, ms(100)), rate(25, ms(1000)), rate(40, ms(3000))];
+        let limiter = Limiter::new(&rates);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let latencies: Vec<Duration> = (0..300).map(|_| ms(rng.u64(0..400))).collect();
+        let calls = run(&limiter, 300, 12, |n| latencies[n]).await;
+        assert_within(&calls, &rates);
+        assert_eq!(gcra_refusals(&limiter), 0);
+        // Each quota bound at some point: exactly full windows were reached.
+        for r in &rates {
+            assert_eq!(
+                most_in_any_window(&calls, r.period),
+                r.limit as usize,
+                "{r} never filled"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn earliest_schedule_is_what_the_limiter_does() {
+        let cases: &[(&[Rate], usize, usize, u64)] = &[
+            (&[rate(100, ms(600)), rate(1500, ms(36_000))], 3000, 8, 10),
+            (&[rate(100, ms(600)), rate(1500, ms(36_000))], 150, 150, 0),
+            (&[rate(10, ms(100)), rate(25, ms(1000))], 200, 3, 7),
+            (&[rate(10, ms(100)), rate(25, ms(1000))], 200, 40, 0),
+            (&[rate(5, ms(50))], 101, 1, 30),
+            (&[], 50, 4, 25),
+        ];
+        for &(rates, calls, workers, latency) in cases {
+            let limiter = Limiter::new(rates);
+            let t0 = Instant::now();
+            let done = run(&limiter, calls, workers, |_| ms(latency)).await;
+            let end = done.iter().map(|c| c.answered).max().unwrap() - t0;
+            let predicted = earliest_schedule(rates, calls as u64, workers, ms(latency));
+            assert_eq!(
+                end, predicted,
+                "{rates:?} calls {calls} workers {workers} latency {latency}ms"
+            );
+            assert_within(&done, rates);
+        }
+    }
+
+    #[test]
+    fn earliest_schedule_matches_the_budget_arithmetic() {
+        let defaults = [rate(100, MINUTE), rate(1500, HOUR)];
+        // 100 calls: not held back at all.
+        assert_eq!(earliest_schedule(&defaults, 100, 100, ms(200)), ms(200));
+        // 1,500 calls: about 15 minutes, not an hour.
+        let t = earliest_schedule(&defaults, 1500, 4, ms(200));
+        assert!(t > 14 * MINUTE && t < 16 * MINUTE, "{t:?}");
+        // 10,000 calls: the hourly quota binds, about 6.7 hours at best.
+        let started = std::time::Instant::now();
+        let t = earliest_schedule(&defaults, 10_000, 4, ms(200));
+        assert!(t > 6 * HOUR && t < 7 * HOUR, "{t:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn earliest_schedule_respects_concurrency() {
+        assert_eq!(earliest_schedule(&[], 10, 3, ms(100)), ms(400));
+        assert_eq!(earliest_schedule(&[], 0, 3, ms(100)), Duration::ZERO);
+        assert_eq!(
+            earliest_schedule(&[rate(1000, MINUTE)], 10, 1, ms(100)),
+            ms(1000)
+        );
+        // Concurrency 0 is taken as 1 rather than never finishing.
+        assert_eq!(earliest_schedule(&[], 2, 0, ms(100)), ms(200));
+        // The quota binds before the workers do: 2 per 100ms, each call 10ms, the third answered 10ms
+        // after the first's release.
+        assert_eq!(
+            earliest_schedule(&[rate(2, ms(100))], 3, 8, ms(10)),
+            ms(120)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_bound_concurrency() {
+        let limiter = Limiter::new(&[]);
+        let calls = run(&limiter, 12, 3, |_| ms(100)).await;
+        for c in &calls {
+            let overlapping = calls
+                .iter()
+                .filter(|o| o.sent <= c.sent && c.sent < o.answered)
+                .count();
+            assert!(overlapping <= 3);
+        }
+        assert_eq!(limiter.stats().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_rates_means_no_limit() {
+        let limiter = Limiter::new(&[]);
+        let t0 = Instant::now();
+        let permits: Vec<Permit> = acquire_many(&limiter, 1000).await;
+        assert_eq!(Instant::now(), t0);
+        assert_eq!(limiter.stats().in_flight, 1000);
+        drop(permits);
+        assert_eq!(limiter.stats().in_flight, 0);
+    }
+
+    async fn acquire_many(limiter: &Arc<Limiter>, n: usize) -> Vec<Permit> {
+        let mut permits = Vec::with_capacity(n);
+        for _ in 0..n {
+            permits.push(limiter.acquire().await);
+        }
+        permits
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_everyone_and_is_never_shortened() {
+        let limiter = Limiter::new(&[rate(100, MINUTE)]);
+        let t0 = Instant::now();
+        limiter.pause_until(t0 + ms(5000));
+        limiter.pause_until(t0 + ms(2000));
+        assert_eq!(limiter.paused_until(), Some(t0 + ms(5000)));
+        assert_eq!(limiter.stats().pauses, 1);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let permit = limiter.acquire().await;
+                    let at = Instant::now();
+                    permit.finish();
+                    at
+                })
+            })
+            .collect();
+        tokio::time::sleep(ms(3000)).await;
+        // A later pause while they wait lengthens it for all of them.
+        limiter.pause_until(t0 + ms(8000));
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), t0 + ms(8000));
+        }
+        assert_eq!(limiter.paused_until(), None);
+        assert_eq!(limiter.stats().pauses, 2);
+        assert_eq!(limiter.stats().waited, ms(3 * 8000));
+        // A pause in the past does nothing.
+        limiter.pause_until(t0);
+        let before = Instant::now();
+        limiter.acquire().await.finish();
+        assert_eq!(Instant::now(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_and_a_full_window_combine() {
+        let limiter = Limiter::new(&[rate(2, ms(1000))]);
+        let t0 = Instant::now();
+        limiter.acquire().await.finish();
+        limiter.acquire().await.finish();
+        // The window frees at 1000ms; a pause to 400ms ends first, so the window decides.
+        limiter.pause_until(t0 + ms(400));
+        limiter.acquire().await.finish();
+        assert_eq!(Instant::now(), t0 + ms(1000));
+        // Now a pause beyond the window's next release decides.
+        limiter.pause_until(t0 + ms(2500));
+        limiter.acquire().await.finish();
+        assert_eq!(Instant::now(), t0 + ms(2500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_permit_holds_its_slot_from_the_drop() {
+        let limiter = Limiter::new(&[rate(1, ms(1000))]);
+        let t0 = Instant::now();
+        let permit = limiter.acquire().await;
+        let limiter2 = Arc::clone(&limiter);
+        let waiter = tokio::spawn(async move {
+            limiter2.acquire().await.finish();
+            Instant::now()
+        });
+        tokio::time::sleep(ms(300)).await;
+        drop(permit);
+        // The waiter had no release to sleep towards: the drop wakes it and it waits one period more.
+        assert_eq!(waiter.await.unwrap(), t0 + ms(1300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_acquire_holds_nothing() {
+        let limiter = Limiter::new(&[rate(1, ms(1000))]);
+        let t0 = Instant::now();
+        limiter.acquire().await.finish();
+        assert!(
+            tokio::time::timeout(ms(500), limiter.acquire())
+                .await
+                .is_err()
+        );
+        assert_eq!(limiter.stats().in_flight, 0);
+        limiter.acquire().await.finish();
+        assert_eq!(Instant::now(), t0 + ms(1000));
+    }
+
+    #[test]
+    fn the_gcra_alone_refuses_a_burst_beyond_the_limit() {
+        // Proves the steady-rate gate is wired with the right quota: burst = limit, then limit/period.
+        let gates = Gates::new(&[rate(3, ms(300))]);
+        gates.clock.store(0, Ordering::Relaxed);
+        let gcra = &gates.quotas[0].gcra;
+        assert!((0..3).all(|_| gcra.check().is_ok()));
+        let refused = gcra.check().unwrap_err();
+        assert_eq!(refused.earliest_possible(), Nanos::new(to_nanos(ms(100))));
+        // With the ledger in front, the same burst is refused by the ledger, never the GCRA.
+        let mut gates = Gates::new(&[rate(3, ms(300))]);
+        assert!((0..3).all(|_| gates.try_start(0).is_ok()));
+        assert_eq!(gates.try_start(0), Err(None));
+        gates.finish(to_nanos(ms(10)));
+        assert_eq!(
+            gates.try_start(to_nanos(ms(20))),
+            Err(Some(to_nanos(ms(310))))
+        );
+        assert_eq!(gates.gcra_refusals, 0);
+    }
+}
