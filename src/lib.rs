@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod input;
 pub mod limiter;
+pub mod lock;
 pub mod logging;
 pub mod progress;
 pub mod results;

@@ -1,0 +1,126 @@
+//! One run at a time per tenant and app registration: they share one quota, so two runs would only
+//! throttle each other.
+//!
+//! The lock is an operating-system file lock (`File::try_lock`) on a file named for the tenant and client,
+//! in the state directory. The OS drops it when the holder dies, however it dies, so a lock left by a
+//! crashed run is never in the way. Beside it, a `.holder` file names the holder's run id, pid and start
+//! time (a separate file: Windows locks are mandatory, so the locked file itself cannot be read), so a
+//! refused run can name who holds it, and a run that finds a holder named but no lock held says it is
+//! taking over from a run that did not end cleanly.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Overrides where lock files live (tests, or hosts with a shared state directory).
+pub const STATE_DIR_ENV: &str = "MDE_STATE_DIR";
+
+/// The directory for lock files: `MDE_STATE_DIR`, else the platform's per-user state directory.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    #[cfg(windows)]
+    let base = std::env::var_os("LOCALAPPDATA").map(PathBuf::from);
+    #[cfg(not(windows))]
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state")));
+    base.unwrap_or_else(std::env::temp_dir).join("mde-offboard")
+}
+
+/// A held run lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    holder_path: PathBuf,
+}
+
+fn write_holder(path: &Path, holder: &str) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(holder.as_bytes())?;
+    file.sync_all()
+}
+
+impl RunLock {
+    /// Takes the lock for `tenant` + `client` in `dir`, or says who holds it.
+    pub fn acquire(dir: &Path, tenant: &str, client: &str, run_id: &str) -> Result<RunLock> {
+        let fail = |path: &Path, e: std::io::Error| Error::Output {
+            path: path.to_owned(),
+            message: format!("cannot use the run lock file: {e}"),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>();
+        let path = dir.join(format!("{}-{}.lock", safe(tenant), safe(client)));
+        let holder_path = path.with_extension("holder");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| fail(&path, e))?;
+        let previous = std::fs::read_to_string(&holder_path).unwrap_or_default();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = previous.trim();
+                return Err(Error::Usage(format!(
+                    "another run for this tenant and app is in progress ({}); they share one API quota, so \
+                     wait for it to end (lock file {})",
+                    if holder.is_empty() { "holder unknown" } else { holder },
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(&path, e)),
+        }
+        if !previous.trim().is_empty() {
+            tracing::warn!(
+                "taking over the run lock from a run that did not end cleanly ({}); if it was offboarding, resume it with --resume",
+                previous.trim()
+            );
+        }
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let holder = format!("run {run_id}, pid {}, started {started}", std::process::id());
+        write_holder(&holder_path, &holder).map_err(|e| fail(&holder_path, e))?;
+        Ok(RunLock { file, holder_path })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // A clean end removes the holder's name, so the next run knows no run died holding the lock.
+        let _ = std::fs::remove_file(&self.holder_path);
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(dir.path(), "t", "c", "run-1").unwrap();
+        let msg = RunLock::acquire(dir.path(), "t", "c", "run-2").unwrap_err().to_string();
+        assert!(msg.contains("run-1") && msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        // Another app registration has its own quota and its own lock.
+        let other = RunLock::acquire(dir.path(), "t", "other", "run-3").unwrap();
+        drop(first);
+        assert!(RunLock::acquire(dir.path(), "t", "c", "run-4").is_ok());
+        drop(other);
+    }
+
+    #[test]
+    fn a_lock_left_by_a_dead_run_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a killed run leaves: the file with its details, and no OS lock.
+        std::fs::write(dir.path().join("t-c.holder"), "run dead, pid 1, started 2026-01-01T00:00:00Z").unwrap();
+        let lock = RunLock::acquire(dir.path(), "t", "c", "run-5").unwrap();
+        let text = std::fs::read_to_string(&lock.holder_path).unwrap();
+        assert!(text.starts_with("run run-5"), "{text}");
+    }
+}
