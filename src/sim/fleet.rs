@@ -120,20 +120,29 @@ impl Fleet {
             let id: String = (0..40)
                 .map(|_| char::from_digit(rng.u32(..16), 16).expect("hex digit"))
                 .collect();
-            let os = pick(&mut rng, &PLATFORMS);
+            // About one machine in sixty is a reimaged device: a new id under an older machine's name and
+            // platform; the older record is the one left behind, inactive.
+            let reimage_of =
+                (machines.len() > 10 && rng.u32(..60) == 0).then(|| rng.usize(..machines.len()));
+            let os = match reimage_of {
+                Some(i) => PLATFORMS
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .find(|p| *p == machines[i].os_platform)
+                    .unwrap_or("Windows10"),
+                None => pick(&mut rng, &PLATFORMS),
+            };
             let mut health = pick(&mut rng, &HEALTH).to_string();
-            let server = os.starts_with("WindowsServer") || (os == "Linux" && rng.bool());
+            let server = match reimage_of {
+                Some(i) => machines[i].computer_dns_name.starts_with("srv-"),
+                None => os.starts_with("WindowsServer") || (os == "Linux" && rng.bool()),
+            };
             let (prefix, kind) = match os {
                 _ if server => ("srv", 1),
                 "Linux" => ("lnx", 2),
                 "macOS" => ("mac", 3),
                 _ => ("ws", 0),
             };
-            // About one machine in sixty is a reimaged device: a new id under an older machine's name; the
-            // older record is the one left behind, inactive.
-            let reimage_of = (machines.len() > 10 && rng.u32(..60) == 0)
-                .then(|| rng.usize(..machines.len()))
-                .filter(|&i| machines[i].os_platform == os);
             let computer_dns_name = match reimage_of {
                 Some(i) => {
                     machines[i].health_status = "Inactive".into();
@@ -152,6 +161,13 @@ impl Fleet {
                 0 if rng.u32(..25) == 0 => GROUPS[3],
                 2 if rng.bool() => GROUPS[4],
                 _ => GROUPS[0],
+            };
+            let group = match reimage_of {
+                Some(i) => GROUPS
+                    .into_iter()
+                    .find(|(name, _)| *name == machines[i].rbac_group_name)
+                    .unwrap_or(group),
+                None => group,
             };
             if reimage_of.is_some() {
                 health = "Active".into();
