@@ -1508,3 +1508,54 @@ fn write_samples() {
     }
     out.flush().unwrap();
 }
+
+#[derive(clap::Parser)]
+struct SimulateCli {
+    #[command(flatten)]
+    args: mde_offboard::sim::SimulateArgs,
+}
+
+#[tokio::test]
+async fn simulate_serves_until_shutdown() {
+    use clap::Parser;
+    let args = SimulateCli::try_parse_from([
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet-size",
+        "5",
+        "--no-quotas",
+    ])
+    .unwrap()
+    .args;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(mde_offboard::sim::simulate(args, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!run.is_finished(), "simulate returned before shutdown");
+    stop.send(()).unwrap();
+    run.await.unwrap().expect("simulate ends cleanly");
+
+    // A port in use is a simulator error, not a panic.
+    let busy = Simulator::start(config()).await.unwrap();
+    let error = Simulator::start(SimConfig {
+        listen: busy.addr(),
+        ..config()
+    })
+    .await
+    .err()
+    .expect("the port is taken");
+    assert!(
+        matches!(error, mde_offboard::error::Error::Simulator(_)),
+        "{error}"
+    );
+    let error = Simulator::start(SimConfig {
+        time_scale: 0.0,
+        ..config()
+    })
+    .await
+    .err()
+    .expect("time scale 0 is refused");
+    assert!(error.to_string().contains("time scale"), "{error}");
+}

@@ -86,10 +86,6 @@ impl Actions {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.list.len()
-    }
-
     /// The machine's open (Pending or InProgress) action, if any.
     pub(crate) fn open_for(&self, machine_id: &str, now: Instant) -> Option<&Action> {
         let last = *self.by_machine.get(machine_id)?.last()?;

@@ -202,11 +202,11 @@ pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) ->
         ));
     }
     line.push(')');
-    let mut stdout = std::io::stdout().lock();
+    // One line, flushed: scripts wait for it to learn the address.
+    let mut stdout = std::io::stdout();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
         .map_err(|e| Error::Simulator(format!("cannot write to stdout: {e}")))?;
-    drop(stdout);
     shutdown.await;
     sim.shutdown().await;
     Ok(())

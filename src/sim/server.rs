@@ -139,7 +139,8 @@ impl Simulator {
         self.shared.stats()
     }
 
-    /// Replaces the faults from the next call on (the seed's per-call counts carry on).
+    /// Replaces the faults from the next call on. Per-call counts (see [`Faults`]) start when faults are first
+    /// on and carry on across changes.
     pub fn set_faults(&self, faults: Faults) {
         if let Err(e) = faults.validate() {
             tracing::warn!("{e}; shares are drawn in order until they reach 1");
@@ -376,7 +377,6 @@ impl Shared {
             .into_iter()
             .map(|(s, n)| (s.to_string(), n))
             .collect();
-        debug_assert_eq!(actions.len() as u64, stats.actions_created);
         stats.time_scale = self.config.time_scale;
         stats
     }
