@@ -1140,9 +1140,25 @@ async fn dropped_connections_sometimes_after_the_offboard() {
             .await
             .is_err()
     );
+    // A drop drawn for after the action drops whatever the answer would have been.
+    let unknown = "0000000000000000000000000000000000000000";
+    for _ in 0..6 {
+        assert!(
+            api.send_offboard(unknown, json!({"Comment": "x"}))
+                .await
+                .is_err()
+        );
+    }
     let stats = api.sim.stats();
-    assert_eq!(stats.faults.dropped, 41);
-    assert_eq!(stats.count(OFFBOARD, "dropped"), 40);
+    assert_eq!(stats.faults.dropped, 47);
+    assert_eq!(stats.count(OFFBOARD, "dropped"), 46);
+    assert_eq!(
+        stats.offboard_calls[unknown],
+        mde_offboard::sim::OffboardCount {
+            calls: 6,
+            accepted: 0
+        }
+    );
     assert!(
         (8..=32).contains(&stats.actions_created),
         "{} of 40 applied before the drop",

@@ -500,6 +500,15 @@ impl Shared {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
+        let outcome = self.offboard_admitted(id, &key, &admitted, body);
+        // A drop drawn for after the action closes the connection whatever the call's own answer.
+        if matches!(admitted.fault, Some(Fault::Drop { .. })) {
+            return Outcome::Drop;
+        }
+        outcome
+    }
+
+    fn offboard_admitted(&self, id: &str, key: &str, admitted: &Admitted, body: &[u8]) -> Outcome {
         if !admitted.grant.can_offboard {
             return answer(
                 StatusCode::FORBIDDEN,
@@ -511,7 +520,7 @@ impl Shared {
             Ok(comment) => comment,
             Err(why) => return answer(StatusCode::BAD_REQUEST, "InvalidRequestBody", why),
         };
-        let Some(machine) = self.fleet.get(&key) else {
+        let Some(machine) = self.fleet.get(key) else {
             return answer(
                 StatusCode::NOT_FOUND,
                 "ResourceNotFound",
@@ -578,10 +587,7 @@ impl Shared {
         {
             let mut counters = self.counters.lock().expect("counters lock");
             counters.actions_created += 1;
-            counters.offboard(&key).accepted += 1;
-        }
-        if matches!(admitted.fault, Some(Fault::Drop { .. })) {
-            return Outcome::Drop;
+            counters.offboard(key).accepted += 1;
         }
         match created {
             Ok(bytes) => Outcome::Answer(
