@@ -1,0 +1,347 @@
+//! `mde-offboard simulate`: the flags, and serving until shutdown.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::config::{
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle,
+    SimConfig,
+};
+use super::fleet::Fleet;
+use super::server::Simulator;
+use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
+use crate::error::Error;
+use crate::settings::{Rate, SECRET_ENV};
+
+/// Run a local simulator of the Defender for Endpoint API and its Entra ID sign-in (for demos and tests).
+///
+/// The app's client secret is read from MDE_CLIENT_SECRET if set, otherwise the demo secret is used.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+    /// Number of machines in the generated fleet.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        conflicts_with = "fleet"
+    )]
+    pub fleet_size: usize,
+    /// Seed of the generated fleet.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "fleet")]
+    pub fleet_seed: u64,
+    /// Fleet CSV file (header id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName) instead of a generated fleet.
+    #[arg(long, value_name = "FILE.csv")]
+    pub fleet: Option<PathBuf>,
+    /// A quota N/PERIOD in service time; repeat for several. Replaces the defaults 100/1m and 1500/1h.
+    #[arg(long = "quota", value_name = "N/PERIOD")]
+    pub quotas: Vec<Rate>,
+    /// Serve without quotas.
+    #[arg(long, conflicts_with = "quotas")]
+    pub no_quotas: bool,
+    /// How much faster than real time the service runs (100 = a minute lasts 0.6 s).
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_scale)]
+    pub time_scale: f64,
+    /// Token lifetime in service time.
+    #[arg(long, value_name = "DURATION", default_value = "3599s", value_parser = parse_positive_duration)]
+    pub token_lifetime: Duration,
+    /// Send Retry-After as an HTTP-date instead of seconds.
+    #[arg(long)]
+    pub retry_after_http_date: bool,
+    /// A device group the app may not offboard (403); repeatable. Replaces the default "Tier0 Servers".
+    #[arg(long = "forbid-group", value_name = "NAME")]
+    pub forbid_groups: Vec<String>,
+    /// Forbid no device group.
+    #[arg(long, conflicts_with = "forbid_groups")]
+    pub no_forbidden_groups: bool,
+    /// A machine id the app may not offboard (403); repeatable.
+    #[arg(long = "forbid-id", value_name = "ID")]
+    pub forbid_ids: Vec<String>,
+    /// OS platforms whose offboard answers 400 OsPlatformNotSupported.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = DEFAULT_UNSUPPORTED_PLATFORMS.map(String::from))]
+    pub unsupported_platforms: Vec<String>,
+    /// Roles (application permissions) in issued tokens.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = DEFAULT_ROLES.map(String::from))]
+    pub roles: Vec<String>,
+    /// Share of offboard actions that end Failed.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.05, value_parser = parse_share)]
+    pub fail_share: f64,
+    /// Share of offboard actions that end TimeOut (after --action-timeout).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.03, value_parser = parse_share)]
+    pub timeout_share: f64,
+    /// How long an action stays Pending (service time).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub pending_for: Duration,
+    /// How long an action stays InProgress (service time).
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub in_progress_for: Duration,
+    /// When an action that never finishes ends TimeOut (service time).
+    #[arg(long, value_name = "DURATION", default_value = "3days", value_parser = humantime::parse_duration)]
+    pub action_timeout: Duration,
+    /// Seed of the fault decisions and of action ids.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_seed: u64,
+    /// Share of API calls answered 500.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_500: f64,
+    /// Share of API calls answered 503.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_503: f64,
+    /// Share of API calls whose connection is closed without an answer.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_drop: f64,
+    /// Share of API calls answered 429 although the quota is not spent.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_429: f64,
+    /// Retry-After of the spurious 429s (real time).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fault_429_retry_after: Duration,
+    /// Share of calls about an existing machine answered 404.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_404: f64,
+    /// Added to every API answer (real time).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub latency: Option<Duration>,
+    /// Answer sign-in with "secret expired" (AADSTS7000222).
+    #[arg(long)]
+    pub secret_expired: bool,
+    /// The tenant that exists.
+    #[arg(long, value_name = "ID", default_value = DEMO_TENANT_ID)]
+    pub tenant_id: String,
+    /// The app registration that exists.
+    #[arg(long, value_name = "ID", default_value = DEMO_CLIENT_ID)]
+    pub client_id: String,
+}
+
+impl SimulateArgs {
+    /// The simulator's configuration; `secret` is the app's secret if one was given (else the demo secret).
+    pub fn config(&self, secret: Option<String>) -> Result<SimConfig, Error> {
+        let fleet = match &self.fleet {
+            Some(path) => Fleet::from_csv(path)?,
+            None => Fleet::generate(self.fleet_size, self.fleet_seed),
+        };
+        let forbidden_groups = if self.no_forbidden_groups {
+            Vec::new()
+        } else if self.forbid_groups.is_empty() {
+            DEFAULT_FORBIDDEN_GROUPS.map(String::from).to_vec()
+        } else {
+            self.forbid_groups.clone()
+        };
+        let quotas = if self.no_quotas {
+            Vec::new()
+        } else if self.quotas.is_empty() {
+            SimConfig::default_quotas()
+        } else {
+            self.quotas.clone()
+        };
+        let config = SimConfig {
+            listen: self.listen,
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
+            roles: self
+                .roles
+                .iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect(),
+            token_lifetime: self.token_lifetime,
+            quotas,
+            retry_after_http_date: self.retry_after_http_date,
+            time_scale: self.time_scale,
+            fleet,
+            forbidden_groups,
+            forbidden_ids: self.forbid_ids.clone(),
+            unsupported_platforms: self.unsupported_platforms.clone(),
+            lifecycle: Lifecycle {
+                pending_for: self.pending_for,
+                in_progress_for: self.in_progress_for,
+                failed_share: self.fail_share,
+                timeout_share: self.timeout_share,
+                action_timeout: self.action_timeout,
+            },
+            faults: Faults {
+                seed: self.fault_seed,
+                error_500: self.fault_500,
+                error_503: self.fault_503,
+                drop_connection: self.fault_drop,
+                spurious_429: self.fault_429,
+                spurious_429_retry_after: self.fault_429_retry_after,
+                transient_404: self.fault_404,
+                latency: self.latency.unwrap_or_default(),
+            },
+            secret_expired: self.secret_expired,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Starts the simulator from the flags, prints where it listens, and serves until `shutdown` resolves.
+pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let secret = std::env::var(SECRET_ENV)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let config = args.config(secret)?;
+    let demo_secret = config.client_secret == DEMO_CLIENT_SECRET;
+    let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
+    let sim = Simulator::start(config).await?;
+    let mut line = format!(
+        "simulator listening on {} (tenant {tenant}, client {client}",
+        sim.base_url()
+    );
+    if demo_secret {
+        line.push_str(&format!(
+            "; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"
+        ));
+    }
+    line.push(')');
+    // One line, flushed: scripts wait for it to learn the address.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::Simulator(format!("cannot write to stdout: {e}")))?;
+    shutdown.await;
+    sim.shutdown().await;
+    Ok(())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| format!("`{s}` is not a share from 0 to 1, such as 0.05"))
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("`{s}` is not a number above 0, such as 1 or 100"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}` is not a duration above zero, such as 1h or 90s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<SimulateArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("simulate").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_make_the_demo() {
+        let config = parse(&[]).unwrap().config(None).unwrap();
+        assert_eq!(config.listen.port(), 8787);
+        assert_eq!(config.client_secret, DEMO_CLIENT_SECRET);
+        assert_eq!(config.quotas.len(), 2);
+        assert_eq!(config.forbidden_groups, vec!["Tier0 Servers".to_string()]);
+        assert_eq!(
+            config.roles,
+            vec![
+                "Machine.Offboard".to_string(),
+                "Machine.Read.All".to_string()
+            ]
+        );
+        assert_eq!(config.fleet.len(), 1000);
+        assert_eq!(
+            config.lifecycle.action_timeout,
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(config.faults.latency, Duration::ZERO);
+    }
+
+    #[test]
+    fn flags_become_config() {
+        let args = parse(&[
+            "--quota",
+            "5/1s",
+            "--quota",
+            "50/1m",
+            "--time-scale",
+            "100",
+            "--roles",
+            "Machine.Read.All",
+            "--forbid-group",
+            "Lab",
+            "--fault-500",
+            "0.1",
+            "--fault-429-retry-after",
+            "3s",
+            "--latency",
+            "5ms",
+            "--fleet-size",
+            "10",
+            "--token-lifetime",
+            "10m",
+            "--secret-expired",
+        ])
+        .unwrap();
+        let config = args.config(Some("s3cret".into())).unwrap();
+        assert_eq!(
+            config.quotas,
+            vec!["5/1s".parse().unwrap(), "50/1m".parse().unwrap()]
+        );
+        assert_eq!(config.time_scale, 100.0);
+        assert_eq!(config.roles, vec!["Machine.Read.All".to_string()]);
+        assert_eq!(config.forbidden_groups, vec!["Lab".to_string()]);
+        assert_eq!(config.faults.error_500, 0.1);
+        assert_eq!(config.faults.latency, Duration::from_millis(5));
+        assert_eq!(config.fleet.len(), 10);
+        assert_eq!(config.client_secret, "s3cret");
+        assert!(config.secret_expired);
+        assert!(
+            parse(&["--no-quotas"])
+                .unwrap()
+                .config(None)
+                .unwrap()
+                .quotas
+                .is_empty()
+        );
+        assert!(
+            parse(&["--no-forbidden-groups"])
+                .unwrap()
+                .config(None)
+                .unwrap()
+                .forbidden_groups
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for argv in [
+            &["--quota", "0/1m"][..],
+            &["--quota", "5/1m", "--no-quotas"],
+            &["--fault-500", "1.5"],
+            &["--time-scale", "0"],
+            &["--token-lifetime", "0s"],
+            &["--fleet", "x.csv", "--fleet-size", "3"],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
+        let args = parse(&["--fault-500", "0.6", "--fault-503", "0.6"]).unwrap();
+        assert!(args.config(None).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! Service time, timestamps and ids.
+//!
+//! The simulated service runs `time_scale` times faster than real time from the moment it starts: its clock
+//! reads the wall clock at start plus the scaled real time since. Timestamps it shows (action times) are
+//! service time, so they agree with the durations of the lifecycle; quota windows and token expiry are
+//! kept in real `Instant`s, scaled once.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    start: Instant,
+    wall_start: SystemTime,
+    scale: f64,
+}
+
+impl Clock {
+    pub(crate) fn new(scale: f64) -> Clock {
+        Clock {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            scale,
+        }
+    }
+
+    /// Service time elapsed between two real instants (zero if `to` is earlier).
+    pub(crate) fn service_between(&self, from: Instant, to: Instant) -> Duration {
+        to.saturating_duration_since(from).mul_f64(self.scale)
+    }
+
+    /// The service's wall-clock time at a real instant.
+    pub(crate) fn service_time(&self, at: Instant) -> SystemTime {
+        self.wall_start + self.service_between(self.start, at)
+    }
+
+    /// How long a service duration lasts in real time (at least a nanosecond).
+    pub(crate) fn real(&self, service: Duration) -> Duration {
+        service.div_f64(self.scale).max(Duration::from_nanos(1))
+    }
+}
+
+/// `2024-05-01T12:34:56.1234567Z`: RFC 3339 in UTC with seven fractional digits, as the API writes it.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (date, secs) = split_days(d.as_secs());
+    format!("{date}T{secs}.{:07}Z", d.subsec_nanos() / 100)
+}
+
+/// `2024-05-01 12:34:56Z`: how Entra ID writes the `timestamp` of an error.
+pub(crate) fn entra_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (date, secs) = split_days(d.as_secs());
+    format!("{date} {secs}Z")
+}
+
+fn split_days(secs: u64) -> (String, String) {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60),
+    )
+}
+
+/// Parses an RFC 3339 timestamp (`2024-05-01T12:34:56Z`, fractions and `+01:00` offsets allowed).
+pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = s.get(from..from + len)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for (k, c) in b[i + 1..i + 1 + digits].iter().enumerate().take(9) {
+            nanos += u32::from(c - b'0') * 10u32.pow(8 - k as u32);
+        }
+        i += 1 + digits;
+    }
+    let offset = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let minutes = num(i + 1, 2)? * 60 + num(i + 4, 2)?;
+            if rest.starts_with('-') {
+                -minutes * 60
+            } else {
+                minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(year, month as u32, day as u32) * 86_400
+        + hour * 3600
+        + minute * 60
+        + second
+        - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+// Howard Hinnant's civil-calendar algorithms (public domain).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A well-mixed 64-bit hash of some parts: the simulator's only source of seeded decisions.
+pub(crate) fn mix(seed: u64, parts: &[&[u8]]) -> u64 {
+    // FNV-1a over the bytes, then the splitmix64 finalizer so that nearby inputs land far apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for part in parts {
+        for &byte in *part {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A hash as a number in `[0, 1)`.
+pub(crate) fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A GUID in the usual 8-4-4-4-12 form, version 4.
+pub(crate) fn guid(bits: u128) -> String {
+    let b = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        b >> 96,
+        (b >> 80) & 0xffff,
+        (b >> 64) & 0xffff,
+        (b >> 48) & 0xffff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A fresh random GUID (correlation ids and the like).
+pub(crate) fn random_guid() -> String {
+    guid(fastrand::u128(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = UNIX_EPOCH + Duration::new(1_714_566_896, 123_456_700);
+        assert_eq!(rfc3339(t), "2024-05-01T12:34:56.1234567Z");
+        assert_eq!(parse_rfc3339("2024-05-01T12:34:56.1234567Z"), Some(t));
+        assert_eq!(parse_rfc3339("2024-05-01T14:34:56.1234567+02:00"), Some(t));
+        assert_eq!(entra_timestamp(t), "2024-05-01 12:34:56Z");
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_782_400))
+        );
+        for bad in [
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T00:00:00",
+            "2024-05-01T00:00:00.Z",
+            "x024-05-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn guids_look_like_guids() {
+        let g = guid(u128::MAX);
+        assert_eq!(g.len(), 36);
+        assert_eq!(&g[14..15], "4");
+        assert!(random_guid() != random_guid());
+    }
+
+    #[test]
+    fn scaled_clock() {
+        let c = Clock::new(100.0);
+        assert_eq!(c.real(Duration::from_secs(60)), Duration::from_millis(600));
+        let later = c.start + Duration::from_millis(10);
+        assert_eq!(c.service_between(c.start, later), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,199 @@
+//! What a simulator run looks like: credentials, quotas, time scale, fleet, access rules, the action
+//! lifecycle and faults. Every duration here is service time unless it says otherwise.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::fleet::Fleet;
+use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
+use crate::error::Error;
+use crate::settings::Rate;
+
+/// The roles (application permissions) the demo app is granted.
+pub const DEFAULT_ROLES: [&str; 2] = ["Machine.Offboard", "Machine.Read.All"];
+/// The device group the demo app has no access to.
+pub const DEFAULT_FORBIDDEN_GROUPS: [&str; 1] = ["Tier0 Servers"];
+/// Platforms the simulated service refuses to offboard (400 `OsPlatformNotSupported`): the ones Microsoft's
+/// documentation leaves out of the supported list.
+pub const DEFAULT_UNSUPPORTED_PLATFORMS: [&str; 4] = [
+    "Windows7",
+    "Windows8",
+    "Windows8Blue",
+    "WindowsServer2008R2",
+];
+/// Entra ID's usual token lifetime for client credentials, as `expires_in` shows it.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
+
+/// Everything a simulator run is made of.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Where to listen; port 0 picks a free port (see [`super::Simulator::addr`]).
+    pub listen: SocketAddr,
+    /// The only tenant that exists (compared case-insensitively).
+    pub tenant_id: String,
+    /// The only app registration that exists.
+    pub client_id: String,
+    pub client_secret: String,
+    /// The `roles` claim of issued tokens.
+    pub roles: Vec<String>,
+    /// Token lifetime in service time; `expires_in` shows it divided by `time_scale`.
+    pub token_lifetime: Duration,
+    /// Sliding-window quotas, per app registration, over all API routes.
+    pub quotas: Vec<Rate>,
+    /// Send `Retry-After` as an HTTP-date instead of seconds.
+    pub retry_after_http_date: bool,
+    /// How much faster than real time the service runs: 1.0 is real time, 100.0 is 100 times faster.
+    pub time_scale: f64,
+    pub fleet: Fleet,
+    /// Device groups the app has no access to: offboarding their machines answers 403.
+    pub forbidden_groups: Vec<String>,
+    /// Machines the app has no access to, whatever their group.
+    pub forbidden_ids: Vec<String>,
+    /// OS platforms whose offboard answers 400 `OsPlatformNotSupported`.
+    pub unsupported_platforms: Vec<String>,
+    pub lifecycle: Lifecycle,
+    pub faults: Faults,
+    /// The app's secret has expired: sign-in answers AADSTS7000222.
+    pub secret_expired: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tenant_id: DEMO_TENANT_ID.into(),
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: DEMO_CLIENT_SECRET.into(),
+            roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            quotas: SimConfig::default_quotas(),
+            retry_after_http_date: false,
+            time_scale: 1.0,
+            fleet: Fleet::generate(1000, 1),
+            forbidden_groups: DEFAULT_FORBIDDEN_GROUPS
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            forbidden_ids: Vec::new(),
+            unsupported_platforms: DEFAULT_UNSUPPORTED_PLATFORMS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            lifecycle: Lifecycle::default(),
+            faults: Faults::default(),
+            secret_expired: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The documented quotas: 100 calls a minute and 1,500 an hour.
+    pub fn default_quotas() -> Vec<Rate> {
+        crate::settings::DEFAULT_RATES
+            .iter()
+            .map(|r| r.parse().expect("default rates parse"))
+            .collect()
+    }
+
+    /// Rejects values the simulator cannot run with, naming the field.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let fail = |m: String| Err(Error::Simulator(m));
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return fail(format!(
+                "time scale {} must be a number above 0",
+                self.time_scale
+            ));
+        }
+        if self.token_lifetime.is_zero() {
+            return fail("token lifetime must be above zero".into());
+        }
+        let l = &self.lifecycle;
+        for (name, share) in [
+            ("failed share", l.failed_share),
+            ("timeout share", l.timeout_share),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return fail(format!("{name} {share} must be between 0 and 1"));
+            }
+        }
+        if l.failed_share + l.timeout_share > 1.0 {
+            return fail("failed share and timeout share together must not exceed 1".into());
+        }
+        self.faults.validate()
+    }
+}
+
+/// How offboard actions move on, in service time.
+///
+/// An action is `Pending` for `pending_for`, `InProgress` for `in_progress_for`, then final. Which final status
+/// is decided by the action's id: `failed_share` end `Failed`, `timeout_share` stay `InProgress` until
+/// `action_timeout` and end `TimeOut`, the rest end `Succeeded`. An action on a machine whose health is
+/// `Inactive` never starts: it stays `Pending` until `action_timeout`, then ends `TimeOut`.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    pub pending_for: Duration,
+    pub in_progress_for: Duration,
+    pub failed_share: f64,
+    pub timeout_share: f64,
+    pub action_timeout: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            pending_for: Duration::from_secs(120),
+            in_progress_for: Duration::from_secs(180),
+            failed_share: 0.05,
+            timeout_share: 0.03,
+            action_timeout: Duration::from_secs(3 * 24 * 3600),
+        }
+    }
+}
+
+/// Faults injected into API answers (never into sign-in or `/sim/stats`), as shares of calls.
+///
+/// Which call gets which fault depends only on `seed`, the method and request target, and how many times that
+/// method and target were called before, so the same calls get the same faults whatever their interleaving.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub seed: u64,
+    /// Share answered 500 `InternalServerError`.
+    pub error_500: f64,
+    /// Share answered 503 `ServiceUnavailable`.
+    pub error_503: f64,
+    /// Share whose TCP connection is closed without an answer; an offboard is applied first in about half.
+    pub drop_connection: f64,
+    /// Share answered 429 although the quota is not spent.
+    pub spurious_429: f64,
+    /// `Retry-After` of the spurious 429s, real time (at least one second is sent).
+    pub spurious_429_retry_after: Duration,
+    /// Share of calls about an existing machine answered 404 `ResourceNotFound`.
+    pub transient_404: f64,
+    /// Added to every API answer, real time (not scaled).
+    pub latency: Duration,
+}
+
+impl Faults {
+    /// The shares in the order they are drawn.
+    pub(crate) fn shares(&self) -> [f64; 5] {
+        [
+            self.error_500,
+            self.error_503,
+            self.drop_connection,
+            self.spurious_429,
+            self.transient_404,
+        ]
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let shares = self.shares();
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s))
+            || shares.iter().sum::<f64>() > 1.0 + 1e-9
+        {
+            return Err(Error::Simulator(format!(
+                "fault shares must each be between 0 and 1 and together at most 1 (got {shares:?})"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Seeded fault decisions.
+//!
+//! A call's fault depends on the seed, its method and request target (path and query), and how many calls
+//! with that method and target came before it; so the same calls get the same faults whatever order
+//! concurrent clients send them in, and a retry of a call draws anew.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::clock::{mix, unit};
+use super::config::Faults;
+
+/// What a call gets instead of (or besides) its normal answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Error500,
+    Error503,
+    /// Close the connection without answering; `after_apply` means an offboard is applied first.
+    Drop {
+        after_apply: bool,
+    },
+    Spurious429(Duration),
+    /// 404 `ResourceNotFound` for a machine that exists (only on routes about one machine).
+    NotFound,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FaultState {
+    faults: Faults,
+    /// Calls so far per `METHOD target`.
+    calls: HashMap<String, u64>,
+}
+
+impl FaultState {
+    pub(crate) fn new(faults: Faults) -> FaultState {
+        FaultState {
+            faults,
+            calls: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn set(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.faults.latency
+    }
+
+    /// Draws the fault of this call, if any.
+    pub(crate) fn draw(&mut self, method: &str, target: &str) -> Option<Fault> {
+        let shares = self.faults.shares();
+        if shares.iter().all(|&s| s == 0.0) {
+            return None;
+        }
+        let key_len = method.len() + 1 + target.len();
+        let mut key = String::with_capacity(key_len);
+        key.push_str(method);
+        key.push(' ');
+        key.push_str(target);
+        let count = self.calls.entry(key).or_default();
+        let n = *count;
+        *count += 1;
+        let h = mix(
+            self.faults.seed,
+            &[method.as_bytes(), target.as_bytes(), &n.to_le_bytes()],
+        );
+        let mut r = unit(h);
+        for (i, share) in shares.into_iter().enumerate() {
+            if r < share {
+                return Some(match i {
+                    0 => Fault::Error500,
+                    1 => Fault::Error503,
+                    2 => Fault::Drop {
+                        after_apply: h & 1 == 1,
+                    },
+                    3 => Fault::Spurious429(self.faults.spurious_429_retry_after),
+                    _ => Fault::NotFound,
+                });
+            }
+            r -= share;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(seed: u64) -> Faults {
+        Faults {
+            seed,
+            error_500: 0.2,
+            error_503: 0.1,
+            drop_connection: 0.1,
+            spurious_429: 0.1,
+            transient_404: 0.1,
+            ..Faults::default()
+        }
+    }
+
+    #[test]
+    fn same_seed_same_faults_whatever_the_interleaving() {
+        let paths: Vec<String> = (0..50).map(|i| format!("/api/machines/{i}")).collect();
+        let mut a = FaultState::new(faults(3));
+        let mut b = FaultState::new(faults(3));
+        let forward: Vec<Vec<_>> = paths
+            .iter()
+            .map(|p| (0..4).map(|_| a.draw("GET", p)).collect())
+            .collect();
+        // b sees the same calls, interleaved differently: round by round, paths backwards.
+        let mut backward = vec![Vec::new(); paths.len()];
+        for _ in 0..4 {
+            for (i, p) in paths.iter().enumerate().rev() {
+                backward[i].push(b.draw("GET", p));
+            }
+        }
+        assert_eq!(forward, backward);
+        let all: Vec<_> = forward.iter().flatten().collect();
+        let share = |f: &dyn Fn(&Option<Fault>) -> bool| {
+            all.iter().filter(|x| f(x)).count() as f64 / all.len() as f64
+        };
+        assert!((0.1..0.3).contains(&share(&|f| *f == Some(Fault::Error500))));
+        assert!((0.3..0.55).contains(&share(&|f| f.is_none())));
+        let mut c = FaultState::new(faults(4));
+        let other: Vec<Vec<_>> = paths
+            .iter()
+            .map(|p| (0..4).map(|_| c.draw("GET", p)).collect())
+            .collect();
+        assert_ne!(forward, other);
+    }
+}

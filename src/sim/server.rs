@@ -1,0 +1,807 @@
+//! The HTTP side: the accept loop, the routes, and what every API call goes through.
+//!
+//! Every API call passes the same gate, in the service's order: the bearer token (401), the quota (429,
+//! counted on arrival), then faults (which still count against the quota), then the route's own checks.
+//! Each route's logic is synchronous and holds each lock briefly; only added latency and dropping a
+//! connection await.
+//!
+//! Connections are served by our own accept loop so that a handler can close its TCP connection without any
+//! answer: it signals its connection's task, which drops the connection.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::actions::Actions;
+use super::clock::{Clock, parse_rfc3339, random_guid};
+use super::config::{Faults, SimConfig};
+use super::faults::{Fault, FaultState};
+use super::fleet::{Fleet, SimMachine};
+use super::query::{
+    ACTION_FIELDS, Clause, Field, ListQuery, MACHINE_FIELDS, MAX_TOP, list_query, text_matches,
+    time_matches,
+};
+use super::quota::Quotas;
+use super::stats::{Counters, DROPPED, SimStats};
+use super::token::{self, Grant, Tokens, Version};
+use crate::error::Error;
+
+/// Route templates, as `SimStats::calls` names them.
+pub(crate) mod route {
+    pub const TOKEN_V2: &str = "POST /{tenant}/oauth2/v2.0/token";
+    pub const TOKEN_V1: &str = "POST /{tenant}/oauth2/token";
+    pub const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
+    pub const MACHINE: &str = "GET /api/machines/{id}";
+    pub const MACHINES: &str = "GET /api/machines";
+    pub const ACTION: &str = "GET /api/machineactions/{id}";
+    pub const ACTIONS: &str = "GET /api/machineactions";
+    pub const UNMATCHED: &str = "unmatched";
+}
+
+/// The simulator's state, shared by every connection.
+pub(crate) struct Shared {
+    pub(crate) config: SimConfig,
+    pub(crate) clock: Clock,
+    pub(crate) tokens: Tokens,
+    pub(crate) counters: Mutex<Counters>,
+    fleet: Fleet,
+    quotas: Mutex<Quotas>,
+    faults: Mutex<FaultState>,
+    actions: Mutex<Actions>,
+    forbidden_groups: HashSet<String>,
+    forbidden_ids: HashSet<String>,
+    base_url: String,
+}
+
+/// A running simulator. Dropping it stops it too; [`Simulator::shutdown`] also waits for the stop.
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Binds `config.listen` and serves in a spawned task.
+    pub async fn start(mut config: SimConfig) -> Result<Simulator, Error> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Simulator(format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Simulator(format!("cannot read the listening address: {e}")))?;
+        let clock = Clock::new(config.time_scale);
+        let fleet = std::mem::take(&mut config.fleet);
+        let shared = Arc::new(Shared {
+            clock,
+            tokens: Tokens::default(),
+            counters: Mutex::new(Counters::default()),
+            quotas: Mutex::new(Quotas::new(&config.quotas, |d| clock.real(d))),
+            faults: Mutex::new(FaultState::new(config.faults.clone())),
+            actions: Mutex::new(Actions::new(
+                config.faults.seed,
+                config.lifecycle.clone(),
+                clock,
+            )),
+            forbidden_groups: config
+                .forbidden_groups
+                .iter()
+                .map(|g| g.to_lowercase())
+                .collect(),
+            forbidden_ids: config
+                .forbidden_ids
+                .iter()
+                .map(|i| i.trim().to_ascii_lowercase())
+                .collect(),
+            base_url: format!("http://{addr}"),
+            fleet,
+            config,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, router(shared.clone()), stopped));
+        Ok(Simulator {
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: both the sign-in authority and the API base.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The same data as `GET /sim/stats`.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Replaces the faults from the next call on. Per-call counts (see [`Faults`]) start when faults are first
+    /// on and carry on across changes.
+    pub fn set_faults(&self, faults: Faults) {
+        if let Err(e) = faults.validate() {
+            tracing::warn!("{e}; shares are drawn in order until they reach 1");
+        }
+        self.shared.faults.lock().expect("faults lock").set(faults);
+    }
+
+    /// Stops accepting, closes open connections and waits for the server task.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A handle a handler uses to have its connection closed without an answer.
+#[derive(Clone, Default)]
+struct ConnectionKill(Arc<Notify>);
+
+async fn accept_loop(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!("simulator accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let kill = ConnectionKill::default();
+            let handle = kill.clone();
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(handle.clone());
+                hyper::service::Service::call(&service, request)
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                biased;
+                // Dropping the connection closes the socket with nothing written.
+                _ = kill.0.notified() => {}
+                _ = stopped.changed() => {}
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!("simulator connection: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
+        .route("/{tenant}/oauth2/token", post(token_v1))
+        .route("/sim/stats", get(stats))
+        .route("/api/machines", get(list_machines))
+        .route("/api/machines/{id}", get(get_machine))
+        .route("/api/machines/{id}/offboard", post(offboard))
+        .route("/api/machineactions", get(list_actions))
+        .route("/api/machineactions/{id}", get(get_action))
+        .fallback(unmatched)
+        .with_state(shared)
+}
+
+type Sim = State<Arc<Shared>>;
+type Kill = Extension<ConnectionKill>;
+
+async fn token_v2(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let answer = token::issue(&sim, Version::V2, &tenant, &body);
+    sim.count(route::TOKEN_V2, answer.status().as_u16());
+    answer
+}
+
+async fn token_v1(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let answer = token::issue(&sim, Version::V1, &tenant, &body);
+    sim.count(route::TOKEN_V1, answer.status().as_u16());
+    answer
+}
+
+async fn stats(State(sim): Sim) -> Response {
+    axum::Json(sim.stats()).into_response()
+}
+
+async fn unmatched(State(sim): Sim, uri: Uri) -> Response {
+    sim.count(route::UNMATCHED, 404);
+    api_error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("No route matches {}", uri.path()),
+    )
+}
+
+async fn offboard(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let outcome = sim.offboard(&id, &headers, &uri, &body);
+    sim.finish(route::OFFBOARD, outcome, kill).await
+}
+
+async fn get_machine(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let outcome = sim.machine(&id, &headers, &uri);
+    sim.finish(route::MACHINE, outcome, kill).await
+}
+
+async fn list_machines(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let outcome = sim.machines(&headers, &uri);
+    sim.finish(route::MACHINES, outcome, kill).await
+}
+
+async fn get_action(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let outcome = sim.action(&id, &headers, &uri);
+    sim.finish(route::ACTION, outcome, kill).await
+}
+
+async fn list_actions(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let outcome = sim.actions(&headers, &uri);
+    sim.finish(route::ACTIONS, outcome, kill).await
+}
+
+/// What an API call ends with.
+enum Outcome {
+    Answer(Response),
+    /// Close the connection without an answer.
+    Drop,
+}
+
+/// A call that passed the gate.
+struct Admitted {
+    grant: Grant,
+    /// A fault the route applies itself: a transient 404, or a drop after applying an offboard.
+    fault: Option<Fault>,
+}
+
+/// An API error answer: `{"error": {"code", "message", "target"}}`.
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message, "target": random_guid()}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn answer(status: StatusCode, code: &str, message: &str) -> Outcome {
+    Outcome::Answer(api_error(status, code, message))
+}
+
+fn json_answer(status: StatusCode, body: &impl Serialize) -> Outcome {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => Outcome::Answer(
+            (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; odata.metadata=minimal"),
+                )],
+                Body::from(bytes),
+            )
+                .into_response(),
+        ),
+        Err(e) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// One entity with its OData context.
+#[derive(Serialize)]
+struct Entity<'a, T: Serialize> {
+    #[serde(rename = "@odata.context")]
+    context: &'a str,
+    #[serde(flatten)]
+    value: T,
+}
+
+/// A page of a collection.
+#[derive(Serialize)]
+struct Page<'a, T: Serialize> {
+    #[serde(rename = "@odata.context")]
+    context: &'a str,
+    value: Vec<T>,
+    #[serde(rename = "@odata.nextLink", skip_serializing_if = "Option::is_none")]
+    next_link: Option<String>,
+}
+
+impl Shared {
+    fn count(&self, route: &'static str, status: u16) {
+        self.counters
+            .lock()
+            .expect("counters lock")
+            .call(route, status);
+    }
+
+    fn stats(&self) -> SimStats {
+        let now = Instant::now();
+        let mut stats = self.counters.lock().expect("counters lock").snapshot();
+        stats.max_in_window = self.quotas.lock().expect("quota lock").stats();
+        let actions = self.actions.lock().expect("actions lock");
+        stats.actions_by_status = actions
+            .count_by_status(now)
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        stats.time_scale = self.config.time_scale;
+        stats
+    }
+
+    /// Adds the latency fault, records the answer, and answers or drops the connection.
+    async fn finish(
+        &self,
+        route: &'static str,
+        outcome: Outcome,
+        kill: ConnectionKill,
+    ) -> Response {
+        let latency = self.faults.lock().expect("faults lock").latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        match outcome {
+            Outcome::Answer(response) => {
+                self.count(route, response.status().as_u16());
+                response
+            }
+            Outcome::Drop => {
+                {
+                    let mut counters = self.counters.lock().expect("counters lock");
+                    counters.call(route, DROPPED);
+                    counters.faults.dropped += 1;
+                }
+                kill.0.notify_one();
+                // The connection task drops this handler together with the connection.
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// Token, quota and faults: the gate of every API call. `offboard` lets a drop come after the action.
+    // An `Outcome` moves once per call; boxing it would allocate on every answer.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        uri: &Uri,
+        offboard: bool,
+    ) -> Result<Admitted, Outcome> {
+        let now = Instant::now();
+        let grant = self
+            .tokens
+            .check(headers, now)
+            .map_err(|why| answer(StatusCode::UNAUTHORIZED, "Unauthorized", why))?;
+        let quota = self.quotas.lock().expect("quota lock").admit(now);
+        if let Err(wait) = quota {
+            self.counters
+                .lock()
+                .expect("counters lock")
+                .quota_rejections += 1;
+            return Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."));
+        }
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let fault = self
+            .faults
+            .lock()
+            .expect("faults lock")
+            .draw(method, target);
+        let counters = || self.counters.lock().expect("counters lock");
+        match fault {
+            Some(Fault::Error500) => {
+                counters().faults.error_500 += 1;
+                Err(answer(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "An internal error occurred (simulated).",
+                ))
+            }
+            Some(Fault::Error503) => {
+                counters().faults.error_503 += 1;
+                Err(answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable (simulated).",
+                ))
+            }
+            Some(Fault::Spurious429(wait)) => {
+                counters().faults.spurious_429 += 1;
+                Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."))
+            }
+            Some(Fault::Drop { after_apply }) if !(offboard && after_apply) => Err(Outcome::Drop),
+            fault => Ok(Admitted { grant, fault }),
+        }
+    }
+
+    /// A 429 whose `Retry-After` says `wait` in whole seconds (rounded up, at least one) or as an HTTP-date.
+    fn too_many_requests(&self, wait: Duration, message: &str) -> Outcome {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let value = if self.config.retry_after_http_date {
+            // An HTTP-date has whole seconds: round the moment up so that it is never too early.
+            let at = SystemTime::now() + wait;
+            let since = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let at = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(since.as_secs() + u64::from(since.subsec_nanos() > 0));
+            httpdate::fmt_http_date(at)
+        } else {
+            seconds.to_string()
+        };
+        let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&value).expect("retry-after is ASCII"),
+        );
+        Outcome::Answer(response)
+    }
+
+    fn offboard(&self, id: &str, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
+        let key = id.trim().to_ascii_lowercase();
+        self.counters
+            .lock()
+            .expect("counters lock")
+            .offboard(&key)
+            .calls += 1;
+        let admitted = match self.admit(headers, "POST", uri, true) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let outcome = self.offboard_admitted(id, &key, &admitted, body);
+        // A drop drawn for after the action closes the connection whatever the call's own answer.
+        if matches!(admitted.fault, Some(Fault::Drop { .. })) {
+            return Outcome::Drop;
+        }
+        outcome
+    }
+
+    fn offboard_admitted(&self, id: &str, key: &str, admitted: &Admitted, body: &[u8]) -> Outcome {
+        if !admitted.grant.can_offboard {
+            return answer(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The application does not have the Machine.Offboard permission.",
+            );
+        }
+        let comment = match read_comment(body) {
+            Ok(comment) => comment,
+            Err(why) => return answer(StatusCode::BAD_REQUEST, "InvalidRequestBody", why),
+        };
+        let Some(machine) = self.fleet.get(key) else {
+            return answer(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!("Machine {id} was not found."),
+            );
+        };
+        if admitted.fault == Some(Fault::NotFound) {
+            self.counters
+                .lock()
+                .expect("counters lock")
+                .faults
+                .transient_404 += 1;
+            return answer(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!("Machine {id} was not found."),
+            );
+        }
+        if self.forbidden_ids.contains(&machine.id)
+            || self
+                .forbidden_groups
+                .contains(&machine.rbac_group_name.to_lowercase())
+        {
+            return answer(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "The application has no access to machine {} in device group '{}'.",
+                    machine.id, machine.rbac_group_name
+                ),
+            );
+        }
+        if self
+            .config
+            .unsupported_platforms
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&machine.os_platform))
+        {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "OsPlatformNotSupported",
+                &format!(
+                    "Offboarding is not supported on OS platform {}.",
+                    machine.os_platform
+                ),
+            );
+        }
+        let now = Instant::now();
+        let created = {
+            let mut actions = self.actions.lock().expect("actions lock");
+            if actions.open_for(&machine.id, now).is_some() {
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    "ActiveRequestAlreadyExists",
+                    "Action is already in progress",
+                );
+            }
+            let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
+            serde_json::to_vec(&Entity {
+                context: &context,
+                value: actions.create_view(machine, &self.config.client_id, &comment, now),
+            })
+        };
+        {
+            let mut counters = self.counters.lock().expect("counters lock");
+            counters.actions_created += 1;
+            counters.offboard(key).accepted += 1;
+        }
+        match created {
+            Ok(bytes) => Outcome::Answer(
+                (
+                    StatusCode::CREATED,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json; odata.metadata=minimal"),
+                    )],
+                    Body::from(bytes),
+                )
+                    .into_response(),
+            ),
+            Err(e) => answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    /// Admits a read call: the gate, then the read permission.
+    #[allow(clippy::result_large_err)]
+    fn admit_read(&self, headers: &HeaderMap, uri: &Uri) -> Result<Admitted, Outcome> {
+        let admitted = self.admit(headers, "GET", uri, false)?;
+        if !admitted.grant.can_read {
+            return Err(answer(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The application needs the Machine.Read.All or Machine.ReadWrite.All permission.",
+            ));
+        }
+        Ok(admitted)
+    }
+
+    fn machine(&self, id: &str, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        let admitted = match self.admit_read(headers, uri) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        // A name shared by several machines (reimaged devices) finds the one seen last.
+        let found = self.fleet.get(id).or_else(|| {
+            self.fleet
+                .by_name(id)
+                .max_by(|a, b| a.last_seen.cmp(&b.last_seen))
+        });
+        let not_found = || {
+            answer(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!("Machine {id} was not found."),
+            )
+        };
+        match found {
+            None => not_found(),
+            Some(_) if admitted.fault == Some(Fault::NotFound) => {
+                self.counters
+                    .lock()
+                    .expect("counters lock")
+                    .faults
+                    .transient_404 += 1;
+                not_found()
+            }
+            Some(machine) => {
+                let context = format!("{}/api/$metadata#Machines/$entity", self.base_url);
+                json_answer(
+                    StatusCode::OK,
+                    &Entity {
+                        context: &context,
+                        value: machine,
+                    },
+                )
+            }
+        }
+    }
+
+    fn machines(&self, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        if let Err(outcome) = self.admit_read(headers, uri) {
+            return outcome;
+        }
+        let q = match list_query(uri.query(), MACHINE_FIELDS) {
+            Ok(q) => q,
+            Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
+        };
+        // An id or name clause narrows the search through the indexes; the rest is a scan in fleet order.
+        let narrowed: Option<Vec<&SimMachine>> =
+            q.filter.iter().find_map(|c| match (&c.field, &c.value) {
+                (Field::Id, super::query::Value::Text(id)) => {
+                    Some(self.fleet.get(id).into_iter().collect())
+                }
+                (Field::ComputerDnsName, super::query::Value::Text(name)) => {
+                    Some(self.fleet.by_name(name).collect())
+                }
+                _ => None,
+            });
+        let candidates: Box<dyn Iterator<Item = &SimMachine>> = match narrowed {
+            Some(list) => Box::new(list.into_iter()),
+            None => Box::new(self.fleet.machines().iter()),
+        };
+        let page_size = q.top.unwrap_or(MAX_TOP);
+        let mut value: Vec<&SimMachine> = candidates
+            .filter(|m| q.filter.iter().all(|c| machine_matches(m, c)))
+            .skip(q.skip)
+            .take(page_size + 1)
+            .collect();
+        let next_link = (value.len() > page_size && q.top.is_none())
+            .then(|| next_link(&self.base_url, "/api/machines", uri, &q, page_size));
+        value.truncate(page_size);
+        let context = format!("{}/api/$metadata#Machines", self.base_url);
+        json_answer(
+            StatusCode::OK,
+            &Page {
+                context: &context,
+                value,
+                next_link,
+            },
+        )
+    }
+
+    fn action(&self, id: &str, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        if let Err(outcome) = self.admit_read(headers, uri) {
+            return outcome;
+        }
+        let now = Instant::now();
+        let actions = self.actions.lock().expect("actions lock");
+        match actions.get(id) {
+            None => answer(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!("Machine action {id} was not found."),
+            ),
+            Some(action) => {
+                let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
+                json_answer(
+                    StatusCode::OK,
+                    &Entity {
+                        context: &context,
+                        value: actions.view(action, now),
+                    },
+                )
+            }
+        }
+    }
+
+    fn actions(&self, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        if let Err(outcome) = self.admit_read(headers, uri) {
+            return outcome;
+        }
+        let q = match list_query(uri.query(), ACTION_FIELDS) {
+            Ok(q) => q,
+            Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
+        };
+        let now = Instant::now();
+        let actions = self.actions.lock().expect("actions lock");
+        let page_size = q.top.unwrap_or(MAX_TOP);
+        let mut value = actions.list(&q, now, page_size + 1);
+        let next_link = (value.len() > page_size && q.top.is_none())
+            .then(|| next_link(&self.base_url, "/api/machineactions", uri, &q, page_size));
+        value.truncate(page_size);
+        let context = format!("{}/api/$metadata#MachineActions", self.base_url);
+        json_answer(
+            StatusCode::OK,
+            &Page {
+                context: &context,
+                value,
+                next_link,
+            },
+        )
+    }
+}
+
+/// The next page's URL: the same filter, `$skip` moved on by a page.
+fn next_link(base: &str, path: &str, uri: &Uri, q: &ListQuery, page_size: usize) -> String {
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("$skip") && !p.starts_with("%24skip"))
+        .collect();
+    let mut link = format!("{base}{path}?");
+    for p in kept {
+        link.push_str(p);
+        link.push('&');
+    }
+    link.push_str(&format!("$skip={}", q.skip + page_size));
+    link
+}
+
+fn machine_matches(m: &SimMachine, c: &Clause) -> bool {
+    match c.field {
+        Field::Id => text_matches(&c.value, &m.id),
+        Field::ComputerDnsName => text_matches(&c.value, &m.computer_dns_name),
+        Field::HealthStatus => text_matches(&c.value, &m.health_status),
+        Field::OsPlatform => text_matches(&c.value, &m.os_platform),
+        Field::OnboardingStatus => text_matches(&c.value, &m.onboarding_status),
+        Field::RbacGroupName => text_matches(&c.value, &m.rbac_group_name),
+        Field::AadDeviceId => m
+            .aad_device_id
+            .as_deref()
+            .is_some_and(|a| text_matches(&c.value, a)),
+        Field::LastSeen => {
+            parse_rfc3339(&m.last_seen).is_some_and(|t| time_matches(c.op, &c.value, t))
+        }
+        _ => false,
+    }
+}
+
+/// The `Comment` of an offboard body: a JSON object whose `Comment` (exact case) is a string.
+fn read_comment(body: &[u8]) -> Result<String, &'static str> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "The request body is not valid JSON.")?;
+    match value.get("Comment") {
+        Some(serde_json::Value::String(comment)) => Ok(comment.clone()),
+        Some(_) => Err("Comment must be a string."),
+        None => Err("The request body must contain 'Comment' (names are case-sensitive)."),
+    }
+}

@@ -1,0 +1,135 @@
+//! What the simulator saw: calls by route and status, throttling, tokens, actions, calls per machine and the
+//! busiest window of each quota. Served as JSON at `GET /sim/stats` and by [`super::Simulator::stats`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the simulator's counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SimStats {
+    /// `"METHOD /route/{template}"` -> status code (or `"dropped"`) -> count. Token routes included,
+    /// `/sim/stats` not.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// 429 answers sent, from the quota and from faults.
+    pub throttled: u64,
+    /// 429 answers sent because a quota window was full.
+    pub quota_rejections: u64,
+    pub tokens_issued: u64,
+    pub actions_created: u64,
+    /// Offboard calls per machine id (lowercase, as called, known or not).
+    pub offboard_calls: BTreeMap<String, OffboardCount>,
+    /// Per quota, the most calls served in any one window.
+    pub max_in_window: Vec<WindowStats>,
+    /// Faults injected, by kind.
+    pub faults: FaultCounts,
+    /// Offboard actions by current status.
+    pub actions_by_status: BTreeMap<String, u64>,
+    pub time_scale: f64,
+}
+
+/// Offboard calls for one machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffboardCount {
+    /// Every call that reached the route.
+    pub calls: u64,
+    /// Calls that created an action (including those whose connection was then dropped).
+    pub accepted: u64,
+}
+
+/// The busiest window of one quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStats {
+    /// As configured, e.g. `"100/1m"` (service time).
+    pub quota: String,
+    pub limit: u32,
+    /// The window in real time.
+    pub period_ms: u64,
+    /// The most calls served (not answered 429 by the quota) in any window; never above `limit`.
+    pub max_seen: u32,
+    /// The most calls that arrived in any window, 429s included: above `limit` means the client overshot.
+    pub max_offered: u32,
+}
+
+/// Faults injected, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultCounts {
+    pub error_500: u64,
+    pub error_503: u64,
+    pub dropped: u64,
+    pub spurious_429: u64,
+    pub transient_404: u64,
+}
+
+/// The live counters behind [`SimStats`], under one short lock.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    calls: HashMap<(&'static str, u16), u64>,
+    pub(crate) throttled: u64,
+    pub(crate) quota_rejections: u64,
+    pub(crate) tokens_issued: u64,
+    pub(crate) actions_created: u64,
+    offboard: HashMap<String, OffboardCount>,
+    pub(crate) faults: FaultCounts,
+}
+
+/// The status recorded for a connection closed without an answer.
+pub(crate) const DROPPED: u16 = 0;
+
+impl Counters {
+    pub(crate) fn call(&mut self, route: &'static str, status: u16) {
+        *self.calls.entry((route, status)).or_default() += 1;
+        if status == 429 {
+            self.throttled += 1;
+        }
+    }
+
+    pub(crate) fn offboard(&mut self, machine_id: &str) -> &mut OffboardCount {
+        if !self.offboard.contains_key(machine_id) {
+            self.offboard
+                .insert(machine_id.to_string(), OffboardCount::default());
+        }
+        self.offboard.get_mut(machine_id).expect("inserted above")
+    }
+
+    pub(crate) fn snapshot(&self) -> SimStats {
+        let mut calls: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (&(route, status), &n) in &self.calls {
+            let status = if status == DROPPED {
+                "dropped".to_string()
+            } else {
+                status.to_string()
+            };
+            calls
+                .entry(route.to_string())
+                .or_default()
+                .insert(status, n);
+        }
+        SimStats {
+            calls,
+            throttled: self.throttled,
+            quota_rejections: self.quota_rejections,
+            tokens_issued: self.tokens_issued,
+            actions_created: self.actions_created,
+            offboard_calls: self.offboard.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            faults: self.faults,
+            ..SimStats::default()
+        }
+    }
+}
+
+impl SimStats {
+    /// Calls of one route with one status (`"201"`, `"dropped"`), zero if none.
+    pub fn count(&self, route: &str, status: &str) -> u64 {
+        self.calls
+            .get(route)
+            .and_then(|m| m.get(status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All calls of one route, whatever their status.
+    pub fn total(&self, route: &str) -> u64 {
+        self.calls.get(route).map_or(0, |m| m.values().sum())
+    }
+}
