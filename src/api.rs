@@ -93,7 +93,13 @@ enum Step {
 }
 
 impl Api {
-    pub fn new(http: reqwest::Client, base: &str, tokens: Arc<TokenCache>, limiter: Arc<Limiter>, policy: RetryPolicy) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base: &str,
+        tokens: Arc<TokenCache>,
+        limiter: Arc<Limiter>,
+        policy: RetryPolicy,
+    ) -> Self {
         Api {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -121,8 +127,7 @@ impl Api {
     /// `POST /api/machines/{id}/offboard` with the required `Comment`.
     pub async fn offboard(&self, machine_id: &str, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
-        self.call(reqwest::Method::POST, &format!("/api/machines/{machine_id}/offboard"), Some(&body), true)
-            .await
+        self.call(reqwest::Method::POST, &format!("/api/machines/{machine_id}/offboard"), Some(&body), true).await
     }
 
     /// `GET {path}` (path with its query).
@@ -130,7 +135,13 @@ impl Api {
         self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&serde_json::Value>, retry_404: bool) -> CallResult {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        retry_404: bool,
+    ) -> CallResult {
         let url = format!("{}{}", self.base, path);
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
@@ -267,11 +278,7 @@ pub fn http_failure(status: u16, body: &[u8]) -> Failure {
     let fallback_message = || {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
-        if text.is_empty() {
-            format!("HTTP {status} with no body")
-        } else {
-            text.chars().take(200).collect()
-        }
+        if text.is_empty() { format!("HTTP {status} with no body") } else { text.chars().take(200).collect() }
     };
     Failure {
         status: Some(status),
@@ -324,7 +331,10 @@ mod tests {
     #[test]
     fn error_bodies_with_and_without_json() {
         let f = http_failure(400, br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"Action is already in progress","target":"x"}}"#);
-        assert_eq!((f.status, f.code.as_str(), f.message.as_str()), (Some(400), "ActiveRequestAlreadyExists", "Action is already in progress"));
+        assert_eq!(
+            (f.status, f.code.as_str(), f.message.as_str()),
+            (Some(400), "ActiveRequestAlreadyExists", "Action is already in progress")
+        );
         let f = http_failure(502, b"<html>Bad gateway</html>");
         assert_eq!((f.code.as_str(), f.message.as_str()), ("HTTP502", "<html>Bad gateway</html>"));
         let f = http_failure(503, b"");

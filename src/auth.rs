@@ -160,7 +160,8 @@ impl TokenCache {
             let status = answer.status();
             let body = answer.bytes().await.unwrap_or_default();
             if status.is_success() {
-                let token = parse_token(&body, sent_at).map_err(|message| AuthError::Unreachable { url: url.clone(), message })?;
+                let token = parse_token(&body, sent_at)
+                    .map_err(|message| AuthError::Unreachable { url: url.clone(), message })?;
                 self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(roles = ?token.roles, "signed in");
                 *self.current.lock().unwrap() = Some(token.clone());
@@ -215,16 +216,20 @@ pub fn roles_of(jwt: &str) -> Vec<String> {
 /// Turns an Entra error answer into a message with its AADSTS code and a plain hint.
 fn refusal(status: u16, body: &[u8]) -> AuthError {
     let entra: EntraError = serde_json::from_slice(body).unwrap_or_default();
-    let code = entra
-        .error_codes
-        .first()
-        .copied()
-        .or_else(|| aadsts_in(&entra.error_description));
+    let code = entra.error_codes.first().copied().or_else(|| aadsts_in(&entra.error_description));
     let hint = match code {
-        Some(7000215) => "the client secret is wrong; check that MDE_CLIENT_SECRET (or the secret file) holds the secret's Value, not its Secret ID",
-        Some(7000222) => "the client secret has expired; create a new one under Certificates & secrets in the app registration",
-        Some(700016) => "the app was not found in this tenant; check --tenant-id and --client-id, and that admin consent was granted in this tenant",
-        Some(90002) => "the tenant was not found; check --tenant-id, or whether the tenant lives in another cloud (--authority)",
+        Some(7000215) => {
+            "the client secret is wrong; check that MDE_CLIENT_SECRET (or the secret file) holds the secret's Value, not its Secret ID"
+        }
+        Some(7000222) => {
+            "the client secret has expired; create a new one under Certificates & secrets in the app registration"
+        }
+        Some(700016) => {
+            "the app was not found in this tenant; check --tenant-id and --client-id, and that admin consent was granted in this tenant"
+        }
+        Some(90002) => {
+            "the tenant was not found; check --tenant-id, or whether the tenant lives in another cloud (--authority)"
+        }
         Some(90038) => "the tenant is in another national cloud; use that cloud's sign-in host (--authority)",
         Some(500011) => "Defender for Endpoint is not provisioned in this tenant or its permissions were not consented",
         Some(70011) => "the scope is not valid; check --scope (it must end in /.default)",
@@ -272,7 +277,8 @@ mod tests {
 
     #[test]
     fn roles_come_from_the_jwt_payload() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"roles":["Machine.Offboard","Machine.Read.All"]}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"roles":["Machine.Offboard","Machine.Read.All"]}"#);
         assert_eq!(roles_of(&format!("h.{payload}.s")), vec!["Machine.Offboard", "Machine.Read.All"]);
         assert!(roles_of("not a jwt").is_empty());
     }
@@ -282,7 +288,9 @@ mod tests {
         let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
         let msg = refusal(401, body).to_string();
         assert!(msg.contains("AADSTS7000215") && msg.contains("secret is wrong") && !msg.contains("Trace"), "{msg}");
-        let msg = refusal(400, br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#).to_string();
+        let msg =
+            refusal(400, br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#)
+                .to_string();
         assert!(msg.contains("AADSTS90002") && msg.contains("tenant was not found"), "{msg}");
         assert!(refusal(400, b"<html>").to_string().contains("HTTP 400"));
     }

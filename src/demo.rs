@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::input::{self, Source};
 use crate::run::{self, Job, Summary};
-use crate::settings::{self, Credentials, Rate, Secret, Settings, SettingsArgs};
+use crate::settings::{self, Credentials, Rate, Secret, SettingsArgs};
 use crate::sim::{self, Faults, Fleet, SimConfig, Simulator};
 
 const SAMPLE_FLEET: &str = include_str!("../samples/fleet.csv");
@@ -50,7 +50,8 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         return Err(Error::Usage(format!("--time-scale {}: use a number of 1 or more", args.time_scale)));
     }
     let workdir = std::env::temp_dir().join(format!("mde-offboard-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).map_err(|e| Error::Simulator(format!("cannot create {}: {e}", workdir.display())))?;
+    std::fs::create_dir_all(&workdir)
+        .map_err(|e| Error::Simulator(format!("cannot create {}: {e}", workdir.display())))?;
     let fleet_path = workdir.join("fleet.csv");
     let machines_path = workdir.join("machines.csv");
     let write = |path: &PathBuf, text: &str| {
@@ -63,12 +64,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         fleet: Fleet::from_csv(&fleet_path)?,
         forbidden_groups: vec![FORBIDDEN_GROUP.to_string()],
         time_scale: args.time_scale,
-        faults: Faults {
-            seed: 7,
-            error_503: 0.02,
-            latency: Duration::from_millis(40),
-            ..Faults::default()
-        },
+        faults: Faults { seed: 7, error_503: 0.02, latency: Duration::from_millis(40), ..Faults::default() },
         ..SimConfig::default()
     };
     let simulator = Simulator::start(config).await?;
@@ -102,7 +98,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         overwrite: true,
         confirm: false,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        settings: Settings { ..settings },
+        settings,
     };
     let summary = run::execute(job, shutdown).await;
     let stats = simulator.stats();
@@ -111,7 +107,9 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     let summary = summary?;
     print!("{}", summary.render());
     println!(
-        "Simulator: {} offboard actions created, {} answers throttled with 429.",
+        "Simulator: {} offboard actions created, {} answers throttled with 429.\n\
+         The sample holds malformed ids, duplicates, unknown machines, a device group the app may not touch \
+         and unsupported systems on purpose: a real run with such rows exits 3.",
         stats.actions_created, stats.throttled
     );
     Ok(summary)

@@ -39,11 +39,7 @@ pub enum Source {
 impl Source {
     /// `-` is standard input; anything else a path.
     pub fn parse(arg: &str) -> Source {
-        if arg == "-" {
-            Source::Stdin
-        } else {
-            Source::Path(PathBuf::from(arg))
-        }
+        if arg == "-" { Source::Stdin } else { Source::Path(PathBuf::from(arg)) }
     }
 
     /// How messages name the input: its path, or `<stdin>`.
@@ -55,10 +51,7 @@ impl Source {
     }
 
     fn error(&self, message: impl Into<String>) -> Error {
-        Error::Input {
-            path: PathBuf::from(self.display()),
-            message: message.into(),
-        }
+        Error::Input { path: PathBuf::from(self.display()), message: message.into() }
     }
 }
 
@@ -121,15 +114,8 @@ pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
 /// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
-    let spool = tempfile::Builder::new()
-        .prefix("mde-offboard-input-")
-        .tempfile()
-        .map_err(spool_error)?;
-    let mut tee = Tee {
-        input,
-        copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?),
-        failed: None,
-    };
+    let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
+    let mut tee = Tee { input, copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?), failed: None };
     let hasher = RandomState::new();
     let result = read_all(&source, &mut tee, id_column, &hasher);
     if let Some(e) = tee.failed.take() {
@@ -137,13 +123,7 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>) -> Re
     }
     let (layout, counts) = result?;
     tee.copy.flush().map_err(spool_error)?;
-    Ok(Scan::new(
-        source,
-        layout,
-        counts,
-        hasher,
-        Some(Arc::new(spool)),
-    ))
+    Ok(Scan::new(source, layout, counts, hasher, Some(Arc::new(spool))))
 }
 
 impl Scan {
@@ -174,9 +154,7 @@ impl Scan {
             (_, Some(spool)) => (File::open(spool.path()), Some(Arc::clone(spool))),
             (Source::Path(path), None) => (File::open(path), None),
             (Source::Stdin, None) => {
-                return Err(self
-                    .source
-                    .error("standard input was not kept; scan it again"));
+                return Err(self.source.error("standard input was not kept; scan it again"));
             }
         };
         let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
@@ -190,14 +168,7 @@ impl Scan {
         if layout.headerless {
             reader.pending = Some(first);
         }
-        Ok(Rows {
-            reader,
-            layout,
-            expected: self.counts(),
-            seen: Counts::default(),
-            done: false,
-            _spool: spool,
-        })
+        Ok(Rows { reader, layout, expected: self.counts(), seen: Counts::default(), done: false, _spool: spool })
     }
 
     /// The input's path; `None` for standard input.
@@ -209,12 +180,7 @@ impl Scan {
     }
 
     fn counts(&self) -> Counts {
-        Counts {
-            rows: self.rows,
-            valid: self.valid,
-            invalid: self.invalid,
-            duplicates: self.duplicates,
-        }
+        Counts { rows: self.rows, valid: self.valid, invalid: self.invalid, duplicates: self.duplicates }
     }
 
     fn changed(&self) -> Error {
@@ -243,8 +209,7 @@ impl Iterator for Rows {
             Ok(Some(row)) => row,
             Ok(None) => {
                 self.done = true;
-                return (self.seen != self.expected)
-                    .then(|| Err(self.reader.source.error(CHANGED)));
+                return (self.seen != self.expected).then(|| Err(self.reader.source.error(CHANGED)));
             }
             Err(e) => {
                 self.done = true;
@@ -293,21 +258,14 @@ impl Layout {
     /// Decides from the first non-blank record.
     fn decide(source: &Source, first: &Record, id_column: Option<&str>) -> Result<Layout> {
         let at = |message: String| source.error(format!("line {}: {message}", first.line));
-        let looks_like_id = first
-            .fields
-            .first()
-            .is_some_and(|f| machine_id(f).is_some());
+        let looks_like_id = first.fields.first().is_some_and(|f| machine_id(f).is_some());
         if looks_like_id {
             if let Some(name) = id_column {
                 return Err(at(format!(
                     "--id-column `{name}` was given, but the file has no header row (its first row is already a machine id); drop --id-column"
                 )));
             }
-            return Ok(Layout {
-                column: 0,
-                header: None,
-                headerless: true,
-            });
+            return Ok(Layout { column: 0, header: None, headerless: true });
         }
         let headers = &first.fields;
         let found = match id_column {
@@ -315,16 +273,10 @@ impl Layout {
                 let wanted = normalise_header(name);
                 headers.iter().position(|h| normalise_header(h) == wanted)
             }
-            None => ID_HEADERS
-                .iter()
-                .find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted)),
+            None => ID_HEADERS.iter().find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted)),
         };
         if let Some(column) = found {
-            return Ok(Layout {
-                column,
-                header: Some(headers[column].trim().to_string()),
-                headerless: false,
-            });
+            return Ok(Layout { column, header: Some(headers[column].trim().to_string()), headerless: false });
         }
         let listed = list_headers(headers);
         let mut message = match id_column {
@@ -345,11 +297,7 @@ impl Layout {
 
 fn list_headers(headers: &[String]) -> String {
     const SHOWN: usize = 20;
-    let mut listed: Vec<String> = headers
-        .iter()
-        .take(SHOWN)
-        .map(|h| format!("`{h}`"))
-        .collect();
+    let mut listed: Vec<String> = headers.iter().take(SHOWN).map(|h| format!("`{h}`")).collect();
     if headers.len() > SHOWN {
         listed.push(format!("and {} more", headers.len() - SHOWN));
     }
@@ -360,9 +308,7 @@ fn list_headers(headers: &[String]) -> String {
 fn delimiter_hint(headers: &[String]) -> Option<&'static str> {
     let line = headers.join(",");
     if line.contains(';') {
-        Some(
-            "the header looks separated by `;` (a spreadsheet's regional CSV format); save the file comma-separated",
-        )
+        Some("the header looks separated by `;` (a spreadsheet's regional CSV format); save the file comma-separated")
     } else if line.contains('\t') {
         Some("the header looks separated by tabs; save the file comma-separated")
     } else {
@@ -372,10 +318,7 @@ fn delimiter_hint(headers: &[String]) -> Option<&'static str> {
 
 /// Header names compare ignoring case, spaces and underscores: `Device ID`, `machine_id`, `MachineId`.
 fn normalise_header(name: &str) -> String {
-    name.chars()
-        .filter(|c| !c.is_whitespace() && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect()
+    name.chars().filter(|c| !c.is_whitespace() && *c != '_').flat_map(char::to_lowercase).collect()
 }
 
 /// The machine id in a cell, in lowercase: 40 hexadecimal characters after trimming.
@@ -399,9 +342,8 @@ fn read_all(
     hasher: &RandomState,
 ) -> Result<(Layout, Counts)> {
     let mut reader = RowReader::open(source, input, hasher.clone())?;
-    let first = reader
-        .next_record()?
-        .ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
+    let first =
+        reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
     let layout = Layout::decide(source, &first, id_column)?;
     if layout.headerless {
         reader.pending = Some(first);
@@ -454,25 +396,17 @@ impl<R: Read> RowReader<R> {
     /// The next record with at least one non-blank field.
     fn next_record(&mut self) -> Result<Option<Record>> {
         loop {
-            let more = self
-                .csv
-                .read_byte_record(&mut self.record)
-                .map_err(|e| self.csv_error(e))?;
+            let more = self.csv.read_byte_record(&mut self.record).map_err(|e| self.csv_error(e))?;
             if !more {
                 return Ok(None);
             }
             let bytes = self.record.as_slice();
             let breaks_inside = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-            let line = self
-                .csv
-                .position()
-                .line()
-                .saturating_sub(1 + breaks_inside)
-                .max(1);
+            let line = self.csv.position().line().saturating_sub(1 + breaks_inside).max(1);
             if bytes.contains(&0) {
-                return Err(self.source.error(format!(
-                    "line {line}: binary data (a NUL byte): this is not a CSV file"
-                )));
+                return Err(self
+                    .source
+                    .error(format!("line {line}: binary data (a NUL byte): this is not a CSV file")));
             }
             if let Err(e) = std::str::from_utf8(bytes) {
                 let column = self.column_of_byte(e.valid_up_to());
@@ -480,11 +414,7 @@ impl<R: Read> RowReader<R> {
                     "line {line}: not valid UTF-8 text (in field {column}); save the file as UTF-8 (in Excel: \"CSV UTF-8\")"
                 )));
             }
-            let mut fields: Vec<String> = self
-                .record
-                .iter()
-                .map(|f| String::from_utf8_lossy(f).into_owned())
-                .collect();
+            let mut fields: Vec<String> = self.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
             if let Some(last) = fields.last_mut() {
                 if last.ends_with('\r') {
                     last.pop();
@@ -506,11 +436,7 @@ impl<R: Read> RowReader<R> {
                 None => return Ok(None),
             },
         };
-        let raw = record
-            .fields
-            .into_iter()
-            .nth(layout.column)
-            .unwrap_or_default();
+        let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
         let kind = match machine_id(&raw) {
             None => RowKind::Invalid,
             Some(id) => {
@@ -521,11 +447,7 @@ impl<R: Read> RowReader<R> {
                 }
             }
         };
-        Ok(Some(InputRow {
-            line: record.line,
-            raw,
-            kind,
-        }))
+        Ok(Some(InputRow { line: record.line, raw, kind }))
     }
 
     /// The id's 20 bytes, hashed with this scan's keys.
@@ -619,14 +541,7 @@ impl<R: Read> Prepared<R> {
         if start == [0xEF, 0xBB, 0xBF] {
             start.clear();
         }
-        Ok(Prepared {
-            start,
-            served: 0,
-            inner,
-            utf16,
-            last: None,
-            ended: false,
-        })
+        Ok(Prepared { start, served: 0, inner, utf16, last: None, ended: false })
     }
 }
 
@@ -668,9 +583,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
         let n = self.input.read(buf)?;
         if let Err(e) = self.copy.write_all(&buf[..n]) {
             self.failed = Some(e);
-            return Err(io::Error::other(
-                "cannot copy standard input to a temporary file",
-            ));
+            return Err(io::Error::other("cannot copy standard input to a temporary file"));
         }
         Ok(n)
     }
@@ -702,13 +615,8 @@ mod tests {
 
     fn error(content: &[u8], id_column: Option<&str>) -> String {
         let (_dir, path) = file(content);
-        let message = scan(Source::Path(path.clone()), id_column)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains(&path.display().to_string()),
-            "the file is not named: {message}"
-        );
+        let message = scan(Source::Path(path.clone()), id_column).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "the file is not named: {message}");
         message
     }
 
@@ -718,28 +626,13 @@ mod tests {
 
     #[test]
     fn every_header_spelling_finds_the_id_column() {
-        for header in [
-            "MachineId",
-            "machineid",
-            "Device ID",
-            "DeviceId",
-            "machine_id",
-            "Id",
-            " id ",
-            "DEVICE_ID",
-            "Machine Id",
-        ] {
+        for header in
+            ["MachineId", "machineid", "Device ID", "DeviceId", "machine_id", "Id", " id ", "DEVICE_ID", "Machine Id"]
+        {
             let content = format!("Name,\"{header}\",Other\nhost,{A},x\n");
             let (scan, rows) = read(content.as_bytes(), None).unwrap();
             assert_eq!(scan.id_column.as_deref(), Some(header.trim()), "{header}");
-            assert_eq!(
-                rows,
-                vec![InputRow {
-                    line: 2,
-                    raw: A.into(),
-                    kind: valid(A)
-                }]
-            );
+            assert_eq!(rows, vec![InputRow { line: 2, raw: A.into(), kind: valid(A) }]);
         }
     }
 
@@ -757,22 +650,8 @@ mod tests {
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
         assert_eq!(scan.id_column, None);
         assert_eq!((scan.rows, scan.valid), (2, 2));
-        assert_eq!(
-            rows[0],
-            InputRow {
-                line: 1,
-                raw: format!("  {A}  "),
-                kind: valid(A)
-            }
-        );
-        assert_eq!(
-            rows[1],
-            InputRow {
-                line: 2,
-                raw: B.into(),
-                kind: valid(B)
-            }
-        );
+        assert_eq!(rows[0], InputRow { line: 1, raw: format!("  {A}  "), kind: valid(A) });
+        assert_eq!(rows[1], InputRow { line: 2, raw: B.into(), kind: valid(B) });
     }
 
     #[test]
@@ -781,23 +660,15 @@ mod tests {
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
         assert_eq!(scan.id_column.as_deref(), Some("MachineId"));
         assert_eq!(
-            rows.iter()
-                .map(|r| (r.line, r.kind.clone()))
-                .collect::<Vec<_>>(),
+            rows.iter().map(|r| (r.line, r.kind.clone())).collect::<Vec<_>>(),
             vec![(2, valid(A)), (3, valid(B))]
         );
         assert_eq!(rows[0].raw, A);
         // Quoted cells before a CRLF, and a last line without a line break.
         let content = format!("MachineId,Name\r\n\"{A}\",\"one\"\r\n\"{B}\"\r\n{C}");
         let (_, rows) = read(content.as_bytes(), None).unwrap();
-        let got: Vec<_> = rows
-            .iter()
-            .map(|r| (r.line, r.raw.as_str(), r.kind.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(2, A, valid(A)), (3, B, valid(B)), (4, C, valid(C))]
-        );
+        let got: Vec<_> = rows.iter().map(|r| (r.line, r.raw.as_str(), r.kind.clone())).collect();
+        assert_eq!(got, vec![(2, A, valid(A)), (3, B, valid(B)), (4, C, valid(C))]);
         // A BOM before a headerless list too.
         let (scan, rows) = read(format!("\u{FEFF}{A}\r\n").as_bytes(), None).unwrap();
         assert_eq!((scan.id_column, rows[0].kind.clone()), (None, valid(A)));
@@ -805,22 +676,14 @@ mod tests {
 
     #[test]
     fn quoted_fields_spanning_lines_keep_line_numbers_right() {
-        let content =
-            format!("Name,MachineId\n\"two\nlines\",{A}\n\"with, comma\",\"{B}\"\nlast,{C}\n");
+        let content = format!("Name,MachineId\n\"two\nlines\",{A}\n\"with, comma\",\"{B}\"\nlast,{C}\n");
         let (_, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.line).collect::<Vec<_>>(),
-            vec![2, 4, 5]
-        );
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4, 5]);
         assert!(rows.iter().all(|r| matches!(r.kind, RowKind::Valid(_))));
         // CRLF inside and around quoted fields, and a multi-line last row without a final line break.
-        let content =
-            format!("Name,MachineId\r\n\"a\r\nb\r\nc\",{A}\r\n\r\nx,{B}\r\n\"end\r\n\",{C}");
+        let content = format!("Name,MachineId\r\n\"a\r\nb\r\nc\",{A}\r\n\r\nx,{B}\r\n\"end\r\n\",{C}");
         let (_, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.line).collect::<Vec<_>>(),
-            vec![2, 6, 7]
-        );
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 6, 7]);
         assert_eq!(rows[2].kind, valid(C));
     }
 
@@ -837,14 +700,7 @@ mod tests {
         let content = format!("Name,MachineId,Extra\nx,{A},1,2,3\nshort\ny,{B}\n");
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
         assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
-        assert_eq!(
-            rows[1],
-            InputRow {
-                line: 3,
-                raw: String::new(),
-                kind: RowKind::Invalid
-            }
-        );
+        assert_eq!(rows[1], InputRow { line: 3, raw: String::new(), kind: RowKind::Invalid });
     }
 
     #[test]
@@ -852,14 +708,7 @@ mod tests {
         let upper = A.to_uppercase();
         let content = format!("MachineId\n {upper}\t\n\"  {B}\"\n");
         let (_, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            rows[0],
-            InputRow {
-                line: 2,
-                raw: format!(" {upper}\t"),
-                kind: valid(A)
-            }
-        );
+        assert_eq!(rows[0], InputRow { line: 2, raw: format!(" {upper}\t"), kind: valid(A) });
         assert_eq!(rows[1].kind, valid(B));
     }
 
@@ -870,14 +719,10 @@ mod tests {
         let non_hex = format!("g{}", &A[1..]);
         let guid = "c6a3f5e2-1b4d-4e8f-9a7b-2d1c0e3f4a5b";
         let inner_space = format!("{} {}", &A[..20], &A[21..]);
-        let content = format!(
-            "Name,MachineId\na,{short}\nb,{long}\nc,{non_hex}\nd,\ne,{guid}\nf,{inner_space}\ng,{A}\n"
-        );
+        let content =
+            format!("Name,MachineId\na,{short}\nb,{long}\nc,{non_hex}\nd,\ne,{guid}\nf,{inner_space}\ng,{A}\n");
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
-            (7, 1, 6, 0)
-        );
+        assert_eq!((scan.rows, scan.valid, scan.invalid, scan.duplicates), (7, 1, 6, 0));
         assert!(rows[..6].iter().all(|r| r.kind == RowKind::Invalid));
         assert_eq!(rows[3].raw, "");
         assert_eq!(rows[0].raw, short);
@@ -885,26 +730,13 @@ mod tests {
 
     #[test]
     fn repeated_ids_are_duplicates_in_any_case() {
-        let content = format!(
-            "MachineId\n{A}\n{B}\n{}\n {A}\n{C}\n{B}\n",
-            A.to_uppercase()
-        );
+        let content = format!("MachineId\n{A}\n{B}\n{}\n {A}\n{C}\n{B}\n", A.to_uppercase());
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
-            (6, 3, 0, 3)
-        );
+        assert_eq!((scan.rows, scan.valid, scan.invalid, scan.duplicates), (6, 3, 0, 3));
         let kinds: Vec<RowKind> = rows.into_iter().map(|r| r.kind).collect();
         assert_eq!(
             kinds,
-            vec![
-                valid(A),
-                valid(B),
-                RowKind::Duplicate,
-                RowKind::Duplicate,
-                valid(C),
-                RowKind::Duplicate
-            ]
+            vec![valid(A), valid(B), RowKind::Duplicate, RowKind::Duplicate, valid(C), RowKind::Duplicate]
         );
     }
 
@@ -918,14 +750,9 @@ mod tests {
 
     #[test]
     fn a_wrong_override_lists_the_headers() {
-        let message = error(
-            format!("MachineId,Name\n{A},x\n").as_bytes(),
-            Some("DeviceGuid"),
-        );
+        let message = error(format!("MachineId,Name\n{A},x\n").as_bytes(), Some("DeviceGuid"));
         assert!(
-            message.contains("DeviceGuid")
-                && message.contains("`MachineId`, `Name`")
-                && message.contains("line 1"),
+            message.contains("DeviceGuid") && message.contains("`MachineId`, `Name`") && message.contains("line 1"),
             "{message}"
         );
         let message = error(format!("{A}\n").as_bytes(), Some("MachineId"));
@@ -935,20 +762,14 @@ mod tests {
     #[test]
     fn no_id_column_names_the_file_and_headers() {
         let message = error(b"Computer,Owner\npc1,me\n", None);
-        assert!(
-            message.contains("no machine id column") && message.contains("`Computer`, `Owner`"),
-            "{message}"
-        );
+        assert!(message.contains("no machine id column") && message.contains("`Computer`, `Owner`"), "{message}");
         assert!(!message.contains("separated"), "{message}");
     }
 
     #[test]
     fn other_delimiters_get_a_hint() {
         let message = error(format!("MachineId;Name\n{A};x\n").as_bytes(), None);
-        assert!(
-            message.contains("`;`") && message.contains("comma-separated"),
-            "{message}"
-        );
+        assert!(message.contains("`;`") && message.contains("comma-separated"), "{message}");
         let message = error(format!("MachineId\tName\n{A}\tx\n").as_bytes(), None);
         assert!(message.contains("tabs"), "{message}");
     }
@@ -959,35 +780,23 @@ mod tests {
         let mut garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
         garbage[10] = 0;
         let message = error(&garbage, None);
-        assert!(
-            message.contains("not a CSV file") || message.contains("UTF-8"),
-            "{message}"
-        );
+        assert!(message.contains("not a CSV file") || message.contains("UTF-8"), "{message}");
         let message = error(b"MachineId\nabc\0def\n", None);
-        assert!(
-            message.contains("line 2") && message.contains("NUL"),
-            "{message}"
-        );
+        assert!(message.contains("line 2") && message.contains("NUL"), "{message}");
     }
 
     #[test]
     fn invalid_utf8_names_the_line() {
-        let mut content =
-            format!("MachineId,Name\n{A},ok\n\"{B}\",\"two\nlines\"\n{C},caf").into_bytes();
+        let mut content = format!("MachineId,Name\n{A},ok\n\"{B}\",\"two\nlines\"\n{C},caf").into_bytes();
         content.extend_from_slice(b"\xe9\n");
         let message = error(&content, None);
-        assert!(
-            message.contains("line 5") && message.contains("UTF-8") && message.contains("field 2"),
-            "{message}"
-        );
+        assert!(message.contains("line 5") && message.contains("UTF-8") && message.contains("field 2"), "{message}");
     }
 
     #[test]
     fn utf16_gets_a_hint() {
-        let content: Vec<u8> = [0xFF, 0xFE]
-            .into_iter()
-            .chain("MachineId\n".encode_utf16().flat_map(u16::to_le_bytes))
-            .collect();
+        let content: Vec<u8> =
+            [0xFF, 0xFE].into_iter().chain("MachineId\n".encode_utf16().flat_map(u16::to_le_bytes)).collect();
         let message = error(&content, None);
         assert!(message.contains("UTF-16"), "{message}");
     }
@@ -998,22 +807,14 @@ mod tests {
         assert!(error(b"\n\n\r\n", None).contains("is empty"));
         assert!(error("\u{FEFF}".as_bytes(), None).contains("is empty"));
         let (scan, rows) = read(b"Device ID\r\n", None).unwrap();
-        assert_eq!(
-            (scan.rows, scan.valid, scan.id_column.as_deref()),
-            (0, 0, Some("Device ID"))
-        );
+        assert_eq!((scan.rows, scan.valid, scan.id_column.as_deref()), (0, 0, Some("Device ID")));
         assert!(rows.is_empty());
     }
 
     #[test]
     fn a_missing_file_is_named() {
-        let message = scan(Source::Path("/nonexistent/machines.csv".into()), None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains("/nonexistent/machines.csv") && message.contains("cannot open"),
-            "{message}"
-        );
+        let message = scan(Source::Path("/nonexistent/machines.csv".into()), None).unwrap_err().to_string();
+        assert!(message.contains("/nonexistent/machines.csv") && message.contains("cannot open"), "{message}");
     }
 
     #[test]
@@ -1044,10 +845,7 @@ mod tests {
         let spool = scan.spool.as_ref().unwrap().path().to_path_buf();
         for _ in 0..2 {
             let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
-            assert_eq!(
-                rows.iter().map(|r| r.line).collect::<Vec<_>>(),
-                vec![2, 3, 4]
-            );
+            assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3, 4]);
             assert_eq!(rows[0].kind, valid(A));
         }
         // Rows outlive the scan's handle on the spool; the spool goes with the last of them.
@@ -1055,13 +853,8 @@ mod tests {
         drop(scan);
         assert_eq!(rows.count(), 3);
         assert!(!spool.exists());
-        let message = scan_spooled(Source::Stdin, &b"Name\nx\n"[..], None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.starts_with("input <stdin>: line 1: no machine id column"),
-            "{message}"
-        );
+        let message = scan_spooled(Source::Stdin, &b"Name\nx\n"[..], None).unwrap_err().to_string();
+        assert!(message.starts_with("input <stdin>: line 1: no machine id column"), "{message}");
     }
 
     #[test]
@@ -1072,22 +865,10 @@ mod tests {
         let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
         assert_eq!(rows.len(), 2);
         assert!(rows[0].is_ok());
-        assert!(
-            rows[1]
-                .as_ref()
-                .unwrap_err()
-                .to_string()
-                .contains("changed since")
-        );
+        assert!(rows[1].as_ref().unwrap_err().to_string().contains("changed since"));
         std::fs::write(&path, "MachineId\n").unwrap();
         let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
-        assert!(
-            rows[0]
-                .as_ref()
-                .unwrap_err()
-                .to_string()
-                .contains("changed since")
-        );
+        assert!(rows[0].as_ref().unwrap_err().to_string().contains("changed since"));
         std::fs::write(&path, format!("Name,MachineId\nx,{A}\n")).unwrap();
         assert!(scanned.rows().is_err());
     }
@@ -1113,21 +894,9 @@ mod tests {
         }
         let started = std::time::Instant::now();
         let (scan, rows) = read(content.as_bytes(), None).unwrap();
-        assert_eq!(
-            (scan.rows, scan.valid, scan.invalid, scan.duplicates),
-            (200_000, valid, invalid, duplicates)
-        );
+        assert_eq!((scan.rows, scan.valid, scan.invalid, scan.duplicates), (200_000, valid, invalid, duplicates));
         assert_eq!(rows.last().unwrap().line, 200_001);
-        assert_eq!(
-            rows.iter()
-                .filter(|r| matches!(r.kind, RowKind::Valid(_)))
-                .count() as u64,
-            valid
-        );
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_eq!(rows.iter().filter(|r| matches!(r.kind, RowKind::Valid(_))).count() as u64, valid);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     }
 }

@@ -130,9 +130,7 @@ impl Limiter {
                         Ok(()) => {
                             state.acquired += 1;
                             state.waited += now.saturating_duration_since(asked);
-                            return Permit {
-                                limiter: Arc::clone(self),
-                            };
+                            return Permit { limiter: Arc::clone(self) };
                         }
                         Err(wake) => wake.map(|at| self.origin + Duration::from_nanos(at)),
                     },
@@ -188,9 +186,7 @@ impl Limiter {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere cannot leave the ledger half-updated (every update is one short block), so a
         // poisoned lock is still good to use.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -234,12 +230,7 @@ impl std::fmt::Debug for Permit {
 ///
 /// It runs the limiter's own gates over simulated time, so it is what the limiter does with that many
 /// workers calling `acquire`, waiting `latency` and finishing. O(calls × quotas).
-pub fn earliest_schedule(
-    rates: &[Rate],
-    calls: u64,
-    concurrency: usize,
-    latency: Duration,
-) -> Duration {
+pub fn earliest_schedule(rates: &[Rate], calls: u64, concurrency: usize, latency: Duration) -> Duration {
     let workers = concurrency.max(1);
     let latency = to_nanos(latency);
     let mut gates = Gates::new(rates);
@@ -332,18 +323,10 @@ impl Gates {
                 limit: u64::from(rate.limit.max(1)),
                 period: to_nanos(rate.period),
                 releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
-                gcra: RateLimiter::direct_with_clock(
-                    gcra_quota(rate),
-                    DecisionClock(Arc::clone(&clock)),
-                ),
+                gcra: RateLimiter::direct_with_clock(gcra_quota(rate), DecisionClock(Arc::clone(&clock))),
             })
             .collect();
-        Gates {
-            clock,
-            quotas,
-            in_flight: 0,
-            gcra_refusals: 0,
-        }
+        Gates { clock, quotas, in_flight: 0, gcra_refusals: 0 }
     }
 
     fn rates(&self) -> Vec<Rate> {
@@ -356,11 +339,7 @@ impl Gates {
         let mut full = false;
         let mut wake: Option<u64> = None;
         for quota in &mut self.quotas {
-            while quota
-                .releases
-                .front()
-                .is_some_and(|&release| release <= now)
-            {
+            while quota.releases.front().is_some_and(|&release| release <= now) {
                 quota.releases.pop_front();
             }
             if self.in_flight + quota.releases.len() as u64 >= quota.limit {
@@ -402,9 +381,7 @@ impl Gates {
 fn gcra_quota(rate: &Rate) -> Quota {
     let burst = std::num::NonZeroU32::new(rate.limit.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     let per_call = (rate.period / burst.get()).max(Duration::from_nanos(1));
-    Quota::with_period(per_call)
-        .unwrap_or_else(|| Quota::per_second(burst))
-        .allow_burst(burst)
+    Quota::with_period(per_call).unwrap_or_else(|| Quota::per_second(burst)).allow_burst(burst)
 }
 
 fn to_nanos(d: Duration) -> u64 {
@@ -441,12 +418,7 @@ mod tests {
     fn most_in_any_window(calls: &[Call], period: Duration) -> usize {
         calls
             .iter()
-            .map(|i| {
-                calls
-                    .iter()
-                    .filter(|j| j.sent <= i.sent && i.sent < j.answered + period)
-                    .count()
-            })
+            .map(|i| calls.iter().filter(|j| j.sent <= i.sent && i.sent < j.answered + period).count())
             .max()
             .unwrap_or(0)
     }
@@ -454,10 +426,7 @@ mod tests {
     fn assert_within(calls: &[Call], rates: &[Rate]) {
         for r in rates {
             let most = most_in_any_window(calls, r.period);
-            assert!(
-                most <= r.limit as usize,
-                "{most} calls in one window of {r}"
-            );
+            assert!(most <= r.limit as usize, "{most} calls in one window of {r}");
         }
     }
 
@@ -472,11 +441,7 @@ mod tests {
         let latencies: Arc<Vec<Duration>> = Arc::new((0..calls).map(latency).collect());
         let mut tasks = Vec::new();
         for _ in 0..workers {
-            let (limiter, next, latencies) = (
-                Arc::clone(limiter),
-                Arc::clone(&next),
-                Arc::clone(&latencies),
-            );
+            let (limiter, next, latencies) = (Arc::clone(limiter), Arc::clone(&next), Arc::clone(&latencies));
             tasks.push(tokio::spawn(async move {
                 let mut done = Vec::new();
                 loop {
@@ -489,10 +454,7 @@ mod tests {
                     if !latencies[n].is_zero() {
                         tokio::time::sleep(latencies[n]).await;
                     }
-                    done.push(Call {
-                        sent,
-                        answered: Instant::now(),
-                    });
+                    done.push(Call { sent, answered: Instant::now() });
                     permit.finish();
                 }
             }));
@@ -514,16 +476,8 @@ mod tests {
         // A sliding-window log on send times: 100 sent at 0 answered at 1s, 100 more sent at 60s. The
         // service may count the first batch at 1s and the second at 60s: 200 in one minute.
         let t0 = Instant::now();
-        let mut calls: Vec<Call> = (0..100)
-            .map(|_| Call {
-                sent: t0,
-                answered: t0 + ms(1000),
-            })
-            .collect();
-        calls.extend((0..100).map(|_| Call {
-            sent: t0 + MINUTE,
-            answered: t0 + MINUTE,
-        }));
+        let mut calls: Vec<Call> = (0..100).map(|_| Call { sent: t0, answered: t0 + ms(1000) }).collect();
+        calls.extend((0..100).map(|_| Call { sent: t0 + MINUTE, answered: t0 + MINUTE }));
         assert_eq!(most_in_any_window(&calls, MINUTE), 200);
         // One period after the answers, they no longer count.
         for c in &mut calls[100..] {
@@ -552,10 +506,7 @@ mod tests {
             let calls = run(&limiter, 150, 150, |_| latency).await;
             assert!(calls[..100].iter().all(|c| c.sent == t0));
             let first_answer = calls.iter().map(|c| c.answered).min().unwrap();
-            assert!(
-                calls[100..].iter().all(|c| c.sent == first_answer + MINUTE),
-                "latency {latency:?}"
-            );
+            assert!(calls[100..].iter().all(|c| c.sent == first_answer + MINUTE), "latency {latency:?}");
             assert_within(&calls, &rates);
             assert_eq!(gcra_refusals(&limiter), 0);
         }
@@ -572,11 +523,7 @@ mod tests {
         assert_eq!(gcra_refusals(&limiter), 0);
         // The first 1,500 go at the minute quota's pace (about 9s); then the hour's ledger holds the rest
         // until the first answers are an hour old.
-        assert!(
-            calls[1499].sent - t0 < ms(9_500),
-            "{:?}",
-            calls[1499].sent - t0
-        );
+        assert!(calls[1499].sent - t0 < ms(9_500), "{:?}", calls[1499].sent - t0);
         let first_answer = calls.iter().map(|c| c.answered).min().unwrap();
         assert!(calls[1500].sent >= first_answer + ms(36_000));
         assert!(calls[1500].sent < first_answer + ms(36_700));
@@ -593,11 +540,7 @@ mod tests {
         assert_eq!(gcra_refusals(&limiter), 0);
         // Each quota bound at some point: exactly full windows were reached.
         for r in &rates {
-            assert_eq!(
-                most_in_any_window(&calls, r.period),
-                r.limit as usize,
-                "{r} never filled"
-            );
+            assert_eq!(most_in_any_window(&calls, r.period), r.limit as usize, "{r} never filled");
         }
     }
 
@@ -617,10 +560,7 @@ mod tests {
             let done = run(&limiter, calls, workers, |_| ms(latency)).await;
             let end = done.iter().map(|c| c.answered).max().unwrap() - t0;
             let predicted = earliest_schedule(rates, calls as u64, workers, ms(latency));
-            assert_eq!(
-                end, predicted,
-                "{rates:?} calls {calls} workers {workers} latency {latency}ms"
-            );
+            assert_eq!(end, predicted, "{rates:?} calls {calls} workers {workers} latency {latency}ms");
             assert_within(&done, rates);
         }
     }
@@ -644,18 +584,12 @@ mod tests {
     fn earliest_schedule_respects_concurrency() {
         assert_eq!(earliest_schedule(&[], 10, 3, ms(100)), ms(400));
         assert_eq!(earliest_schedule(&[], 0, 3, ms(100)), Duration::ZERO);
-        assert_eq!(
-            earliest_schedule(&[rate(1000, MINUTE)], 10, 1, ms(100)),
-            ms(1000)
-        );
+        assert_eq!(earliest_schedule(&[rate(1000, MINUTE)], 10, 1, ms(100)), ms(1000));
         // Concurrency 0 is taken as 1 rather than never finishing.
         assert_eq!(earliest_schedule(&[], 2, 0, ms(100)), ms(200));
         // The quota binds before the workers do: 2 per 100ms, each call 10ms, the third answered 10ms
         // after the first's release.
-        assert_eq!(
-            earliest_schedule(&[rate(2, ms(100))], 3, 8, ms(10)),
-            ms(120)
-        );
+        assert_eq!(earliest_schedule(&[rate(2, ms(100))], 3, 8, ms(10)), ms(120));
     }
 
     #[tokio::test(start_paused = true)]
@@ -663,10 +597,7 @@ mod tests {
         let limiter = Limiter::new(&[]);
         let calls = run(&limiter, 12, 3, |_| ms(100)).await;
         for c in &calls {
-            let overlapping = calls
-                .iter()
-                .filter(|o| o.sent <= c.sent && c.sent < o.answered)
-                .count();
+            let overlapping = calls.iter().filter(|o| o.sent <= c.sent && c.sent < o.answered).count();
             assert!(overlapping <= 3);
         }
         assert_eq!(limiter.stats().in_flight, 0);
@@ -763,11 +694,7 @@ mod tests {
         let limiter = Limiter::new(&[rate(1, ms(1000))]);
         let t0 = Instant::now();
         limiter.acquire().await.finish();
-        assert!(
-            tokio::time::timeout(ms(500), limiter.acquire())
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(ms(500), limiter.acquire()).await.is_err());
         assert_eq!(limiter.stats().in_flight, 0);
         limiter.acquire().await.finish();
         assert_eq!(Instant::now(), t0 + ms(1000));
@@ -787,10 +714,7 @@ mod tests {
         assert!((0..3).all(|_| gates.try_start(0).is_ok()));
         assert_eq!(gates.try_start(0), Err(None));
         gates.finish(to_nanos(ms(10)));
-        assert_eq!(
-            gates.try_start(to_nanos(ms(20))),
-            Err(Some(to_nanos(ms(310))))
-        );
+        assert_eq!(gates.try_start(to_nanos(ms(20))), Err(Some(to_nanos(ms(310)))));
         assert_eq!(gates.gcra_refusals, 0);
     }
 }

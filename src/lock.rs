@@ -52,7 +52,9 @@ impl RunLock {
             message: format!("cannot use the run lock file: {e}"),
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>();
+        let safe = |s: &str| {
+            s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>()
+        };
         let path = dir.join(format!("{}-{}.lock", safe(tenant), safe(client)));
         let holder_path = path.with_extension("holder");
         let file = OpenOptions::new()

@@ -155,7 +155,8 @@ pub struct ResultsWriter {
 impl ResultsWriter {
     /// Creates the file (refusing an existing one unless `overwrite`) and writes the header.
     pub fn create(path: &Path, overwrite: bool) -> Result<Self> {
-        let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot create it: {e}") };
+        let fail =
+            |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot create it: {e}") };
         let mut options = OpenOptions::new();
         options.write(true);
         if overwrite {
@@ -193,15 +194,14 @@ impl ResultsWriter {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.csv
-            .flush()
-            .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write: {e}") })
+        self.csv.flush().map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write: {e}") })
     }
 
     /// Flushes and syncs to disk.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
-        let file = self.csv.into_inner().map_err(|e| Error::Output { path: self.path.clone(), message: e.to_string() })?;
+        let file =
+            self.csv.into_inner().map_err(|e| Error::Output { path: self.path.clone(), message: e.to_string() })?;
         file.into_inner()
             .map_err(|e| Error::Output { path: self.path.clone(), message: e.to_string() })?
             .sync_all()
@@ -225,7 +225,10 @@ mod tests {
         // Visible before finish: each row is flushed.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().next().unwrap(), COLUMNS.join(","));
-        assert_eq!(text.lines().nth(1).unwrap(), r#"7,ab,already_pending,,,400,0,,"Action is already in progress, ""quoted""",,,,,,"#);
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            r#"7,ab,already_pending,,,400,0,,"Action is already in progress, ""quoted""",,,,,,"#
+        );
         w.finish().unwrap();
         assert!(ResultsWriter::create(&path, false).err().unwrap().to_string().contains("--overwrite"));
         assert!(ResultsWriter::create(&path, true).is_ok());

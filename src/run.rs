@@ -27,8 +27,9 @@ use crate::progress::Progress;
 use crate::results::{self, Outcome, ResultRow, ResultsWriter};
 use crate::settings::{Credentials, Settings, SettingsArgs};
 
-/// Latency assumed per call when estimating how long a run takes.
-const ESTIMATE_LATENCY: Duration = Duration::from_millis(300);
+/// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
+/// measured, within these).
+const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 /// Rows buffered between the reader and the workers, and between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
 
@@ -118,13 +119,12 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
     let comment = settings.require_comment()?;
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| results::default_path(match &source {
+    let output = args.output.clone().unwrap_or_else(|| {
+        results::default_path(match &source {
             Source::Path(p) => Some(p.as_path()),
             Source::Stdin => None,
-        }));
+        })
+    });
     results::check_writable(&output, args.overwrite)?;
     let scan = input::scan(source, args.id_column.as_deref())?;
     if let Some(max) = args.max_machines {
@@ -167,9 +167,11 @@ pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
         .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
 }
 
-/// How long the quotas make `machines` offboard calls take, at best.
-pub fn estimate(settings: &Settings, machines: u64) -> Duration {
-    limiter::earliest_schedule(&settings.rates, machines, settings.concurrency, ESTIMATE_LATENCY)
+/// How long the quotas and the concurrency make `machines` offboard calls take, at best, when a call
+/// takes `latency`.
+pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Duration {
+    let latency = latency.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1);
+    limiter::earliest_schedule(&settings.rates, machines, settings.concurrency, latency)
 }
 
 /// Runs the job: sign in, confirm, offboard every machine, write every row, summarise.
@@ -179,6 +181,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let round_trip = started.elapsed();
 
     if job.scan.valid > 0 {
         let plan = format!(
@@ -187,7 +190,9 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             job.credentials.tenant_id,
             job.settings.api_base,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            humantime::format_duration(Duration::from_secs(estimate(&job.settings, job.scan.valid).as_secs()))
+            humantime::format_duration(Duration::from_secs(
+                estimate(&job.settings, job.scan.valid, round_trip).as_secs()
+            ))
         );
         eprintln!("{plan}");
         if job.confirm {
@@ -286,7 +291,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     drop(row_tx);
     drop(item_rx);
     let _ = reader.await;
-    let (counts, rows) = writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
+    let (counts, rows) =
+        writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
     progress.finish();
 
     if let Some(e) = input_error {

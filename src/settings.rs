@@ -173,7 +173,8 @@ impl FileValues {
     fn load(path: &Path) -> Result<Self> {
         let fail = |message: String| Error::ConfigFile { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {}", e.message())))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {}", e.message())))?;
         let mut values = Vec::new();
         for (section, body) in table {
             let Some((_, keys)) = CONFIG_KEYS.iter().find(|(name, _)| *name == section) else {
@@ -201,10 +202,7 @@ impl FileValues {
     }
 
     fn wrong_type(&self, key: &str, wanted: &str) -> Error {
-        Error::ConfigFile {
-            path: self.path.clone().unwrap_or_default(),
-            message: format!("`{key}` must be {wanted}"),
-        }
+        Error::ConfigFile { path: self.path.clone().unwrap_or_default(), message: format!("`{key}` must be {wanted}") }
     }
 
     /// A string value; numbers are accepted where the key takes a number written either way.
@@ -251,12 +249,14 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
 
     let (client_secret, secret_source) = resolve_secret(args, &file, env, &mut warnings)?;
 
-    let authority = check_url("auth.authority", &pick(&args.authority, "auth.authority")?.unwrap_or(DEFAULT_AUTHORITY.into()))?;
+    let authority =
+        check_url("auth.authority", &pick(&args.authority, "auth.authority")?.unwrap_or(DEFAULT_AUTHORITY.into()))?;
     let scope = pick(&args.scope, "auth.scope")?.unwrap_or(DEFAULT_SCOPE.into());
     if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
         return Err(bad("auth.scope", &scope, "a scope URL such as https://api.securitycenter.microsoft.com/.default"));
     }
-    let api_base = check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(DEFAULT_API_BASE.into()))?;
+    let api_base =
+        check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(DEFAULT_API_BASE.into()))?;
     let timeout = match pick(&args.timeout, "api.timeout")? {
         Some(v) => parse_duration("api.timeout", &v)?,
         None => DEFAULT_TIMEOUT,
@@ -364,7 +364,8 @@ fn resolve_secret(
                 config.display()
             ));
         }
-        return check_secret(&value, "auth.client_secret").map(|s| (Some(s), Some(format!("config file {}", config.display()))));
+        return check_secret(&value, "auth.client_secret")
+            .map(|s| (Some(s), Some(format!("config file {}", config.display()))));
     }
     Ok((None, None))
 }
@@ -375,10 +376,7 @@ fn read_secret_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
         message: format!("cannot read {}: {e}", path.display()),
     })?;
     if readable_by_others(path) {
-        warnings.push(format!(
-            "secret file {} is readable by other users; restrict it (chmod 600)",
-            path.display()
-        ));
+        warnings.push(format!("secret file {} is readable by other users; restrict it (chmod 600)", path.display()));
     }
     check_secret(text.trim_end_matches(['\r', '\n']), "auth.client_secret_file")
 }
@@ -440,7 +438,11 @@ fn check_tenant(value: &str) -> Result<String> {
     if is_guid(v) || domain_like {
         Ok(v.to_string())
     } else {
-        Err(bad("auth.tenant_id", value, "the tenant's GUID (Directory ID) or its domain, such as contoso.onmicrosoft.com"))
+        Err(bad(
+            "auth.tenant_id",
+            value,
+            "the tenant's GUID (Directory ID) or its domain, such as contoso.onmicrosoft.com",
+        ))
     }
 }
 
@@ -507,7 +509,8 @@ mod tests {
     fn flag_beats_file_and_rate_flags_replace_the_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[run]\nconcurrency = 9\nrate = [\"5/1s\", \"50/1m\"]\ncomment = \"from file\"\n").unwrap();
+        std::fs::write(&path, "[run]\nconcurrency = 9\nrate = [\"5/1s\", \"50/1m\"]\ncomment = \"from file\"\n")
+            .unwrap();
         let args = SettingsArgs {
             config: Some(path),
             comment: Some("from flag".into()),

@@ -76,14 +76,7 @@ pub(crate) struct ActionView<'a> {
 
 impl Actions {
     pub(crate) fn new(seed: u64, lifecycle: Lifecycle, clock: Clock) -> Actions {
-        Actions {
-            list: Vec::new(),
-            by_id: HashMap::new(),
-            by_machine: HashMap::new(),
-            seed,
-            lifecycle,
-            clock,
-        }
+        Actions { list: Vec::new(), by_id: HashMap::new(), by_machine: HashMap::new(), seed, lifecycle, clock }
     }
 
     /// The machine's open (Pending or InProgress) action, if any.
@@ -95,13 +88,7 @@ impl Actions {
 
     /// Records a new offboard action for `machine`.
     #[cfg(test)]
-    fn create(
-        &mut self,
-        machine: &SimMachine,
-        requestor: &str,
-        comment: &str,
-        now: Instant,
-    ) -> &Action {
+    fn create(&mut self, machine: &SimMachine, requestor: &str, comment: &str, now: Instant) -> &Action {
         let index = self.add(machine, requestor, comment, now);
         &self.list[index]
     }
@@ -113,8 +100,7 @@ impl Actions {
         let ordinal = (earlier.len() as u64).to_le_bytes();
         earlier.push(index);
         let parts: [&[u8]; 2] = [machine.id.as_bytes(), &ordinal];
-        let id =
-            guid(u128::from(mix(self.seed, &parts)) << 64 | u128::from(mix(!self.seed, &parts)));
+        let id = guid(u128::from(mix(self.seed, &parts)) << 64 | u128::from(mix(!self.seed, &parts)));
         let draw = unit(mix(self.seed, &[id.as_bytes()]));
         let l = &self.lifecycle;
         let outcome = if draw < l.failed_share {
@@ -204,24 +190,13 @@ impl Actions {
     }
 
     /// The actions a list request asks for, in creation order.
-    pub(crate) fn list(
-        &self,
-        q: &ListQuery,
-        now: Instant,
-        default_top: usize,
-    ) -> Vec<ActionView<'_>> {
-        let by_machine = q
-            .filter
-            .iter()
-            .find(|c| c.field == Field::MachineId)
-            .map(|c| match &c.value {
-                super::query::Value::Text(id) => self
-                    .by_machine
-                    .get(&id.to_ascii_lowercase())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-                _ => &[],
-            });
+    pub(crate) fn list(&self, q: &ListQuery, now: Instant, default_top: usize) -> Vec<ActionView<'_>> {
+        let by_machine = q.filter.iter().find(|c| c.field == Field::MachineId).map(|c| match &c.value {
+            super::query::Value::Text(id) => {
+                self.by_machine.get(&id.to_ascii_lowercase()).map(Vec::as_slice).unwrap_or(&[])
+            }
+            _ => &[],
+        });
         let candidates: Box<dyn Iterator<Item = &Action>> = match by_machine {
             Some(indexes) => Box::new(indexes.iter().map(|&i| &self.list[i])),
             None => Box::new(self.list.iter()),
@@ -290,17 +265,10 @@ mod tests {
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         let statuses = |secs: u64| actions.count_by_status(at(secs));
         assert_eq!(statuses(5), vec![("Pending", 400)]);
-        let inactive = fleet
-            .machines()
-            .iter()
-            .filter(|m| m.health_status == "Inactive")
-            .count() as u64;
+        let inactive = fleet.machines().iter().filter(|m| m.health_status == "Inactive").count() as u64;
         let end: std::collections::HashMap<_, _> = statuses(30).into_iter().collect();
         assert_eq!(end["Pending"], inactive);
-        assert!(
-            end["Failed"] > 60 && end["Succeeded"] > 60 && end["InProgress"] > 60,
-            "{end:?}"
-        );
+        assert!(end["Failed"] > 60 && end["Succeeded"] > 60 && end["InProgress"] > 60, "{end:?}");
         let late: std::collections::HashMap<_, _> = statuses(200).into_iter().collect();
         assert_eq!(late.get("Pending"), None);
         assert_eq!(late.get("InProgress"), None);
@@ -319,9 +287,6 @@ mod tests {
         for m in fleet.machines().iter().rev() {
             again.create(m, "app", "test", t0);
         }
-        assert_eq!(
-            again.open_for(&first.id, at(5)).map(Action::id),
-            Some(a.id())
-        );
+        assert_eq!(again.open_for(&first.id, at(5)).map(Action::id), Some(a.id()));
     }
 }

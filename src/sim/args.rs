@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle,
-    SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;
@@ -25,12 +24,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
     /// Number of machines in the generated fleet.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1000,
-        conflicts_with = "fleet"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 1000, conflicts_with = "fleet")]
     pub fleet_size: usize,
     /// Seed of the generated fleet.
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "fleet")]
@@ -144,12 +138,7 @@ impl SimulateArgs {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
             client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
-            roles: self
-                .roles
-                .iter()
-                .map(|r| r.trim().to_string())
-                .filter(|r| !r.is_empty())
-                .collect(),
+            roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
             token_lifetime: self.token_lifetime,
             quotas,
             retry_after_http_date: self.retry_after_http_date,
@@ -184,22 +173,14 @@ impl SimulateArgs {
 
 /// Starts the simulator from the flags, prints where it listens, and serves until `shutdown` resolves.
 pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let secret = std::env::var(SECRET_ENV)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
+    let secret = std::env::var(SECRET_ENV).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let config = args.config(secret)?;
     let demo_secret = config.client_secret == DEMO_CLIENT_SECRET;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
     let sim = Simulator::start(config).await?;
-    let mut line = format!(
-        "simulator listening on {} (tenant {tenant}, client {client}",
-        sim.base_url()
-    );
+    let mut line = format!("simulator listening on {} (tenant {tenant}, client {client}", sim.base_url());
     if demo_secret {
-        line.push_str(&format!(
-            "; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"
-        ));
+        line.push_str(&format!("; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"));
     }
     line.push(')');
     // One line, flushed: scripts wait for it to learn the address.
@@ -257,18 +238,9 @@ mod tests {
         assert_eq!(config.client_secret, DEMO_CLIENT_SECRET);
         assert_eq!(config.quotas.len(), 2);
         assert_eq!(config.forbidden_groups, vec!["Tier0 Servers".to_string()]);
-        assert_eq!(
-            config.roles,
-            vec![
-                "Machine.Offboard".to_string(),
-                "Machine.Read.All".to_string()
-            ]
-        );
+        assert_eq!(config.roles, vec!["Machine.Offboard".to_string(), "Machine.Read.All".to_string()]);
         assert_eq!(config.fleet.len(), 1000);
-        assert_eq!(
-            config.lifecycle.action_timeout,
-            Duration::from_secs(3 * 86_400)
-        );
+        assert_eq!(config.lifecycle.action_timeout, Duration::from_secs(3 * 86_400));
         assert_eq!(config.faults.latency, Duration::ZERO);
     }
 
@@ -299,10 +271,7 @@ mod tests {
         ])
         .unwrap();
         let config = args.config(Some("s3cret".into())).unwrap();
-        assert_eq!(
-            config.quotas,
-            vec!["5/1s".parse().unwrap(), "50/1m".parse().unwrap()]
-        );
+        assert_eq!(config.quotas, vec!["5/1s".parse().unwrap(), "50/1m".parse().unwrap()]);
         assert_eq!(config.time_scale, 100.0);
         assert_eq!(config.roles, vec!["Machine.Read.All".to_string()]);
         assert_eq!(config.forbidden_groups, vec!["Lab".to_string()]);
@@ -311,22 +280,8 @@ mod tests {
         assert_eq!(config.fleet.len(), 10);
         assert_eq!(config.client_secret, "s3cret");
         assert!(config.secret_expired);
-        assert!(
-            parse(&["--no-quotas"])
-                .unwrap()
-                .config(None)
-                .unwrap()
-                .quotas
-                .is_empty()
-        );
-        assert!(
-            parse(&["--no-forbidden-groups"])
-                .unwrap()
-                .config(None)
-                .unwrap()
-                .forbidden_groups
-                .is_empty()
-        );
+        assert!(parse(&["--no-quotas"]).unwrap().config(None).unwrap().quotas.is_empty());
+        assert!(parse(&["--no-forbidden-groups"]).unwrap().config(None).unwrap().forbidden_groups.is_empty());
     }
 
     #[test]

@@ -16,11 +16,7 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub(crate) fn new(scale: f64) -> Clock {
-        Clock {
-            start: Instant::now(),
-            wall_start: SystemTime::now(),
-            scale,
-        }
+        Clock { start: Instant::now(), wall_start: SystemTime::now(), scale }
     }
 
     /// Service time elapsed between two real instants (zero if `to` is earlier).
@@ -56,10 +52,7 @@ pub(crate) fn entra_timestamp(t: SystemTime) -> String {
 fn split_days(secs: u64) -> (String, String) {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60),
-    )
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60))
 }
 
 /// Parses an RFC 3339 timestamp (`2024-05-01T12:34:56Z`, fractions and `+01:00` offsets allowed).
@@ -67,9 +60,7 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let part = s.get(from..from + len)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
     };
     if b.len() < 20
         || b[4] != b'-'
@@ -82,12 +73,7 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
     let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut i = 19;
@@ -104,24 +90,13 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
     let offset = match &s[i..] {
         "Z" | "z" => 0,
-        rest if rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':' =>
-        {
+        rest if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
             let minutes = num(i + 1, 2)? * 60 + num(i + 4, 2)?;
-            if rest.starts_with('-') {
-                -minutes * 60
-            } else {
-                minutes * 60
-            }
+            if rest.starts_with('-') { -minutes * 60 } else { minutes * 60 }
         }
         _ => return None,
     };
-    let secs = days_from_civil(year, month as u32, day as u32) * 86_400
-        + hour * 3600
-        + minute * 60
-        + second
-        - offset;
+    let secs = days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second - offset;
     let secs = u64::try_from(secs).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
@@ -199,10 +174,7 @@ mod tests {
         assert_eq!(parse_rfc3339("2024-05-01T12:34:56.1234567Z"), Some(t));
         assert_eq!(parse_rfc3339("2024-05-01T14:34:56.1234567+02:00"), Some(t));
         assert_eq!(entra_timestamp(t), "2024-05-01 12:34:56Z");
-        assert_eq!(
-            parse_rfc3339("2000-02-29T00:00:00Z"),
-            Some(UNIX_EPOCH + Duration::from_secs(951_782_400))
-        );
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(UNIX_EPOCH + Duration::from_secs(951_782_400)));
         for bad in [
             "2024-05-01",
             "2024-13-01T00:00:00Z",

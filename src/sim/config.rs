@@ -15,12 +15,7 @@ pub const DEFAULT_ROLES: [&str; 2] = ["Machine.Offboard", "Machine.Read.All"];
 pub const DEFAULT_FORBIDDEN_GROUPS: [&str; 1] = ["Tier0 Servers"];
 /// Platforms the simulated service refuses to offboard (400 `OsPlatformNotSupported`): the ones Microsoft's
 /// documentation leaves out of the supported list.
-pub const DEFAULT_UNSUPPORTED_PLATFORMS: [&str; 4] = [
-    "Windows7",
-    "Windows8",
-    "Windows8Blue",
-    "WindowsServer2008R2",
-];
+pub const DEFAULT_UNSUPPORTED_PLATFORMS: [&str; 4] = ["Windows7", "Windows8", "Windows8Blue", "WindowsServer2008R2"];
 /// Entra ID's usual token lifetime for client credentials, as `expires_in` shows it.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
 
@@ -70,15 +65,9 @@ impl Default for SimConfig {
             retry_after_http_date: false,
             time_scale: 1.0,
             fleet: Fleet::generate(1000, 1),
-            forbidden_groups: DEFAULT_FORBIDDEN_GROUPS
-                .iter()
-                .map(|g| g.to_string())
-                .collect(),
+            forbidden_groups: DEFAULT_FORBIDDEN_GROUPS.iter().map(|g| g.to_string()).collect(),
             forbidden_ids: Vec::new(),
-            unsupported_platforms: DEFAULT_UNSUPPORTED_PLATFORMS
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            unsupported_platforms: DEFAULT_UNSUPPORTED_PLATFORMS.iter().map(|p| p.to_string()).collect(),
             lifecycle: Lifecycle::default(),
             faults: Faults::default(),
             secret_expired: false,
@@ -89,29 +78,20 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The documented quotas: 100 calls a minute and 1,500 an hour.
     pub fn default_quotas() -> Vec<Rate> {
-        crate::settings::DEFAULT_RATES
-            .iter()
-            .map(|r| r.parse().expect("default rates parse"))
-            .collect()
+        crate::settings::DEFAULT_RATES.iter().map(|r| r.parse().expect("default rates parse")).collect()
     }
 
     /// Rejects values the simulator cannot run with, naming the field.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let fail = |m: String| Err(Error::Simulator(m));
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
-            return fail(format!(
-                "time scale {} must be a number above 0",
-                self.time_scale
-            ));
+            return fail(format!("time scale {} must be a number above 0", self.time_scale));
         }
         if self.token_lifetime.is_zero() {
             return fail("token lifetime must be above zero".into());
         }
         let l = &self.lifecycle;
-        for (name, share) in [
-            ("failed share", l.failed_share),
-            ("timeout share", l.timeout_share),
-        ] {
+        for (name, share) in [("failed share", l.failed_share), ("timeout share", l.timeout_share)] {
             if !(0.0..=1.0).contains(&share) {
                 return fail(format!("{name} {share} must be between 0 and 1"));
             }
@@ -176,20 +156,12 @@ pub struct Faults {
 impl Faults {
     /// The shares in the order they are drawn.
     pub(crate) fn shares(&self) -> [f64; 5] {
-        [
-            self.error_500,
-            self.error_503,
-            self.drop_connection,
-            self.spurious_429,
-            self.transient_404,
-        ]
+        [self.error_500, self.error_503, self.drop_connection, self.spurious_429, self.transient_404]
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let shares = self.shares();
-        if shares.iter().any(|s| !(0.0..=1.0).contains(s))
-            || shares.iter().sum::<f64>() > 1.0 + 1e-9
-        {
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || shares.iter().sum::<f64>() > 1.0 + 1e-9 {
             return Err(Error::Simulator(format!(
                 "fault shares must each be between 0 and 1 and together at most 1 (got {shares:?})"
             )));

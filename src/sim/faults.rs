@@ -33,10 +33,7 @@ pub(crate) struct FaultState {
 
 impl FaultState {
     pub(crate) fn new(faults: Faults) -> FaultState {
-        FaultState {
-            faults,
-            calls: HashMap::new(),
-        }
+        FaultState { faults, calls: HashMap::new() }
     }
 
     pub(crate) fn set(&mut self, faults: Faults) {
@@ -61,19 +58,14 @@ impl FaultState {
         let count = self.calls.entry(key).or_default();
         let n = *count;
         *count += 1;
-        let h = mix(
-            self.faults.seed,
-            &[method.as_bytes(), target.as_bytes(), &n.to_le_bytes()],
-        );
+        let h = mix(self.faults.seed, &[method.as_bytes(), target.as_bytes(), &n.to_le_bytes()]);
         let mut r = unit(h);
         for (i, share) in shares.into_iter().enumerate() {
             if r < share {
                 return Some(match i {
                     0 => Fault::Error500,
                     1 => Fault::Error503,
-                    2 => Fault::Drop {
-                        after_apply: h & 1 == 1,
-                    },
+                    2 => Fault::Drop { after_apply: h & 1 == 1 },
                     3 => Fault::Spurious429(self.faults.spurious_429_retry_after),
                     _ => Fault::NotFound,
                 });
@@ -105,10 +97,7 @@ mod tests {
         let paths: Vec<String> = (0..50).map(|i| format!("/api/machines/{i}")).collect();
         let mut a = FaultState::new(faults(3));
         let mut b = FaultState::new(faults(3));
-        let forward: Vec<Vec<_>> = paths
-            .iter()
-            .map(|p| (0..4).map(|_| a.draw("GET", p)).collect())
-            .collect();
+        let forward: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| a.draw("GET", p)).collect()).collect();
         // b sees the same calls, interleaved differently: round by round, paths backwards.
         let mut backward = vec![Vec::new(); paths.len()];
         for _ in 0..4 {
@@ -118,16 +107,11 @@ mod tests {
         }
         assert_eq!(forward, backward);
         let all: Vec<_> = forward.iter().flatten().collect();
-        let share = |f: &dyn Fn(&Option<Fault>) -> bool| {
-            all.iter().filter(|x| f(x)).count() as f64 / all.len() as f64
-        };
+        let share = |f: &dyn Fn(&Option<Fault>) -> bool| all.iter().filter(|x| f(x)).count() as f64 / all.len() as f64;
         assert!((0.1..0.3).contains(&share(&|f| *f == Some(Fault::Error500))));
         assert!((0.3..0.55).contains(&share(&|f| f.is_none())));
         let mut c = FaultState::new(faults(4));
-        let other: Vec<Vec<_>> = paths
-            .iter()
-            .map(|p| (0..4).map(|_| c.draw("GET", p)).collect())
-            .collect();
+        let other: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| c.draw("GET", p)).collect()).collect();
         assert_ne!(forward, other);
     }
 }

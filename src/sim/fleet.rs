@@ -14,14 +14,8 @@ use super::clock::{guid, mix, parse_rfc3339, rfc3339};
 use crate::error::Error;
 
 /// The health states of the Machine entity (Microsoft's documentation).
-pub const HEALTH_STATUSES: [&str; 6] = [
-    "Active",
-    "Inactive",
-    "ImpairedCommunication",
-    "NoSensorData",
-    "NoSensorDataImpairedCommunication",
-    "Unknown",
-];
+pub const HEALTH_STATUSES: [&str; 6] =
+    ["Active", "Inactive", "ImpairedCommunication", "NoSensorData", "NoSensorDataImpairedCommunication", "Unknown"];
 
 /// One device as `GET /api/machines` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -52,13 +46,8 @@ pub struct SimMachine {
 }
 
 /// The device groups of generated fleets, with their ids.
-const GROUPS: [(&str, u32); 5] = [
-    ("Workstations", 101),
-    ("Servers", 102),
-    ("Tier0 Servers", 103),
-    ("Kiosks", 104),
-    ("Lab", 105),
-];
+const GROUPS: [(&str, u32); 5] =
+    [("Workstations", 101), ("Servers", 102), ("Tier0 Servers", 103), ("Kiosks", 104), ("Lab", 105)];
 
 /// Generated platforms with their weights (per thousand): mostly supported Windows, a few Linux and macOS, and
 /// a few platforms the service refuses to offboard.
@@ -85,14 +74,7 @@ const HEALTH: [(&str, u32); 6] = [
     ("Unknown", 10),
 ];
 
-const TAGS: [&[&str]; 6] = [
-    &[],
-    &[],
-    &["Finance"],
-    &["VIP", "Finance"],
-    &["Contoso-HQ"],
-    &["Decommission"],
-];
+const TAGS: [&[&str]; 6] = [&[], &[], &["Finance"], &["VIP", "Finance"], &["Contoso-HQ"], &["Decommission"]];
 
 /// The simulated inventory.
 #[derive(Clone, Debug, Default)]
@@ -107,29 +89,19 @@ impl Fleet {
     pub fn generate(n: usize, seed: u64) -> Fleet {
         let mut rng = fastrand::Rng::with_seed(seed);
         let now = SystemTime::now();
-        let hour = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            / 3600
-            * 3600;
+        let hour = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() / 3600 * 3600;
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(hour);
         let mut machines: Vec<SimMachine> = Vec::with_capacity(n);
         let mut counters = [0u32; 4];
         for _ in 0..n {
-            let id: String = (0..40)
-                .map(|_| char::from_digit(rng.u32(..16), 16).expect("hex digit"))
-                .collect();
+            let id: String = (0..40).map(|_| char::from_digit(rng.u32(..16), 16).expect("hex digit")).collect();
             // About one machine in sixty is a reimaged device: a new id under an older machine's name and
             // platform; the older record is the one left behind, inactive.
-            let reimage_of =
-                (machines.len() > 10 && rng.u32(..60) == 0).then(|| rng.usize(..machines.len()));
+            let reimage_of = (machines.len() > 10 && rng.u32(..60) == 0).then(|| rng.usize(..machines.len()));
             let os = match reimage_of {
-                Some(i) => PLATFORMS
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .find(|p| *p == machines[i].os_platform)
-                    .unwrap_or("Windows10"),
+                Some(i) => {
+                    PLATFORMS.iter().map(|(p, _)| *p).find(|p| *p == machines[i].os_platform).unwrap_or("Windows10")
+                }
                 None => pick(&mut rng, &PLATFORMS),
             };
             let mut health = pick(&mut rng, &HEALTH).to_string();
@@ -146,8 +118,7 @@ impl Fleet {
             let computer_dns_name = match reimage_of {
                 Some(i) => {
                     machines[i].health_status = "Inactive".into();
-                    machines[i].last_seen =
-                        rfc3339(now - Duration::from_secs(86_400 * rng.u64(8..60)));
+                    machines[i].last_seen = rfc3339(now - Duration::from_secs(86_400 * rng.u64(8..60)));
                     machines[i].computer_dns_name.clone()
                 }
                 None => {
@@ -163,10 +134,7 @@ impl Fleet {
                 _ => GROUPS[0],
             };
             let group = match reimage_of {
-                Some(i) => GROUPS
-                    .into_iter()
-                    .find(|(name, _)| *name == machines[i].rbac_group_name)
-                    .unwrap_or(group),
+                Some(i) => GROUPS.into_iter().find(|(name, _)| *name == machines[i].rbac_group_name).unwrap_or(group),
                 None => group,
             };
             if reimage_of.is_some() {
@@ -179,10 +147,7 @@ impl Fleet {
             };
             let last_seen = now - Duration::from_secs(seen_ago);
             let first_seen = last_seen - Duration::from_secs(86_400 * rng.u64(30..900));
-            let tags = TAGS[rng.usize(..TAGS.len())]
-                .iter()
-                .map(|t| t.to_string())
-                .collect();
+            let tags = TAGS[rng.usize(..TAGS.len())].iter().map(|t| t.to_string()).collect();
             let aad = kind == 0 && rng.u32(..10) > 0;
             machines.push(SimMachine {
                 aad_device_id: aad.then(|| guid(rng.u128(..))),
@@ -206,35 +171,18 @@ impl Fleet {
     /// Reads a CSV file with the header `id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName`
     /// (any column order; other columns are ignored).
     pub fn from_csv(path: &Path) -> Result<Fleet, Error> {
-        let fail = |message: String| Error::Input {
-            path: path.to_owned(),
-            message,
-        };
-        let mut reader = csv::Reader::from_path(path)
-            .map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
-        let headers = reader
-            .headers()
-            .map_err(|e| fail(format!("cannot read the header line: {e}")))?
-            .clone();
-        let wanted = [
-            "id",
-            "computerDnsName",
-            "osPlatform",
-            "healthStatus",
-            "lastSeen",
-            "rbacGroupName",
-        ];
+        let fail = |message: String| Error::Input { path: path.to_owned(), message };
+        let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
+        let headers = reader.headers().map_err(|e| fail(format!("cannot read the header line: {e}")))?.clone();
+        let wanted = ["id", "computerDnsName", "osPlatform", "healthStatus", "lastSeen", "rbacGroupName"];
         let mut column = [0usize; 6];
         for (slot, name) in column.iter_mut().zip(wanted) {
-            *slot = headers
-                .iter()
-                .position(|h| h.trim() == name)
-                .ok_or_else(|| {
-                    fail(format!(
-                        "line 1: the header has no `{name}` column; a fleet file's header is {}",
-                        wanted.join(",")
-                    ))
-                })?;
+            *slot = headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+                fail(format!(
+                    "line 1: the header has no `{name}` column; a fleet file's header is {}",
+                    wanted.join(",")
+                ))
+            })?;
         }
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut machines = Vec::new();
@@ -246,10 +194,7 @@ impl Fleet {
             let field = |i: usize| record.get(column[i]).unwrap_or("").trim();
             let id = field(0).to_ascii_lowercase();
             if id.len() != 40 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(at(format!(
-                    "machine id `{}` is not 40 hex characters",
-                    field(0)
-                )));
+                return Err(at(format!("machine id `{}` is not 40 hex characters", field(0))));
             }
             if let Some(first) = seen.insert(id.clone(), line) {
                 return Err(at(format!("machine id {id} is already on line {first}")));
@@ -264,16 +209,10 @@ impl Fleet {
             }
             let health = field(3);
             if !HEALTH_STATUSES.contains(&health) {
-                return Err(at(format!(
-                    "healthStatus `{health}` is not one of {}",
-                    HEALTH_STATUSES.join(", ")
-                )));
+                return Err(at(format!("healthStatus `{health}` is not one of {}", HEALTH_STATUSES.join(", "))));
             }
             let last_seen = parse_rfc3339(field(4)).ok_or_else(|| {
-                at(format!(
-                    "lastSeen `{}` is not an RFC 3339 time such as 2024-05-01T12:00:00Z",
-                    field(4)
-                ))
+                at(format!("lastSeen `{}` is not an RFC 3339 time such as 2024-05-01T12:00:00Z", field(4)))
             })?;
             let group = field(5).to_string();
             let next_id = 101 + groups.len() as u32;
@@ -302,16 +241,9 @@ impl Fleet {
             if by_id.insert(m.id.clone(), i).is_some() {
                 return Err(format!("machine id {} appears twice", m.id));
             }
-            by_name
-                .entry(m.computer_dns_name.to_ascii_lowercase())
-                .or_default()
-                .push(i);
+            by_name.entry(m.computer_dns_name.to_ascii_lowercase()).or_default().push(i);
         }
-        Ok(Fleet {
-            machines,
-            by_id,
-            by_name,
-        })
+        Ok(Fleet { machines, by_id, by_name })
     }
 
     pub fn len(&self) -> usize {
@@ -339,20 +271,14 @@ impl Fleet {
 
     /// The machines with this computer name, case-insensitively, in paging order.
     pub fn by_name(&self, name: &str) -> impl Iterator<Item = &SimMachine> {
-        let found = self
-            .by_name
-            .get(&name.to_ascii_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let found = self.by_name.get(&name.to_ascii_lowercase()).map(Vec::as_slice).unwrap_or(&[]);
         found.iter().map(|&i| &self.machines[i])
     }
 
     pub(crate) fn index_of(&self, id: &str) -> Option<usize> {
         match self.by_id.get(id) {
             Some(&i) => Some(i),
-            None if id.bytes().any(|c| c.is_ascii_uppercase()) => {
-                self.by_id.get(&id.to_ascii_lowercase()).copied()
-            }
+            None if id.bytes().any(|c| c.is_ascii_uppercase()) => self.by_id.get(&id.to_ascii_lowercase()).copied(),
             None => None,
         }
     }
@@ -378,23 +304,12 @@ impl SimMachine {
             first_seen,
             last_seen,
             os_processor: "x64".into(),
-            version: windows
-                .then(|| ["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
-            last_ip_address: format!(
-                "10.{}.{}.{}",
-                (h >> 16) % 32,
-                (h >> 24) % 256,
-                1 + (h >> 32) % 254
-            ),
+            version: windows.then(|| ["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
+            last_ip_address: format!("10.{}.{}.{}", (h >> 16) % 32, (h >> 24) % 256, 1 + (h >> 32) % 254),
             last_external_ip_address: format!("203.0.113.{}", 1 + (h >> 40) % 254),
             agent_version: format!("10.8{}.{}", (h >> 48) % 10, 20_000 + (h >> 52) % 9_000),
             onboarding_status: "Onboarded".into(),
-            device_value: if rbac_group_name.contains("Tier0") {
-                "High"
-            } else {
-                "Normal"
-            }
-            .into(),
+            device_value: if rbac_group_name.contains("Tier0") { "High" } else { "Normal" }.into(),
             risk_score: risk.into(),
             exposure_level: risk.into(),
             is_aad_joined: false,
@@ -433,28 +348,15 @@ mod tests {
         assert_eq!(a.ids().collect::<Vec<_>>(), b.ids().collect::<Vec<_>>());
         assert_ne!(a.ids().next(), Fleet::generate(1000, 8).ids().next());
         assert_eq!(a.len(), 1000);
-        assert!(
-            a.ids()
-                .all(|id| id.len() == 40
-                    && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
-        );
+        assert!(a.ids().all(|id| id.len() == 40 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))));
         let count = |f: &dyn Fn(&SimMachine) -> bool| a.machines().iter().filter(|m| f(m)).count();
         assert!(count(&|m| m.health_status == "Inactive") > 20);
         assert!(count(&|m| m.rbac_group_name == "Tier0 Servers") > 3);
-        assert!(
-            count(&|m| m.os_platform == "Windows7" || m.os_platform == "WindowsServer2008R2") > 3
-        );
+        assert!(count(&|m| m.os_platform == "Windows7" || m.os_platform == "WindowsServer2008R2") > 3);
         assert!(count(&|m| m.os_platform == "Linux") > 3);
-        let duplicated = a
-            .machines()
-            .iter()
-            .filter(|m| a.by_name(&m.computer_dns_name).count() > 1)
-            .count();
+        let duplicated = a.machines().iter().filter(|m| a.by_name(&m.computer_dns_name).count() > 1).count();
         assert!(duplicated >= 4, "{duplicated} machines share a name");
         let first = &a.machines()[0];
-        assert_eq!(
-            a.get(&first.id.to_uppercase()).map(|m| &m.id),
-            Some(&first.id)
-        );
+        assert_eq!(a.get(&first.id.to_uppercase()).map(|m| &m.id), Some(&first.id));
     }
 }

@@ -27,10 +27,7 @@ fn decode(s: &str) -> String {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
+            b'%' => match (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
                 (Some(h), Some(l)) => {
                     out.push((h * 16 + l) as u8);
                     i += 2;
@@ -121,21 +118,12 @@ pub(crate) fn parse_filter(s: &str, fields: &[(&str, Field)]) -> Result<Vec<Clau
     let mut rest = tokens.as_slice();
     loop {
         let [Token::Word(name), Token::Word(op), value, tail @ ..] = rest else {
-            return Err(format!(
-                "expected `property operator value` in $filter `{s}`"
-            ));
+            return Err(format!("expected `property operator value` in $filter `{s}`"));
         };
-        let field = fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                let known: Vec<_> = fields.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "could not find a property named '{name}'; this filter accepts {}",
-                    known.join(", ")
-                )
-            })?;
+        let field = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| *f).ok_or_else(|| {
+            let known: Vec<_> = fields.iter().map(|(n, _)| *n).collect();
+            format!("could not find a property named '{name}'; this filter accepts {}", known.join(", "))
+        })?;
         let op = match op.to_ascii_lowercase().as_str() {
             "eq" => Op::Eq,
             "ge" => Op::Ge,
@@ -143,22 +131,16 @@ pub(crate) fn parse_filter(s: &str, fields: &[(&str, Field)]) -> Result<Vec<Clau
             "le" => Op::Le,
             "lt" => Op::Lt,
             _ => {
-                return Err(format!(
-                    "operator '{op}' is not supported here; use eq (or ge, gt, le, lt on times)"
-                ));
+                return Err(format!("operator '{op}' is not supported here; use eq (or ge, gt, le, lt on times)"));
             }
         };
         let value = match (field.is_time(), value) {
-            (true, Token::Word(v) | Token::Text(v)) => {
-                Value::Time(parse_rfc3339(v).ok_or_else(|| {
-                    format!("'{v}' is not a date-time such as 2024-05-01T00:00:00Z")
-                })?)
-            }
+            (true, Token::Word(v) | Token::Text(v)) => Value::Time(
+                parse_rfc3339(v).ok_or_else(|| format!("'{v}' is not a date-time such as 2024-05-01T00:00:00Z"))?,
+            ),
             (false, Token::Text(v)) if op == Op::Eq => Value::Text(v.clone()),
             (false, Token::Text(_)) => {
-                return Err(format!(
-                    "operator '{op:?}' is not supported on '{name}'; use eq"
-                ));
+                return Err(format!("operator '{op:?}' is not supported on '{name}'; use eq"));
             }
             (false, Token::Word(v)) => {
                 return Err(format!("'{v}' must be a string literal in single quotes"));
@@ -167,11 +149,7 @@ pub(crate) fn parse_filter(s: &str, fields: &[(&str, Field)]) -> Result<Vec<Clau
         clauses.push(Clause { field, op, value });
         match tail {
             [] => return Ok(clauses),
-            [Token::Word(and), more @ ..]
-                if and.eq_ignore_ascii_case("and") && !more.is_empty() =>
-            {
-                rest = more
-            }
+            [Token::Word(and), more @ ..] if and.eq_ignore_ascii_case("and") && !more.is_empty() => rest = more,
             _ => return Err(format!("expected `and` between clauses in $filter `{s}`")),
         }
     }
@@ -250,38 +228,26 @@ pub(crate) struct ListQuery {
 pub(crate) type QueryError = (&'static str, String);
 
 /// Reads `$filter`, `$top` and `$skip` from a query string.
-pub(crate) fn list_query(
-    query: Option<&str>,
-    fields: &[(&str, Field)],
-) -> Result<ListQuery, QueryError> {
+pub(crate) fn list_query(query: Option<&str>, fields: &[(&str, Field)]) -> Result<ListQuery, QueryError> {
     let mut out = ListQuery::default();
     for (key, value) in decode_pairs(query.unwrap_or("")) {
         match key.as_str() {
-            "$filter" => {
-                out.filter = parse_filter(&value, fields).map_err(|m| ("ODataError", m))?
-            }
+            "$filter" => out.filter = parse_filter(&value, fields).map_err(|m| ("ODataError", m))?,
             "$top" => {
-                let top = value.trim().parse::<usize>().map_err(|_| {
-                    (
-                        "InvalidInput",
-                        format!("$top '{value}' is not a whole number"),
-                    )
-                })?;
+                let top = value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| ("InvalidInput", format!("$top '{value}' is not a whole number")))?;
                 if top > MAX_TOP {
-                    return Err((
-                        "InvalidInput",
-                        format!("$top {top} is more than the maximum of {MAX_TOP}"),
-                    ));
+                    return Err(("InvalidInput", format!("$top {top} is more than the maximum of {MAX_TOP}")));
                 }
                 out.top = Some(top);
             }
             "$skip" => {
-                out.skip = value.trim().parse().map_err(|_| {
-                    (
-                        "InvalidInput",
-                        format!("$skip '{value}' is not a whole number"),
-                    )
-                })?;
+                out.skip = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| ("InvalidInput", format!("$skip '{value}' is not a whole number")))?;
             }
             _ => {}
         }
@@ -309,16 +275,16 @@ mod tests {
 
     #[test]
     fn parses_filters() {
-        let f = parse_filter("type eq 'Offboard' and STATUS eq 'Pending' and creationDateTimeUtc ge 2024-05-01T00:00:00Z", ACTION_FIELDS).unwrap();
+        let f = parse_filter(
+            "type eq 'Offboard' and STATUS eq 'Pending' and creationDateTimeUtc ge 2024-05-01T00:00:00Z",
+            ACTION_FIELDS,
+        )
+        .unwrap();
         assert_eq!(f.len(), 3);
         assert_eq!(f[1].field, Field::Status);
         assert_eq!(f[2].op, Op::Ge);
         assert!(matches!(f[2].value, Value::Time(_)));
-        let f = parse_filter(
-            "creationDateTimeUtc gt '2024-05-01T00:00:00Z'",
-            ACTION_FIELDS,
-        )
-        .unwrap();
+        let f = parse_filter("creationDateTimeUtc gt '2024-05-01T00:00:00Z'", ACTION_FIELDS).unwrap();
         assert!(matches!(f[0].value, Value::Time(_)));
         let f = parse_filter("computerDnsName eq 'o''brien'", MACHINE_FIELDS).unwrap();
         assert_eq!(f[0].value, Value::Text("o'brien".into()));
@@ -340,27 +306,10 @@ mod tests {
 
     #[test]
     fn list_options() {
-        let q = list_query(
-            Some("%24top=10000&%24skip=20&$filter=id%20eq%20%27x%27"),
-            MACHINE_FIELDS,
-        )
-        .unwrap();
+        let q = list_query(Some("%24top=10000&%24skip=20&$filter=id%20eq%20%27x%27"), MACHINE_FIELDS).unwrap();
         assert_eq!((q.top, q.skip, q.filter.len()), (Some(10_000), 20, 1));
-        assert_eq!(
-            list_query(Some("$top=10001"), MACHINE_FIELDS)
-                .unwrap_err()
-                .0,
-            "InvalidInput"
-        );
-        assert_eq!(
-            list_query(Some("$skip=-1"), MACHINE_FIELDS).unwrap_err().0,
-            "InvalidInput"
-        );
-        assert_eq!(
-            list_query(Some("$filter=id eq"), MACHINE_FIELDS)
-                .unwrap_err()
-                .0,
-            "ODataError"
-        );
+        assert_eq!(list_query(Some("$top=10001"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
+        assert_eq!(list_query(Some("$skip=-1"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
+        assert_eq!(list_query(Some("$filter=id eq"), MACHINE_FIELDS).unwrap_err().0, "ODataError");
     }
 }

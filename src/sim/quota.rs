@@ -53,18 +53,10 @@ impl Quotas {
     pub(crate) fn admit(&mut self, now: Instant) -> Result<(), Duration> {
         let mut wait = Duration::ZERO;
         for w in &mut self.windows {
-            while w
-                .served
-                .front()
-                .is_some_and(|&t| now.saturating_duration_since(t) >= w.period)
-            {
+            while w.served.front().is_some_and(|&t| now.saturating_duration_since(t) >= w.period) {
                 w.served.pop_front();
             }
-            while w
-                .offered
-                .front()
-                .is_some_and(|&t| now.saturating_duration_since(t) >= w.period)
-            {
+            while w.offered.front().is_some_and(|&t| now.saturating_duration_since(t) >= w.period) {
                 w.offered.pop_front();
             }
             if w.offered.len() >= w.rate.limit as usize * OFFERED_CAP_FACTOR {
@@ -118,17 +110,11 @@ mod tests {
             assert_eq!(q.admit(t0 + Duration::from_millis(i * 100)), Ok(()));
         }
         // The per-second window is full until the first call is a second old.
-        assert_eq!(
-            q.admit(t0 + Duration::from_millis(500)),
-            Err(Duration::from_millis(500))
-        );
+        assert_eq!(q.admit(t0 + Duration::from_millis(500)), Err(Duration::from_millis(500)));
         assert_eq!(q.admit(t0 + Duration::from_millis(1000)), Ok(()));
         assert_eq!(q.admit(t0 + Duration::from_millis(1100)), Ok(()));
         // Five calls in ten seconds: the ten-second window now binds.
-        assert_eq!(
-            q.admit(t0 + Duration::from_millis(2500)),
-            Err(Duration::from_millis(7500))
-        );
+        assert_eq!(q.admit(t0 + Duration::from_millis(2500)), Err(Duration::from_millis(7500)));
         let stats = q.stats();
         assert_eq!((stats[0].max_seen, stats[1].max_seen), (3, 5));
         assert_eq!(stats[1].max_offered, 7);
@@ -140,10 +126,7 @@ mod tests {
         let mut q = Quotas::new(&[rate("1/1m")], |d| d / 100);
         let t0 = Instant::now();
         assert_eq!(q.admit(t0), Ok(()));
-        assert_eq!(
-            q.admit(t0 + Duration::from_millis(100)),
-            Err(Duration::from_millis(500))
-        );
+        assert_eq!(q.admit(t0 + Duration::from_millis(100)), Err(Duration::from_millis(500)));
         assert_eq!(q.admit(t0 + Duration::from_millis(600)), Ok(()));
     }
 }

@@ -35,8 +35,7 @@ use super::config::{Faults, SimConfig};
 use super::faults::{Fault, FaultState};
 use super::fleet::{Fleet, SimMachine};
 use super::query::{
-    ACTION_FIELDS, Clause, Field, ListQuery, MACHINE_FIELDS, MAX_TOP, list_query, text_matches,
-    time_matches,
+    ACTION_FIELDS, Clause, Field, ListQuery, MACHINE_FIELDS, MAX_TOP, list_query, text_matches, time_matches,
 };
 use super::quota::Quotas;
 use super::stats::{Counters, DROPPED, SimStats};
@@ -85,9 +84,8 @@ impl Simulator {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Simulator(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Simulator(format!("cannot read the listening address: {e}")))?;
+        let addr =
+            listener.local_addr().map_err(|e| Error::Simulator(format!("cannot read the listening address: {e}")))?;
         let clock = Clock::new(config.time_scale);
         let fleet = std::mem::take(&mut config.fleet);
         let shared = Arc::new(Shared {
@@ -96,33 +94,16 @@ impl Simulator {
             counters: Mutex::new(Counters::default()),
             quotas: Mutex::new(Quotas::new(&config.quotas, |d| clock.real(d))),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
-            actions: Mutex::new(Actions::new(
-                config.faults.seed,
-                config.lifecycle.clone(),
-                clock,
-            )),
-            forbidden_groups: config
-                .forbidden_groups
-                .iter()
-                .map(|g| g.to_lowercase())
-                .collect(),
-            forbidden_ids: config
-                .forbidden_ids
-                .iter()
-                .map(|i| i.trim().to_ascii_lowercase())
-                .collect(),
+            actions: Mutex::new(Actions::new(config.faults.seed, config.lifecycle.clone(), clock)),
+            forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
+            forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
             base_url: format!("http://{addr}"),
             fleet,
             config,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, router(shared.clone()), stopped));
-        Ok(Simulator {
-            addr,
-            shared,
-            stop,
-            task,
-        })
+        Ok(Simulator { addr, shared, stop, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -234,11 +215,7 @@ async fn stats(State(sim): Sim) -> Response {
 
 async fn unmatched(State(sim): Sim, uri: Uri) -> Response {
     sim.count(route::UNMATCHED, 404);
-    api_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("No route matches {}", uri.path()),
-    )
+    api_error(StatusCode::NOT_FOUND, "NotFound", &format!("No route matches {}", uri.path()))
 }
 
 async fn offboard(
@@ -264,12 +241,7 @@ async fn get_machine(
     sim.finish(route::MACHINE, outcome, kill).await
 }
 
-async fn list_machines(
-    State(sim): Sim,
-    Extension(kill): Kill,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+async fn list_machines(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
     let outcome = sim.machines(&headers, &uri);
     sim.finish(route::MACHINES, outcome, kill).await
 }
@@ -285,12 +257,7 @@ async fn get_action(
     sim.finish(route::ACTION, outcome, kill).await
 }
 
-async fn list_actions(
-    State(sim): Sim,
-    Extension(kill): Kill,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+async fn list_actions(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
     let outcome = sim.actions(&headers, &uri);
     sim.finish(route::ACTIONS, outcome, kill).await
 }
@@ -324,19 +291,12 @@ fn json_answer(status: StatusCode, body: &impl Serialize) -> Outcome {
         Ok(bytes) => Outcome::Answer(
             (
                 status,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; odata.metadata=minimal"),
-                )],
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; odata.metadata=minimal"))],
                 Body::from(bytes),
             )
                 .into_response(),
         ),
-        Err(e) => answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
-            &e.to_string(),
-        ),
+        Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &e.to_string()),
     }
 }
 
@@ -361,10 +321,7 @@ struct Page<'a, T: Serialize> {
 
 impl Shared {
     fn count(&self, route: &'static str, status: u16) {
-        self.counters
-            .lock()
-            .expect("counters lock")
-            .call(route, status);
+        self.counters.lock().expect("counters lock").call(route, status);
     }
 
     fn stats(&self) -> SimStats {
@@ -372,22 +329,13 @@ impl Shared {
         let mut stats = self.counters.lock().expect("counters lock").snapshot();
         stats.max_in_window = self.quotas.lock().expect("quota lock").stats();
         let actions = self.actions.lock().expect("actions lock");
-        stats.actions_by_status = actions
-            .count_by_status(now)
-            .into_iter()
-            .map(|(s, n)| (s.to_string(), n))
-            .collect();
+        stats.actions_by_status = actions.count_by_status(now).into_iter().map(|(s, n)| (s.to_string(), n)).collect();
         stats.time_scale = self.config.time_scale;
         stats
     }
 
     /// Adds the latency fault, records the answer, and answers or drops the connection.
-    async fn finish(
-        &self,
-        route: &'static str,
-        outcome: Outcome,
-        kill: ConnectionKill,
-    ) -> Response {
+    async fn finish(&self, route: &'static str, outcome: Outcome, kill: ConnectionKill) -> Response {
         let latency = self.faults.lock().expect("faults lock").latency();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -413,32 +361,17 @@ impl Shared {
     /// Token, quota and faults: the gate of every API call. `offboard` lets a drop come after the action.
     // An `Outcome` moves once per call; boxing it would allocate on every answer.
     #[allow(clippy::result_large_err)]
-    fn admit(
-        &self,
-        headers: &HeaderMap,
-        method: &str,
-        uri: &Uri,
-        offboard: bool,
-    ) -> Result<Admitted, Outcome> {
+    fn admit(&self, headers: &HeaderMap, method: &str, uri: &Uri, offboard: bool) -> Result<Admitted, Outcome> {
         let now = Instant::now();
-        let grant = self
-            .tokens
-            .check(headers, now)
-            .map_err(|why| answer(StatusCode::UNAUTHORIZED, "Unauthorized", why))?;
+        let grant =
+            self.tokens.check(headers, now).map_err(|why| answer(StatusCode::UNAUTHORIZED, "Unauthorized", why))?;
         let quota = self.quotas.lock().expect("quota lock").admit(now);
         if let Err(wait) = quota {
-            self.counters
-                .lock()
-                .expect("counters lock")
-                .quota_rejections += 1;
+            self.counters.lock().expect("counters lock").quota_rejections += 1;
             return Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."));
         }
         let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let fault = self
-            .faults
-            .lock()
-            .expect("faults lock")
-            .draw(method, target);
+        let fault = self.faults.lock().expect("faults lock").draw(method, target);
         let counters = || self.counters.lock().expect("counters lock");
         match fault {
             Some(Fault::Error500) => {
@@ -472,30 +405,23 @@ impl Shared {
         let value = if self.config.retry_after_http_date {
             // An HTTP-date has whole seconds: round the moment up so that it is never too early.
             let at = SystemTime::now() + wait;
-            let since = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
-            let at = SystemTime::UNIX_EPOCH
-                + Duration::from_secs(since.as_secs() + u64::from(since.subsec_nanos() > 0));
+            let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let at =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs() + u64::from(since.subsec_nanos() > 0));
             httpdate::fmt_http_date(at)
         } else {
             seconds.to_string()
         };
         let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&value).expect("retry-after is ASCII"),
-        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_str(&value).expect("retry-after is ASCII"));
         Outcome::Answer(response)
     }
 
     fn offboard(&self, id: &str, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
         let key = id.trim().to_ascii_lowercase();
-        self.counters
-            .lock()
-            .expect("counters lock")
-            .offboard(&key)
-            .calls += 1;
+        self.counters.lock().expect("counters lock").offboard(&key).calls += 1;
         let admitted = match self.admit(headers, "POST", uri, true) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
@@ -521,28 +447,14 @@ impl Shared {
             Err(why) => return answer(StatusCode::BAD_REQUEST, "InvalidRequestBody", why),
         };
         let Some(machine) = self.fleet.get(key) else {
-            return answer(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                &format!("Machine {id} was not found."),
-            );
+            return answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine {id} was not found."));
         };
         if admitted.fault == Some(Fault::NotFound) {
-            self.counters
-                .lock()
-                .expect("counters lock")
-                .faults
-                .transient_404 += 1;
-            return answer(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                &format!("Machine {id} was not found."),
-            );
+            self.counters.lock().expect("counters lock").faults.transient_404 += 1;
+            return answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine {id} was not found."));
         }
         if self.forbidden_ids.contains(&machine.id)
-            || self
-                .forbidden_groups
-                .contains(&machine.rbac_group_name.to_lowercase())
+            || self.forbidden_groups.contains(&machine.rbac_group_name.to_lowercase())
         {
             return answer(
                 StatusCode::FORBIDDEN,
@@ -553,30 +465,18 @@ impl Shared {
                 ),
             );
         }
-        if self
-            .config
-            .unsupported_platforms
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(&machine.os_platform))
-        {
+        if self.config.unsupported_platforms.iter().any(|p| p.eq_ignore_ascii_case(&machine.os_platform)) {
             return answer(
                 StatusCode::BAD_REQUEST,
                 "OsPlatformNotSupported",
-                &format!(
-                    "Offboarding is not supported on OS platform {}.",
-                    machine.os_platform
-                ),
+                &format!("Offboarding is not supported on OS platform {}.", machine.os_platform),
             );
         }
         let now = Instant::now();
         let created = {
             let mut actions = self.actions.lock().expect("actions lock");
             if actions.open_for(&machine.id, now).is_some() {
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    "ActiveRequestAlreadyExists",
-                    "Action is already in progress",
-                );
+                return answer(StatusCode::BAD_REQUEST, "ActiveRequestAlreadyExists", "Action is already in progress");
             }
             let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
             serde_json::to_vec(&Entity {
@@ -593,19 +493,12 @@ impl Shared {
             Ok(bytes) => Outcome::Answer(
                 (
                     StatusCode::CREATED,
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json; odata.metadata=minimal"),
-                    )],
+                    [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; odata.metadata=minimal"))],
                     Body::from(bytes),
                 )
                     .into_response(),
             ),
-            Err(e) => answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalServerError",
-                &e.to_string(),
-            ),
+            Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &e.to_string()),
         }
     }
 
@@ -629,37 +522,17 @@ impl Shared {
             Err(outcome) => return outcome,
         };
         // A name shared by several machines (reimaged devices) finds the one seen last.
-        let found = self.fleet.get(id).or_else(|| {
-            self.fleet
-                .by_name(id)
-                .max_by(|a, b| a.last_seen.cmp(&b.last_seen))
-        });
-        let not_found = || {
-            answer(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                &format!("Machine {id} was not found."),
-            )
-        };
+        let found = self.fleet.get(id).or_else(|| self.fleet.by_name(id).max_by(|a, b| a.last_seen.cmp(&b.last_seen)));
+        let not_found = || answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine {id} was not found."));
         match found {
             None => not_found(),
             Some(_) if admitted.fault == Some(Fault::NotFound) => {
-                self.counters
-                    .lock()
-                    .expect("counters lock")
-                    .faults
-                    .transient_404 += 1;
+                self.counters.lock().expect("counters lock").faults.transient_404 += 1;
                 not_found()
             }
             Some(machine) => {
                 let context = format!("{}/api/$metadata#Machines/$entity", self.base_url);
-                json_answer(
-                    StatusCode::OK,
-                    &Entity {
-                        context: &context,
-                        value: machine,
-                    },
-                )
+                json_answer(StatusCode::OK, &Entity { context: &context, value: machine })
             }
         }
     }
@@ -673,16 +546,11 @@ impl Shared {
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         // An id or name clause narrows the search through the indexes; the rest is a scan in fleet order.
-        let narrowed: Option<Vec<&SimMachine>> =
-            q.filter.iter().find_map(|c| match (&c.field, &c.value) {
-                (Field::Id, super::query::Value::Text(id)) => {
-                    Some(self.fleet.get(id).into_iter().collect())
-                }
-                (Field::ComputerDnsName, super::query::Value::Text(name)) => {
-                    Some(self.fleet.by_name(name).collect())
-                }
-                _ => None,
-            });
+        let narrowed: Option<Vec<&SimMachine>> = q.filter.iter().find_map(|c| match (&c.field, &c.value) {
+            (Field::Id, super::query::Value::Text(id)) => Some(self.fleet.get(id).into_iter().collect()),
+            (Field::ComputerDnsName, super::query::Value::Text(name)) => Some(self.fleet.by_name(name).collect()),
+            _ => None,
+        });
         let candidates: Box<dyn Iterator<Item = &SimMachine>> = match narrowed {
             Some(list) => Box::new(list.into_iter()),
             None => Box::new(self.fleet.machines().iter()),
@@ -697,14 +565,7 @@ impl Shared {
             .then(|| next_link(&self.base_url, "/api/machines", uri, &q, page_size));
         value.truncate(page_size);
         let context = format!("{}/api/$metadata#Machines", self.base_url);
-        json_answer(
-            StatusCode::OK,
-            &Page {
-                context: &context,
-                value,
-                next_link,
-            },
-        )
+        json_answer(StatusCode::OK, &Page { context: &context, value, next_link })
     }
 
     fn action(&self, id: &str, headers: &HeaderMap, uri: &Uri) -> Outcome {
@@ -714,20 +575,10 @@ impl Shared {
         let now = Instant::now();
         let actions = self.actions.lock().expect("actions lock");
         match actions.get(id) {
-            None => answer(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                &format!("Machine action {id} was not found."),
-            ),
+            None => answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine action {id} was not found.")),
             Some(action) => {
                 let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
-                json_answer(
-                    StatusCode::OK,
-                    &Entity {
-                        context: &context,
-                        value: actions.view(action, now),
-                    },
-                )
+                json_answer(StatusCode::OK, &Entity { context: &context, value: actions.view(action, now) })
             }
         }
     }
@@ -748,14 +599,7 @@ impl Shared {
             .then(|| next_link(&self.base_url, "/api/machineactions", uri, &q, page_size));
         value.truncate(page_size);
         let context = format!("{}/api/$metadata#MachineActions", self.base_url);
-        json_answer(
-            StatusCode::OK,
-            &Page {
-                context: &context,
-                value,
-                next_link,
-            },
-        )
+        json_answer(StatusCode::OK, &Page { context: &context, value, next_link })
     }
 }
 
@@ -784,21 +628,15 @@ fn machine_matches(m: &SimMachine, c: &Clause) -> bool {
         Field::OsPlatform => text_matches(&c.value, &m.os_platform),
         Field::OnboardingStatus => text_matches(&c.value, &m.onboarding_status),
         Field::RbacGroupName => text_matches(&c.value, &m.rbac_group_name),
-        Field::AadDeviceId => m
-            .aad_device_id
-            .as_deref()
-            .is_some_and(|a| text_matches(&c.value, a)),
-        Field::LastSeen => {
-            parse_rfc3339(&m.last_seen).is_some_and(|t| time_matches(c.op, &c.value, t))
-        }
+        Field::AadDeviceId => m.aad_device_id.as_deref().is_some_and(|a| text_matches(&c.value, a)),
+        Field::LastSeen => parse_rfc3339(&m.last_seen).is_some_and(|t| time_matches(c.op, &c.value, t)),
         _ => false,
     }
 }
 
 /// The `Comment` of an offboard body: a JSON object whose `Comment` (exact case) is a string.
 fn read_comment(body: &[u8]) -> Result<String, &'static str> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| "The request body is not valid JSON.")?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "The request body is not valid JSON.")?;
     match value.get("Comment") {
         Some(serde_json::Value::String(comment)) => Ok(comment.clone()),
         Some(_) => Err("Comment must be a string."),

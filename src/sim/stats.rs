@@ -86,8 +86,7 @@ impl Counters {
 
     pub(crate) fn offboard(&mut self, machine_id: &str) -> &mut OffboardCount {
         if !self.offboard.contains_key(machine_id) {
-            self.offboard
-                .insert(machine_id.to_string(), OffboardCount::default());
+            self.offboard.insert(machine_id.to_string(), OffboardCount::default());
         }
         self.offboard.get_mut(machine_id).expect("inserted above")
     }
@@ -95,15 +94,8 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> SimStats {
         let mut calls: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (&(route, status), &n) in &self.calls {
-            let status = if status == DROPPED {
-                "dropped".to_string()
-            } else {
-                status.to_string()
-            };
-            calls
-                .entry(route.to_string())
-                .or_default()
-                .insert(status, n);
+            let status = if status == DROPPED { "dropped".to_string() } else { status.to_string() };
+            calls.entry(route.to_string()).or_default().insert(status, n);
         }
         SimStats {
             calls,
@@ -121,11 +113,7 @@ impl Counters {
 impl SimStats {
     /// Calls of one route with one status (`"201"`, `"dropped"`), zero if none.
     pub fn count(&self, route: &str, status: &str) -> u64 {
-        self.calls
-            .get(route)
-            .and_then(|m| m.get(status))
-            .copied()
-            .unwrap_or(0)
+        self.calls.get(route).and_then(|m| m.get(status)).copied().unwrap_or(0)
     }
 
     /// All calls of one route, whatever their status.

@@ -49,22 +49,13 @@ pub(crate) struct Tokens {
 impl Tokens {
     /// The grant of the request's bearer token, or why there is none.
     pub(crate) fn check(&self, headers: &HeaderMap, now: Instant) -> Result<Grant, &'static str> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or("Authorization header is missing")?;
-        let value = value
-            .to_str()
-            .map_err(|_| "Authorization header is not valid")?;
+        let value = headers.get(header::AUTHORIZATION).ok_or("Authorization header is missing")?;
+        let value = value.to_str().map_err(|_| "Authorization header is not valid")?;
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err("Authorization header must be 'Bearer <token>'"),
         };
-        let grant = *self
-            .issued
-            .read()
-            .expect("token map lock")
-            .get(token)
-            .ok_or("Invalid token")?;
+        let grant = *self.issued.read().expect("token map lock").get(token).ok_or("Invalid token")?;
         if now >= grant.expires {
             return Err("Token has expired");
         }
@@ -94,18 +85,8 @@ struct Refusal {
     description: String,
 }
 
-fn refuse(
-    status: StatusCode,
-    error: &'static str,
-    code: u32,
-    description: impl Into<String>,
-) -> Refusal {
-    Refusal {
-        status,
-        error,
-        code,
-        description: description.into(),
-    }
+fn refuse(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> Refusal {
+    Refusal { status, error, code, description: description.into() }
 }
 
 impl IntoResponse for Refusal {
@@ -150,21 +131,16 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
             ),
         ));
     }
-    let form: HashMap<String, String> = decode_pairs(&String::from_utf8_lossy(body))
-        .into_iter()
-        .collect();
+    let form: HashMap<String, String> = decode_pairs(&String::from_utf8_lossy(body)).into_iter().collect();
     let field = |name: &'static str| {
-        form.get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                refuse(
-                    bad_request,
-                    "invalid_request",
-                    900144,
-                    format!("The request body must contain the following parameter: '{name}'."),
-                )
-            })
+        form.get(name).map(String::as_str).filter(|v| !v.is_empty()).ok_or_else(|| {
+            refuse(
+                bad_request,
+                "invalid_request",
+                900144,
+                format!("The request body must contain the following parameter: '{name}'."),
+            )
+        })
     };
     let grant_type = field("grant_type")?;
     if grant_type != "client_credentials" {
@@ -270,13 +246,8 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
 
     let now = Instant::now();
     let real_lifetime = sim.clock.real(config.token_lifetime);
-    let expires_in = (config.token_lifetime.as_secs_f64() / config.time_scale)
-        .floor()
-        .max(1.0) as u64;
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let expires_in = (config.token_lifetime.as_secs_f64() / config.time_scale).floor().max(1.0) as u64;
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let claims = json!({
         "aud": resource,
         "iss": format!("https://sts.windows.net/{}/", config.tenant_id),
@@ -329,18 +300,9 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
 
 /// Checks a client assertion's shape and claims (not its signature).
 fn check_assertion(assertion: &str, client_id: &str, tenant: &str) -> Result<(), Refusal> {
-    let malformed = || {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            50027,
-            "JWT token is invalid or malformed.",
-        )
-    };
+    let malformed = || refuse(StatusCode::BAD_REQUEST, "invalid_request", 50027, "JWT token is invalid or malformed.");
     let part = |p: Option<&str>| -> Result<Value, Refusal> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(p.ok_or_else(malformed)?.trim_end_matches('='))
-            .map_err(|_| malformed())?;
+        let bytes = URL_SAFE_NO_PAD.decode(p.ok_or_else(malformed)?.trim_end_matches('=')).map_err(|_| malformed())?;
         serde_json::from_slice(&bytes).map_err(|_| malformed())
     };
     let mut parts = assertion.split('.');
@@ -348,50 +310,27 @@ fn check_assertion(assertion: &str, client_id: &str, tenant: &str) -> Result<(),
     if parts.next().is_none_or(str::is_empty) {
         return Err(malformed());
     }
-    let invalid = |code: u32, why: &str| {
-        refuse(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            code,
-            why.to_string(),
-        )
-    };
+    let invalid = |code: u32, why: &str| refuse(StatusCode::UNAUTHORIZED, "invalid_client", code, why.to_string());
     let alg = header["alg"].as_str().unwrap_or("");
-    if !matches!(alg, "PS256" | "RS256")
-        || (header["x5t#S256"].is_null() && header["x5t"].is_null())
-    {
+    if !matches!(alg, "PS256" | "RS256") || (header["x5t#S256"].is_null() && header["x5t"].is_null()) {
         return Err(invalid(
             700027,
             "Client assertion failed signature validation: the header needs alg PS256 or RS256 and x5t#S256 or x5t.",
         ));
     }
     if claims["iss"].as_str() != Some(client_id) || claims["sub"].as_str() != Some(client_id) {
-        return Err(invalid(
-            700021,
-            "Client assertion application identifier doesn't match 'client_id' parameter.",
-        ));
+        return Err(invalid(700021, "Client assertion application identifier doesn't match 'client_id' parameter."));
     }
     let aud = claims["aud"].as_str().unwrap_or("").to_ascii_lowercase();
     let tenant = tenant.to_ascii_lowercase();
-    if !(aud.ends_with(&format!("/{tenant}/oauth2/v2.0/token"))
-        || aud.ends_with(&format!("/{tenant}/oauth2/token")))
-    {
-        return Err(invalid(
-            700027,
-            "Client assertion audience claim does not match the token endpoint.",
-        ));
+    if !(aud.ends_with(&format!("/{tenant}/oauth2/v2.0/token")) || aud.ends_with(&format!("/{tenant}/oauth2/token"))) {
+        return Err(invalid(700027, "Client assertion audience claim does not match the token endpoint."));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let exp = claims["exp"].as_i64().unwrap_or(0);
     let nbf = claims["nbf"].as_i64().unwrap_or(now);
     if exp < now || nbf > now + 300 {
-        return Err(invalid(
-            700024,
-            "Client assertion is not within its valid time range.",
-        ));
+        return Err(invalid(700024, "Client assertion is not within its valid time range."));
     }
     Ok(())
 }

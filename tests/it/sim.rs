@@ -9,8 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mde_offboard::settings::DEFAULT_SCOPE;
 use mde_offboard::sim::{
-    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, Faults, Fleet, Lifecycle, SimConfig,
-    SimMachine, SimStats, Simulator,
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, Faults, Fleet, Lifecycle, SimConfig, SimMachine, SimStats,
+    Simulator,
 };
 use serde_json::{Value, json};
 
@@ -24,11 +24,7 @@ struct Api {
 }
 
 fn config() -> SimConfig {
-    SimConfig {
-        fleet: Fleet::generate(300, 3),
-        quotas: Vec::new(),
-        ..SimConfig::default()
-    }
+    SimConfig { fleet: Fleet::generate(300, 3), quotas: Vec::new(), ..SimConfig::default() }
 }
 
 fn demo_form() -> Vec<(&'static str, &'static str)> {
@@ -46,10 +42,7 @@ impl Api {
         let http = reqwest::Client::new();
         let (status, body) = sign_in(&http, &sim, "oauth2/v2.0/token", &demo_form()).await;
         assert_eq!(status, 200, "{body}");
-        let token = body["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string();
+        let token = body["access_token"].as_str().expect("access_token").to_string();
         Api { sim, http, token }
     }
 
@@ -75,10 +68,7 @@ impl Api {
 
     async fn send_offboard(&self, id: &str, body: Value) -> reqwest::Result<reqwest::Response> {
         self.http
-            .post(format!(
-                "{}/api/machines/{id}/offboard",
-                self.sim.base_url()
-            ))
+            .post(format!("{}/api/machines/{id}/offboard", self.sim.base_url()))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -86,12 +76,7 @@ impl Api {
     }
 
     fn machine(&self, f: impl Fn(&SimMachine) -> bool) -> SimMachine {
-        config_fleet()
-            .machines()
-            .iter()
-            .find(|m| f(m))
-            .expect("the test fleet has such a machine")
-            .clone()
+        config_fleet().machines().iter().find(|m| f(m)).expect("the test fleet has such a machine").clone()
     }
 }
 
@@ -102,18 +87,10 @@ fn config_fleet() -> Fleet {
 async fn read(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn sign_in(
-    http: &reqwest::Client,
-    sim: &Simulator,
-    route: &str,
-    form: &[(&str, &str)],
-) -> (u16, Value) {
+async fn sign_in(http: &reqwest::Client, sim: &Simulator, route: &str, form: &[(&str, &str)]) -> (u16, Value) {
     sign_in_tenant(http, sim, DEMO_TENANT_ID, route, form).await
 }
 
@@ -124,62 +101,35 @@ async fn sign_in_tenant(
     route: &str,
     form: &[(&str, &str)],
 ) -> (u16, Value) {
-    let response = http
-        .post(format!("{}/{tenant}/{route}", sim.base_url()))
-        .form(form)
-        .send()
-        .await
-        .expect("answer");
+    let response = http.post(format!("{}/{tenant}/{route}", sim.base_url())).form(form).send().await.expect("answer");
     read(response).await
 }
 
 fn api_code(body: &Value) -> &str {
     let error = &body["error"];
-    assert!(
-        error["message"].is_string() && error["target"].is_string(),
-        "not an API error body: {body}"
-    );
+    assert!(error["message"].is_string() && error["target"].is_string(), "not an API error body: {body}");
     error["code"].as_str().unwrap_or("")
 }
 
 fn aadsts(body: &Value) -> (String, u64) {
-    for key in [
-        "error",
-        "error_description",
-        "timestamp",
-        "trace_id",
-        "correlation_id",
-    ] {
+    for key in ["error", "error_description", "timestamp", "trace_id", "correlation_id"] {
         assert!(body[key].is_string(), "no {key} in {body}");
     }
     let code = body["error_codes"][0].as_u64().expect("error_codes");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("AADSTS{code}: ")),
-        "{body}"
-    );
+    assert!(body["error_description"].as_str().unwrap().starts_with(&format!("AADSTS{code}: ")), "{body}");
     (body["error"].as_str().unwrap().to_string(), code)
 }
 
 fn claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
-        .expect("JSON claims")
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON claims")
 }
 
 /// Polls until `check` holds, failing after `limit`.
-async fn wait_for<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
+async fn wait_for<F: std::future::Future<Output = bool>>(limit: Duration, mut check: impl FnMut() -> F) {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -191,15 +141,9 @@ async fn sign_in_v2_and_v1() {
     assert_eq!(c["tid"], DEMO_TENANT_ID);
     assert_eq!(c["appid"], DEMO_CLIENT_ID);
     assert_eq!(c["aud"], "https://api.securitycenter.microsoft.com");
-    assert_eq!(
-        c["iss"],
-        format!("https://sts.windows.net/{DEMO_TENANT_ID}/")
-    );
+    assert_eq!(c["iss"], format!("https://sts.windows.net/{DEMO_TENANT_ID}/"));
     assert_eq!(c["roles"], json!(["Machine.Offboard", "Machine.Read.All"]));
-    assert_eq!(
-        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
-        3599
-    );
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 3599);
     assert!(c["nbf"].is_u64());
 
     let (status, body) = sign_in(&api.http, &api.sim, "oauth2/v2.0/token", &demo_form()).await;
@@ -249,94 +193,38 @@ async fn sign_in_errors_are_entra_errors() {
     // (form, status, error, AADSTS code)
     type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str, u64);
     let cases: Vec<Case> = vec![
-        (
-            with("client_secret", "wrong"),
-            401,
-            "invalid_client",
-            7000215,
-        ),
-        (
-            with("client_id", "11111111-2222-3333-4444-555555555555"),
-            400,
-            "unauthorized_client",
-            700016,
-        ),
-        (
-            with("grant_type", "password"),
-            400,
-            "unsupported_grant_type",
-            70003,
-        ),
-        (
-            with("scope", "https://api.securitycenter.microsoft.com"),
-            400,
-            "invalid_scope",
-            70011,
-        ),
-        (
-            with("scope", "https://graph.example.com/.default"),
-            400,
-            "invalid_resource",
-            500011,
-        ),
+        (with("client_secret", "wrong"), 401, "invalid_client", 7000215),
+        (with("client_id", "11111111-2222-3333-4444-555555555555"), 400, "unauthorized_client", 700016),
+        (with("grant_type", "password"), 400, "unsupported_grant_type", 70003),
+        (with("scope", "https://api.securitycenter.microsoft.com"), 400, "invalid_scope", 70011),
+        (with("scope", "https://graph.example.com/.default"), 400, "invalid_resource", 500011),
         (with("scope", ""), 400, "invalid_request", 900144),
         (with("client_secret", ""), 401, "invalid_client", 7000218),
-        (
-            with("resource", "https://api.securitycenter.microsoft.com"),
-            400,
-            "invalid_request",
-            901002,
-        ),
+        (with("resource", "https://api.securitycenter.microsoft.com"), 400, "invalid_request", 901002),
     ];
     for (form, status, error, code) in cases {
         let (got, body) = sign_in(&api.http, &api.sim, v2, &form).await;
-        assert_eq!(
-            (got, aadsts(&body)),
-            (status, (error.to_string(), code)),
-            "{form:?}"
-        );
+        assert_eq!((got, aadsts(&body)), (status, (error.to_string(), code)), "{form:?}");
     }
-    let (status, body) = sign_in_tenant(
-        &api.http,
-        &api.sim,
-        "contoso.onmicrosoft.com",
-        v2,
-        &demo_form(),
-    )
-    .await;
+    let (status, body) = sign_in_tenant(&api.http, &api.sim, "contoso.onmicrosoft.com", v2, &demo_form()).await;
     assert_eq!((status, aadsts(&body).1), (400, 90002));
     // v1 wants `resource`.
     let (status, body) = sign_in(&api.http, &api.sim, "oauth2/token", &demo_form()).await;
     assert_eq!((status, aadsts(&body).1), (400, 900144));
 
-    let expired = Simulator::start(SimConfig {
-        secret_expired: true,
-        ..config()
-    })
-    .await
-    .unwrap();
+    let expired = Simulator::start(SimConfig { secret_expired: true, ..config() }).await.unwrap();
     let (status, body) = sign_in(&api.http, &expired, v2, &demo_form()).await;
-    assert_eq!(
-        (status, aadsts(&body)),
-        (401, ("invalid_client".to_string(), 7000222))
-    );
+    assert_eq!((status, aadsts(&body)), (401, ("invalid_client".to_string(), 7000222)));
     assert_eq!(api.sim.stats().tokens_issued, 1);
 }
 
 #[tokio::test]
 async fn sign_in_with_a_certificate_assertion() {
     let api = Api::start(config()).await;
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     let aud = format!("{}/{DEMO_TENANT_ID}/oauth2/v2.0/token", api.sim.base_url());
     let jwt = |header: Value, claims: Value| {
-        format!(
-            "{}.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        )
+        format!("{}.{}.c2ln", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
     };
     let header = json!({"alg": "PS256", "typ": "JWT", "x5t#S256": "abc"});
     let good = json!({"aud": aud, "iss": DEMO_CLIENT_ID, "sub": DEMO_CLIENT_ID, "jti": "x", "nbf": now, "iat": now, "exp": now + 600});
@@ -345,10 +233,7 @@ async fn sign_in_with_a_certificate_assertion() {
             ("grant_type", "client_credentials".into()),
             ("client_id", DEMO_CLIENT_ID.into()),
             ("scope", DEFAULT_SCOPE.into()),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-            ),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()),
             ("client_assertion", assertion.into()),
         ]
     };
@@ -359,56 +244,31 @@ async fn sign_in_with_a_certificate_assertion() {
     };
     let (status, body) = send(jwt(header.clone(), good.clone())).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        claims(body["access_token"].as_str().unwrap())["appidacr"],
-        "2"
-    );
+    assert_eq!(claims(body["access_token"].as_str().unwrap())["appidacr"], "2");
     let mut stale = good.clone();
     stale["exp"] = json!(now - 60);
     assert_eq!(aadsts(&send(jwt(header.clone(), stale)).await.1).1, 700024);
     let mut other = good.clone();
     other["iss"] = json!("someone-else");
     assert_eq!(aadsts(&send(jwt(header.clone(), other)).await.1).1, 700021);
-    assert_eq!(
-        aadsts(&send(jwt(json!({"alg": "HS256"}), good)).await.1).1,
-        700027
-    );
+    assert_eq!(aadsts(&send(jwt(json!({"alg": "HS256"}), good)).await.1).1, 700027);
     assert_eq!(aadsts(&send("not-a-jwt".into()).await.1).1, 50027);
 }
 
 #[tokio::test]
 async fn api_needs_a_live_token_it_issued() {
     // 20 s of service time at 100x: a token lives 200 ms.
-    let api = Api::start(SimConfig {
-        token_lifetime: Duration::from_secs(20),
-        time_scale: 100.0,
-        ..config()
-    })
-    .await;
+    let api = Api::start(SimConfig { token_lifetime: Duration::from_secs(20), time_scale: 100.0, ..config() }).await;
     let issued = Instant::now();
     let url = format!("{}/api/machines?$top=1", api.sim.base_url());
     let (status, body) = read(api.http.get(&url).send().await.unwrap()).await;
     assert_eq!((status, api_code(&body)), (401, "Unauthorized"));
-    let (status, body) = read(
-        api.http
-            .get(&url)
-            .bearer_auth("eyJ0eXAiOiJKV1QifQ.e30.c2ln")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) =
+        read(api.http.get(&url).bearer_auth("eyJ0eXAiOiJKV1QifQ.e30.c2ln").send().await.unwrap()).await;
     assert_eq!((status, api_code(&body)), (401, "Unauthorized"));
     assert_eq!(api.get("/api/machines?$top=1").await.0, 200);
-    wait_for(Duration::from_secs(3), || async {
-        api.get("/api/machines?$top=1").await.0 == 401
-    })
-    .await;
-    assert!(
-        issued.elapsed() >= Duration::from_millis(150),
-        "token died after {:?}",
-        issued.elapsed()
-    );
+    wait_for(Duration::from_secs(3), || async { api.get("/api/machines?$top=1").await.0 == 401 }).await;
+    assert!(issued.elapsed() >= Duration::from_millis(150), "token died after {:?}", issued.elapsed());
     let (_, body) = sign_in(&api.http, &api.sim, "oauth2/v2.0/token", &demo_form()).await;
     assert_eq!(body["expires_in"], 1, "rounded down, at least one second");
     // 401s do not count against a quota: there is no app to count them for.
@@ -419,9 +279,7 @@ async fn api_needs_a_live_token_it_issued() {
 async fn offboard_creates_a_pending_action_once() {
     let api = Api::start(config()).await;
     let m = api.machine(|m| {
-        m.health_status == "Active"
-            && m.os_platform == "Windows11"
-            && m.rbac_group_name == "Workstations"
+        m.health_status == "Active" && m.os_platform == "Windows11" && m.rbac_group_name == "Workstations"
     });
     let (status, action) = api.offboard(&m.id).await;
     assert_eq!(status, 201, "{action}");
@@ -446,25 +304,14 @@ async fn offboard_creates_a_pending_action_once() {
     }
     assert_eq!(action["id"].as_str().unwrap().len(), 36);
     assert!(action["title"].is_string());
-    assert_eq!(
-        action["creationDateTimeUtc"],
-        action["lastUpdateDateTimeUtc"]
-    );
+    assert_eq!(action["creationDateTimeUtc"], action["lastUpdateDateTimeUtc"]);
 
     // Ids are case-insensitive, and an open action blocks a second one.
     let (status, body) = api.offboard(&m.id.to_uppercase()).await;
-    assert_eq!(
-        (status, api_code(&body)),
-        (400, "ActiveRequestAlreadyExists")
-    );
+    assert_eq!((status, api_code(&body)), (400, "ActiveRequestAlreadyExists"));
     assert_eq!(body["error"]["message"], "Action is already in progress");
 
-    let (status, read_back) = api
-        .get(&format!(
-            "/api/machineactions/{}",
-            action["id"].as_str().unwrap()
-        ))
-        .await;
+    let (status, read_back) = api.get(&format!("/api/machineactions/{}", action["id"].as_str().unwrap())).await;
     assert_eq!(status, 200);
     assert_eq!(read_back["id"], action["id"]);
     let stats = api.sim.stats();
@@ -484,64 +331,21 @@ async fn offboard_refusals() {
         .unwrap()
         .id
         .clone();
-    let plain = |m: &SimMachine| {
-        m.rbac_group_name == "Workstations" && m.os_platform.starts_with("Windows1")
-    };
-    let singled_out = config_fleet()
-        .machines()
-        .iter()
-        .filter(|m| plain(m))
-        .nth(3)
-        .unwrap()
-        .id
-        .clone();
-    let api = Api::start(SimConfig {
-        forbidden_ids: vec![singled_out.to_uppercase()],
-        ..config()
-    })
-    .await;
+    let plain = |m: &SimMachine| m.rbac_group_name == "Workstations" && m.os_platform.starts_with("Windows1");
+    let singled_out = config_fleet().machines().iter().filter(|m| plain(m)).nth(3).unwrap().id.clone();
+    let api = Api::start(SimConfig { forbidden_ids: vec![singled_out.to_uppercase()], ..config() }).await;
     let tier0 = api.machine(|m| m.rbac_group_name == "Tier0 Servers");
     let ok = api.machine(plain);
 
     let cases = [
-        (
-            singled_out.clone(),
-            json!({"Comment": "x"}),
-            403,
-            "Forbidden",
-        ),
+        (singled_out.clone(), json!({"Comment": "x"}), 403, "Forbidden"),
         (tier0.id.clone(), json!({"Comment": "x"}), 403, "Forbidden"),
-        (
-            unsupported,
-            json!({"Comment": "x"}),
-            400,
-            "OsPlatformNotSupported",
-        ),
-        (
-            "0000000000000000000000000000000000000000".into(),
-            json!({"Comment": "x"}),
-            404,
-            "ResourceNotFound",
-        ),
-        (
-            "not-a-machine".into(),
-            json!({"Comment": "x"}),
-            404,
-            "ResourceNotFound",
-        ),
-        (
-            ok.id.clone(),
-            json!({"comment": "wrong case"}),
-            400,
-            "InvalidRequestBody",
-        ),
+        (unsupported, json!({"Comment": "x"}), 400, "OsPlatformNotSupported"),
+        ("0000000000000000000000000000000000000000".into(), json!({"Comment": "x"}), 404, "ResourceNotFound"),
+        ("not-a-machine".into(), json!({"Comment": "x"}), 404, "ResourceNotFound"),
+        (ok.id.clone(), json!({"comment": "wrong case"}), 400, "InvalidRequestBody"),
         (ok.id.clone(), json!({}), 400, "InvalidRequestBody"),
-        (
-            ok.id.clone(),
-            json!({"Comment": 5}),
-            400,
-            "InvalidRequestBody",
-        ),
+        (ok.id.clone(), json!({"Comment": 5}), 400, "InvalidRequestBody"),
     ];
     for (id, body, status, code) in cases {
         let (got, answer) = api.offboard_with(&id, body.clone()).await;
@@ -549,11 +353,7 @@ async fn offboard_refusals() {
     }
     let response = api
         .http
-        .post(format!(
-            "{}/api/machines/{}/offboard",
-            api.sim.base_url(),
-            ok.id
-        ))
+        .post(format!("{}/api/machines/{}/offboard", api.sim.base_url(), ok.id))
         .bearer_auth(&api.token)
         .body("Comment=x")
         .send()
@@ -568,20 +368,12 @@ async fn offboard_refusals() {
 #[tokio::test]
 async fn roles_decide_what_a_token_may_do() {
     let m = config_fleet().machines()[0].id.clone();
-    let read_only = Api::start(SimConfig {
-        roles: vec!["Machine.Read.All".into()],
-        ..config()
-    })
-    .await;
+    let read_only = Api::start(SimConfig { roles: vec!["Machine.Read.All".into()], ..config() }).await;
     let (status, body) = read_only.offboard(&m).await;
     assert_eq!((status, api_code(&body)), (403, "Forbidden"));
     assert_eq!(read_only.get(&format!("/api/machines/{m}")).await.0, 200);
 
-    let offboard_only = Api::start(SimConfig {
-        roles: vec!["Machine.Offboard".into()],
-        ..config()
-    })
-    .await;
+    let offboard_only = Api::start(SimConfig { roles: vec!["Machine.Offboard".into()], ..config() }).await;
     for path in [
         format!("/api/machines/{m}"),
         "/api/machines".into(),
@@ -591,11 +383,7 @@ async fn roles_decide_what_a_token_may_do() {
         let (status, body) = offboard_only.get(&path).await;
         assert_eq!((status, api_code(&body)), (403, "Forbidden"), "{path}");
     }
-    let read_write = Api::start(SimConfig {
-        roles: vec!["Machine.ReadWrite.All".into()],
-        ..config()
-    })
-    .await;
+    let read_write = Api::start(SimConfig { roles: vec!["Machine.ReadWrite.All".into()], ..config() }).await;
     assert_eq!(read_write.get("/api/machines").await.0, 200);
 }
 
@@ -604,9 +392,7 @@ async fn machines_by_id_name_and_filter() {
     let api = Api::start(config()).await;
     let fleet = config_fleet();
     let m = &fleet.machines()[7];
-    let (status, body) = api
-        .get(&format!("/api/machines/{}", m.id.to_uppercase()))
-        .await;
+    let (status, body) = api.get(&format!("/api/machines/{}", m.id.to_uppercase())).await;
     assert_eq!(status, 200);
     for field in [
         "id",
@@ -623,69 +409,33 @@ async fn machines_by_id_name_and_filter() {
         assert!(body.get(field).is_some(), "no {field} in {body}");
     }
     assert_eq!(body["id"], m.id.as_str());
-    assert!(
-        body["@odata.context"]
-            .as_str()
-            .unwrap()
-            .ends_with("#Machines/$entity")
-    );
-    let (status, body) = api
-        .get(&format!("/api/machines/{}", m.computer_dns_name))
-        .await;
-    assert_eq!(
-        (status, body["computerDnsName"].as_str()),
-        (200, Some(m.computer_dns_name.as_str()))
-    );
+    assert!(body["@odata.context"].as_str().unwrap().ends_with("#Machines/$entity"));
+    let (status, body) = api.get(&format!("/api/machines/{}", m.computer_dns_name)).await;
+    assert_eq!((status, body["computerDnsName"].as_str()), (200, Some(m.computer_dns_name.as_str())));
     let (status, body) = api.get("/api/machines/nobody.contoso.local").await;
     assert_eq!((status, api_code(&body)), (404, "ResourceNotFound"));
 
     // A reimaged device: one name, several ids; a name filter finds them all.
-    let shared = fleet
-        .machines()
-        .iter()
-        .find(|m| fleet.by_name(&m.computer_dns_name).count() > 1)
-        .expect("a duplicated name");
+    let shared =
+        fleet.machines().iter().find(|m| fleet.by_name(&m.computer_dns_name).count() > 1).expect("a duplicated name");
     let (status, body) = api
-        .get(&format!(
-            "/api/machines?$filter=computerDnsName eq '{}'",
-            shared.computer_dns_name.to_uppercase()
-        ))
+        .get(&format!("/api/machines?$filter=computerDnsName eq '{}'", shared.computer_dns_name.to_uppercase()))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        body["value"].as_array().unwrap().len(),
-        fleet.by_name(&shared.computer_dns_name).count()
-    );
+    assert_eq!(body["value"].as_array().unwrap().len(), fleet.by_name(&shared.computer_dns_name).count());
 
-    let (_, body) = api
-        .get("/api/machines?$filter=healthStatus eq 'Inactive' and osPlatform eq 'Windows10'")
-        .await;
-    let expected = fleet
-        .machines()
-        .iter()
-        .filter(|m| m.health_status == "Inactive" && m.os_platform == "Windows10")
-        .count();
+    let (_, body) = api.get("/api/machines?$filter=healthStatus eq 'Inactive' and osPlatform eq 'Windows10'").await;
+    let expected =
+        fleet.machines().iter().filter(|m| m.health_status == "Inactive" && m.os_platform == "Windows10").count();
     assert!(expected > 0);
     assert_eq!(body["value"].as_array().unwrap().len(), expected);
-    assert!(
-        body["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v["healthStatus"] == "Inactive")
-    );
-    let (_, body) = api
-        .get(&format!("/api/machines?$filter=id eq '{}'", m.id))
-        .await;
+    assert!(body["value"].as_array().unwrap().iter().all(|v| v["healthStatus"] == "Inactive"));
+    let (_, body) = api.get(&format!("/api/machines?$filter=id eq '{}'", m.id)).await;
     assert_eq!(body["value"][0]["id"], m.id.as_str());
 
     let (status, body) = api.get("/api/machines?$top=10001").await;
     assert_eq!((status, api_code(&body)), (400, "InvalidInput"));
-    for bad in [
-        "healthStatus eq Active",
-        "colour eq 'red'",
-        "healthStatus eq 'Active' or id eq 'x'",
-    ] {
+    for bad in ["healthStatus eq Active", "colour eq 'red'", "healthStatus eq 'Active' or id eq 'x'"] {
         let (status, body) = api.get(&format!("/api/machines?$filter={bad}")).await;
         assert_eq!((status, api_code(&body)), (400, "ODataError"), "{bad}");
     }
@@ -696,9 +446,7 @@ async fn machine_pages_are_stable() {
     let api = Api::start(config()).await;
     let mut seen = Vec::new();
     for page in 0.. {
-        let (status, body) = api
-            .get(&format!("/api/machines?$top=70&$skip={}", page * 70))
-            .await;
+        let (status, body) = api.get(&format!("/api/machines?$top=70&$skip={}", page * 70)).await;
         assert_eq!(status, 200);
         assert!(body.get("@odata.nextLink").is_none());
         let value = body["value"].as_array().unwrap();
@@ -707,10 +455,7 @@ async fn machine_pages_are_stable() {
             break;
         }
     }
-    assert_eq!(
-        seen,
-        config_fleet().ids().map(String::from).collect::<Vec<_>>()
-    );
+    assert_eq!(seen, config_fleet().ids().map(String::from).collect::<Vec<_>>());
     let (_, body) = api.get("/api/machines").await;
     assert_eq!(body["value"].as_array().unwrap().len(), 300);
 }
@@ -723,9 +468,7 @@ async fn machine_actions_list_and_filter() {
         .machines()
         .iter()
         .filter(|m| {
-            m.health_status == "Active"
-                && m.rbac_group_name == "Workstations"
-                && m.os_platform.starts_with("Windows1")
+            m.health_status == "Active" && m.rbac_group_name == "Workstations" && m.os_platform.starts_with("Windows1")
         })
         .take(5)
         .map(|m| m.id.clone())
@@ -741,59 +484,22 @@ async fn machine_actions_list_and_filter() {
         async move {
             let (status, body) = api.get(&format!("/api/machineactions{query}")).await;
             assert_eq!(status, 200, "{query}: {body}");
-            body["value"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+            body["value"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
         }
     };
     assert_eq!(list(String::new()).await, action_ids);
-    assert_eq!(
-        list(format!("?$filter=machineId eq '{}'", ids[2])).await,
-        vec![action_ids[2].clone()]
-    );
-    assert_eq!(
-        list("?$filter=type eq 'Offboard' and status eq 'Pending'".into())
-            .await
-            .len(),
-        5
-    );
+    assert_eq!(list(format!("?$filter=machineId eq '{}'", ids[2])).await, vec![action_ids[2].clone()]);
+    assert_eq!(list("?$filter=type eq 'Offboard' and status eq 'Pending'".into()).await.len(), 5);
     assert_eq!(list("?$filter=status eq 'Succeeded'".into()).await.len(), 0);
-    assert_eq!(
-        list(format!("?$filter=creationDateTimeUtc ge {before}"))
-            .await
-            .len(),
-        5
-    );
-    assert_eq!(
-        list(format!(
-            "?$filter=creationDateTimeUtc ge '{before}' and type eq 'Offboard'"
-        ))
-        .await
-        .len(),
-        5
-    );
-    assert_eq!(
-        list("?$filter=creationDateTimeUtc ge 2999-01-01T00:00:00Z".into())
-            .await
-            .len(),
-        0
-    );
-    assert_eq!(
-        list("?$top=2&$skip=1".into()).await,
-        action_ids[1..3].to_vec()
-    );
-    let (status, body) = api
-        .get("/api/machineactions?$filter=status eq Pending")
-        .await;
+    assert_eq!(list(format!("?$filter=creationDateTimeUtc ge {before}")).await.len(), 5);
+    assert_eq!(list(format!("?$filter=creationDateTimeUtc ge '{before}' and type eq 'Offboard'")).await.len(), 5);
+    assert_eq!(list("?$filter=creationDateTimeUtc ge 2999-01-01T00:00:00Z".into()).await.len(), 0);
+    assert_eq!(list("?$top=2&$skip=1".into()).await, action_ids[1..3].to_vec());
+    let (status, body) = api.get("/api/machineactions?$filter=status eq Pending").await;
     assert_eq!((status, api_code(&body)), (400, "ODataError"));
     let (status, body) = api.get("/api/machineactions?$top=20000").await;
     assert_eq!((status, api_code(&body)), (400, "InvalidInput"));
-    let (status, body) = api
-        .get("/api/machineactions/6f1b5d2a-0000-4000-8000-000000000000")
-        .await;
+    let (status, body) = api.get("/api/machineactions/6f1b5d2a-0000-4000-8000-000000000000").await;
     assert_eq!((status, api_code(&body)), (404, "ResourceNotFound"));
 }
 
@@ -811,21 +517,12 @@ async fn actions_move_on_with_scaled_time() {
         timeout_share: 0.0,
         action_timeout: Duration::from_secs(300),
     };
-    let api = Api::start(SimConfig {
-        time_scale: 600.0,
-        lifecycle,
-        ..config()
-    })
-    .await;
+    let api = Api::start(SimConfig { time_scale: 600.0, lifecycle, ..config() }).await;
     let active = api.machine(|m| {
-        m.health_status == "Active"
-            && m.rbac_group_name == "Workstations"
-            && m.os_platform.starts_with("Windows1")
+        m.health_status == "Active" && m.rbac_group_name == "Workstations" && m.os_platform.starts_with("Windows1")
     });
     let inactive = api.machine(|m| {
-        m.health_status == "Inactive"
-            && m.rbac_group_name == "Workstations"
-            && m.os_platform.starts_with("Windows1")
+        m.health_status == "Inactive" && m.rbac_group_name == "Workstations" && m.os_platform.starts_with("Windows1")
     });
     let (_, a) = api.offboard(&active.id).await;
     let (_, b) = api.offboard(&inactive.id).await;
@@ -834,10 +531,7 @@ async fn actions_move_on_with_scaled_time() {
     let started = Instant::now();
     while seen.last().map(String::as_str) != Some("Succeeded") {
         assert!(started.elapsed() < Duration::from_secs(5), "still {seen:?}");
-        let status = api.get(&path(&a)).await.1["status"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let status = api.get(&path(&a)).await.1["status"].as_str().unwrap().to_string();
         if seen.last() != Some(&status) {
             seen.push(status);
         }
@@ -851,14 +545,8 @@ async fn actions_move_on_with_scaled_time() {
     assert_eq!(api.offboard(&active.id).await.0, 201);
 
     let (_, pending) = api.get(&path(&b)).await;
-    assert_eq!(
-        pending["status"], "Pending",
-        "an inactive machine never picks the action up"
-    );
-    wait_for(Duration::from_secs(5), || async {
-        api.get(&path(&b)).await.1["status"] == "TimeOut"
-    })
-    .await;
+    assert_eq!(pending["status"], "Pending", "an inactive machine never picks the action up");
+    wait_for(Duration::from_secs(5), || async { api.get(&path(&b)).await.1["status"] == "TimeOut" }).await;
     assert!(started.elapsed() >= Duration::from_millis(450));
     let stats = api.sim.stats();
     assert_eq!(stats.actions_by_status.get("TimeOut"), Some(&1));
@@ -866,11 +554,8 @@ async fn actions_move_on_with_scaled_time() {
 
 #[tokio::test]
 async fn quotas_hold_under_a_storm() {
-    let api = Api::start(SimConfig {
-        quotas: vec!["20/1s".parse().unwrap(), "30/1h".parse().unwrap()],
-        ..config()
-    })
-    .await;
+    let api =
+        Api::start(SimConfig { quotas: vec!["20/1s".parse().unwrap(), "30/1h".parse().unwrap()], ..config() }).await;
     let calls = (0..60).map(|_| api.get("/api/machines?$top=1"));
     let answers = futures_join_all(calls).await;
     let ok = answers.iter().filter(|(s, _)| *s == 200).count();
@@ -882,15 +567,7 @@ async fn quotas_hold_under_a_storm() {
     assert_eq!(stats.throttled, 40);
     assert_eq!(stats.quota_rejections, 40);
     let minute = &stats.max_in_window[0];
-    assert_eq!(
-        (
-            minute.quota.as_str(),
-            minute.limit,
-            minute.max_seen,
-            minute.max_offered
-        ),
-        ("20/1s", 20, 20, 60)
-    );
+    assert_eq!((minute.quota.as_str(), minute.limit, minute.max_seen, minute.max_offered), ("20/1s", 20, 20, 60));
 
     // Retry-After: whole seconds until the window frees; after it, the call goes through.
     let response = api
@@ -901,11 +578,7 @@ async fn quotas_hold_under_a_storm() {
         .await
         .unwrap();
     assert_eq!(response.status(), 429);
-    let wait: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert_eq!(wait, 1);
     tokio::time::sleep(Duration::from_secs(wait)).await;
     assert_eq!(api.get("/api/machines?$top=1").await.0, 200);
@@ -919,19 +592,9 @@ async fn quotas_hold_under_a_storm() {
         .send()
         .await
         .unwrap();
-    let wait: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((3590..=3600).contains(&wait), "{wait}");
-    assert!(
-        api.sim
-            .stats()
-            .max_in_window
-            .iter()
-            .all(|w| w.max_seen <= w.limit)
-    );
+    assert!(api.sim.stats().max_in_window.iter().all(|w| w.max_seen <= w.limit));
 }
 
 #[tokio::test]
@@ -954,11 +617,8 @@ async fn quota_periods_scale_and_retry_after_can_be_a_date() {
         .await
         .unwrap();
     assert_eq!(response.status(), 429);
-    let date = httpdate::parse_http_date(response.headers()["retry-after"].to_str().unwrap())
-        .expect("an HTTP-date");
-    let wait = date
-        .duration_since(SystemTime::now() - Duration::from_millis(50))
-        .expect("in the future");
+    let date = httpdate::parse_http_date(response.headers()["retry-after"].to_str().unwrap()).expect("an HTTP-date");
+    let wait = date.duration_since(SystemTime::now() - Duration::from_millis(50)).expect("in the future");
     assert!(wait <= Duration::from_secs(2), "{wait:?}");
     let stats = api.sim.stats();
     assert_eq!(stats.max_in_window[0].period_ms, 1000);
@@ -968,9 +628,7 @@ async fn quota_periods_scale_and_retry_after_can_be_a_date() {
 }
 
 /// Runs futures concurrently (on this task) and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futures {
         set.push(Box::pin(f));
@@ -986,11 +644,7 @@ async fn futures_join_all<F: std::future::Future>(
                 }
             }
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
     })
     .await;
     outputs.into_iter().map(|o| o.expect("ready")).collect()
@@ -1010,23 +664,13 @@ fn faulty(seed: u64) -> Faults {
 
 /// Statuses of three rounds of calls on a few paths, sent path by path or round by round.
 async fn fault_run(seed: u64, path_major: bool) -> BTreeMap<String, Vec<u16>> {
-    let api = Api::start(SimConfig {
-        faults: faulty(seed),
-        ..config()
-    })
-    .await;
-    let paths: Vec<String> = config_fleet()
-        .ids()
-        .take(12)
-        .map(|id| format!("/api/machines/{id}"))
-        .collect();
+    let api = Api::start(SimConfig { faults: faulty(seed), ..config() }).await;
+    let paths: Vec<String> = config_fleet().ids().take(12).map(|id| format!("/api/machines/{id}")).collect();
     let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
     let order: Vec<(usize, usize)> = if path_major {
         (0..12).flat_map(|p| (0..3).map(move |r| (p, r))).collect()
     } else {
-        (0..3)
-            .flat_map(|r| (0..12).rev().map(move |p| (p, r)))
-            .collect()
+        (0..3).flat_map(|r| (0..12).rev().map(move |p| (p, r))).collect()
     };
     for (p, _) in order {
         let (status, body) = api.get(&paths[p]).await;
@@ -1037,10 +681,7 @@ async fn fault_run(seed: u64, path_major: bool) -> BTreeMap<String, Vec<u16>> {
     }
     let stats = api.sim.stats();
     assert_eq!(
-        stats.faults.spurious_429
-            + stats.faults.error_500
-            + stats.faults.error_503
-            + stats.faults.transient_404,
+        stats.faults.spurious_429 + stats.faults.error_500 + stats.faults.error_503 + stats.faults.transient_404,
         out.values().flatten().filter(|s| **s != 200).count() as u64
     );
     out
@@ -1053,10 +694,7 @@ async fn faults_repeat_under_a_seed() {
     assert_eq!(a, b);
     let statuses: Vec<u16> = a.values().flatten().copied().collect();
     for status in [200, 404, 500] {
-        assert!(
-            statuses.contains(&status),
-            "{status} never drawn: {statuses:?}"
-        );
+        assert!(statuses.contains(&status), "{status} never drawn: {statuses:?}");
     }
     assert_ne!(a, fault_run(12, true).await);
 }
@@ -1082,42 +720,18 @@ async fn spurious_429_and_latency() {
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
     // Sign-in and stats are never faulted.
-    assert_eq!(
-        sign_in(&api.http, &api.sim, "oauth2/v2.0/token", &demo_form())
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        api.http
-            .get(format!("{}/sim/stats", api.sim.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(sign_in(&api.http, &api.sim, "oauth2/v2.0/token", &demo_form()).await.0, 200);
+    assert_eq!(api.http.get(format!("{}/sim/stats", api.sim.base_url())).send().await.unwrap().status(), 200);
     api.sim.set_faults(Faults::default());
     assert_eq!(api.get("/api/machines?$top=1").await.0, 200);
     let stats = api.sim.stats();
-    assert_eq!(
-        (
-            stats.throttled,
-            stats.quota_rejections,
-            stats.faults.spurious_429
-        ),
-        (1, 0, 1)
-    );
+    assert_eq!((stats.throttled, stats.quota_rejections, stats.faults.spurious_429), (1, 0, 1));
 }
 
 #[tokio::test]
 async fn dropped_connections_sometimes_after_the_offboard() {
     let api = Api::start(config()).await;
-    api.sim.set_faults(Faults {
-        seed: 5,
-        drop_connection: 1.0,
-        ..Faults::default()
-    });
+    api.sim.set_faults(Faults { seed: 5, drop_connection: 1.0, ..Faults::default() });
     let ids: Vec<String> = config_fleet()
         .machines()
         .iter()
@@ -1126,44 +740,20 @@ async fn dropped_connections_sometimes_after_the_offboard() {
         .map(|m| m.id.clone())
         .collect();
     for id in &ids {
-        let error = api
-            .send_offboard(id, json!({"Comment": "x"}))
-            .await
-            .expect_err("the connection is dropped");
+        let error = api.send_offboard(id, json!({"Comment": "x"})).await.expect_err("the connection is dropped");
         assert!(!error.is_status() && !error.is_timeout(), "{error}");
     }
-    assert!(
-        api.http
-            .get(format!("{}/api/machines", api.sim.base_url()))
-            .bearer_auth(&api.token)
-            .send()
-            .await
-            .is_err()
-    );
+    assert!(api.http.get(format!("{}/api/machines", api.sim.base_url())).bearer_auth(&api.token).send().await.is_err());
     // A drop drawn for after the action drops whatever the answer would have been.
     let unknown = "0000000000000000000000000000000000000000";
     for _ in 0..6 {
-        assert!(
-            api.send_offboard(unknown, json!({"Comment": "x"}))
-                .await
-                .is_err()
-        );
+        assert!(api.send_offboard(unknown, json!({"Comment": "x"})).await.is_err());
     }
     let stats = api.sim.stats();
     assert_eq!(stats.faults.dropped, 47);
     assert_eq!(stats.count(OFFBOARD, "dropped"), 46);
-    assert_eq!(
-        stats.offboard_calls[unknown],
-        mde_offboard::sim::OffboardCount {
-            calls: 6,
-            accepted: 0
-        }
-    );
-    assert!(
-        (8..=32).contains(&stats.actions_created),
-        "{} of 40 applied before the drop",
-        stats.actions_created
-    );
+    assert_eq!(stats.offboard_calls[unknown], mde_offboard::sim::OffboardCount { calls: 6, accepted: 0 });
+    assert!((8..=32).contains(&stats.actions_created), "{} of 40 applied before the drop", stats.actions_created);
 
     // The storm ends: the applied ones now answer "already in progress", the others are created.
     api.sim.set_faults(Faults::default());
@@ -1185,22 +775,11 @@ async fn stats_over_http_and_unknown_routes() {
     let api = Api::start(config()).await;
     let (status, body) = api.get("/api/nothing-here").await;
     assert_eq!((status, api_code(&body)), (404, "NotFound"));
-    api.offboard("0000000000000000000000000000000000000000")
-        .await;
-    let stats: SimStats = api
-        .http
-        .get(format!("{}/sim/stats", api.sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    api.offboard("0000000000000000000000000000000000000000").await;
+    let stats: SimStats =
+        api.http.get(format!("{}/sim/stats", api.sim.base_url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats.count(OFFBOARD, "404"), 1);
-    assert_eq!(
-        stats.offboard_calls["0000000000000000000000000000000000000000"].calls,
-        1
-    );
+    assert_eq!(stats.offboard_calls["0000000000000000000000000000000000000000"].calls, 1);
     assert_eq!(stats.tokens_issued, 1);
     assert_eq!(stats.count("unmatched", "404"), 1);
     assert!(!stats.calls.keys().any(|k| k.contains("stats")));
@@ -1219,50 +798,19 @@ async fn fleet_files_load_and_errors_name_the_line() {
     let good = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07,ws-1.contoso.local,Windows11,Active,2024-05-01T12:00:00Z,Workstations\n";
     let fleet = Fleet::from_csv(&write("ok.csv", &format!("{header}{good}"))).unwrap();
     assert_eq!(fleet.len(), 1);
-    assert_eq!(
-        fleet
-            .get("1E5BC9D7E413DDD7902C2932E418702B84D0CC07")
-            .unwrap()
-            .os_platform,
-        "Windows11"
-    );
+    assert_eq!(fleet.get("1E5BC9D7E413DDD7902C2932E418702B84D0CC07").unwrap().os_platform, "Windows11");
     let cases = [
-        (
-            "short.csv",
-            format!("{header}{good}abc,ws-2,Windows11,Active,2024-05-01T12:00:00Z,Workstations\n"),
-            "line 3",
-        ),
-        (
-            "health.csv",
-            format!("{header}{}", good.replace("Active", "Sleepy")),
-            "line 2",
-        ),
-        (
-            "date.csv",
-            format!(
-                "{header}{}",
-                good.replace("2024-05-01T12:00:00Z", "yesterday")
-            ),
-            "line 2",
-        ),
+        ("short.csv", format!("{header}{good}abc,ws-2,Windows11,Active,2024-05-01T12:00:00Z,Workstations\n"), "line 3"),
+        ("health.csv", format!("{header}{}", good.replace("Active", "Sleepy")), "line 2"),
+        ("date.csv", format!("{header}{}", good.replace("2024-05-01T12:00:00Z", "yesterday")), "line 2"),
         ("twice.csv", format!("{header}{good}{good}"), "line 3"),
         ("header.csv", format!("id,name\n{good}"), "computerDnsName"),
     ];
     for (name, text, needle) in cases {
-        let message = Fleet::from_csv(&write(name, &text))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains(name) && message.contains(needle),
-            "{message}"
-        );
+        let message = Fleet::from_csv(&write(name, &text)).unwrap_err().to_string();
+        assert!(message.contains(name) && message.contains(needle), "{message}");
     }
-    assert!(
-        Fleet::from_csv(&dir.path().join("missing.csv"))
-            .unwrap_err()
-            .to_string()
-            .contains("missing.csv")
-    );
+    assert!(Fleet::from_csv(&dir.path().join("missing.csv")).unwrap_err().to_string().contains("missing.csv"));
 }
 
 #[test]
@@ -1271,59 +819,25 @@ fn sample_files_fit_the_demo() {
     let fleet = Fleet::from_csv(&samples.join("fleet.csv")).expect("samples/fleet.csv loads");
     assert!((200..=250).contains(&fleet.len()));
     let machines = fleet.machines();
+    assert!(machines.iter().filter(|m| m.rbac_group_name == "Tier0 Servers").count() >= 3);
+    assert!(machines.iter().filter(|m| m.health_status == "Inactive").count() >= 5);
     assert!(
-        machines
-            .iter()
-            .filter(|m| m.rbac_group_name == "Tier0 Servers")
-            .count()
-            >= 3
-    );
-    assert!(
-        machines
-            .iter()
-            .filter(|m| m.health_status == "Inactive")
-            .count()
-            >= 5
-    );
-    assert!(
-        machines
-            .iter()
-            .filter(|m| SimConfig::default()
-                .unsupported_platforms
-                .contains(&m.os_platform))
-            .count()
-            >= 2
+        machines.iter().filter(|m| SimConfig::default().unsupported_platforms.contains(&m.os_platform)).count() >= 2
     );
 
     let mut reader = csv::Reader::from_path(samples.join("machines.csv")).unwrap();
-    assert_eq!(
-        reader.headers().unwrap().iter().collect::<Vec<_>>(),
-        ["MachineId", "ComputerName", "Reason"]
-    );
-    let ids: Vec<String> = reader
-        .records()
-        .map(|r| r.unwrap()[0].to_string())
-        .collect();
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), ["MachineId", "ComputerName", "Reason"]);
+    let ids: Vec<String> = reader.records().map(|r| r.unwrap()[0].to_string()).collect();
     assert!((195..=230).contains(&ids.len()));
-    let valid =
-        |id: &str| id.trim().len() == 40 && id.trim().bytes().all(|c| c.is_ascii_hexdigit());
-    let known = ids
-        .iter()
-        .filter(|id| valid(id) && fleet.get(id.trim()).is_some())
-        .count();
-    let unknown = ids
-        .iter()
-        .filter(|id| valid(id) && fleet.get(id.trim()).is_none())
-        .count();
+    let valid = |id: &str| id.trim().len() == 40 && id.trim().bytes().all(|c| c.is_ascii_hexdigit());
+    let known = ids.iter().filter(|id| valid(id) && fleet.get(id.trim()).is_some()).count();
+    let unknown = ids.iter().filter(|id| valid(id) && fleet.get(id.trim()).is_none()).count();
     let malformed = ids.iter().filter(|id| !valid(id)).count();
     assert!(
         known >= 190 && (2..=5).contains(&unknown) && (3..=6).contains(&malformed),
         "{known} {unknown} {malformed}"
     );
-    assert!(
-        ids.iter()
-            .any(|id| id.bytes().any(|c| c.is_ascii_uppercase()) && valid(id))
-    );
+    assert!(ids.iter().any(|id| id.bytes().any(|c| c.is_ascii_uppercase()) && valid(id)));
 
     let mut reader = csv::Reader::from_path(samples.join("device-inventory-export.csv")).unwrap();
     let headers = reader.headers().unwrap().clone();
@@ -1343,15 +857,7 @@ fn write_samples() {
     let machines = fleet.machines();
 
     let mut out = csv::Writer::from_path(samples.join("fleet.csv")).unwrap();
-    out.write_record([
-        "id",
-        "computerDnsName",
-        "osPlatform",
-        "healthStatus",
-        "lastSeen",
-        "rbacGroupName",
-    ])
-    .unwrap();
+    out.write_record(["id", "computerDnsName", "osPlatform", "healthStatus", "lastSeen", "rbacGroupName"]).unwrap();
     for m in machines {
         out.write_record([
             &m.id,
@@ -1381,13 +887,7 @@ fn write_samples() {
     picked.truncate(190);
     let mut rows: Vec<[String; 3]> = picked
         .iter()
-        .map(|m| {
-            [
-                m.id.clone(),
-                m.computer_dns_name.clone(),
-                reasons[rng.usize(..reasons.len())].to_string(),
-            ]
-        })
+        .map(|m| [m.id.clone(), m.computer_dns_name.clone(), reasons[rng.usize(..reasons.len())].to_string()])
         .collect();
     // Valid but unusual: upper case, spaces around.
     rows[10][0] = rows[10][0].to_uppercase();
@@ -1396,43 +896,19 @@ fn write_samples() {
     rows[140][0] = format!(" {}", rows[140][0]);
     // Duplicates, one of them differing only in case.
     let dup = |i: usize, rows: &Vec<[String; 3]>| {
-        [
-            rows[i][0].trim().to_string(),
-            rows[i][1].clone(),
-            "Listed twice".to_string(),
-        ]
+        [rows[i][0].trim().to_string(), rows[i][1].clone(), "Listed twice".to_string()]
     };
     let duplicates = [
         dup(5, &rows),
         dup(60, &rows),
         dup(120, &rows),
-        [
-            rows[40][0].to_uppercase(),
-            rows[40][1].clone(),
-            "Listed twice".into(),
-        ],
+        [rows[40][0].to_uppercase(), rows[40][1].clone(), "Listed twice".into()],
     ];
     let malformed = [
-        [
-            rows[3][0][..16].to_string(),
-            "ws-0003.contoso.local".into(),
-            "Typo in ticket".into(),
-        ],
-        [
-            format!("{}g", &rows[4][0][..39]),
-            "ws-0004.contoso.local".into(),
-            "Typo in ticket".into(),
-        ],
-        [
-            String::new(),
-            "kiosk-lobby.contoso.local".into(),
-            "Decommissioned".into(),
-        ],
-        [
-            format!("{}0", rows[8][0]),
-            "srv-0099.contoso.local".into(),
-            "Copied with an extra digit".into(),
-        ],
+        [rows[3][0][..16].to_string(), "ws-0003.contoso.local".into(), "Typo in ticket".into()],
+        [format!("{}g", &rows[4][0][..39]), "ws-0004.contoso.local".into(), "Typo in ticket".into()],
+        [String::new(), "kiosk-lobby.contoso.local".into(), "Decommissioned".into()],
+        [format!("{}0", rows[8][0]), "srv-0099.contoso.local".into(), "Copied with an extra digit".into()],
     ];
     let unknown = [
         [
@@ -1440,28 +916,14 @@ fn write_samples() {
             "ws-9001.contoso.local".to_string(),
             "Already removed from inventory".to_string(),
         ],
-        [
-            "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567".into(),
-            "ws-9002.contoso.local".into(),
-            "Decommissioned".into(),
-        ],
-        [
-            "ffffeeee0000111122223333444455556666aaaa".into(),
-            "srv-9003.contoso.local".into(),
-            "Wrong tenant".into(),
-        ],
+        ["0a1b2c3d4e5f60718293a4b5c6d7e8f901234567".into(), "ws-9002.contoso.local".into(), "Decommissioned".into()],
+        ["ffffeeee0000111122223333444455556666aaaa".into(), "srv-9003.contoso.local".into(), "Wrong tenant".into()],
     ];
-    for (k, row) in duplicates
-        .into_iter()
-        .chain(malformed)
-        .chain(unknown)
-        .enumerate()
-    {
+    for (k, row) in duplicates.into_iter().chain(malformed).chain(unknown).enumerate() {
         rows.insert(15 + k * 16, row);
     }
     let mut out = csv::Writer::from_path(samples.join("machines.csv")).unwrap();
-    out.write_record(["MachineId", "ComputerName", "Reason"])
-        .unwrap();
+    out.write_record(["MachineId", "ComputerName", "Reason"]).unwrap();
     for row in &rows {
         out.write_record(row).unwrap();
     }
@@ -1489,10 +951,7 @@ fn write_samples() {
     ])
     .unwrap();
     for m in machines.iter().step_by(7).take(30) {
-        let (name, domain) = m
-            .computer_dns_name
-            .split_once('.')
-            .unwrap_or((&m.computer_dns_name, ""));
+        let (name, domain) = m.computer_dns_name.split_once('.').unwrap_or((&m.computer_dns_name, ""));
         let distribution = match m.os_platform.as_str() {
             "Linux" => "Ubuntu",
             "macOS" => "macOS",
@@ -1534,16 +993,9 @@ struct SimulateCli {
 #[tokio::test]
 async fn simulate_serves_until_shutdown() {
     use clap::Parser;
-    let args = SimulateCli::try_parse_from([
-        "simulate",
-        "--listen",
-        "127.0.0.1:0",
-        "--fleet-size",
-        "5",
-        "--no-quotas",
-    ])
-    .unwrap()
-    .args;
+    let args = SimulateCli::try_parse_from(["simulate", "--listen", "127.0.0.1:0", "--fleet-size", "5", "--no-quotas"])
+        .unwrap()
+        .args;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(mde_offboard::sim::simulate(args, async move {
         let _ = stopped.await;
@@ -1555,23 +1007,9 @@ async fn simulate_serves_until_shutdown() {
 
     // A port in use is a simulator error, not a panic.
     let busy = Simulator::start(config()).await.unwrap();
-    let error = Simulator::start(SimConfig {
-        listen: busy.addr(),
-        ..config()
-    })
-    .await
-    .err()
-    .expect("the port is taken");
-    assert!(
-        matches!(error, mde_offboard::error::Error::Simulator(_)),
-        "{error}"
-    );
-    let error = Simulator::start(SimConfig {
-        time_scale: 0.0,
-        ..config()
-    })
-    .await
-    .err()
-    .expect("time scale 0 is refused");
+    let error = Simulator::start(SimConfig { listen: busy.addr(), ..config() }).await.err().expect("the port is taken");
+    assert!(matches!(error, mde_offboard::error::Error::Simulator(_)), "{error}");
+    let error =
+        Simulator::start(SimConfig { time_scale: 0.0, ..config() }).await.err().expect("time scale 0 is refused");
     assert!(error.to_string().contains("time scale"), "{error}");
 }
