@@ -6,7 +6,7 @@
 //! off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token once; a 404 may be tried
 //! once more (the service has been seen answering 404 for machines that exist); every other 4xx is final.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -84,6 +84,9 @@ pub struct Api {
     pub counters: Counters,
     /// Set when sign-in fails for good mid-run: every call after it fails without being sent.
     fatal: OnceLock<AuthError>,
+    /// Set on interrupt: no call starts or is retried after it; waits for the limiter or a backoff end.
+    cancelled: AtomicBool,
+    cancel: tokio::sync::Notify,
 }
 
 enum Step {
@@ -108,6 +111,25 @@ impl Api {
             policy,
             counters: Counters::default(),
             fatal: OnceLock::new(),
+            cancelled: AtomicBool::new(false),
+            cancel: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Stops every call that has not been sent: they end as `Interrupted` failures. Calls in flight finish.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_waiters();
+    }
+
+    fn interrupted(attempts: u32) -> CallResult {
+        CallResult {
+            attempts,
+            answer: Err(Failure {
+                status: None,
+                code: "Interrupted".into(),
+                message: "the run was interrupted before this machine's call was sent; --resume retries it".into(),
+            }),
         }
     }
 
@@ -160,7 +182,14 @@ impl Api {
                     return CallResult { attempts, answer: Err(failure) };
                 }
             };
-            let permit = self.limiter.acquire().await;
+            let cancelled = self.cancel.notified();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return Self::interrupted(attempts);
+            }
+            let permit = tokio::select! {
+                permit = self.limiter.acquire() => permit,
+                _ = cancelled => return Self::interrupted(attempts),
+            };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
@@ -239,8 +268,16 @@ impl Api {
             };
             match step {
                 Step::Done(answer) => return CallResult { attempts, answer },
-                Step::Retry(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-                Step::Retry(_) => {}
+                Step::Retry(wait) => {
+                    let cancelled = self.cancel.notified();
+                    if self.cancelled.load(Ordering::SeqCst) {
+                        return Self::interrupted(attempts);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancelled => return Self::interrupted(attempts),
+                    }
+                }
             }
         }
     }

@@ -8,7 +8,6 @@ use crate::demo::{self, DemoArgs};
 use crate::error::{Error, exit_code};
 use crate::logging::{self, LogFormat};
 use crate::run::{self, RunArgs};
-use crate::settings;
 use crate::sim::{self, SimulateArgs};
 
 const EXIT_CODES: &str = "\
@@ -74,16 +73,7 @@ pub fn main() -> u8 {
 
 async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
     match command {
-        Command::Run(args) => {
-            let settings = settings::resolve(&args.settings, &|k| std::env::var(k).ok())?;
-            for warning in &settings.warnings {
-                tracing::warn!("{warning}");
-            }
-            let job = run::prepare(args, settings)?;
-            let summary = run::execute(job, shutdown).await?;
-            print!("{}", summary.render());
-            Ok(summary.exit_code())
-        }
+        Command::Run(args) => run::command(args, shutdown).await,
         Command::Demo(args) => {
             // The demo's input holds bad rows on purpose: it succeeded when it ran to the end.
             let summary = demo::demo(args, shutdown).await?;
@@ -96,8 +86,20 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
     }
 }
 
-/// Resolves on Ctrl-C, or SIGTERM on Unix.
+/// Resolves on the first Ctrl-C (or SIGTERM on Unix): the run stops dispatching and drains. A second one
+/// exits at once; every row written so far is already on disk.
 async fn shutdown_signal() {
+    signal().await;
+    eprintln!("interrupted: finishing the calls in flight (interrupt again to exit at once)");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("interrupted again: exiting now");
+        std::process::exit(i32::from(exit_code::INTERRUPTED));
+    });
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -83,7 +83,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     settings.rates = scaled_rates(args.time_scale);
     settings.concurrency = args.concurrency.clamp(1, 256);
     settings.retry_delay = Duration::from_millis(200);
-    settings.comment = Some("mde-offboard demo: decommissioned hardware".into());
+    settings.comment = Some("mde-offboard demo {run_id}: decommissioned hardware".into());
     let job = Job {
         credentials: Credentials {
             tenant_id: sim::DEMO_TENANT_ID.into(),
@@ -92,7 +92,11 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
             authority: settings.authority.clone(),
             scope: settings.scope.clone(),
         },
-        comment: settings.comment.clone().unwrap_or_default(),
+        comment_template: settings.comment.clone().unwrap_or_default(),
+        resume: false,
+        run_id: run::new_run_id(std::time::SystemTime::now()),
+        // The demo's tenant is its own: its lock never meets a real run's.
+        lock_dir: workdir.clone(),
         scan: input::scan(Source::Path(machines_path), None)?,
         output: args.output,
         overwrite: true,

@@ -43,6 +43,12 @@ pub enum Error {
     #[error("simulator: {0}")]
     Simulator(String),
 
+    #[error("{0}")]
+    Busy(String),
+
+    #[error("cannot resume {}: {message}", path.display())]
+    Resume { path: PathBuf, message: String },
+
     #[error("interrupted")]
     Interrupted,
 }

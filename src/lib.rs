@@ -7,6 +7,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod input;
+pub mod journal;
 pub mod limiter;
 pub mod lock;
 pub mod logging;

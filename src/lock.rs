@@ -69,7 +69,7 @@ impl RunLock {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = previous.trim();
-                return Err(Error::Usage(format!(
+                return Err(Error::Busy(format!(
                     "another run for this tenant and app is in progress ({}); they share one API quota, so \
                      wait for it to end (lock file {})",
                     if holder.is_empty() { "holder unknown" } else { holder },

@@ -3,9 +3,11 @@
 //! One task owns the file (see [`ResultsWriter`]); everybody else sends it rows. Rows arrive in the order
 //! machines finish, not input order: the `line` column ties each to its input row.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::BufWriter;
+use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -52,6 +54,16 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Failed => "failed",
         }
+    }
+
+    /// The outcome named `text` in a results file.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+
+    /// Whether a row with this outcome is done with: everything but `failed` (which a resume retries).
+    pub fn is_final(self) -> bool {
+        self != Outcome::Failed
     }
 
     /// Whether this outcome leaves the exit code at 0.
@@ -150,7 +162,12 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
 pub struct ResultsWriter {
     path: PathBuf,
     csv: csv::Writer<BufWriter<File>>,
+    last_sync: Instant,
 }
+
+/// How often written rows are synced to disk. Each row reaches the OS at once (a kill -9 loses nothing);
+/// the periodic sync bounds what a power loss could take.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl ResultsWriter {
     /// Creates the file (refusing an existing one unless `overwrite`) and writes the header.
@@ -176,9 +193,19 @@ impl ResultsWriter {
         })?;
         let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
         csv.write_record(COLUMNS).map_err(|e| Error::Output { path: path.to_owned(), message: e.to_string() })?;
-        let mut writer = ResultsWriter { path: path.to_owned(), csv };
+        let mut writer = ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() };
         writer.flush()?;
         Ok(writer)
+    }
+
+    /// Opens an existing results file to append rows (a resume), after cutting a torn last row.
+    pub fn append(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Output { path: path.to_owned(), message: format!("cannot open it: {e}") })?;
+        let csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
+        Ok(ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() })
     }
 
     pub fn path(&self) -> &Path {
@@ -190,7 +217,16 @@ impl ResultsWriter {
         self.csv
             .serialize(row)
             .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write a row: {e}") })?;
-        self.flush()
+        self.flush()?;
+        if self.last_sync.elapsed() >= SYNC_EVERY {
+            self.last_sync = Instant::now();
+            self.csv
+                .get_ref()
+                .get_ref()
+                .sync_data()
+                .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot sync: {e}") })?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -207,6 +243,157 @@ impl ResultsWriter {
             .sync_all()
             .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot sync: {e}") })
     }
+}
+
+/// A set of input line numbers, one bit each (1,000,000 lines: 125 KB).
+#[derive(Default, Debug)]
+pub struct LineSet(Vec<u64>);
+
+impl LineSet {
+    pub fn insert(&mut self, line: u64) {
+        let (word, bit) = ((line / 64) as usize, line % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    pub fn remove(&mut self, line: u64) {
+        if let Some(w) = self.0.get_mut((line / 64) as usize) {
+            *w &= !(1 << (line % 64));
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, line: u64) -> bool {
+        self.0.get((line / 64) as usize).is_some_and(|w| w & (1 << (line % 64)) != 0)
+    }
+}
+
+/// Cuts a torn last row (a kill in the middle of a write) off a results file, so rows appended later
+/// start on a line of their own. Returns how many bytes were cut.
+pub fn cut_torn_row(path: &Path) -> Result<u64> {
+    let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot repair it: {e}") };
+    let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(fail)?;
+    let len = file.metadata().map_err(fail)?.len();
+    // Look back for the last line break, a block at a time.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start)).map_err(fail)?;
+        file.read_exact(chunk).map_err(fail)?;
+        if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + pos as u64 + 1;
+            if keep < len {
+                file.set_len(keep).map_err(fail)?;
+                file.sync_all().map_err(fail)?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    Err(Error::Output { path: path.to_owned(), message: "holds no complete line, not even the header".into() })
+}
+
+/// Reads a results file row by row as (line, outcome), checking its header.
+fn read_rows(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>> {
+    let bad = |message: String| Error::Output { path: path.to_owned(), message };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let headers = reader.headers().map_err(|e| bad(format!("cannot read it: {e}")))?.clone();
+    if headers.iter().collect::<Vec<_>>() != COLUMNS {
+        return Err(bad("is not an mde-offboard results file (its header differs)".into()));
+    }
+    let path = path.to_owned();
+    Ok(reader.into_records().map(move |record| {
+        let bad = |message: String| Error::Output { path: path.clone(), message };
+        let record = record.map_err(|e| bad(format!("cannot read a row: {e}")))?;
+        let line = record.get(0).and_then(|l| l.parse::<u64>().ok());
+        let outcome = record.get(2).and_then(Outcome::parse);
+        match (line, outcome) {
+            (Some(line), Some(outcome)) => Ok((line, outcome, record)),
+            _ => Err(bad(format!("row {:?} is not a results row", record.iter().collect::<Vec<_>>()))),
+        }
+    }))
+}
+
+/// The input lines an earlier run finished with (their last row is final), and how many of those rows
+/// are machines (not `invalid_id` or `duplicate` rows).
+pub fn final_lines(path: &Path) -> Result<(LineSet, u64)> {
+    let mut done = LineSet::default();
+    let mut machines = LineSet::default();
+    for row in read_rows(path)? {
+        let (line, outcome, _) = row?;
+        if outcome.is_final() {
+            done.insert(line);
+        } else {
+            done.remove(line);
+        }
+        if outcome.is_final() && !matches!(outcome, Outcome::InvalidId | Outcome::Duplicate) {
+            machines.insert(line);
+        } else {
+            machines.remove(line);
+        }
+    }
+    Ok((done, machines.len()))
+}
+
+/// Counts the outcomes of a results file where each line's last row counts; with `compact`, rewrites the
+/// file (a temporary file, then an atomic rename) so it holds exactly that last row per line.
+pub fn tally(path: &Path, compact: bool) -> Result<BTreeMap<Outcome, u64>> {
+    // Pass 1: the index of each line's last row. Pass 2: count (and keep) only those rows.
+    let mut last: Vec<u32> = Vec::new();
+    for (index, row) in read_rows(path)?.enumerate() {
+        let (line, _, _) = row?;
+        let slot = usize::try_from(line).unwrap_or(usize::MAX);
+        if slot >= last.len() {
+            last.resize(slot + 1, 0);
+        }
+        last[slot] = index as u32 + 1;
+    }
+    let tmp = {
+        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".tmp");
+        path.with_file_name(name)
+    };
+    let fail = |e: String| Error::Output { path: path.to_owned(), message: format!("cannot compact it: {e}") };
+    let mut out = if compact {
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(BufWriter::new(File::create(&tmp).map_err(|e| fail(e.to_string()))?));
+        w.write_record(COLUMNS).map_err(|e| fail(e.to_string()))?;
+        Some(w)
+    } else {
+        None
+    };
+    let mut counts = BTreeMap::new();
+    for (index, row) in read_rows(path)?.enumerate() {
+        let (line, outcome, record) = row?;
+        if last[line as usize] != index as u32 + 1 {
+            continue;
+        }
+        *counts.entry(outcome).or_insert(0) += 1;
+        if let Some(w) = &mut out {
+            w.write_record(&record).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    if let Some(w) = out {
+        let file = w.into_inner().map_err(|e| fail(e.to_string()))?.into_inner().map_err(|e| fail(e.to_string()))?;
+        file.sync_all().map_err(|e| fail(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -232,6 +419,48 @@ mod tests {
         w.finish().unwrap();
         assert!(ResultsWriter::create(&path, false).err().unwrap().to_string().contains("--overwrite"));
         assert!(ResultsWriter::create(&path, true).is_ok());
+    }
+
+    #[test]
+    fn torn_rows_are_cut_and_the_last_row_per_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        w.write(&ResultRow::new(2, "a", Outcome::Failed)).unwrap();
+        w.write(&ResultRow::new(3, "b", Outcome::Submitted)).unwrap();
+        w.write(&ResultRow::new(4, "c", Outcome::Failed)).unwrap();
+        w.finish().unwrap();
+        // A kill mid-row.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text += "5,dddd,subm";
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(cut_torn_row(&path).unwrap(), 11);
+        assert_eq!(cut_torn_row(&path).unwrap(), 0);
+
+        let (done, machines) = final_lines(&path).unwrap();
+        assert_eq!(machines, 1);
+        assert!(done.contains(3) && !done.contains(2) && !done.contains(4) && !done.contains(5));
+
+        // A resume retries line 2 (now submitted) and adds line 5.
+        let mut w = ResultsWriter::append(&path).unwrap();
+        w.write(&ResultRow::new(2, "a", Outcome::Submitted)).unwrap();
+        w.write(&ResultRow::new(5, "d", Outcome::NotFound)).unwrap();
+        w.finish().unwrap();
+        let counts = tally(&path, true).unwrap();
+        assert_eq!(counts[&Outcome::Submitted], 2);
+        assert_eq!(counts[&Outcome::Failed], 1);
+        assert_eq!(counts[&Outcome::NotFound], 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(lines, ["3", "4", "2", "5"]);
+    }
+
+    #[test]
+    fn a_foreign_file_is_not_taken_for_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "MachineId\nabc\n").unwrap();
+        assert!(final_lines(&path).unwrap_err().to_string().contains("not an mde-offboard results file"));
     }
 
     #[test]

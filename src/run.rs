@@ -6,25 +6,28 @@
 //! per-machine failure is a row, never an aborted run. On shutdown the dispatcher stops taking machines,
 //! waits for those in flight, and the writer flushes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::api::{Api, CallResult, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::input::{self, InputRow, RowKind, Scan, Source};
+use crate::journal::{self, Journal, RunIdentity};
 use crate::limiter::{self, Limiter};
+use crate::lock::{self, RunLock};
 use crate::progress::Progress;
-use crate::results::{self, Outcome, ResultRow, ResultsWriter};
+use crate::results::{self, LineSet, Outcome, ResultRow, ResultsWriter};
 use crate::settings::{Credentials, Settings, SettingsArgs};
 
 /// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
@@ -32,6 +35,11 @@ use crate::settings::{Credentials, Settings, SettingsArgs};
 const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 /// Rows buffered between the reader and the workers, and between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
+/// After an interrupt, calls in flight get their timeout and this much more to finish.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How far before an interrupted call's journal entry an action found on resume may have been created
+/// and still be taken for that call's (clocks differ).
+const CLOCK_SKEW: Duration = Duration::from_secs(600);
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -42,8 +50,14 @@ pub struct RunArgs {
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Replace the results file if it exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Continue an interrupted run from its results file: keep finished rows, retry failed ones, do the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also write the summary as JSON to FILE (atomically, also when interrupted).
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
     /// Do not ask for confirmation (needed when there is no terminal, e.g. in cron).
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -61,10 +75,15 @@ pub struct RunArgs {
 pub struct Job {
     pub settings: Settings,
     pub credentials: Credentials,
-    pub comment: String,
+    /// The comment as given; `{run_id}` and `{date}` are filled in when the run starts.
+    pub comment_template: String,
     pub scan: Scan,
     pub output: PathBuf,
     pub overwrite: bool,
+    pub resume: bool,
+    pub run_id: String,
+    /// Where the run lock lives.
+    pub lock_dir: PathBuf,
     /// Ask for confirmation before the first offboard call.
     pub confirm: bool,
     /// Show a progress bar (only on a terminal).
@@ -72,15 +91,20 @@ pub struct Job {
 }
 
 /// What a run did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Summary {
+    pub run_id: String,
     pub counts: BTreeMap<Outcome, u64>,
+    /// Rows in the results file.
     pub rows: u64,
+    pub started_at: SystemTime,
     pub duration: Duration,
+    /// API calls this session made, and how many of them were answered 429.
     pub calls: u64,
     pub throttled: u64,
     pub results: PathBuf,
     pub interrupted: bool,
+    pub resumed: bool,
 }
 
 impl Summary {
@@ -96,10 +120,11 @@ impl Summary {
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{} {} rows in {}\n",
-            if self.interrupted { "Interrupted after" } else { "Finished:" },
+            "{} {} rows in {} (run {})\n",
+            if self.interrupted { "Interrupted with" } else { "Finished:" },
             self.rows,
-            humantime::format_duration(Duration::from_secs(self.duration.as_secs()).max(Duration::from_secs(0)))
+            humantime::format_duration(Duration::from_secs(self.duration.as_secs())),
+            self.run_id
         );
         for outcome in Outcome::ALL {
             let n = self.counts.get(&outcome).copied().unwrap_or(0);
@@ -109,14 +134,99 @@ impl Summary {
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
         out += &format!("Results: {}\n", self.results.display());
+        if self.interrupted {
+            out += "Not every row is done: run again with --resume to finish.\n";
+        }
         out
+    }
+
+    /// Writes the summary as JSON to `path`, atomically (a temporary file, then a rename).
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            run_id: &'a str,
+            exit_code: u8,
+            interrupted: bool,
+            resumed: bool,
+            started_at: String,
+            duration_seconds: f64,
+            rows: u64,
+            counts: BTreeMap<&'static str, u64>,
+            api_calls: u64,
+            throttled_429: u64,
+            results: String,
+        }
+        let json = Json {
+            run_id: &self.run_id,
+            exit_code: self.exit_code(),
+            interrupted: self.interrupted,
+            resumed: self.resumed,
+            started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            duration_seconds: self.duration.as_secs_f64(),
+            rows: self.rows,
+            counts: Outcome::ALL.iter().map(|o| (o.as_str(), self.counts.get(o).copied().unwrap_or(0))).collect(),
+            api_calls: self.calls,
+            throttled_429: self.throttled,
+            results: self.results.display().to_string(),
+        };
+        write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so readers never see half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot write it: {e}") };
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// A new run id: the UTC start time and a random suffix, e.g. `20261129T090429Z-3f9a`.
+pub fn new_run_id(now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    format!("{stamp}-{:04x}", fastrand::u16(..))
+}
+
+/// Fills `{run_id}` and `{date}` (UTC, YYYY-MM-DD) into a comment.
+pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
+    let date = humantime::format_rfc3339_seconds(now).to_string()[..10].to_string();
+    template.replace("{run_id}", run_id).replace("{date}", &date)
+}
+
+/// `mde-offboard run`: settings, job, run, summary (also as JSON with `--summary-json`), exit code.
+pub async fn command(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
+    let settings = crate::settings::resolve(&args.settings, &|k| std::env::var(k).ok())?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let summary_json = args.summary_json.clone();
+    let job = prepare(args, settings)?;
+    let run_id = job.run_id.clone();
+    match execute(job, shutdown).await {
+        Ok(summary) => {
+            print!("{}", summary.render());
+            if let Some(path) = &summary_json {
+                summary.write_json(path)?;
+            }
+            Ok(summary.exit_code())
+        }
+        Err(e) => {
+            if let Some(path) = &summary_json {
+                let json = serde_json::json!({ "run_id": run_id, "exit_code": e.exit_code(), "error": e.to_string() });
+                let _ = write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"));
+            }
+            Err(e)
+        }
     }
 }
 
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
     let credentials = settings.credentials()?;
-    let comment = settings.require_comment()?;
+    let comment_template = settings.require_comment()?;
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let output = args.output.clone().unwrap_or_else(|| {
@@ -125,7 +235,9 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
             Source::Stdin => None,
         })
     });
-    results::check_writable(&output, args.overwrite)?;
+    if !args.resume {
+        results::check_writable(&output, args.overwrite)?;
+    }
     let scan = input::scan(source, args.id_column.as_deref())?;
     if let Some(max) = args.max_machines {
         if scan.valid > max {
@@ -147,10 +259,13 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
     Ok(Job {
         settings,
         credentials,
-        comment,
+        comment_template,
         scan,
         output,
         overwrite: args.overwrite,
+        resume: args.resume,
+        run_id: new_run_id(SystemTime::now()),
+        lock_dir: lock::state_dir(),
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
     })
@@ -174,41 +289,75 @@ pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Durati
     limiter::earliest_schedule(&settings.rates, machines, settings.concurrency, latency)
 }
 
-/// Runs the job: sign in, confirm, offboard every machine, write every row, summarise.
+/// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let started = Instant::now();
+    let started_at = SystemTime::now();
+    let journal_path = journal::path_for(&job.output);
+    let mut identity = RunIdentity {
+        run_id: job.run_id.clone(),
+        input: job.scan.source.display(),
+        input_rows: job.scan.rows,
+        input_valid: job.scan.valid,
+        tenant_id: job.credentials.tenant_id.clone(),
+        client_id: job.credentials.client_id.clone(),
+        comment: job.comment_template.clone(),
+        started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+    };
+    // One run at a time per tenant and app: held until this function returns.
+    let _lock = RunLock::acquire(&job.lock_dir, &identity.tenant_id, &identity.client_id, &identity.run_id)?;
+
+    // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
+    let resume = if job.resume && job.output.exists() { Some(read_earlier(&job, &journal_path, &identity)?) } else { None };
+    let resumed = resume.is_some();
+    if let Some(earlier) = &resume {
+        identity = earlier.identity.clone();
+    }
+    let comment = expand_comment(&identity.comment, &identity.run_id, started_at);
+    let to_do = job.scan.valid - resume.as_ref().map_or(0, |r| r.finished_machines.min(job.scan.valid));
+
     let http = http_client(&job.settings)?;
     let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let round_trip = started.elapsed();
 
-    if job.scan.valid > 0 {
+    if to_do > 0 {
         let plan = format!(
-            "About to offboard {} machines in tenant {} through {}.\nThe API's quotas ({}) make this take about {} at best.",
-            job.scan.valid,
+            "{} {to_do} machines in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
+            if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
             job.credentials.tenant_id,
             job.settings.api_base,
+            identity.run_id,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            humantime::format_duration(Duration::from_secs(
-                estimate(&job.settings, job.scan.valid, round_trip).as_secs()
-            ))
+            humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_do, round_trip).as_secs()))
         );
         eprintln!("{plan}");
         if job.confirm {
-            confirm(job.scan.valid)?;
+            confirm(to_do)?;
         }
     }
 
     let limiter = Limiter::new(&job.settings.rates);
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, limiter, policy));
-    let writer = ResultsWriter::create(&job.output, job.overwrite)?;
+    let (writer, journal) = if resumed {
+        (ResultsWriter::append(&job.output)?, Journal::reopen(&journal_path)?)
+    } else {
+        (ResultsWriter::create(&job.output, job.overwrite)?, Journal::create(&journal_path, &identity)?)
+    };
+    let journal = Arc::new(journal);
+    let (done, in_doubt) = match resume {
+        Some(r) => (r.done, r.in_doubt),
+        None => (LineSet::default(), HashMap::new()),
+    };
     let progress = Progress::new(job.scan.rows, job.progress);
+    let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
     let (item_tx, mut item_rx) = mpsc::channel::<Result<InputRow>>(CHANNEL_DEPTH);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
+    let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
 
     let reader = {
         let rows = job.scan.rows()?;
@@ -221,21 +370,19 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             }
         })
     };
-    let writer_task = {
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || write_rows(writer, row_rx, progress))
-    };
+    let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), writer_stopped));
 
     let slots = Arc::new(Semaphore::new(job.settings.concurrency));
-    let comment: Arc<str> = job.comment.into();
+    let comment: Arc<str> = comment.into();
     let mut input_error = None;
+    let mut journal_error = None;
+    let mut interrupted = false;
     tokio::pin!(shutdown);
     loop {
         let item = tokio::select! {
             biased;
             _ = &mut shutdown => {
-                cancelled.store(true, Ordering::Relaxed);
-                tracing::warn!("interrupted: no new machines are started; waiting for calls in flight");
+                interrupted = true;
                 break;
             }
             item = item_rx.recv() => item,
@@ -245,10 +392,12 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             Ok(row) => row,
             Err(e) => {
                 input_error = Some(e);
-                cancelled.store(true, Ordering::Relaxed);
                 break;
             }
         };
+        if done.contains(row.line) {
+            continue;
+        }
         let machine = match row.kind {
             RowKind::Valid(id) => id,
             RowKind::Invalid => {
@@ -271,44 +420,85 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         let slot = tokio::select! {
             biased;
             _ = &mut shutdown => {
-                cancelled.store(true, Ordering::Relaxed);
-                tracing::warn!("interrupted: no new machines are started; waiting for calls in flight");
+                interrupted = true;
                 break;
             }
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
+        if api.fatal().is_some() {
+            break;
+        }
+        let earlier_intent = in_doubt.get(&row.line).map(|(_, at)| *at);
+        // The intent is on record before the first call, so a crash can never leave an unknown call behind.
+        if let Err(e) = journal.intent(row.line, &machine) {
+            journal_error = Some(e);
+            break;
+        }
         let api = api.clone();
         let comment = comment.clone();
         let row_tx = row_tx.clone();
-        tokio::spawn(async move {
-            let result = offboard_one(&api, row.line, machine, &comment).await;
-            let _ = row_tx.send(result).await;
-            drop(slot);
-        });
+        tokio::spawn(
+            async move {
+                let result = match earlier_intent {
+                    Some(at) => verify_then_offboard(&api, row.line, machine, &comment, at).await,
+                    None => offboard_one(&api, row.line, machine, &comment).await,
+                };
+                log_row(&result);
+                let _ = row_tx.send(result).await;
+                drop(slot);
+            }
+            .instrument(span.clone()),
+        );
     }
-    // Drain: every machine started gets its row before the writer closes.
-    let _all = slots.acquire_many(job.settings.concurrency as u32).await.expect("the semaphore is never closed");
+    let stopped_early = input_error.is_some() || journal_error.is_some() || api.fatal().is_some();
+    cancelled.store(true, Ordering::Relaxed);
+    if interrupted || stopped_early {
+        tracing::warn!("no new machines are started; waiting for the calls in flight");
+        api.cancel();
+    }
+    // Drain: every machine started gets its row, within a bound (a call's timeout and then some).
+    let drain_limit = job.settings.timeout + DRAIN_GRACE;
+    let drained = tokio::time::timeout(drain_limit, slots.acquire_many(job.settings.concurrency as u32)).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            "calls still in flight after {}; their machines are in the journal and --resume checks them",
+            humantime::format_duration(drain_limit)
+        );
+        let _ = stop_writer.send(());
+    }
     drop(row_tx);
     drop(item_rx);
     let _ = reader.await;
-    let (counts, rows) =
-        writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
+    let written = writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
     progress.finish();
+    journal.sync();
 
-    if let Some(e) = input_error {
+    if let Some(e) = input_error.or(journal_error) {
         return Err(e);
     }
     if let Some(e) = api.fatal() {
         return Err(Error::Auth(format!("{e} (the run stopped; see {} for the rows written)", job.output.display())));
     }
+    let complete = !interrupted;
+    // A resumed results file holds rows from several sessions: count (and, when complete, compact) it, so
+    // it ends with exactly one row per input row.
+    let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts };
+    if complete {
+        if let Ok(journal) = Arc::try_unwrap(journal) {
+            journal.complete(&identity)?;
+        }
+    }
     Ok(Summary {
+        run_id: identity.run_id,
+        rows: counts.values().sum(),
         counts,
-        rows,
         duration: started.elapsed(),
+        started_at,
         calls: api.counters.calls.load(Ordering::Relaxed),
         throttled: api.counters.throttled.load(Ordering::Relaxed),
         results: job.output,
-        interrupted: cancelled.load(Ordering::Relaxed),
+        interrupted,
+        resumed,
     })
 }
 
@@ -328,31 +518,130 @@ fn confirm(machines: u64) -> Result<()> {
     }
 }
 
-fn write_rows(
+/// What the writer wrote.
+struct Written {
+    counts: BTreeMap<Outcome, u64>,
+}
+
+/// The one owner of the results file: writes each row as it comes, until every sender is gone or it is
+/// told to stop (calls that outlived the drain bound).
+async fn write_rows(
     mut writer: ResultsWriter,
     mut rows: mpsc::Receiver<ResultRow>,
     progress: Progress,
-) -> Result<(BTreeMap<Outcome, u64>, u64)> {
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<Written> {
     let mut counts = BTreeMap::new();
-    let mut written = 0;
-    while let Some(row) = rows.blocking_recv() {
+    loop {
+        let row = tokio::select! {
+            row = rows.recv() => row,
+            _ = &mut stop => None,
+        };
+        let Some(row) = row else { break };
         writer.write(&row)?;
-        written += 1;
         *counts.entry(row.outcome).or_insert(0) += 1;
         progress.row_done(row.outcome.is_ok());
     }
     writer.finish()?;
-    Ok((counts, written))
+    Ok(Written { counts })
+}
+
+fn log_row(row: &ResultRow) {
+    let outcome = row.outcome.as_str();
+    let code = row.error_code.as_deref().unwrap_or("");
+    if row.outcome == Outcome::Failed {
+        tracing::warn!(line = row.line, machine = %row.machine_id, outcome, code, attempts = row.attempts, "machine done");
+    } else {
+        tracing::info!(line = row.line, machine = %row.machine_id, outcome, code, attempts = row.attempts, "machine done");
+    }
+}
+
+/// What a resume starts from.
+struct Earlier {
+    identity: RunIdentity,
+    /// Input lines already finished.
+    done: LineSet,
+    /// How many of those are machines (not invalid or duplicate rows).
+    finished_machines: u64,
+    /// Lines whose machine may have been called without its answer being recorded: line -> (id, unix ms).
+    in_doubt: HashMap<u64, (String, u64)>,
+}
+
+fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Earlier> {
+    let refuse = |message: String| Error::Resume { path: job.output.clone(), message };
+    if !journal_path.exists() {
+        return Err(refuse(format!(
+            "its journal {} is missing, so calls that were in flight cannot be checked; \
+             start a new run with another --output (or --overwrite)",
+            journal_path.display()
+        )));
+    }
+    let cut = results::cut_torn_row(&job.output)?;
+    if cut > 0 {
+        tracing::warn!("cut a torn last row ({cut} bytes) from {}", job.output.display());
+    }
+    let (done, finished_machines) = results::final_lines(&job.output)?;
+    let earlier = journal::read(journal_path, |line| !done.contains(line))?;
+    if let Some(why) = now.mismatch(&earlier.identity) {
+        return Err(refuse(why));
+    }
+    Ok(Earlier { identity: earlier.identity, done, finished_machines, in_doubt: earlier.intents })
+}
+
+/// A machine whose earlier call may have gone through: look for the action it would have created before
+/// calling again, so no machine is offboarded twice.
+async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
+    let filter = format!("/api/machineactions?$filter=machineId eq '{machine_id}' and type eq 'Offboard'");
+    let lookup = api.get(&filter, false).await;
+    let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
+    match lookup.answer {
+        Ok(reply) => {
+            #[derive(Deserialize)]
+            struct Page {
+                #[serde(default)]
+                value: Vec<MachineAction>,
+            }
+            let actions = serde_json::from_slice::<Page>(&reply.body).map(|p| p.value).unwrap_or_default();
+            let created = |a: &MachineAction| {
+                a.creation_date_time_utc.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            };
+            let ours = actions
+                .iter()
+                .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
+                .max_by_key(|a| created(a));
+            let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
+            if let Some(action) = ours.or(open) {
+                let mut row = ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
+                row.attempts = lookup.attempts;
+                row.http_status = Some(reply.status);
+                row.error_message = Some("found the action of a call made before the interruption; not sent again".into());
+                fill_action(&mut row, action.clone());
+                return row;
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(
+                machine = %machine_id,
+                code = %failure.code,
+                "cannot check whether an interrupted call went through; calling again (the service refuses a second open offboard)"
+            );
+        }
+    }
+    let mut row = offboard_one(api, line, machine_id, comment).await;
+    row.attempts += lookup.attempts;
+    row
 }
 
 /// The part of a MachineAction a results row uses.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 struct MachineAction {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    requestor_comment: Option<String>,
     #[serde(default)]
     computer_dns_name: Option<String>,
     #[serde(default)]
@@ -377,11 +666,7 @@ async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -
                 row.error_message = Some("the service created the action but its answer could not be read".into());
                 MachineAction::default()
             });
-            row.action_id = action.id;
-            row.action_status = action.status;
-            row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
-            row.submitted_at = action.creation_date_time_utc;
-            row.updated_at = action.last_update_date_time_utc.or(action.last_update_time_utc);
+            fill_action(&mut row, action);
         }
         Err(failure) => {
             row.outcome = match (failure.status, failure.code.as_str()) {
@@ -398,4 +683,12 @@ async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -
         }
     }
     row
+}
+
+fn fill_action(row: &mut ResultRow, action: MachineAction) {
+    row.action_id = action.id;
+    row.action_status = action.status;
+    row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
+    row.submitted_at = action.creation_date_time_utc;
+    row.updated_at = action.last_update_date_time_utc.or(action.last_update_time_utc);
 }

@@ -32,30 +32,10 @@ pub async fn mde_in(sim: &Simulator, cwd: &Path, args: &[&str], stdin: &str) -> 
 
 /// As [`mde`], with extra environment variables (an empty value removes the variable).
 pub async fn mde_env(sim: &Simulator, cwd: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mde-offboard"));
-    command
-        .args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MDE_TENANT_ID", sim::DEMO_TENANT_ID)
-        .env("MDE_CLIENT_ID", sim::DEMO_CLIENT_ID)
-        .env("MDE_CLIENT_SECRET", sim::DEMO_CLIENT_SECRET)
-        .env("MDE_AUTHORITY", sim.base_url())
-        .env("MDE_API_BASE", sim.base_url())
-        .env("MDE_COMMENT", "integration test")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        if value.is_empty() {
-            command.env_remove(key);
-        } else {
-            command.env(key, value);
-        }
-    }
+    let mut command = command(sim, cwd, args, env);
     let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
+        command.stdin(Stdio::piped());
         let mut child = command.spawn().expect("the binary starts");
         let mut pipe = child.stdin.take().unwrap();
         // A closed pipe is fine: the binary may refuse before reading.
@@ -70,6 +50,35 @@ pub async fn mde_env(sim: &Simulator, cwd: &Path, args: &[&str], stdin: &str, en
     })
     .await
     .unwrap()
+}
+
+/// The command `mde-offboard ARGS` pointed at `sim`, in `cwd`, not started; stdin is null.
+pub fn command(sim: &Simulator, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mde-offboard"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MDE_TENANT_ID", sim::DEMO_TENANT_ID)
+        .env("MDE_CLIENT_ID", sim::DEMO_CLIENT_ID)
+        .env("MDE_CLIENT_SECRET", sim::DEMO_CLIENT_SECRET)
+        .env("MDE_AUTHORITY", sim.base_url())
+        .env("MDE_API_BASE", sim.base_url())
+        .env("MDE_COMMENT", "integration test")
+        // Run locks of one test stay in its own directory: tests run in parallel.
+        .env("MDE_STATE_DIR", cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        if value.is_empty() {
+            command.env_remove(key);
+        } else {
+            command.env(key, value);
+        }
+    }
+    command
 }
 
 /// A results CSV, read back.
