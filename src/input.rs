@@ -415,10 +415,10 @@ impl<R: Read> RowReader<R> {
                 )));
             }
             let mut fields: Vec<String> = self.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
-            if let Some(last) = fields.last_mut() {
-                if last.ends_with('\r') {
-                    last.pop();
-                }
+            if let Some(last) = fields.last_mut()
+                && last.ends_with('\r')
+            {
+                last.pop();
             }
             if fields.iter().all(|f| f.trim().is_empty()) {
                 continue;

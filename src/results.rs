@@ -307,10 +307,8 @@ pub fn cut_torn_row(path: &Path) -> Result<u64> {
 /// Reads a results file row by row as (line, outcome), checking its header.
 fn read_rows(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>> {
     let bad = |message: String| Error::Output { path: path.to_owned(), message };
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut reader =
+        csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let headers = reader.headers().map_err(|e| bad(format!("cannot read it: {e}")))?.clone();
     if headers.iter().collect::<Vec<_>>() != COLUMNS {
         return Err(bad("is not an mde-offboard results file (its header differs)".into()));

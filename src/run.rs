@@ -239,14 +239,14 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
         results::check_writable(&output, args.overwrite)?;
     }
     let scan = input::scan(source, args.id_column.as_deref())?;
-    if let Some(max) = args.max_machines {
-        if scan.valid > max {
-            return Err(Error::Usage(format!(
-                "{} lists {} machines, more than --max-machines {max}; nothing was done",
-                scan.source.display(),
-                scan.valid
-            )));
-        }
+    if let Some(max) = args.max_machines
+        && scan.valid > max
+    {
+        return Err(Error::Usage(format!(
+            "{} lists {} machines, more than --max-machines {max}; nothing was done",
+            scan.source.display(),
+            scan.valid
+        )));
     }
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !args.yes && scan.valid > 0 && (!terminal || from_stdin) {
@@ -308,7 +308,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let _lock = RunLock::acquire(&job.lock_dir, &identity.tenant_id, &identity.client_id, &identity.run_id)?;
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
-    let resume = if job.resume && job.output.exists() { Some(read_earlier(&job, &journal_path, &identity)?) } else { None };
+    let resume =
+        if job.resume && job.output.exists() { Some(read_earlier(&job, &journal_path, &identity)?) } else { None };
     let resumed = resume.is_some();
     if let Some(earlier) = &resume {
         identity = earlier.identity.clone();
@@ -324,7 +325,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
 
     if to_do > 0 {
         let plan = format!(
-            "{} {to_do} machines in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
+            "{} {to_do} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
             job.credentials.tenant_id,
             job.settings.api_base,
@@ -341,12 +342,13 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let limiter = Limiter::new(&job.settings.rates);
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, limiter, policy));
-    let (writer, journal) = if resumed {
-        (ResultsWriter::append(&job.output)?, Journal::reopen(&journal_path)?)
+    // The journal before the results file: a kill between the two leaves no results file without one.
+    let (journal, writer) = if resumed {
+        (Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)
     } else {
-        (ResultsWriter::create(&job.output, job.overwrite)?, Journal::create(&journal_path, &identity)?)
+        let journal = Journal::create(&journal_path, &identity)?;
+        (journal, ResultsWriter::create(&job.output, job.overwrite)?)
     };
-    let journal = Arc::new(journal);
     let (done, in_doubt) = match resume {
         Some(r) => (r.done, r.in_doubt),
         None => (LineSet::default(), HashMap::new()),
@@ -469,7 +471,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     drop(row_tx);
     drop(item_rx);
     let _ = reader.await;
-    let written = writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
+    let written =
+        writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
     progress.finish();
     journal.sync();
 
@@ -484,9 +487,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // it ends with exactly one row per input row.
     let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts };
     if complete {
-        if let Ok(journal) = Arc::try_unwrap(journal) {
-            journal.complete(&identity)?;
-        }
+        journal.complete(&identity)?;
     }
     Ok(Summary {
         run_id: identity.run_id,
@@ -611,10 +612,15 @@ async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment:
                 .max_by_key(|a| created(a));
             let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
             if let Some(action) = ours.or(open) {
-                let mut row = ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
+                let mut row = ResultRow::new(
+                    line,
+                    machine_id,
+                    if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending },
+                );
                 row.attempts = lookup.attempts;
                 row.http_status = Some(reply.status);
-                row.error_message = Some("found the action of a call made before the interruption; not sent again".into());
+                row.error_message =
+                    Some("found the action of a call made before the interruption; not sent again".into());
                 fill_action(&mut row, action.clone());
                 return row;
             }

@@ -262,10 +262,10 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         None => DEFAULT_TIMEOUT,
     };
     let comment = pick(&args.comment, "run.comment")?;
-    if let Some(c) = &comment {
-        if c.trim().is_empty() {
-            return Err(bad("run.comment", c, "a non-empty text (the API requires a comment)"));
-        }
+    if let Some(c) = &comment
+        && c.trim().is_empty()
+    {
+        return Err(bad("run.comment", c, "a non-empty text (the API requires a comment)"));
     }
     let concurrency = match pick(&args.concurrency, "run.concurrency")? {
         Some(v) => parse_number("run.concurrency", &v, 1, 256)? as usize,
