@@ -36,17 +36,25 @@ impl Progress {
     pub fn row_done(&self, ok: bool) {
         if let Some(bar) = &self.bar {
             if !ok {
-                let n = self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                bar.set_message(format!("{n} not ok"));
+                self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             bar.inc(1);
         }
     }
 
-    /// Shows a note (such as a throttled wait) beside the bar.
-    pub fn note(&self, text: &str) {
+    pub fn is_shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// Updates the note beside the bar: rows not ok, 429s so far, and a pause in force.
+    pub fn status(&self, throttled: u64, paused_for: Option<std::time::Duration>) {
         if let Some(bar) = &self.bar {
-            bar.set_message(text.to_string());
+            let failures = self.failures.load(std::sync::atomic::Ordering::Relaxed);
+            let mut note = format!("{failures} not ok, {throttled} throttled");
+            if let Some(wait) = paused_for {
+                note += &format!(", paused by a 429 for {}s", wait.as_secs() + 1);
+            }
+            bar.set_message(note);
         }
     }
 

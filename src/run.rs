@@ -354,6 +354,16 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         None => (LineSet::default(), HashMap::new()),
     };
     let progress = Progress::new(job.scan.rows, job.progress);
+    let status = progress.is_shown().then(|| {
+        let (api, progress) = (api.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                let paused = api.limiter().paused_until().map(|until| until - Instant::now());
+                progress.status(api.counters.throttled.load(Ordering::Relaxed), paused);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
     let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
@@ -473,6 +483,9 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let _ = reader.await;
     let written =
         writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
+    if let Some(status) = status {
+        status.abort();
+    }
     progress.finish();
     journal.sync();
 
