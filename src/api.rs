@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, TokenCache, describe_transport};
+use crate::auth::{AuthError, TokenCache, describe_transport, transport_kind};
 use crate::limiter::Limiter;
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
@@ -295,14 +295,7 @@ fn sign_in_failure(e: &AuthError) -> Failure {
 }
 
 fn transport_failure(e: &reqwest::Error) -> Failure {
-    let code = if e.is_timeout() {
-        "Timeout"
-    } else if e.is_connect() {
-        "ConnectionFailed"
-    } else {
-        "ConnectionClosed"
-    };
-    Failure { status: None, code: code.into(), message: describe_transport(e) }
+    Failure { status: None, code: transport_kind(e).0.into(), message: describe_transport(e) }
 }
 
 /// Reads the service's error body; copes with a missing or non-JSON body.

@@ -254,15 +254,20 @@ fn aadsts_in(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// What kind of transport failure `e` is: the code a results row shows, and the words a message uses.
+pub fn transport_kind(e: &reqwest::Error) -> (&'static str, &'static str) {
+    if e.is_timeout() {
+        ("Timeout", "timed out")
+    } else if e.is_connect() {
+        ("ConnectionFailed", "connection failed")
+    } else {
+        ("ConnectionClosed", "connection closed before an answer")
+    }
+}
+
 /// A transport failure in a few words, without URLs' query strings or anything secret.
 pub fn describe_transport(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "connection closed before an answer"
-    };
+    let (_, kind) = transport_kind(e);
     let mut cause = String::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
