@@ -54,6 +54,11 @@ impl Outcome {
         }
     }
 
+    /// The outcome a results file names (`as_str`), if it is one.
+    pub fn parse(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
     /// Whether this outcome leaves the exit code at 0.
     pub fn is_ok(self) -> bool {
         matches!(self, Outcome::Submitted | Outcome::AlreadyPending | Outcome::Duplicate)

@@ -200,7 +200,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         }
     }
 
-    let limiter = Limiter::new(&job.settings.rates);
+    let limiter = Limiter::shared(&job.settings.rates);
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, limiter, policy));
     let writer = ResultsWriter::create(&job.output, job.overwrite)?;
