@@ -157,11 +157,11 @@ impl TokenCache {
     /// The ready access token, unless its `exp` claim says it has expired.
     fn given(&self, value: &str) -> Result<Token, AuthError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        if let Some(exp) = claim(value, "exp").and_then(|e| e.parse::<u64>().ok()) {
-            if exp <= now {
-                let ago = humantime::format_duration(Duration::from_secs(now - exp));
-                return Err(AuthError::TokenExpired { why: format!("expired {ago} ago") });
-            }
+        if let Some(exp) = claim(value, "exp").and_then(|e| e.parse::<u64>().ok())
+            && exp <= now
+        {
+            let ago = humantime::format_duration(Duration::from_secs(now - exp));
+            return Err(AuthError::TokenExpired { why: format!("expired {ago} ago") });
         }
         Ok(Token {
             roles: roles_of(value).into(),

@@ -150,10 +150,11 @@ impl TrackSummary {
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{} {} actions: {} passes, {} API calls, {}\n",
+            "{} {} actions: {} {}, {} API calls, {}\n",
             if self.interrupted { "Interrupted while tracking" } else { "Tracked" },
             self.tracked,
             self.passes,
+            if self.passes == 1 { "pass" } else { "passes" },
             self.calls,
             humantime::format_duration(Duration::from_secs(self.duration.as_secs()))
         );
@@ -303,18 +304,18 @@ impl Table {
         ];
         let mut changed = false;
         for (col, value) in updates {
-            if let Some(value) = value.filter(|v| !v.is_empty()) {
-                if self.rows[i][col] != value {
-                    self.rows[i][col] = value;
-                    changed = true;
-                }
-            }
-        }
-        if self.rows[i][c.submitted_at].is_empty() {
-            if let Some(created) = action.creation_date_time_utc.clone() {
-                self.rows[i][c.submitted_at] = created;
+            if let Some(value) = value.filter(|v| !v.is_empty())
+                && self.rows[i][col] != value
+            {
+                self.rows[i][col] = value;
                 changed = true;
             }
+        }
+        if self.rows[i][c.submitted_at].is_empty()
+            && let Some(created) = action.creation_date_time_utc.clone()
+        {
+            self.rows[i][c.submitted_at] = created;
+            changed = true;
         }
         changed
     }

@@ -1,5 +1,7 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
 mod common;
+mod identity;
 mod run;
 mod sim;
+mod track;
