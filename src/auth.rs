@@ -145,10 +145,11 @@ impl TokenCache {
         let _one_at_a_time = self.renewal.lock().await;
         {
             let current = self.current.lock().unwrap();
-            if let Some(token) = current.as_ref() {
-                if !token.same(rejected) && token.renew_at > Instant::now() {
-                    return Ok(token.clone());
-                }
+            if let Some(token) = current.as_ref()
+                && !token.same(rejected)
+                && token.renew_at > Instant::now()
+            {
+                return Ok(token.clone());
             }
         }
         self.fetch().await
