@@ -390,6 +390,17 @@ impl Settings {
                 scope: self.scope.clone(),
             });
         }
+        let credential = match (&self.certificate, &self.client_secret) {
+            (Some(certificate), _) => Credential::Certificate(certificate.clone()),
+            (None, Some(secret)) => Credential::Secret(secret.clone()),
+            (None, None) => {
+                return Err(missing(
+                    "auth.client_secret",
+                    "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
+                     --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
+                ));
+            }
+        };
         Ok(Credentials {
             tenant_id: self.tenant_id.clone().ok_or_else(|| {
                 missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
@@ -397,17 +408,7 @@ impl Settings {
             client_id: self.client_id.clone().ok_or_else(|| {
                 missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
             })?,
-            credential: match (&self.certificate, &self.client_secret) {
-                (Some(certificate), _) => Credential::Certificate(certificate.clone()),
-                (None, Some(secret)) => Credential::Secret(secret.clone()),
-                (None, None) => {
-                    return Err(missing(
-                        "auth.client_secret",
-                        "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
-                         --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
-                    ));
-                }
-            },
+            credential,
             authority: self.authority.clone(),
             scope: self.scope.clone(),
         })

@@ -136,46 +136,47 @@ impl SimulateArgs {
         } else {
             self.quotas.clone()
         };
-        let config =
-            SimConfig {
-                listen: self.listen,
-                tenant_id: self.tenant_id.clone(),
-                client_id: self.client_id.clone(),
-                client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
-                roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
-                token_lifetime: self.token_lifetime,
-                quotas,
-                retry_after_http_date: self.retry_after_http_date,
-                time_scale: self.time_scale,
-                fleet,
-                forbidden_groups,
-                forbidden_ids: self.forbid_ids.clone(),
-                unsupported_platforms: self.unsupported_platforms.clone(),
-                lifecycle: Lifecycle {
-                    pending_for: self.pending_for,
-                    in_progress_for: self.in_progress_for,
-                    failed_share: self.fail_share,
-                    timeout_share: self.timeout_share,
-                    action_timeout: self.action_timeout,
-                },
-                faults: Faults {
-                    seed: self.fault_seed,
-                    error_500: self.fault_500,
-                    error_503: self.fault_503,
-                    drop_connection: self.fault_drop,
-                    spurious_429: self.fault_429,
-                    spurious_429_retry_after: self.fault_429_retry_after,
-                    transient_404: self.fault_404,
-                    latency: self.latency.unwrap_or_default(),
-                },
-                secret_expired: self.secret_expired,
-                certificate: match &self.certificate {
-                    Some(path) => Some(std::fs::read(path).map_err(|e| {
-                        Error::Simulator(format!("cannot read the certificate {}: {e}", path.display()))
-                    })?),
-                    None => None,
-                },
-            };
+        let certificate = match &self.certificate {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::Simulator(format!("cannot read the certificate {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let config = SimConfig {
+            listen: self.listen,
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
+            roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
+            token_lifetime: self.token_lifetime,
+            quotas,
+            retry_after_http_date: self.retry_after_http_date,
+            time_scale: self.time_scale,
+            fleet,
+            forbidden_groups,
+            forbidden_ids: self.forbid_ids.clone(),
+            unsupported_platforms: self.unsupported_platforms.clone(),
+            lifecycle: Lifecycle {
+                pending_for: self.pending_for,
+                in_progress_for: self.in_progress_for,
+                failed_share: self.fail_share,
+                timeout_share: self.timeout_share,
+                action_timeout: self.action_timeout,
+            },
+            faults: Faults {
+                seed: self.fault_seed,
+                error_500: self.fault_500,
+                error_503: self.fault_503,
+                drop_connection: self.fault_drop,
+                spurious_429: self.fault_429,
+                spurious_429_retry_after: self.fault_429_retry_after,
+                transient_404: self.fault_404,
+                latency: self.latency.unwrap_or_default(),
+            },
+            secret_expired: self.secret_expired,
+            certificate,
+        };
         config.validate()?;
         Ok(config)
     }
