@@ -1,8 +1,11 @@
-//! Sign-in with Entra ID (client credentials) and the one token cache every worker shares.
+//! Sign-in with Entra ID (client credentials: a secret or a certificate assertion) and the one token cache
+//! every worker shares.
 //!
 //! The token is fetched once, renewed ahead of expiry and once after a 401, and only one renewal runs at a
-//! time: workers that find it stale wait for the renewal in progress instead of starting their own. The
-//! token and the secret never reach a log line, an error or a results row.
+//! time: workers that find it stale wait for the renewal in progress instead of starting their own. A ready
+//! access token (MDE_ACCESS_TOKEN) is used as is: it cannot be renewed, so a 401 stops the run with a message
+//! saying it expired. The token, the secret, the private key and the assertion never reach a log line, an
+//! error or a results row.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -12,7 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::settings::Credentials;
+use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
 
 /// How long before expiry a token is renewed, at most; short-lived tokens renew at a fifth of their life.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
@@ -54,6 +57,14 @@ pub enum AuthError {
     /// The token endpoint could not be reached or kept failing.
     #[error("cannot reach the sign-in endpoint {url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The ready access token expired, or the API refused it: it cannot be renewed.
+    #[error(
+        "the access token from {ACCESS_TOKEN_ENV} {why}; get a new token and run again, or sign in with a secret or certificate instead (unset {ACCESS_TOKEN_ENV})"
+    )]
+    TokenExpired { why: String },
+    /// The client assertion could not be made.
+    #[error("cannot sign in with the certificate: {0}")]
+    Certificate(String),
 }
 
 #[derive(Deserialize)]
@@ -111,6 +122,9 @@ impl TokenCache {
 
     /// A valid token, from the cache or freshly fetched.
     pub async fn get(&self) -> Result<Token, AuthError> {
+        if let Credential::AccessToken(token) = &self.credentials.credential {
+            return self.given(token.expose());
+        }
         if let Some(token) = self.cached() {
             return Ok(token);
         }
@@ -123,6 +137,11 @@ impl TokenCache {
 
     /// The API refused `rejected` with 401: drop it (unless another worker already replaced it) and get another.
     pub async fn renew(&self, rejected: &Token) -> Result<Token, AuthError> {
+        if let Credential::AccessToken(_) = &self.credentials.credential {
+            return Err(AuthError::TokenExpired {
+                why: "was refused by the API (401): it has expired or was revoked".into(),
+            });
+        }
         let _one_at_a_time = self.renewal.lock().await;
         {
             let current = self.current.lock().unwrap();
@@ -136,19 +155,53 @@ impl TokenCache {
         self.fetch().await
     }
 
+    /// The ready access token, unless its `exp` claim says it has expired.
+    fn given(&self, value: &str) -> Result<Token, AuthError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        if let Some(exp) = claim(value, "exp").and_then(|e| e.parse::<u64>().ok())
+            && exp <= now
+        {
+            let ago = humantime::format_duration(Duration::from_secs(now - exp));
+            return Err(AuthError::TokenExpired { why: format!("expired {ago} ago") });
+        }
+        Ok(Token {
+            roles: roles_of(value).into(),
+            value: value.into(),
+            // Never renewed: the API's 401 says when it is no longer good.
+            renew_at: Instant::now() + Duration::from_secs(100 * 365 * 86_400),
+        })
+    }
+
+    /// The form of a token request; a certificate gets a fresh assertion each time.
+    fn form(&self, url: &str) -> Result<Vec<(&'static str, String)>, AuthError> {
+        let c = &self.credentials;
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", c.client_id.clone()),
+            ("scope", c.scope.clone()),
+        ];
+        match &c.credential {
+            Credential::Secret(secret) => form.push(("client_secret", secret.expose().to_string())),
+            Credential::Certificate(certificate) => {
+                form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into()));
+                form.push((
+                    "client_assertion",
+                    certificate.assertion(&c.client_id, url).map_err(AuthError::Certificate)?,
+                ));
+            }
+            Credential::AccessToken(_) => unreachable!("a ready access token is never fetched"),
+        }
+        Ok(form)
+    }
+
     async fn fetch(&self) -> Result<Token, AuthError> {
         let url = self.token_url();
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.credentials.client_id.as_str()),
-            ("client_secret", self.credentials.secret.expose()),
-            ("scope", self.credentials.scope.as_str()),
-        ];
         let mut last = String::new();
         for attempt in 1..=SIGN_IN_ATTEMPTS {
             if attempt > 1 {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
+            let form = self.form(&url)?;
             let sent_at = Instant::now();
             let answer = match self.http.post(&url).form(&form).send().await {
                 Ok(answer) => answer,
@@ -199,6 +252,18 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
     })
 }
 
+/// A string or number claim of a JWT, as text (read without checking the signature: only used to explain).
+pub fn claim(jwt: &str, name: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match &claims[name] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// The `roles` claim of a JWT access token (read without checking the signature: only used to explain).
 pub fn roles_of(jwt: &str) -> Vec<String> {
     #[derive(Deserialize)]
@@ -235,7 +300,11 @@ fn refusal(status: u16, body: &[u8]) -> AuthError {
         Some(500011) => "Defender for Endpoint is not provisioned in this tenant or its permissions were not consented",
         Some(70011) => "the scope is not valid; check --scope (it must end in /.default)",
         Some(901002) => "the v2 endpoint was sent a `resource`; use --scope instead",
-        Some(700027) | Some(50012) => "the certificate assertion was rejected",
+        Some(700027) => {
+            "the certificate assertion was rejected: the certificate is not registered on the app, or the private key is not the certificate's; upload this certificate (Certificates & secrets) or give the key and certificate that are registered"
+        }
+        Some(50012) => "the certificate assertion was rejected; check the certificate's validity and --assertion",
+        Some(700024) => "the client assertion is outside its valid time; check this machine's clock",
         _ if status == 401 => "the credentials were rejected",
         _ => "see the description",
     };

@@ -4,18 +4,22 @@ use std::future::Future;
 
 use clap::{Parser, Subcommand};
 
+use crate::check::{self, CheckArgs};
 use crate::demo::{self, DemoArgs};
 use crate::error::{Error, exit_code};
 use crate::logging::{self, LogFormat};
 use crate::run::{self, RunArgs};
+use crate::settings;
 use crate::sim::{self, SimulateArgs};
+use crate::track::{self, TrackArgs, WaitArgs};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending or duplicate
+  0    every row ended submitted, already_pending or duplicate (with --wait and track: and every action Succeeded)
   1    the run could not run (settings, sign-in, input or output)
   2    usage error, or a confirmation was needed and could not be asked
-  3    the run finished but some rows did not end well (see the results file)
+  3    the run finished but some rows did not end well (see the results file); with --wait and track, also an
+       action that ended Failed, TimeOut or Cancelled, or was still open when the wait ended
   130  interrupted (Ctrl-C or SIGTERM)";
 
 #[derive(Parser, Debug)]
@@ -38,11 +42,25 @@ pub struct Cli {
 pub enum Command {
     /// Offboard every machine listed in a CSV file.
     #[command(after_help = EXIT_CODES)]
-    Run(RunArgs),
+    Run(RunCommand),
+    /// Follow the offboard actions of a results file until they are final, updating the file.
+    #[command(after_help = EXIT_CODES)]
+    Track(TrackArgs),
+    /// Check the settings, the sign-in, the token's roles and the API host: run it first.
+    Check(CheckArgs),
     /// See the whole job work against the built-in simulator: no tenant needed.
     Demo(DemoArgs),
     /// Serve the built-in simulator of the Defender for Endpoint API and Entra ID sign-in.
     Simulate(SimulateArgs),
+}
+
+/// `run`, and the tracking that may follow it.
+#[derive(clap::Args, Debug)]
+pub struct RunCommand {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// The whole program, argv to exit code.
@@ -73,7 +91,40 @@ pub fn main() -> u8 {
 
 async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
     match command {
-        Command::Run(args) => run::command(args, shutdown).await,
+        Command::Run(RunCommand { run: args, wait }) => {
+            let settings = resolve_settings(&args.settings)?;
+            // The run and the tracking after it both stop on the one signal.
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let signal = async move {
+                shutdown.await;
+                let _ = stop.send(true);
+                std::future::pending::<()>().await
+            };
+            let stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let work = async {
+                let summary = run::command(args, settings.clone(), stopped(stop_rx.clone())).await?;
+                if !wait.wait || summary.interrupted {
+                    return Ok(summary.exit_code());
+                }
+                let tracked =
+                    track::track_file(&summary.results, &settings, wait.options(), stopped(stop_rx.clone())).await?;
+                print!("{}", tracked.render());
+                Ok(tracked.exit_code())
+            };
+            tokio::select! {
+                result = work => result,
+                () = signal => unreachable!("the signal future never ends"),
+            }
+        }
+        Command::Track(args) => {
+            let settings = resolve_settings(&args.settings)?;
+            let summary = track::track_file(&args.results, &settings, args.options(), shutdown).await?;
+            print!("{}", summary.render());
+            Ok(summary.exit_code())
+        }
+        Command::Check(args) => check::check(&args, &|k| std::env::var(k).ok()).await,
         Command::Demo(args) => {
             // The demo's input holds bad rows on purpose: it succeeded when it ran to the end.
             let summary = demo::demo(args, shutdown).await?;
@@ -84,6 +135,15 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             Ok(exit_code::OK)
         }
     }
+}
+
+/// Settings from the flags, the environment and the config file, with their warnings logged.
+fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings, Error> {
+    let settings = settings::resolve(args, &|k| std::env::var(k).ok())?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
 }
 
 /// Resolves on the first Ctrl-C (or SIGTERM on Unix): the run stops dispatching and drains. A second one

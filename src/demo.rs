@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::input::{self, Source};
 use crate::run::{self, Job, Summary};
-use crate::settings::{self, Credentials, Rate, Secret, SettingsArgs};
+use crate::settings::{self, Credential, Credentials, Rate, Secret, SettingsArgs};
 use crate::sim::{self, Faults, Fleet, SimConfig, Simulator};
 
 const SAMPLE_FLEET: &str = include_str!("../samples/fleet.csv");
@@ -88,7 +88,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         credentials: Credentials {
             tenant_id: sim::DEMO_TENANT_ID.into(),
             client_id: sim::DEMO_CLIENT_ID.into(),
-            secret: Secret::new(sim::DEMO_CLIENT_SECRET),
+            credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
             authority: settings.authority.clone(),
             scope: settings.scope.clone(),
         },

@@ -3,7 +3,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod certificate;
+pub mod check;
 pub mod cli;
+pub mod cloud;
 pub mod demo;
 pub mod error;
 pub mod input;
@@ -16,3 +19,4 @@ pub mod results;
 pub mod run;
 pub mod settings;
 pub mod sim;
+pub mod track;

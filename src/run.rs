@@ -196,12 +196,8 @@ pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
     template.replace("{run_id}", run_id).replace("{date}", &date)
 }
 
-/// `mde-offboard run`: settings, job, run, summary (also as JSON with `--summary-json`), exit code.
-pub async fn command(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
-    let settings = crate::settings::resolve(&args.settings, &|k| std::env::var(k).ok())?;
-    for warning in &settings.warnings {
-        tracing::warn!("{warning}");
-    }
+/// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`).
+pub async fn command(args: RunArgs, settings: Settings, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let summary_json = args.summary_json.clone();
     let job = prepare(args, settings)?;
     let run_id = job.run_id.clone();
@@ -211,7 +207,7 @@ pub async fn command(args: RunArgs, shutdown: impl Future<Output = ()>) -> Resul
             if let Some(path) = &summary_json {
                 summary.write_json(path)?;
             }
-            Ok(summary.exit_code())
+            Ok(summary)
         }
         Err(e) => {
             if let Some(path) = &summary_json {
@@ -339,7 +335,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         }
     }
 
-    let limiter = Limiter::new(&job.settings.rates);
+    let limiter = Limiter::shared(&job.settings.rates);
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, limiter, policy));
     // The journal before the results file: a kill between the two leaves no results file without one.

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::certificate::{AssertionAlg, ClientCertificate};
+use crate::cloud::Cloud;
 use crate::error::{Error, Result};
 
 /// Where Entra ID signs in commercial-cloud apps (Microsoft's documentation).
@@ -25,6 +27,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The environment variable that normally holds the client secret (never a flag: flags show in `ps`).
 pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
+/// The environment variable that may hold a ready access token (used as is, never renewed).
+pub const ACCESS_TOKEN_ENV: &str = "MDE_ACCESS_TOKEN";
 
 /// A quota: at most `limit` calls in any window of `period`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,13 +99,25 @@ pub struct SettingsArgs {
     /// File holding the client secret; otherwise it is read from MDE_CLIENT_SECRET. [config: auth.client_secret_file]
     #[arg(long, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
-    /// Entra ID sign-in host. [config: auth.authority] [default: https://login.microsoftonline.com]
+    /// PEM file with the app's certificate: sign in with it instead of a secret. [config: auth.certificate]
+    #[arg(long, env = "MDE_CERTIFICATE", value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+    /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key]
+    #[arg(long, env = "MDE_PRIVATE_KEY", value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+    /// Client assertion form for certificate sign-in: ps256, or the older rs256. [config: auth.assertion] [default: ps256]
+    #[arg(long, value_name = "ALG")]
+    pub assertion: Option<String>,
+    /// Cloud: commercial, us, eu, uk, au, swa, ina, gcc, gcc-high, dod; sets API host, sign-in host and scope. [config: api.cloud] [default: commercial]
+    #[arg(long, env = "MDE_CLOUD", value_name = "NAME")]
+    pub cloud: Option<String>,
+    /// Entra ID sign-in host. [config: auth.authority] [default: the cloud's, https://login.microsoftonline.com]
     #[arg(long, env = "MDE_AUTHORITY", value_name = "URL")]
     pub authority: Option<String>,
-    /// OAuth scope of the API. [config: auth.scope] [default: https://api.securitycenter.microsoft.com/.default]
+    /// OAuth scope of the API. [config: auth.scope] [default: the cloud's, https://api.securitycenter.microsoft.com/.default]
     #[arg(long, env = "MDE_SCOPE", value_name = "SCOPE")]
     pub scope: Option<String>,
-    /// Defender for Endpoint API host. [config: api.base_url] [default: https://api.security.microsoft.com]
+    /// Defender for Endpoint API host. [config: api.base_url] [default: the cloud's, https://api.security.microsoft.com]
     #[arg(long = "api-base", env = "MDE_API_BASE", value_name = "URL")]
     pub api_base: Option<String>,
     /// Time limit for one API call, e.g. 30s. [config: api.timeout] [default: 30s]
@@ -132,6 +148,11 @@ pub struct Settings {
     pub client_secret: Option<Secret>,
     /// Where the secret came from, for messages (never the secret itself).
     pub secret_source: Option<String>,
+    /// The app's certificate and key, for certificate sign-in (preferred over a secret).
+    pub certificate: Option<ClientCertificate>,
+    /// A ready access token from MDE_ACCESS_TOKEN (preferred over both).
+    pub access_token: Option<Secret>,
+    pub cloud: Cloud,
     pub authority: String,
     pub scope: String,
     pub api_base: String,
@@ -150,15 +171,50 @@ pub struct Settings {
 pub struct Credentials {
     pub tenant_id: String,
     pub client_id: String,
-    pub secret: Secret,
+    pub credential: Credential,
     pub authority: String,
     pub scope: String,
 }
 
+/// How the app proves who it is.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    Secret(Secret),
+    Certificate(ClientCertificate),
+    /// A token obtained elsewhere: used until the API refuses it, never renewed.
+    AccessToken(Secret),
+}
+
+impl Credential {
+    /// What kind of credential, in a few words, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Credential::Secret(_) => "client secret".into(),
+            Credential::Certificate(c) => {
+                format!("certificate (x5t#S256 {}, {} assertion)", c.thumbprint(), c.alg().as_str().to_uppercase())
+            }
+            Credential::AccessToken(_) => format!("access token from {ACCESS_TOKEN_ENV}"),
+        }
+    }
+}
+
 /// The keys a config file may hold, by section.
 const CONFIG_KEYS: &[(&str, &[&str])] = &[
-    ("auth", &["tenant_id", "client_id", "client_secret_file", "client_secret", "authority", "scope"]),
-    ("api", &["base_url", "timeout"]),
+    (
+        "auth",
+        &[
+            "tenant_id",
+            "client_id",
+            "client_secret_file",
+            "client_secret",
+            "certificate",
+            "private_key",
+            "assertion",
+            "authority",
+            "scope",
+        ],
+    ),
+    ("api", &["cloud", "base_url", "timeout"]),
     ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay"]),
 ];
 
@@ -248,15 +304,20 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
     let client_id = pick(&args.client_id, "auth.client_id")?.map(|v| check_client_id(&v)).transpose()?;
 
     let (client_secret, secret_source) = resolve_secret(args, &file, env, &mut warnings)?;
+    let (certificate, access_token) =
+        resolve_identity(args, &file, env, client_secret.as_ref().and(secret_source.as_deref()), &mut warnings)?;
+    let cloud = match pick(&args.cloud, "api.cloud")? {
+        Some(name) => name.parse::<Cloud>().map_err(|allowed| bad("api.cloud", &name, &allowed))?,
+        None => Cloud::default(),
+    };
 
     let authority =
-        check_url("auth.authority", &pick(&args.authority, "auth.authority")?.unwrap_or(DEFAULT_AUTHORITY.into()))?;
-    let scope = pick(&args.scope, "auth.scope")?.unwrap_or(DEFAULT_SCOPE.into());
+        check_url("auth.authority", &pick(&args.authority, "auth.authority")?.unwrap_or(cloud.authority.into()))?;
+    let scope = pick(&args.scope, "auth.scope")?.unwrap_or(cloud.scope.into());
     if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
         return Err(bad("auth.scope", &scope, "a scope URL such as https://api.securitycenter.microsoft.com/.default"));
     }
-    let api_base =
-        check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(DEFAULT_API_BASE.into()))?;
+    let api_base = check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(cloud.api_base.into()))?;
     let timeout = match pick(&args.timeout, "api.timeout")? {
         Some(v) => parse_duration("api.timeout", &v)?,
         None => DEFAULT_TIMEOUT,
@@ -294,6 +355,9 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         client_id,
         client_secret,
         secret_source,
+        certificate,
+        access_token,
+        cloud,
         authority,
         scope,
         api_base,
@@ -311,21 +375,40 @@ impl Settings {
     /// What signing in needs, or an error naming the first thing missing.
     pub fn credentials(&self) -> Result<Credentials> {
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
-        Ok(Credentials {
-            tenant_id: self
-                .tenant_id
-                .clone()
-                .ok_or_else(|| missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file"))?,
-            client_id: self
-                .client_id
-                .clone()
-                .ok_or_else(|| missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file"))?,
-            secret: self.client_secret.clone().ok_or_else(|| {
-                missing(
+        if let Some(token) = &self.access_token {
+            // The token names its tenant and app; settings, when given, say the same for messages and the lock.
+            let claim = |name: &str| crate::auth::claim(token.expose(), name);
+            return Ok(Credentials {
+                tenant_id: self.tenant_id.clone().or_else(|| claim("tid")).unwrap_or_else(|| "unknown-tenant".into()),
+                client_id: self
+                    .client_id
+                    .clone()
+                    .or_else(|| claim("appid").or_else(|| claim("azp")))
+                    .unwrap_or_else(|| "unknown-app".into()),
+                credential: Credential::AccessToken(token.clone()),
+                authority: self.authority.clone(),
+                scope: self.scope.clone(),
+            });
+        }
+        let credential = match (&self.certificate, &self.client_secret) {
+            (Some(certificate), _) => Credential::Certificate(certificate.clone()),
+            (None, Some(secret)) => Credential::Secret(secret.clone()),
+            (None, None) => {
+                return Err(missing(
                     "auth.client_secret",
-                    "put the client secret in the MDE_CLIENT_SECRET environment variable, or in a file named by --client-secret-file",
-                )
+                    "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
+                     --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
+                ));
+            }
+        };
+        Ok(Credentials {
+            tenant_id: self.tenant_id.clone().ok_or_else(|| {
+                missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
             })?,
+            client_id: self.client_id.clone().ok_or_else(|| {
+                missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
+            })?,
+            credential,
             authority: self.authority.clone(),
             scope: self.scope.clone(),
         })
@@ -368,6 +451,82 @@ fn resolve_secret(
             .map(|s| (Some(s), Some(format!("config file {}", config.display()))));
     }
     Ok((None, None))
+}
+
+/// The certificate (with its key) and the ready access token, if given. Precedence when several credentials
+/// are given: an access token, then a certificate, then a secret; the ones not used get a warning.
+fn resolve_identity(
+    args: &SettingsArgs,
+    file: &FileValues,
+    env: &dyn Fn(&str) -> Option<String>,
+    secret_source: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<ClientCertificate>, Option<Secret>)> {
+    let path = |flag: &Option<PathBuf>, key: &str| -> Result<Option<PathBuf>> {
+        Ok(match flag {
+            Some(p) => Some(p.clone()),
+            None => file.string(key)?.map(PathBuf::from),
+        })
+    };
+    let alg = match args.assertion.clone().map(Some).unwrap_or(file.string("auth.assertion")?) {
+        Some(v) => v.parse::<AssertionAlg>().map_err(|allowed| bad("auth.assertion", &v, &allowed))?,
+        None => AssertionAlg::default(),
+    };
+    let certificate = match (path(&args.certificate, "auth.certificate")?, path(&args.private_key, "auth.private_key")?)
+    {
+        (Some(cert), Some(key)) => {
+            if readable_by_others(&key) {
+                warnings.push(format!(
+                    "private key file {} is readable by other users; restrict it (chmod 600)",
+                    key.display()
+                ));
+            }
+            Some(
+                ClientCertificate::load(&cert, &key, alg)
+                    .map_err(|e| Error::Setting { key: "auth.certificate", message: e.to_string() })?,
+            )
+        }
+        (Some(_), None) => {
+            return Err(Error::Setting {
+                key: "auth.private_key",
+                message: "is required with a certificate; set --private-key, MDE_PRIVATE_KEY or auth.private_key"
+                    .into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(Error::Setting {
+                key: "auth.certificate",
+                message: "is required with a private key; set --certificate, MDE_CERTIFICATE or auth.certificate"
+                    .into(),
+            });
+        }
+        (None, None) => None,
+    };
+    let access_token = match env(ACCESS_TOKEN_ENV).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let token = token.strip_prefix("Bearer ").map(str::trim).unwrap_or(&token).to_string();
+            if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(Error::Setting {
+                    key: ACCESS_TOKEN_ENV,
+                    message: "the access token contains spaces, line breaks or control characters".into(),
+                });
+            }
+            Some(Secret::new(token))
+        }
+        None => None,
+    };
+    let secret_from = secret_source;
+    if access_token.is_some() {
+        if certificate.is_some() {
+            warnings.push(format!("{ACCESS_TOKEN_ENV} is set: the certificate is not used"));
+        }
+        if let Some(from) = &secret_from {
+            warnings.push(format!("{ACCESS_TOKEN_ENV} is set: the client secret from {from} is not used"));
+        }
+    } else if let (Some(_), Some(from)) = (&certificate, &secret_from) {
+        warnings.push(format!("signing in with the certificate: the client secret from {from} is not used"));
+    }
+    Ok((certificate, access_token))
 }
 
 fn read_secret_file(path: &Path, warnings: &mut Vec<String>) -> Result<Secret> {
@@ -551,6 +710,67 @@ mod tests {
         let env = |k: &str| (k == SECRET_ENV).then(|| "two words".to_string());
         let msg = resolve(&SettingsArgs::default(), &env).unwrap_err().to_string();
         assert!(msg.contains("spaces") && !msg.contains("two words"), "{msg}");
+    }
+
+    #[test]
+    fn cloud_sets_hosts_and_explicit_settings_win() {
+        let args = SettingsArgs { cloud: Some("gcc-high".into()), ..Default::default() };
+        let s = resolve(&args, &no_env).unwrap();
+        assert_eq!(s.api_base, "https://api-gov.securitycenter.microsoft.us");
+        assert_eq!(s.authority, "https://login.microsoftonline.us");
+        assert_eq!(s.scope, "https://api-gov.securitycenter.microsoft.us/.default");
+        let args = SettingsArgs {
+            cloud: Some("eu".into()),
+            api_base: Some("http://127.0.0.1:9".into()),
+            authority: Some("http://127.0.0.1:8".into()),
+            ..Default::default()
+        };
+        let s = resolve(&args, &no_env).unwrap();
+        assert_eq!((s.api_base.as_str(), s.authority.as_str()), ("http://127.0.0.1:9", "http://127.0.0.1:8"));
+        assert_eq!(s.scope, DEFAULT_SCOPE);
+        let msg = resolve(&SettingsArgs { cloud: Some("mars".into()), ..Default::default() }, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("api.cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_wins_over_a_secret_and_needs_its_key() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let env = |k: &str| (k == SECRET_ENV).then(|| "s3cr3t".to_string());
+        let args = SettingsArgs {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: Some("6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70".into()),
+            certificate: Some(data.join("test-app.cert.pem")),
+            private_key: Some(data.join("test-app.key.pem")),
+            assertion: Some("rs256".into()),
+            ..Default::default()
+        };
+        let s = resolve(&args, &env).unwrap();
+        let c = s.credentials().unwrap();
+        assert!(matches!(&c.credential, Credential::Certificate(cert) if cert.alg() == AssertionAlg::Rs256));
+        assert!(s.warnings.iter().any(|w| w.contains("certificate") && w.contains(SECRET_ENV)), "{:?}", s.warnings);
+        let no_key = SettingsArgs { private_key: None, ..args.clone() };
+        assert!(resolve(&no_key, &env).unwrap_err().to_string().contains("auth.private_key"));
+        let wrong_key = SettingsArgs { private_key: Some(data.join("wrong.key.pem")), ..args.clone() };
+        let msg = resolve(&wrong_key, &env).unwrap_err().to_string();
+        assert!(msg.contains("does not belong") && !msg.contains("PRIVATE KEY"), "{msg}");
+        let bad_alg = SettingsArgs { assertion: Some("hs256".into()), ..args };
+        assert!(resolve(&bad_alg, &env).unwrap_err().to_string().contains("auth.assertion"));
+    }
+
+    #[test]
+    fn access_token_names_tenant_and_app_from_its_claims() {
+        use base64::Engine as _;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"tid":"0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00","appid":"app-guid","exp":4102444800}"#);
+        let token = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln");
+        let env = |k: &str| (k == ACCESS_TOKEN_ENV).then(|| format!("Bearer {token}"));
+        let s = resolve(&SettingsArgs::default(), &env).unwrap();
+        let c = s.credentials().unwrap();
+        assert_eq!((c.tenant_id.as_str(), c.client_id.as_str()), ("0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00", "app-guid"));
+        assert!(matches!(&c.credential, Credential::AccessToken(t) if t.expose() == token));
+        assert!(!format!("{s:?}{c:?}").contains(&payload));
     }
 
     #[cfg(unix)]

@@ -110,6 +110,9 @@ pub struct SimulateArgs {
     /// The app registration that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_CLIENT_ID)]
     pub client_id: String,
+    /// The certificate registered on the app (PEM or DER): certificate sign-in must be signed by its key.
+    #[arg(long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
 }
 
 impl SimulateArgs {
@@ -132,6 +135,13 @@ impl SimulateArgs {
             SimConfig::default_quotas()
         } else {
             self.quotas.clone()
+        };
+        let certificate = match &self.certificate {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::Simulator(format!("cannot read the certificate {}: {e}", path.display())))?,
+            ),
+            None => None,
         };
         let config = SimConfig {
             listen: self.listen,
@@ -165,6 +175,7 @@ impl SimulateArgs {
                 latency: self.latency.unwrap_or_default(),
             },
             secret_expired: self.secret_expired,
+            certificate,
         };
         config.validate()?;
         Ok(config)

@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The app's secret has expired: sign-in answers AADSTS7000222.
     pub secret_expired: bool,
+    /// The certificate registered on the app (PEM or DER). With one, client assertions must name it
+    /// (`x5t#S256` or `x5t`) and be signed by its key; without one, assertions are checked for shape only.
+    pub certificate: Option<Vec<u8>>,
 }
 
 impl Default for SimConfig {
@@ -71,6 +74,7 @@ impl Default for SimConfig {
             lifecycle: Lifecycle::default(),
             faults: Faults::default(),
             secret_expired: false,
+            certificate: None,
         }
     }
 }
@@ -98,6 +102,9 @@ impl SimConfig {
         }
         if l.failed_share + l.timeout_share > 1.0 {
             return fail("failed share and timeout share together must not exceed 1".into());
+        }
+        if let Some(cert) = &self.certificate {
+            super::token::RegisteredCertificate::parse(cert).map_err(Error::Simulator)?;
         }
         self.faults.validate()
     }

@@ -14,7 +14,7 @@
 
 mod actions;
 mod args;
-mod clock;
+pub(crate) mod clock;
 mod config;
 mod faults;
 mod fleet;

@@ -3,7 +3,9 @@
 //! Only the configured tenant and app exist. A token is a JWT-shaped string whose payload carries the usual
 //! claims; its signature is random, so the API accepts exactly the tokens in the issued map, until their
 //! real (scaled) lifetime ends. Client assertions (certificate sign-in) are checked for shape, `iss`, `sub`,
-//! `aud` and time range, but their signature is not verified: any certificate is accepted.
+//! `aud` and time range; when a certificate is registered (`SimConfig::certificate`), the header must name
+//! it (`x5t#S256`, or `x5t` for the older form) and the signature (PS256 or RS256) must verify with its public
+//! key, else AADSTS700027 as Entra ID answers. Without a registered certificate the signature is not checked.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -231,7 +233,7 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
                     format!("client_assertion_type must be '{ASSERTION_TYPE}'."),
                 ));
             }
-            check_assertion(assertion, client_id, tenant)?;
+            check_assertion(assertion, client_id, tenant, config.certificate.as_deref())?;
             true
         }
         (None, None) => {
@@ -298,8 +300,56 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
     })
 }
 
-/// Checks a client assertion's shape and claims (not its signature).
-fn check_assertion(assertion: &str, client_id: &str, tenant: &str) -> Result<(), Refusal> {
+/// The certificate registered on the app, with the thumbprints an assertion header may carry.
+pub(crate) struct RegisteredCertificate {
+    der: Vec<u8>,
+    x5t_s256: String,
+    x5t: String,
+}
+
+impl RegisteredCertificate {
+    /// From PEM (the first CERTIFICATE block) or DER.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let der = if bytes.first() == Some(&0x30) {
+            bytes.to_vec()
+        } else {
+            rustls_pki_types::CertificateDer::from_pem_slice(bytes)
+                .map_err(|e| format!("the registered certificate is not a PEM certificate ({e})"))?
+                .to_vec()
+        };
+        let parsed = rustls_pki_types::CertificateDer::from(der.as_slice());
+        webpki::EndEntityCert::try_from(&parsed)
+            .map_err(|e| format!("the registered certificate cannot be read ({e:?})"))?;
+        Ok(RegisteredCertificate {
+            x5t_s256: URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &der)),
+            x5t: URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)),
+            der,
+        })
+    }
+
+    /// Whether the header names this certificate, and the signature verifies with its key.
+    fn verify(&self, header: &Value, alg: &str, signing_input: &[u8], signature: &[u8]) -> Result<(), &'static str> {
+        let named = header["x5t#S256"].as_str() == Some(self.x5t_s256.as_str())
+            || header["x5t"].as_str() == Some(self.x5t.as_str());
+        if !named {
+            return Err(
+                "The certificate with identifier used to sign the client assertion is not registered on application.",
+            );
+        }
+        let der = rustls_pki_types::CertificateDer::from(self.der.as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| "The registered certificate is not valid.")?;
+        let algorithm = match alg {
+            "PS256" => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            _ => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+        };
+        cert.verify_signature(algorithm, signing_input, signature)
+            .map_err(|_| "Client assertion contains an invalid signature.")
+    }
+}
+
+/// Checks a client assertion's shape and claims, and its signature when a certificate is registered.
+fn check_assertion(assertion: &str, client_id: &str, tenant: &str, registered: Option<&[u8]>) -> Result<(), Refusal> {
     let malformed = || refuse(StatusCode::BAD_REQUEST, "invalid_request", 50027, "JWT token is invalid or malformed.");
     let part = |p: Option<&str>| -> Result<Value, Refusal> {
         let bytes = URL_SAFE_NO_PAD.decode(p.ok_or_else(malformed)?.trim_end_matches('=')).map_err(|_| malformed())?;
@@ -331,6 +381,12 @@ fn check_assertion(assertion: &str, client_id: &str, tenant: &str) -> Result<(),
     let nbf = claims["nbf"].as_i64().unwrap_or(now);
     if exp < now || nbf > now + 300 {
         return Err(invalid(700024, "Client assertion is not within its valid time range."));
+    }
+    if let Some(registered) = registered {
+        let registered = RegisteredCertificate::parse(registered).map_err(|_| malformed())?;
+        let (signing_input, signature) = assertion.rsplit_once('.').ok_or_else(malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature.trim_end_matches('=')).map_err(|_| malformed())?;
+        registered.verify(&header, alg, signing_input.as_bytes(), &signature).map_err(|why| invalid(700027, why))?;
     }
     Ok(())
 }

@@ -619,7 +619,8 @@ async fn quota_periods_scale_and_retry_after_can_be_a_date() {
     assert_eq!(response.status(), 429);
     let date = httpdate::parse_http_date(response.headers()["retry-after"].to_str().unwrap()).expect("an HTTP-date");
     let wait = date.duration_since(SystemTime::now() - Duration::from_millis(50)).expect("in the future");
-    assert!(wait <= Duration::from_secs(2), "{wait:?}");
+    // Whole seconds, rounded up, on a loaded machine: generous.
+    assert!(wait <= Duration::from_secs(3), "{wait:?}");
     let stats = api.sim.stats();
     assert_eq!(stats.max_in_window[0].period_ms, 1000);
     assert_eq!(stats.max_in_window[0].max_seen, 100);

@@ -1,0 +1,186 @@
+//! `mde-offboard check`: the first thing to run against a tenant. It validates the settings, signs in,
+//! compares the token's roles with what each kind of run needs, makes one cheap read call, and says in plain
+//! words what is wrong. It changes nothing in the tenant.
+//!
+//! Exit 0 when a real run would be allowed (signed in, `Machine.Offboard` granted, the API host answers and
+//! accepts the token), 1 otherwise.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::api::{Api, RetryPolicy};
+use crate::auth::{self, TokenCache};
+use crate::error::{Error, exit_code};
+use crate::limiter::Limiter;
+use crate::settings::{self, SettingsArgs};
+
+/// The role a real run needs (Microsoft's documentation).
+const OFFBOARD_ROLE: &str = "Machine.Offboard";
+/// Either of these lets an app read machines and actions: dry runs, pre-flight and tracking.
+const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
+/// The cheap read call.
+const PROBE: &str = "/api/machines?$top=1";
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// The report, line by line, and whether a real run would be allowed.
+struct Report {
+    text: String,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, label: &str, text: impl AsRef<str>) {
+        self.text += &format!("  {label:<18} {}\n", text.as_ref());
+    }
+
+    fn finish(mut self) -> u8 {
+        for note in &self.notes {
+            self.text += &format!("  note: {note}\n");
+        }
+        let code = if self.problems.is_empty() {
+            self.text += "Result: OK, a real run would be allowed.\n";
+            exit_code::OK
+        } else {
+            for problem in &self.problems {
+                self.text += &format!("  problem: {problem}\n");
+            }
+            self.text += "Result: NOT READY, a real run would not be allowed (see the problems above).\n";
+            exit_code::CANNOT_RUN
+        };
+        print!("{}", self.text);
+        code
+    }
+}
+
+/// Runs the check and prints the report; the exit code says whether a real run would be allowed.
+pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Error> {
+    let mut r = Report { text: "mde-offboard check\n".into(), problems: Vec::new(), notes: Vec::new() };
+    let settings = match settings::resolve(&args.settings, env) {
+        Ok(settings) => settings,
+        Err(e) => {
+            r.line("settings", "NOT VALID");
+            r.problems.push(e.to_string());
+            return Ok(r.finish());
+        }
+    };
+    for warning in &settings.warnings {
+        r.notes.push(warning.clone());
+    }
+    r.line("cloud", settings.cloud.name);
+    r.line("API host", &settings.api_base);
+    r.line("sign-in host", &settings.authority);
+    r.line("scope", &settings.scope);
+    let credentials = match settings.credentials() {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            r.line("credentials", "MISSING");
+            r.problems.push(e.to_string());
+            return Ok(r.finish());
+        }
+    };
+    r.line("tenant", &credentials.tenant_id);
+    r.line("app (client id)", &credentials.client_id);
+    r.line("credential", credentials.credential.describe());
+
+    let http = crate::run::http_client(&settings)?;
+    let tokens = std::sync::Arc::new(TokenCache::new(http.clone(), credentials));
+    let started = Instant::now();
+    let token = match tokens.get().await {
+        Ok(token) => token,
+        Err(e) => {
+            r.line("sign-in", "FAILED");
+            r.problems.push(format!("sign-in failed: {e}"));
+            return Ok(r.finish());
+        }
+    };
+    let sign_in = started.elapsed();
+    let bearer = token.bearer();
+    let expiry = auth::claim(bearer.trim_start_matches("Bearer "), "exp")
+        .and_then(|e| e.parse::<u64>().ok())
+        .map(|exp| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            format!(
+                "; the token is valid for {}",
+                humantime::format_duration(Duration::from_secs(exp.saturating_sub(now)))
+            )
+        })
+        .unwrap_or_default();
+    r.line("sign-in", format!("ok in {} ms{expiry}", sign_in.as_millis()));
+
+    let roles = token.roles.clone();
+    let has = |role: &str| roles.iter().any(|r| r.eq_ignore_ascii_case(role));
+    let can_offboard = has(OFFBOARD_ROLE);
+    let read_role = READ_ROLES.iter().find(|r| has(r));
+    if roles.is_empty() {
+        r.line("roles", "none found in the token");
+    } else {
+        r.line("roles", roles.join(", "));
+    }
+    r.line(
+        "real run",
+        match (can_offboard, read_role) {
+            (true, Some(read)) => format!("allowed ({OFFBOARD_ROLE}; {read} for pre-flight and tracking)"),
+            (true, None) => format!("allowed ({OFFBOARD_ROLE}), but without a read role: no pre-flight, no tracking"),
+            (false, _) => format!("NOT allowed: needs {OFFBOARD_ROLE}"),
+        },
+    );
+    r.line(
+        "dry run, tracking",
+        match read_role {
+            Some(read) => format!("allowed ({read})"),
+            None => format!("NOT allowed: needs {} or {}", READ_ROLES[0], READ_ROLES[1]),
+        },
+    );
+    let grant = "add it in the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
+                 Application permissions) and grant admin consent; then sign in again";
+    if !can_offboard {
+        r.problems.push(format!("the token does not hold {OFFBOARD_ROLE}: {grant}"));
+    }
+    if read_role.is_none() {
+        r.notes.push(format!("without {} tracking (--wait, track) cannot work: {grant}", READ_ROLES[0]));
+    }
+
+    // One cheap read through the usual path; few retries: this is a check, not a run.
+    let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
+    let api = Api::new(http, &settings.api_base, tokens, Limiter::shared(&settings.rates), policy);
+    let started = Instant::now();
+    let answer = api.get(PROBE, false).await.answer;
+    let took = started.elapsed().as_millis();
+    match answer {
+        Ok(reply) => r.line("API", format!("GET {PROBE} answered {} in {took} ms", reply.status)),
+        Err(f) => match f.status {
+            Some(403) => {
+                r.line("API", format!("GET {PROBE} answered 403 {} in {took} ms: reachable, token accepted", f.code));
+                if read_role.is_some() {
+                    r.notes.push(format!("the API refused a read although the token holds a read role: {}", f.message));
+                }
+            }
+            Some(401) => {
+                r.line("API", format!("GET {PROBE} answered 401 in {took} ms: the token was refused"));
+                r.problems.push(format!(
+                    "the API host refused the token ({}); check that --cloud, --scope and --api-base belong to the same cloud",
+                    f.message
+                ));
+            }
+            Some(status) => {
+                r.line("API", format!("GET {PROBE} answered {status} {} in {took} ms", f.code));
+                r.problems.push(format!("the API answered {status} {}: {}", f.code, f.message));
+            }
+            None => {
+                r.line("API", format!("UNREACHABLE after {took} ms"));
+                r.problems.push(format!(
+                    "cannot reach the API host {} ({}: {}); check --api-base or --cloud, and the network or proxy",
+                    settings.api_base, f.code, f.message
+                ));
+            }
+        },
+    }
+    Ok(r.finish())
+}
