@@ -149,7 +149,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
 
     // One cheap read through the usual path; few retries: this is a check, not a run.
     let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
-    let api = Api::new(http, &settings.api_base, tokens, Limiter::shared(&settings.rates), policy);
+    let api = Api::new(http, &settings.api_base, tokens, Limiter::new(&settings.rates), policy);
     let started = Instant::now();
     let answer = api.get(PROBE, false).await.answer;
     let took = started.elapsed().as_millis();

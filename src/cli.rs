@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::check::{self, CheckArgs};
 use crate::demo::{self, DemoArgs};
 use crate::error::{Error, exit_code};
+use crate::limiter::Limiter;
 use crate::logging::{self, LogFormat};
 use crate::run::{self, RunArgs};
 use crate::settings;
@@ -104,12 +105,15 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let work = async {
-                let summary = run::command(args, settings.clone(), stopped(stop_rx.clone())).await?;
+                // The run and the tracking after it spend one quota: one limiter paces both.
+                let limiter = Limiter::new(&settings.rates);
+                let summary = run::command(args, settings.clone(), limiter.clone(), stopped(stop_rx.clone())).await?;
                 if !wait.wait || summary.interrupted {
                     return Ok(summary.exit_code());
                 }
                 let tracked =
-                    track::track_file(&summary.results, &settings, wait.options(), stopped(stop_rx.clone())).await?;
+                    track::track_file(&summary.results, &settings, limiter, wait.options(), stopped(stop_rx.clone()))
+                        .await?;
                 print!("{}", tracked.render());
                 Ok(tracked.exit_code())
             };
@@ -120,7 +124,8 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         }
         Command::Track(args) => {
             let settings = resolve_settings(&args.settings)?;
-            let summary = track::track_file(&args.results, &settings, args.options(), shutdown).await?;
+            let limiter = Limiter::new(&settings.rates);
+            let summary = track::track_file(&args.results, &settings, limiter, args.options(), shutdown).await?;
             print!("{}", summary.render());
             Ok(summary.exit_code())
         }

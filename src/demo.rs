@@ -97,6 +97,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         run_id: run::new_run_id(std::time::SystemTime::now()),
         // The demo's tenant is its own: its lock never meets a real run's.
         lock_dir: workdir.clone(),
+        limiter: crate::limiter::Limiter::new(&settings.rates),
         scan: input::scan(Source::Path(machines_path), None)?,
         output: args.output,
         overwrite: true,

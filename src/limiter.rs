@@ -111,22 +111,6 @@ impl Limiter {
         })
     }
 
-    /// The process's limiter for `rates`. A process works for one app registration, so a run and the tracking
-    /// that follows it (`run --wait`) spend one quota and must be paced by one limiter. Other rates get a fresh
-    /// limiter, which becomes the shared one.
-    pub fn shared(rates: &[Rate]) -> Arc<Limiter> {
-        static SHARED: std::sync::Mutex<Option<(Vec<Rate>, Arc<Limiter>)>> = std::sync::Mutex::new(None);
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        match &*shared {
-            Some((known, limiter)) if known.as_slice() == rates => limiter.clone(),
-            _ => {
-                let limiter = Limiter::new(rates);
-                *shared = Some((rates.to_vec(), limiter.clone()));
-                limiter
-            }
-        }
-    }
-
     /// Waits until every quota has room and no pause is in force, then takes a slot in every quota.
     ///
     /// Cancel-safe: dropping the future while it waits holds nothing.

@@ -84,6 +84,8 @@ pub struct Job {
     pub run_id: String,
     /// Where the run lock lives.
     pub lock_dir: PathBuf,
+    /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
+    pub limiter: Arc<Limiter>,
     /// Ask for confirmation before the first offboard call.
     pub confirm: bool,
     /// Show a progress bar (only on a terminal).
@@ -197,9 +199,14 @@ pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
 }
 
 /// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`).
-pub async fn command(args: RunArgs, settings: Settings, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+pub async fn command(
+    args: RunArgs,
+    settings: Settings,
+    limiter: Arc<Limiter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary> {
     let summary_json = args.summary_json.clone();
-    let job = prepare(args, settings)?;
+    let job = prepare(args, settings, limiter)?;
     let run_id = job.run_id.clone();
     match execute(job, shutdown).await {
         Ok(summary) => {
@@ -220,7 +227,7 @@ pub async fn command(args: RunArgs, settings: Settings, shutdown: impl Future<Ou
 }
 
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
-pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
+pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
     let credentials = settings.credentials()?;
     let comment_template = settings.require_comment()?;
     let source = Source::parse(&args.input);
@@ -262,6 +269,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
         resume: args.resume,
         run_id: new_run_id(SystemTime::now()),
         lock_dir: lock::state_dir(),
+        limiter,
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
     })
@@ -335,9 +343,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         }
     }
 
-    let limiter = Limiter::shared(&job.settings.rates);
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
-    let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, limiter, policy));
+    let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
     // The journal before the results file: a kill between the two leaves no results file without one.
     let (journal, writer) = if resumed {
         (Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)

@@ -377,9 +377,11 @@ impl Table {
 
 /// Tracks the actions of the results file `path` until each is final, `options.timeout` passes, or
 /// `shutdown` resolves; updates the file after each pass that changed something.
+/// `limiter` paces the calls; after a run (`run --wait`) it is the run's own, as both spend one quota.
 pub async fn track_file(
     path: &Path,
     settings: &Settings,
+    limiter: Arc<Limiter>,
     options: TrackOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
@@ -404,7 +406,7 @@ pub async fn track_file(
     let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
-    let api = Api::new(http, &settings.api_base, tokens, Limiter::shared(&settings.rates), policy);
+    let api = Api::new(http, &settings.api_base, tokens, limiter, policy);
 
     let deadline = started + options.timeout;
     let mut passes = 0;
