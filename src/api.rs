@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, TokenCache, describe_transport};
@@ -66,6 +67,26 @@ struct ErrorDetail {
     code: Option<String>,
     #[serde(default)]
     message: Option<String>,
+}
+
+/// A page of an OData collection: only `value` is used.
+#[derive(Deserialize)]
+struct ListPage<T> {
+    #[serde(default = "Vec::new")]
+    value: Vec<T>,
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Counters for the summary.
@@ -133,6 +154,37 @@ impl Api {
     /// `GET {path}` (path with its query).
     pub async fn get(&self, path_and_query: &str, retry_404: bool) -> CallResult {
         self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
+    }
+
+    /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here).
+    /// Only `value` is read: `@odata.nextLink` is not followed (it has been seen malformed and never ending;
+    /// the caller pages with `$skip`). A 404 is an empty page once the usual second try also answers 404:
+    /// the service has been seen answering an empty list that way. `attempts` counts the HTTP calls.
+    pub async fn list_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filter: Option<&str>,
+        top: usize,
+        skip: usize,
+    ) -> (u32, Result<Vec<T>, Failure>) {
+        let mut query = format!("{path}?$top={top}&$skip={skip}");
+        if let Some(filter) = filter {
+            query.push_str("&$filter=");
+            query.push_str(&percent_encode(filter));
+        }
+        let CallResult { attempts, answer } = self.get(&query, true).await;
+        let page = match answer {
+            Ok(reply) => serde_json::from_slice::<ListPage<T>>(&reply.body).map(|page| page.value).map_err(|e| {
+                Failure {
+                    status: Some(reply.status),
+                    code: "UnreadableAnswer".into(),
+                    message: format!("the list answer is not the expected JSON ({e})"),
+                }
+            }),
+            Err(failure) if failure.status == Some(404) => Ok(Vec::new()),
+            Err(failure) => Err(failure),
+        };
+        (attempts, page)
     }
 
     async fn call(
@@ -326,6 +378,12 @@ mod tests {
         assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn filters_are_percent_encoded() {
+        assert_eq!(percent_encode("type eq 'Offboard'"), "type%20eq%20%27Offboard%27");
+        assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
     }
 
     #[test]

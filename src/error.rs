@@ -37,6 +37,14 @@ pub enum Error {
     #[error("sign-in failed: {0}")]
     Auth(String),
 
+    /// The token lacks an application permission the run needs; found before any API call.
+    #[error("missing permission: {0}")]
+    Permission(String),
+
+    /// The pre-flight or dry run could not read the inventory or the open actions.
+    #[error("pre-flight: {0}")]
+    Preflight(String),
+
     #[error("{0}")]
     Usage(String),
 
