@@ -174,13 +174,13 @@ impl Api {
         }
         let CallResult { attempts, answer } = self.get(&query, true).await;
         let page = match answer {
-            Ok(reply) => serde_json::from_slice::<ListPage<T>>(&reply.body).map(|page| page.value).map_err(|e| {
-                Failure {
+            Ok(reply) => {
+                serde_json::from_slice::<ListPage<T>>(&reply.body).map(|page| page.value).map_err(|e| Failure {
                     status: Some(reply.status),
                     code: "UnreadableAnswer".into(),
                     message: format!("the list answer is not the expected JSON ({e})"),
-                }
-            }),
+                })
+            }
             Err(failure) if failure.status == Some(404) => Ok(Vec::new()),
             Err(failure) => Err(failure),
         };

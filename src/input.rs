@@ -309,15 +309,15 @@ impl Layout {
             });
         }
         // No id column: a name column is the only usable one, so the input is by name.
-        if id_column.is_none() {
-            if let Some(column) = find_header(headers, &NAME_HEADERS) {
-                return Ok(Layout {
-                    column,
-                    header: Some(headers[column].trim().to_string()),
-                    headerless: false,
-                    names: true,
-                });
-            }
+        if id_column.is_none()
+            && let Some(column) = find_header(headers, &NAME_HEADERS)
+        {
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+                names: true,
+            });
         }
         let listed = list_headers(headers);
         let mut message = match id_column {
@@ -346,7 +346,12 @@ impl Layout {
             None => find_header(headers, &NAME_HEADERS),
         };
         if let Some(column) = found {
-            return Ok(Layout { column, header: Some(headers[column].trim().to_string()), headerless: false, names: true });
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+                names: true,
+            });
         }
         let listed = list_headers(headers);
         let mut message = match column {

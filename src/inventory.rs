@@ -323,7 +323,7 @@ impl Inventory {
                     self.keep_action(action);
                 }
             }
-            self.open.sort_by(|a, b| a.machine.cmp(&b.machine));
+            self.open.sort_by_key(|a| a.machine);
         } else if !self.machines.is_empty() {
             self.read_open_actions(api).await?;
         }
@@ -372,7 +372,7 @@ impl Inventory {
                 self.keep_action(action);
             }
         }
-        self.open.sort_by(|a, b| a.machine.cmp(&b.machine));
+        self.open.sort_by_key(|a| a.machine);
         self.open.dedup_by(|a, b| a.machine == b.machine);
         Ok(())
     }
@@ -389,7 +389,8 @@ impl Inventory {
         let mut kept = Vec::new();
         let mut first_ids: Vec<String> = Vec::new();
         for page in 0..MAX_PAGES {
-            let (attempts, answer) = api.list_page::<ActionEntry>(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE).await;
+            let (attempts, answer) =
+                api.list_page::<ActionEntry>(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE).await;
             self.reads.action_pages += 1;
             self.reads.http_calls += u64::from(attempts);
             let entries = answer.map_err(|failure| ReadError { what: what.into(), failure })?;
@@ -401,9 +402,11 @@ impl Inventory {
                 }
                 first_ids.push(first.id.clone());
             }
-            kept.extend(entries.into_iter().filter(|a| {
-                !only_kept || parse_id(&a.machine_id).is_some_and(|id| self.machine_index(&id).is_some())
-            }));
+            kept.extend(
+                entries.into_iter().filter(|a| {
+                    !only_kept || parse_id(&a.machine_id).is_some_and(|id| self.machine_index(&id).is_some())
+                }),
+            );
             if !full {
                 break;
             }
@@ -452,7 +455,7 @@ impl Inventory {
 
     /// Sorts by id and drops machines seen twice (a list that shifted between pages).
     fn sort_machines(&mut self) {
-        self.machines.sort_by(|a, b| a.id.cmp(&b.id));
+        self.machines.sort_by_key(|a| a.id);
         self.machines.dedup_by(|a, b| a.id == b.id);
     }
 
@@ -638,7 +641,10 @@ mod tests {
         assert_eq!(inventory.len(), 2);
         let m = inventory.machine(&parse_id(&hex(3)).unwrap()).unwrap();
         assert_eq!(m.computer_dns_name, "pc-3.contoso.local");
-        assert_eq!((m.os_platform, m.health_status, m.last_seen), (Some("Windows11"), Some("Active"), Some("2026-01-01T00:00:00Z")));
+        assert_eq!(
+            (m.os_platform, m.health_status, m.last_seen),
+            (Some("Windows11"), Some("Active"), Some("2026-01-01T00:00:00Z"))
+        );
         assert!(inventory.machine(&parse_id(&hex(2)).unwrap()).is_none());
     }
 

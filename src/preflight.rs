@@ -392,11 +392,7 @@ pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
 
 type Counts = std::collections::BTreeMap<Outcome, u64>;
 
-fn write_dry_run(
-    rows: crate::input::Rows,
-    mut screen: Screen,
-    mut writer: ResultsWriter,
-) -> Result<(Counts, u64)> {
+fn write_dry_run(rows: crate::input::Rows, mut screen: Screen, mut writer: ResultsWriter) -> Result<(Counts, u64)> {
     let mut counts = Counts::new();
     let mut written = 0;
     for row in rows {

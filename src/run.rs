@@ -134,7 +134,8 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<Job> {
     let credentials = settings.credentials()?;
     let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight };
     // A dry run sends no offboard, so it needs no comment.
-    let comment = if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
+    let comment =
+        if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let output = args.output.clone().unwrap_or_else(|| {
@@ -232,9 +233,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             job.credentials.tenant_id,
             job.settings.api_base,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            humantime::format_duration(Duration::from_secs(
-                estimate(&job.settings, to_offboard, round_trip).as_secs()
-            ))
+            humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_offboard, round_trip).as_secs()))
         );
         eprintln!("{plan}");
         if job.confirm {

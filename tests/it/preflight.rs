@@ -64,8 +64,8 @@ async fn dry_run_costs_pages_not_rows_and_writes_every_outcome() {
     let input = write_file(dir.path(), "fleet.csv", &text);
     let before = sim.stats();
     // No comment is needed: nothing is offboarded.
-    let out = mde_env(&sim, dir.path(), &["run", input.to_str().unwrap(), "--dry-run"], "", &[("MDE_COMMENT", "")])
-        .await;
+    let out =
+        mde_env(&sim, dir.path(), &["run", input.to_str().unwrap(), "--dry-run"], "", &[("MDE_COMMENT", "")]).await;
     let after = sim.stats();
     assert_eq!(out.code, 3, "not_found and invalid rows: exit 3\n{}\n{}", out.stdout, out.stderr);
     assert_eq!(delta(&before, &after, OFFBOARD), 0, "a dry run never offboards");

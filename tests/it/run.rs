@@ -175,7 +175,7 @@ async fn refusals_make_no_api_call() {
     assert!(!out.stderr.contains("wrong-secret"), "the secret leaked: {}", out.stderr);
 
     // An input without an id column.
-    let bad = write_file(dir.path(), "bad.csv", "Name,Owner\npc1,alice\n");
+    let bad = write_file(dir.path(), "bad.csv", "Computer,Owner\npc1,alice\n");
     let out = mde(&sim, &["run", bad.to_str().unwrap(), "--yes"], "").await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("bad.csv"), "{}", out.stderr);
