@@ -13,8 +13,8 @@ use crate::sim::{self, SimulateArgs};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending or duplicate
-  1    the run could not run (settings, sign-in, input or output)
+  0    every row ended submitted, already_pending or duplicate (a dry run: would_submit too)
+  1    the run could not run (settings, sign-in, a missing permission, the pre-flight, input or output)
   2    usage error, or a confirmation was needed and could not be asked
   3    the run finished but some rows did not end well (see the results file)
   130  interrupted (Ctrl-C or SIGTERM)";
