@@ -10,6 +10,8 @@
 //! id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵ (3 × 10⁻⁸ for a million
 //! ids), and if that ever happened the second machine would be reported `duplicate` and not offboarded:
 //! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
+//! The scan keeps those hashes, sorted (8 bytes per distinct id: 8 MB for a million), as the list of what the
+//! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass.
 //!
 //! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
@@ -79,6 +81,8 @@ pub struct Scan {
     pub by_name: bool,
     layout: Layout,
     hasher: RandomState,
+    /// The hashes of the distinct ids (or names), sorted.
+    keys: Arc<[u64]>,
     /// The copy of standard input; kept alive by every [`Rows`] reading it.
     spool: Option<Arc<tempfile::NamedTempFile>>,
 }
@@ -120,8 +124,8 @@ pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<
         Source::Path(path) => {
             let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
             let hasher = RandomState::new();
-            let (layout, counts) = read_all(&source, file, column, by_name, &hasher)?;
-            Ok(Scan::new(source, layout, counts, hasher, None))
+            let (layout, counts, keys) = read_all(&source, file, column, by_name, &hasher)?;
+            Ok(Scan::new(source, layout, counts, hasher, keys, None))
         }
         Source::Stdin => scan_spooled(source, io::stdin().lock(), column, by_name),
     }
@@ -137,9 +141,9 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_na
     if let Some(e) = tee.failed.take() {
         return Err(spool_error(e));
     }
-    let (layout, counts) = result?;
+    let (layout, counts, keys) = result?;
     tee.copy.flush().map_err(spool_error)?;
-    Ok(Scan::new(source, layout, counts, hasher, Some(Arc::new(spool))))
+    Ok(Scan::new(source, layout, counts, hasher, keys, Some(Arc::new(spool))))
 }
 
 impl Scan {
@@ -148,6 +152,7 @@ impl Scan {
         layout: Layout,
         counts: Counts,
         hasher: RandomState,
+        keys: Arc<[u64]>,
         spool: Option<Arc<tempfile::NamedTempFile>>,
     ) -> Scan {
         Scan {
@@ -160,8 +165,20 @@ impl Scan {
             by_name: layout.names,
             layout,
             hasher,
+            keys,
             spool,
         }
+    }
+
+    /// What the input asks about: the hash of each distinct id (its 20 bytes) or name (its normalised UTF-8),
+    /// by [`Scan::key_hasher`], sorted.
+    pub fn keys(&self) -> Arc<[u64]> {
+        Arc::clone(&self.keys)
+    }
+
+    /// The hasher of [`Scan::keys`].
+    pub fn key_hasher(&self) -> &RandomState {
+        &self.hasher
     }
 
     /// Streams the rows again, for the run. Yields an error (and then ends) if the input changed since the
@@ -425,7 +442,7 @@ fn read_all(
     id_column: Option<&str>,
     by_name: bool,
     hasher: &RandomState,
-) -> Result<(Layout, Counts)> {
+) -> Result<(Layout, Counts, Arc<[u64]>)> {
     let mut reader = RowReader::open(source, input, hasher.clone())?;
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
@@ -437,7 +454,11 @@ fn read_all(
     while let Some(row) = reader.next_row(&layout)? {
         counts.count(&row.kind);
     }
-    Ok((layout, counts))
+    let seen = std::mem::take(&mut reader.seen);
+    let mut keys: Vec<u64> = Vec::with_capacity(seen.len());
+    keys.extend(seen);
+    keys.sort_unstable();
+    Ok((layout, counts, keys.into()))
 }
 
 /// Records, validated, blank ones skipped; rows, classified, duplicates remembered.

@@ -19,6 +19,7 @@
 //! name.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -54,39 +55,41 @@ pub fn id_text(id: &Id) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the input asks about, gathered in one streaming pass: hashes of its distinct ids or names.
+/// What the input asks about: hashes of its distinct ids (their 20 bytes) or names (as [`normalise_name`]
+/// gives them), sorted, as the input's scan made them ([`crate::input::Scan::keys`]).
 pub struct Wanted {
     by_name: bool,
     hasher: RandomState,
-    keys: Vec<u64>,
-    /// The first ids as written, for the per-id lookups of a tiny input.
-    first: Vec<Id>,
+    keys: Arc<[u64]>,
+    /// The ids themselves, for the per-id lookups of a tiny input (see [`by_id_is_cheaper`]).
+    ids: Vec<Id>,
 }
 
 impl Wanted {
-    pub fn new(by_name: bool) -> Wanted {
-        Wanted { by_name, hasher: RandomState::new(), keys: Vec::new(), first: Vec::new() }
+    /// `keys` sorted, by `hasher`; `ids` the input's ids when it is tiny (may be empty otherwise).
+    pub fn new(by_name: bool, hasher: RandomState, keys: Arc<[u64]>, ids: Vec<Id>) -> Wanted {
+        debug_assert!(keys.is_sorted());
+        Wanted { by_name, hasher, keys, ids }
     }
 
-    /// Adds an id (ignored unless it is one).
-    pub fn add_id(&mut self, id: &str) {
-        if let Some(id) = parse_id(id) {
-            self.keys.push(self.hasher.hash_one(id));
-            if self.first.len() < PER_ID_MAX {
-                self.first.push(id);
+    /// From ids or names as text (tests, small inputs).
+    pub fn of<'a>(by_name: bool, items: impl IntoIterator<Item = &'a str>) -> Wanted {
+        let hasher = RandomState::new();
+        let mut keys = Vec::new();
+        let mut ids = Vec::new();
+        for item in items {
+            if by_name {
+                keys.push(hasher.hash_one(item.as_bytes()));
+            } else if let Some(id) = parse_id(item) {
+                keys.push(hasher.hash_one(id));
+                ids.push(id);
             }
         }
-    }
-
-    /// Adds a computer name, as [`normalise_name`] gives it.
-    pub fn add_name(&mut self, name: &str) {
-        self.keys.push(self.hasher.hash_one(name.as_bytes()));
-    }
-
-    fn finish(&mut self) {
-        self.keys.sort_unstable();
-        self.keys.dedup();
-        self.keys.shrink_to_fit();
+        keys.sort_unstable();
+        keys.dedup();
+        ids.sort_unstable();
+        ids.dedup();
+        Wanted::new(by_name, hasher, keys.into(), ids)
     }
 
     /// Distinct ids or names (hashes) asked about.
@@ -108,7 +111,7 @@ impl Wanted {
 }
 
 /// Inputs of up to this many ids may be read by id instead of in pages (see [`by_id_is_cheaper`]).
-const PER_ID_MAX: usize = 2;
+pub const PER_ID_MAX: usize = 2;
 
 /// Whether reading `n` ids one by one costs fewer calls than the least the batched reads can cost (one
 /// inventory page and one list per open status): one GET per id, plus, per id, its actions by `machineId`
@@ -272,9 +275,8 @@ impl Inventory {
     }
 
     /// Reads what `wanted` asks about: by id for a tiny input of ids, in pages otherwise.
-    pub async fn load(api: &Api, mut wanted: Wanted) -> Result<Inventory, ReadError> {
-        wanted.finish();
-        let by_id = !wanted.by_name && by_id_is_cheaper(wanted.len());
+    pub async fn load(api: &Api, wanted: Wanted) -> Result<Inventory, ReadError> {
+        let by_id = !wanted.by_name && by_id_is_cheaper(wanted.len()) && wanted.ids.len() == wanted.len();
         let mut inventory = Inventory::new(wanted);
         if inventory.wanted.is_empty() {
             return Ok(inventory);
@@ -291,7 +293,7 @@ impl Inventory {
 
     async fn read_by_id(&mut self, api: &Api) -> Result<(), ReadError> {
         self.reads.by_id = true;
-        for id in self.wanted.first.clone() {
+        for id in self.wanted.ids.clone() {
             let text = id_text(&id);
             let result = api.get(&format!("/api/machines/{text}"), true).await;
             self.reads.machine_lookups += 1;
@@ -627,10 +629,7 @@ mod tests {
     #[test]
     fn machines_asked_about_are_kept_once_and_compactly() {
         assert_eq!(std::mem::size_of::<Known>(), 32);
-        let mut wanted = Wanted::new(false);
-        wanted.add_id(&hex(1));
-        wanted.add_id(&hex(3).to_uppercase());
-        wanted.finish();
+        let wanted = Wanted::of(false, [hex(1).as_str(), hex(3).to_uppercase().as_str()]);
         let mut inventory = Inventory::new(wanted);
         for n in 0..5 {
             inventory.keep(&entry(&hex(n), &format!("pc-{n}.contoso.local")));
@@ -650,11 +649,7 @@ mod tests {
 
     #[test]
     fn names_match_whole_or_by_first_label_and_several_are_ambiguous() {
-        let mut wanted = Wanted::new(true);
-        for name in ["pc-1", "pc-2.contoso.local", "pc-2", "srv", "pc-3.other.local", "none"] {
-            wanted.add_name(name);
-        }
-        wanted.finish();
+        let wanted = Wanted::of(true, ["pc-1", "pc-2.contoso.local", "pc-2", "srv", "pc-3.other.local", "none"]);
         let mut inventory = Inventory::new(wanted);
         inventory.keep(&entry(&hex(1), "PC-1.contoso.local"));
         inventory.keep(&entry(&hex(2), "pc-2.contoso.local"));
@@ -681,9 +676,7 @@ mod tests {
 
     #[test]
     fn open_actions_are_kept_for_kept_machines_only() {
-        let mut wanted = Wanted::new(false);
-        wanted.add_id(&hex(1));
-        wanted.finish();
+        let wanted = Wanted::of(false, [hex(1).as_str()]);
         let mut inventory = Inventory::new(wanted);
         inventory.keep(&entry(&hex(1), "pc-1"));
         inventory.sort_machines();

@@ -22,7 +22,7 @@ use crate::api::{Api, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result};
 use crate::input::{InputRow, RowKind, Scan};
-use crate::inventory::{Id, Inventory, Machine, Wanted, id_text, parse_id};
+use crate::inventory::{Id, Inventory, Machine, PER_ID_MAX, Wanted, id_text, parse_id};
 use crate::limiter::Limiter;
 use crate::results::{Outcome, ResultRow, ResultsWriter};
 use crate::run::{self, Job, Summary};
@@ -301,7 +301,7 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     if !job.preflight.reads(job.scan.by_name) {
         return Ok(None);
     }
-    let wanted = collect(&job.scan).await?;
+    let wanted = collect(&job.scan)?;
     let inventory = Inventory::load(api, wanted).await.map_err(|e| {
         let next = if job.preflight.dry_run || job.scan.by_name {
             "nothing was done"
@@ -316,23 +316,17 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     Ok(Some(screen))
 }
 
-/// One streaming pass over the input: the ids (or names) it asks about.
-async fn collect(scan: &Scan) -> Result<Wanted> {
-    let rows = scan.rows()?;
-    let by_name = scan.by_name;
-    tokio::task::spawn_blocking(move || {
-        let mut wanted = Wanted::new(by_name);
-        for row in rows {
-            match row?.kind {
-                RowKind::Valid(id) => wanted.add_id(&id),
-                RowKind::Name(name) => wanted.add_name(&name),
-                RowKind::Invalid | RowKind::Duplicate => {}
+/// What the input asks about: the scan's hashes, and for a tiny input its ids (one more pass over a few rows).
+fn collect(scan: &Scan) -> Result<Wanted> {
+    let mut ids = Vec::new();
+    if !scan.by_name && scan.valid <= PER_ID_MAX as u64 {
+        for row in scan.rows()? {
+            if let RowKind::Valid(id) = row?.kind {
+                ids.extend(parse_id(&id));
             }
         }
-        Ok(wanted)
-    })
-    .await
-    .map_err(|e| Error::Preflight(format!("the input pass stopped: {e}")))?
+    }
+    Ok(Wanted::new(scan.by_name, scan.key_hasher().clone(), scan.keys(), ids))
 }
 
 /// `run --dry-run`: sign in, check the read permission, read in batches, write what a real run would do.
