@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, TokenCache, describe_transport};
@@ -67,13 +66,6 @@ struct ErrorDetail {
     code: Option<String>,
     #[serde(default)]
     message: Option<String>,
-}
-
-/// A page of an OData collection: only `value` is used.
-#[derive(Deserialize)]
-struct ListPage<T> {
-    #[serde(default = "Vec::new")]
-    value: Vec<T>,
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
@@ -156,32 +148,33 @@ impl Api {
         self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
     }
 
-    /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here).
-    /// Only `value` is read: `@odata.nextLink` is not followed (it has been seen malformed and never ending;
-    /// the caller pages with `$skip`). A 404 is an empty page once the usual second try also answers 404:
-    /// the service has been seen answering an empty list that way. `attempts` counts the HTTP calls.
-    pub async fn list_page<T: DeserializeOwned>(
+    /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here); `read`
+    /// reads the body (in place: a page of 10,000 machines is megabytes). `@odata.nextLink` is not followed (it
+    /// has been seen malformed and never ending; the caller pages with `$skip`). A 404 is an empty list
+    /// (`{"value": []}`) once the usual second try also answers 404: the service has been seen answering an
+    /// empty list that way. The `u32` counts the HTTP calls.
+    pub async fn list_page<R>(
         &self,
         path: &str,
         filter: Option<&str>,
         top: usize,
         skip: usize,
-    ) -> (u32, Result<Vec<T>, Failure>) {
+        read: impl FnOnce(&[u8]) -> Result<R, String>,
+    ) -> (u32, Result<R, Failure>) {
         let mut query = format!("{path}?$top={top}&$skip={skip}");
         if let Some(filter) = filter {
             query.push_str("&$filter=");
             query.push_str(&percent_encode(filter));
         }
         let CallResult { attempts, answer } = self.get(&query, true).await;
+        let unreadable = |status: u16, message: String| Failure {
+            status: Some(status),
+            code: "UnreadableAnswer".into(),
+            message: format!("the list answer is not the expected JSON ({message})"),
+        };
         let page = match answer {
-            Ok(reply) => {
-                serde_json::from_slice::<ListPage<T>>(&reply.body).map(|page| page.value).map_err(|e| Failure {
-                    status: Some(reply.status),
-                    code: "UnreadableAnswer".into(),
-                    message: format!("the list answer is not the expected JSON ({e})"),
-                })
-            }
-            Err(failure) if failure.status == Some(404) => Ok(Vec::new()),
+            Ok(reply) => read(&reply.body).map_err(|e| unreadable(reply.status, e)),
+            Err(failure) if failure.status == Some(404) => read(br#"{"value":[]}"#).map_err(|e| unreadable(404, e)),
             Err(failure) => Err(failure),
         };
         (attempts, page)

@@ -82,7 +82,7 @@ pub struct Scan {
     layout: Layout,
     hasher: RandomState,
     /// The hashes of the distinct ids (or names), sorted.
-    keys: Arc<[u64]>,
+    keys: Arc<Vec<u64>>,
     /// The copy of standard input; kept alive by every [`Rows`] reading it.
     spool: Option<Arc<tempfile::NamedTempFile>>,
 }
@@ -152,7 +152,7 @@ impl Scan {
         layout: Layout,
         counts: Counts,
         hasher: RandomState,
-        keys: Arc<[u64]>,
+        keys: Arc<Vec<u64>>,
         spool: Option<Arc<tempfile::NamedTempFile>>,
     ) -> Scan {
         Scan {
@@ -172,7 +172,7 @@ impl Scan {
 
     /// What the input asks about: the hash of each distinct id (its 20 bytes) or name (its normalised UTF-8),
     /// by [`Scan::key_hasher`], sorted.
-    pub fn keys(&self) -> Arc<[u64]> {
+    pub fn keys(&self) -> Arc<Vec<u64>> {
         Arc::clone(&self.keys)
     }
 
@@ -442,7 +442,7 @@ fn read_all(
     id_column: Option<&str>,
     by_name: bool,
     hasher: &RandomState,
-) -> Result<(Layout, Counts, Arc<[u64]>)> {
+) -> Result<(Layout, Counts, Arc<Vec<u64>>)> {
     let mut reader = RowReader::open(source, input, hasher.clone())?;
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
@@ -458,7 +458,7 @@ fn read_all(
     let mut keys: Vec<u64> = Vec::with_capacity(seen.len());
     keys.extend(seen);
     keys.sort_unstable();
-    Ok((layout, counts, keys.into()))
+    Ok((layout, counts, Arc::new(keys)))
 }
 
 /// Records, validated, blank ones skipped; rows, classified, duplicates remembered.

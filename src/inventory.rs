@@ -18,6 +18,7 @@
 //! ids or names only makes a machine be kept that is not asked about: every lookup compares the real id or
 //! name.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -60,14 +61,14 @@ pub fn id_text(id: &Id) -> String {
 pub struct Wanted {
     by_name: bool,
     hasher: RandomState,
-    keys: Arc<[u64]>,
+    keys: Arc<Vec<u64>>,
     /// The ids themselves, for the per-id lookups of a tiny input (see [`by_id_is_cheaper`]).
     ids: Vec<Id>,
 }
 
 impl Wanted {
     /// `keys` sorted, by `hasher`; `ids` the input's ids when it is tiny (may be empty otherwise).
-    pub fn new(by_name: bool, hasher: RandomState, keys: Arc<[u64]>, ids: Vec<Id>) -> Wanted {
+    pub fn new(by_name: bool, hasher: RandomState, keys: Arc<Vec<u64>>, ids: Vec<Id>) -> Wanted {
         debug_assert!(keys.is_sorted());
         Wanted { by_name, hasher, keys, ids }
     }
@@ -89,7 +90,7 @@ impl Wanted {
         keys.dedup();
         ids.sort_unstable();
         ids.dedup();
-        Wanted::new(by_name, hasher, keys.into(), ids)
+        Wanted::new(by_name, hasher, Arc::new(keys), ids)
     }
 
     /// Distinct ids or names (hashes) asked about.
@@ -210,20 +211,27 @@ pub struct Inventory {
     pub reads: Reads,
 }
 
-/// The part of a Machine the reads use; unknown fields are ignored.
+/// A page of an OData collection: only `value` is used.
+#[derive(Deserialize)]
+struct ListPage<T> {
+    #[serde(default = "Vec::new")]
+    value: Vec<T>,
+}
+
+/// The part of a Machine the reads use, borrowed from the page where it can be; unknown fields are ignored.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MachineEntry {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    computer_dns_name: Option<String>,
-    #[serde(default)]
-    os_platform: Option<String>,
-    #[serde(default)]
-    health_status: Option<String>,
-    #[serde(default)]
-    last_seen: Option<String>,
+struct MachineEntry<'a> {
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    computer_dns_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    os_platform: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    health_status: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    last_seen: Option<Cow<'a, str>>,
 }
 
 /// The part of a MachineAction the reads use.
@@ -300,7 +308,7 @@ impl Inventory {
             self.reads.http_calls += u64::from(result.attempts);
             match result.answer {
                 Ok(reply) => {
-                    let entry: MachineEntry = serde_json::from_slice(&reply.body).map_err(|e| ReadError {
+                    let entry: MachineEntry<'_> = serde_json::from_slice(&reply.body).map_err(|e| ReadError {
                         what: format!("machine {text}"),
                         failure: Failure {
                             status: Some(reply.status),
@@ -336,23 +344,30 @@ impl Inventory {
     async fn read_pages(&mut self, api: &Api) -> Result<(), ReadError> {
         let mut first_ids: Vec<String> = Vec::new();
         for page in 0..MAX_PAGES {
-            let (attempts, answer) =
-                api.list_page::<MachineEntry>("/api/machines", None, PAGE_SIZE, page * PAGE_SIZE).await;
+            let (attempts, answer) = api
+                .list_page("/api/machines", None, PAGE_SIZE, page * PAGE_SIZE, |body| {
+                    let entries =
+                        serde_json::from_slice::<ListPage<MachineEntry>>(body).map_err(|e| e.to_string())?.value;
+                    let first = entries.first().map(|e| e.id.to_string());
+                    let repeated = first.as_ref().is_some_and(|f| first_ids.contains(f));
+                    if !repeated {
+                        for entry in &entries {
+                            self.keep(entry);
+                        }
+                    }
+                    Ok((entries.len(), first, repeated))
+                })
+                .await;
             self.reads.inventory_pages += 1;
             self.reads.http_calls += u64::from(attempts);
-            let entries = answer.map_err(|failure| ReadError { what: "the device inventory".into(), failure })?;
-            let full = entries.len() >= PAGE_SIZE;
-            if let Some(first) = entries.first() {
-                if first_ids.contains(&first.id) {
-                    tracing::warn!(page, "the inventory repeats an earlier page (was $skip ignored?): stopping there");
-                    break;
-                }
-                first_ids.push(first.id.clone());
+            let (len, first, repeated) =
+                answer.map_err(|failure| ReadError { what: "the device inventory".into(), failure })?;
+            let full = len >= PAGE_SIZE;
+            if repeated {
+                tracing::warn!(page, "the inventory repeats an earlier page (was $skip ignored?): stopping there");
+                break;
             }
-            for entry in &entries {
-                self.keep(entry);
-            }
-            drop(entries);
+            first_ids.extend(first);
             self.sort_machines();
             tracing::debug!(page, kept = self.machines.len(), "inventory page read");
             // A list of ids is complete once every id has been seen; names may name more machines further on.
@@ -391,8 +406,11 @@ impl Inventory {
         let mut kept = Vec::new();
         let mut first_ids: Vec<String> = Vec::new();
         for page in 0..MAX_PAGES {
-            let (attempts, answer) =
-                api.list_page::<ActionEntry>(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE).await;
+            let (attempts, answer) = api
+                .list_page(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE, |body| {
+                    serde_json::from_slice::<ListPage<ActionEntry>>(body).map(|p| p.value).map_err(|e| e.to_string())
+                })
+                .await;
             self.reads.action_pages += 1;
             self.reads.http_calls += u64::from(attempts);
             let entries = answer.map_err(|failure| ReadError { what: what.into(), failure })?;
@@ -597,10 +615,10 @@ mod tests {
 
     const A: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 
-    fn entry(id: &str, name: &str) -> MachineEntry {
+    fn entry(id: &str, name: &str) -> MachineEntry<'static> {
         MachineEntry {
-            id: id.into(),
-            computer_dns_name: Some(name.into()),
+            id: Cow::Owned(id.into()),
+            computer_dns_name: Some(Cow::Owned(name.into())),
             os_platform: Some("Windows11".into()),
             health_status: Some("Active".into()),
             last_seen: Some("2026-01-01T00:00:00Z".into()),
