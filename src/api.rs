@@ -68,6 +68,19 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Counters for the summary.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -155,6 +168,38 @@ impl Api {
     /// `GET {path}` (path with its query).
     pub async fn get(&self, path_and_query: &str, retry_404: bool) -> CallResult {
         self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
+    }
+
+    /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here); `read`
+    /// reads the body (in place: a page of 10,000 machines is megabytes). `@odata.nextLink` is not followed (it
+    /// has been seen malformed and never ending; the caller pages with `$skip`). A 404 is an empty list
+    /// (`{"value": []}`) once the usual second try also answers 404: the service has been seen answering an
+    /// empty list that way. The `u32` counts the HTTP calls.
+    pub async fn list_page<R>(
+        &self,
+        path: &str,
+        filter: Option<&str>,
+        top: usize,
+        skip: usize,
+        read: impl FnOnce(&[u8]) -> Result<R, String>,
+    ) -> (u32, Result<R, Failure>) {
+        let mut query = format!("{path}?$top={top}&$skip={skip}");
+        if let Some(filter) = filter {
+            query.push_str("&$filter=");
+            query.push_str(&percent_encode(filter));
+        }
+        let CallResult { attempts, answer } = self.get(&query, true).await;
+        let unreadable = |status: u16, message: String| Failure {
+            status: Some(status),
+            code: "UnreadableAnswer".into(),
+            message: format!("the list answer is not the expected JSON ({message})"),
+        };
+        let page = match answer {
+            Ok(reply) => read(&reply.body).map_err(|e| unreadable(reply.status, e)),
+            Err(failure) if failure.status == Some(404) => read(br#"{"value":[]}"#).map_err(|e| unreadable(404, e)),
+            Err(failure) => Err(failure),
+        };
+        (attempts, page)
     }
 
     async fn call(
@@ -356,6 +401,12 @@ mod tests {
         assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn filters_are_percent_encoded() {
+        assert_eq!(percent_encode("type eq 'Offboard'"), "type%20eq%20%27Offboard%27");
+        assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
     }
 
     #[test]

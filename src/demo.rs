@@ -103,6 +103,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         overwrite: true,
         confirm: false,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        preflight: Default::default(),
         settings,
     };
     let summary = run::execute(job, shutdown).await;

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 /// Exit codes, documented in README and `--help`.
 pub mod exit_code {
-    /// Every row ended `submitted`, `already_pending` or `duplicate`.
+    /// Every row ended `submitted`, `already_pending` or `duplicate` (a dry run: `would_submit` too).
     pub const OK: u8 = 0;
-    /// The run could not run: settings, sign-in, input or output.
+    /// The run could not run: settings, sign-in, a missing permission, the pre-flight's reads, input or output.
     pub const CANNOT_RUN: u8 = 1;
     /// The command line was wrong, or a confirmation was needed and could not be asked.
     pub const USAGE: u8 = 2;
@@ -36,6 +36,14 @@ pub enum Error {
 
     #[error("sign-in failed: {0}")]
     Auth(String),
+
+    /// The token lacks an application permission the run needs; found before any API call.
+    #[error("missing permission: {0}")]
+    Permission(String),
+
+    /// The pre-flight or dry run could not read the inventory or the open actions.
+    #[error("pre-flight: {0}")]
+    Preflight(String),
 
     #[error("{0}")]
     Usage(String),

@@ -10,12 +10,18 @@
 //! id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵ (3 × 10⁻⁸ for a million
 //! ids), and if that ever happened the second machine would be reported `duplicate` and not offboarded:
 //! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
+//! The scan keeps those hashes, sorted (8 bytes per distinct id: 8 MB for a million), as the list of what the
+//! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass.
 //!
 //! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
 //! `--id-column`), or no header at all when the first field of the first row is already a machine id.
 //! A UTF-8 byte-order mark, CRLF, quoted fields, blank lines, extra columns and ragged rows are normal.
 //! An id is 40 hexadecimal characters after trimming, and is compared and sent in lowercase.
+//!
+//! Input by name: with `--by-name` (see [`scan_with`]), or when the header has no id column but a computer
+//! name column (`computerDnsName`, `DeviceName`, `Device Name`, `Name`, matched the same way), rows are
+//! [`RowKind::Name`]s: trimmed, lowercased, a trailing dot dropped. The pre-flight resolves them to ids.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -28,6 +34,8 @@ use crate::error::{Error, Result};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
+/// The header names taken as a computer name column, most specific first, compared the same way.
+const NAME_HEADERS: [&str; 3] = ["computerdnsname", "devicename", "name"];
 
 /// Where the machine list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +69,7 @@ pub struct Scan {
     pub source: Source,
     /// Data rows (the header and blank lines are not rows).
     pub rows: u64,
-    /// Rows with a machine id seen for the first time: the machines the run will touch.
+    /// Rows with a machine id (or, by name, a name) seen for the first time: the machines the run will touch.
     pub valid: u64,
     /// Rows whose id cell is not a machine id (never sent).
     pub invalid: u64,
@@ -69,8 +77,12 @@ pub struct Scan {
     pub duplicates: u64,
     /// The id column's header as written; `None` when the file has no header row.
     pub id_column: Option<String>,
+    /// The column holds computer names, not ids: rows are [`RowKind::Name`].
+    pub by_name: bool,
     layout: Layout,
     hasher: RandomState,
+    /// The hashes of the distinct ids (or names), sorted.
+    keys: Arc<Vec<u64>>,
     /// The copy of standard input; kept alive by every [`Rows`] reading it.
     spool: Option<Arc<tempfile::NamedTempFile>>,
 }
@@ -89,6 +101,8 @@ pub struct InputRow {
 pub enum RowKind {
     /// A machine id seen for the first time, in lowercase.
     Valid(String),
+    /// A computer name seen for the first time (input by name): trimmed, lowercase, no trailing dot.
+    Name(String),
     /// Not a machine id: never sent.
     Invalid,
     /// An id already seen on an earlier row: never sent twice.
@@ -100,30 +114,36 @@ pub enum RowKind {
 /// Any error here stops the run before its first API call; the error names the input, the line and the
 /// problem. An input with only a header is not an error: it is an empty run.
 pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
+    scan_with(source, id_column, false)
+}
+
+/// As [`scan`]; `by_name` reads the column as computer names (`column` then names the name column). Without
+/// it, a header with no id column but a name column is read by name too.
+pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<Scan> {
     match &source {
         Source::Path(path) => {
             let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
             let hasher = RandomState::new();
-            let (layout, counts) = read_all(&source, file, id_column, &hasher)?;
-            Ok(Scan::new(source, layout, counts, hasher, None))
+            let (layout, counts, keys) = read_all(&source, file, column, by_name, &hasher)?;
+            Ok(Scan::new(source, layout, counts, hasher, keys, None))
         }
-        Source::Stdin => scan_spooled(source, io::stdin().lock(), id_column),
+        Source::Stdin => scan_spooled(source, io::stdin().lock(), column, by_name),
     }
 }
 
 /// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
-fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>) -> Result<Scan> {
+fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
     let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
     let mut tee = Tee { input, copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?), failed: None };
     let hasher = RandomState::new();
-    let result = read_all(&source, &mut tee, id_column, &hasher);
+    let result = read_all(&source, &mut tee, id_column, by_name, &hasher);
     if let Some(e) = tee.failed.take() {
         return Err(spool_error(e));
     }
-    let (layout, counts) = result?;
+    let (layout, counts, keys) = result?;
     tee.copy.flush().map_err(spool_error)?;
-    Ok(Scan::new(source, layout, counts, hasher, Some(Arc::new(spool))))
+    Ok(Scan::new(source, layout, counts, hasher, keys, Some(Arc::new(spool))))
 }
 
 impl Scan {
@@ -132,6 +152,7 @@ impl Scan {
         layout: Layout,
         counts: Counts,
         hasher: RandomState,
+        keys: Arc<Vec<u64>>,
         spool: Option<Arc<tempfile::NamedTempFile>>,
     ) -> Scan {
         Scan {
@@ -141,10 +162,23 @@ impl Scan {
             invalid: counts.invalid,
             duplicates: counts.duplicates,
             id_column: layout.header.clone(),
+            by_name: layout.names,
             layout,
             hasher,
+            keys,
             spool,
         }
+    }
+
+    /// What the input asks about: the hash of each distinct id (its 20 bytes) or name (its normalised UTF-8),
+    /// by [`Scan::key_hasher`], sorted.
+    pub fn keys(&self) -> Arc<Vec<u64>> {
+        Arc::clone(&self.keys)
+    }
+
+    /// The hasher of [`Scan::keys`].
+    pub fn key_hasher(&self) -> &RandomState {
+        &self.hasher
     }
 
     /// Streams the rows again, for the run. Yields an error (and then ends) if the input changed since the
@@ -161,8 +195,11 @@ impl Scan {
         let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
-        let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref())?;
-        if layout.column != self.layout.column || layout.headerless != self.layout.headerless {
+        let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
+        if layout.column != self.layout.column
+            || layout.headerless != self.layout.headerless
+            || layout.names != self.layout.names
+        {
             return Err(self.changed());
         }
         if layout.headerless {
@@ -239,25 +276,30 @@ impl Counts {
     fn count(&mut self, kind: &RowKind) {
         self.rows += 1;
         match kind {
-            RowKind::Valid(_) => self.valid += 1,
+            RowKind::Valid(_) | RowKind::Name(_) => self.valid += 1,
             RowKind::Invalid => self.invalid += 1,
             RowKind::Duplicate => self.duplicates += 1,
         }
     }
 }
 
-/// Where the ids are: which column, and whether the first row is a header.
+/// Where the ids (or names) are: which column, and whether the first row is a header.
 #[derive(Clone, Debug)]
 struct Layout {
     column: usize,
     header: Option<String>,
     headerless: bool,
+    /// The column holds computer names.
+    names: bool,
 }
 
 impl Layout {
     /// Decides from the first non-blank record.
-    fn decide(source: &Source, first: &Record, id_column: Option<&str>) -> Result<Layout> {
+    fn decide(source: &Source, first: &Record, id_column: Option<&str>, by_name: bool) -> Result<Layout> {
         let at = |message: String| source.error(format!("line {}: {message}", first.line));
+        if by_name {
+            return Layout::decide_names(source, first, id_column);
+        }
         let looks_like_id = first.fields.first().is_some_and(|f| machine_id(f).is_some());
         if looks_like_id {
             if let Some(name) = id_column {
@@ -265,7 +307,7 @@ impl Layout {
                     "--id-column `{name}` was given, but the file has no header row (its first row is already a machine id); drop --id-column"
                 )));
             }
-            return Ok(Layout { column: 0, header: None, headerless: true });
+            return Ok(Layout { column: 0, header: None, headerless: true, names: false });
         }
         let headers = &first.fields;
         let found = match id_column {
@@ -276,7 +318,23 @@ impl Layout {
             None => ID_HEADERS.iter().find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted)),
         };
         if let Some(column) = found {
-            return Ok(Layout { column, header: Some(headers[column].trim().to_string()), headerless: false });
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+                names: false,
+            });
+        }
+        // No id column: a name column is the only usable one, so the input is by name.
+        if id_column.is_none()
+            && let Some(column) = find_header(headers, &NAME_HEADERS)
+        {
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+                names: true,
+            });
         }
         let listed = list_headers(headers);
         let mut message = match id_column {
@@ -284,7 +342,7 @@ impl Layout {
                 format!("no column named `{name}` (from --id-column); the header has {listed}")
             }
             None => format!(
-                "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id, or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)"
+                "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id (or, to list computer names, computerDnsName, DeviceName or Name), or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)"
             ),
         };
         if let Some(hint) = delimiter_hint(headers) {
@@ -293,6 +351,43 @@ impl Layout {
         }
         Err(at(message))
     }
+
+    /// `--by-name`: the first row is a header with a name column (or the one `--id-column` names).
+    fn decide_names(source: &Source, first: &Record, column: Option<&str>) -> Result<Layout> {
+        let headers = &first.fields;
+        let found = match column {
+            Some(name) => {
+                let wanted = normalise_header(name);
+                headers.iter().position(|h| normalise_header(h) == wanted)
+            }
+            None => find_header(headers, &NAME_HEADERS),
+        };
+        if let Some(column) = found {
+            return Ok(Layout {
+                column,
+                header: Some(headers[column].trim().to_string()),
+                headerless: false,
+                names: true,
+            });
+        }
+        let listed = list_headers(headers);
+        let mut message = match column {
+            Some(name) => format!("no column named `{name}` (from --id-column); the header has {listed}"),
+            None => format!(
+                "no computer name column for --by-name; the header has {listed}. Name the column computerDnsName, DeviceName or Name, or pass --id-column NAME"
+            ),
+        };
+        if let Some(hint) = delimiter_hint(headers) {
+            message.push_str("; ");
+            message.push_str(hint);
+        }
+        Err(source.error(format!("line {}: {message}", first.line)))
+    }
+}
+
+/// The first of `wanted` (normalised names, most specific first) that the header has.
+fn find_header(headers: &[String], wanted: &[&str]) -> Option<usize> {
+    wanted.iter().find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted))
 }
 
 fn list_headers(headers: &[String]) -> String {
@@ -321,6 +416,12 @@ fn normalise_header(name: &str) -> String {
     name.chars().filter(|c| !c.is_whitespace() && *c != '_').flat_map(char::to_lowercase).collect()
 }
 
+/// A computer name as compared: trimmed, lowercase, without a trailing dot (`pc1.contoso.com.`). `None` if empty.
+pub fn normalise_name(cell: &str) -> Option<String> {
+    let name = cell.trim().trim_end_matches('.').trim();
+    (!name.is_empty()).then(|| name.to_lowercase())
+}
+
 /// The machine id in a cell, in lowercase: 40 hexadecimal characters after trimming.
 fn machine_id(cell: &str) -> Option<String> {
     let id = cell.trim();
@@ -339,12 +440,13 @@ fn read_all(
     source: &Source,
     input: impl Read,
     id_column: Option<&str>,
+    by_name: bool,
     hasher: &RandomState,
-) -> Result<(Layout, Counts)> {
+) -> Result<(Layout, Counts, Arc<Vec<u64>>)> {
     let mut reader = RowReader::open(source, input, hasher.clone())?;
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
-    let layout = Layout::decide(source, &first, id_column)?;
+    let layout = Layout::decide(source, &first, id_column, by_name)?;
     if layout.headerless {
         reader.pending = Some(first);
     }
@@ -352,7 +454,11 @@ fn read_all(
     while let Some(row) = reader.next_row(&layout)? {
         counts.count(&row.kind);
     }
-    Ok((layout, counts))
+    let seen = std::mem::take(&mut reader.seen);
+    let mut keys: Vec<u64> = Vec::with_capacity(seen.len());
+    keys.extend(seen);
+    keys.sort_unstable();
+    Ok((layout, counts, Arc::new(keys)))
 }
 
 /// Records, validated, blank ones skipped; rows, classified, duplicates remembered.
@@ -437,6 +543,14 @@ impl<R: Read> RowReader<R> {
             },
         };
         let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
+        if layout.names {
+            let kind = match normalise_name(&raw) {
+                None => RowKind::Invalid,
+                Some(name) if self.seen.insert(self.hasher.hash_one(name.as_bytes())) => RowKind::Name(name),
+                Some(_) => RowKind::Duplicate,
+            };
+            return Ok(Some(InputRow { line: record.line, raw, kind }));
+        }
         let kind = match machine_id(&raw) {
             None => RowKind::Invalid,
             Some(id) => {
@@ -839,7 +953,7 @@ mod tests {
                 Ok(1)
             }
         }
-        let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None).unwrap();
+        let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None, false).unwrap();
         assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
         assert_eq!(scan.input_path(), None);
         let spool = scan.spool.as_ref().unwrap().path().to_path_buf();
@@ -853,7 +967,7 @@ mod tests {
         drop(scan);
         assert_eq!(rows.count(), 3);
         assert!(!spool.exists());
-        let message = scan_spooled(Source::Stdin, &b"Name\nx\n"[..], None).unwrap_err().to_string();
+        let message = scan_spooled(Source::Stdin, &b"Owner\nx\n"[..], None, false).unwrap_err().to_string();
         assert!(message.starts_with("input <stdin>: line 1: no machine id column"), "{message}");
     }
 
@@ -871,6 +985,52 @@ mod tests {
         assert!(rows[0].as_ref().unwrap_err().to_string().contains("changed since"));
         std::fs::write(&path, format!("Name,MachineId\nx,{A}\n")).unwrap();
         assert!(scanned.rows().is_err());
+    }
+
+    fn read_names(content: &str, column: Option<&str>, by_name: bool) -> Result<(Scan, Vec<InputRow>)> {
+        let (_dir, path) = file(content.as_bytes());
+        let scan = scan_with(Source::Path(path), column, by_name)?;
+        let rows = scan.rows()?.collect::<Result<Vec<_>>>()?;
+        Ok((scan, rows))
+    }
+
+    #[test]
+    fn a_name_column_alone_is_read_by_name() {
+        for header in ["computerDnsName", "DeviceName", "Device Name", "name", "computer_dns_name"] {
+            let content = format!("Owner,{header}\nme, PC-1.Contoso.local. \nyou,\nthem,pc-1.contoso.local\nus,pc-2\n");
+            let (scan, rows) = read_names(&content, None, false).unwrap();
+            assert!(scan.by_name, "{header}");
+            assert_eq!(scan.id_column.as_deref(), Some(header));
+            assert_eq!((scan.rows, scan.valid, scan.invalid, scan.duplicates), (4, 2, 1, 1), "{header}");
+            let kinds: Vec<RowKind> = rows.into_iter().map(|r| r.kind).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    RowKind::Name("pc-1.contoso.local".into()),
+                    RowKind::Invalid,
+                    RowKind::Duplicate,
+                    RowKind::Name("pc-2".into())
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_column_wins_over_a_name_column_unless_by_name() {
+        let content = format!("Name,MachineId\npc-1,{A}\n");
+        let (scan, rows) = read_names(&content, None, false).unwrap();
+        assert!(!scan.by_name);
+        assert_eq!(rows[0].kind, valid(A));
+        let (scan, rows) = read_names(&content, None, true).unwrap();
+        assert!(scan.by_name);
+        assert_eq!(rows[0].kind, RowKind::Name("pc-1".into()));
+        // --by-name with --id-column names the name column; the classic interface is unchanged.
+        let content = "Host,Other\npc-9,x\n";
+        let (_, rows) = read_names(content, Some("host"), true).unwrap();
+        assert_eq!(rows[0].kind, RowKind::Name("pc-9".into()));
+        let (_dir, path) = file(content.as_bytes());
+        let message = scan_with(Source::Path(path), None, true).unwrap_err().to_string();
+        assert!(message.contains("no computer name column") && message.contains("`Host`"), "{message}");
     }
 
     #[test]

@@ -19,9 +19,13 @@ use crate::error::{Error, Result};
 pub enum Outcome {
     /// The offboard action was created (requested, not yet done: see `action_status`).
     Submitted,
+    /// Dry run: the machine is in the inventory with no open offboard action; a real run would submit it.
+    WouldSubmit,
     /// An open offboard action already exists for the machine.
     AlreadyPending,
     NotFound,
+    /// A computer name (input by name) that matches several machines: never guessed.
+    Ambiguous,
     Forbidden,
     /// The service does not support offboarding this machine's OS or sensor version.
     Unsupported,
@@ -32,10 +36,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Submitted,
+        Outcome::WouldSubmit,
         Outcome::AlreadyPending,
         Outcome::NotFound,
+        Outcome::Ambiguous,
         Outcome::Forbidden,
         Outcome::Unsupported,
         Outcome::InvalidId,
@@ -46,8 +52,10 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Submitted => "submitted",
+            Outcome::WouldSubmit => "would_submit",
             Outcome::AlreadyPending => "already_pending",
             Outcome::NotFound => "not_found",
+            Outcome::Ambiguous => "ambiguous",
             Outcome::Forbidden => "forbidden",
             Outcome::Unsupported => "unsupported",
             Outcome::InvalidId => "invalid_id",
@@ -68,7 +76,7 @@ impl Outcome {
 
     /// Whether this outcome leaves the exit code at 0.
     pub fn is_ok(self) -> bool {
-        matches!(self, Outcome::Submitted | Outcome::AlreadyPending | Outcome::Duplicate)
+        matches!(self, Outcome::Submitted | Outcome::WouldSubmit | Outcome::AlreadyPending | Outcome::Duplicate)
     }
 }
 

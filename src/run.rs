@@ -26,6 +26,7 @@ use crate::input::{self, InputRow, RowKind, Scan, Source};
 use crate::journal::{self, Journal, RunIdentity};
 use crate::limiter::{self, Limiter};
 use crate::lock::{self, RunLock};
+use crate::preflight::{self, Screened};
 use crate::progress::Progress;
 use crate::results::{self, LineSet, Outcome, ResultRow, ResultsWriter};
 use crate::settings::{Credentials, Settings, SettingsArgs};
@@ -64,9 +65,22 @@ pub struct RunArgs {
     /// Refuse to start when the input has more than N valid machine ids.
     #[arg(long, value_name = "N")]
     pub max_machines: Option<u64>,
-    /// Name of the column holding machine ids (matched ignoring case, spaces and underscores).
+    /// Name of the column holding machine ids (matched ignoring case, spaces and underscores); with --by-name,
+    /// the column holding computer names.
     #[arg(long, value_name = "NAME")]
     pub id_column: Option<String>,
+    /// Offboard nothing: read the inventory and open actions in a few batched calls and write what a real run
+    /// would do (would_submit, not_found, already_pending). Needs only read permission.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Real runs: skip the pre-flight that reads the inventory and open actions first (so that unknown and
+    /// already pending machines cost no offboard call).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub no_preflight: bool,
+    /// The input lists computer names (computerDnsName, DeviceName, Name column): resolve them to ids through
+    /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
+    #[arg(long, conflicts_with = "no_preflight")]
+    pub by_name: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -90,6 +104,8 @@ pub struct Job {
     pub confirm: bool,
     /// Show a progress bar (only on a terminal).
     pub progress: bool,
+    /// Dry run and pre-flight.
+    pub preflight: preflight::Options,
 }
 
 /// What a run did.
@@ -229,19 +245,30 @@ pub async fn command(
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
     let credentials = settings.credentials()?;
-    let comment_template = settings.require_comment()?;
+    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight };
+    // A dry run sends no offboard, so it needs no comment.
+    let comment_template =
+        if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let output = args.output.clone().unwrap_or_else(|| {
-        results::default_path(match &source {
+        let input = match &source {
             Source::Path(p) => Some(p.as_path()),
             Source::Stdin => None,
-        })
+        };
+        if options.dry_run { preflight::default_output(input) } else { results::default_path(input) }
     });
     if !args.resume {
         results::check_writable(&output, args.overwrite)?;
     }
-    let scan = input::scan(source, args.id_column.as_deref())?;
+    let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
+    if scan.by_name && !options.preflight {
+        return Err(Error::Usage(format!(
+            "{} lists computer names (column `{}`), which are resolved through the pre-flight; drop --no-preflight",
+            scan.source.display(),
+            scan.id_column.as_deref().unwrap_or("")
+        )));
+    }
     if let Some(max) = args.max_machines
         && scan.valid > max
     {
@@ -252,7 +279,7 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         )));
     }
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !args.yes && scan.valid > 0 && (!terminal || from_stdin) {
+    if !options.dry_run && !args.yes && scan.valid > 0 && (!terminal || from_stdin) {
         return Err(Error::Usage(
             "offboarding needs a confirmation, and there is no terminal to ask on (or the input is stdin); \
              pass --yes to confirm on the command line"
@@ -272,6 +299,7 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         limiter,
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
+        preflight: options,
     })
 }
 
@@ -295,6 +323,12 @@ pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Durati
 
 /// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
+    // this function returns.
+    let _lock = RunLock::acquire(&job.lock_dir, &job.credentials.tenant_id, &job.credentials.client_id, &job.run_id)?;
+    if job.preflight.dry_run {
+        return preflight::dry_run(job, shutdown).await;
+    }
     let started = Instant::now();
     let started_at = SystemTime::now();
     let journal_path = journal::path_for(&job.output);
@@ -308,8 +342,6 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         comment: job.comment_template.clone(),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
     };
-    // One run at a time per tenant and app: held until this function returns.
-    let _lock = RunLock::acquire(&job.lock_dir, &identity.tenant_id, &identity.client_id, &identity.run_id)?;
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
     let resume =
@@ -319,32 +351,41 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         identity = earlier.identity.clone();
     }
     let comment = expand_comment(&identity.comment, &identity.run_id, started_at);
-    let to_do = job.scan.valid - resume.as_ref().map_or(0, |r| r.finished_machines.min(job.scan.valid));
 
     let http = http_client(&job.settings)?;
     let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
-    tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let round_trip = started.elapsed();
+    // And the permissions, before any API call.
+    preflight::check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
 
-    if to_do > 0 {
+    let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
+    let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
+    // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
+    let mut screen = preflight::load(&job, &api).await?;
+    if let Some(screen) = &screen {
+        eprintln!("Pre-flight: read {}.", screen.describe());
+    }
+    let to_offboard = screen.as_ref().map_or(job.scan.valid, preflight::Screen::to_submit);
+    let to_offboard = to_offboard.saturating_sub(resume.as_ref().map_or(0, |r| r.finished_machines));
+
+    if to_offboard > 0 {
         let plan = format!(
-            "{} {to_do} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
+            "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
             job.credentials.tenant_id,
             job.settings.api_base,
             identity.run_id,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_do, round_trip).as_secs()))
+            humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_offboard, round_trip).as_secs()))
         );
         eprintln!("{plan}");
         if job.confirm {
-            confirm(to_do)?;
+            confirm(to_offboard)?;
         }
     }
 
-    let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
-    let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
     // The journal before the results file: a kill between the two leaves no results file without one.
     let (journal, writer) = if resumed {
         (Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)
@@ -413,8 +454,18 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         if done.contains(row.line) {
             continue;
         }
+        let (row, facts) = match preflight::screen(screen.as_mut(), row) {
+            Screened::Row(result) => {
+                if row_tx.send(result).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Screened::Pass(row, facts) => (row, facts),
+        };
         let machine = match row.kind {
             RowKind::Valid(id) => id,
+            RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
                 result.error_message = Some("not a machine id (40 hexadecimal characters)".into());
@@ -454,10 +505,13 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         let row_tx = row_tx.clone();
         tokio::spawn(
             async move {
-                let result = match earlier_intent {
+                let mut result = match earlier_intent {
                     Some(at) => verify_then_offboard(&api, row.line, machine, &comment, at).await,
                     None => offboard_one(&api, row.line, machine, &comment).await,
                 };
+                if let Some(facts) = facts {
+                    facts.fill(&mut result);
+                }
                 log_row(&result);
                 let _ = row_tx.send(result).await;
                 drop(slot);

@@ -2,6 +2,7 @@
 
 mod common;
 mod identity;
+mod preflight;
 mod run;
 mod sim;
 mod track;

@@ -81,7 +81,8 @@ async fn every_outcome_gets_its_row_and_exit_code_3() {
          \x20 1111111111111111111111111111111111111111 ,again (duplicate)\n\
          5555555555555555555555555555555555555555,inactive\n",
     );
-    let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes"], "").await;
+    // Without the pre-flight: every outcome here comes from the offboard call's own answer.
+    let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "--no-preflight"], "").await;
     assert_eq!(out.code, 3, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
     let results = Results::read(&dir.path().join("machines.results.csv"));
     assert_eq!(results.rows.len(), 8);
@@ -174,7 +175,7 @@ async fn refusals_make_no_api_call() {
     assert!(!out.stderr.contains("wrong-secret"), "the secret leaked: {}", out.stderr);
 
     // An input without an id column.
-    let bad = write_file(dir.path(), "bad.csv", "Name,Owner\npc1,alice\n");
+    let bad = write_file(dir.path(), "bad.csv", "Computer,Owner\npc1,alice\n");
     let out = mde(&sim, &["run", bad.to_str().unwrap(), "--yes"], "").await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("bad.csv"), "{}", out.stderr);

@@ -64,8 +64,19 @@ async fn run_wait_follows_successes_failures_and_timeouts_to_the_end() {
     };
     let sim = Simulator::start(config).await.unwrap();
     let input = input(dir.path(), &ids);
-    let args =
-        ["run", &input, "--yes", "--rate", "1000/1s", "--wait", "--poll-interval", "100ms", "--wait-timeout", "30s"];
+    let args = [
+        "run",
+        &input,
+        "--yes",
+        "--no-preflight",
+        "--rate",
+        "1000/1s",
+        "--wait",
+        "--poll-interval",
+        "100ms",
+        "--wait-timeout",
+        "30s",
+    ];
     let out = mde_in(&sim, dir.path(), &args, "").await;
     // Some actions fail or time out: exit 3, although every offboard was accepted.
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
@@ -106,7 +117,7 @@ async fn track_later_pages_each_pass_and_ends_at_0_when_all_succeed() {
     };
     let sim = Simulator::start(config).await.unwrap();
     let input = input(dir.path(), &ids);
-    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--rate", "1000/1s"], "").await;
+    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--no-preflight", "--rate", "1000/1s"], "").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let path = dir.path().join("machines.results.csv");
     assert!(Results::read(&path).rows.iter().all(|r| r["action_status"] == "Pending"));
@@ -204,7 +215,7 @@ async fn tracking_without_a_read_role_says_what_to_grant() {
     let config = SimConfig { fleet, roles: vec!["Machine.Offboard".into()], ..SimConfig::default() };
     let sim = Simulator::start(config).await.unwrap();
     let input = input(dir.path(), &ids);
-    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--wait"], "").await;
+    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--no-preflight", "--wait"], "").await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("Machine.Read.All"), "{}", out.stderr);
     // The run itself happened and its rows stay as written.

@@ -143,7 +143,8 @@ async fn resume_retries_failed_rows_and_compacts() {
     let ids = fleet_ids(&cfg, 30);
     let sim = Simulator::start(cfg).await.unwrap();
     let path = input(dir.path(), &ids);
-    let args = ["run", path.to_str().unwrap(), "--yes", "--max-attempts", "1"];
+    // Without the pre-flight: its reads would fail first (every call answers 503).
+    let args = ["run", path.to_str().unwrap(), "--yes", "--no-preflight", "--max-attempts", "1"];
     let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
     assert_eq!(out.code, 3, "{}", out.stderr);
     let results_path = dir.path().join("m.results.csv");

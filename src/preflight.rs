@@ -1,0 +1,458 @@
+//! The dry run, the pre-flight of real runs, and the permission check that comes before both.
+//!
+//! Under 1,500 calls an hour every call that is not an offboard is a machine not offboarded, so both read the
+//! inventory and the open offboard actions in batches ([`crate::inventory`]: pages + a constant, whatever the
+//! size of the input), through the run's one [`Api`] and so its one limiter. Then each input row is decided
+//! locally ([`Screen`]): `not_found` and `already_pending` rows cost no offboard call, and a dry run writes
+//! `would_submit` where a real run would call. Input by name is resolved here: a name that may mean several
+//! machines is `ambiguous` and never guessed.
+//!
+//! Permissions come from the token's `roles` claim and are checked right after sign-in, before any API call:
+//! a refusal names the missing permission and what to do.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::api::{Api, RetryPolicy};
+use crate::auth::TokenCache;
+use crate::error::{Error, Result};
+use crate::input::{InputRow, RowKind, Scan};
+use crate::inventory::{Id, Inventory, Machine, PER_ID_MAX, Wanted, id_text, parse_id};
+use crate::results::{Outcome, ResultRow, ResultsWriter};
+use crate::run::{self, Job, Summary};
+
+/// The permission an offboard needs (Microsoft's documentation).
+pub const OFFBOARD_ROLE: &str = "Machine.Offboard";
+/// Either of these lets the app read machines and machine actions (Microsoft's documentation).
+pub const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
+/// Candidates listed in the message of an ambiguous name.
+const AMBIGUOUS_LISTED: usize = 5;
+
+/// What a run reads before (or instead of) offboarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Read only: write what a real run would do, never offboard.
+    pub dry_run: bool,
+    /// Real runs: skip machines the reads show unknown or already pending (on by default).
+    pub preflight: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { dry_run: false, preflight: true }
+    }
+}
+
+impl Options {
+    /// Whether the run reads the inventory (a dry run, a pre-flight, or names to resolve).
+    pub fn reads(&self, by_name: bool) -> bool {
+        self.dry_run || self.preflight || by_name
+    }
+}
+
+/// The default results path of a dry run: `<input stem>.dry-run.csv` beside the input, `dry-run.csv` for
+/// stdin, so that the real run's default results file is still free.
+pub fn default_output(input: Option<&Path>) -> PathBuf {
+    match input {
+        Some(path) => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into());
+            path.with_file_name(format!("{stem}.dry-run.csv"))
+        }
+        None => PathBuf::from("dry-run.csv"),
+    }
+}
+
+/// Refuses, before any API call, a run that needs a permission the token does not carry.
+pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> Result<()> {
+    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
+    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
+    let grant = "grant it to the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
+                 Application permissions) and give admin consent";
+    if !options.dry_run && !has(OFFBOARD_ROLE) {
+        return Err(Error::Permission(format!(
+            "offboarding needs the application permission {OFFBOARD_ROLE}, and the token carries {granted}; {grant}. \
+             --dry-run audits the list with read permission only"
+        )));
+    }
+    if options.reads(by_name) && !READ_ROLES.iter().any(|r| has(r)) {
+        let why = if options.dry_run {
+            "a dry run reads the inventory and the open actions"
+        } else if by_name {
+            "input by name is resolved through the inventory"
+        } else {
+            "the pre-flight reads the inventory and the open actions"
+        };
+        let mut message = format!(
+            "{why}, which needs the application permission {} or {}, and the token carries {granted}; {grant}",
+            READ_ROLES[0], READ_ROLES[1]
+        );
+        if !options.dry_run && !by_name {
+            message.push_str(
+                "; or pass --no-preflight to offboard without it (unknown machines and open actions then cost an offboard call each)",
+            );
+        }
+        return Err(Error::Permission(message));
+    }
+    Ok(())
+}
+
+/// What the pre-flight knows of a machine, for its results row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub computer_dns_name: Option<String>,
+    pub os_platform: Option<String>,
+    pub health_status: Option<String>,
+    pub last_seen: Option<String>,
+}
+
+impl Facts {
+    fn of(m: &Machine<'_>) -> Facts {
+        let owned = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        Facts {
+            computer_dns_name: owned(Some(m.computer_dns_name)),
+            os_platform: owned(m.os_platform),
+            health_status: owned(m.health_status),
+            last_seen: owned(m.last_seen),
+        }
+    }
+
+    /// Fills the row's machine columns the row does not already have.
+    pub fn fill(self, row: &mut ResultRow) {
+        row.computer_dns_name = row.computer_dns_name.take().or(self.computer_dns_name);
+        row.os_platform = row.os_platform.take().or(self.os_platform);
+        row.health_status = row.health_status.take().or(self.health_status);
+        row.last_seen = row.last_seen.take().or(self.last_seen);
+    }
+}
+
+/// What the pre-flight made of one input row.
+#[derive(Debug)]
+pub enum Screened {
+    /// The row's outcome is known without an offboard call.
+    Row(ResultRow),
+    /// Goes on as before (a valid id to offboard, now with what the inventory says of it; invalid and
+    /// duplicate rows unchanged).
+    Pass(InputRow, Option<Facts>),
+}
+
+/// The reads' results, applied row by row.
+pub struct Screen {
+    inventory: Inventory,
+    dry_run: bool,
+    /// Machines already claimed by a name earlier in the input (input by name), one bit each.
+    claimed: Vec<u64>,
+}
+
+/// Decides `row` with the pre-flight's results, if there is a pre-flight. Without one, names cannot be
+/// offboarded (the run refuses that combination up front): such a row fails.
+pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Screened {
+    match (screen, &row.kind) {
+        (Some(screen), _) => screen.screen(row),
+        (None, RowKind::Name(_)) => {
+            let mut result = ResultRow::new(row.line, "", Outcome::Failed);
+            result.computer_dns_name = Some(row.raw.trim().to_string());
+            result.error_message = Some("names are resolved by the pre-flight, which was off".into());
+            Screened::Row(result)
+        }
+        (None, _) => Screened::Pass(row, None),
+    }
+}
+
+impl Screen {
+    fn screen(&mut self, row: InputRow) -> Screened {
+        match &row.kind {
+            RowKind::Valid(id) => match parse_id(id) {
+                Some(id) => self.decide(row, id, None),
+                None => Screened::Pass(row, None),
+            },
+            RowKind::Name(name) => self.resolve(row.clone(), name),
+            RowKind::Invalid | RowKind::Duplicate => Screened::Pass(row, None),
+        }
+    }
+
+    fn resolve(&mut self, row: InputRow, name: &str) -> Screened {
+        let written = row.raw.trim().to_string();
+        let found = self.inventory.by_name(name);
+        let mut result = ResultRow::new(row.line, "", Outcome::NotFound);
+        result.computer_dns_name = Some(written.clone());
+        match found.as_slice() {
+            [] => {
+                result.error_message = Some("no machine in the inventory has this name".into());
+                Screened::Row(result)
+            }
+            [(index, machine)] => {
+                let (index, id) = (*index, machine.id);
+                let bit = 1u64 << (index % 64);
+                if self.claimed[index / 64] & bit != 0 {
+                    let mut result = ResultRow::new(row.line, id_text(&id), Outcome::Duplicate);
+                    Facts::of(machine).fill(&mut result);
+                    result.error_message = Some("names the same machine as an earlier row; offboarded once".into());
+                    return Screened::Row(result);
+                }
+                self.claimed[index / 64] |= bit;
+                self.decide(row, id, Some(written))
+            }
+            several => {
+                result.outcome = Outcome::Ambiguous;
+                let listed: Vec<String> = several
+                    .iter()
+                    .take(AMBIGUOUS_LISTED)
+                    .map(|(_, m)| {
+                        format!(
+                            "{} ({}, last seen {})",
+                            id_text(&m.id),
+                            m.computer_dns_name,
+                            m.last_seen.unwrap_or("unknown")
+                        )
+                    })
+                    .collect();
+                let more = several.len().saturating_sub(AMBIGUOUS_LISTED);
+                result.error_message = Some(format!(
+                    "names {} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to offboard by its id",
+                    several.len(),
+                    listed.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                ));
+                Screened::Row(result)
+            }
+        }
+    }
+
+    /// One machine id: unknown, already pending, or to offboard (would be, in a dry run).
+    fn decide(&self, row: InputRow, id: Id, name: Option<String>) -> Screened {
+        let text = id_text(&id);
+        let Some(machine) = self.inventory.machine(&id) else {
+            let mut result = ResultRow::new(row.line, text, Outcome::NotFound);
+            result.computer_dns_name = name;
+            result.error_message = Some(if self.dry_run {
+                "not in the device inventory".into()
+            } else {
+                "not in the device inventory (pre-flight): no offboard call was made".into()
+            });
+            return Screened::Row(result);
+        };
+        let facts = Facts::of(&machine);
+        if let Some(action) = self.inventory.open_action(&id) {
+            let mut result = ResultRow::new(row.line, text, Outcome::AlreadyPending);
+            result.action_id = Some(action.id.clone()).filter(|a| !a.is_empty());
+            result.action_status = Some(action.status.clone());
+            result.submitted_at = action.created.clone();
+            result.updated_at = action.updated.clone();
+            result.error_message = Some(if self.dry_run {
+                "an offboard action is already open".into()
+            } else {
+                "an offboard action is already open (pre-flight): no offboard call was made".into()
+            });
+            facts.fill(&mut result);
+            return Screened::Row(result);
+        }
+        if self.dry_run {
+            let mut result = ResultRow::new(row.line, text, Outcome::WouldSubmit);
+            facts.fill(&mut result);
+            return Screened::Row(result);
+        }
+        Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(text) }, Some(facts))
+    }
+
+    /// How many offboard calls a real run makes after the pre-flight: machines found with no open action.
+    pub fn to_submit(&self) -> u64 {
+        if self.inventory.names_indexed() {
+            let (_, _, alone) = self.inventory.name_counts();
+            return alone.iter().filter(|&&i| self.inventory.open_action(&self.inventory.id_at(i)).is_none()).count()
+                as u64;
+        }
+        (self.inventory.len() - self.inventory.open_actions()) as u64
+    }
+
+    /// One line on what the reads cost and found.
+    pub fn describe(&self) -> String {
+        let r = &self.inventory.reads;
+        let how = if r.by_id {
+            format!("{} machine lookup(s) and {} action list call(s)", r.machine_lookups, r.action_pages)
+        } else {
+            format!("{} inventory page(s) and {} open-action list call(s)", r.inventory_pages, r.action_pages)
+        };
+        let mut found = format!(
+            "{} of {} asked about in the inventory, {} with an open offboard action",
+            self.inventory.len(),
+            self.inventory.wanted(),
+            self.inventory.open_actions()
+        );
+        if self.inventory.names_indexed() {
+            let (none, many, alone) = self.inventory.name_counts();
+            found = format!(
+                "{} name(s) resolved, {none} unknown, {many} ambiguous; {} with an open offboard action",
+                alone.len(),
+                self.inventory.open_actions()
+            );
+        }
+        format!("{how} ({} HTTP calls): {found}", r.http_calls)
+    }
+}
+
+/// Reads what the input asks about, if the run reads at all (see [`Options::reads`]).
+pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
+    if !job.preflight.reads(job.scan.by_name) {
+        return Ok(None);
+    }
+    let wanted = collect(&job.scan)?;
+    let inventory = Inventory::load(api, wanted).await.map_err(|e| {
+        let next = if job.preflight.dry_run || job.scan.by_name {
+            "nothing was done"
+        } else {
+            "nothing was offboarded; pass --no-preflight to offboard without the pre-flight"
+        };
+        Error::Preflight(format!("{e}; {next}"))
+    })?;
+    let claimed = vec![0u64; inventory.len().div_ceil(64)];
+    let screen = Screen { inventory, dry_run: job.preflight.dry_run, claimed };
+    tracing::info!("pre-flight: {}", screen.describe());
+    Ok(Some(screen))
+}
+
+/// What the input asks about: the scan's hashes, and for a tiny input its ids (one more pass over a few rows).
+fn collect(scan: &Scan) -> Result<Wanted> {
+    let mut ids = Vec::new();
+    if !scan.by_name && scan.valid <= PER_ID_MAX as u64 {
+        for row in scan.rows()? {
+            if let RowKind::Valid(id) = row?.kind {
+                ids.extend(parse_id(&id));
+            }
+        }
+    }
+    Ok(Wanted::new(scan.by_name, scan.key_hasher().clone(), scan.keys(), ids))
+}
+
+/// `run --dry-run`: sign in, check the read permission, read in batches, write what a real run would do.
+/// Never offboards.
+pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
+    let http = run::http_client(&job.settings)?;
+    let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
+    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let round_trip = started.elapsed();
+    check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
+
+    let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
+    let api = Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy);
+    let screen = tokio::select! {
+        biased;
+        _ = shutdown => return Err(Error::Interrupted),
+        screen = load(&job, &api) => screen?,
+    };
+    let screen = screen.expect("a dry run always reads");
+    let describe = screen.describe();
+
+    let writer = ResultsWriter::create(&job.output, job.overwrite)?;
+    let rows = job.scan.rows()?;
+    let output = job.output.clone();
+    let (counts, written) = tokio::task::spawn_blocking(move || write_dry_run(rows, screen, writer))
+        .await
+        .map_err(|e| Error::Output { path: output.clone(), message: e.to_string() })??;
+
+    let would = counts.get(&Outcome::WouldSubmit).copied().unwrap_or(0);
+    let skipped: Vec<String> = counts
+        .iter()
+        .filter(|(outcome, n)| **outcome != Outcome::WouldSubmit && **n > 0)
+        .map(|(outcome, n)| format!("{n} {}", outcome.as_str()))
+        .collect();
+    let rates = job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let took = run::estimate(&job.settings, would, round_trip);
+    println!(
+        "Dry run: nothing was offboarded. A real run would submit {would} offboard call(s), which the quotas ({rates}) \
+         make take about {} at best, and skip {} row(s){}.",
+        humantime::format_duration(Duration::from_secs(took.as_secs())),
+        written - would,
+        if skipped.is_empty() { String::new() } else { format!(": {}", skipped.join(", ")) }
+    );
+    println!("Read {describe}.");
+    Ok(Summary {
+        run_id: job.run_id,
+        counts,
+        rows: written,
+        started_at,
+        duration: started.elapsed(),
+        calls: api.counters.calls.load(Ordering::Relaxed),
+        throttled: api.counters.throttled.load(Ordering::Relaxed),
+        results: job.output,
+        interrupted: false,
+        resumed: false,
+    })
+}
+
+type Counts = std::collections::BTreeMap<Outcome, u64>;
+
+fn write_dry_run(rows: crate::input::Rows, mut screen: Screen, mut writer: ResultsWriter) -> Result<(Counts, u64)> {
+    let mut counts = Counts::new();
+    let mut written = 0;
+    for row in rows {
+        let result = match screen.screen(row?) {
+            Screened::Row(result) => result,
+            Screened::Pass(row, _) => unscreened_row(row),
+        };
+        writer.write(&result)?;
+        written += 1;
+        *counts.entry(result.outcome).or_insert(0) += 1;
+    }
+    writer.finish()?;
+    Ok((counts, written))
+}
+
+/// Invalid and duplicate rows, as a real run writes them.
+fn unscreened_row(row: InputRow) -> ResultRow {
+    match row.kind {
+        RowKind::Duplicate => {
+            let mut result = ResultRow::new(row.line, row.raw.trim().to_ascii_lowercase(), Outcome::Duplicate);
+            result.error_message = Some("listed earlier in the input; offboarded once".into());
+            result
+        }
+        _ => {
+            let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
+            result.error_message = Some("not a machine id (40 hexadecimal characters)".into());
+            result
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn permissions_are_checked_for_what_the_run_does() {
+        let real = Options::default();
+        let dry = Options { dry_run: true, preflight: true };
+        let bare = Options { dry_run: false, preflight: false };
+        let both = roles(&["Machine.Offboard", "Machine.Read.All"]);
+        assert!(check_permissions(&both, &real, false).is_ok());
+        assert!(check_permissions(&roles(&["Machine.ReadWrite.All"]), &dry, true).is_ok());
+        assert!(check_permissions(&roles(&["Machine.Offboard"]), &bare, false).is_ok());
+
+        let e = check_permissions(&roles(&["Machine.Offboard"]), &real, false).unwrap_err().to_string();
+        assert!(e.contains("Machine.Read.All") && e.contains("--no-preflight"), "{e}");
+        let e = check_permissions(&roles(&["Machine.Offboard"]), &bare, true).unwrap_err().to_string();
+        assert!(e.contains("by name") && !e.contains("--no-preflight"), "{e}");
+        let e = check_permissions(&roles(&["Machine.Offboard"]), &dry, false).unwrap_err().to_string();
+        assert!(e.contains("dry run") && !e.contains("--no-preflight"), "{e}");
+        let e = check_permissions(&roles(&["Machine.Read.All"]), &real, false).unwrap_err().to_string();
+        assert!(e.contains("Machine.Offboard") && e.contains("--dry-run"), "{e}");
+        let e = check_permissions(&[], &dry, false).unwrap_err().to_string();
+        assert!(e.contains("carries none"), "{e}");
+    }
+
+    #[test]
+    fn dry_run_output_sits_beside_the_input() {
+        assert_eq!(default_output(Some(Path::new("/x/fleet.csv"))), Path::new("/x/fleet.dry-run.csv"));
+        assert_eq!(default_output(None), Path::new("dry-run.csv"));
+    }
+}
