@@ -1,7 +1,7 @@
 //! The batched reads behind the dry run and the pre-flight: the device inventory and the open offboard
 //! actions, read with a handful of list calls whatever the size of the input.
 //!
-//! Cost (`docs: /work/shared/mde-api.md` §2-3): the inventory is read in pages of `$top=10000` with `$skip`,
+//! Cost: the inventory is read in pages of `$top=10000` with `$skip`,
 //! up to the first short page (or, for an input of ids, as soon as every id has been seen); the open offboard
 //! actions with one filtered list per open status (`type eq 'Offboard' and status eq 'Pending'`, then
 //! `'InProgress'`: the documented `$filter` joins clauses with `and` only), paged the same way. So a fleet of

@@ -1,7 +1,7 @@
 //! A simulator of the Defender for Endpoint API and of the Entra ID token endpoint, served over real HTTP.
 //!
 //! It exists so that tests, the demo and the benchmarks can run the real client against something that
-//! behaves like the documented service (`docs: /work/shared/mde-api.md`): client-credentials sign-in with
+//! behaves like the documented service (Microsoft's pages and integrators' reports): client-credentials sign-in with
 //! expiring tokens, the offboard, machine and machine-action routes with their error codes, sliding-window
 //! quotas answered with 429 and `Retry-After`, actions that move from `Pending` to a final status over time,
 //! and seeded faults (5xx, spurious 429, transient 404, dropped connections, latency).
