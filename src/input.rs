@@ -159,6 +159,8 @@ impl Scan {
         };
         let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
         let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
+        // The scan counted the distinct ids: sized once, the set never holds two tables while it grows.
+        reader.seen.reserve(usize::try_from(self.valid).unwrap_or(0));
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
         let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref())?;
