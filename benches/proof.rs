@@ -166,6 +166,157 @@ fn harness_peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Figure 4: API calls per machine (sign-in not counted; it is shown apart) at 1,000 and 25,000 machines.
+fn economy(dir: &Path) {
+    let modes = modes();
+    println!("\n## API economy: calls per machine, no faults, simulator without quotas");
+    println!("| machines | mode | API calls | calls per machine | sign-ins |");
+    println!("|---:|---|---:|---:|---:|");
+    for n in [1_000usize, 25_000] {
+        let input = id_file(dir, n);
+        for (name, extra) in &modes {
+            let sim = SimProcess::start(n, &["--no-quotas"]);
+            let mut args = vec![format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "16".into()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = client(&sim, &input, dir, &args);
+            out.check(n);
+            let stats = sim.stats();
+            let calls = |part: &str| -> u64 {
+                stats.calls.iter().filter(|(route, _)| route.contains(part)).flat_map(|(_, m)| m.values()).sum()
+            };
+            let api = calls("/api/");
+            println!("| {n} | {name} | {api} | {:.3} | {} |", api as f64 / n as f64, calls("oauth2"));
+        }
+    }
+}
+
+/// A client rate limit no run reaches: the limiter stays in the path (its cost is measured) without pacing.
+const UNREACHED_RATE: &str = "1000000/1ms";
+
+/// The run modes measured: a real run, and the dry run when this build has it.
+fn modes() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut modes = vec![("real run", vec![])];
+    let help = Command::new(BIN).args(["run", "--help"]).output().expect("the binary runs");
+    if String::from_utf8_lossy(&help.stdout).contains("--dry-run") {
+        modes.push(("dry run", vec!["--dry-run"]));
+    }
+    modes
+}
+
+/// A simulator in its own process, killed when dropped.
+struct SimProcess {
+    child: Child,
+    url: String,
+}
+
+impl SimProcess {
+    /// `mde-offboard simulate` with a generated fleet of `fleet` machines in which every machine can be
+    /// offboarded (no forbidden group, no unsupported platform), plus `extra` flags.
+    fn start(fleet: usize, extra: &[&str]) -> SimProcess {
+        let mut child = Command::new(BIN)
+            .args(["simulate", "--listen", "127.0.0.1:0", "--no-forbidden-groups", "--unsupported-platforms", "none"])
+            .args(["--fleet-size", &fleet.to_string(), "--fleet-seed", &FLEET_SEED.to_string()])
+            .args(extra)
+            .env_remove(mde_offboard::settings::SECRET_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the simulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the simulator says where");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        SimProcess { child, url }
+    }
+
+    /// `GET /sim/stats`, over a bare socket.
+    fn stats(&self) -> SimStats {
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(host).expect("the simulator answers");
+        write!(stream, "GET /sim/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &answer[i + 4..]).expect("a body");
+        serde_json::from_slice(body).expect("stats JSON")
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one client run cost.
+struct ClientRun {
+    wall: Duration,
+    /// User plus system CPU time of the client process alone.
+    cpu: Duration,
+    max_rss_kib: u64,
+    code: i32,
+    output: PathBuf,
+}
+
+impl ClientRun {
+    /// Exit 0 and one results row per machine.
+    fn check(&self, n: usize) {
+        if self.code != 0 {
+            let stderr = self.output.with_file_name("client.stderr");
+            let stderr = std::fs::read_to_string(stderr).unwrap_or_default();
+            panic!("the client exited {}; results in {}\n{stderr}", self.code, self.output.display());
+        }
+        // Streamed, not read whole: the harness's own memory must stay small (see `harness_peak_rss_kib`).
+        let file = std::fs::File::open(&self.output).expect("results");
+        let rows = BufReader::new(file).split(b'\n').count() - 1;
+        assert_eq!(rows, n, "rows in {}", self.output.display());
+    }
+}
+
+/// Runs `mde-offboard run INPUT --yes -q` against `sim` and measures it with wait4.
+fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
+    let output = dir.join("results.csv");
+    let started = Instant::now();
+    let child = Command::new(BIN)
+        .arg("run")
+        .arg(input)
+        .args(["--yes", "--overwrite", "-q", "--output"])
+        .arg(&output)
+        .args(extra)
+        .env_clear()
+        .env("MDE_TENANT_ID", sim::DEMO_TENANT_ID)
+        .env("MDE_CLIENT_ID", sim::DEMO_CLIENT_ID)
+        .env("MDE_CLIENT_SECRET", sim::DEMO_CLIENT_SECRET)
+        .env("MDE_AUTHORITY", &sim.url)
+        .env("MDE_API_BASE", &sim.url)
+        .env("MDE_COMMENT", "benchmark")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"))
+        .spawn()
+        .expect("the client starts");
+    let (code, usage) = wait4(&child);
+    let wall = started.elapsed();
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
+}
+
+/// Reaps `child` and returns its exit code and its own resource usage.
+fn wait4(child: &Child) -> (i32, libc::rusage) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, and wait4 only writes to the two pointers it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (code, usage)
+}
+
 /// The hidden subcommand that writes an input file in a child process (see `harness_peak_rss_kib`).
 const IDS_COMMAND: &str = "__write-ids";
 
