@@ -152,6 +152,10 @@ impl Api {
             if let Some(e) = self.fatal.get() {
                 return CallResult { attempts, answer: Err(sign_in_failure(e)) };
             }
+            // The permit first, then the token: a wait for the quota can outlast a token (an hourly quota
+            // against a token of about an hour), and a token taken before the wait would earn a 401 whose
+            // retry spends one more call of the quota.
+            let permit = self.limiter.acquire().await;
             let token = match self.tokens.get().await {
                 Ok(token) => token,
                 Err(e) => {
@@ -160,7 +164,6 @@ impl Api {
                     return CallResult { attempts, answer: Err(failure) };
                 }
             };
-            let permit = self.limiter.acquire().await;
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
