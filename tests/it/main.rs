@@ -4,4 +4,6 @@ mod bad_inputs;
 mod common;
 mod faults;
 mod run;
+mod secrets;
+mod settings;
 mod sim;
