@@ -29,11 +29,11 @@ const FLEET_SEED: u64 = 7;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if let [hidden, n, path] = &args[..] {
-        if hidden == IDS_COMMAND {
-            write_ids(n.parse().expect("a count"), Path::new(path));
-            return;
-        }
+    if let [hidden, n, path] = &args[..]
+        && hidden == IDS_COMMAND
+    {
+        write_ids(n.parse().expect("a count"), Path::new(path));
+        return;
     }
     let runs = args
         .iter()
@@ -281,6 +281,8 @@ impl ClientRun {
 fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
     let output = dir.join("results.csv");
     let started = Instant::now();
+    // Reaped by `wait4`, which std's `Child` does not know of.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(BIN)
         .arg("run")
         .arg(input)

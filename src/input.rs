@@ -111,6 +111,11 @@ pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
     }
 }
 
+/// [`scan`] of any reader, read once (like standard input, which it is named as): for fuzzing and tests.
+pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
+    scan_spooled(Source::Stdin, input, id_column)
+}
+
 /// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));

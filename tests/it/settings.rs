@@ -81,7 +81,8 @@ async fn every_bad_setting_is_named_before_any_call() {
     refused(&sim, d, &["--concurrency"], &[], 2, &["--concurrency"]).await;
 
     // Environment.
-    let envs: [(&[(&str, &str)], &[&str]); 7] = [
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let envs: [(Env, &[&str]); 7] = [
         (&[("MDE_TENANT_ID", "bad")], &["`auth.tenant_id`", "`bad`", "GUID"]),
         (&[("MDE_CLIENT_ID", "bad")], &["`auth.client_id`", "`bad`", "GUID"]),
         (&[("MDE_API_BASE", "ftp://x")], &["`api.base_url`", "`ftp://x`"]),
