@@ -219,14 +219,9 @@ impl Api {
             if let Some(e) = self.fatal.get() {
                 return CallResult { attempts, answer: Err(sign_in_failure(e)) };
             }
-            let token = match self.tokens.get().await {
-                Ok(token) => token,
-                Err(e) => {
-                    let failure = sign_in_failure(&e);
-                    let _ = self.fatal.set(e);
-                    return CallResult { attempts, answer: Err(failure) };
-                }
-            };
+            // The permit first, then the token: a wait for the quota can outlast a token (an hourly quota
+            // against a token of about an hour), and a token taken before the wait would earn a 401 whose
+            // retry spends one more call of the quota.
             let cancelled = self.cancel.notified();
             if self.cancelled.load(Ordering::SeqCst) {
                 return Self::interrupted(attempts);
@@ -234,6 +229,14 @@ impl Api {
             let permit = tokio::select! {
                 permit = self.limiter.acquire() => permit,
                 _ = cancelled => return Self::interrupted(attempts),
+            };
+            let token = match self.tokens.get().await {
+                Ok(token) => token,
+                Err(e) => {
+                    let failure = sign_in_failure(&e);
+                    let _ = self.fatal.set(e);
+                    return CallResult { attempts, answer: Err(failure) };
+                }
             };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);

@@ -131,6 +131,11 @@ pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<
     }
 }
 
+/// [`scan`] of any reader, read once (like standard input, which it is named as): for fuzzing and tests.
+pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
+    scan_spooled(Source::Stdin, input, id_column, false)
+}
+
 /// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
@@ -193,6 +198,8 @@ impl Scan {
         };
         let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
         let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
+        // The scan counted the distinct ids: sized once, the set never holds two tables while it grows.
+        reader.seen.reserve(usize::try_from(self.valid).unwrap_or(0));
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
         let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
@@ -392,7 +399,13 @@ fn find_header(headers: &[String], wanted: &[&str]) -> Option<usize> {
 
 fn list_headers(headers: &[String]) -> String {
     const SHOWN: usize = 20;
-    let mut listed: Vec<String> = headers.iter().take(SHOWN).map(|h| format!("`{h}`")).collect();
+    /// Longest header shown: a file whose first line is 10 MB long is named, not printed.
+    const WIDTH: usize = 60;
+    let shorten = |h: &String| match h.char_indices().nth(WIDTH) {
+        Some((end, _)) => format!("`{}...` ({} characters)", &h[..end], h.chars().count()),
+        None => format!("`{h}`"),
+    };
+    let mut listed: Vec<String> = headers.iter().take(SHOWN).map(shorten).collect();
     if headers.len() > SHOWN {
         listed.push(format!("and {} more", headers.len() - SHOWN));
     }
@@ -468,6 +481,8 @@ struct RowReader<R> {
     record: csv::ByteRecord,
     /// A record read ahead that is data (the first row of a headerless file).
     pending: Option<Record>,
+    /// The line of the last record returned: lines only go up.
+    last_line: u64,
     seen: HashSet<u64, BuildHasherDefault<PassThrough>>,
     hasher: RandomState,
 }
@@ -494,6 +509,7 @@ impl<R: Read> RowReader<R> {
             csv,
             record: csv::ByteRecord::new(),
             pending: None,
+            last_line: 0,
             seen: HashSet::default(),
             hasher,
         })
@@ -529,6 +545,10 @@ impl<R: Read> RowReader<R> {
             if fields.iter().all(|f| f.trim().is_empty()) {
                 continue;
             }
+            // A quote left open at the end of the input swallows the last line break, so the count above
+            // comes out one short for that record: never let it share its line with the record before.
+            let line = line.max(self.last_line + 1);
+            self.last_line = line;
             return Ok(Some(Record { line, fields }));
         }
     }
@@ -799,6 +819,21 @@ mod tests {
         let (_, rows) = read(content.as_bytes(), None).unwrap();
         assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 6, 7]);
         assert_eq!(rows[2].kind, valid(C));
+    }
+
+    #[test]
+    fn a_quote_left_open_at_the_end_keeps_its_own_line() {
+        let (_, rows) = read(format!("MachineId\n{A}\n\"{B}\n").as_bytes(), None).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| (r.line, r.kind.clone())).collect::<Vec<_>>(),
+            vec![(2, valid(A)), (3, valid(B))]
+        );
+    }
+
+    #[test]
+    fn a_huge_header_is_named_not_printed() {
+        let message = error(format!("{}\n{A}\n", "x".repeat(100_000)).as_bytes(), None);
+        assert!(message.len() < 1000 && message.contains("100000 characters"), "{}", &message[..200]);
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub struct SimulateArgs {
     /// Added to every API answer (real time).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub latency: Option<Duration>,
+    /// Share of API answers delayed by --fault-slow-latency instead (the call is handled first).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub fault_slow: f64,
+    /// Delay of the slow answers (real time); past the client's --timeout, they time out.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fault_slow_latency: Duration,
     /// Answer sign-in with "secret expired" (AADSTS7000222).
     #[arg(long)]
     pub secret_expired: bool,
@@ -173,6 +179,8 @@ impl SimulateArgs {
                 spurious_429_retry_after: self.fault_429_retry_after,
                 transient_404: self.fault_404,
                 latency: self.latency.unwrap_or_default(),
+                slow_share: self.fault_slow,
+                slow_latency: self.fault_slow_latency,
             },
             secret_expired: self.secret_expired,
             certificate,

@@ -158,6 +158,12 @@ pub struct Faults {
     pub transient_404: f64,
     /// Added to every API answer, real time (not scaled).
     pub latency: Duration,
+    /// Share of API answers delayed by `slow_latency` instead of `latency` (drawn apart from the shares
+    /// above: a slow answer can also be a fault). The call is handled first, so a client that gives up
+    /// waiting may have had its offboard applied.
+    pub slow_share: f64,
+    /// The delay of a slow answer, real time: set it past the client's timeout to test timeouts.
+    pub slow_latency: Duration,
 }
 
 impl Faults {
@@ -172,6 +178,9 @@ impl Faults {
             return Err(Error::Simulator(format!(
                 "fault shares must each be between 0 and 1 and together at most 1 (got {shares:?})"
             )));
+        }
+        if !(0.0..=1.0).contains(&self.slow_share) {
+            return Err(Error::Simulator(format!("slow share {} must be between 0 and 1", self.slow_share)));
         }
         Ok(())
     }

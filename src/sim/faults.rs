@@ -29,19 +29,30 @@ pub(crate) struct FaultState {
     faults: Faults,
     /// Calls so far per `METHOD target`.
     calls: HashMap<String, u64>,
+    /// Answers so far, for drawing slow ones.
+    answers: u64,
 }
 
 impl FaultState {
     pub(crate) fn new(faults: Faults) -> FaultState {
-        FaultState { faults, calls: HashMap::new() }
+        FaultState { faults, calls: HashMap::new(), answers: 0 }
     }
 
     pub(crate) fn set(&mut self, faults: Faults) {
         self.faults = faults;
     }
 
-    pub(crate) fn latency(&self) -> Duration {
-        self.faults.latency
+    /// The delay of the next answer, and whether it is a slow one (`Faults::slow_share`, drawn from the seed
+    /// and the count of answers so far).
+    pub(crate) fn next_latency(&mut self) -> (Duration, bool) {
+        if self.faults.slow_share > 0.0 {
+            let n = self.answers;
+            self.answers += 1;
+            if unit(mix(self.faults.seed, &[b"slow", &n.to_le_bytes()])) < self.faults.slow_share {
+                return (self.faults.slow_latency, true);
+            }
+        }
+        (self.faults.latency, false)
     }
 
     /// Draws the fault of this call, if any.
@@ -110,6 +121,16 @@ mod tests {
         let share = |f: &dyn Fn(&Option<Fault>) -> bool| all.iter().filter(|x| f(x)).count() as f64 / all.len() as f64;
         assert!((0.1..0.3).contains(&share(&|f| *f == Some(Fault::Error500))));
         assert!((0.3..0.55).contains(&share(&|f| f.is_none())));
+        let mut slow = FaultState::new(Faults {
+            slow_share: 0.25,
+            slow_latency: Duration::from_secs(9),
+            latency: Duration::from_millis(1),
+            ..Faults::default()
+        });
+        let drawn: Vec<_> = (0..400).map(|_| slow.next_latency()).collect();
+        let slow_ones = drawn.iter().filter(|(d, s)| *s && *d == Duration::from_secs(9)).count();
+        assert!((60..140).contains(&slow_ones), "{slow_ones}");
+        assert!(drawn.iter().all(|(d, s)| *s || *d == Duration::from_millis(1)));
         let mut c = FaultState::new(faults(4));
         let other: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| c.draw("GET", p)).collect()).collect();
         assert_ne!(forward, other);

@@ -336,7 +336,10 @@ impl Shared {
 
     /// Adds the latency fault, records the answer, and answers or drops the connection.
     async fn finish(&self, route: &'static str, outcome: Outcome, kill: ConnectionKill) -> Response {
-        let latency = self.faults.lock().expect("faults lock").latency();
+        let (latency, slow) = self.faults.lock().expect("faults lock").next_latency();
+        if slow {
+            self.counters.lock().expect("counters lock").faults.slow += 1;
+        }
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }

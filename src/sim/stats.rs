@@ -59,6 +59,9 @@ pub struct FaultCounts {
     pub dropped: u64,
     pub spurious_429: u64,
     pub transient_404: u64,
+    /// Answers delayed by `Faults::slow_latency`.
+    #[serde(default)]
+    pub slow: u64,
 }
 
 /// The live counters behind [`SimStats`], under one short lock.

@@ -1,0 +1,371 @@
+//! The figures of BENCHMARKS.md, reproducible with one command each:
+//!
+//! ```sh
+//! cargo bench --bench proof -- pacing     # wall time / earliest schedule, and 429s
+//! cargo bench --bench proof -- speed      # machines per second and client CPU per machine
+//! cargo bench --bench proof -- memory     # peak RSS for 10k, 100k and 1M rows
+//! cargo bench --bench proof -- economy    # API calls per machine
+//! cargo bench --bench proof -- all        # everything (about 10 minutes on 2 cores)
+//! ```
+//!
+//! `--runs N` sets how many runs each figure takes the median of (default 5; 3 for memory and pacing).
+//!
+//! The simulator runs in its own process (`mde-offboard simulate --listen 127.0.0.1:0`), so the client's
+//! CPU time and peak RSS are the client's alone: each client run is a child process reaped with
+//! `wait4`, whose rusage is exactly that process's. Both are the release build that `cargo bench` makes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mde_offboard::limiter::earliest_schedule;
+use mde_offboard::settings::Rate;
+use mde_offboard::sim::{self, Fleet, SimStats};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mde-offboard");
+const FLEET_SEED: u64 = 7;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let [hidden, n, path] = &args[..]
+        && hidden == IDS_COMMAND
+    {
+        write_ids(n.parse().expect("a count"), Path::new(path));
+        return;
+    }
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>().expect("--runs N takes a whole number"));
+    let figure = args.iter().find(|a| !a.starts_with("--") && a.parse::<usize>().is_err()).map(String::as_str);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    println!("# mde-offboard benchmarks ({})", machine());
+    match figure.unwrap_or("all") {
+        "pacing" => pacing(dir.path(), runs.unwrap_or(3)),
+        "speed" => speed(dir.path(), runs.unwrap_or(5)),
+        "memory" => memory(dir.path(), runs.unwrap_or(3)),
+        "economy" => economy(dir.path()),
+        "all" => {
+            // Memory first: see `harness_peak_rss`.
+            memory(dir.path(), runs.unwrap_or(3));
+            speed(dir.path(), runs.unwrap_or(5));
+            pacing(dir.path(), runs.unwrap_or(3));
+            economy(dir.path());
+        }
+        other => {
+            eprintln!("unknown figure `{other}`: pacing, speed, memory, economy or all");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Figure 1: a paced run against the simulator enforcing the default quotas, time-scaled 100 times
+/// (100/600ms and 1500/36s), with 5 ms of latency: wall time over the earliest schedule, and 429s.
+fn pacing(dir: &Path, runs: usize) {
+    let rates: Vec<Rate> = ["100/600ms", "1500/36s"].iter().map(|r| r.parse().unwrap()).collect();
+    let latency = Duration::from_millis(5);
+    let concurrency = 4;
+    println!("\n## Pacing: quotas 100/600ms + 1500/36s (the real ones, 100x faster), latency 5 ms, concurrency 4");
+    println!(
+        "| machines | earliest schedule | wall (median of {runs}) | ratio (median) | ratios | 429s (total) | max offered per window |"
+    );
+    println!("|---:|---:|---:|---:|---|---:|---|");
+    for n in [250usize, 1500, 3000] {
+        let ideal = earliest_schedule(&rates, n as u64, concurrency, latency);
+        let input = id_file(dir, n);
+        let (mut walls, mut throttled, mut offered) = (Vec::new(), 0, Vec::new());
+        for _ in 0..runs {
+            let sim = SimProcess::start(n, &["--time-scale", "100", "--latency", "5ms"]);
+            let out = client(&sim, &input, dir, &["--rate", "100/600ms", "--rate", "1500/36s", "--concurrency", "4"]);
+            out.check(n);
+            let stats = sim.stats();
+            throttled += stats.throttled;
+            offered = stats.max_in_window.iter().map(|w| format!("{}/{}", w.max_offered, w.limit)).collect();
+            walls.push(out.wall);
+        }
+        let ratios: Vec<f64> = walls.iter().map(|w| w.as_secs_f64() / ideal.as_secs_f64()).collect();
+        println!(
+            "| {n} | {:.2} s | {:.2} s | **{:.3}** | {} | {throttled} | {} |",
+            ideal.as_secs_f64(),
+            median_duration(&walls).as_secs_f64(),
+            median(&ratios),
+            ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
+            offered.join(", ")
+        );
+    }
+}
+
+/// Figure 2: 100,000 machines, simulator without quotas, `--concurrency 64`.
+fn speed(dir: &Path, runs: usize) {
+    let n = 100_000;
+    println!("\n## Raw speed: {n} machines, simulator without quotas, --concurrency 64");
+    println!("| run | wall | machines/s | client CPU (user+sys) | CPU per machine | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let input = id_file(dir, n);
+    let (mut rates, mut per_machine) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let sim = SimProcess::start(n, &["--no-quotas"]);
+        let out = client(&sim, &input, dir, &[&format!("--rate={UNREACHED_RATE}"), "--concurrency", "64"]);
+        out.check(n);
+        let rate = n as f64 / out.wall.as_secs_f64();
+        let us = out.cpu.as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "| {run} | {:.2} s | {rate:.0} | {:.2} s | {us:.1} µs | {:.1} MiB |",
+            out.wall.as_secs_f64(),
+            out.cpu.as_secs_f64(),
+            out.max_rss_kib as f64 / 1024.0
+        );
+        rates.push(rate);
+        per_machine.push(us);
+    }
+    println!("| **median** | | **{:.0}** | | **{:.1} µs** | |", median(&rates), median(&per_machine));
+}
+
+/// Figure 3: peak RSS of a real run (and of a dry run, once `run --dry-run` exists) for 10k, 100k and 1M rows.
+fn memory(dir: &Path, runs: usize) {
+    let modes = modes();
+    println!("\n## Memory: peak RSS (median of {runs}), simulator without quotas, --concurrency 64");
+    println!("| rows | {} |", modes.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(" | "));
+    println!("|---:|{}", "---:|".repeat(modes.len()));
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let input = id_file(dir, n);
+        let mut cells = Vec::new();
+        for (_, extra) in &modes {
+            let mut rss = Vec::new();
+            for _ in 0..runs {
+                let sim = SimProcess::start(n, &["--no-quotas"]);
+                let mut args = vec![format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "64".into()];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let out = client(&sim, &input, dir, &args);
+                out.check(n);
+                rss.push(out.max_rss_kib as f64 / 1024.0);
+            }
+            cells.push(format!("{:.1} MiB", median(&rss)));
+        }
+        println!("| {n} | {} |", cells.join(" | "));
+    }
+    println!("(floor of these figures, the harness's own peak RSS: {:.1} MiB)", harness_peak_rss_kib() as f64 / 1024.0);
+}
+
+/// The harness's own peak RSS since it started (`VmHWM`).
+///
+/// A child's `ru_maxrss` starts at its parent's RSS when it was spawned: `posix_spawn` runs the child on the
+/// parent's memory until `exec`, and the kernel keeps that memory's high-water mark as the child's. (For the
+/// same reason the harness's own `getrusage` says cargo's size.) So the harness keeps its own memory
+/// small, writing the input files from a child process and streaming the results, and prints this floor.
+fn harness_peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figure 4: API calls per machine (sign-in not counted; it is shown apart) at 1,000 and 25,000 machines.
+fn economy(dir: &Path) {
+    let modes = modes();
+    println!("\n## API economy: calls per machine, no faults, simulator without quotas");
+    println!("| machines | mode | API calls | calls per machine | sign-ins |");
+    println!("|---:|---|---:|---:|---:|");
+    for n in [1_000usize, 25_000] {
+        let input = id_file(dir, n);
+        for (name, extra) in &modes {
+            let sim = SimProcess::start(n, &["--no-quotas"]);
+            let mut args = vec![format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "16".into()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = client(&sim, &input, dir, &args);
+            out.check(n);
+            let stats = sim.stats();
+            let calls = |part: &str| -> u64 {
+                stats.calls.iter().filter(|(route, _)| route.contains(part)).flat_map(|(_, m)| m.values()).sum()
+            };
+            let api = calls("/api/");
+            println!("| {n} | {name} | {api} | {:.3} | {} |", api as f64 / n as f64, calls("oauth2"));
+        }
+    }
+}
+
+/// A client rate limit no run reaches: the limiter stays in the path (its cost is measured) without pacing.
+const UNREACHED_RATE: &str = "1000000/1ms";
+
+/// The run modes measured: a real run, and the dry run when this build has it.
+fn modes() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut modes = vec![("real run", vec![])];
+    let help = Command::new(BIN).args(["run", "--help"]).output().expect("the binary runs");
+    if String::from_utf8_lossy(&help.stdout).contains("--dry-run") {
+        modes.push(("dry run", vec!["--dry-run"]));
+    }
+    modes
+}
+
+/// A simulator in its own process, killed when dropped.
+struct SimProcess {
+    child: Child,
+    url: String,
+}
+
+impl SimProcess {
+    /// `mde-offboard simulate` with a generated fleet of `fleet` machines in which every machine can be
+    /// offboarded (no forbidden group, no unsupported platform), plus `extra` flags.
+    fn start(fleet: usize, extra: &[&str]) -> SimProcess {
+        let mut child = Command::new(BIN)
+            .args(["simulate", "--listen", "127.0.0.1:0", "--no-forbidden-groups", "--unsupported-platforms", "none"])
+            .args(["--fleet-size", &fleet.to_string(), "--fleet-seed", &FLEET_SEED.to_string()])
+            .args(extra)
+            .env_remove(mde_offboard::settings::SECRET_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the simulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the simulator says where");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        SimProcess { child, url }
+    }
+
+    /// `GET /sim/stats`, over a bare socket.
+    fn stats(&self) -> SimStats {
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(host).expect("the simulator answers");
+        write!(stream, "GET /sim/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &answer[i + 4..]).expect("a body");
+        serde_json::from_slice(body).expect("stats JSON")
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one client run cost.
+struct ClientRun {
+    wall: Duration,
+    /// User plus system CPU time of the client process alone.
+    cpu: Duration,
+    max_rss_kib: u64,
+    code: i32,
+    output: PathBuf,
+}
+
+impl ClientRun {
+    /// Exit 0 and one results row per machine.
+    fn check(&self, n: usize) {
+        if self.code != 0 {
+            let stderr = self.output.with_file_name("client.stderr");
+            let stderr = std::fs::read_to_string(stderr).unwrap_or_default();
+            panic!("the client exited {}; results in {}\n{stderr}", self.code, self.output.display());
+        }
+        // Streamed, not read whole: the harness's own memory must stay small (see `harness_peak_rss_kib`).
+        let file = std::fs::File::open(&self.output).expect("results");
+        let rows = BufReader::new(file).split(b'\n').count() - 1;
+        assert_eq!(rows, n, "rows in {}", self.output.display());
+    }
+}
+
+/// Runs `mde-offboard run INPUT --yes -q` against `sim` and measures it with wait4.
+fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
+    let output = dir.join("results.csv");
+    let started = Instant::now();
+    // Reaped by `wait4`, which std's `Child` does not know of.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(BIN)
+        .arg("run")
+        .arg(input)
+        .args(["--yes", "--overwrite", "-q", "--output"])
+        .arg(&output)
+        .args(extra)
+        .env_clear()
+        .env("MDE_TENANT_ID", sim::DEMO_TENANT_ID)
+        .env("MDE_CLIENT_ID", sim::DEMO_CLIENT_ID)
+        .env("MDE_CLIENT_SECRET", sim::DEMO_CLIENT_SECRET)
+        .env("MDE_AUTHORITY", &sim.url)
+        .env("MDE_API_BASE", &sim.url)
+        .env("MDE_COMMENT", "benchmark")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"))
+        .spawn()
+        .expect("the client starts");
+    let (code, usage) = wait4(&child);
+    let wall = started.elapsed();
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
+}
+
+/// Reaps `child` and returns its exit code and its own resource usage.
+fn wait4(child: &Child) -> (i32, libc::rusage) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, and wait4 only writes to the two pointers it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (code, usage)
+}
+
+/// The hidden subcommand that writes an input file in a child process (see `harness_peak_rss_kib`).
+const IDS_COMMAND: &str = "__write-ids";
+
+/// A one-column input with the `n` machines of the simulator's fleet of `n`.
+fn id_file(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join(format!("machines-{n}.csv"));
+    if !path.exists() {
+        let exe = std::env::current_exe().expect("the harness's path");
+        let status = Command::new(exe).args([IDS_COMMAND, &n.to_string()]).arg(&path).status().unwrap();
+        assert!(status.success(), "writing {}", path.display());
+    }
+    path
+}
+
+fn write_ids(n: usize, path: &Path) {
+    let fleet = Fleet::generate(n, FLEET_SEED);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "MachineId").unwrap();
+    for id in fleet.ids() {
+        writeln!(out, "{id}").unwrap();
+    }
+    out.flush().unwrap();
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+}
+
+fn median_duration(values: &[Duration]) -> Duration {
+    Duration::from_secs_f64(median(&values.iter().map(Duration::as_secs_f64).collect::<Vec<_>>()))
+}
+
+/// The machine, for the record: CPU model, cores, load.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cpu}, {cores} cores, load average {}", load.join(" "))
+}
