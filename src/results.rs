@@ -163,7 +163,16 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
     if path.is_dir() {
         return Err(Error::Output { path: path.to_owned(), message: "is a directory".into() });
     }
-    Ok(())
+    // The directory must take new files (the results, its journal, the compacted copy): try one now,
+    // rather than fail after the first API calls.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| Error::Output {
+        path: path.to_owned(),
+        message: format!("cannot write in {}: {e}; choose another place with --output", dir.display()),
+    })
 }
 
 /// Owns the results file.
@@ -467,6 +476,16 @@ mod tests {
         let path = dir.path().join("r.csv");
         std::fs::write(&path, "MachineId\nabc\n").unwrap();
         assert!(final_lines(&path).unwrap_err().to_string().contains("not an mde-offboard results file"));
+    }
+
+    #[test]
+    fn an_unwritable_place_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("r.csv");
+        let msg = check_writable(&missing, false).unwrap_err().to_string();
+        assert!(msg.contains("cannot write in") && msg.contains("--output"), "{msg}");
+        assert!(check_writable(&dir.path().join("r.csv"), false).is_ok());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the probe left a file behind");
     }
 
     #[test]

@@ -258,9 +258,8 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         };
         if options.dry_run { preflight::default_output(input) } else { results::default_path(input) }
     });
-    if !args.resume {
-        results::check_writable(&output, args.overwrite)?;
-    }
+    // A resume continues an existing file; either way the directory must take new files.
+    results::check_writable(&output, args.overwrite || args.resume)?;
     let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
     if scan.by_name && !options.preflight {
         return Err(Error::Usage(format!(
