@@ -81,6 +81,46 @@ fn percent_encode(value: &str) -> String {
     out
 }
 
+/// A MachineAction as the service returns it: the fields this tool reads (unknown ones are ignored, and any
+/// may be missing).
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineAction {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    #[serde(default)]
+    pub requestor_comment: Option<String>,
+    #[serde(default)]
+    pub computer_dns_name: Option<String>,
+    #[serde(default)]
+    pub creation_date_time_utc: Option<String>,
+    #[serde(default)]
+    pub last_update_date_time_utc: Option<String>,
+    /// Some of Microsoft's pages spell it this way: read both.
+    #[serde(default)]
+    pub last_update_time_utc: Option<String>,
+}
+
+impl MachineAction {
+    /// When the action last changed, under either spelling.
+    pub fn updated_at(&self) -> Option<&String> {
+        self.last_update_date_time_utc.as_ref().or(self.last_update_time_utc.as_ref())
+    }
+}
+
+/// A page of an OData collection: only `value` is used.
+#[derive(Deserialize)]
+pub struct ListPage<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+}
+
 /// Counters for the summary.
 #[derive(Default, Debug)]
 pub struct Counters {

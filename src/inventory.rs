@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::api::{Api, Failure};
+use crate::api::{Api, Failure, ListPage, MachineAction};
 use crate::input::normalise_name;
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -211,13 +211,6 @@ pub struct Inventory {
     pub reads: Reads,
 }
 
-/// A page of an OData collection: only `value` is used.
-#[derive(Deserialize)]
-struct ListPage<T> {
-    #[serde(default = "Vec::new")]
-    value: Vec<T>,
-}
-
 /// The part of a Machine the reads use, borrowed from the page where it can be; unknown fields are ignored.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,27 +225,6 @@ struct MachineEntry<'a> {
     health_status: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     last_seen: Option<Cow<'a, str>>,
-}
-
-/// The part of a MachineAction the reads use.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ActionEntry {
-    #[serde(default)]
-    id: String,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    machine_id: String,
-    #[serde(default)]
-    creation_date_time_utc: Option<String>,
-    #[serde(default)]
-    last_update_date_time_utc: Option<String>,
-    /// Some pages spell it this way: read both.
-    #[serde(default)]
-    last_update_time_utc: Option<String>,
 }
 
 /// Why the reads could not finish: what was being read, and the call's failure.
@@ -327,7 +299,7 @@ impl Inventory {
         if self.machines.len() < OPEN_STATUSES.len() {
             for id in self.machines.iter().map(|m| m.id).collect::<Vec<_>>() {
                 let filter = format!("machineId eq '{}' and type eq 'Offboard'", id_text(&id));
-                let actions: Vec<ActionEntry> =
+                let actions: Vec<MachineAction> =
                     self.pages(api, "/api/machineactions", &filter, "the machine's offboard actions", false).await?;
                 for action in actions {
                     self.keep_action(action);
@@ -383,7 +355,7 @@ impl Inventory {
     async fn read_open_actions(&mut self, api: &Api) -> Result<(), ReadError> {
         for status in OPEN_STATUSES {
             let filter = format!("type eq 'Offboard' and status eq '{status}'");
-            let actions: Vec<ActionEntry> =
+            let actions: Vec<MachineAction> =
                 self.pages(api, "/api/machineactions", &filter, "the open offboard actions", true).await?;
             for action in actions {
                 self.keep_action(action);
@@ -402,13 +374,13 @@ impl Inventory {
         filter: &str,
         what: &str,
         only_kept: bool,
-    ) -> Result<Vec<ActionEntry>, ReadError> {
+    ) -> Result<Vec<MachineAction>, ReadError> {
         let mut kept = Vec::new();
-        let mut first_ids: Vec<String> = Vec::new();
+        let mut first_ids: Vec<Option<String>> = Vec::new();
         for page in 0..MAX_PAGES {
             let (attempts, answer) = api
                 .list_page(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE, |body| {
-                    serde_json::from_slice::<ListPage<ActionEntry>>(body).map(|p| p.value).map_err(|e| e.to_string())
+                    serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
                 })
                 .await;
             self.reads.action_pages += 1;
@@ -422,11 +394,10 @@ impl Inventory {
                 }
                 first_ids.push(first.id.clone());
             }
-            kept.extend(
-                entries.into_iter().filter(|a| {
-                    !only_kept || parse_id(&a.machine_id).is_some_and(|id| self.machine_index(&id).is_some())
-                }),
-            );
+            kept.extend(entries.into_iter().filter(|a| {
+                !only_kept
+                    || a.machine_id.as_deref().and_then(parse_id).is_some_and(|id| self.machine_index(&id).is_some())
+            }));
             if !full {
                 break;
             }
@@ -434,19 +405,19 @@ impl Inventory {
         Ok(kept)
     }
 
-    fn keep_action(&mut self, action: ActionEntry) {
+    fn keep_action(&mut self, action: MachineAction) {
         let open = action.status.as_deref().is_some_and(|s| OPEN_STATUSES.iter().any(|o| o.eq_ignore_ascii_case(s)));
         let offboard = action.kind.as_deref().is_none_or(|k| k.eq_ignore_ascii_case("Offboard"));
-        let Some(machine) = parse_id(&action.machine_id) else { return };
+        let Some(machine) = action.machine_id.as_deref().and_then(parse_id) else { return };
         if !open || !offboard || self.machine_index(&machine).is_none() {
             return;
         }
         self.open.push(OpenAction {
             machine,
-            id: action.id,
+            updated: action.updated_at().cloned(),
+            id: action.id.unwrap_or_default(),
             status: action.status.unwrap_or_default(),
             created: action.creation_date_time_utc,
-            updated: action.last_update_date_time_utc.or(action.last_update_time_utc),
         });
     }
 
@@ -698,14 +669,14 @@ mod tests {
         let mut inventory = Inventory::new(wanted);
         inventory.keep(&entry(&hex(1), "pc-1"));
         inventory.sort_machines();
-        let action = |machine: &str, status: &str, kind: &str| ActionEntry {
-            id: format!("{machine}-{status}"),
+        let action = |machine: &str, status: &str, kind: &str| MachineAction {
+            id: Some(format!("{machine}-{status}")),
             kind: Some(kind.into()),
             status: Some(status.into()),
-            machine_id: machine.into(),
+            machine_id: Some(machine.into()),
             creation_date_time_utc: Some("2026-01-01T00:00:00Z".into()),
-            last_update_date_time_utc: None,
             last_update_time_utc: Some("2026-01-01T00:01:00Z".into()),
+            ..MachineAction::default()
         };
         inventory.keep_action(action(&hex(2), "Pending", "Offboard"));
         inventory.keep_action(action(&hex(1), "Succeeded", "Offboard"));

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::api::{Api, CallResult, RetryPolicy};
+use crate::api::{Api, CallResult, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::input::{self, InputRow, RowKind, Scan, Source};
@@ -38,6 +38,8 @@ const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Durat
 const CHANNEL_DEPTH: usize = 1024;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// A machine's offboard actions fit one page: it has a handful at most.
+const LOOKUP_PAGE: usize = 100;
 /// How far before an interrupted call's journal entry an action found on resume may have been created
 /// and still be taken for that call's (clocks differ).
 const CLOCK_SKEW: Duration = Duration::from_secs(600);
@@ -661,17 +663,15 @@ fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Ear
 /// A machine whose earlier call may have gone through: look for the action it would have created before
 /// calling again, so no machine is offboarded twice.
 async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
-    let filter = format!("/api/machineactions?$filter=machineId eq '{machine_id}' and type eq 'Offboard'");
-    let lookup = api.get(&filter, false).await;
+    let filter = format!("machineId eq '{machine_id}' and type eq 'Offboard'");
+    let (attempts, lookup) = api
+        .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
+            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
+        })
+        .await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    match lookup.answer {
-        Ok(reply) => {
-            #[derive(Deserialize)]
-            struct Page {
-                #[serde(default)]
-                value: Vec<MachineAction>,
-            }
-            let actions = serde_json::from_slice::<Page>(&reply.body).map(|p| p.value).unwrap_or_default();
+    match lookup {
+        Ok(actions) => {
             let created = |a: &MachineAction| {
                 a.creation_date_time_utc.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())
             };
@@ -686,8 +686,8 @@ async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment:
                     machine_id,
                     if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending },
                 );
-                row.attempts = lookup.attempts;
-                row.http_status = Some(reply.status);
+                row.attempts = attempts;
+                row.http_status = Some(200);
                 row.error_message =
                     Some("found the action of a call made before the interruption; not sent again".into());
                 fill_action(&mut row, action.clone());
@@ -703,29 +703,8 @@ async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment:
         }
     }
     let mut row = offboard_one(api, line, machine_id, comment).await;
-    row.attempts += lookup.attempts;
+    row.attempts += attempts;
     row
-}
-
-/// The part of a MachineAction a results row uses.
-#[derive(Deserialize, Default, Clone)]
-#[serde(rename_all = "camelCase")]
-struct MachineAction {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    requestor_comment: Option<String>,
-    #[serde(default)]
-    computer_dns_name: Option<String>,
-    #[serde(default)]
-    creation_date_time_utc: Option<String>,
-    #[serde(default)]
-    last_update_date_time_utc: Option<String>,
-    /// Some pages spell it this way: read both.
-    #[serde(default)]
-    last_update_time_utc: Option<String>,
 }
 
 /// Offboards one machine and says what happened, as a results row.
@@ -761,9 +740,9 @@ async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -
 }
 
 fn fill_action(row: &mut ResultRow, action: MachineAction) {
+    row.updated_at = action.updated_at().cloned();
     row.action_id = action.id;
     row.action_status = action.status;
     row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
     row.submitted_at = action.creation_date_time_utc;
-    row.updated_at = action.last_update_date_time_utc.or(action.last_update_time_utc);
 }

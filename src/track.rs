@@ -21,10 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::api::{Api, CallResult, RetryPolicy};
+use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::limiter::Limiter;
@@ -193,38 +192,13 @@ fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is not a duration above zero, such as 30s, 5m or 2h"))
 }
 
-/// The part of a MachineAction tracking reads.
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-struct Action {
-    id: String,
-    #[serde(default)]
-    machine_id: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    creation_date_time_utc: Option<String>,
-    #[serde(default)]
-    last_update_date_time_utc: Option<String>,
-    /// Some pages spell it this way: read both.
-    #[serde(default)]
-    last_update_time_utc: Option<String>,
+/// Whether an action is still open (no final status yet).
+fn is_open(action: &MachineAction) -> bool {
+    !action.status.as_deref().is_some_and(is_final)
 }
 
-impl Action {
-    fn is_open(&self) -> bool {
-        !self.status.as_deref().is_some_and(is_final)
-    }
-
-    fn created(&self) -> Option<SystemTime> {
-        self.creation_date_time_utc.as_deref().and_then(parse_rfc3339)
-    }
-}
-
-#[derive(Deserialize)]
-struct Page {
-    #[serde(default)]
-    value: Vec<Action>,
+fn created(action: &MachineAction) -> Option<SystemTime> {
+    action.creation_date_time_utc.as_deref().and_then(parse_rfc3339)
 }
 
 /// The columns tracking reads and writes.
@@ -295,12 +269,12 @@ impl Table {
     }
 
     /// Writes what `action` says into row `i`; true if anything changed.
-    fn apply(&mut self, i: usize, action: &Action) -> bool {
+    fn apply(&mut self, i: usize, action: &MachineAction) -> bool {
         let c = &self.col;
         let updates = [
-            (c.action_id, Some(action.id.clone())),
+            (c.action_id, action.id.clone()),
             (c.action_status, action.status.clone()),
-            (c.updated_at, action.last_update_date_time_utc.clone().or_else(|| action.last_update_time_utc.clone())),
+            (c.updated_at, action.updated_at().cloned()),
         ];
         let mut changed = false;
         for (col, value) in updates {
@@ -467,17 +441,17 @@ async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress)
     if let Some(since) = since {
         filter += &format!(" and creationDateTimeUtc ge {}", rfc3339(since));
     }
-    let filter = filter.replace(' ', "%20");
-
-    let mut actions: Vec<Action> = Vec::new();
-    let mut skip = 0u64;
+    let mut actions: Vec<MachineAction> = Vec::new();
+    let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let mut skip = 0usize;
     loop {
-        let path = format!("/api/machineactions?$filter={filter}&$top={page_size}&$skip={skip}");
-        let CallResult { answer, .. } = api.get(&path, false).await;
-        let body = match answer {
-            Ok(reply) => reply.body,
-            // An empty result has been seen answered 404.
-            Err(f) if f.status == Some(404) => break,
+        let (_, page) = api
+            .list_page("/api/machineactions", Some(&filter), page_size, skip, |body| {
+                serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
+            })
+            .await;
+        let page = match page {
+            Ok(page) => page,
             Err(f) => {
                 if let Some(e) = api.fatal() {
                     return Err(Error::Auth(e.to_string()));
@@ -495,15 +469,8 @@ async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress)
                 return Ok(());
             }
         };
-        let page: Page = match serde_json::from_slice(&body) {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!("a page of machine actions could not be read ({e}); the pass is skipped");
-                return Ok(());
-            }
-        };
-        let short = (page.value.len() as u64) < page_size;
-        actions.extend(page.value);
+        let short = page.len() < page_size;
+        actions.extend(page);
         if short {
             break;
         }
@@ -513,7 +480,9 @@ async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress)
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut by_machine: HashMap<String, usize> = HashMap::new();
     for (n, a) in actions.iter().enumerate() {
-        by_id.insert(a.id.to_ascii_lowercase(), n);
+        if let Some(id) = &a.id {
+            by_id.insert(id.to_ascii_lowercase(), n);
+        }
         if let Some(machine) = &a.machine_id {
             let key = machine.to_ascii_lowercase();
             // Prefer the open action, then the latest created.
@@ -521,7 +490,7 @@ async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress)
                 None => true,
                 Some(&m) => {
                     let other = &actions[m];
-                    (a.is_open(), a.created()) > (other.is_open(), other.created())
+                    (is_open(a), created(a)) > (is_open(other), created(other))
                 }
             };
             if better {
@@ -579,14 +548,14 @@ mod tests {
         (dir, table)
     }
 
-    fn action(id: &str, machine: &str, status: &str, created: &str) -> Action {
-        Action {
-            id: id.into(),
+    fn action(id: &str, machine: &str, status: &str, created: &str) -> MachineAction {
+        MachineAction {
+            id: Some(id.into()),
             machine_id: Some(machine.into()),
             status: Some(status.into()),
             creation_date_time_utc: Some(created.into()),
             last_update_date_time_utc: Some("2026-01-01T00:05:00Z".into()),
-            last_update_time_utc: None,
+            ..MachineAction::default()
         }
     }
 

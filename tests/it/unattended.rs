@@ -249,3 +249,38 @@ async fn json_logs_carry_the_run_id_and_each_machine() {
     assert!(out.stdout.contains(&run_ids[0]), "the summary names the run: {}", out.stdout);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_at_the_crash_is_looked_up_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SimConfig { fleet: Fleet::generate(50, 12), quotas: Vec::new(), ..SimConfig::default() };
+    let ids = fleet_ids(&cfg, 3);
+    let sim = Simulator::start(cfg).await.unwrap();
+    let path = input(dir.path(), &ids);
+    let args = ["run", path.to_str().unwrap(), "--yes", "--resume", "--no-preflight", "--comment", "retire {run_id}"];
+    let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // What a kill -9 between the call and its row leaves: the journal names line 4's machine as called, and
+    // its row is missing (the service did create the action).
+    let results_path = dir.path().join("m.results.csv");
+    let text = std::fs::read_to_string(&results_path).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("4,")).collect();
+    std::fs::write(&results_path, kept.join("\n") + "\n").unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let journal = dir.path().join("m.results.csv.journal");
+    let mut journal_text = std::fs::read_to_string(&journal).unwrap();
+    journal_text += &format!("4,{},{now_ms}\n", ids[2]);
+    std::fs::write(&journal, journal_text).unwrap();
+
+    let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let results = Results::read(&results_path);
+    let row = results.line(4);
+    assert_eq!(row["outcome"], "submitted", "{row:?}");
+    assert!(row["error_message"].contains("not sent again"), "{row:?}");
+    assert!(!row["action_id"].is_empty());
+    assert_eq!(sim.stats().offboard_calls[&ids[2]].calls, 1, "the machine was called again");
+    complete_and_once(&results, &ids, &sim.stats());
+    sim.shutdown().await;
+}
