@@ -127,7 +127,9 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         "real run",
         match (can_offboard, read_role) {
             (true, Some(read)) => format!("allowed ({OFFBOARD_ROLE}; {read} for pre-flight and tracking)"),
-            (true, None) => format!("allowed ({OFFBOARD_ROLE}), but without a read role: no pre-flight, no tracking"),
+            (true, None) => format!(
+                "allowed only with --no-preflight ({OFFBOARD_ROLE}, but no read role: no pre-flight, no tracking)"
+            ),
             (false, _) => format!("NOT allowed: needs {OFFBOARD_ROLE}"),
         },
     );
@@ -144,7 +146,11 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         r.problems.push(format!("the token does not hold {OFFBOARD_ROLE}: {grant}"));
     }
     if read_role.is_none() {
-        r.notes.push(format!("without {} tracking (--wait, track) cannot work: {grant}", READ_ROLES[0]));
+        r.notes.push(format!(
+            "without {} a real run needs --no-preflight (the pre-flight, on by default, reads the inventory), and \
+             dry runs and tracking (--wait, track) cannot work: {grant}",
+            READ_ROLES[0]
+        ));
     }
 
     // One cheap read through the usual path; few retries: this is a check, not a run.

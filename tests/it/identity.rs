@@ -271,12 +271,13 @@ async fn check_reports_ready_missing_roles_wrong_secret_and_unreachable_hosts() 
         out.stdout
     );
 
-    // Only Machine.Offboard: a real run is allowed, with a note about tracking.
+    // Only Machine.Offboard: a real run is allowed without the pre-flight, with a note about tracking.
     let offboarders =
         Simulator::start(SimConfig { roles: vec!["Machine.Offboard".into()], ..config(dir.path()) }).await.unwrap();
     let out = mde_env(&offboarders, dir.path(), &["check"], "", &[]).await;
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(out.stdout.contains("answered 403") && out.stdout.contains("tracking"), "{}", out.stdout);
+    assert!(out.stdout.contains("--no-preflight"), "{}", out.stdout);
 
     let out = mde_env(&sim, dir.path(), &["check"], "", &[("MDE_CLIENT_SECRET", "not~the~secret")]).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
