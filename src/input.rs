@@ -7,8 +7,9 @@
 //!
 //! Memory stays flat in the number of rows except for duplicate detection, which keeps one 64-bit hash per
 //! distinct valid id in a sorted `Vec` (1,000,000 ids: 8 MB; see `Seen`). The hash is SipHash with keys
-//! drawn per scan, over the id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵ (3 × 10⁻⁸ for a million
-//! ids), and if that ever happened the second machine would be reported `duplicate` and not offboarded:
+//! drawn per scan, over the id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵
+//! (3 × 10⁻⁸ for a million ids), and if that ever happened the second machine would be reported
+//! `duplicate` and not offboarded:
 //! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
 //! The scan keeps those hashes, sorted (8 bytes per distinct id: 8 MB for a million), as the list of what the
 //! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass,
