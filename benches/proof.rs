@@ -3,9 +3,10 @@
 //! ```sh
 //! cargo bench --bench proof -- pacing     # wall time / earliest schedule, and 429s
 //! cargo bench --bench proof -- speed      # machines per second and client CPU per machine
-//! cargo bench --bench proof -- memory     # peak RSS for 10k, 100k and 1M rows
-//! cargo bench --bench proof -- economy    # API calls per machine
-//! cargo bench --bench proof -- all        # everything (about 10 minutes on 2 cores)
+//! cargo bench --bench proof -- memory        # peak RSS for 10k, 100k and 1M rows (fleets as large)
+//! cargo bench --bench proof -- memory-found  # peak RSS for 1M rows against an inventory of 30k
+//! cargo bench --bench proof -- economy       # API calls per machine
+//! cargo bench --bench proof -- all           # everything (about 25 minutes on 2 cores)
 //! ```
 //!
 //! `--runs N` sets how many runs each figure takes the median of (default 5; 3 for memory and pacing).
@@ -47,16 +48,18 @@ fn main() {
         "pacing" => pacing(dir.path(), runs.unwrap_or(3)),
         "speed" => speed(dir.path(), runs.unwrap_or(5)),
         "memory" => memory(dir.path(), runs.unwrap_or(3)),
+        "memory-found" => memory_found(dir.path(), runs.unwrap_or(3)),
         "economy" => economy(dir.path()),
         "all" => {
             // Memory first: see `harness_peak_rss`.
             memory(dir.path(), runs.unwrap_or(3));
+            memory_found(dir.path(), runs.unwrap_or(3));
             speed(dir.path(), runs.unwrap_or(5));
             pacing(dir.path(), runs.unwrap_or(3));
             economy(dir.path());
         }
         other => {
-            eprintln!("unknown figure `{other}`: pacing, speed, memory, economy or all");
+            eprintln!("unknown figure `{other}`: pacing, speed, memory, memory-found, economy or all");
             std::process::exit(2);
         }
     }
@@ -64,89 +67,136 @@ fn main() {
 
 /// Figure 1: a paced run against the simulator enforcing the default quotas, time-scaled 100 times
 /// (100/600ms and 1500/36s), with 5 ms of latency: wall time over the earliest schedule, and 429s.
+///
+/// Twice per size: `--no-preflight` (the offboard calls alone), and the default real run, whose pre-flight
+/// reads go through the same limiter first; its earliest schedule is that of every API call the run made
+/// (offboards + reads, counted by the simulator), as if the reads could overlap like the offboards (they
+/// run one after the other: a few latencies, 15 ms here, that the ratio counts against the tool).
 fn pacing(dir: &Path, runs: usize) {
     let rates: Vec<Rate> = ["100/600ms", "1500/36s"].iter().map(|r| r.parse().unwrap()).collect();
     let latency = Duration::from_millis(5);
     let concurrency = 4;
     println!("\n## Pacing: quotas 100/600ms + 1500/36s (the real ones, 100x faster), latency 5 ms, concurrency 4");
     println!(
-        "| machines | earliest schedule | wall (median of {runs}) | ratio (median) | ratios | 429s (total) | max offered per window |"
+        "| machines | mode | API calls | earliest schedule | wall (median of {runs}) | ratio (median) | ratios | 429s (total) | max offered per window |"
     );
-    println!("|---:|---:|---:|---:|---|---:|---|");
+    println!("|---:|---|---:|---:|---:|---:|---|---:|---|");
     for n in [250usize, 1500, 3000] {
-        let ideal = earliest_schedule(&rates, n as u64, concurrency, latency);
         let input = id_file(dir, n);
-        let (mut walls, mut throttled, mut offered) = (Vec::new(), 0, Vec::new());
-        for _ in 0..runs {
-            let sim = SimProcess::start(n, &["--time-scale", "100", "--latency", "5ms"]);
-            let out = client(&sim, &input, dir, &["--rate", "100/600ms", "--rate", "1500/36s", "--concurrency", "4"]);
-            out.check(n);
-            let stats = sim.stats();
-            throttled += stats.throttled;
-            offered = stats.max_in_window.iter().map(|w| format!("{}/{}", w.max_offered, w.limit)).collect();
-            walls.push(out.wall);
+        for (name, extra) in
+            [("offboards only (--no-preflight)", &["--no-preflight"][..]), ("with pre-flight (default)", &[])]
+        {
+            let (mut walls, mut ideals, mut throttled, mut offered, mut calls) =
+                (Vec::new(), Vec::new(), 0, Vec::new(), 0);
+            for _ in 0..runs {
+                let sim = SimProcess::start(n, &["--time-scale", "100", "--latency", "5ms"]);
+                let mut args = vec!["--rate", "100/600ms", "--rate", "1500/36s", "--concurrency", "4"];
+                args.extend(extra);
+                let out = client(&sim, &input, dir, &args);
+                out.check(n);
+                let stats = sim.stats();
+                throttled += stats.throttled;
+                offered = stats.max_in_window.iter().map(|w| format!("{}/{}", w.max_offered, w.limit)).collect();
+                // Answered calls: a 429 is not a call the schedule has to fit.
+                calls = api_calls(&stats, "/api/") - stats.throttled;
+                ideals.push(earliest_schedule(&rates, calls, concurrency, latency));
+                walls.push(out.wall);
+            }
+            let ratios: Vec<f64> =
+                walls.iter().zip(&ideals).map(|(w, ideal)| w.as_secs_f64() / ideal.as_secs_f64()).collect();
+            println!(
+                "| {n} | {name} | {calls} | {:.2} s | {:.2} s | **{:.3}** | {} | {throttled} | {} |",
+                median_duration(&ideals).as_secs_f64(),
+                median_duration(&walls).as_secs_f64(),
+                median(&ratios),
+                ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
+                offered.join(", ")
+            );
         }
-        let ratios: Vec<f64> = walls.iter().map(|w| w.as_secs_f64() / ideal.as_secs_f64()).collect();
-        println!(
-            "| {n} | {:.2} s | {:.2} s | **{:.3}** | {} | {throttled} | {} |",
-            ideal.as_secs_f64(),
-            median_duration(&walls).as_secs_f64(),
-            median(&ratios),
-            ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
-            offered.join(", ")
-        );
     }
 }
 
-/// Figure 2: 100,000 machines, simulator without quotas, `--concurrency 64`.
+/// Calls the simulator answered on routes containing `part`, whatever their status.
+fn api_calls(stats: &SimStats, part: &str) -> u64 {
+    stats.calls.iter().filter(|(route, _)| route.contains(part)).flat_map(|(_, m)| m.values()).sum()
+}
+
+/// Figure 2: 100,000 machines, simulator without quotas, `--concurrency 64`; with the pre-flight (the
+/// default: 10 inventory pages of 10,000 and the open-action lists first) and without.
 fn speed(dir: &Path, runs: usize) {
     let n = 100_000;
     println!("\n## Raw speed: {n} machines, simulator without quotas, --concurrency 64");
-    println!("| run | wall | machines/s | client CPU (user+sys) | CPU per machine | peak RSS |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| mode | run | wall | machines/s | client CPU (user+sys) | CPU per machine | peak RSS |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let input = id_file(dir, n);
-    let (mut rates, mut per_machine) = (Vec::new(), Vec::new());
-    for run in 1..=runs {
-        let sim = SimProcess::start(n, &["--no-quotas"]);
-        let out = client(&sim, &input, dir, &[&format!("--rate={UNREACHED_RATE}"), "--concurrency", "64"]);
-        out.check(n);
-        let rate = n as f64 / out.wall.as_secs_f64();
-        let us = out.cpu.as_secs_f64() * 1e6 / n as f64;
-        println!(
-            "| {run} | {:.2} s | {rate:.0} | {:.2} s | {us:.1} µs | {:.1} MiB |",
-            out.wall.as_secs_f64(),
-            out.cpu.as_secs_f64(),
-            out.max_rss_kib as f64 / 1024.0
-        );
-        rates.push(rate);
-        per_machine.push(us);
+    for (name, extra) in [("with pre-flight (default)", &[][..]), ("--no-preflight", &["--no-preflight"])] {
+        let (mut rates, mut per_machine) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let sim = SimProcess::start(n, &["--no-quotas"]);
+            let rate_arg = format!("--rate={UNREACHED_RATE}");
+            let mut args = vec![rate_arg.as_str(), "--concurrency", "64"];
+            args.extend(extra);
+            let out = client(&sim, &input, dir, &args);
+            out.check(n);
+            let rate = n as f64 / out.wall.as_secs_f64();
+            let us = out.cpu.as_secs_f64() * 1e6 / n as f64;
+            println!(
+                "| {name} | {run} | {:.2} s | {rate:.0} | {:.2} s | {us:.1} µs | {:.1} MiB |",
+                out.wall.as_secs_f64(),
+                out.cpu.as_secs_f64(),
+                out.max_rss_kib as f64 / 1024.0
+            );
+            rates.push(rate);
+            per_machine.push(us);
+        }
+        println!("| {name} | **median** | | **{:.0}** | | **{:.1} µs** | |", median(&rates), median(&per_machine));
     }
-    println!("| **median** | | **{:.0}** | | **{:.1} µs** | |", median(&rates), median(&per_machine));
 }
 
-/// Figure 3: peak RSS of a real run (and of a dry run, once `run --dry-run` exists) for 10k, 100k and 1M rows.
+/// Figure 3: peak RSS of a real run (with its pre-flight, the default, and without) and of a dry run, for
+/// 10k, 100k and 1M rows, each against a fleet of as many machines (so the reads keep every row's machine).
 fn memory(dir: &Path, runs: usize) {
-    let modes = modes();
     println!("\n## Memory: peak RSS (median of {runs}), simulator without quotas, --concurrency 64");
+    memory_rows(dir, runs, &[(10_000, 10_000), (100_000, 100_000), (1_000_000, 1_000_000)]);
+}
+
+/// Figure 3b: a million rows of which the inventory has 30,000 (the fleet of 30,000 is the first 30,000 of
+/// the fleet of a million), the rest `not_found` (exit 3): what the pre-flight keeps grows with the machines
+/// found, not with the rows. Without the pre-flight each of those rows would be an offboard call answered
+/// 404, twice: not measured.
+fn memory_found(dir: &Path, runs: usize) {
+    println!("\n## Memory: peak RSS (median of {runs}), a million rows, an inventory of 30,000");
+    memory_rows(dir, runs, &[(1_000_000, 30_000)]);
+}
+
+/// One table row per (input rows, fleet size), one column per mode.
+fn memory_rows(dir: &Path, runs: usize, sizes: &[(usize, usize)]) {
+    let mut modes = modes();
+    modes.insert(1, ("real run --no-preflight", vec!["--no-preflight"]));
     println!("| rows | {} |", modes.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(" | "));
     println!("|---:|{}", "---:|".repeat(modes.len()));
-    for n in [10_000usize, 100_000, 1_000_000] {
+    for &(n, fleet) in sizes {
         let input = id_file(dir, n);
         let mut cells = Vec::new();
         for (_, extra) in &modes {
+            if fleet < n && extra.contains(&"--no-preflight") {
+                cells.push("".into());
+                continue;
+            }
             let mut rss = Vec::new();
             for _ in 0..runs {
-                let sim = SimProcess::start(n, &["--no-quotas"]);
+                let sim = SimProcess::start(fleet, &["--no-quotas"]);
                 let mut args = vec![format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "64".into()];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let out = client(&sim, &input, dir, &args);
-                out.check(n);
+                out.check_code(n, if fleet < n { 3 } else { 0 });
                 rss.push(out.max_rss_kib as f64 / 1024.0);
             }
             cells.push(format!("{:.1} MiB", median(&rss)));
         }
-        println!("| {n} | {} |", cells.join(" | "));
+        let rows = if fleet < n { format!("{n} (inventory of {fleet})") } else { n.to_string() };
+        println!("| {rows} | {} |", cells.join(" | "));
     }
     println!("(floor of these figures, the harness's own peak RSS: {:.1} MiB)", harness_peak_rss_kib() as f64 / 1024.0);
 }
@@ -166,35 +216,65 @@ fn harness_peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Figure 4: API calls per machine (sign-in not counted; it is shown apart) at 1,000 and 25,000 machines.
+/// Figure 4: API calls per machine (sign-in not counted; it is shown apart) at 1,000 and 25,000 machines: the
+/// dry run, the real run with and without its pre-flight, `run --wait`, and `track --once` after a run.
+///
+/// For tracking, the simulator's actions are `Pending` when submitted and final 2 ms later (`--pending-for 1ms
+/// --in-progress-for 1ms`, none failing; the actions of inactive machines, which the service leaves pending,
+/// end `TimeOut` after `--action-timeout 2ms`, so those runs exit 3): one status pass finds every action
+/// final, the least tracking can cost. (With lifecycles of 0 s the offboard's own answer is final, and
+/// tracking makes no call at all.)
 fn economy(dir: &Path) {
-    let modes = modes();
+    let mut modes = modes();
+    modes.insert(1, ("real run --no-preflight", vec!["--no-preflight"]));
+    modes.push(("run --wait", vec!["--wait", "--poll-interval", "100ms"]));
+    let lifecycle = ["--no-quotas", "--pending-for", "1ms", "--in-progress-for", "1ms", "--action-timeout", "2ms"];
+    let lifecycle = [&lifecycle[..], &["--fail-share", "0", "--timeout-share", "0"]].concat();
     println!("\n## API economy: calls per machine, no faults, simulator without quotas");
-    println!("| machines | mode | API calls | calls per machine | sign-ins |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| machines | mode | offboard calls | read calls | API calls | calls per machine | sign-ins |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for n in [1_000usize, 25_000] {
         let input = id_file(dir, n);
+        let row = |name: &str, stats: &SimStats| {
+            let (api, offboards) = (api_calls(stats, "/api/"), api_calls(stats, "/offboard"));
+            println!(
+                "| {n} | {name} | {offboards} | {} | {api} | {:.3} | {} |",
+                api - offboards,
+                api as f64 / n as f64,
+                api_calls(stats, "oauth2")
+            );
+        };
         for (name, extra) in &modes {
-            let sim = SimProcess::start(n, &["--no-quotas"]);
+            let sim = SimProcess::start(n, &lifecycle);
             let mut args = vec![format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "16".into()];
             args.extend(extra.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = client(&sim, &input, dir, &args);
-            out.check(n);
-            let stats = sim.stats();
-            let calls = |part: &str| -> u64 {
-                stats.calls.iter().filter(|(route, _)| route.contains(part)).flat_map(|(_, m)| m.values()).sum()
-            };
-            let api = calls("/api/");
-            println!("| {n} | {name} | {api} | {:.3} | {} |", api as f64 / n as f64, calls("oauth2"));
+            out.check_code(n, if extra.contains(&"--wait") { 3 } else { 0 });
+            row(name, &sim.stats());
         }
+        // `track --once` on the results of a real run: the simulator's counts after the run are subtracted.
+        let sim = SimProcess::start(n, &lifecycle);
+        let out = client(&sim, &input, dir, &[&format!("--rate={UNREACHED_RATE}"), "--concurrency", "16"]);
+        out.check(n);
+        let before = sim.stats();
+        let code = track_once(&sim, &out.output, dir);
+        assert_eq!(code, 3, "track --once exited {code}; stderr in {}", dir.join("client.stderr").display());
+        let mut after = sim.stats();
+        for (route, by_status) in after.calls.iter_mut() {
+            for (status, count) in by_status.iter_mut() {
+                *count -= before.calls.get(route).and_then(|m| m.get(status)).copied().unwrap_or(0);
+            }
+        }
+        row("track --once (after a run)", &after);
     }
 }
 
 /// A client rate limit no run reaches: the limiter stays in the path (its cost is measured) without pacing.
 const UNREACHED_RATE: &str = "1000000/1ms";
 
-/// The run modes measured: a real run, and the dry run when this build has it.
+/// The run modes measured: a real run (with its pre-flight: the default), and the dry run when this build
+/// has it.
 fn modes() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut modes = vec![("real run", vec![])];
     let help = Command::new(BIN).args(["run", "--help"]).output().expect("the binary runs");
@@ -265,7 +345,12 @@ struct ClientRun {
 impl ClientRun {
     /// Exit 0 and one results row per machine.
     fn check(&self, n: usize) {
-        if self.code != 0 {
+        self.check_code(n, 0);
+    }
+
+    /// Exit `code` and one results row per machine.
+    fn check_code(&self, n: usize, code: i32) {
+        if self.code != code {
             let stderr = self.output.with_file_name("client.stderr");
             let stderr = std::fs::read_to_string(stderr).unwrap_or_default();
             panic!("the client exited {}; results in {}\n{stderr}", self.code, self.output.display());
@@ -277,18 +362,32 @@ impl ClientRun {
     }
 }
 
+/// `mde-offboard track RESULTS --once -q` against `sim`: its exit code.
+fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {
+    let mut command = client_command(sim, dir);
+    command.arg("track").arg(results).args(["--once", "-q"]);
+    command.status().expect("the client starts").code().unwrap_or(-1)
+}
+
 /// Runs `mde-offboard run INPUT --yes -q` against `sim` and measures it with wait4.
 fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
     let output = dir.join("results.csv");
     let started = Instant::now();
+    let mut command = client_command(sim, dir);
+    command.arg("run").arg(input).args(["--yes", "--overwrite", "-q", "--output"]).arg(&output).args(extra);
     // Reaped by `wait4`, which std's `Child` does not know of.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(BIN)
-        .arg("run")
-        .arg(input)
-        .args(["--yes", "--overwrite", "-q", "--output"])
-        .arg(&output)
-        .args(extra)
+    let child = command.spawn().expect("the client starts");
+    let (code, usage) = wait4(&child);
+    let wall = started.elapsed();
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
+}
+
+/// The client's command, before its subcommand: the simulator's settings in a clean environment.
+fn client_command(sim: &SimProcess, dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .env_clear()
         .env("MDE_TENANT_ID", sim::DEMO_TENANT_ID)
         .env("MDE_CLIENT_ID", sim::DEMO_CLIENT_ID)
@@ -298,13 +397,8 @@ fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientR
         .env("MDE_COMMENT", "benchmark")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"))
-        .spawn()
-        .expect("the client starts");
-    let (code, usage) = wait4(&child);
-    let wall = started.elapsed();
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
+        .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"));
+    command
 }
 
 /// Reaps `child` and returns its exit code and its own resource usage.

@@ -6,12 +6,14 @@
 //! as it streams, to a temporary file that the second pass reads and that is deleted with the [`Scan`].
 //!
 //! Memory stays flat in the number of rows except for duplicate detection, which keeps one 64-bit hash per
-//! distinct valid id (1,000,000 ids: about 18 MB). The hash is SipHash with keys drawn per scan, over the
-//! id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵ (3 × 10⁻⁸ for a million
-//! ids), and if that ever happened the second machine would be reported `duplicate` and not offboarded:
+//! distinct valid id in a sorted `Vec` (1,000,000 ids: 8 MB; see `Seen`). The hash is SipHash with keys
+//! drawn per scan, over the id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵
+//! (3 × 10⁻⁸ for a million ids), and if that ever happened the second machine would be reported
+//! `duplicate` and not offboarded:
 //! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
 //! The scan keeps those hashes, sorted (8 bytes per distinct id: 8 MB for a million), as the list of what the
-//! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass.
+//! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass,
+//! and the second pass finds duplicates with one bit per distinct id against it, not a second set.
 //!
 //! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
@@ -198,8 +200,7 @@ impl Scan {
         };
         let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
         let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
-        // The scan counted the distinct ids: sized once, the set never holds two tables while it grows.
-        reader.seen.reserve(usize::try_from(self.valid).unwrap_or(0));
+        reader.seen = Seen::marking(self.keys());
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
         let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
@@ -467,10 +468,7 @@ fn read_all(
     while let Some(row) = reader.next_row(&layout)? {
         counts.count(&row.kind);
     }
-    let seen = std::mem::take(&mut reader.seen);
-    let mut keys: Vec<u64> = Vec::with_capacity(seen.len());
-    keys.extend(seen);
-    keys.sort_unstable();
+    let keys = std::mem::replace(&mut reader.seen, Seen::building()).into_keys();
     Ok((layout, counts, Arc::new(keys)))
 }
 
@@ -483,7 +481,7 @@ struct RowReader<R> {
     pending: Option<Record>,
     /// The line of the last record returned: lines only go up.
     last_line: u64,
-    seen: HashSet<u64, BuildHasherDefault<PassThrough>>,
+    seen: Seen,
     hasher: RandomState,
 }
 
@@ -510,7 +508,7 @@ impl<R: Read> RowReader<R> {
             record: csv::ByteRecord::new(),
             pending: None,
             last_line: 0,
-            seen: HashSet::default(),
+            seen: Seen::building(),
             hasher,
         })
     }
@@ -563,23 +561,23 @@ impl<R: Read> RowReader<R> {
             },
         };
         let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
+        let changed = || self.source.error(CHANGED);
         if layout.names {
             let kind = match normalise_name(&raw) {
                 None => RowKind::Invalid,
-                Some(name) if self.seen.insert(self.hasher.hash_one(name.as_bytes())) => RowKind::Name(name),
-                Some(_) => RowKind::Duplicate,
+                Some(name) => match self.seen.insert(self.hasher.hash_one(name.as_bytes())).ok_or_else(changed)? {
+                    true => RowKind::Name(name),
+                    false => RowKind::Duplicate,
+                },
             };
             return Ok(Some(InputRow { line: record.line, raw, kind }));
         }
         let kind = match machine_id(&raw) {
             None => RowKind::Invalid,
-            Some(id) => {
-                if self.seen.insert(self.id_hash(&id)) {
-                    RowKind::Valid(id)
-                } else {
-                    RowKind::Duplicate
-                }
-            }
+            Some(id) => match self.seen.insert(self.id_hash(&id)).ok_or_else(changed)? {
+                true => RowKind::Valid(id),
+                false => RowKind::Duplicate,
+            },
         };
         Ok(Some(InputRow { line: record.line, raw, kind }))
     }
@@ -623,6 +621,87 @@ fn hex_value(b: u8) -> u8 {
         b'0'..=b'9' => b - b'0',
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
+    }
+}
+
+/// The hashes of the ids (or names) met so far: what tells a duplicate.
+///
+/// The scan builds the sorted list of distinct hashes that becomes [`Scan::keys`] (8 bytes per distinct id,
+/// no hash table's slack: a set of a million would take 18 MB, 27 MB while it grows); recent hashes wait in
+/// a small set, merged into the list whenever it fills (at most an eighth of the list, so the merges cost
+/// about eight passes over the list per doubling). The second pass already has that list: it marks one bit
+/// per entry (a million ids: 125 KB).
+enum Seen {
+    Building { sorted: Vec<u64>, recent: HashSet<u64, BuildHasherDefault<PassThrough>> },
+    Marking { keys: Arc<Vec<u64>>, met: Vec<u64> },
+}
+
+/// The least size at which the recent hashes are merged into the sorted list.
+const RECENT_MIN: usize = 4096;
+
+impl Seen {
+    fn building() -> Seen {
+        Seen::Building { sorted: Vec::new(), recent: HashSet::default() }
+    }
+
+    /// For the second pass over an input whose scan found `keys`.
+    fn marking(keys: Arc<Vec<u64>>) -> Seen {
+        let met = vec![0u64; keys.len().div_ceil(64)];
+        Seen::Marking { keys, met }
+    }
+
+    /// Whether `hash` is met for the first time; `None` if the second pass meets a hash the scan did not
+    /// (the input changed).
+    fn insert(&mut self, hash: u64) -> Option<bool> {
+        match self {
+            Seen::Building { sorted, recent } => {
+                if sorted.binary_search(&hash).is_ok() || !recent.insert(hash) {
+                    return Some(false);
+                }
+                if recent.len() >= RECENT_MIN.max(sorted.len() / 8) {
+                    merge(sorted, recent);
+                }
+                Some(true)
+            }
+            Seen::Marking { keys, met } => {
+                let i = keys.binary_search(&hash).ok()?;
+                let bit = 1u64 << (i % 64);
+                let first = met[i / 64] & bit == 0;
+                met[i / 64] |= bit;
+                Some(first)
+            }
+        }
+    }
+
+    /// The scan's distinct hashes, sorted.
+    fn into_keys(self) -> Vec<u64> {
+        match self {
+            Seen::Building { mut sorted, mut recent } => {
+                merge(&mut sorted, &mut recent);
+                sorted.shrink_to_fit();
+                sorted
+            }
+            Seen::Marking { keys, .. } => Arc::unwrap_or_clone(keys),
+        }
+    }
+}
+
+/// Moves `recent` (none of them in `sorted`) into `sorted`, keeping it sorted: merged from the back, in place.
+fn merge(sorted: &mut Vec<u64>, recent: &mut HashSet<u64, BuildHasherDefault<PassThrough>>) {
+    let mut batch: Vec<u64> = recent.drain().collect();
+    batch.sort_unstable();
+    let (mut i, mut j) = (sorted.len(), batch.len());
+    sorted.resize(i + j, 0);
+    let mut k = i + j;
+    while j > 0 {
+        k -= 1;
+        if i > 0 && sorted[i - 1] > batch[j - 1] {
+            sorted[k] = sorted[i - 1];
+            i -= 1;
+        } else {
+            sorted[k] = batch[j - 1];
+            j -= 1;
+        }
     }
 }
 
@@ -887,6 +966,37 @@ mod tests {
             kinds,
             vec![valid(A), valid(B), RowKind::Duplicate, RowKind::Duplicate, valid(C), RowKind::Duplicate]
         );
+    }
+
+    #[test]
+    fn duplicates_are_found_across_merges_and_the_second_pass_agrees() {
+        // Enough distinct hashes for many merges of the recent ones into the sorted list, each met twice.
+        let hashes: Vec<u64> = (0..50_000u64).map(|n| n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let mut seen = Seen::building();
+        let mut set = HashSet::new();
+        for &h in hashes.iter().chain(&hashes[..10_000]).chain(hashes.iter().rev()) {
+            assert_eq!(seen.insert(h), Some(set.insert(h)), "{h}");
+        }
+        let keys = seen.into_keys();
+        assert!(keys.is_sorted() && keys.len() == hashes.len());
+        let mut again = Seen::marking(Arc::new(keys));
+        for (i, &h) in hashes.iter().chain(&hashes[..10_000]).enumerate() {
+            assert_eq!(again.insert(h), Some(i < hashes.len()), "{h}");
+        }
+        assert_eq!(again.insert(42), None, "a hash the scan did not meet means the input changed");
+    }
+
+    #[test]
+    fn a_garbled_id_header_beside_a_name_column_reads_by_name_in_both_passes() {
+        // Found by the input_reader fuzz target: `Machi\x11neId` is no id column, so `Name` makes the input
+        // by name, although the first column holds ids; both passes must agree on that.
+        let content = format!("\u{feff}Machi\u{11}neId,Name\r\n{},one\r\n{},two\r\n", "1".repeat(40), "2".repeat(40));
+        let scan = scan_reader(content.as_bytes(), None).unwrap();
+        assert!(scan.by_name);
+        let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
+        let names: Vec<RowKind> = rows.into_iter().map(|r| r.kind).collect();
+        assert_eq!(names, vec![RowKind::Name("one".into()), RowKind::Name("two".into())]);
+        assert_eq!(scan.valid, 2);
     }
 
     #[test]
