@@ -306,7 +306,11 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
 
 /// Builds the HTTP client every call shares.
 pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
+    // Plain http is only ever loopback (the simulator; settings refuse it elsewhere): no TLS, so the root
+    // certificates (the system's store is read from disk, tens of milliseconds) are not loaded.
+    let tls = !(settings.api_base.starts_with("http://") && settings.authority.starts_with("http://"));
     reqwest::Client::builder()
+        .tls_built_in_root_certs(tls)
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(settings.concurrency.max(4))
