@@ -27,6 +27,7 @@ use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::limiter::Limiter;
+use crate::lock::{self, RunLock};
 use crate::progress::Progress;
 use crate::results::Outcome;
 use crate::settings::{Settings, SettingsArgs};
@@ -376,6 +377,9 @@ pub async fn track_file(
     }
 
     let credentials = settings.credentials()?;
+    // Tracking spends the same quota as a run: one at a time per tenant and app.
+    let run_id = crate::run::new_run_id(SystemTime::now());
+    let _lock = RunLock::acquire(&lock::state_dir(), &credentials.tenant_id, &credentials.client_id, &run_id)?;
     let http = crate::run::http_client(settings)?;
     let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;

@@ -203,6 +203,8 @@ async fn one_run_at_a_time_per_tenant_and_app() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = mde_env(&sim, dir.path(), &["run", path.to_str().unwrap(), "--yes", "-o", "other.csv"], "", &[]).await;
+    // Tracking spends the same quota: it waits its turn too.
+    let track = mde_env(&sim, dir.path(), &["track", results_path.to_str().unwrap(), "--once"], "", &[]).await;
     let _ = first.kill();
     let _ = first.wait();
     assert_eq!(out.code, 1, "{}", out.stderr);
@@ -212,6 +214,8 @@ async fn one_run_at_a_time_per_tenant_and_app() {
         out.stderr
     );
     assert!(!dir.path().join("other.csv").exists());
+    assert_eq!(track.code, 1, "{}", track.stderr);
+    assert!(track.stderr.contains("another run"), "{}", track.stderr);
     sim.shutdown().await;
 }
 
