@@ -318,79 +318,66 @@ impl Layout {
             return Ok(Layout { column: 0, header: None, headerless: true, names: false });
         }
         let headers = &first.fields;
-        let found = match id_column {
-            Some(name) => {
-                let wanted = normalise_header(name);
-                headers.iter().position(|h| normalise_header(h) == wanted)
-            }
-            None => ID_HEADERS.iter().find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted)),
-        };
-        if let Some(column) = found {
-            return Ok(Layout {
-                column,
-                header: Some(headers[column].trim().to_string()),
-                headerless: false,
-                names: false,
-            });
+        if let Some(column) = named_or_first(headers, id_column, &ID_HEADERS) {
+            return Ok(Layout::at_header(headers, column, false));
         }
         // No id column: a name column is the only usable one, so the input is by name.
         if id_column.is_none()
             && let Some(column) = find_header(headers, &NAME_HEADERS)
         {
-            return Ok(Layout {
-                column,
-                header: Some(headers[column].trim().to_string()),
-                headerless: false,
-                names: true,
-            });
+            return Ok(Layout::at_header(headers, column, true));
         }
-        let listed = list_headers(headers);
-        let mut message = match id_column {
-            Some(name) => {
-                format!("no column named `{name}` (from --id-column); the header has {listed}")
-            }
-            None => format!(
-                "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id (or, to list computer names, computerDnsName, DeviceName or Name), or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)"
-            ),
-        };
-        if let Some(hint) = delimiter_hint(headers) {
-            message.push_str("; ");
-            message.push_str(hint);
-        }
-        Err(at(message))
+        Err(no_column(
+            source,
+            first,
+            id_column,
+            "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id (or, to list computer names, computerDnsName, DeviceName or Name), or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)",
+        ))
     }
 
     /// `--by-name`: the first row is a header with a name column (or the one `--id-column` names).
     fn decide_names(source: &Source, first: &Record, column: Option<&str>) -> Result<Layout> {
         let headers = &first.fields;
-        let found = match column {
-            Some(name) => {
-                let wanted = normalise_header(name);
-                headers.iter().position(|h| normalise_header(h) == wanted)
-            }
-            None => find_header(headers, &NAME_HEADERS),
-        };
-        if let Some(column) = found {
-            return Ok(Layout {
+        match named_or_first(headers, column, &NAME_HEADERS) {
+            Some(column) => Ok(Layout::at_header(headers, column, true)),
+            None => Err(no_column(
+                source,
+                first,
                 column,
-                header: Some(headers[column].trim().to_string()),
-                headerless: false,
-                names: true,
-            });
+                "no computer name column for --by-name; the header has {listed}. Name the column computerDnsName, DeviceName or Name, or pass --id-column NAME",
+            )),
         }
-        let listed = list_headers(headers);
-        let mut message = match column {
-            Some(name) => format!("no column named `{name}` (from --id-column); the header has {listed}"),
-            None => format!(
-                "no computer name column for --by-name; the header has {listed}. Name the column computerDnsName, DeviceName or Name, or pass --id-column NAME"
-            ),
-        };
-        if let Some(hint) = delimiter_hint(headers) {
-            message.push_str("; ");
-            message.push_str(hint);
-        }
-        Err(source.error(format!("line {}: {message}", first.line)))
     }
+
+    fn at_header(headers: &[String], column: usize, names: bool) -> Layout {
+        Layout { column, header: Some(headers[column].trim().to_string()), headerless: false, names }
+    }
+}
+
+/// The column `--id-column` names (matched leniently), or else the first of `defaults` the header has.
+fn named_or_first(headers: &[String], named: Option<&str>, defaults: &[&str]) -> Option<usize> {
+    match named {
+        Some(name) => {
+            let wanted = normalise_header(name);
+            headers.iter().position(|h| normalise_header(h) == wanted)
+        }
+        None => find_header(headers, defaults),
+    }
+}
+
+/// The error for a header without the column wanted: `missing` (with `{listed}` for the headers found), or
+/// what `--id-column` named, and a hint when the file looks like it uses another delimiter.
+fn no_column(source: &Source, first: &Record, named: Option<&str>, missing: &str) -> Error {
+    let listed = list_headers(&first.fields);
+    let mut message = match named {
+        Some(name) => format!("no column named `{name}` (from --id-column); the header has {listed}"),
+        None => missing.replace("{listed}", &listed),
+    };
+    if let Some(hint) = delimiter_hint(&first.fields) {
+        message.push_str("; ");
+        message.push_str(hint);
+    }
+    source.error(format!("line {}: {message}", first.line))
 }
 
 /// The first of `wanted` (normalised names, most specific first) that the header has.
