@@ -47,14 +47,12 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.sim.base_url()))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("answer");
-        read(response).await
+        read(self.response(path).await).await
+    }
+
+    /// The whole answer to `GET {path}` with the token, headers included.
+    async fn response(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.sim.base_url())).bearer_auth(&self.token).send().await.expect("answer")
     }
 
     async fn offboard(&self, id: &str) -> (u16, Value) {
@@ -570,13 +568,7 @@ async fn quotas_hold_under_a_storm() {
     assert_eq!((minute.quota.as_str(), minute.limit, minute.max_seen, minute.max_offered), ("20/1s", 20, 20, 60));
 
     // Retry-After: whole seconds until the window frees; after it, the call goes through.
-    let response = api
-        .http
-        .get(format!("{}/api/machines?$top=1", api.sim.base_url()))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
+    let response = api.response("/api/machines?$top=1").await;
     assert_eq!(response.status(), 429);
     let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert_eq!(wait, 1);
@@ -585,13 +577,7 @@ async fn quotas_hold_under_a_storm() {
     // Now the hour binds (21 of 30 used): 9 more, then a long wait.
     let answers = futures_join_all((0..15).map(|_| api.get("/api/machines?$top=1"))).await;
     assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 9);
-    let response = api
-        .http
-        .get(format!("{}/api/machines?$top=1", api.sim.base_url()))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
+    let response = api.response("/api/machines?$top=1").await;
     let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((3590..=3600).contains(&wait), "{wait}");
     assert!(api.sim.stats().max_in_window.iter().all(|w| w.max_seen <= w.limit));
@@ -609,13 +595,7 @@ async fn quota_periods_scale_and_retry_after_can_be_a_date() {
     .await;
     let answers = futures_join_all((0..130).map(|_| api.get("/api/machines?$top=1"))).await;
     assert_eq!(answers.iter().filter(|(s, _)| *s == 200).count(), 100);
-    let response = api
-        .http
-        .get(format!("{}/api/machines?$top=1", api.sim.base_url()))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
+    let response = api.response("/api/machines?$top=1").await;
     assert_eq!(response.status(), 429);
     let date = httpdate::parse_http_date(response.headers()["retry-after"].to_str().unwrap()).expect("an HTTP-date");
     let wait = date.duration_since(SystemTime::now() - Duration::from_millis(50)).expect("in the future");
@@ -710,13 +690,7 @@ async fn spurious_429_and_latency() {
         ..Faults::default()
     });
     let started = Instant::now();
-    let response = api
-        .http
-        .get(format!("{}/api/machines?$top=1", api.sim.base_url()))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
+    let response = api.response("/api/machines?$top=1").await;
     assert!(started.elapsed() >= Duration::from_millis(60));
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
