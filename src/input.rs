@@ -5,16 +5,17 @@
 //! streams the same bytes again for the run. Standard input cannot be read twice, so the scan copies it,
 //! as it streams, to a temporary file that the second pass reads and that is deleted with the [`Scan`].
 //!
-//! Memory stays flat in the number of rows except for duplicate detection, which keeps one 64-bit hash per
-//! distinct valid id in a sorted `Vec` (1,000,000 ids: 8 MB; see `Seen`). The hash is SipHash with keys
-//! drawn per scan, over the id's 20 bytes; two different ids share a hash with probability about n² / 2⁶⁵
-//! (3 × 10⁻⁸ for a million ids), and if that ever happened the second machine would be reported
-//! `duplicate` and not offboarded:
-//! the safe direction for a destructive tool. Both passes use the same keys, so they agree row for row.
-//! The scan keeps those hashes, sorted (8 bytes per distinct id: 8 MB for a million), as the list of what the
-//! input asks about ([`Scan::keys`]): the pre-flight checks inventory pages against it without another pass,
-//! and the second pass finds duplicates with one bit per distinct id against it, not a second set.
-//!
+//! Memory stays flat in the number of rows: nothing the passes learn is kept in memory per row or per id.
+//! Every input, a file or standard input, is copied as the scan streams it to a temporary file that the
+//! second pass reads, so both passes see the same bytes (editing the file during a run changes nothing).
+//! The scan sorts, on disk when it is large (see [`crate::extsort`]), a [`Key`] per row with an id (the id's
+//! 20 bytes: exact) or a name (a 64-bit SipHash of it, with keys drawn per scan: two names share it with
+//! probability about n² / 2⁶⁵, and the second would then be reported `duplicate`, the safe direction), with
+//! the row's line. From that it keeps two files: the first line of each distinct key, sorted by key
+//! ([`Scan::firsts`], what the pre-flight joins with the inventory), and the lines of the duplicates, in
+//! order, which the second pass reads alongside the rows. Besides, a fixed 1 MiB [`Filter`] of the keys
+//! lets the pre-flight drop most inventory entries the input does not ask about before they reach the disk.
+
 //! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
 //! `--id-column`), or no header at all when the first field of the first row is already a machine id.
@@ -25,14 +26,15 @@
 //! name column (`computerDnsName`, `DeviceName`, `Device Name`, `Name`, matched the same way), rows are
 //! [`RowKind::Name`]s: trimmed, lowercased, a trailing dot dropped. The pre-flight resolves them to ids.
 
-use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufWriter, Read, Write};
+use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::extsort::{self, RecordFile, RecordReader, Sorter};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
@@ -82,11 +84,91 @@ pub struct Scan {
     /// The column holds computer names, not ids: rows are [`RowKind::Name`].
     pub by_name: bool,
     layout: Layout,
+    keys: Keys,
+    /// The first row of each distinct key, sorted by key.
+    firsts: RecordFile<Entry>,
+    /// The lines of the rows repeating a key, ascending.
+    dups: RecordFile<u64>,
+    filter: Arc<Filter>,
+    /// The copy of the input that the second pass reads; kept alive by every [`Rows`] reading it.
+    spool: Arc<tempfile::NamedTempFile>,
+}
+
+/// What a row asks about, as sorted and joined: a machine id's 20 bytes, or the hash of a name
+/// ([`Keys::name`]) followed by zeros.
+pub type Key = [u8; 20];
+
+/// One row with an id or a name: its key and line. Sorted by key, then line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub key: Key,
+    pub line: u64,
+}
+
+impl extsort::Record for Entry {
+    const SIZE: usize = 28;
+    fn put(&self, out: &mut [u8]) {
+        out[..20].copy_from_slice(&self.key);
+        out[20..].copy_from_slice(&self.line.to_be_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        Entry {
+            key: bytes[..20].try_into().expect("20 bytes"),
+            line: u64::from_be_bytes(bytes[20..].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// How a scan makes keys: ids as they are, names hashed with keys drawn for the scan.
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
     hasher: RandomState,
-    /// The hashes of the distinct ids (or names), sorted.
-    keys: Arc<Vec<u64>>,
-    /// The copy of standard input; kept alive by every [`Rows`] reading it.
-    spool: Option<Arc<tempfile::NamedTempFile>>,
+}
+
+impl Keys {
+    /// The key of a machine id (its 20 bytes).
+    pub fn id(&self, id: &[u8; 20]) -> Key {
+        *id
+    }
+
+    /// The key of a computer name as [`normalise_name`] gives it.
+    pub fn name(&self, name: &str) -> Key {
+        let mut key = [0u8; 20];
+        key[..8].copy_from_slice(&self.hasher.hash_one(name.as_bytes()).to_be_bytes());
+        key
+    }
+
+    fn bit(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key) % FILTER_BITS as u64) as usize
+    }
+}
+
+/// Bits of a [`Filter`]: 1 MiB.
+const FILTER_BITS: usize = 1 << 23;
+
+/// A fixed-size sieve of the input's keys (one bit each, a Bloom filter with one hash): a key it does not
+/// hold is surely not in the input; one it holds may be (at a million keys, 11% of other keys pass).
+#[derive(Debug)]
+pub struct Filter {
+    keys: Keys,
+    bits: Vec<u64>,
+}
+
+impl Filter {
+    fn new(keys: Keys) -> Filter {
+        Filter { keys, bits: vec![0; FILTER_BITS / 64] }
+    }
+
+    fn insert(&mut self, key: &Key) {
+        let bit = self.keys.bit(key);
+        self.bits[bit / 64] |= 1 << (bit % 64);
+    }
+
+    /// Whether the input may have `key`.
+    pub fn may_contain(&self, key: &Key) -> bool {
+        let bit = self.keys.bit(key);
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0
+    }
 }
 
 /// One data row of the input.
@@ -125,9 +207,7 @@ pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<
     match &source {
         Source::Path(path) => {
             let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
-            let hasher = RandomState::new();
-            let (layout, counts, keys) = read_all(&source, file, column, by_name, &hasher)?;
-            Ok(Scan::new(source, layout, counts, hasher, keys, None))
+            scan_spooled(source, file, column, by_name)
         }
         Source::Stdin => scan_spooled(source, io::stdin().lock(), column, by_name),
     }
@@ -138,69 +218,58 @@ pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
     scan_spooled(Source::Stdin, input, id_column, false)
 }
 
-/// The scan of an input that can be read only once: every byte read is also copied to a temporary file.
+/// The scan: every byte read is also copied to a temporary file, which the second pass reads.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
     let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
     let mut tee = Tee { input, copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?), failed: None };
-    let hasher = RandomState::new();
-    let result = read_all(&source, &mut tee, id_column, by_name, &hasher);
+    let result = read_all(&source, &mut tee, id_column, by_name);
     if let Some(e) = tee.failed.take() {
         return Err(spool_error(e));
     }
-    let (layout, counts, keys) = result?;
+    let mut first = result?;
     tee.copy.flush().map_err(spool_error)?;
-    Ok(Scan::new(source, layout, counts, hasher, keys, Some(Arc::new(spool))))
+    let temp_error = |e: io::Error| source.error(format!("cannot write a temporary file: {e}"));
+    let (counts, firsts, dups) = first.finish().map_err(temp_error)?;
+    Ok(Scan {
+        rows: counts.rows,
+        valid: counts.valid,
+        invalid: counts.invalid,
+        duplicates: counts.duplicates,
+        id_column: first.layout.header.clone(),
+        by_name: first.layout.names,
+        source,
+        layout: first.layout,
+        keys: first.keys,
+        firsts,
+        dups,
+        filter: Arc::new(first.filter),
+        spool: Arc::new(spool),
+    })
 }
 
 impl Scan {
-    fn new(
-        source: Source,
-        layout: Layout,
-        counts: Counts,
-        hasher: RandomState,
-        keys: Arc<Vec<u64>>,
-        spool: Option<Arc<tempfile::NamedTempFile>>,
-    ) -> Scan {
-        Scan {
-            source,
-            rows: counts.rows,
-            valid: counts.valid,
-            invalid: counts.invalid,
-            duplicates: counts.duplicates,
-            id_column: layout.header.clone(),
-            by_name: layout.names,
-            layout,
-            hasher,
-            keys,
-            spool,
-        }
+    /// The first row of each distinct id (or name), sorted by [`Key`].
+    pub fn firsts(&self) -> &RecordFile<Entry> {
+        &self.firsts
     }
 
-    /// What the input asks about: the hash of each distinct id (its 20 bytes) or name (its normalised UTF-8),
-    /// by [`Scan::key_hasher`], sorted.
-    pub fn keys(&self) -> Arc<Vec<u64>> {
-        Arc::clone(&self.keys)
+    /// How this scan made its keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
-    /// The hasher of [`Scan::keys`].
-    pub fn key_hasher(&self) -> &RandomState {
-        &self.hasher
+    /// A sieve of the input's keys.
+    pub fn filter(&self) -> Arc<Filter> {
+        Arc::clone(&self.filter)
     }
 
-    /// Streams the rows again, for the run. Yields an error (and then ends) if the input changed since the
-    /// scan: the run never touches more machines than the scan counted.
+    /// Streams the rows again, from the scan's copy of the input, for the run.
     pub fn rows(&self) -> Result<Rows> {
-        let (file, spool) = match (&self.source, &self.spool) {
-            (_, Some(spool)) => (File::open(spool.path()), Some(Arc::clone(spool))),
-            (Source::Path(path), None) => (File::open(path), None),
-            (Source::Stdin, None) => {
-                return Err(self.source.error("standard input was not kept; scan it again"));
-            }
-        };
-        let file = file.map_err(|e| self.source.error(format!("cannot open again: {e}")))?;
-        let mut reader = RowReader::open(&self.source, file, self.hasher.clone())?;
-        reader.seen = Seen::marking(self.keys());
+        let temp_error = |e: io::Error| self.source.error(format!("cannot read a temporary file: {e}"));
+        let file = self.spool.reopen().map_err(temp_error)?;
+        let mut reader = RowReader::open(&self.source, file, self.keys.clone())?;
+        reader.dups = Some(self.dups.read().map_err(temp_error)?.peekable());
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
         let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
@@ -213,7 +282,8 @@ impl Scan {
         if layout.headerless {
             reader.pending = Some(first);
         }
-        Ok(Rows { reader, layout, expected: self.counts(), seen: Counts::default(), done: false, _spool: spool })
+        let files = (Arc::clone(&self.spool), self.dups.clone());
+        Ok(Rows { reader, layout, expected: self.counts(), seen: Counts::default(), done: false, _files: files })
     }
 
     /// The input's path; `None` for standard input.
@@ -240,7 +310,8 @@ pub struct Rows {
     expected: Counts,
     seen: Counts,
     done: bool,
-    _spool: Option<Arc<tempfile::NamedTempFile>>,
+    /// The copy of the input and the duplicates' lines, kept while the rows are read.
+    _files: (Arc<tempfile::NamedTempFile>, RecordFile<u64>),
 }
 
 impl Iterator for Rows {
@@ -436,15 +507,11 @@ struct Record {
     fields: Vec<String>,
 }
 
-/// Reads the input through once, validating every row; returns the layout and the counts.
-fn read_all(
-    source: &Source,
-    input: impl Read,
-    id_column: Option<&str>,
-    by_name: bool,
-    hasher: &RandomState,
-) -> Result<(Layout, Counts, Arc<Vec<u64>>)> {
-    let mut reader = RowReader::open(source, input, hasher.clone())?;
+/// Reads the input through once, validating every row and gathering its keys.
+fn read_all(source: &Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<FirstPass> {
+    let keys = Keys::default();
+    let mut reader = RowReader::open(source, input, keys.clone())?;
+    reader.entries = Some(Sorter::default());
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
     let layout = Layout::decide(source, &first, id_column, by_name)?;
@@ -452,14 +519,51 @@ fn read_all(
         reader.pending = Some(first);
     }
     let mut counts = Counts::default();
-    while let Some(row) = reader.next_row(&layout)? {
+    let mut filter = Filter::new(keys.clone());
+    while let Some((row, key)) = reader.next_keyed_row(&layout)? {
         counts.count(&row.kind);
+        if let Some(key) = key {
+            filter.insert(&key);
+        }
     }
-    let keys = std::mem::replace(&mut reader.seen, Seen::building()).into_keys();
-    Ok((layout, counts, Arc::new(keys)))
+    let entries = reader.entries.take().unwrap_or_default();
+    Ok(FirstPass { layout, counts, keys, filter, entries })
 }
 
-/// Records, validated, blank ones skipped; rows, classified, duplicates remembered.
+/// What the scan's pass gathered, before its keys are sorted.
+struct FirstPass {
+    layout: Layout,
+    /// Every row with an id or a name counted valid, so far.
+    counts: Counts,
+    keys: Keys,
+    filter: Filter,
+    entries: Sorter<Entry>,
+}
+
+impl FirstPass {
+    /// Sorts the keys: the first row of each distinct key, and the lines of the others (the duplicates).
+    fn finish(&mut self) -> io::Result<(Counts, RecordFile<Entry>, RecordFile<u64>)> {
+        let sorted = std::mem::take(&mut self.entries).finish()?;
+        let mut dups = Sorter::<u64>::default();
+        let mut last: Option<Key> = None;
+        let firsts = RecordFile::write(sorted.filter_map(|entry| match entry {
+            Err(e) => Some(Err(e)),
+            Ok(entry) if last == Some(entry.key) => dups.push(entry.line).err().map(Err),
+            Ok(entry) => {
+                last = Some(entry.key);
+                Some(Ok(entry))
+            }
+        }))?;
+        let dups = RecordFile::write(dups.finish()?)?;
+        let mut counts = self.counts;
+        counts.duplicates += counts.valid - firsts.len();
+        counts.valid = firsts.len();
+        Ok((counts, firsts, dups))
+    }
+}
+
+/// Records, validated, blank ones skipped; rows, classified. The scan gives it a sorter for the keys; the
+/// second pass, the lines of the duplicates.
 struct RowReader<R> {
     source: Source,
     csv: csv::Reader<Prepared<R>>,
@@ -468,12 +572,15 @@ struct RowReader<R> {
     pending: Option<Record>,
     /// The line of the last record returned: lines only go up.
     last_line: u64,
-    seen: Seen,
-    hasher: RandomState,
+    keys: Keys,
+    /// The scan: every row's key and line, to sort.
+    entries: Option<Sorter<Entry>>,
+    /// The second pass: the lines of the duplicates, ascending.
+    dups: Option<Peekable<RecordReader<u64>>>,
 }
 
 impl<R: Read> RowReader<R> {
-    fn open(source: &Source, input: R, hasher: RandomState) -> Result<RowReader<R>> {
+    fn open(source: &Source, input: R, keys: Keys) -> Result<RowReader<R>> {
         let input = Prepared::new(input).map_err(|e| source.error(format!("cannot read: {e}")))?;
         if input.utf16 {
             return Err(source.error(
@@ -495,8 +602,9 @@ impl<R: Read> RowReader<R> {
             record: csv::ByteRecord::new(),
             pending: None,
             last_line: 0,
-            seen: Seen::building(),
-            hasher,
+            keys,
+            entries: None,
+            dups: None,
         })
     }
 
@@ -540,6 +648,11 @@ impl<R: Read> RowReader<R> {
 
     /// The next data row, classified.
     fn next_row(&mut self, layout: &Layout) -> Result<Option<InputRow>> {
+        Ok(self.next_keyed_row(layout)?.map(|(row, _)| row))
+    }
+
+    /// The next data row, classified, and its key if it has an id or a name.
+    fn next_keyed_row(&mut self, layout: &Layout) -> Result<Option<(InputRow, Option<Key>)>> {
         let record = match self.pending.take() {
             Some(record) => record,
             None => match self.next_record()? {
@@ -548,34 +661,46 @@ impl<R: Read> RowReader<R> {
             },
         };
         let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
-        let changed = || self.source.error(CHANGED);
-        if layout.names {
-            let kind = match normalise_name(&raw) {
-                None => RowKind::Invalid,
-                Some(name) => match self.seen.insert(self.hasher.hash_one(name.as_bytes())).ok_or_else(changed)? {
-                    true => RowKind::Name(name),
-                    false => RowKind::Duplicate,
-                },
-            };
-            return Ok(Some(InputRow { line: record.line, raw, kind }));
-        }
-        let kind = match machine_id(&raw) {
-            None => RowKind::Invalid,
-            Some(id) => match self.seen.insert(self.id_hash(&id)).ok_or_else(changed)? {
-                true => RowKind::Valid(id),
-                false => RowKind::Duplicate,
-            },
+        let line = record.line;
+        let (kind, key) = if layout.names {
+            match normalise_name(&raw) {
+                None => (RowKind::Invalid, None),
+                Some(name) => {
+                    let key = self.keys.name(&name);
+                    (RowKind::Name(name), Some(key))
+                }
+            }
+        } else {
+            match machine_id(&raw) {
+                None => (RowKind::Invalid, None),
+                Some(id) => {
+                    let key = self.keys.id(&id_bytes(&id));
+                    (RowKind::Valid(id), Some(key))
+                }
+            }
         };
-        Ok(Some(InputRow { line: record.line, raw, kind }))
+        let kind = match key {
+            Some(key) if !self.first_of(key, line)? => RowKind::Duplicate,
+            _ => kind,
+        };
+        Ok(Some((InputRow { line, raw, kind }, key)))
     }
 
-    /// The id's 20 bytes, hashed with this scan's keys.
-    fn id_hash(&self, id: &str) -> u64 {
-        let mut bytes = [0u8; 20];
-        for (i, pair) in id.as_bytes().chunks(2).enumerate() {
-            bytes[i] = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+    /// Whether the row at `line` is the first with `key`: the scan keeps every key to sort, and says yes;
+    /// the second pass knows the duplicates' lines.
+    fn first_of(&mut self, key: Key, line: u64) -> Result<bool> {
+        let temp_error = |e: io::Error| self.source.error(format!("cannot use a temporary file: {e}"));
+        if let Some(entries) = &mut self.entries {
+            entries.push(Entry { key, line }).map_err(temp_error)?;
+            return Ok(true);
         }
-        self.hasher.hash_one(bytes)
+        let Some(dups) = &mut self.dups else { return Ok(true) };
+        while dups.next_if(|d| d.as_ref().is_ok_and(|&d| d < line)).is_some() {}
+        match dups.next_if(|d| d.as_ref().is_err() || d.as_ref().is_ok_and(|&d| d == line)) {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(temp_error(e)),
+        }
     }
 
     /// 1-based field number holding byte `offset` of the record's concatenated fields.
@@ -603,112 +728,20 @@ impl<R: Read> RowReader<R> {
     }
 }
 
+/// The 20 bytes of a machine id (40 hexadecimal characters, checked by [`machine_id`]).
+fn id_bytes(id: &str) -> [u8; 20] {
+    let mut bytes = [0u8; 20];
+    for (i, pair) in id.as_bytes().chunks(2).enumerate() {
+        bytes[i] = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+    }
+    bytes
+}
+
 fn hex_value(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
-    }
-}
-
-/// The hashes of the ids (or names) met so far: what tells a duplicate.
-///
-/// The scan builds the sorted list of distinct hashes that becomes [`Scan::keys`] (8 bytes per distinct id,
-/// no hash table's slack: a set of a million would take 18 MB, 27 MB while it grows); recent hashes wait in
-/// a small set, merged into the list whenever it fills (at most an eighth of the list, so the merges cost
-/// about eight passes over the list per doubling). The second pass already has that list: it marks one bit
-/// per entry (a million ids: 125 KB).
-enum Seen {
-    Building { sorted: Vec<u64>, recent: HashSet<u64, BuildHasherDefault<PassThrough>> },
-    Marking { keys: Arc<Vec<u64>>, met: Vec<u64> },
-}
-
-/// The least size at which the recent hashes are merged into the sorted list.
-const RECENT_MIN: usize = 4096;
-
-impl Seen {
-    fn building() -> Seen {
-        Seen::Building { sorted: Vec::new(), recent: HashSet::default() }
-    }
-
-    /// For the second pass over an input whose scan found `keys`.
-    fn marking(keys: Arc<Vec<u64>>) -> Seen {
-        let met = vec![0u64; keys.len().div_ceil(64)];
-        Seen::Marking { keys, met }
-    }
-
-    /// Whether `hash` is met for the first time; `None` if the second pass meets a hash the scan did not
-    /// (the input changed).
-    fn insert(&mut self, hash: u64) -> Option<bool> {
-        match self {
-            Seen::Building { sorted, recent } => {
-                if sorted.binary_search(&hash).is_ok() || !recent.insert(hash) {
-                    return Some(false);
-                }
-                if recent.len() >= RECENT_MIN.max(sorted.len() / 8) {
-                    merge(sorted, recent);
-                }
-                Some(true)
-            }
-            Seen::Marking { keys, met } => {
-                let i = keys.binary_search(&hash).ok()?;
-                let bit = 1u64 << (i % 64);
-                let first = met[i / 64] & bit == 0;
-                met[i / 64] |= bit;
-                Some(first)
-            }
-        }
-    }
-
-    /// The scan's distinct hashes, sorted.
-    fn into_keys(self) -> Vec<u64> {
-        match self {
-            Seen::Building { mut sorted, mut recent } => {
-                merge(&mut sorted, &mut recent);
-                sorted.shrink_to_fit();
-                sorted
-            }
-            Seen::Marking { keys, .. } => Arc::unwrap_or_clone(keys),
-        }
-    }
-}
-
-/// Moves `recent` (none of them in `sorted`) into `sorted`, keeping it sorted: merged from the back, in place.
-fn merge(sorted: &mut Vec<u64>, recent: &mut HashSet<u64, BuildHasherDefault<PassThrough>>) {
-    let mut batch: Vec<u64> = recent.drain().collect();
-    batch.sort_unstable();
-    let (mut i, mut j) = (sorted.len(), batch.len());
-    sorted.resize(i + j, 0);
-    let mut k = i + j;
-    while j > 0 {
-        k -= 1;
-        if i > 0 && sorted[i - 1] > batch[j - 1] {
-            sorted[k] = sorted[i - 1];
-            i -= 1;
-        } else {
-            sorted[k] = batch[j - 1];
-            j -= 1;
-        }
-    }
-}
-
-/// The set's hasher for values that are already SipHash outputs: use them as they are.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
@@ -956,24 +989,6 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_found_across_merges_and_the_second_pass_agrees() {
-        // Enough distinct hashes for many merges of the recent ones into the sorted list, each met twice.
-        let hashes: Vec<u64> = (0..50_000u64).map(|n| n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
-        let mut seen = Seen::building();
-        let mut set = HashSet::new();
-        for &h in hashes.iter().chain(&hashes[..10_000]).chain(hashes.iter().rev()) {
-            assert_eq!(seen.insert(h), Some(set.insert(h)), "{h}");
-        }
-        let keys = seen.into_keys();
-        assert!(keys.is_sorted() && keys.len() == hashes.len());
-        let mut again = Seen::marking(Arc::new(keys));
-        for (i, &h) in hashes.iter().chain(&hashes[..10_000]).enumerate() {
-            assert_eq!(again.insert(h), Some(i < hashes.len()), "{h}");
-        }
-        assert_eq!(again.insert(42), None, "a hash the scan did not meet means the input changed");
-    }
-
-    #[test]
     fn a_garbled_id_header_beside_a_name_column_reads_by_name_in_both_passes() {
         // Found by the input_reader fuzz target: `Machi\x11neId` is no id column, so `Name` makes the input
         // by name, although the first column holds ids; both passes must agree on that.
@@ -1088,7 +1103,7 @@ mod tests {
         let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None, false).unwrap();
         assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
         assert_eq!(scan.input_path(), None);
-        let spool = scan.spool.as_ref().unwrap().path().to_path_buf();
+        let spool = scan.spool.path().to_path_buf();
         for _ in 0..2 {
             let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
             assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3, 4]);
@@ -1104,19 +1119,14 @@ mod tests {
     }
 
     #[test]
-    fn an_input_changed_since_the_scan_stops_the_rows() {
-        let (_dir, path) = file(format!("MachineId\n{A}\n").as_bytes());
+    fn an_input_edited_after_the_scan_changes_nothing() {
+        let (_dir, path) = file(format!("MachineId\n{A}\n{A}\n").as_bytes());
         let scanned = scan(Source::Path(path.clone()), None).unwrap();
-        std::fs::write(&path, format!("MachineId\n{A}\n{B}\n")).unwrap();
-        let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
-        assert_eq!(rows.len(), 2);
-        assert!(rows[0].is_ok());
-        assert!(rows[1].as_ref().unwrap_err().to_string().contains("changed since"));
-        std::fs::write(&path, "MachineId\n").unwrap();
-        let rows: Vec<Result<InputRow>> = scanned.rows().unwrap().collect();
-        assert!(rows[0].as_ref().unwrap_err().to_string().contains("changed since"));
-        std::fs::write(&path, format!("Name,MachineId\nx,{A}\n")).unwrap();
-        assert!(scanned.rows().is_err());
+        std::fs::write(&path, format!("MachineId\n{B}\n{C}\n{A}\n")).unwrap();
+        let rows: Vec<InputRow> = scanned.rows().unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(rows.iter().map(|r| r.kind.clone()).collect::<Vec<_>>(), vec![valid(A), RowKind::Duplicate]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(scanned.rows().unwrap().count(), 2, "the run reads the scan's copy");
     }
 
     fn read_names(content: &str, column: Option<&str>, by_name: bool) -> Result<(Scan, Vec<InputRow>)> {

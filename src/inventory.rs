@@ -1,31 +1,32 @@
 //! The batched reads behind the dry run and the pre-flight: the device inventory and the open offboard
-//! actions, read with a handful of list calls whatever the size of the input.
+//! actions, read with a handful of list calls whatever the size of the input, then joined with the input.
 //!
-//! Cost: the inventory is read in pages of `$top=10000` with `$skip`,
-//! up to the first short page (or, for an input of ids, as soon as every id has been seen); the open offboard
-//! actions with one filtered list per open status (`type eq 'Offboard' and status eq 'Pending'`, then
-//! `'InProgress'`: the documented `$filter` joins clauses with `and` only), paged the same way. So a fleet of
-//! 25,000 machines costs 3 + 2 calls for 10 ids or 100,000. An input of one id is cheaper by id:
+//! Cost: the inventory is read in pages of `$top=10000` with `$skip`, up to the first short page; the open
+//! offboard actions with one filtered list per open status (`type eq 'Offboard' and status eq 'Pending'`,
+//! then `'InProgress'`: the documented `$filter` joins clauses with `and` only), paged the same way. So a
+//! fleet of 25,000 machines costs 3 + 2 calls for 10 ids or 100,000. An input of one id is cheaper by id:
 //! `GET /api/machines/{id}` and that machine's offboard actions (filtered by `machineId`), 2 calls.
 //!
 //! Paging, as integrators report the service: `@odata.nextLink` is never followed, machines are de-duplicated
 //! by id, a 404 is an empty page (see [`Api::list_page`]), and a page that starts with the same machine as an
 //! earlier page means `$skip` was ignored: the reading stops there rather than loop.
 //!
-//! Memory stays flat in the size of the inventory: only machines the input asks about are kept. [`Wanted`]
-//! holds one 64-bit hash per distinct id or name of the input (8 bytes each; 1,000,000 ids: 8 MB); each
-//! machine kept is a 32-byte [`Known`] plus its name and `lastSeen` in one text arena. A hash shared by two
-//! ids or names only makes a machine be kept that is not asked about: every lookup compares the real id or
-//! name.
+//! Memory stays flat in the size of the input and of the inventory: nothing is kept in memory per machine.
+//! A machine the input may ask about (its key passes the scan's [`Filter`]) has its facts (name, platform,
+//! health, last seen) written to a temporary [`Store`] and a fixed-size record sorted by id (or, by name,
+//! by name key) in a [`Sorter`]; open actions likewise. Once everything is read, [`Inventory::join`]
+//! merges those sorted streams with the input's sorted keys ([`Scan::firsts`]) and sorts what it decides
+//! per input line ([`Decision`]), which the run then reads in the input's order ([`Joined::take`]).
+//! Every step streams; what is sorted spills to disk beyond a few MiB.
 
 use std::borrow::Cow;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::api::{Api, Failure, ListPage, MachineAction};
-use crate::input::normalise_name;
+use crate::extsort::{Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store};
+use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
 pub const PAGE_SIZE: usize = 10_000;
@@ -33,6 +34,8 @@ pub const PAGE_SIZE: usize = 10_000;
 pub const OPEN_STATUSES: [&str; 2] = ["Pending", "InProgress"];
 /// Pages read from one list at most (100 million entries): a guard against a service that never ends a list.
 const MAX_PAGES: usize = 10_000;
+/// Candidates of an ambiguous name kept for its message.
+pub const AMBIGUOUS_LISTED: usize = 5;
 
 /// A machine id: 40 hexadecimal characters as 20 bytes.
 pub type Id = [u8; 20];
@@ -56,61 +59,6 @@ pub fn id_text(id: &Id) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the input asks about: hashes of its distinct ids (their 20 bytes) or names (as [`normalise_name`]
-/// gives them), sorted, as the input's scan made them ([`crate::input::Scan::keys`]).
-pub struct Wanted {
-    by_name: bool,
-    hasher: RandomState,
-    keys: Arc<Vec<u64>>,
-    /// The ids themselves, for the per-id lookups of a tiny input (see [`by_id_is_cheaper`]).
-    ids: Vec<Id>,
-}
-
-impl Wanted {
-    /// `keys` sorted, by `hasher`; `ids` the input's ids when it is tiny (may be empty otherwise).
-    pub fn new(by_name: bool, hasher: RandomState, keys: Arc<Vec<u64>>, ids: Vec<Id>) -> Wanted {
-        debug_assert!(keys.is_sorted());
-        Wanted { by_name, hasher, keys, ids }
-    }
-
-    /// From ids or names as text (tests, small inputs).
-    pub fn of<'a>(by_name: bool, items: impl IntoIterator<Item = &'a str>) -> Wanted {
-        let hasher = RandomState::new();
-        let mut keys = Vec::new();
-        let mut ids = Vec::new();
-        for item in items {
-            if by_name {
-                keys.push(hasher.hash_one(item.as_bytes()));
-            } else if let Some(id) = parse_id(item) {
-                keys.push(hasher.hash_one(id));
-                ids.push(id);
-            }
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        ids.sort_unstable();
-        ids.dedup();
-        Wanted::new(by_name, hasher, Arc::new(keys), ids)
-    }
-
-    /// Distinct ids or names (hashes) asked about.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    fn has_id(&self, id: &Id) -> bool {
-        self.keys.binary_search(&self.hasher.hash_one(id)).is_ok()
-    }
-
-    fn name_slot(&self, name: &str) -> Option<usize> {
-        self.keys.binary_search(&self.hasher.hash_one(name.as_bytes())).ok()
-    }
-}
-
 /// Inputs of up to this many ids may be read by id instead of in pages (see [`by_id_is_cheaper`]).
 pub const PER_ID_MAX: usize = 2;
 
@@ -122,66 +70,163 @@ pub fn by_id_is_cheaper(n: usize) -> bool {
     n <= PER_ID_MAX && n + n.min(OPEN_STATUSES.len()) < batched_floor
 }
 
-/// One machine kept: 32 bytes; its texts live in [`Inventory::text`].
-#[derive(Clone, Copy, Debug)]
-struct Known {
+/// Fixed-size fields, one after the other, for the records below.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn id(&mut self) -> Id {
+        let (id, rest) = self.0.split_at(20);
+        self.0 = rest;
+        id.try_into().expect("20 bytes")
+    }
+
+    fn u64(&mut self) -> u64 {
+        let (n, rest) = self.0.split_at(8);
+        self.0 = rest;
+        u64::get(n)
+    }
+
+    fn at(&mut self) -> Ref {
+        Ref::from_raw(self.u64())
+    }
+}
+
+fn put(out: &mut [u8], fields: &[&[u8]]) {
+    let mut at = 0;
+    for field in fields {
+        out[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+}
+
+/// A machine read, by id: where its facts are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Found {
     id: Id,
-    /// Offset of `computerDnsName` then `lastSeen` in the arena.
-    text: u32,
-    name_len: u16,
-    seen_len: u16,
-    /// Index + 1 in [`Inventory::words`]; 0 for none.
-    os: u8,
-    health: u8,
+    facts: Ref,
+}
+
+impl Record for Found {
+    const SIZE: usize = 28;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.id, &self.facts.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        Found { id: f.id(), facts: f.at() }
+    }
+}
+
+/// A machine read, by one of its name keys (input by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Named {
+    key: Key,
+    id: Id,
+    facts: Ref,
+}
+
+impl Record for Named {
+    const SIZE: usize = 48;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.key, &self.id, &self.facts.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        Named { key: f.id(), id: f.id(), facts: f.at() }
+    }
+}
+
+/// An input line that names one machine: the line, and the machine's facts. Sorted by machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    id: Id,
+    line: u64,
+    facts: Ref,
+}
+
+impl Record for Claim {
+    const SIZE: usize = 36;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.id, &self.line.to_be_bytes(), &self.facts.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        Claim { id: f.id(), line: f.u64(), facts: f.at() }
+    }
+}
+
+/// What the reads say of one input line. Lines without a decision name no machine in the inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Decision {
+    pub line: u64,
+    /// The candidate's place, for an ambiguous name; 0 otherwise.
+    index: u8,
+    pub kind: DecisionKind,
+    pub machine: Id,
+    facts: Ref,
+    /// The machine's open offboard action, or [`Ref::NONE`].
+    action: Ref,
+    /// Machines an ambiguous name may mean.
+    pub count: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DecisionKind {
+    /// The line's machine is in the inventory.
+    Found = 0,
+    /// A name meaning the same machine as an earlier line's name.
+    Claimed = 1,
+    /// One of the machines an ambiguous name may mean.
+    Candidate = 2,
+}
+
+impl Record for Decision {
+    const SIZE: usize = 50;
+    fn put(&self, out: &mut [u8]) {
+        let (facts, action) = (self.facts.raw().to_be_bytes(), self.action.raw().to_be_bytes());
+        let small = [self.index, self.kind as u8];
+        put(out, &[&self.line.to_be_bytes(), &small, &self.machine, &facts, &action, &self.count.to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        let line = f.u64();
+        let (index, kind) = (f.0[0], f.0[1]);
+        f.0 = &f.0[2..];
+        let kind = match kind {
+            0 => DecisionKind::Found,
+            1 => DecisionKind::Claimed,
+            _ => DecisionKind::Candidate,
+        };
+        let (machine, facts, action) = (f.id(), f.at(), f.at());
+        Decision {
+            line,
+            index,
+            kind,
+            machine,
+            facts,
+            action,
+            count: u32::from_be_bytes(f.0[..4].try_into().expect("4")),
+        }
+    }
 }
 
 /// A machine as the inventory showed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Machine<'a> {
-    pub id: Id,
-    pub computer_dns_name: &'a str,
-    pub os_platform: Option<&'a str>,
-    pub health_status: Option<&'a str>,
-    pub last_seen: Option<&'a str>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    pub computer_dns_name: String,
+    pub os_platform: String,
+    pub health_status: String,
+    pub last_seen: String,
 }
 
-/// An open offboard action of a machine kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An open offboard action.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenAction {
-    pub machine: Id,
     pub id: String,
     pub status: String,
-    pub created: Option<String>,
-    pub updated: Option<String>,
-}
-
-/// The machines whose name (or first label) is one wanted name, as indexes into the sorted machines.
-#[derive(Clone, Debug, Default)]
-enum Candidates {
-    #[default]
-    None,
-    One(u32),
-    Many(Box<[u32]>),
-}
-
-impl Candidates {
-    fn push(&mut self, i: u32) {
-        *self = match std::mem::take(self) {
-            Candidates::None => Candidates::One(i),
-            Candidates::One(j) if j == i => Candidates::One(j),
-            Candidates::One(j) => Candidates::Many(Box::new([j, i])),
-            Candidates::Many(list) if list.contains(&i) => Candidates::Many(list),
-            Candidates::Many(list) => Candidates::Many(list.iter().copied().chain([i]).collect()),
-        }
-    }
-
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Candidates::None => &[],
-            Candidates::One(i) => std::slice::from_ref(i),
-            Candidates::Many(list) => list,
-        }
-    }
+    pub created: String,
+    pub updated: String,
 }
 
 /// How many calls the reads took, by kind (logical calls; retries are in the API's counters).
@@ -196,19 +241,25 @@ pub struct Reads {
     pub http_calls: u64,
 }
 
-/// What the reads found about the machines the input asks about.
-pub struct Inventory {
-    wanted: Wanted,
-    /// Sorted by id, unique.
-    machines: Vec<Known>,
-    text: String,
-    /// Interned `osPlatform` and `healthStatus` values.
-    words: Vec<Box<str>>,
-    /// Sorted by machine id.
-    open: Vec<OpenAction>,
-    /// Input by name: per wanted key (same order as `wanted.keys`), the machines it may name.
-    names: Vec<Candidates>,
-    pub reads: Reads,
+/// What the join found, in numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Distinct ids or names the input asks about.
+    pub wanted: u64,
+    /// Distinct machines found (by name: named by one name alone).
+    pub found: u64,
+    /// Of those, machines with an open offboard action.
+    pub open: u64,
+    /// Input by name: names naming no machine, and names naming several.
+    pub unknown_names: u64,
+    pub ambiguous_names: u64,
+}
+
+impl Tally {
+    /// Offboard calls a real run makes after the reads: machines found with no open action.
+    pub fn to_submit(&self) -> u64 {
+        self.found - self.open
+    }
 }
 
 /// The part of a Machine the reads use, borrowed from the page where it can be; unknown fields are ignored.
@@ -241,39 +292,73 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// Why [`Inventory::load`] failed: a read, or the local disk.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Read(ReadError),
+    #[error("cannot use a temporary file (in {}): {error}", std::env::temp_dir().display())]
+    Disk {
+        #[from]
+        error: std::io::Error,
+    },
+}
+
+impl From<ReadError> for LoadError {
+    fn from(e: ReadError) -> Self {
+        LoadError::Read(e)
+    }
+}
+
+/// The reads under way: what they found so far, on its way to disk.
+pub struct Inventory {
+    by_name: bool,
+    keys: Keys,
+    filter: Arc<Filter>,
+    firsts: RecordFile<Entry>,
+    machines: Sorter<Found>,
+    names: Sorter<Named>,
+    actions: Sorter<Found>,
+    store: Store,
+    pub reads: Reads,
+}
+
 impl Inventory {
-    fn new(wanted: Wanted) -> Inventory {
-        Inventory {
-            wanted,
-            machines: Vec::new(),
-            text: String::new(),
-            words: Vec::new(),
-            open: Vec::new(),
-            names: Vec::new(),
+    fn new(scan: &Scan) -> Result<Inventory, LoadError> {
+        Ok(Inventory {
+            by_name: scan.by_name,
+            keys: scan.keys().clone(),
+            filter: scan.filter(),
+            firsts: scan.firsts().clone(),
+            machines: Sorter::default(),
+            names: Sorter::default(),
+            actions: Sorter::default(),
+            store: Store::new()?,
             reads: Reads::default(),
-        }
+        })
     }
 
-    /// Reads what `wanted` asks about: by id for a tiny input of ids, in pages otherwise.
-    pub async fn load(api: &Api, wanted: Wanted) -> Result<Inventory, ReadError> {
-        let by_id = !wanted.by_name && by_id_is_cheaper(wanted.len()) && wanted.ids.len() == wanted.len();
-        let mut inventory = Inventory::new(wanted);
-        if inventory.wanted.is_empty() {
-            return Ok(inventory);
+    /// Reads what the scanned input asks about (by id for a tiny input of ids, in pages otherwise), and
+    /// joins it with the input.
+    pub async fn load(api: &Api, scan: &Scan) -> Result<Joined, LoadError> {
+        let mut inventory = Inventory::new(scan)?;
+        let wanted = inventory.firsts.len();
+        if wanted > 0 {
+            if !inventory.by_name && by_id_is_cheaper(wanted as usize) {
+                inventory.read_by_id(api).await?;
+            } else {
+                inventory.read_pages(api).await?;
+                inventory.read_open_actions(api).await?;
+            }
         }
-        if by_id {
-            inventory.read_by_id(api).await?;
-        } else {
-            inventory.read_pages(api).await?;
-            inventory.read_open_actions(api).await?;
-        }
-        inventory.index_names();
-        Ok(inventory)
+        tokio::task::spawn_blocking(move || inventory.join()).await.map_err(std::io::Error::other)?
     }
 
-    async fn read_by_id(&mut self, api: &Api) -> Result<(), ReadError> {
+    async fn read_by_id(&mut self, api: &Api) -> Result<(), LoadError> {
         self.reads.by_id = true;
-        for id in self.wanted.ids.clone() {
+        let ids: Vec<Id> = self.firsts.read()?.map(|e| e.map(|e| e.key)).collect::<std::io::Result<_>>()?;
+        let mut found = Vec::new();
+        for id in ids {
             let text = id_text(&id);
             let result = api.get(&format!("/api/machines/{text}"), true).await;
             self.reads.machine_lookups += 1;
@@ -288,34 +373,31 @@ impl Inventory {
                             message: format!("the answer is not the expected JSON ({e})"),
                         },
                     })?;
-                    self.keep(&entry);
+                    if self.keep(&entry)? {
+                        found.push(id);
+                    }
                 }
                 Err(failure) if failure.status == Some(404) => {}
-                Err(failure) => return Err(ReadError { what: format!("machine {text}"), failure }),
+                Err(failure) => return Err(ReadError { what: format!("machine {text}"), failure }.into()),
             }
         }
-        self.sort_machines();
         // Each machine found: its offboard actions by machineId, when that is fewer calls than the open lists.
-        if self.machines.len() < OPEN_STATUSES.len() {
-            for id in self.machines.iter().map(|m| m.id).collect::<Vec<_>>() {
+        if found.len() < OPEN_STATUSES.len() {
+            for id in found {
                 let filter = format!("machineId eq '{}' and type eq 'Offboard'", id_text(&id));
-                let actions: Vec<MachineAction> =
-                    self.pages(api, "/api/machineactions", &filter, "the machine's offboard actions", false).await?;
-                for action in actions {
-                    self.keep_action(action);
-                }
+                self.pages(api, "/api/machineactions", &filter, "the machine's offboard actions").await?;
             }
-            self.open.sort_by_key(|a| a.machine);
-        } else if !self.machines.is_empty() {
+        } else {
             self.read_open_actions(api).await?;
         }
         Ok(())
     }
 
-    /// Every page of the inventory, keeping the machines asked about.
-    async fn read_pages(&mut self, api: &Api) -> Result<(), ReadError> {
+    /// Every page of the inventory, keeping the machines the input may ask about.
+    async fn read_pages(&mut self, api: &Api) -> Result<(), LoadError> {
         let mut first_ids: Vec<String> = Vec::new();
         for page in 0..MAX_PAGES {
+            let mut disk = None;
             let (attempts, answer) = api
                 .list_page("/api/machines", None, PAGE_SIZE, page * PAGE_SIZE, |body| {
                     let entries =
@@ -323,59 +405,42 @@ impl Inventory {
                     let first = entries.first().map(|e| e.id.to_string());
                     let repeated = first.as_ref().is_some_and(|f| first_ids.contains(f));
                     if !repeated {
-                        for entry in &entries {
-                            self.keep(entry);
-                        }
+                        disk = entries.iter().map(|entry| self.keep(entry)).find_map(Result::err);
                     }
                     Ok((entries.len(), first, repeated))
                 })
                 .await;
             self.reads.inventory_pages += 1;
             self.reads.http_calls += u64::from(attempts);
+            if let Some(e) = disk {
+                return Err(e.into());
+            }
             let (len, first, repeated) =
                 answer.map_err(|failure| ReadError { what: "the device inventory".into(), failure })?;
-            let full = len >= PAGE_SIZE;
             if repeated {
                 tracing::warn!(page, "the inventory repeats an earlier page (was $skip ignored?): stopping there");
                 break;
             }
             first_ids.extend(first);
-            self.sort_machines();
-            tracing::debug!(page, kept = self.machines.len(), "inventory page read");
-            // A list of ids is complete once every id has been seen; names may name more machines further on.
-            let all_seen = !self.wanted.by_name && self.machines.len() >= self.wanted.len();
-            if !full || all_seen {
-                return Ok(());
+            tracing::debug!(page, len, "inventory page read");
+            if len < PAGE_SIZE {
+                break;
             }
         }
         Ok(())
     }
 
-    /// The open offboard actions of the machines kept: one paged list per open status.
-    async fn read_open_actions(&mut self, api: &Api) -> Result<(), ReadError> {
+    /// The open offboard actions: one paged list per open status.
+    async fn read_open_actions(&mut self, api: &Api) -> Result<(), LoadError> {
         for status in OPEN_STATUSES {
             let filter = format!("type eq 'Offboard' and status eq '{status}'");
-            let actions: Vec<MachineAction> =
-                self.pages(api, "/api/machineactions", &filter, "the open offboard actions", true).await?;
-            for action in actions {
-                self.keep_action(action);
-            }
+            self.pages(api, "/api/machineactions", &filter, "the open offboard actions").await?;
         }
-        self.open.sort_by_key(|a| a.machine);
-        self.open.dedup_by(|a, b| a.machine == b.machine);
         Ok(())
     }
 
-    /// Every page of an action list, keeping only actions of machines kept (`only_kept`).
-    async fn pages(
-        &mut self,
-        api: &Api,
-        path: &str,
-        filter: &str,
-        what: &str,
-        only_kept: bool,
-    ) -> Result<Vec<MachineAction>, ReadError> {
-        let mut kept = Vec::new();
+    /// Every page of an action list, keeping the open offboard actions of machines the input may ask about.
+    async fn pages(&mut self, api: &Api, path: &str, filter: &str, what: &str) -> Result<(), LoadError> {
         let mut first_ids: Vec<Option<String>> = Vec::new();
         for page in 0..MAX_PAGES {
             let (attempts, answer) = api
@@ -394,184 +459,236 @@ impl Inventory {
                 }
                 first_ids.push(first.id.clone());
             }
-            kept.extend(entries.into_iter().filter(|a| {
-                !only_kept
-                    || a.machine_id.as_deref().and_then(parse_id).is_some_and(|id| self.machine_index(&id).is_some())
-            }));
+            for action in entries {
+                self.keep_action(action)?;
+            }
             if !full {
                 break;
             }
         }
-        Ok(kept)
+        Ok(())
     }
 
-    fn keep_action(&mut self, action: MachineAction) {
+    /// Keeps an open offboard action, unless the input surely does not ask about its machine.
+    fn keep_action(&mut self, action: MachineAction) -> std::io::Result<()> {
         let open = action.status.as_deref().is_some_and(|s| OPEN_STATUSES.iter().any(|o| o.eq_ignore_ascii_case(s)));
         let offboard = action.kind.as_deref().is_none_or(|k| k.eq_ignore_ascii_case("Offboard"));
-        let Some(machine) = action.machine_id.as_deref().and_then(parse_id) else { return };
-        if !open || !offboard || self.machine_index(&machine).is_none() {
-            return;
+        let Some(machine) = action.machine_id.as_deref().and_then(parse_id) else { return Ok(()) };
+        // By name the sieve holds names, not ids: every open action is kept (they are few).
+        if !open || !offboard || (!self.by_name && !self.filter.may_contain(&self.keys.id(&machine))) {
+            return Ok(());
         }
-        self.open.push(OpenAction {
-            machine,
-            updated: action.updated_at().cloned(),
-            id: action.id.unwrap_or_default(),
-            status: action.status.unwrap_or_default(),
-            created: action.creation_date_time_utc,
-        });
+        let text = |s: Option<&String>| s.map(String::as_str).unwrap_or_default().to_owned();
+        let fields = [
+            text(action.id.as_ref()),
+            text(action.status.as_ref()),
+            text(action.creation_date_time_utc.as_ref()),
+            text(action.updated_at()),
+        ];
+        let at = self.store.put(&fields.each_ref().map(String::as_str))?;
+        self.actions.push(Found { id: machine, facts: at })
     }
 
-    /// Keeps the machine if the input asks about it (by id, or by its name or its name's first label).
-    fn keep(&mut self, entry: &MachineEntry) {
-        let Some(id) = parse_id(&entry.id) else { return };
-        let wanted = if self.wanted.by_name {
-            let name = entry.computer_dns_name.as_deref().and_then(normalise_name);
-            name.is_some_and(|name| name_keys(&name).any(|key| self.wanted.name_slot(key).is_some()))
-        } else {
-            self.wanted.has_id(&id)
-        };
-        if !wanted {
-            return;
-        }
+    /// Keeps the machine unless the input surely does not ask about it (by id, or by its name or its name's
+    /// first label); whether it was kept.
+    fn keep(&mut self, entry: &MachineEntry) -> std::io::Result<bool> {
+        let Some(id) = parse_id(&entry.id) else { return Ok(false) };
         let name = entry.computer_dns_name.as_deref().unwrap_or("");
-        let seen = entry.last_seen.as_deref().unwrap_or("");
-        let (name, seen) = (clip(name), clip(seen));
-        let text = self.text.len() as u32;
-        self.text.push_str(name);
-        self.text.push_str(seen);
-        let os = self.word(entry.os_platform.as_deref());
-        let health = self.word(entry.health_status.as_deref());
-        self.machines.push(Known { id, text, name_len: name.len() as u16, seen_len: seen.len() as u16, os, health });
-    }
-
-    /// Sorts by id and drops machines seen twice (a list that shifted between pages).
-    fn sort_machines(&mut self) {
-        self.machines.sort_by_key(|a| a.id);
-        self.machines.dedup_by(|a, b| a.id == b.id);
-    }
-
-    fn word(&mut self, value: Option<&str>) -> u8 {
-        let Some(value) = value.filter(|v| !v.is_empty()) else { return 0 };
-        if let Some(i) = self.words.iter().position(|w| **w == *value) {
-            return i as u8 + 1;
-        }
-        if self.words.len() >= u8::MAX as usize {
-            return 0;
-        }
-        self.words.push(value.into());
-        self.words.len() as u8
-    }
-
-    /// Input by name: which machines each wanted name may mean.
-    fn index_names(&mut self) {
-        if !self.wanted.by_name {
-            return;
-        }
-        self.names = vec![Candidates::None; self.wanted.len()];
-        for i in 0..self.machines.len() {
-            let Some(name) = normalise_name(self.view(i).computer_dns_name) else { continue };
-            for key in name_keys(&name) {
-                if let Some(slot) = self.wanted.name_slot(key) {
-                    self.names[slot].push(i as u32);
+        let mut facts = Ref::NONE;
+        if self.by_name {
+            let Some(normal) = normalise_name(name) else { return Ok(false) };
+            let keys: Vec<Key> = name_keys(&normal).map(|k| self.keys.name(k)).collect();
+            for key in keys {
+                if self.filter.may_contain(&key) {
+                    if facts.is_none() {
+                        facts = self.put_facts(&id, entry)?;
+                    }
+                    self.names.push(Named { key, id, facts })?;
                 }
             }
+        } else if self.filter.may_contain(&self.keys.id(&id)) {
+            facts = self.put_facts(&id, entry)?;
+            self.machines.push(Found { id, facts })?;
         }
+        Ok(!facts.is_none())
     }
 
-    fn machine_index(&self, id: &Id) -> Option<usize> {
-        self.machines.binary_search_by(|m| m.id.cmp(id)).ok()
+    fn put_facts(&mut self, id: &Id, entry: &MachineEntry) -> std::io::Result<Ref> {
+        let text = |s: &Option<Cow<str>>| s.as_deref().unwrap_or_default().to_owned();
+        let fields = [
+            id_text(id),
+            text(&entry.computer_dns_name),
+            text(&entry.os_platform),
+            text(&entry.health_status),
+            text(&entry.last_seen),
+        ];
+        self.store.put(&fields.each_ref().map(String::as_str))
     }
 
-    fn view(&self, i: usize) -> Machine<'_> {
-        let k = &self.machines[i];
-        let start = k.text as usize;
-        let middle = start + k.name_len as usize;
-        let end = middle + k.seen_len as usize;
-        let word = |w: u8| (w > 0).then(|| &*self.words[w as usize - 1]);
-        Machine {
-            id: k.id,
-            computer_dns_name: &self.text[start..middle],
-            os_platform: word(k.os),
-            health_status: word(k.health),
-            last_seen: Some(&self.text[middle..end]).filter(|s| !s.is_empty()),
-        }
-    }
-
-    /// The machine with this id, if the inventory has it.
-    pub fn machine(&self, id: &Id) -> Option<Machine<'_>> {
-        self.machine_index(id).map(|i| self.view(i))
-    }
-
-    /// The machine's open offboard action, if any.
-    pub fn open_action(&self, id: &Id) -> Option<&OpenAction> {
-        self.open.binary_search_by(|a| a.machine.cmp(id)).ok().map(|i| &self.open[i])
-    }
-
-    /// The machines a computer name (as [`normalise_name`] gives it) may mean: the same full name, or, for a
-    /// name without a dot, the same first label. Several means ambiguous.
-    pub fn by_name(&self, name: &str) -> Vec<(usize, Machine<'_>)> {
-        let Some(slot) = self.wanted.name_slot(name) else { return Vec::new() };
-        let Some(candidates) = self.names.get(slot) else { return Vec::new() };
-        candidates
-            .as_slice()
-            .iter()
-            .map(|&i| (i as usize, self.view(i as usize)))
-            .filter(|(_, m)| normalise_name(m.computer_dns_name).is_some_and(|n| name_keys(&n).any(|k| k == name)))
-            .collect()
-    }
-
-    /// Input by name (names were indexed).
-    pub fn names_indexed(&self) -> bool {
-        self.wanted.by_name
-    }
-
-    /// The id of the `i`th machine kept (as [`Inventory::by_name`] and [`Inventory::name_counts`] number them).
-    pub fn id_at(&self, i: usize) -> Id {
-        self.machines[i].id
-    }
-
-    /// Machines kept (found).
-    pub fn len(&self) -> usize {
-        self.machines.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.machines.is_empty()
-    }
-
-    /// Distinct ids or names the input asks about.
-    pub fn wanted(&self) -> usize {
-        self.wanted.len()
-    }
-
-    /// Open offboard actions found for the machines kept.
-    pub fn open_actions(&self) -> usize {
-        self.open.len()
-    }
-
-    /// Input by name: (names naming no machine, names naming several, distinct machines named alone).
-    pub fn name_counts(&self) -> (usize, usize, Vec<usize>) {
-        let (mut none, mut many, mut alone) = (0, 0, Vec::new());
-        for candidates in &self.names {
-            match candidates.as_slice() {
-                [] => none += 1,
-                [i] => alone.push(*i as usize),
-                _ => many += 1,
+    /// Joins what was read with the input's keys: every step a merge of sorted streams.
+    fn join(self) -> Result<Joined, LoadError> {
+        let store = self.store.freeze()?;
+        let mut tally = Tally { wanted: self.firsts.len(), ..Tally::default() };
+        let mut decisions = Sorter::<Decision>::default();
+        let actions = first_of_each(self.actions.finish()?, |a| a.id);
+        if self.by_name {
+            let mut claims = Sorter::<Claim>::default();
+            let mut named = self.names.finish()?.peekable();
+            let mut candidates: Vec<Named> = Vec::new();
+            for entry in self.firsts.read()? {
+                let entry = entry?;
+                candidates.clear();
+                while let Some(machine) = named.next_if(|n| n.as_ref().is_ok_and(|n| n.key <= entry.key)) {
+                    let machine = machine?;
+                    if machine.key == entry.key && candidates.last().is_none_or(|c| c.id != machine.id) {
+                        candidates.push(machine);
+                    }
+                }
+                if let Some(Err(_)) = named.peek() {
+                    named.next().transpose()?;
+                }
+                match candidates.as_slice() {
+                    [] => tally.unknown_names += 1,
+                    [one] => claims.push(Claim { id: one.id, line: entry.line, facts: one.facts })?,
+                    several => {
+                        tally.ambiguous_names += 1;
+                        for (index, c) in several.iter().take(AMBIGUOUS_LISTED).enumerate() {
+                            decisions.push(Decision {
+                                line: entry.line,
+                                index: index as u8,
+                                kind: DecisionKind::Candidate,
+                                machine: c.id,
+                                facts: c.facts,
+                                action: Ref::NONE,
+                                count: several.len().min(u32::MAX as usize) as u32,
+                            })?;
+                        }
+                    }
+                }
             }
+            decide_claims(claims.finish()?, actions, &mut decisions, &mut tally)?;
+        } else {
+            let mut machines = first_of_each(self.machines.finish()?, |m| m.id).peekable();
+            let claims = self.firsts.read()?.filter_map(|entry| {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return Some(Err(e)),
+                };
+                while machines.next_if(|m| m.as_ref().is_ok_and(|m| m.id < entry.key)).is_some() {}
+                match machines.next_if(|m| m.as_ref().is_err() || m.as_ref().is_ok_and(|m| m.id == entry.key)) {
+                    Some(Ok(m)) => Some(Ok(Claim { id: m.id, line: entry.line, facts: m.facts })),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                }
+            });
+            decide_claims(claims, actions, &mut decisions, &mut tally)?;
         }
-        alone.sort_unstable();
-        alone.dedup();
-        (none, many, alone)
+        let decisions = decisions.finish()?.peekable();
+        Ok(Joined { decisions, store, tally, reads: self.reads, by_name: self.by_name })
     }
 }
 
-/// At most `u16::MAX` bytes of `s`, cut at a character boundary (names and times are far shorter).
-fn clip(s: &str) -> &str {
-    let mut end = s.len().min(u16::MAX as usize);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+/// The first record of each run of records with the same `key` (a list that shifted between pages shows a
+/// machine twice).
+fn first_of_each<R: Record>(
+    records: impl Iterator<Item = std::io::Result<R>>,
+    key: impl Fn(&R) -> Id,
+) -> impl Iterator<Item = std::io::Result<R>> {
+    let mut last: Option<Id> = None;
+    records.filter(move |r| match r {
+        Ok(r) if last == Some(key(r)) => false,
+        Ok(r) => {
+            last = Some(key(r));
+            true
+        }
+        Err(_) => true,
+    })
+}
+
+/// The last step of the join: `claims`, sorted by machine, with the open actions, sorted the same way. The
+/// first line naming a machine gets it; a later one (input by name) names it again.
+fn decide_claims(
+    claims: impl Iterator<Item = std::io::Result<Claim>>,
+    actions: impl Iterator<Item = std::io::Result<Found>>,
+    decisions: &mut Sorter<Decision>,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    let mut actions = actions.peekable();
+    let mut last: Option<Id> = None;
+    for claim in claims {
+        let claim = claim?;
+        let decision = Decision {
+            line: claim.line,
+            index: 0,
+            kind: DecisionKind::Found,
+            machine: claim.id,
+            facts: claim.facts,
+            action: Ref::NONE,
+            count: 1,
+        };
+        if last == Some(claim.id) {
+            decisions.push(Decision { kind: DecisionKind::Claimed, ..decision })?;
+            continue;
+        }
+        last = Some(claim.id);
+        while actions.next_if(|a| a.as_ref().is_ok_and(|a| a.id < claim.id)).is_some() {}
+        let action = match actions.next_if(|a| a.as_ref().is_err() || a.as_ref().is_ok_and(|a| a.id == claim.id)) {
+            Some(action) => action?.facts,
+            None => Ref::NONE,
+        };
+        tally.found += 1;
+        tally.open += u64::from(!action.is_none());
+        decisions.push(Decision { action, ..decision })?;
     }
-    &s[..end]
+    Ok(())
+}
+
+/// What the reads decided, line by line, in the input's order.
+pub struct Joined {
+    decisions: std::iter::Peekable<Sorted<Decision>>,
+    store: Frozen,
+    pub tally: Tally,
+    pub reads: Reads,
+    /// The input was by name.
+    pub by_name: bool,
+}
+
+impl Joined {
+    /// The decisions for `line` (none: the line names no machine the inventory has). Lines must come in
+    /// ascending order; lines skipped are passed over.
+    pub fn take(&mut self, line: u64) -> std::io::Result<Vec<Decision>> {
+        while self.decisions.next_if(|d| d.as_ref().is_ok_and(|d| d.line < line)).is_some() {}
+        let mut found = Vec::new();
+        while let Some(decision) =
+            self.decisions.next_if(|d| d.as_ref().is_err() || d.as_ref().is_ok_and(|d| d.line == line))
+        {
+            found.push(decision?);
+        }
+        Ok(found)
+    }
+
+    /// The machine of a decision, as the inventory showed it.
+    pub fn machine(&self, decision: &Decision) -> std::io::Result<Machine> {
+        let mut fields = self.store.get(decision.facts)?.into_iter();
+        let mut next = || fields.next().unwrap_or_default();
+        Ok(Machine {
+            id: next(),
+            computer_dns_name: next(),
+            os_platform: next(),
+            health_status: next(),
+            last_seen: next(),
+        })
+    }
+
+    /// The open offboard action of a decision's machine, if it has one.
+    pub fn open_action(&self, decision: &Decision) -> std::io::Result<Option<OpenAction>> {
+        if decision.action.is_none() {
+            return Ok(None);
+        }
+        let mut fields = self.store.get(decision.action)?.into_iter();
+        let mut next = || fields.next().unwrap_or_default();
+        Ok(Some(OpenAction { id: next(), status: next(), created: next(), updated: next() }))
+    }
 }
 
 /// The keys a machine's normalised name is found under: the name, and its first label when it has a dot.
@@ -583,8 +700,7 @@ fn name_keys(name: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const A: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+    use crate::input::scan_reader;
 
     fn entry(id: &str, name: &str) -> MachineEntry<'static> {
         MachineEntry {
@@ -596,16 +712,34 @@ mod tests {
         }
     }
 
-    fn hex(n: u8) -> String {
+    fn hex(n: u64) -> String {
         format!("{:040x}", u128::from(n) * 0x1234_5678_9abc)
+    }
+
+    fn action(machine: &str, status: &str, kind: &str) -> MachineAction {
+        MachineAction {
+            id: Some(format!("{machine}-{status}")),
+            kind: Some(kind.into()),
+            status: Some(status.into()),
+            machine_id: Some(machine.into()),
+            creation_date_time_utc: Some("2026-01-01T00:00:00Z".into()),
+            last_update_time_utc: Some("2026-01-01T00:01:00Z".into()),
+            ..MachineAction::default()
+        }
+    }
+
+    /// The decisions of lines `2..`, in order (the header is line 1).
+    fn lines(joined: &mut Joined, rows: u64) -> Vec<Vec<Decision>> {
+        (2..rows + 2).map(|line| joined.take(line).unwrap()).collect()
     }
 
     #[test]
     fn ids_parse_in_any_case_and_print_lowercase() {
-        let id = parse_id(&A.to_uppercase()).unwrap();
-        assert_eq!(id_text(&id), A);
-        assert!(parse_id(&A[1..]).is_none());
-        assert!(parse_id(&format!("g{}", &A[1..])).is_none());
+        let a = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+        let id = parse_id(&a.to_uppercase()).unwrap();
+        assert_eq!(id_text(&id), a);
+        assert!(parse_id(&a[1..]).is_none());
+        assert!(parse_id(&format!("g{}", &a[1..])).is_none());
     }
 
     #[test]
@@ -616,74 +750,97 @@ mod tests {
     }
 
     #[test]
-    fn machines_asked_about_are_kept_once_and_compactly() {
-        assert_eq!(std::mem::size_of::<Known>(), 32);
-        let wanted = Wanted::of(false, [hex(1).as_str(), hex(3).to_uppercase().as_str()]);
-        let mut inventory = Inventory::new(wanted);
-        for n in 0..5 {
-            inventory.keep(&entry(&hex(n), &format!("pc-{n}.contoso.local")));
+    fn machines_asked_about_are_found_once_with_their_facts_and_actions() {
+        let input = format!("MachineId\n{}\n{}\n{}\n{}\n", hex(1), hex(3).to_uppercase(), hex(9), hex(4));
+        let scan = scan_reader(input.as_bytes(), None).unwrap();
+        let mut inventory = Inventory::new(&scan).unwrap();
+        for n in 0..6 {
+            inventory.keep(&entry(&hex(n), &format!("pc-{n}.contoso.local"))).unwrap();
         }
         // A shifted page shows machine 3 again.
-        inventory.keep(&entry(&hex(3), "pc-3.contoso.local"));
-        inventory.sort_machines();
-        assert_eq!(inventory.len(), 2);
-        let m = inventory.machine(&parse_id(&hex(3)).unwrap()).unwrap();
+        inventory.keep(&entry(&hex(3), "pc-3.contoso.local")).unwrap();
+        inventory.keep_action(action(&hex(3), "Pending", "Offboard")).unwrap();
+        inventory.keep_action(action(&hex(3), "InProgress", "Offboard")).unwrap();
+        inventory.keep_action(action(&hex(1), "Succeeded", "Offboard")).unwrap();
+        inventory.keep_action(action(&hex(4), "Pending", "Isolate")).unwrap();
+        inventory.keep_action(action(&hex(5), "Pending", "Offboard")).unwrap();
+        let mut joined = inventory.join().unwrap();
+        assert_eq!(joined.tally, Tally { wanted: 4, found: 3, open: 1, ..Tally::default() });
+        assert_eq!(joined.tally.to_submit(), 2);
+        let found = lines(&mut joined, 4);
+        assert_eq!(found.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 0, 1], "machine 9 is unknown");
+        let m = joined.machine(&found[1][0]).unwrap();
+        assert_eq!(m.id, hex(3));
         assert_eq!(m.computer_dns_name, "pc-3.contoso.local");
-        assert_eq!(
-            (m.os_platform, m.health_status, m.last_seen),
-            (Some("Windows11"), Some("Active"), Some("2026-01-01T00:00:00Z"))
-        );
-        assert!(inventory.machine(&parse_id(&hex(2)).unwrap()).is_none());
+        assert_eq!((m.os_platform.as_str(), m.last_seen.as_str()), ("Windows11", "2026-01-01T00:00:00Z"));
+        let open = joined.open_action(&found[1][0]).unwrap().unwrap();
+        assert_eq!((open.status.as_str(), open.updated.as_str()), ("Pending", "2026-01-01T00:01:00Z"));
+        assert_eq!(joined.open_action(&found[0][0]).unwrap(), None, "a finished action is not open");
+        assert_eq!(joined.open_action(&found[3][0]).unwrap(), None, "an open action of another type is not");
     }
 
     #[test]
     fn names_match_whole_or_by_first_label_and_several_are_ambiguous() {
-        let wanted = Wanted::of(true, ["pc-1", "pc-2.contoso.local", "pc-2", "srv", "pc-3.other.local", "none"]);
-        let mut inventory = Inventory::new(wanted);
-        inventory.keep(&entry(&hex(1), "PC-1.contoso.local"));
-        inventory.keep(&entry(&hex(2), "pc-2.contoso.local"));
-        inventory.keep(&entry(&hex(3), "pc-2.contoso.local")); // reimaged: same name, new id
-        inventory.keep(&entry(&hex(4), "srv.contoso.local"));
-        inventory.keep(&entry(&hex(5), "srv.fabrikam.local"));
-        inventory.keep(&entry(&hex(6), "pc-3.contoso.local"));
-        inventory.keep(&entry(&hex(7), "unrelated.contoso.local"));
-        inventory.keep(&entry(&hex(1), "PC-1.contoso.local"));
-        inventory.sort_machines();
-        inventory.index_names();
-        assert_eq!(inventory.len(), 5, "machines no wanted name names are not kept; the repeated one once");
-        let ids = |name: &str| -> Vec<String> { inventory.by_name(name).iter().map(|(_, m)| id_text(&m.id)).collect() };
-        assert_eq!(ids("pc-1"), vec![hex(1)]);
-        assert_eq!(ids("pc-2.contoso.local").len(), 2);
-        assert_eq!(ids("pc-2").len(), 2);
-        assert_eq!(ids("srv").len(), 2, "a short name shared by two domains is ambiguous");
-        assert!(ids("pc-3.other.local").is_empty(), "a full name must match whole");
-        assert!(ids("none").is_empty());
-        assert!(ids("not-wanted").is_empty());
-        let (none, many, alone) = inventory.name_counts();
-        assert_eq!((none, many, alone.len()), (2, 3, 1));
+        let input = "Name\npc-1\npc-2.contoso.local\npc-2\nsrv\npc-3.other.local\nnone\nPC-1.contoso.local\n";
+        let scan = scan_reader(input.as_bytes(), None).unwrap();
+        assert!(scan.by_name);
+        let mut inventory = Inventory::new(&scan).unwrap();
+        inventory.keep(&entry(&hex(1), "PC-1.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(2), "pc-2.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(3), "pc-2.contoso.local")).unwrap(); // reimaged: same name, new id
+        inventory.keep(&entry(&hex(4), "srv.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(5), "srv.fabrikam.local")).unwrap();
+        inventory.keep(&entry(&hex(6), "pc-3.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(7), "unrelated.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(1), "PC-1.contoso.local")).unwrap();
+        inventory.keep_action(action(&hex(1), "InProgress", "Offboard")).unwrap();
+        let mut joined = inventory.join().unwrap();
+        let found = lines(&mut joined, 7);
+        let kinds = |d: &[Decision]| d.iter().map(|d| (d.kind, id_text(&d.machine))).collect::<Vec<_>>();
+        assert_eq!(kinds(&found[0]), vec![(DecisionKind::Found, hex(1))]);
+        assert_eq!(found[1].len(), 2, "a full name two machines carry is ambiguous");
+        assert!(found[1].iter().all(|d| d.kind == DecisionKind::Candidate && d.count == 2));
+        assert_eq!(found[2].len(), 2);
+        assert_eq!(found[3].len(), 2, "a short name shared by two domains is ambiguous");
+        assert!(found[4].is_empty(), "a full name must match whole");
+        assert!(found[5].is_empty());
+        assert_eq!(kinds(&found[6]), vec![(DecisionKind::Claimed, hex(1))], "the same machine as line 2");
+        assert_eq!(joined.machine(&found[6][0]).unwrap().computer_dns_name, "PC-1.contoso.local");
+        assert!(joined.open_action(&found[0][0]).unwrap().is_some());
+        assert_eq!(
+            joined.tally,
+            Tally { wanted: 7, found: 1, open: 1, unknown_names: 2, ambiguous_names: 3 },
+            "machine 7 is named by no line"
+        );
     }
 
     #[test]
-    fn open_actions_are_kept_for_kept_machines_only() {
-        let wanted = Wanted::of(false, [hex(1).as_str()]);
-        let mut inventory = Inventory::new(wanted);
-        inventory.keep(&entry(&hex(1), "pc-1"));
-        inventory.sort_machines();
-        let action = |machine: &str, status: &str, kind: &str| MachineAction {
-            id: Some(format!("{machine}-{status}")),
-            kind: Some(kind.into()),
-            status: Some(status.into()),
-            machine_id: Some(machine.into()),
-            creation_date_time_utc: Some("2026-01-01T00:00:00Z".into()),
-            last_update_time_utc: Some("2026-01-01T00:01:00Z".into()),
-            ..MachineAction::default()
-        };
-        inventory.keep_action(action(&hex(2), "Pending", "Offboard"));
-        inventory.keep_action(action(&hex(1), "Succeeded", "Offboard"));
-        inventory.keep_action(action(&hex(1), "Pending", "Isolate"));
-        assert_eq!(inventory.open_actions(), 0);
-        inventory.keep_action(action(&hex(1), "InProgress", "Offboard"));
-        let open = inventory.open_action(&parse_id(&hex(1)).unwrap()).unwrap();
-        assert_eq!((open.status.as_str(), open.updated.as_deref()), ("InProgress", Some("2026-01-01T00:01:00Z")));
+    fn a_large_join_spills_to_disk_and_stays_exact() {
+        // More records than one sorter keeps in memory (4 MiB of 28-byte records: about 150,000).
+        const N: u64 = 200_000;
+        let mut input = String::from("MachineId\n");
+        for n in 0..N {
+            input.push_str(&hex(n * 7 % N + 1));
+            input.push('\n');
+        }
+        let scan = scan_reader(input.as_bytes(), None).unwrap();
+        let mut inventory = Inventory::new(&scan).unwrap();
+        // The inventory has the even machines, and more that the input does not ask about.
+        for n in (0..2 * N).rev().filter(|n| n.is_multiple_of(2)) {
+            inventory.keep(&entry(&hex(n + 1), &format!("pc-{n}"))).unwrap();
+        }
+        inventory.keep_action(action(&hex(1), "Pending", "Offboard")).unwrap();
+        let mut joined = inventory.join().unwrap();
+        assert_eq!(joined.tally, Tally { wanted: N, found: N / 2, open: 1, ..Tally::default() });
+        for (i, decisions) in lines(&mut joined, N).into_iter().enumerate() {
+            let n = i as u64 * 7 % N;
+            assert_eq!(decisions.len(), usize::from(n.is_multiple_of(2)), "line {}", i + 2);
+            if let Some(d) = decisions.first() {
+                assert_eq!(d.machine, parse_id(&hex(n + 1)).unwrap());
+                if i % 10_000 == 0 {
+                    assert_eq!(joined.machine(d).unwrap().computer_dns_name, format!("pc-{n}"));
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cloud;
 pub mod demo;
 pub mod error;
+pub mod extsort;
 pub mod input;
 pub mod inventory;
 pub mod journal;

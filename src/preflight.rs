@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use crate::api::{Api, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result};
-use crate::input::{InputRow, RowKind, Scan};
-use crate::inventory::{Id, Inventory, Machine, PER_ID_MAX, Wanted, id_text, parse_id};
+use crate::input::{InputRow, RowKind};
+use crate::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
 use crate::results::{Outcome, ResultRow, ResultsWriter};
 use crate::run::{self, Job, Summary};
 
@@ -30,8 +30,6 @@ use crate::run::{self, Job, Summary};
 pub const OFFBOARD_ROLE: &str = "Machine.Offboard";
 /// Either of these lets the app read machines and machine actions (Microsoft's documentation).
 pub const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
-/// Candidates listed in the message of an ambiguous name.
-const AMBIGUOUS_LISTED: usize = 5;
 
 /// What a run reads before (or instead of) offboarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,13 +109,13 @@ pub struct Facts {
 }
 
 impl Facts {
-    fn of(m: &Machine<'_>) -> Facts {
-        let owned = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+    fn of(m: Machine) -> Facts {
+        let some = |s: String| Some(s).filter(|s| !s.is_empty());
         Facts {
-            computer_dns_name: owned(Some(m.computer_dns_name)),
-            os_platform: owned(m.os_platform),
-            health_status: owned(m.health_status),
-            last_seen: owned(m.last_seen),
+            computer_dns_name: some(m.computer_dns_name),
+            os_platform: some(m.os_platform),
+            health_status: some(m.health_status),
+            last_seen: some(m.last_seen),
         }
     }
 
@@ -142,155 +140,157 @@ pub enum Screened {
 
 /// The reads' results, applied row by row.
 pub struct Screen {
-    inventory: Inventory,
+    joined: Joined,
     dry_run: bool,
-    /// Machines already claimed by a name earlier in the input (input by name), one bit each.
-    claimed: Vec<u64>,
 }
 
 /// Decides `row` with the pre-flight's results, if there is a pre-flight. Without one, names cannot be
-/// offboarded (the run refuses that combination up front): such a row fails.
-pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Screened {
+/// offboarded (the run refuses that combination up front): such a row fails. Rows must come in the input's
+/// order (some may be left out).
+pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Result<Screened> {
     match (screen, &row.kind) {
         (Some(screen), _) => screen.screen(row),
         (None, RowKind::Name(_)) => {
             let mut result = ResultRow::new(row.line, "", Outcome::Failed);
             result.computer_dns_name = Some(row.raw.trim().to_string());
             result.error_message = Some("names are resolved by the pre-flight, which was off".into());
-            Screened::Row(result)
+            Ok(Screened::Row(result))
         }
-        (None, _) => Screened::Pass(row, None),
+        (None, _) => Ok(Screened::Pass(row, None)),
+    }
+}
+
+/// A temporary file of the pre-flight's could not be read.
+fn disk(e: std::io::Error) -> Error {
+    Error::Preflight(format!("cannot read a temporary file (in {}): {e}", std::env::temp_dir().display()))
+}
+
+impl Screened {
+    /// The input line the row is for.
+    pub fn line(&self) -> u64 {
+        match self {
+            Screened::Row(result) => result.line,
+            Screened::Pass(row, _) => row.line,
+        }
     }
 }
 
 impl Screen {
-    fn screen(&mut self, row: InputRow) -> Screened {
+    fn screen(&mut self, row: InputRow) -> Result<Screened> {
+        let decisions = self.joined.take(row.line).map_err(disk)?;
         match &row.kind {
             RowKind::Valid(id) => match parse_id(id) {
-                Some(id) => self.decide(row, id, None),
-                None => Screened::Pass(row, None),
+                Some(id) => {
+                    let found = decisions.iter().find(|d| d.kind == DecisionKind::Found && d.machine == id);
+                    self.decide(row, found, None)
+                }
+                None => Ok(Screened::Pass(row, None)),
             },
-            RowKind::Name(name) => self.resolve(row.clone(), name),
-            RowKind::Invalid | RowKind::Duplicate => Screened::Pass(row, None),
+            RowKind::Name(_) => self.resolve(row, &decisions),
+            RowKind::Invalid | RowKind::Duplicate => Ok(Screened::Pass(row, None)),
         }
     }
 
-    fn resolve(&mut self, row: InputRow, name: &str) -> Screened {
+    fn resolve(&mut self, row: InputRow, decisions: &[Decision]) -> Result<Screened> {
         let written = row.raw.trim().to_string();
-        let found = self.inventory.by_name(name);
         let mut result = ResultRow::new(row.line, "", Outcome::NotFound);
         result.computer_dns_name = Some(written.clone());
-        match found.as_slice() {
+        match decisions {
             [] => {
                 result.error_message = Some("no machine in the inventory has this name".into());
-                Screened::Row(result)
+                Ok(Screened::Row(result))
             }
-            [(index, machine)] => {
-                let (index, id) = (*index, machine.id);
-                let bit = 1u64 << (index % 64);
-                if self.claimed[index / 64] & bit != 0 {
-                    let mut result = ResultRow::new(row.line, id_text(&id), Outcome::Duplicate);
-                    Facts::of(machine).fill(&mut result);
-                    result.error_message = Some("names the same machine as an earlier row; offboarded once".into());
-                    return Screened::Row(result);
-                }
-                self.claimed[index / 64] |= bit;
-                self.decide(row, id, Some(written))
+            [one] if one.kind == DecisionKind::Claimed => {
+                let machine = self.joined.machine(one).map_err(disk)?;
+                let mut result = ResultRow::new(row.line, machine.id.clone(), Outcome::Duplicate);
+                Facts::of(machine).fill(&mut result);
+                result.error_message = Some("names the same machine as an earlier row; offboarded once".into());
+                Ok(Screened::Row(result))
             }
-            several => {
+            [one] if one.kind == DecisionKind::Found => self.decide(row, Some(one), Some(written)),
+            candidates => {
                 result.outcome = Outcome::Ambiguous;
-                let listed: Vec<String> = several
-                    .iter()
-                    .take(AMBIGUOUS_LISTED)
-                    .map(|(_, m)| {
-                        format!(
-                            "{} ({}, last seen {})",
-                            id_text(&m.id),
-                            m.computer_dns_name,
-                            m.last_seen.unwrap_or("unknown")
-                        )
-                    })
-                    .collect();
-                let more = several.len().saturating_sub(AMBIGUOUS_LISTED);
+                let count = candidates.iter().map(|c| c.count as usize).max().unwrap_or(candidates.len());
+                let mut listed = Vec::new();
+                for candidate in candidates.iter().take(AMBIGUOUS_LISTED) {
+                    let m = self.joined.machine(candidate).map_err(disk)?;
+                    let seen = if m.last_seen.is_empty() { "unknown" } else { &m.last_seen };
+                    listed.push(format!("{} ({}, last seen {seen})", m.id, m.computer_dns_name));
+                }
+                let more = count.saturating_sub(listed.len());
                 result.error_message = Some(format!(
-                    "names {} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to offboard by its id",
-                    several.len(),
+                    "names {count} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to offboard by its id",
                     listed.join(", "),
                     if more > 0 { format!(" and {more} more") } else { String::new() }
                 ));
-                Screened::Row(result)
+                Ok(Screened::Row(result))
             }
         }
     }
 
-    /// One machine id: unknown, already pending, or to offboard (would be, in a dry run).
-    fn decide(&self, row: InputRow, id: Id, name: Option<String>) -> Screened {
-        let text = id_text(&id);
-        let Some(machine) = self.inventory.machine(&id) else {
-            let mut result = ResultRow::new(row.line, text, Outcome::NotFound);
+    /// One machine: unknown, already pending, or to offboard (would be, in a dry run).
+    fn decide(&self, row: InputRow, found: Option<&Decision>, name: Option<String>) -> Result<Screened> {
+        let Some(found) = found else {
+            let id = match &row.kind {
+                RowKind::Valid(id) => id.clone(),
+                _ => String::new(),
+            };
+            let mut result = ResultRow::new(row.line, id, Outcome::NotFound);
             result.computer_dns_name = name;
             result.error_message = Some(if self.dry_run {
                 "not in the device inventory".into()
             } else {
                 "not in the device inventory (pre-flight): no offboard call was made".into()
             });
-            return Screened::Row(result);
+            return Ok(Screened::Row(result));
         };
-        let facts = Facts::of(&machine);
-        if let Some(action) = self.inventory.open_action(&id) {
+        let machine = self.joined.machine(found).map_err(disk)?;
+        let text = machine.id.clone();
+        let facts = Facts::of(machine);
+        if let Some(action) = self.joined.open_action(found).map_err(disk)? {
+            let some = |s: String| Some(s).filter(|s| !s.is_empty());
             let mut result = ResultRow::new(row.line, text, Outcome::AlreadyPending);
-            result.action_id = Some(action.id.clone()).filter(|a| !a.is_empty());
-            result.action_status = Some(action.status.clone());
-            result.submitted_at = action.created.clone();
-            result.updated_at = action.updated.clone();
+            result.action_id = some(action.id);
+            result.action_status = Some(action.status);
+            result.submitted_at = some(action.created);
+            result.updated_at = some(action.updated);
             result.error_message = Some(if self.dry_run {
                 "an offboard action is already open".into()
             } else {
                 "an offboard action is already open (pre-flight): no offboard call was made".into()
             });
             facts.fill(&mut result);
-            return Screened::Row(result);
+            return Ok(Screened::Row(result));
         }
         if self.dry_run {
             let mut result = ResultRow::new(row.line, text, Outcome::WouldSubmit);
             facts.fill(&mut result);
-            return Screened::Row(result);
+            return Ok(Screened::Row(result));
         }
-        Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(text) }, Some(facts))
+        Ok(Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(text) }, Some(facts)))
     }
 
     /// How many offboard calls a real run makes after the pre-flight: machines found with no open action.
     pub fn to_submit(&self) -> u64 {
-        if self.inventory.names_indexed() {
-            let (_, _, alone) = self.inventory.name_counts();
-            return alone.iter().filter(|&&i| self.inventory.open_action(&self.inventory.id_at(i)).is_none()).count()
-                as u64;
-        }
-        (self.inventory.len() - self.inventory.open_actions()) as u64
+        self.joined.tally.to_submit()
     }
 
     /// One line on what the reads cost and found.
     pub fn describe(&self) -> String {
-        let r = &self.inventory.reads;
+        let (r, t) = (&self.joined.reads, &self.joined.tally);
         let how = if r.by_id {
             format!("{} machine lookup(s) and {} action list call(s)", r.machine_lookups, r.action_pages)
         } else {
             format!("{} inventory page(s) and {} open-action list call(s)", r.inventory_pages, r.action_pages)
         };
-        let mut found = format!(
-            "{} of {} asked about in the inventory, {} with an open offboard action",
-            self.inventory.len(),
-            self.inventory.wanted(),
-            self.inventory.open_actions()
-        );
-        if self.inventory.names_indexed() {
-            let (none, many, alone) = self.inventory.name_counts();
-            found = format!(
-                "{} name(s) resolved, {none} unknown, {many} ambiguous; {} with an open offboard action",
-                alone.len(),
-                self.inventory.open_actions()
-            );
-        }
+        let found = if self.joined.by_name {
+            format!(
+                "{} name(s) resolved, {} unknown, {} ambiguous; {} with an open offboard action",
+                t.found, t.unknown_names, t.ambiguous_names, t.open
+            )
+        } else {
+            format!("{} of {} asked about in the inventory, {} with an open offboard action", t.found, t.wanted, t.open)
+        };
         format!("{how} ({} HTTP calls): {found}", r.http_calls)
     }
 }
@@ -300,8 +300,7 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     if !job.preflight.reads(job.scan.by_name) {
         return Ok(None);
     }
-    let wanted = collect(&job.scan)?;
-    let inventory = Inventory::load(api, wanted).await.map_err(|e| {
+    let joined = Inventory::load(api, &job.scan).await.map_err(|e| {
         let next = if job.preflight.dry_run || job.scan.by_name {
             "nothing was done"
         } else {
@@ -309,23 +308,9 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
         };
         Error::Preflight(format!("{e}; {next}"))
     })?;
-    let claimed = vec![0u64; inventory.len().div_ceil(64)];
-    let screen = Screen { inventory, dry_run: job.preflight.dry_run, claimed };
+    let screen = Screen { joined, dry_run: job.preflight.dry_run };
     tracing::info!("pre-flight: {}", screen.describe());
     Ok(Some(screen))
-}
-
-/// What the input asks about: the scan's hashes, and for a tiny input its ids (one more pass over a few rows).
-fn collect(scan: &Scan) -> Result<Wanted> {
-    let mut ids = Vec::new();
-    if !scan.by_name && scan.valid <= PER_ID_MAX as u64 {
-        for row in scan.rows()? {
-            if let RowKind::Valid(id) = row?.kind {
-                ids.extend(parse_id(&id));
-            }
-        }
-    }
-    Ok(Wanted::new(scan.by_name, scan.key_hasher().clone(), scan.keys(), ids))
 }
 
 /// `run --dry-run`: sign in, check the read permission, read in batches, write what a real run would do.
@@ -392,7 +377,7 @@ fn write_dry_run(rows: crate::input::Rows, mut screen: Screen, mut writer: Resul
     let mut counts = Counts::new();
     let mut written = 0;
     for row in rows {
-        let result = match screen.screen(row?) {
+        let result = match screen.screen(row?)? {
             Screened::Row(result) => result,
             Screened::Pass(row, _) => unscreened_row(row),
         };

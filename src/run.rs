@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::api::{Api, CallResult, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
-use crate::input::{self, InputRow, RowKind, Scan, Source};
+use crate::input::{self, RowKind, Scan, Source};
 use crate::journal::{self, Journal, RunIdentity};
 use crate::limiter::{self, Limiter};
 use crate::lock::{self, RunLock};
@@ -416,16 +416,19 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
-    let (item_tx, mut item_rx) = mpsc::channel::<Result<InputRow>>(CHANNEL_DEPTH);
+    let (item_tx, mut item_rx) = mpsc::channel::<Result<Screened>>(CHANNEL_DEPTH);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
     let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
 
     let reader = {
         let rows = job.scan.rows()?;
         let cancelled = cancelled.clone();
+        let mut screen = screen.take();
+        // Rows are read and screened here, off the runtime: both read files.
         tokio::task::spawn_blocking(move || {
             for row in rows {
-                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(row).is_err() {
+                let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
+                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(item).is_err() {
                     break;
                 }
             }
@@ -449,17 +452,17 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             item = item_rx.recv() => item,
         };
         let Some(item) = item else { break };
-        let row = match item {
-            Ok(row) => row,
+        let screened = match item {
+            Ok(screened) => screened,
             Err(e) => {
                 input_error = Some(e);
                 break;
             }
         };
-        if done.contains(row.line) {
+        if done.contains(screened.line()) {
             continue;
         }
-        let (row, facts) = match preflight::screen(screen.as_mut(), row) {
+        let (row, facts) = match screened {
             Screened::Row(result) => {
                 if row_tx.send(result).await.is_err() {
                     break;

@@ -1,0 +1,400 @@
+//! Sorting and keeping more than memory should hold: what keeps a run's memory flat however long its input.
+//!
+//! - [`Sorter`] sorts fixed-size [`Record`]s: up to [`BUDGET`] bytes in memory, sorted runs spilled to
+//!   anonymous temporary files beyond that, merged back as one sorted stream ([`Sorted`]). An input that fits
+//!   never touches the disk.
+//! - [`RecordFile`] keeps records in the order written, to be read back any number of times.
+//! - [`Store`] keeps variable-length texts (a machine's name, an action's id), each found again by the
+//!   [`Ref`] that storing it returned, with one positioned read.
+//!
+//! Temporary files are deleted when dropped (anonymous ones as soon as they are created, on Linux).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Bytes of records a [`Sorter`] holds in memory before it spills a sorted run to disk.
+pub const BUDGET: usize = 4 << 20;
+/// Runs merged at once; beyond this, runs are merged into longer ones first (open files and read buffers
+/// stay bounded).
+const FAN_IN: usize = 64;
+/// Read buffer of each run being merged.
+const RUN_BUFFER: usize = 32 << 10;
+
+/// A fixed-size record. `Ord` must compare every field: records that compare equal are identical.
+pub trait Record: Copy + Ord {
+    const SIZE: usize;
+    fn put(&self, out: &mut [u8]);
+    fn get(bytes: &[u8]) -> Self;
+}
+
+impl Record for u64 {
+    const SIZE: usize = 8;
+    fn put(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_be_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+    }
+}
+
+/// Writes `records` to a new anonymous temporary file, rewound for reading.
+fn write_run<R: Record>(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<File> {
+    let mut file = BufWriter::with_capacity(RUN_BUFFER, tempfile::tempfile()?);
+    let mut bytes = vec![0u8; R::SIZE];
+    for record in records {
+        record?.put(&mut bytes);
+        file.write_all(&bytes)?;
+    }
+    let mut file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+/// Records read back in the order they were written.
+pub struct RecordReader<R> {
+    input: BufReader<File>,
+    bytes: Vec<u8>,
+    _record: PhantomData<R>,
+}
+
+impl<R: Record> RecordReader<R> {
+    fn new(file: File) -> Self {
+        RecordReader {
+            input: BufReader::with_capacity(RUN_BUFFER, file),
+            bytes: vec![0u8; R::SIZE],
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<R: Record> Iterator for RecordReader<R> {
+    type Item = io::Result<R>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.input.read_exact(&mut self.bytes) {
+            Ok(()) => Some(Ok(R::get(&self.bytes))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Sorts records in bounded memory: see the module's documentation.
+pub struct Sorter<R> {
+    buffer: Vec<R>,
+    capacity: usize,
+    runs: Vec<File>,
+}
+
+impl<R: Record> Default for Sorter<R> {
+    fn default() -> Self {
+        Sorter::with_budget(BUDGET)
+    }
+}
+
+impl<R: Record> Sorter<R> {
+    /// A sorter holding at most `bytes` of records in memory (at least two records).
+    pub fn with_budget(bytes: usize) -> Self {
+        Sorter { buffer: Vec::new(), capacity: (bytes / size_of::<R>()).max(2), runs: Vec::new() }
+    }
+
+    pub fn push(&mut self, record: R) -> io::Result<()> {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve_exact(self.capacity);
+        }
+        self.buffer.push(record);
+        if self.buffer.len() >= self.capacity { self.spill() } else { Ok(()) }
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        self.buffer.sort_unstable();
+        let run = write_run(self.buffer.drain(..).map(Ok))?;
+        self.runs.push(run);
+        Ok(())
+    }
+
+    /// Everything pushed, in order.
+    pub fn finish(mut self) -> io::Result<Sorted<R>> {
+        if self.runs.is_empty() {
+            self.buffer.sort_unstable();
+            return Ok(Sorted::Memory(self.buffer.into_iter()));
+        }
+        if !self.buffer.is_empty() {
+            self.spill()?;
+        }
+        drop(std::mem::take(&mut self.buffer));
+        let mut runs = self.runs;
+        while runs.len() > FAN_IN {
+            let rest = runs.split_off(FAN_IN);
+            let merged = write_run(Sorted::<R>::merge(runs)?)?;
+            runs = rest;
+            runs.push(merged);
+        }
+        Sorted::merge(runs)
+    }
+}
+
+/// A [`Sorter`]'s records, in order: from memory, or merged from its runs.
+pub enum Sorted<R> {
+    Memory(std::vec::IntoIter<R>),
+    Merge { runs: Vec<RecordReader<R>>, heads: BinaryHeap<Reverse<(R, usize)>> },
+}
+
+impl<R: Record> Sorted<R> {
+    fn merge(files: Vec<File>) -> io::Result<Sorted<R>> {
+        let mut runs: Vec<RecordReader<R>> = files.into_iter().map(RecordReader::new).collect();
+        let mut heads = BinaryHeap::with_capacity(runs.len());
+        for (i, run) in runs.iter_mut().enumerate() {
+            if let Some(record) = run.next() {
+                heads.push(Reverse((record?, i)));
+            }
+        }
+        Ok(Sorted::Merge { runs, heads })
+    }
+}
+
+impl<R: Record> Iterator for Sorted<R> {
+    type Item = io::Result<R>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Sorted::Memory(records) => records.next().map(Ok),
+            Sorted::Merge { runs, heads } => {
+                let Reverse((record, i)) = heads.pop()?;
+                match runs[i].next() {
+                    Some(Ok(next)) => heads.push(Reverse((next, i))),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {}
+                }
+                Some(Ok(record))
+            }
+        }
+    }
+}
+
+/// Records kept in the order written, in a temporary file, read back with [`RecordFile::read`].
+pub struct RecordFile<R> {
+    file: Arc<tempfile::NamedTempFile>,
+    len: u64,
+    _record: PhantomData<R>,
+}
+
+impl<R> Clone for RecordFile<R> {
+    fn clone(&self) -> Self {
+        RecordFile { file: Arc::clone(&self.file), len: self.len, _record: PhantomData }
+    }
+}
+
+impl<R> std::fmt::Debug for RecordFile<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordFile({} records)", self.len)
+    }
+}
+
+impl<R: Record> RecordFile<R> {
+    /// Writes `records` in their order.
+    pub fn write(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<RecordFile<R>> {
+        let named = tempfile::Builder::new().prefix("mde-offboard-").tempfile()?;
+        let mut out = BufWriter::with_capacity(RUN_BUFFER, named.as_file());
+        let mut bytes = vec![0u8; R::SIZE];
+        let mut len = 0;
+        for record in records {
+            record?.put(&mut bytes);
+            out.write_all(&bytes)?;
+            len += 1;
+        }
+        out.flush()?;
+        drop(out);
+        Ok(RecordFile { file: Arc::new(named), len, _record: PhantomData })
+    }
+
+    /// Records written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records from the first, with a reader of their own.
+    pub fn read(&self) -> io::Result<RecordReader<R>> {
+        Ok(RecordReader::new(self.file.reopen()?))
+    }
+}
+
+/// Where [`Store::put`] put a text: its offset (48 bits) and length (16 bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ref(u64);
+
+impl Ref {
+    /// No text.
+    pub const NONE: Ref = Ref(u64::MAX);
+
+    pub fn is_none(self) -> bool {
+        self == Ref::NONE
+    }
+
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_raw(raw: u64) -> Ref {
+        Ref(raw)
+    }
+}
+
+/// Texts in a temporary file: each a few short fields, written once and read back by [`Ref`].
+pub struct Store {
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl Store {
+    pub fn new() -> io::Result<Store> {
+        Ok(Store { out: BufWriter::with_capacity(RUN_BUFFER, tempfile::tempfile()?), len: 0 })
+    }
+
+    /// Keeps `fields`. An entry is at most 65,535 bytes: a field is cut to what fits (at a character
+    /// boundary), and fields past that are dropped (names and times are far shorter).
+    pub fn put(&mut self, fields: &[&str]) -> io::Result<Ref> {
+        const MAX: usize = u16::MAX as usize;
+        let mut entry = Vec::with_capacity(fields.iter().map(|f| f.len() + 2).sum::<usize>().min(MAX));
+        for field in fields {
+            if entry.len() + 2 > MAX {
+                break;
+            }
+            let field = clip(field, MAX - entry.len() - 2);
+            entry.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            entry.extend_from_slice(field.as_bytes());
+        }
+        self.out.write_all(&entry)?;
+        let at = Ref((self.len << 16) | entry.len() as u64);
+        self.len += entry.len() as u64;
+        Ok(at)
+    }
+
+    /// Done writing: the texts, for reading.
+    pub fn freeze(self) -> io::Result<Frozen> {
+        let file = self.out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        Ok(Frozen { file })
+    }
+}
+
+/// A [`Store`] done writing.
+pub struct Frozen {
+    file: File,
+}
+
+impl Frozen {
+    /// The fields stored at `at`.
+    pub fn get(&self, at: Ref) -> io::Result<Vec<String>> {
+        let (offset, len) = (at.0 >> 16, (at.0 & 0xFFFF) as usize);
+        let mut entry = vec![0u8; len];
+        read_exact_at(&self.file, &mut entry, offset)?;
+        let mut fields = Vec::new();
+        let mut rest = &entry[..];
+        while rest.len() >= 2 {
+            let n = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+            fields.push(String::from_utf8_lossy(&rest[2..2 + n]).into_owned());
+            rest = &rest[2 + n..];
+        }
+        Ok(fields)
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At most `room` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, room: usize) -> &str {
+    let mut end = s.len().min(room);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Pair(u64, u64);
+
+    impl Record for Pair {
+        const SIZE: usize = 16;
+        fn put(&self, out: &mut [u8]) {
+            self.0.put(&mut out[..8]);
+            self.1.put(&mut out[8..]);
+        }
+        fn get(bytes: &[u8]) -> Self {
+            Pair(u64::get(&bytes[..8]), u64::get(&bytes[8..]))
+        }
+    }
+
+    fn sorted(budget: usize, input: &[Pair]) -> Vec<Pair> {
+        let mut sorter = Sorter::with_budget(budget);
+        for &p in input {
+            sorter.push(p).unwrap();
+        }
+        sorter.finish().unwrap().collect::<io::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn sorts_in_memory_and_through_runs_alike() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let input: Vec<Pair> = (0..20_000).map(|i| Pair(rng.u64(..1000), i)).collect();
+        let mut expected = input.clone();
+        expected.sort();
+        assert_eq!(sorted(BUDGET, &input), expected, "in memory");
+        // 16 records a run: 1,250 runs, merged in two levels.
+        assert_eq!(sorted(16 * 16, &input), expected, "through runs");
+        assert!(sorted(64, &[]).is_empty());
+    }
+
+    #[test]
+    fn record_files_read_back_in_order_any_number_of_times() {
+        let file = RecordFile::write((0..1000u64).rev().map(Ok)).unwrap();
+        assert_eq!(file.len(), 1000);
+        for _ in 0..2 {
+            let back: Vec<u64> = file.read().unwrap().collect::<io::Result<_>>().unwrap();
+            assert_eq!(back, (0..1000u64).rev().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn stores_give_back_what_was_put() {
+        let mut store = Store::new().unwrap();
+        let a = store.put(&["pc-1.contoso.local", "", "Windows11"]).unwrap();
+        let long = "é".repeat(40_000);
+        let b = store.put(&[&long, "x"]).unwrap();
+        let store = store.freeze().unwrap();
+        assert_eq!(store.get(a).unwrap(), vec!["pc-1.contoso.local", "", "Windows11"]);
+        let back = store.get(b).unwrap();
+        assert_eq!(back.len(), 1, "no room left for the second field");
+        assert!(back[0].len() == u16::MAX as usize - 3 && back[0].chars().all(|c| c == 'é'), "cut at a boundary");
+        assert!(Ref::NONE.is_none() && !a.is_none());
+    }
+}
