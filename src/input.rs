@@ -148,10 +148,16 @@ const FILTER_BITS: usize = 1 << 23;
 
 /// A fixed-size sieve of the input's keys (one bit each, a Bloom filter with one hash): a key it does not
 /// hold is surely not in the input; one it holds may be (at a million keys, 11% of other keys pass).
-#[derive(Debug)]
 pub struct Filter {
     keys: Keys,
     bits: Vec<u64>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
+        write!(f, "Filter({set} of {FILTER_BITS} bits set)")
+    }
 }
 
 impl Filter {

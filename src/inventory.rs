@@ -351,7 +351,10 @@ impl Inventory {
                 inventory.read_open_actions(api).await?;
             }
         }
-        tokio::task::spawn_blocking(move || inventory.join()).await.map_err(std::io::Error::other)?
+        match tokio::task::spawn_blocking(move || inventory.join()).await {
+            Ok(joined) => joined,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     async fn read_by_id(&mut self, api: &Api) -> Result<(), LoadError> {
