@@ -24,6 +24,16 @@ const FAN_IN: usize = 64;
 /// Read buffer of each run being merged.
 const RUN_BUFFER: usize = 32 << 10;
 
+/// The message for a temporary file that could not be used (`doing`: "write", "read", ...): where, why,
+/// and what to do.
+pub fn temp_message(doing: &str, e: &io::Error) -> String {
+    format!(
+        "cannot {doing} a temporary file in {}: {e}; point TMPDIR (TEMP on Windows) at a writable directory with \
+         room for about 300 bytes per machine of the list",
+        std::env::temp_dir().display()
+    )
+}
+
 /// A fixed-size record. `Ord` must compare every field: records that compare equal are identical.
 pub trait Record: Copy + Ord {
     const SIZE: usize;

@@ -226,7 +226,7 @@ pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
 
 /// The scan: every byte read is also copied to a temporary file, which the second pass reads.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
-    let spool_error = |e: io::Error| source.error(format!("cannot copy to a temporary file: {e}"));
+    let spool_error = |e: io::Error| source.error(extsort::temp_message("copy the input to", &e));
     let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
     let mut tee = Tee { input, copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?), failed: None };
     let result = read_all(&source, &mut tee, id_column, by_name);
@@ -235,7 +235,7 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_na
     }
     let mut first = result?;
     tee.copy.flush().map_err(spool_error)?;
-    let temp_error = |e: io::Error| source.error(format!("cannot write a temporary file: {e}"));
+    let temp_error = |e: io::Error| source.error(extsort::temp_message("write", &e));
     let (counts, firsts, dups) = first.finish().map_err(temp_error)?;
     Ok(Scan {
         rows: counts.rows,
@@ -272,7 +272,7 @@ impl Scan {
 
     /// Streams the rows again, from the scan's copy of the input, for the run.
     pub fn rows(&self) -> Result<Rows> {
-        let temp_error = |e: io::Error| self.source.error(format!("cannot read a temporary file: {e}"));
+        let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
         let file = self.spool.reopen().map_err(temp_error)?;
         let mut reader = RowReader::open(&self.source, file, self.keys.clone())?;
         reader.dups = Some(self.dups.read().map_err(temp_error)?.peekable());
@@ -695,7 +695,7 @@ impl<R: Read> RowReader<R> {
     /// Whether the row at `line` is the first with `key`: the scan keeps every key to sort, and says yes;
     /// the second pass knows the duplicates' lines.
     fn first_of(&mut self, key: Key, line: u64) -> Result<bool> {
-        let temp_error = |e: io::Error| self.source.error(format!("cannot use a temporary file: {e}"));
+        let temp_error = |e: io::Error| self.source.error(extsort::temp_message("use", &e));
         if let Some(entries) = &mut self.entries {
             entries.push(Entry { key, line }).map_err(temp_error)?;
             return Ok(true);

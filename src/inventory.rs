@@ -297,7 +297,7 @@ impl std::fmt::Display for ReadError {
 pub enum LoadError {
     #[error("{0}")]
     Read(ReadError),
-    #[error("cannot use a temporary file (in {}): {error}", std::env::temp_dir().display())]
+    #[error("{}", crate::extsort::temp_message("use", error))]
     Disk {
         #[from]
         error: std::io::Error,

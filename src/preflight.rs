@@ -162,7 +162,7 @@ pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Result<Screened> {
 
 /// A temporary file of the pre-flight's could not be read.
 fn disk(e: std::io::Error) -> Error {
-    Error::Preflight(format!("cannot read a temporary file (in {}): {e}", std::env::temp_dir().display()))
+    Error::Preflight(crate::extsort::temp_message("read", &e))
 }
 
 impl Screened {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use mde_offboard::sim::{Fleet, SimConfig, SimStats, Simulator};
 
-use crate::common::{Output, Results, mde, write_file};
+use crate::common::{Output, Results, mde, mde_env, write_file};
 
 const A: &str = "1111111111111111111111111111111111111111";
 const B: &str = "2222222222222222222222222222222222222222";
@@ -169,4 +169,24 @@ async fn a_million_duplicates_make_one_call() {
     assert_eq!(counts, BTreeMap::from([("duplicate", 999_999), ("submitted", 1)]));
     assert_eq!(stats.offboard_calls.len(), 1);
     assert_eq!(stats.offboard_calls[A].calls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_temporary_directory_is_named_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Fleet::from_csv(&write_file(dir.path(), "fleet.csv", FLEET)).unwrap();
+    let sim = Simulator::start(SimConfig { fleet, ..SimConfig::default() }).await.unwrap();
+    let input = write_file(dir.path(), "machines.csv", &format!("MachineId\n{A}\n{B}\n"));
+    let missing = dir.path().join("no-such-dir");
+    let missing = missing.to_str().unwrap();
+    let output = dir.path().join("results.csv");
+    let args = ["run", input.to_str().unwrap(), "--yes", "--output", output.to_str().unwrap()];
+    let out = mde_env(&sim, dir.path(), &args, "", &[("TMPDIR", missing), ("TMP", missing), ("TEMP", missing)]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for said in ["machines.csv", "temporary file", missing, "TMPDIR"] {
+        assert!(out.stderr.contains(said), "the message does not say `{said}`:\n{}", out.stderr);
+    }
+    assert!(sim.stats().calls.is_empty(), "the service was called: {:?}", sim.stats().calls);
+    assert!(!output.exists());
+    sim.shutdown().await;
 }
