@@ -35,6 +35,24 @@ pub(crate) struct Action {
     outcome: Outcome,
     /// The machine was inactive: the action never starts.
     stalled: bool,
+    /// Cancelled while open (`POST /api/machineactions/{id}/cancel`).
+    cancelled: Option<Cancellation>,
+}
+
+#[derive(Debug)]
+struct Cancellation {
+    at: Instant,
+    at_time: SystemTime,
+    requestor: String,
+    comment: String,
+}
+
+/// Why an action cannot be cancelled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CancelError {
+    NotFound,
+    /// Already final: its status.
+    Final(&'static str),
 }
 
 #[derive(Debug)]
@@ -64,7 +82,7 @@ pub(crate) struct ActionView<'a> {
     last_update_date_time_utc: String,
     cancellation_requestor: Option<&'a str>,
     cancellation_comment: Option<&'a str>,
-    cancellation_date_time_utc: Option<&'a str>,
+    cancellation_date_time_utc: Option<String>,
     error_h_result: i64,
     scope: Option<&'a str>,
     external_id: Option<&'a str>,
@@ -121,6 +139,7 @@ impl Actions {
             created_at: self.clock.service_time(now),
             outcome,
             stalled: machine.health_status == "Inactive",
+            cancelled: None,
         });
         index
     }
@@ -145,8 +164,40 @@ impl Actions {
         Some(&self.list[index])
     }
 
+    /// Cancels an open action at `now`; its index.
+    pub(crate) fn cancel(
+        &mut self,
+        id: &str,
+        requestor: &str,
+        comment: &str,
+        now: Instant,
+    ) -> Result<usize, CancelError> {
+        let index = match self.by_id.get(id).or_else(|| self.by_id.get(&id.to_ascii_lowercase())) {
+            Some(&i) => i,
+            None => return Err(CancelError::NotFound),
+        };
+        match self.status(&self.list[index], now).0 {
+            status @ ("Succeeded" | "Failed" | "TimeOut" | "Cancelled") => Err(CancelError::Final(status)),
+            _ => {
+                let at_time = self.clock.service_time(now);
+                let cancellation =
+                    Cancellation { at: now, at_time, requestor: requestor.to_string(), comment: comment.to_string() };
+                self.list[index].cancelled = Some(cancellation);
+                Ok(index)
+            }
+        }
+    }
+
+    /// The action at `index`, as the API shows it.
+    pub(crate) fn view_at(&self, index: usize, now: Instant) -> ActionView<'_> {
+        self.view(&self.list[index], now)
+    }
+
     /// The action's status at `now`, and the service-time offset from creation of its last change.
     fn status(&self, a: &Action, now: Instant) -> (&'static str, Duration) {
+        if let Some(c) = a.cancelled.as_ref().filter(|c| c.at <= now) {
+            return ("Cancelled", self.clock.service_between(a.created, c.at));
+        }
         let age = self.clock.service_between(a.created, now);
         let l = &self.lifecycle;
         let started = l.pending_for;
@@ -176,9 +227,9 @@ impl Actions {
             computer_dns_name: &a.computer_dns_name,
             creation_date_time_utc: rfc3339(a.created_at),
             last_update_date_time_utc: rfc3339(a.created_at + changed),
-            cancellation_requestor: None,
-            cancellation_comment: None,
-            cancellation_date_time_utc: None,
+            cancellation_requestor: a.cancelled.as_ref().map(|c| c.requestor.as_str()),
+            cancellation_comment: a.cancelled.as_ref().map(|c| c.comment.as_str()),
+            cancellation_date_time_utc: a.cancelled.as_ref().map(|c| rfc3339(c.at_time)),
             error_h_result: 0,
             scope: None,
             external_id: None,
@@ -288,5 +339,32 @@ mod tests {
             again.create(m, "app", "test", t0);
         }
         assert_eq!(again.open_for(&first.id, at(5)).map(Action::id), Some(a.id()));
+    }
+
+    #[test]
+    fn open_actions_cancel_and_final_ones_do_not() {
+        let lifecycle = Lifecycle {
+            pending_for: Duration::from_secs(10),
+            in_progress_for: Duration::from_secs(10),
+            failed_share: 0.0,
+            timeout_share: 0.0,
+            action_timeout: Duration::from_secs(100),
+        };
+        let fleet = Fleet::generate(50, 2);
+        let machine = fleet.machines().iter().find(|m| m.health_status != "Inactive").unwrap();
+        let mut actions = Actions::new(5, lifecycle, Clock::new(1.0));
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let first = actions.create(machine, "app", "test", t0).id().to_string();
+        let index = actions.cancel(&first.to_uppercase(), "app", "changed our mind", at(5)).unwrap();
+        assert!(actions.open_for(&machine.id, at(6)).is_none(), "a cancelled action is not open");
+        let v = actions.view_at(index, at(60));
+        assert_eq!((v.status, v.cancellation_comment), ("Cancelled", Some("changed our mind")));
+        assert_eq!(v.cancellation_date_time_utc.as_deref(), Some(v.last_update_date_time_utc.as_str()));
+        assert_eq!(actions.cancel(&first, "app", "again", at(7)), Err(CancelError::Final("Cancelled")));
+        // A new action for the machine runs to its end; then it is final.
+        let second = actions.create(machine, "app", "test", at(8)).id().to_string();
+        assert_eq!(actions.cancel(&second, "app", "late", at(60)), Err(CancelError::Final("Succeeded")));
+        assert_eq!(actions.cancel("no-such-action", "app", "x", at(60)), Err(CancelError::NotFound));
     }
 }

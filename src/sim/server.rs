@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::actions::Actions;
+use super::actions::{Actions, CancelError};
 use super::clock::{Clock, parse_rfc3339, random_guid};
 use super::config::{Faults, SimConfig};
 use super::faults::{Fault, FaultState};
@@ -51,6 +51,7 @@ pub(crate) mod route {
     pub const MACHINES: &str = "GET /api/machines";
     pub const ACTION: &str = "GET /api/machineactions/{id}";
     pub const ACTIONS: &str = "GET /api/machineactions";
+    pub const CANCEL: &str = "POST /api/machineactions/{id}/cancel";
     pub const UNMATCHED: &str = "unmatched";
 }
 
@@ -190,6 +191,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/machines/{id}/offboard", post(offboard))
         .route("/api/machineactions", get(list_actions))
         .route("/api/machineactions/{id}", get(get_action))
+        .route("/api/machineactions/{id}/cancel", post(cancel_action))
         .fallback(unmatched)
         .with_state(shared)
 }
@@ -255,6 +257,18 @@ async fn get_action(
 ) -> Response {
     let outcome = sim.action(&id, &headers, &uri);
     sim.finish(route::ACTION, outcome, kill).await
+}
+
+async fn cancel_action(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let outcome = sim.cancel(&id, &headers, &uri, &body);
+    sim.finish(route::CANCEL, outcome, kill).await
 }
 
 async fn list_actions(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
@@ -582,6 +596,39 @@ impl Shared {
             Some(action) => {
                 let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
                 json_answer(StatusCode::OK, &Entity { context: &context, value: actions.view(action, now) })
+            }
+        }
+    }
+
+    /// Cancels an open action: the permission of its type (`Machine.Offboard` for an offboard), a body with
+    /// a `Comment`; 404 for an unknown action, 400 for a final one.
+    fn cancel(&self, id: &str, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
+        let admitted = match self.admit(headers, "POST", uri, false) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        if !admitted.grant.can_offboard {
+            let why = "Cancelling an offboard action needs the Machine.Offboard permission.";
+            return answer(StatusCode::FORBIDDEN, "Forbidden", why);
+        }
+        let comment = match read_comment(body) {
+            Ok(comment) => comment,
+            Err(why) => return answer(StatusCode::BAD_REQUEST, "InvalidRequestBody", why),
+        };
+        let now = Instant::now();
+        let mut actions = self.actions.lock().expect("actions lock");
+        match actions.cancel(id, &self.config.client_id, &comment, now) {
+            Err(CancelError::NotFound) => {
+                answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine action {id} was not found."))
+            }
+            Err(CancelError::Final(status)) => answer(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &format!("Machine action {id} is {status}: only a Pending or InProgress action can be cancelled."),
+            ),
+            Ok(index) => {
+                let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
+                json_answer(StatusCode::OK, &Entity { context: &context, value: actions.view_at(index, now) })
             }
         }
     }

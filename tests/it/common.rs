@@ -104,3 +104,20 @@ impl Results {
         self.rows.iter().find(|r| r["line"] == wanted).unwrap_or_else(|| panic!("no row for line {line}"))
     }
 }
+
+/// `POST {path}` on `sim` as the demo app (signed in for the call), with a JSON body: the status and body.
+pub async fn post_as_demo_app(sim: &Simulator, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", sim::DEMO_CLIENT_ID),
+        ("client_secret", sim::DEMO_CLIENT_SECRET),
+        ("scope", mde_offboard::settings::DEFAULT_SCOPE),
+    ];
+    let token_url = format!("{}/{}/oauth2/v2.0/token", sim.base_url(), sim::DEMO_TENANT_ID);
+    let token: serde_json::Value = http.post(token_url).form(&form).send().await.unwrap().json().await.unwrap();
+    let token = token["access_token"].as_str().expect("a token").to_string();
+    let response = http.post(format!("{}{path}", sim.base_url())).bearer_auth(token).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}

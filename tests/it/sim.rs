@@ -14,7 +14,10 @@ use mde_offboard::sim::{
 };
 use serde_json::{Value, json};
 
+use crate::common::post_as_demo_app;
+
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
+const CANCEL: &str = "POST /api/machineactions/{id}/cancel";
 
 /// A running simulator with a client signed in as the demo app.
 struct Api {
@@ -318,6 +321,37 @@ async fn offboard_creates_a_pending_action_once() {
     assert_eq!(stats.offboard_calls[&m.id].accepted, 1);
     assert_eq!(stats.count(OFFBOARD, "201"), 1);
     assert_eq!(stats.count(OFFBOARD, "400"), 1);
+}
+
+#[tokio::test]
+async fn open_actions_can_be_cancelled_once() {
+    let api = Api::start(config()).await;
+    let m = api.machine(|m| m.health_status == "Active" && m.os_platform == "Windows11");
+    let (_, action) = api.offboard(&m.id).await;
+    let id = action["id"].as_str().unwrap().to_string();
+    let cancel = format!("/api/machineactions/{id}/cancel");
+
+    let (status, body) = post_as_demo_app(&api.sim, &cancel, json!({"comment": "lowercase"})).await;
+    assert_eq!((status, api_code(&body)), (400, "InvalidRequestBody"), "names are case-sensitive");
+    let (status, cancelled) = post_as_demo_app(&api.sim, &cancel, json!({"Comment": "wrong machine"})).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "Cancelled");
+    assert_eq!(cancelled["cancellationComment"], "wrong machine");
+    assert_eq!(cancelled["cancellationRequestor"], DEMO_CLIENT_ID);
+    assert_eq!(cancelled["cancellationDateTimeUtc"], cancelled["lastUpdateDateTimeUtc"]);
+    let (_, read_back) = api.get(&format!("/api/machineactions/{id}")).await;
+    assert_eq!(read_back["status"], "Cancelled");
+    let (_, listed) = api.get("/api/machineactions?$filter=status eq 'Cancelled'").await;
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1);
+
+    let (status, body) = post_as_demo_app(&api.sim, &cancel, json!({"Comment": "again"})).await;
+    assert_eq!((status, api_code(&body)), (400, "InvalidRequest"), "a final action cannot be cancelled");
+    let unknown = "/api/machineactions/00000000-0000-0000-0000-000000000000/cancel";
+    let (status, body) = post_as_demo_app(&api.sim, unknown, json!({"Comment": "x"})).await;
+    assert_eq!((status, api_code(&body)), (404, "ResourceNotFound"));
+    // A cancelled offboard no longer blocks a new one.
+    assert_eq!(api.offboard(&m.id).await.0, 201);
+    assert_eq!(api.sim.stats().total(CANCEL), 4);
 }
 
 #[tokio::test]

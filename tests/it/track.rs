@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mde_offboard::sim::{Fleet, Lifecycle, SimConfig, Simulator};
 
-use crate::common::{Results, mde_in, write_file};
+use crate::common::{Results, mde_in, post_as_demo_app, write_file};
 
 /// A fleet of `active` Active and `inactive` Inactive Windows 11 workstations: every one can be offboarded;
 /// actions on inactive machines never start (they stay Pending until the action timeout).
@@ -177,6 +177,30 @@ async fn actions_still_pending_when_the_wait_ends_are_reported_open() {
     // About one pass per 100 ms over a second, never more.
     let listed = sim.stats().total("GET /api/machineactions");
     assert!((2..=12).contains(&listed), "{listed} passes in 1 s at one per 100 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_cancelled_in_the_service_ends_cancelled_and_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, ids) = fleet(dir.path(), 1, 0);
+    // Pending for ten minutes of real time: still open whenever the cancel comes.
+    let lifecycle =
+        Lifecycle { pending_for: Duration::from_secs(600), ..lifecycle(0.0, 0.0, Duration::from_secs(3600)) };
+    let sim = Simulator::start(SimConfig { fleet, lifecycle, ..SimConfig::default() }).await.unwrap();
+    let input = input(dir.path(), &ids);
+    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let path = dir.path().join("machines.results.csv");
+    let action = Results::read(&path).line(2)["action_id"].clone();
+    // Someone cancels it in the portal.
+    let cancel = format!("/api/machineactions/{action}/cancel");
+    let (status, body) = post_as_demo_app(&sim, &cancel, serde_json::json!({"Comment": "kept after all"})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let out = mde_in(&sim, dir.path(), &["track", path.to_str().unwrap(), "--poll-interval", "100ms"], "").await;
+    assert_eq!(out.code, 3, "a cancelled offboard did not happen\n{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("Cancelled"), "{}", out.stdout);
+    assert_eq!(Results::read(&path).line(2)["action_status"], "Cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
