@@ -95,6 +95,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// The HTTP client it signs in with, for the API calls made with its tokens.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     pub fn new(http: reqwest::Client, credentials: Credentials) -> Self {
         TokenCache {
             http,

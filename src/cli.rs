@@ -109,12 +109,14 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             let work = async {
                 // The run and the tracking after it spend one quota: one limiter paces both.
                 let limiter = Limiter::new(&settings.rates);
-                let summary = run::command(args, settings.clone(), limiter.clone(), stopped(stop_rx.clone())).await?;
+                let (summary, tokens) =
+                    run::command(args, settings.clone(), limiter.clone(), stopped(stop_rx.clone())).await?;
                 if !wait.wait || summary.interrupted {
                     return Ok(summary.exit_code());
                 }
+                let (results, options) = (&summary.results, wait.options());
                 let tracked =
-                    track::track_file(&summary.results, &settings, limiter, wait.options(), stopped(stop_rx.clone()))
+                    track::track_file(results, &settings, limiter, Some(tokens), options, stopped(stop_rx.clone()))
                         .await?;
                 print!("{}", tracked.render());
                 Ok(tracked.exit_code())
@@ -127,7 +129,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         Command::Track(args) => {
             let settings = resolve_settings(&args.settings)?;
             let limiter = Limiter::new(&settings.rates);
-            let summary = track::track_file(&args.results, &settings, limiter, args.options(), shutdown).await?;
+            let summary = track::track_file(&args.results, &settings, limiter, None, args.options(), shutdown).await?;
             print!("{}", summary.render());
             Ok(summary.exit_code())
         }

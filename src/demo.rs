@@ -9,6 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::TokenCache;
 use crate::error::{Error, Result};
 use crate::input::{self, Source};
 use crate::run::{self, Job, Summary};
@@ -84,14 +85,16 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     settings.concurrency = args.concurrency.clamp(1, 256);
     settings.retry_delay = Duration::from_millis(200);
     settings.comment = Some("mde-offboard demo {run_id}: decommissioned hardware".into());
+    let credentials = Credentials {
+        tenant_id: sim::DEMO_TENANT_ID.into(),
+        client_id: sim::DEMO_CLIENT_ID.into(),
+        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
+        authority: settings.authority.clone(),
+        scope: settings.scope.clone(),
+    };
     let job = Job {
-        credentials: Credentials {
-            tenant_id: sim::DEMO_TENANT_ID.into(),
-            client_id: sim::DEMO_CLIENT_ID.into(),
-            credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
-            authority: settings.authority.clone(),
-            scope: settings.scope.clone(),
-        },
+        tokens: std::sync::Arc::new(TokenCache::new(run::http_client(&settings)?, credentials.clone())),
+        credentials,
         comment_template: settings.comment.clone().unwrap_or_default(),
         resume: false,
         run_id: run::new_run_id(std::time::SystemTime::now()),

@@ -12,14 +12,12 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::api::{Api, RetryPolicy};
-use crate::auth::TokenCache;
 use crate::error::{Error, Result};
 use crate::input::{InputRow, RowKind};
 use crate::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
@@ -318,8 +316,7 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
 pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    let http = run::http_client(&job.settings)?;
-    let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
+    let (http, tokens) = (job.tokens.http(), job.tokens.clone());
     let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let round_trip = started.elapsed();
     check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;

@@ -102,6 +102,8 @@ pub struct Job {
     pub lock_dir: PathBuf,
     /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
     pub limiter: Arc<Limiter>,
+    /// Signs in (once, renewing as tokens expire); shared like the limiter.
+    pub tokens: Arc<TokenCache>,
     /// Ask for confirmation before the first offboard call.
     pub confirm: bool,
     /// Show a progress bar (only on a terminal).
@@ -216,23 +218,25 @@ pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
     template.replace("{run_id}", run_id).replace("{date}", &date)
 }
 
-/// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`).
+/// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`). Also returns
+/// the run's sign-in, for whatever follows on the same quota (`--wait`).
 pub async fn command(
     args: RunArgs,
     settings: Settings,
     limiter: Arc<Limiter>,
     shutdown: impl Future<Output = ()>,
-) -> Result<Summary> {
+) -> Result<(Summary, Arc<TokenCache>)> {
     let summary_json = args.summary_json.clone();
     let job = prepare(args, settings, limiter)?;
     let run_id = job.run_id.clone();
+    let tokens = job.tokens.clone();
     match execute(job, shutdown).await {
         Ok(summary) => {
             print!("{}", summary.render());
             if let Some(path) = &summary_json {
                 summary.write_json(path)?;
             }
-            Ok(summary)
+            Ok((summary, tokens))
         }
         Err(e) => {
             if let Some(path) = &summary_json {
@@ -287,9 +291,11 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
                 .into(),
         ));
     }
+    let tokens = Arc::new(TokenCache::new(http_client(&settings)?, credentials.clone()));
     Ok(Job {
         settings,
         credentials,
+        tokens,
         comment_template,
         scan,
         output,
@@ -357,8 +363,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     }
     let comment = expand_comment(&identity.comment, &identity.run_id, started_at);
 
-    let http = http_client(&job.settings)?;
-    let tokens = Arc::new(TokenCache::new(http.clone(), job.credentials.clone()));
+    let (http, tokens) = (job.tokens.http(), job.tokens.clone());
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let round_trip = started.elapsed();

@@ -352,11 +352,13 @@ impl Table {
 
 /// Tracks the actions of the results file `path` until each is final, `options.timeout` passes, or
 /// `shutdown` resolves; updates the file after each pass that changed something.
-/// `limiter` paces the calls; after a run (`run --wait`) it is the run's own, as both spend one quota.
+/// `limiter` paces the calls, and `tokens` signs in: after a run (`run --wait`) both are the run's own, as
+/// both spend one quota and one sign-in serves both; `None` signs in anew.
 pub async fn track_file(
     path: &Path,
     settings: &Settings,
     limiter: Arc<Limiter>,
+    tokens: Option<Arc<TokenCache>>,
     options: TrackOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
@@ -380,8 +382,11 @@ pub async fn track_file(
     // Tracking spends the same quota as a run: one at a time per tenant and app.
     let run_id = crate::run::new_run_id(SystemTime::now());
     let _lock = RunLock::acquire(&lock::state_dir(), &credentials.tenant_id, &credentials.client_id, &run_id)?;
-    let http = crate::run::http_client(settings)?;
-    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
+    let tokens = match tokens {
+        Some(tokens) => tokens,
+        None => Arc::new(TokenCache::new(crate::run::http_client(settings)?, credentials)),
+    };
+    let http = tokens.http();
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
     let api = Api::new(http, &settings.api_base, tokens, limiter, policy);

@@ -103,6 +103,7 @@ async fn run_wait_follows_successes_failures_and_timeouts_to_the_end() {
     assert!((2..40).contains(&listed), "{listed} list calls");
     assert_eq!(stats.total("GET /api/machineactions/{id}"), 0);
     assert!(out.stdout.contains("Failed") && out.stdout.contains("TimeOut"), "{}", out.stdout);
+    assert_eq!(stats.tokens_issued, 1, "the run and the tracking after it share one sign-in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
