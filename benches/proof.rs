@@ -49,17 +49,19 @@ fn main() {
         "speed" => speed(dir.path(), runs.unwrap_or(5)),
         "memory" => memory(dir.path(), runs.unwrap_or(3)),
         "memory-found" => memory_found(dir.path(), runs.unwrap_or(3)),
+        "memory-track" => memory_track(dir.path(), runs.unwrap_or(3)),
         "economy" => economy(dir.path()),
         "all" => {
             // Memory first: see `harness_peak_rss`.
             memory(dir.path(), runs.unwrap_or(3));
             memory_found(dir.path(), runs.unwrap_or(3));
+            memory_track(dir.path(), runs.unwrap_or(3));
             speed(dir.path(), runs.unwrap_or(5));
             pacing(dir.path(), runs.unwrap_or(3));
             economy(dir.path());
         }
         other => {
-            eprintln!("unknown figure `{other}`: pacing, speed, memory, memory-found, economy or all");
+            eprintln!("unknown figure `{other}`: pacing, speed, memory, memory-found, memory-track, economy or all");
             std::process::exit(2);
         }
     }
@@ -363,6 +365,44 @@ impl ClientRun {
 }
 
 /// `mde-offboard track RESULTS --once -q` against `sim`: its exit code.
+/// Figure 3, tracking: peak RSS of `track --once` on the results of a real run of `n` machines, in a
+/// simulator whose actions are final 2 ms after they are created (but for those of inactive machines, which
+/// never start), so that the pass updates nearly every row and rewrites the whole file.
+fn memory_track(dir: &Path, runs: usize) {
+    println!(
+        "\n## Memory: peak RSS of `track --once` (median of {runs}), every action final, simulator without quotas"
+    );
+    println!("| rows | track --once |");
+    println!("|---:|---:|");
+    let lifecycle = ["--no-quotas", "--pending-for", "1ms", "--in-progress-for", "1ms", "--action-timeout", "1h"];
+    let lifecycle = [&lifecycle[..], &["--fail-share", "0", "--timeout-share", "0"]].concat();
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let input = id_file(dir, n);
+        let mut rss = Vec::new();
+        for _ in 0..runs {
+            let sim = SimProcess::start(n, &lifecycle);
+            let args =
+                [format!("--rate={UNREACHED_RATE}"), "--concurrency".into(), "64".into(), "--no-preflight".into()];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = client(&sim, &input, dir, &args);
+            out.check_code(n, 0);
+            let mut command = client_command(&sim, dir);
+            command.arg("track").arg(&out.output).args(["--once", "-q", &format!("--rate={UNREACHED_RATE}")]);
+            #[allow(clippy::zombie_processes)]
+            let child = command.spawn().expect("the client starts");
+            let (code, usage) = wait4(&child);
+            // 3: the fleet's inactive machines never start their action.
+            assert!(
+                matches!(code, 0 | 3),
+                "track --once exited {code}; stderr in {}",
+                dir.join("client.stderr").display()
+            );
+            rss.push(usage.ru_maxrss as f64 / 1024.0);
+        }
+        println!("| {n} | {:.1} MiB |", median(&rss));
+    }
+}
+
 fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {
     let mut command = client_command(sim, dir);
     command.arg("track").arg(results).args(["--once", "-q"]);

@@ -51,6 +51,39 @@ impl Record for u64 {
     }
 }
 
+/// Fixed-size fields read one after the other: for [`Record::get`].
+pub struct Fields<'a>(pub &'a [u8]);
+
+impl Fields<'_> {
+    /// The next `N` bytes.
+    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let (bytes, rest) = self.0.split_at(N);
+        self.0 = rest;
+        bytes.try_into().expect("N bytes")
+    }
+
+    pub fn id(&mut self) -> [u8; 20] {
+        self.bytes()
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.bytes())
+    }
+
+    pub fn at(&mut self) -> Ref {
+        Ref::from_raw(self.u64())
+    }
+}
+
+/// Writes `fields` one after the other: for [`Record::put`].
+pub fn put(out: &mut [u8], fields: &[&[u8]]) {
+    let mut at = 0;
+    for field in fields {
+        out[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+}
+
 /// Writes `records` to a new anonymous temporary file, rewound for reading.
 fn write_run<R: Record>(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<File> {
     let mut file = BufWriter::with_capacity(RUN_BUFFER, tempfile::tempfile()?);

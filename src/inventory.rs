@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::api::{Api, Failure, ListPage, MachineAction};
-use crate::extsort::{Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store};
+use crate::extsort::{Fields, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, put};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -68,35 +68,6 @@ pub const PER_ID_MAX: usize = 2;
 pub fn by_id_is_cheaper(n: usize) -> bool {
     let batched_floor = 1 + OPEN_STATUSES.len();
     n <= PER_ID_MAX && n + n.min(OPEN_STATUSES.len()) < batched_floor
-}
-
-/// Fixed-size fields, one after the other, for the records below.
-struct Fields<'a>(&'a [u8]);
-
-impl Fields<'_> {
-    fn id(&mut self) -> Id {
-        let (id, rest) = self.0.split_at(20);
-        self.0 = rest;
-        id.try_into().expect("20 bytes")
-    }
-
-    fn u64(&mut self) -> u64 {
-        let (n, rest) = self.0.split_at(8);
-        self.0 = rest;
-        u64::get(n)
-    }
-
-    fn at(&mut self) -> Ref {
-        Ref::from_raw(self.u64())
-    }
-}
-
-fn put(out: &mut [u8], fields: &[&[u8]]) {
-    let mut at = 0;
-    for field in fields {
-        out[at..at + field.len()].copy_from_slice(field);
-        at += field.len();
-    }
 }
 
 /// A machine read, by id: where its facts are.

@@ -12,9 +12,15 @@
 //! The results file is read as plain CSV by column name, so columns other than the ones tracking updates pass
 //! through untouched, and it is replaced atomically after each pass that changed something (a temporary
 //! file in the same directory, synced, then renamed over it).
+//!
+//! Memory stays flat in the size of the file: it is streamed, never loaded. A pass sorts the open rows by
+//! action key (or machine) and the listed actions likewise, on disk beyond a few MiB ([`crate::extsort`]),
+//! merges them into updates sorted by row, and applies those while streaming the file into its replacement.
+//! Between passes only one bit per row is kept: the rows given up on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,10 +32,12 @@ use tokio::time::Instant;
 use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
+use crate::extsort::{Fields, Frozen, Record, Ref, Sorter, Store, put};
+use crate::inventory::{Id, id_text, parse_id};
 use crate::limiter::Limiter;
 use crate::lock::{self, RunLock};
 use crate::progress::Progress;
-use crate::results::Outcome;
+use crate::results::{LineSet, Outcome};
 use crate::settings::{Settings, SettingsArgs};
 use crate::sim::clock::{parse_rfc3339, rfc3339};
 
@@ -212,20 +220,190 @@ struct Columns {
     updated_at: usize,
 }
 
-/// A results file in memory.
-struct Table {
+/// A results file, streamed at each step and never held in memory: a million rows take as little memory as
+/// ten. What a pass learns is sorted on disk and merged back in row order (see [`crate::extsort`]).
+struct ResultsFile {
     path: PathBuf,
     headers: csv::StringRecord,
-    rows: Vec<Vec<String>>,
     col: Columns,
-    /// Rows (indexes) with an action to follow.
-    tracked: Vec<usize>,
-    /// Tracked rows whose action could not be found in a full listing: no longer looked for.
-    given_up: Vec<bool>,
+    /// Tracked rows (by index) whose action a full listing did not show: no longer looked for.
+    given_up: LineSet,
 }
 
-impl Table {
-    fn load(path: &Path) -> Result<Table> {
+/// A tracked row still open, by its action's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RowByAction {
+    key: [u8; 16],
+    row: u64,
+}
+
+impl Record for RowByAction {
+    const SIZE: usize = 24;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.key, &self.row.to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        RowByAction { key: f.bytes(), row: f.u64() }
+    }
+}
+
+/// A tracked row still open without an action id, by its machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RowByMachine {
+    machine: Id,
+    row: u64,
+}
+
+impl Record for RowByMachine {
+    const SIZE: usize = 28;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.machine, &self.row.to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        RowByMachine { machine: f.id(), row: f.u64() }
+    }
+}
+
+/// A listed action, by its key: where it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ActionByKey {
+    key: [u8; 16],
+    at: Ref,
+}
+
+impl Record for ActionByKey {
+    const SIZE: usize = 24;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.key, &self.at.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        ActionByKey { key: f.bytes(), at: f.at() }
+    }
+}
+
+/// A listed action, by machine, the best first: open before final, then the latest created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ActionByMachine {
+    machine: Id,
+    /// 0 open, 1 final.
+    closed: u8,
+    /// `u64::MAX` minus the creation time in seconds (none: `u64::MAX`), so that the latest sorts first.
+    age: u64,
+    at: Ref,
+}
+
+impl Record for ActionByMachine {
+    const SIZE: usize = 37;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.machine, &[self.closed], &self.age.to_be_bytes(), &self.at.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        let machine = f.id();
+        let [closed] = f.bytes();
+        ActionByMachine { machine, closed, age: f.u64(), at: f.at() }
+    }
+}
+
+/// What a row's action is now: the row, and where the action is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Update {
+    row: u64,
+    at: Ref,
+}
+
+impl Record for Update {
+    const SIZE: usize = 16;
+    fn put(&self, out: &mut [u8]) {
+        put(out, &[&self.row.to_be_bytes(), &self.at.raw().to_be_bytes()]);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut f = Fields(bytes);
+        Update { row: f.u64(), at: f.at() }
+    }
+}
+
+/// The 128-bit key of an action id, in any case (two 64-bit hashes; a match is checked against the id).
+fn action_key(id: &str) -> [u8; 16] {
+    let id = id.trim().to_ascii_lowercase();
+    let hash = |salt: u8| {
+        let mut h = std::hash::DefaultHasher::new();
+        (salt, &id).hash(&mut h);
+        h.finish().to_be_bytes()
+    };
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&hash(1));
+    key[8..].copy_from_slice(&hash(2));
+    key
+}
+
+/// The open rows a pass looks for, sorted on disk.
+struct OpenRows {
+    count: u64,
+    /// The earliest creation among their actions; `None` when some row has none (list everything).
+    since: Option<SystemTime>,
+    /// Some rows have no action id: they are matched by machine, on a full listing.
+    unmatched: bool,
+    by_action: Sorter<RowByAction>,
+    by_machine: Sorter<RowByMachine>,
+}
+
+/// The listed actions of a pass, stored and sorted on disk.
+struct Listed {
+    store: Store,
+    by_key: Sorter<ActionByKey>,
+    by_machine: Sorter<ActionByMachine>,
+}
+
+impl Listed {
+    fn new() -> std::io::Result<Listed> {
+        Ok(Listed { store: Store::new()?, by_key: Sorter::default(), by_machine: Sorter::default() })
+    }
+
+    fn keep(&mut self, action: &MachineAction, by_machine: bool) -> std::io::Result<()> {
+        let at = self.store.put(&[
+            text(action.id.as_ref()),
+            text(action.status.as_ref()),
+            text(action.updated_at()),
+            text(action.creation_date_time_utc.as_ref()),
+        ])?;
+        if let Some(id) = action.id.as_deref().filter(|id| !id.trim().is_empty()) {
+            self.by_key.push(ActionByKey { key: action_key(id), at })?;
+        }
+        if by_machine && let Some(machine) = action.machine_id.as_deref().and_then(parse_id) {
+            let secs = created(action).and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+            let age = u64::MAX - secs.unwrap_or(0);
+            self.by_machine.push(ActionByMachine { machine, closed: u8::from(!is_open(action)), age, at })?;
+        }
+        Ok(())
+    }
+}
+
+fn text(s: Option<&String>) -> &str {
+    s.map(String::as_str).unwrap_or_default()
+}
+
+/// An action as stored by [`Listed::keep`].
+struct Stored {
+    id: String,
+    status: String,
+    updated: String,
+    created: String,
+}
+
+impl Stored {
+    fn read(store: &Frozen, at: Ref) -> std::io::Result<Stored> {
+        let mut fields = store.get(at)?.into_iter();
+        let mut next = || fields.next().unwrap_or_default();
+        Ok(Stored { id: next(), status: next(), updated: next(), created: next() })
+    }
+}
+
+impl ResultsFile {
+    fn open(path: &Path) -> Result<ResultsFile> {
         let fail = |message: String| Error::Input { path: path.to_owned(), message };
         let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let headers = reader.headers().map_err(|e| fail(format!("cannot read its header: {e}")))?.clone();
@@ -243,60 +421,101 @@ impl Table {
             submitted_at: find("submitted_at")?,
             updated_at: find("updated_at")?,
         };
-        let mut rows = Vec::new();
-        for (i, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| fail(format!("row {}: {e}", i + 2)))?;
-            let mut row: Vec<String> = record.iter().map(str::to_owned).collect();
-            row.resize(headers.len(), String::new());
-            rows.push(row);
-        }
-        let tracked: Vec<usize> =
-            (0..rows.len()).filter(|&i| TRACKED_OUTCOMES.contains(&rows[i][col.outcome].as_str())).collect();
-        let given_up = vec![false; rows.len()];
-        Ok(Table { path: path.to_owned(), headers, rows, col, tracked, given_up })
+        Ok(ResultsFile { path: path.to_owned(), headers, col, given_up: LineSet::default() })
     }
 
-    fn get(&self, row: usize, col: usize) -> &str {
-        &self.rows[row][col]
+    fn fail(&self, message: String) -> Error {
+        Error::Input { path: self.path.clone(), message }
     }
 
-    /// Tracked rows still to follow.
-    fn open_rows(&self) -> Vec<usize> {
-        self.tracked
-            .iter()
-            .copied()
-            .filter(|&i| !self.given_up[i] && !is_final(self.get(i, self.col.action_status)))
-            .collect()
+    fn disk(&self, e: &std::io::Error) -> Error {
+        Error::Output { path: self.path.clone(), message: crate::extsort::temp_message("use", e) }
     }
 
-    /// Writes what `action` says into row `i`; true if anything changed.
-    fn apply(&mut self, i: usize, action: &MachineAction) -> bool {
-        let c = &self.col;
-        let updates = [
-            (c.action_id, action.id.clone()),
-            (c.action_status, action.status.clone()),
-            (c.updated_at, action.updated_at().cloned()),
-        ];
-        let mut changed = false;
-        for (col, value) in updates {
-            if let Some(value) = value.filter(|v| !v.is_empty())
-                && self.rows[i][col] != value
-            {
-                self.rows[i][col] = value;
-                changed = true;
+    /// Every row, in order, with its index, as wide as the header.
+    fn rows(&self) -> Result<impl Iterator<Item = Result<(u64, Vec<String>)>> + '_> {
+        let mut reader =
+            csv::Reader::from_path(&self.path).map_err(|e| self.fail(format!("cannot read it again: {e}")))?;
+        let width = self.headers.len();
+        let mut record = csv::StringRecord::new();
+        let mut index = 0u64;
+        Ok(std::iter::from_fn(move || match reader.read_record(&mut record) {
+            Ok(false) => None,
+            Ok(true) => {
+                let mut row: Vec<String> = record.iter().map(str::to_owned).collect();
+                row.resize(width, String::new());
+                index += 1;
+                Some(Ok((index - 1, row)))
             }
-        }
-        if self.rows[i][c.submitted_at].is_empty()
-            && let Some(created) = action.creation_date_time_utc.clone()
-        {
-            self.rows[i][c.submitted_at] = created;
-            changed = true;
-        }
-        changed
+            Err(e) => Some(Err(self.fail(format!("row {}: {e}", index + 2)))),
+        }))
     }
 
-    /// Replaces the file atomically: a temporary file beside it, synced, renamed over it.
-    fn save(&self) -> Result<()> {
+    fn is_tracked(&self, row: &[String]) -> bool {
+        TRACKED_OUTCOMES.contains(&row[self.col.outcome].as_str())
+    }
+
+    fn is_open(&self, index: u64, row: &[String]) -> bool {
+        self.is_tracked(row) && !self.given_up.contains(index) && !is_final(&row[self.col.action_status])
+    }
+
+    /// The rows still open, sorted for the pass's joins. A row with neither an action id nor a machine id
+    /// can never be matched: it is given up on here.
+    fn open_rows(&mut self) -> Result<OpenRows> {
+        let c = &self.col;
+        let mut open = OpenRows {
+            count: 0,
+            since: None,
+            unmatched: false,
+            by_action: Sorter::default(),
+            by_machine: Sorter::default(),
+        };
+        let mut all_dated = true;
+        let mut unmatchable = Vec::new();
+        for row in self.rows()? {
+            let (i, row) = row?;
+            if !self.is_open(i, &row) {
+                continue;
+            }
+            let action = row[c.action_id].trim();
+            let machine = parse_id(&row[c.machine_id]);
+            if action.is_empty() && machine.is_none() {
+                unmatchable.push(i);
+                continue;
+            }
+            open.count += 1;
+            match parse_rfc3339(&row[c.submitted_at]) {
+                Some(at) => open.since = Some(open.since.map_or(at, |s| s.min(at))),
+                None => all_dated = false,
+            }
+            let pushed = match machine {
+                _ if !action.is_empty() => open.by_action.push(RowByAction { key: action_key(action), row: i }),
+                Some(machine) => {
+                    open.unmatched = true;
+                    open.by_machine.push(RowByMachine { machine, row: i })
+                }
+                None => unreachable!("rows with neither are set aside above"),
+            };
+            pushed.map_err(|e| self.disk(&e))?;
+        }
+        for i in unmatchable {
+            tracing::warn!(row = i + 2, "a tracked row has neither an action id nor a machine id; it is not tracked");
+            self.given_up.insert(i);
+        }
+        if !all_dated || open.unmatched {
+            open.since = None;
+        }
+        Ok(open)
+    }
+
+    /// Rewrites the file with `updates` (sorted by row) applied, atomically (a temporary file beside it,
+    /// synced, renamed over it), unless nothing changed. Returns the rows still open.
+    fn rewrite(
+        &self,
+        updates: impl Iterator<Item = std::io::Result<Update>>,
+        store: &Frozen,
+        progress: &Progress,
+    ) -> Result<u64> {
         let fail = |message: String| Error::Output { path: self.path.clone(), message };
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -307,30 +526,125 @@ impl Table {
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| fail(format!("cannot create a temporary file beside it: {e}")))?;
+        let mut updates = updates.peekable();
+        let (mut changed, mut still_open) = (false, 0);
         {
-            let mut csv = csv::Writer::from_writer(temp.as_file_mut());
+            let mut csv = csv::Writer::from_writer(std::io::BufWriter::new(temp.as_file_mut()));
             csv.write_record(&self.headers).map_err(|e| fail(e.to_string()))?;
-            for row in &self.rows {
-                csv.write_record(row).map_err(|e| fail(e.to_string()))?;
+            for row in self.rows()? {
+                let (i, mut row) = row?;
+                while updates.next_if(|u| u.as_ref().is_ok_and(|u| u.row < i)).is_some() {}
+                while let Some(update) =
+                    updates.next_if(|u| u.as_ref().is_err() || u.as_ref().is_ok_and(|u| u.row == i))
+                {
+                    let update = update.map_err(|e| self.disk(&e))?;
+                    let action = Stored::read(store, update.at).map_err(|e| self.disk(&e))?;
+                    let was_final = is_final(&row[self.col.action_status]);
+                    changed |= self.apply(&mut row, &action);
+                    let status = &row[self.col.action_status];
+                    if !was_final && is_final(status) {
+                        tracing::debug!(machine = %row[self.col.machine_id], status, "action final");
+                        progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
+                    }
+                }
+                still_open += u64::from(self.is_open(i, &row));
+                csv.write_record(&row).map_err(|e| fail(e.to_string()))?;
             }
             csv.flush().map_err(|e| fail(format!("cannot write: {e}")))?;
+        }
+        if !changed {
+            return Ok(still_open);
         }
         temp.as_file().sync_all().map_err(|e| fail(format!("cannot sync: {e}")))?;
         if let Ok(meta) = std::fs::metadata(&self.path) {
             let _ = std::fs::set_permissions(temp.path(), meta.permissions());
         }
         temp.persist(&self.path).map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
-        Ok(())
+        Ok(still_open)
     }
 
-    fn summary(&self) -> TrackSummary {
-        let mut s = TrackSummary { results: self.path.clone(), rows: self.rows.len() as u64, ..Default::default() };
-        for (i, row) in self.rows.iter().enumerate() {
+    /// Writes what `action` says into `row`; true if anything changed. An action found by its id must
+    /// carry the row's id (the key is a hash).
+    fn apply(&self, row: &mut [String], action: &Stored) -> bool {
+        let c = &self.col;
+        let own = row[c.action_id].trim();
+        if !own.is_empty() && !own.eq_ignore_ascii_case(action.id.trim()) {
+            return false;
+        }
+        let mut changed = false;
+        for (col, value) in
+            [(c.action_id, &action.id), (c.action_status, &action.status), (c.updated_at, &action.updated)]
+        {
+            if !value.is_empty() && row[col] != *value {
+                row[col] = value.clone();
+                changed = true;
+            }
+        }
+        if row[c.submitted_at].is_empty() && !action.created.is_empty() {
+            row[c.submitted_at] = action.created.clone();
+            changed = true;
+        }
+        changed
+    }
+
+    /// Joins the open rows with the listed actions (merges of sorted streams) and rewrites the file with
+    /// what changed; returns the rows still open.
+    fn update(&mut self, open: OpenRows, listed: Listed, progress: &Progress) -> Result<u64> {
+        let disk = |e: std::io::Error| self.disk(&e);
+        let store = listed.store.freeze().map_err(disk)?;
+        let mut updates = Sorter::<Update>::default();
+        // Rows with an action id: that action.
+        let mut actions = listed.by_key.finish().map_err(disk)?.peekable();
+        for row in open.by_action.finish().map_err(disk)? {
+            let row = row.map_err(disk)?;
+            while actions.next_if(|a| a.as_ref().is_ok_and(|a| a.key < row.key)).is_some() {}
+            if let Some(action) = actions.next_if(|a| a.as_ref().is_err()) {
+                return Err(disk(action.expect_err("an error")));
+            }
+            if let Some(Ok(action)) = actions.peek().filter(|a| a.as_ref().is_ok_and(|a| a.key == row.key)) {
+                updates.push(Update { row: row.row, at: action.at }).map_err(disk)?;
+            }
+        }
+        // Rows without one: the machine's best action (the first of its machine's run), listed without a date
+        // filter; a row whose machine has none is given up on.
+        let mut best = listed.by_machine.finish().map_err(disk)?.peekable();
+        let mut given_up = Vec::new();
+        for row in open.by_machine.finish().map_err(disk)? {
+            let row = row.map_err(disk)?;
+            while best.next_if(|a| a.as_ref().is_ok_and(|a| a.machine < row.machine)).is_some() {}
+            if let Some(action) = best.next_if(|a| a.as_ref().is_err()) {
+                return Err(disk(action.expect_err("an error")));
+            }
+            match best.peek() {
+                Some(Ok(action)) if action.machine == row.machine => {
+                    updates.push(Update { row: row.row, at: action.at }).map_err(disk)?;
+                }
+                _ => {
+                    tracing::warn!(
+                        machine = %id_text(&row.machine),
+                        "no Offboard action found for this machine; it is not tracked further"
+                    );
+                    given_up.push(row.row);
+                }
+            }
+        }
+        for row in given_up {
+            self.given_up.insert(row);
+        }
+        let updates = updates.finish().map_err(|e| self.disk(&e))?;
+        self.rewrite(updates, &store, progress)
+    }
+
+    fn summary(&self) -> Result<TrackSummary> {
+        let mut s = TrackSummary { results: self.path.clone(), ..Default::default() };
+        for row in self.rows()? {
+            let (i, row) = row?;
+            s.rows += 1;
             let outcome = row[self.col.outcome].as_str();
-            let ok = if TRACKED_OUTCOMES.contains(&outcome) {
+            let ok = if self.is_tracked(&row) {
                 s.tracked += 1;
                 let status = row[self.col.action_status].as_str();
-                let key = if self.given_up[i] {
+                let key = if self.given_up.contains(i) {
                     NO_ACTION
                 } else if status.is_empty() {
                     "unknown"
@@ -346,7 +660,7 @@ impl Table {
                 s.rows_not_ok += 1;
             }
         }
-        s
+        Ok(s)
     }
 }
 
@@ -363,17 +677,31 @@ pub async fn track_file(
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
     let started = Instant::now();
-    let mut table = Table::load(path)?;
-    let progress = Progress::new(table.tracked.len() as u64, std::io::stderr().is_terminal());
-    for &i in &table.tracked {
-        let status = table.get(i, table.col.action_status);
-        if is_final(status) {
-            progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
+    let mut file = ResultsFile::open(path)?;
+    let (mut tracked, mut open, mut succeeded, mut ended_otherwise) = (0u64, 0u64, 0u64, 0u64);
+    for row in file.rows()? {
+        let (i, row) = row?;
+        if !file.is_tracked(&row) {
+            continue;
+        }
+        tracked += 1;
+        let status = &row[file.col.action_status];
+        if file.is_open(i, &row) {
+            open += 1;
+        } else if status.eq_ignore_ascii_case("Succeeded") {
+            succeeded += 1;
+        } else {
+            ended_otherwise += 1;
         }
     }
-    if table.open_rows().is_empty() {
+    let progress = Progress::new(tracked, std::io::stderr().is_terminal());
+    for ok in std::iter::repeat_n(true, succeeded as usize).chain(std::iter::repeat_n(false, ended_otherwise as usize))
+    {
+        progress.row_done(ok);
+    }
+    if open == 0 {
         progress.finish();
-        let mut summary = table.summary();
+        let mut summary = file.summary()?;
         summary.duration = started.elapsed();
         return Ok(summary);
     }
@@ -400,14 +728,17 @@ pub async fn track_file(
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => { interrupted = true; break; }
-            result = pass(&api, &mut table, options.page_size, &progress) => result,
+            result = pass(&api, &mut file, options.page_size, &progress) => result,
         };
         passes += 1;
-        if let Err(e) = result {
-            progress.finish();
-            return Err(e);
-        }
-        if options.once || table.open_rows().is_empty() {
+        let still_open = match result {
+            Ok(still_open) => still_open,
+            Err(e) => {
+                progress.finish();
+                return Err(e);
+            }
+        };
+        if options.once || still_open == 0 {
             break;
         }
         let next = pass_started + options.interval;
@@ -421,7 +752,7 @@ pub async fn track_file(
         }
     }
     progress.finish();
-    let mut summary = table.summary();
+    let mut summary = file.summary()?;
     summary.passes = passes;
     summary.calls = api.counters.calls.load(Ordering::Relaxed);
     summary.duration = started.elapsed();
@@ -430,27 +761,20 @@ pub async fn track_file(
     Ok(summary)
 }
 
-/// One pass: list the Offboard actions (all pages), update the rows, save if anything changed.
-/// A pass that cannot be completed for a passing reason is skipped with a warning; one the app is not
-/// allowed to make, or whose sign-in failed for good, ends tracking with an error.
-async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress) -> Result<()> {
-    let open = table.open_rows();
-    let c = &table.col;
-    let unmatched: Vec<usize> = open.iter().copied().filter(|&i| table.get(i, c.action_id).is_empty()).collect();
-    // The earliest creation among the open actions; without one for every open row, list them all.
-    let since = if unmatched.is_empty() {
-        open.iter()
-            .map(|&i| parse_rfc3339(table.get(i, c.submitted_at)))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|t| t.into_iter().min())
-    } else {
-        None
-    };
+/// One pass: list the Offboard actions (all pages), update the rows, save if anything changed; returns the
+/// rows still open. A pass that cannot be completed for a passing reason is skipped with a warning; one the
+/// app is not allowed to make, or whose sign-in failed for good, ends tracking with an error.
+async fn pass(api: &Api, file: &mut ResultsFile, page_size: u64, progress: &Progress) -> Result<u64> {
+    let open = file.open_rows()?;
+    if open.count == 0 {
+        return Ok(0);
+    }
     let mut filter = String::from("type eq 'Offboard'");
-    if let Some(since) = since {
+    if let Some(since) = open.since {
         filter += &format!(" and creationDateTimeUtc ge {}", rfc3339(since));
     }
-    let mut actions: Vec<MachineAction> = Vec::new();
+    let disk = |e: std::io::Error| file.disk(&e);
+    let mut listed = Listed::new().map_err(disk)?;
     let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
     let mut skip = 0usize;
     loop {
@@ -475,72 +799,19 @@ async fn pass(api: &Api, table: &mut Table, page_size: u64, progress: &Progress)
                     )));
                 }
                 tracing::warn!(code = %f.code, "a tracking pass failed and is skipped: {}", f.message);
-                return Ok(());
+                return Ok(open.count);
             }
         };
-        let short = page.len() < page_size;
-        actions.extend(page);
-        if short {
+        for action in &page {
+            listed.keep(action, open.unmatched).map_err(disk)?;
+        }
+        if page.len() < page_size {
             break;
         }
         skip += page_size;
     }
 
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut by_machine: HashMap<String, usize> = HashMap::new();
-    for (n, a) in actions.iter().enumerate() {
-        if let Some(id) = &a.id {
-            by_id.insert(id.to_ascii_lowercase(), n);
-        }
-        if let Some(machine) = &a.machine_id {
-            let key = machine.to_ascii_lowercase();
-            // Prefer the open action, then the latest created.
-            let better = match by_machine.get(&key) {
-                None => true,
-                Some(&m) => {
-                    let other = &actions[m];
-                    (is_open(a), created(a)) > (is_open(other), created(other))
-                }
-            };
-            if better {
-                by_machine.insert(key, n);
-            }
-        }
-    }
-
-    let mut changed = false;
-    for &i in &open {
-        let id = table.get(i, table.col.action_id).to_ascii_lowercase();
-        let found = if id.is_empty() {
-            by_machine.get(&table.get(i, table.col.machine_id).to_ascii_lowercase())
-        } else {
-            by_id.get(&id)
-        };
-        match found {
-            Some(&n) => {
-                let was_final = is_final(table.get(i, table.col.action_status));
-                changed |= table.apply(i, &actions[n]);
-                let status = table.get(i, table.col.action_status);
-                if !was_final && is_final(status) {
-                    tracing::debug!(machine = %table.get(i, table.col.machine_id), status, "action final");
-                    progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
-                }
-            }
-            None if id.is_empty() => {
-                // A full listing (no date filter) without it: stop looking.
-                tracing::warn!(
-                    machine = %table.get(i, table.col.machine_id),
-                    "no Offboard action found for this machine; it is not tracked further"
-                );
-                table.given_up[i] = true;
-            }
-            None => {}
-        }
-    }
-    if changed {
-        table.save()?;
-    }
-    Ok(())
+    file.update(open, listed, progress)
 }
 
 #[cfg(test)]
@@ -548,13 +819,15 @@ mod tests {
     use super::*;
 
     const HEADER: &str = "line,machine_id,outcome,action_id,action_status,http_status,extra,submitted_at,updated_at\n";
+    const AA: &str = "aa00000000000000000000000000000000000000";
+    const BB: &str = "bb00000000000000000000000000000000000000";
 
-    fn table(rows: &str) -> (tempfile::TempDir, Table) {
+    fn results(rows: &str) -> (tempfile::TempDir, ResultsFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.csv");
-        std::fs::write(&path, format!("{HEADER}{rows}")).unwrap();
-        let table = Table::load(&path).unwrap();
-        (dir, table)
+        std::fs::write(&path, format!("{HEADER}{}", rows.replace("aa", AA).replace("bb", BB))).unwrap();
+        let file = ResultsFile::open(&path).unwrap();
+        (dir, file)
     }
 
     fn action(id: &str, machine: &str, status: &str, created: &str) -> MachineAction {
@@ -568,30 +841,97 @@ mod tests {
         }
     }
 
+    fn listing(open: &OpenRows, actions: &[MachineAction]) -> Listed {
+        let mut listed = Listed::new().unwrap();
+        for a in actions {
+            listed.keep(a, open.unmatched).unwrap();
+        }
+        listed
+    }
+
     #[test]
     fn rows_are_tracked_by_outcome_and_saved_with_unknown_columns_kept() {
-        let (_dir, mut t) = table(
+        let (_dir, mut file) = results(
             "2,aa,submitted,A1,Pending,201,x,2026-01-01T00:00:00Z,\n\
              3,bb,already_pending,,,400,\"y, z\",,\n\
              4,cc,not_found,,,404,,,\n\
              5,dd,duplicate,,,,,,\n",
         );
-        assert_eq!(t.tracked, vec![0, 1]);
-        assert_eq!(t.open_rows(), vec![0, 1]);
-        assert!(t.apply(0, &action("A1", "aa", "Succeeded", "2026-01-01T00:00:00Z")));
-        assert!(t.apply(1, &action("B7", "bb", "InProgress", "2025-12-31T00:00:00Z")));
-        t.save().unwrap();
-        let text = std::fs::read_to_string(&t.path).unwrap();
-        assert!(text.starts_with(HEADER), "{text}");
-        assert!(text.contains("2,aa,submitted,A1,Succeeded,201,x,2026-01-01T00:00:00Z,2026-01-01T00:05:00Z"), "{text}");
-        assert!(
-            text.contains("3,bb,already_pending,B7,InProgress,400,\"y, z\",2025-12-31T00:00:00Z,2026-01-01T00:05:00Z")
+        let open = file.open_rows().unwrap();
+        assert_eq!((open.count, open.unmatched, open.since), (2, true, None), "a row without an id: list everything");
+        let listed = listing(
+            &open,
+            &[
+                action("a1", AA, "Succeeded", "2026-01-01T00:00:00Z"),
+                // The machine's older, final action loses to its open one.
+                action("B6", BB, "Failed", "2025-12-30T00:00:00Z"),
+                action("B7", BB, "InProgress", "2025-12-31T00:00:00Z"),
+                action("C1", "cc00000000000000000000000000000000000000", "Pending", "2026-01-01T00:00:00Z"),
+            ],
         );
-        let s = Table::load(&t.path).unwrap().summary();
+        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 1, "B7 is still open");
+        let text = std::fs::read_to_string(&file.path).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        assert!(
+            text.contains(&format!("2,{AA},submitted,a1,Succeeded,201,x,2026-01-01T00:00:00Z,2026-01-01T00:05:00Z"))
+        );
+        assert!(
+            text.contains(&format!(
+                "3,{BB},already_pending,B7,InProgress,400,\"y, z\",2025-12-31T00:00:00Z,2026-01-01T00:05:00Z"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("4,cc,not_found,,,404,,,"), "other rows untouched: {text}");
+        let s = file.summary().unwrap();
         // not_found and the open action are not ok; duplicate and the success are.
         assert_eq!((s.tracked, s.rows_not_ok, s.open()), (2, 2, 1));
         assert_eq!(s.exit_code(), exit_code::SOME_FAILED);
-        assert_eq!(std::fs::read_dir(t.path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(std::fs::read_dir(file.path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+
+        // Now B7 has an id: the next pass lists by date, and nothing new leaves the file as it is.
+        let open = file.open_rows().unwrap();
+        assert_eq!((open.count, open.unmatched), (1, false));
+        assert_eq!(open.since, parse_rfc3339("2025-12-31T00:00:00Z"));
+        let modified = std::fs::metadata(&file.path).unwrap().modified().unwrap();
+        let listed = listing(&open, &[action("B7", BB, "InProgress", "2025-12-31T00:00:00Z")]);
+        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 1);
+        assert_eq!(std::fs::metadata(&file.path).unwrap().modified().unwrap(), modified, "not rewritten");
+    }
+
+    #[test]
+    fn a_machine_without_any_action_is_given_up_on() {
+        let (_dir, mut file) = results("2,aa,already_pending,,,400,,,\n3,not-an-id,already_pending,,,400,,,\n");
+        let open = file.open_rows().unwrap();
+        assert_eq!(open.count, 1, "a row with neither id is set aside at once");
+        let listed = listing(&open, &[action("B7", BB, "Pending", "2025-12-31T00:00:00Z")]);
+        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 0);
+        let s = file.summary().unwrap();
+        assert_eq!(s.by_status.get(NO_ACTION), Some(&2));
+        assert_eq!(file.open_rows().unwrap().count, 0);
+    }
+
+    #[test]
+    fn many_rows_are_matched_through_sorted_runs() {
+        // More rows than a sorter keeps in memory (4 MiB of 24-byte records: about 175,000).
+        const N: u64 = 200_000;
+        let mut rows = String::new();
+        let mut actions = Vec::new();
+        for n in 0..N {
+            let machine = format!("{n:040x}");
+            rows.push_str(&format!("{},{machine},submitted,ACT-{n},Pending,201,,2026-01-01T00:00:00Z,\n", n + 2));
+            if n % 3 != 0 {
+                actions.push(action(&format!("act-{n}"), &machine, "Succeeded", "2026-01-01T00:00:00Z"));
+            }
+        }
+        let (_dir, mut file) = results(&rows);
+        let open = file.open_rows().unwrap();
+        let listed = listing(&open, &actions);
+        assert_eq!(file.update(open, listed, &Progress::new(N, false)).unwrap(), N.div_ceil(3));
+        let s = file.summary().unwrap();
+        assert_eq!(s.by_status.get("Succeeded"), Some(&(N - N.div_ceil(3))));
+        let text = std::fs::read_to_string(&file.path).unwrap();
+        assert!(text.contains(&format!("8,{:040x},submitted,ACT-6,Pending,", 6)), "not listed: unchanged");
+        assert!(text.contains(&format!("9,{:040x},submitted,act-7,Succeeded", 7)), "ids take the service's spelling");
     }
 
     #[test]
@@ -599,7 +939,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("machines.csv");
         std::fs::write(&path, "MachineId\naa\n").unwrap();
-        let msg = Table::load(&path).err().unwrap().to_string();
+        let msg = ResultsFile::open(&path).err().unwrap().to_string();
         assert!(msg.contains("machine_id") && msg.contains("results file"), "{msg}");
     }
 }
