@@ -44,45 +44,94 @@ pub trait Record: Copy + Ord {
 impl Record for u64 {
     const SIZE: usize = 8;
     fn put(&self, out: &mut [u8]) {
-        out.copy_from_slice(&self.to_be_bytes());
+        Field::put(self, out);
     }
     fn get(bytes: &[u8]) -> Self {
-        u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+        Field::get(bytes)
     }
 }
 
-/// Fixed-size fields read one after the other: for [`Record::get`].
-pub struct Fields<'a>(pub &'a [u8]);
+/// A fixed-size part of a [`Record`], big-endian so that bytes sort like values.
+pub trait Field: Sized {
+    const SIZE: usize;
+    fn put(&self, out: &mut [u8]);
+    fn get(bytes: &[u8]) -> Self;
+}
 
-impl Fields<'_> {
-    /// The next `N` bytes.
-    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let (bytes, rest) = self.0.split_at(N);
-        self.0 = rest;
+impl<const N: usize> Field for [u8; N] {
+    const SIZE: usize = N;
+    fn put(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+    fn get(bytes: &[u8]) -> Self {
         bytes.try_into().expect("N bytes")
     }
+}
 
-    pub fn id(&mut self) -> [u8; 20] {
-        self.bytes()
+macro_rules! int_field {
+    ($($int:ty),+) => {$(
+        impl Field for $int {
+            const SIZE: usize = size_of::<$int>();
+            fn put(&self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_be_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                <$int>::from_be_bytes(bytes.try_into().expect("the integer's size"))
+            }
+        }
+    )+};
+}
+int_field!(u8, u32, u64);
+
+impl Field for Ref {
+    const SIZE: usize = 8;
+    fn put(&self, out: &mut [u8]) {
+        Field::put(&self.0, out);
     }
-
-    pub fn u64(&mut self) -> u64 {
-        u64::from_be_bytes(self.bytes())
-    }
-
-    pub fn at(&mut self) -> Ref {
-        Ref::from_raw(self.u64())
+    fn get(bytes: &[u8]) -> Self {
+        Ref(<u64 as Field>::get(bytes))
     }
 }
 
-/// Writes `fields` one after the other: for [`Record::put`].
-pub fn put(out: &mut [u8], fields: &[&[u8]]) {
-    let mut at = 0;
-    for field in fields {
-        out[at..at + field.len()].copy_from_slice(field);
-        at += field.len();
-    }
+/// Declares a struct of [`Field`]s and makes it a [`Record`]: its fields one after the other, in order.
+macro_rules! record {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident {
+        $($(#[$fmeta:meta])* $fvis:vis $field:ident: $ty:ty),+ $(,)?
+    }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty),+
+        }
+
+        impl $crate::extsort::Record for $name {
+            const SIZE: usize = 0 $(+ <$ty as $crate::extsort::Field>::SIZE)+;
+            fn put(&self, out: &mut [u8]) {
+                let mut at = 0;
+                $(
+                    let end = at + <$ty as $crate::extsort::Field>::SIZE;
+                    $crate::extsort::Field::put(&self.$field, &mut out[at..end]);
+                    #[allow(unused_assignments)]
+                    {
+                        at = end;
+                    }
+                )+
+            }
+            #[allow(unused_assignments)]
+            fn get(bytes: &[u8]) -> Self {
+                let mut at = 0;
+                $name {
+                    $($field: {
+                        let end = at + <$ty as $crate::extsort::Field>::SIZE;
+                        let value = <$ty as $crate::extsort::Field>::get(&bytes[at..end]);
+                        at = end;
+                        value
+                    }),+
+                }
+            }
+        }
+    };
 }
+pub(crate) use record;
 
 /// Writes `records` to a new anonymous temporary file, rewound for reading.
 fn write_run<R: Record>(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<File> {
@@ -383,17 +432,11 @@ fn clip(s: &str, room: usize) -> &str {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-    struct Pair(u64, u64);
-
-    impl Record for Pair {
-        const SIZE: usize = 16;
-        fn put(&self, out: &mut [u8]) {
-            self.0.put(&mut out[..8]);
-            self.1.put(&mut out[8..]);
-        }
-        fn get(bytes: &[u8]) -> Self {
-            Pair(u64::get(&bytes[..8]), u64::get(&bytes[8..]))
+    record! {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        struct Pair {
+            key: u64,
+            n: u64,
         }
     }
 
@@ -408,7 +451,8 @@ mod tests {
     #[test]
     fn sorts_in_memory_and_through_runs_alike() {
         let mut rng = fastrand::Rng::with_seed(7);
-        let input: Vec<Pair> = (0..20_000).map(|i| Pair(rng.u64(..1000), i)).collect();
+        let input: Vec<Pair> = (0..20_000).map(|n| Pair { key: rng.u64(..1000), n }).collect();
+        assert_eq!(<Pair as Record>::SIZE, 16, "the fields' sizes, added up");
         let mut expected = input.clone();
         expected.sort();
         assert_eq!(sorted(BUDGET, &input), expected, "in memory");

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extsort::{self, RecordFile, RecordReader, Sorter};
+use crate::extsort::{self, RecordFile, RecordReader, Sorter, record};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
@@ -98,24 +98,12 @@ pub struct Scan {
 /// ([`Keys::name`]) followed by zeros.
 pub type Key = [u8; 20];
 
-/// One row with an id or a name: its key and line. Sorted by key, then line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Entry {
-    pub key: Key,
-    pub line: u64,
-}
-
-impl extsort::Record for Entry {
-    const SIZE: usize = 28;
-    fn put(&self, out: &mut [u8]) {
-        out[..20].copy_from_slice(&self.key);
-        out[20..].copy_from_slice(&self.line.to_be_bytes());
-    }
-    fn get(bytes: &[u8]) -> Self {
-        Entry {
-            key: bytes[..20].try_into().expect("20 bytes"),
-            line: u64::from_be_bytes(bytes[20..].try_into().expect("8 bytes")),
-        }
+record! {
+    /// One row with an id or a name: its key and line. Sorted by key, then line.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Entry {
+        pub key: Key,
+        pub line: u64,
     }
 }
 

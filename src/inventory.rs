@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::api::{Api, Failure, ListPage, MachineAction};
-use crate::extsort::{Fields, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, put};
+use crate::extsort::{Field, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -70,78 +70,54 @@ pub fn by_id_is_cheaper(n: usize) -> bool {
     n <= PER_ID_MAX && n + n.min(OPEN_STATUSES.len()) < batched_floor
 }
 
-/// A machine read, by id: where its facts are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Found {
-    id: Id,
-    facts: Ref,
-}
-
-impl Record for Found {
-    const SIZE: usize = 28;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.id, &self.facts.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        Found { id: f.id(), facts: f.at() }
+record! {
+    /// A machine read, by id: where its facts are.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Found {
+        id: Id,
+        facts: Ref,
     }
 }
 
-/// A machine read, by one of its name keys (input by name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Named {
-    key: Key,
-    id: Id,
-    facts: Ref,
-}
-
-impl Record for Named {
-    const SIZE: usize = 48;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.key, &self.id, &self.facts.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        Named { key: f.id(), id: f.id(), facts: f.at() }
+record! {
+    /// A machine read, by one of its name keys (input by name).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Named {
+        key: Key,
+        id: Id,
+        facts: Ref,
     }
 }
 
-/// An input line that names one machine: the line, and the machine's facts. Sorted by machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Claim {
-    id: Id,
-    line: u64,
-    facts: Ref,
-}
-
-impl Record for Claim {
-    const SIZE: usize = 36;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.id, &self.line.to_be_bytes(), &self.facts.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        Claim { id: f.id(), line: f.u64(), facts: f.at() }
+record! {
+    /// An input line that names one machine: the line, and the machine's facts. Sorted by machine.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Claim {
+        id: Id,
+        line: u64,
+        facts: Ref,
     }
 }
 
-/// What the reads say of one input line. Lines without a decision name no machine in the inventory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Decision {
-    pub line: u64,
-    /// The candidate's place, for an ambiguous name; 0 otherwise.
-    index: u8,
-    pub kind: DecisionKind,
-    pub machine: Id,
-    facts: Ref,
-    /// The machine's open offboard action, or [`Ref::NONE`].
-    action: Ref,
-    /// Machines an ambiguous name may mean.
-    pub count: u32,
+record! {
+    /// What the reads say of one input line. Lines without a decision name no machine in the inventory.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Decision {
+        pub line: u64,
+        /// The candidate's place, for an ambiguous name; 0 otherwise.
+        index: u8,
+        pub kind: DecisionKind,
+        pub machine: Id,
+        facts: Ref,
+        /// The machine's open offboard action, or [`Ref::NONE`].
+        action: Ref,
+        /// Machines an ambiguous name may mean.
+        pub count: u32,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum DecisionKind {
     /// The line's machine is in the inventory.
     Found = 0,
@@ -151,32 +127,16 @@ pub enum DecisionKind {
     Candidate = 2,
 }
 
-impl Record for Decision {
-    const SIZE: usize = 50;
+impl Field for DecisionKind {
+    const SIZE: usize = 1;
     fn put(&self, out: &mut [u8]) {
-        let (facts, action) = (self.facts.raw().to_be_bytes(), self.action.raw().to_be_bytes());
-        let small = [self.index, self.kind as u8];
-        put(out, &[&self.line.to_be_bytes(), &small, &self.machine, &facts, &action, &self.count.to_be_bytes()]);
+        out[0] = *self as u8;
     }
     fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        let line = f.u64();
-        let (index, kind) = (f.0[0], f.0[1]);
-        f.0 = &f.0[2..];
-        let kind = match kind {
+        match bytes[0] {
             0 => DecisionKind::Found,
             1 => DecisionKind::Claimed,
             _ => DecisionKind::Candidate,
-        };
-        let (machine, facts, action) = (f.id(), f.at(), f.at());
-        Decision {
-            line,
-            index,
-            kind,
-            machine,
-            facts,
-            action,
-            count: u32::from_be_bytes(f.0[..4].try_into().expect("4")),
         }
     }
 }

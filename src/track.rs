@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
-use crate::extsort::{Fields, Frozen, Record, Ref, Sorter, Store, put};
+use crate::extsort::{Frozen, Ref, Sorter, Store, record};
 use crate::inventory::{Id, id_text, parse_id};
 use crate::limiter::Limiter;
 use crate::lock::{self, RunLock};
@@ -230,99 +230,52 @@ struct ResultsFile {
     given_up: LineSet,
 }
 
-/// A tracked row still open, by its action's key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RowByAction {
-    key: [u8; 16],
-    row: u64,
-}
-
-impl Record for RowByAction {
-    const SIZE: usize = 24;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.key, &self.row.to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        RowByAction { key: f.bytes(), row: f.u64() }
+record! {
+    /// A tracked row still open, by its action's key.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct RowByAction {
+        key: [u8; 16],
+        row: u64,
     }
 }
 
-/// A tracked row still open without an action id, by its machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RowByMachine {
-    machine: Id,
-    row: u64,
-}
-
-impl Record for RowByMachine {
-    const SIZE: usize = 28;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.machine, &self.row.to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        RowByMachine { machine: f.id(), row: f.u64() }
+record! {
+    /// A tracked row still open without an action id, by its machine.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct RowByMachine {
+        machine: Id,
+        row: u64,
     }
 }
 
-/// A listed action, by its key: where it is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ActionByKey {
-    key: [u8; 16],
-    at: Ref,
-}
-
-impl Record for ActionByKey {
-    const SIZE: usize = 24;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.key, &self.at.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        ActionByKey { key: f.bytes(), at: f.at() }
+record! {
+    /// A listed action, by its key: where it is stored.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct ActionByKey {
+        key: [u8; 16],
+        at: Ref,
     }
 }
 
-/// A listed action, by machine, the best first: open before final, then the latest created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ActionByMachine {
-    machine: Id,
-    /// 0 open, 1 final.
-    closed: u8,
-    /// `u64::MAX` minus the creation time in seconds (none: `u64::MAX`), so that the latest sorts first.
-    age: u64,
-    at: Ref,
-}
-
-impl Record for ActionByMachine {
-    const SIZE: usize = 37;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.machine, &[self.closed], &self.age.to_be_bytes(), &self.at.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        let machine = f.id();
-        let [closed] = f.bytes();
-        ActionByMachine { machine, closed, age: f.u64(), at: f.at() }
+record! {
+    /// A listed action, by machine, the best first: open before final, then the latest created.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct ActionByMachine {
+        machine: Id,
+        /// 0 open, 1 final.
+        closed: u8,
+        /// `u64::MAX` minus the creation time in seconds (none: `u64::MAX`), so that the latest sorts first.
+        age: u64,
+        at: Ref,
     }
 }
 
-/// What a row's action is now: the row, and where the action is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Update {
-    row: u64,
-    at: Ref,
-}
-
-impl Record for Update {
-    const SIZE: usize = 16;
-    fn put(&self, out: &mut [u8]) {
-        put(out, &[&self.row.to_be_bytes(), &self.at.raw().to_be_bytes()]);
-    }
-    fn get(bytes: &[u8]) -> Self {
-        let mut f = Fields(bytes);
-        Update { row: f.u64(), at: f.at() }
+record! {
+    /// What a row's action is now: the row, and where the action is stored.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Update {
+        row: u64,
+        at: Ref,
     }
 }
 
