@@ -468,25 +468,32 @@ impl Inventory {
         if self.by_name {
             let mut claims = Sorter::<Claim>::default();
             let mut named = self.names.finish()?.peekable();
+            // The machines each name may mean: the first few kept (for the message), all counted.
             let mut candidates: Vec<Named> = Vec::new();
             for entry in self.firsts.read()? {
                 let entry = entry?;
                 candidates.clear();
+                let mut count = 0u32;
+                let mut last: Option<Id> = None;
                 while let Some(machine) = named.next_if(|n| n.as_ref().is_ok_and(|n| n.key <= entry.key)) {
                     let machine = machine?;
-                    if machine.key == entry.key && candidates.last().is_none_or(|c| c.id != machine.id) {
-                        candidates.push(machine);
+                    if machine.key == entry.key && last != Some(machine.id) {
+                        last = Some(machine.id);
+                        count = count.saturating_add(1);
+                        if candidates.len() < AMBIGUOUS_LISTED {
+                            candidates.push(machine);
+                        }
                     }
                 }
                 if let Some(Err(_)) = named.peek() {
                     named.next().transpose()?;
                 }
-                match candidates.as_slice() {
-                    [] => tally.unknown_names += 1,
-                    [one] => claims.push(Claim { id: one.id, line: entry.line, facts: one.facts })?,
-                    several => {
+                match (count, candidates.first()) {
+                    (0, _) | (_, None) => tally.unknown_names += 1,
+                    (1, Some(one)) => claims.push(Claim { id: one.id, line: entry.line, facts: one.facts })?,
+                    (count, Some(_)) => {
                         tally.ambiguous_names += 1;
-                        for (index, c) in several.iter().take(AMBIGUOUS_LISTED).enumerate() {
+                        for (index, c) in candidates.iter().enumerate() {
                             decisions.push(Decision {
                                 line: entry.line,
                                 index: index as u8,
@@ -494,7 +501,7 @@ impl Inventory {
                                 machine: c.id,
                                 facts: c.facts,
                                 action: Ref::NONE,
-                                count: several.len().min(u32::MAX as usize) as u32,
+                                count,
                             })?;
                         }
                     }
@@ -746,6 +753,20 @@ mod tests {
             Tally { wanted: 7, found: 1, open: 1, unknown_names: 2, ambiguous_names: 3 },
             "machine 7 is named by no line"
         );
+    }
+
+    #[test]
+    fn a_name_many_machines_carry_keeps_a_few_and_counts_them_all() {
+        let scan = scan_reader(&b"Name\nlab\n"[..], None).unwrap();
+        let mut inventory = Inventory::new(&scan).unwrap();
+        for n in 0..7 {
+            inventory.keep(&entry(&hex(n + 1), &format!("lab.site{n}.contoso.local"))).unwrap();
+        }
+        let mut joined = inventory.join().unwrap();
+        let found = joined.take(2).unwrap();
+        assert_eq!(found.len(), AMBIGUOUS_LISTED);
+        assert!(found.iter().all(|d| d.kind == DecisionKind::Candidate && d.count == 7));
+        assert_eq!(joined.tally.ambiguous_names, 1);
     }
 
     #[test]
