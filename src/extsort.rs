@@ -330,14 +330,6 @@ impl Ref {
     pub fn is_none(self) -> bool {
         self == Ref::NONE
     }
-
-    pub fn raw(self) -> u64 {
-        self.0
-    }
-
-    pub fn from_raw(raw: u64) -> Ref {
-        Ref(raw)
-    }
 }
 
 /// Texts in a temporary file: each a few short fields, written once and read back by [`Ref`].
