@@ -268,6 +268,45 @@ impl<R: Record> Iterator for Sorted<R> {
     }
 }
 
+/// A sorted stream of records looked up by ascending keys: the merge step of a join. Each lookup passes
+/// over the records that sort before its key; an error in the stream is returned by the lookup that meets it.
+pub struct Cursor<R, I: Iterator<Item = io::Result<R>>> {
+    records: std::iter::Peekable<I>,
+}
+
+impl<R: Copy, I: Iterator<Item = io::Result<R>>> Cursor<R, I> {
+    pub fn new(records: I) -> Self {
+        Cursor { records: records.peekable() }
+    }
+
+    /// The first record whose key is `key`, left in place (a later lookup of the same key finds it again).
+    pub fn find<K: Ord>(&mut self, key: &K, key_of: impl Fn(&R) -> K) -> io::Result<Option<R>> {
+        loop {
+            let head = match self.records.peek() {
+                None => return Ok(None),
+                Some(Ok(head)) => *head,
+                Some(Err(_)) => return Err(self.records.next().and_then(Result::err).expect("an error was peeked")),
+            };
+            match key_of(&head).cmp(key) {
+                std::cmp::Ordering::Less => {
+                    self.records.next();
+                }
+                std::cmp::Ordering::Equal => return Ok(Some(head)),
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    /// As [`Cursor::find`], taking the record: called again, it gives the next one with that key.
+    pub fn next_at<K: Ord>(&mut self, key: &K, key_of: impl Fn(&R) -> K) -> io::Result<Option<R>> {
+        let found = self.find(key, key_of)?;
+        if found.is_some() {
+            self.records.next();
+        }
+        Ok(found)
+    }
+}
+
 /// Records kept in the order written, in a temporary file, read back with [`RecordFile::read`].
 pub struct RecordFile<R> {
     file: Arc<tempfile::NamedTempFile>,
@@ -451,6 +490,22 @@ mod tests {
         // 16 records a run: 1,250 runs, merged in two levels.
         assert_eq!(sorted(16 * 16, &input), expected, "through runs");
         assert!(sorted(64, &[]).is_empty());
+    }
+
+    #[test]
+    fn cursors_find_by_ascending_keys_and_report_errors_where_met() {
+        let records = [1u64, 3, 3, 5, 8].map(Ok).into_iter().chain([Err(io::Error::other("disk")), Ok(9)]);
+        let mut cursor = Cursor::new(records);
+        assert_eq!(cursor.find(&0, |r| *r).unwrap(), None);
+        assert_eq!(cursor.find(&3, |r| *r).unwrap(), Some(3));
+        assert_eq!(cursor.find(&3, |r| *r).unwrap(), Some(3), "find leaves it in place");
+        assert_eq!(cursor.next_at(&3, |r| *r).unwrap(), Some(3));
+        assert_eq!(cursor.next_at(&3, |r| *r).unwrap(), Some(3), "the second 3");
+        assert_eq!(cursor.next_at(&3, |r| *r).unwrap(), None);
+        assert_eq!(cursor.find(&6, |r| *r).unwrap(), None, "5 passed over, 8 is beyond");
+        assert_eq!(cursor.find(&8, |r| *r).unwrap(), Some(8));
+        assert_eq!(cursor.find(&9, |r| *r).unwrap_err().to_string(), "disk");
+        assert_eq!(cursor.find(&9, |r| *r).unwrap(), Some(9));
     }
 
     #[test]

@@ -29,12 +29,11 @@
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufWriter, Read, Write};
-use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extsort::{self, RecordFile, RecordReader, Sorter, record};
+use crate::extsort::{self, Cursor, RecordFile, RecordReader, Sorter, record};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
@@ -263,7 +262,7 @@ impl Scan {
         let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
         let file = self.spool.reopen().map_err(temp_error)?;
         let mut reader = RowReader::open(&self.source, file, self.keys.clone())?;
-        reader.dups = Some(self.dups.read().map_err(temp_error)?.peekable());
+        reader.dups = Some(Cursor::new(self.dups.read().map_err(temp_error)?));
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
         let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
@@ -570,7 +569,7 @@ struct RowReader<R> {
     /// The scan: every row's key and line, to sort.
     entries: Option<Sorter<Entry>>,
     /// The second pass: the lines of the duplicates, ascending.
-    dups: Option<Peekable<RecordReader<u64>>>,
+    dups: Option<Cursor<u64, RecordReader<u64>>>,
 }
 
 impl<R: Read> RowReader<R> {
@@ -689,12 +688,7 @@ impl<R: Read> RowReader<R> {
             return Ok(true);
         }
         let Some(dups) = &mut self.dups else { return Ok(true) };
-        while dups.next_if(|d| d.as_ref().is_ok_and(|&d| d < line)).is_some() {}
-        match dups.next_if(|d| d.as_ref().is_err() || d.as_ref().is_ok_and(|&d| d == line)) {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
-            Some(Err(e)) => Err(temp_error(e)),
-        }
+        Ok(dups.next_at(&line, |&d| d).map_err(temp_error)?.is_none())
     }
 
     /// 1-based field number holding byte `offset` of the record's concatenated fields.

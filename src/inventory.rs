@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::api::{Api, Failure, ListPage, MachineAction};
-use crate::extsort::{Field, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, record};
+use crate::extsort::{Cursor, Field, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -467,7 +467,7 @@ impl Inventory {
         let actions = first_of_each(self.actions.finish()?, |a| a.id);
         if self.by_name {
             let mut claims = Sorter::<Claim>::default();
-            let mut named = self.names.finish()?.peekable();
+            let mut named = Cursor::new(self.names.finish()?);
             // The machines each name may mean: the first few kept (for the message), all counted.
             let mut candidates: Vec<Named> = Vec::new();
             for entry in self.firsts.read()? {
@@ -475,18 +475,14 @@ impl Inventory {
                 candidates.clear();
                 let mut count = 0u32;
                 let mut last: Option<Id> = None;
-                while let Some(machine) = named.next_if(|n| n.as_ref().is_ok_and(|n| n.key <= entry.key)) {
-                    let machine = machine?;
-                    if machine.key == entry.key && last != Some(machine.id) {
+                while let Some(machine) = named.next_at(&entry.key, |n| n.key)? {
+                    if last != Some(machine.id) {
                         last = Some(machine.id);
                         count = count.saturating_add(1);
                         if candidates.len() < AMBIGUOUS_LISTED {
                             candidates.push(machine);
                         }
                     }
-                }
-                if let Some(Err(_)) = named.peek() {
-                    named.next().transpose()?;
                 }
                 match (count, candidates.first()) {
                     (0, _) | (_, None) => tally.unknown_names += 1,
@@ -509,22 +505,19 @@ impl Inventory {
             }
             decide_claims(claims.finish()?, actions, &mut decisions, &mut tally)?;
         } else {
-            let mut machines = first_of_each(self.machines.finish()?, |m| m.id).peekable();
-            let claims = self.firsts.read()?.filter_map(|entry| {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => return Some(Err(e)),
-                };
-                while machines.next_if(|m| m.as_ref().is_ok_and(|m| m.id < entry.key)).is_some() {}
-                match machines.next_if(|m| m.as_ref().is_err() || m.as_ref().is_ok_and(|m| m.id == entry.key)) {
-                    Some(Ok(m)) => Some(Ok(Claim { id: m.id, line: entry.line, facts: m.facts })),
-                    Some(Err(e)) => Some(Err(e)),
-                    None => None,
-                }
-            });
+            let mut machines = Cursor::new(first_of_each(self.machines.finish()?, |m| m.id));
+            let claims = self
+                .firsts
+                .read()?
+                .map(|entry| {
+                    let entry = entry?;
+                    let found = machines.find(&entry.key, |m| m.id)?;
+                    Ok(found.map(|m| Claim { id: m.id, line: entry.line, facts: m.facts }))
+                })
+                .filter_map(Result::transpose);
             decide_claims(claims, actions, &mut decisions, &mut tally)?;
         }
-        let decisions = decisions.finish()?.peekable();
+        let decisions = Cursor::new(decisions.finish()?);
         Ok(Joined { decisions, store, tally, reads: self.reads, by_name: self.by_name })
     }
 }
@@ -554,7 +547,7 @@ fn decide_claims(
     decisions: &mut Sorter<Decision>,
     tally: &mut Tally,
 ) -> std::io::Result<()> {
-    let mut actions = actions.peekable();
+    let mut actions = Cursor::new(actions);
     let mut last: Option<Id> = None;
     for claim in claims {
         let claim = claim?;
@@ -572,11 +565,7 @@ fn decide_claims(
             continue;
         }
         last = Some(claim.id);
-        while actions.next_if(|a| a.as_ref().is_ok_and(|a| a.id < claim.id)).is_some() {}
-        let action = match actions.next_if(|a| a.as_ref().is_err() || a.as_ref().is_ok_and(|a| a.id == claim.id)) {
-            Some(action) => action?.facts,
-            None => Ref::NONE,
-        };
+        let action = actions.find(&claim.id, |a| a.id)?.map_or(Ref::NONE, |a| a.facts);
         tally.found += 1;
         tally.open += u64::from(!action.is_none());
         decisions.push(Decision { action, ..decision })?;
@@ -586,7 +575,7 @@ fn decide_claims(
 
 /// What the reads decided, line by line, in the input's order.
 pub struct Joined {
-    decisions: std::iter::Peekable<Sorted<Decision>>,
+    decisions: Cursor<Decision, Sorted<Decision>>,
     store: Frozen,
     pub tally: Tally,
     pub reads: Reads,
@@ -598,12 +587,9 @@ impl Joined {
     /// The decisions for `line` (none: the line names no machine the inventory has). Lines must come in
     /// ascending order; lines skipped are passed over.
     pub fn take(&mut self, line: u64) -> std::io::Result<Vec<Decision>> {
-        while self.decisions.next_if(|d| d.as_ref().is_ok_and(|d| d.line < line)).is_some() {}
         let mut found = Vec::new();
-        while let Some(decision) =
-            self.decisions.next_if(|d| d.as_ref().is_err() || d.as_ref().is_ok_and(|d| d.line == line))
-        {
-            found.push(decision?);
+        while let Some(decision) = self.decisions.next_at(&line, |d| d.line)? {
+            found.push(decision);
         }
         Ok(found)
     }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
-use crate::extsort::{Frozen, Ref, Sorter, Store, record};
+use crate::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::inventory::{Id, id_text, parse_id};
 use crate::limiter::Limiter;
 use crate::lock::{self, RunLock};
@@ -479,18 +479,14 @@ impl ResultsFile {
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| fail(format!("cannot create a temporary file beside it: {e}")))?;
-        let mut updates = updates.peekable();
+        let mut updates = Cursor::new(updates);
         let (mut changed, mut still_open) = (false, 0);
         {
             let mut csv = csv::Writer::from_writer(std::io::BufWriter::new(temp.as_file_mut()));
             csv.write_record(&self.headers).map_err(|e| fail(e.to_string()))?;
             for row in self.rows()? {
                 let (i, mut row) = row?;
-                while updates.next_if(|u| u.as_ref().is_ok_and(|u| u.row < i)).is_some() {}
-                while let Some(update) =
-                    updates.next_if(|u| u.as_ref().is_err() || u.as_ref().is_ok_and(|u| u.row == i))
-                {
-                    let update = update.map_err(|e| self.disk(&e))?;
+                while let Some(update) = updates.next_at(&i, |u| u.row).map_err(|e| self.disk(&e))? {
                     let action = Stored::read(store, update.at).map_err(|e| self.disk(&e))?;
                     let was_final = is_final(&row[self.col.action_status]);
                     changed |= self.apply(&mut row, &action);
@@ -547,32 +543,22 @@ impl ResultsFile {
         let store = listed.store.freeze().map_err(disk)?;
         let mut updates = Sorter::<Update>::default();
         // Rows with an action id: that action.
-        let mut actions = listed.by_key.finish().map_err(disk)?.peekable();
+        let mut actions = Cursor::new(listed.by_key.finish().map_err(disk)?);
         for row in open.by_action.finish().map_err(disk)? {
             let row = row.map_err(disk)?;
-            while actions.next_if(|a| a.as_ref().is_ok_and(|a| a.key < row.key)).is_some() {}
-            if let Some(action) = actions.next_if(|a| a.as_ref().is_err()) {
-                return Err(disk(action.expect_err("an error")));
-            }
-            if let Some(Ok(action)) = actions.peek().filter(|a| a.as_ref().is_ok_and(|a| a.key == row.key)) {
+            if let Some(action) = actions.find(&row.key, |a| a.key).map_err(disk)? {
                 updates.push(Update { row: row.row, at: action.at }).map_err(disk)?;
             }
         }
         // Rows without one: the machine's best action (the first of its machine's run), listed without a date
         // filter; a row whose machine has none is given up on.
-        let mut best = listed.by_machine.finish().map_err(disk)?.peekable();
+        let mut best = Cursor::new(listed.by_machine.finish().map_err(disk)?);
         let mut given_up = Vec::new();
         for row in open.by_machine.finish().map_err(disk)? {
             let row = row.map_err(disk)?;
-            while best.next_if(|a| a.as_ref().is_ok_and(|a| a.machine < row.machine)).is_some() {}
-            if let Some(action) = best.next_if(|a| a.as_ref().is_err()) {
-                return Err(disk(action.expect_err("an error")));
-            }
-            match best.peek() {
-                Some(Ok(action)) if action.machine == row.machine => {
-                    updates.push(Update { row: row.row, at: action.at }).map_err(disk)?;
-                }
-                _ => {
+            match best.find(&row.machine, |a| a.machine).map_err(disk)? {
+                Some(action) => updates.push(Update { row: row.row, at: action.at }).map_err(disk)?,
+                None => {
                     tracing::warn!(
                         machine = %id_text(&row.machine),
                         "no Offboard action found for this machine; it is not tracked further"
