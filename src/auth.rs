@@ -95,6 +95,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// Who it signs in as.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// The HTTP client it signs in with, for the API calls made with its tokens.
     pub fn http(&self) -> reqwest::Client {
         self.http.clone()

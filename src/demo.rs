@@ -93,8 +93,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         scope: settings.scope.clone(),
     };
     let job = Job {
-        tokens: std::sync::Arc::new(TokenCache::new(run::http_client(&settings)?, credentials.clone())),
-        credentials,
+        tokens: std::sync::Arc::new(TokenCache::new(run::http_client(&settings)?, credentials)),
         comment_template: settings.comment.clone().unwrap_or_default(),
         resume: false,
         run_id: run::new_run_id(std::time::SystemTime::now()),

@@ -29,7 +29,7 @@ use crate::lock::{self, RunLock};
 use crate::preflight::{self, Screened};
 use crate::progress::Progress;
 use crate::results::{self, LineSet, Outcome, ResultRow, ResultsWriter};
-use crate::settings::{Credentials, Settings, SettingsArgs};
+use crate::settings::{Settings, SettingsArgs};
 
 /// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
 /// measured, within these).
@@ -90,7 +90,6 @@ pub struct RunArgs {
 /// Everything a run needs, resolved.
 pub struct Job {
     pub settings: Settings,
-    pub credentials: Credentials,
     /// The comment as given; `{run_id}` and `{date}` are filled in when the run starts.
     pub comment_template: String,
     pub scan: Scan,
@@ -102,7 +101,8 @@ pub struct Job {
     pub lock_dir: PathBuf,
     /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
     pub limiter: Arc<Limiter>,
-    /// Signs in (once, renewing as tokens expire); shared like the limiter.
+    /// Who the run signs in as, and its tokens (signed in once, renewed as they expire); shared like the
+    /// limiter.
     pub tokens: Arc<TokenCache>,
     /// Ask for confirmation before the first offboard call.
     pub confirm: bool,
@@ -291,10 +291,9 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
                 .into(),
         ));
     }
-    let tokens = Arc::new(TokenCache::new(http_client(&settings)?, credentials.clone()));
+    let tokens = Arc::new(TokenCache::new(http_client(&settings)?, credentials));
     Ok(Job {
         settings,
-        credentials,
         tokens,
         comment_template,
         scan,
@@ -336,7 +335,8 @@ pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Durati
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
     // this function returns.
-    let _lock = RunLock::acquire(&job.lock_dir, &job.credentials.tenant_id, &job.credentials.client_id, &job.run_id)?;
+    let credentials = job.tokens.credentials();
+    let _lock = RunLock::acquire(&job.lock_dir, &credentials.tenant_id, &credentials.client_id, &job.run_id)?;
     if job.preflight.dry_run {
         return preflight::dry_run(job, shutdown).await;
     }
@@ -348,8 +348,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         input: job.scan.source.display(),
         input_rows: job.scan.rows,
         input_valid: job.scan.valid,
-        tenant_id: job.credentials.tenant_id.clone(),
-        client_id: job.credentials.client_id.clone(),
+        tenant_id: credentials.tenant_id.clone(),
+        client_id: credentials.client_id.clone(),
         comment: job.comment_template.clone(),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
     };
@@ -384,7 +384,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         let plan = format!(
             "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
-            job.credentials.tenant_id,
+            credentials.tenant_id,
             job.settings.api_base,
             identity.run_id,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
