@@ -15,6 +15,10 @@ pub mod exit_code {
     pub const USAGE: u8 = 2;
     /// The run finished, but some rows did not end well.
     pub const SOME_FAILED: u8 = 3;
+    /// The run stopped part way for a reason other than a signal (an output failure, sign-in refused for
+    /// good, the API refusing the token, a read it could not complete): the results so far are valid, and
+    /// `--resume` continues.
+    pub const STOPPED: u8 = 4;
     /// Interrupted by Ctrl-C or SIGTERM.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -59,6 +63,11 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+
+    /// The run had started calling the API (or writing rows) when this stopped it: what was written is
+    /// valid, and `--resume` continues. Exits [`exit_code::STOPPED`].
+    #[error("stopped part way: {0}; the results so far are valid, and --resume continues")]
+    Stopped(Box<Error>),
 }
 
 impl Error {
@@ -67,6 +76,7 @@ impl Error {
         match self {
             Error::Usage(_) => exit_code::USAGE,
             Error::Interrupted => exit_code::INTERRUPTED,
+            Error::Stopped(_) => exit_code::STOPPED,
             _ => exit_code::CANNOT_RUN,
         }
     }
