@@ -54,7 +54,7 @@ impl Report {
             self.text += "Result: NOT READY, a real run would not be allowed (see the problems above).\n";
             exit_code::CANNOT_RUN
         };
-        print!("{}", self.text);
+        crate::output::stdout(&self.text);
         code
     }
 }

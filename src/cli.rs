@@ -9,6 +9,7 @@ use crate::demo::{self, DemoArgs};
 use crate::error::{Error, exit_code};
 use crate::limiter::Limiter;
 use crate::logging::{self, LogFormat};
+use crate::output;
 use crate::run::{self, RunArgs};
 use crate::settings;
 use crate::sim::{self, SimulateArgs};
@@ -79,14 +80,14 @@ pub fn main() -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::stderr(&format!("error: cannot start the async runtime: {e}\n"));
             return exit_code::CANNOT_RUN;
         }
     };
     match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::stderr(&format!("error: {e}\n"));
             e.exit_code()
         }
     }
@@ -118,7 +119,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 let tracked =
                     track::track_file(results, &settings, limiter, Some(tokens), options, stopped(stop_rx.clone()))
                         .await?;
-                print!("{}", tracked.render());
+                output::stdout(&tracked.render());
                 Ok(tracked.exit_code())
             };
             tokio::select! {
@@ -130,7 +131,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             let settings = resolve_settings(&args.settings)?;
             let limiter = Limiter::new(&settings.rates);
             let summary = track::track_file(&args.results, &settings, limiter, None, args.options(), shutdown).await?;
-            print!("{}", summary.render());
+            output::stdout(&summary.render());
             Ok(summary.exit_code())
         }
         Command::Check(args) => check::check(&args, &|k| std::env::var(k).ok()).await,
@@ -159,10 +160,10 @@ fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings,
 /// exits at once; every row written so far is already on disk.
 async fn shutdown_signal() {
     signal().await;
-    eprintln!("interrupted: finishing the calls in flight (interrupt again to exit at once)");
+    output::stderr("interrupted: finishing the calls in flight (interrupt again to exit at once)\n");
     tokio::spawn(async {
         signal().await;
-        eprintln!("interrupted again: exiting now");
+        output::stderr("interrupted again: exiting now\n");
         std::process::exit(i32::from(exit_code::INTERRUPTED));
     });
 }

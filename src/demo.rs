@@ -70,11 +70,11 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     let simulator = Simulator::start(config).await?;
     let base = simulator.base_url();
-    eprintln!(
+    crate::output::stderr(&format!(
         "Demo: a simulated Defender for Endpoint tenant at {base}, {}x faster than real time.\n\
-         Offboarding samples/machines.csv; the simulator enforces the real quotas, scaled.",
+         Offboarding samples/machines.csv; the simulator enforces the real quotas, scaled.\n",
         args.time_scale
-    );
+    ));
 
     let mut settings = settings::resolve(&SettingsArgs::default(), &|_| None)?;
     settings.tenant_id = Some(sim::DEMO_TENANT_ID.into());
@@ -113,12 +113,12 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     simulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&workdir);
     let summary = summary?;
-    print!("{}", summary.render());
-    println!(
+    crate::output::stdout(&summary.render());
+    crate::output::stdout(&format!(
         "Simulator: {} offboard actions created, {} answers throttled with 429.\n\
          The sample holds malformed ids, duplicates, unknown machines, a device group the app may not touch \
-         and unsupported systems on purpose: a real run with such rows exits 3.",
+         and unsupported systems on purpose: a real run with such rows exits 3.\n",
         stats.actions_created, stats.throttled
-    );
+    ));
     Ok(summary)
 }

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod limiter;
 pub mod lock;
 pub mod logging;
+pub mod output;
 pub mod preflight;
 pub mod progress;
 pub mod results;

@@ -99,6 +99,45 @@ impl Drop for RunLock {
     }
 }
 
+/// A held lock on one results file, so that two commands never write it at once (a `track` started with
+/// another state directory, so not meeting the run lock, once rewrote a file under a running run). It is an
+/// OS lock on `<results>.lock` beside the file, taken by every command that writes a results file, and
+/// dropped with the process however it ends.
+#[derive(Debug)]
+pub struct ResultsLock {
+    file: File,
+}
+
+impl ResultsLock {
+    /// Takes the lock of the results file `results`, or says that another command is writing it.
+    pub fn acquire(results: &Path) -> Result<ResultsLock> {
+        let mut name = results.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".lock");
+        let path = results.with_file_name(name);
+        let fail = |e: std::io::Error| Error::Output {
+            path: results.to_owned(),
+            message: format!("cannot use its lock file {}: {e}", path.display()),
+        };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ResultsLock { file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(format!(
+                "another mde-offboard command (a run, a resume or track) is writing {} right now; wait for it to \
+                 end (lock file {})",
+                results.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+        }
+    }
+}
+
+impl Drop for ResultsLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +153,19 @@ mod tests {
         drop(first);
         assert!(RunLock::acquire(dir.path(), "t", "c", "run-4").is_ok());
         drop(other);
+    }
+
+    #[test]
+    fn a_results_file_is_written_by_one_command_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("m.results.csv");
+        let first = ResultsLock::acquire(&results).unwrap();
+        let msg = ResultsLock::acquire(&results).unwrap_err().to_string();
+        assert!(msg.contains("is writing") && msg.contains("m.results.csv"), "{msg}");
+        // Another results file has its own lock.
+        let _other = ResultsLock::acquire(&dir.path().join("n.results.csv")).unwrap();
+        drop(first);
+        assert!(ResultsLock::acquire(&results).is_ok());
     }
 
     #[test]

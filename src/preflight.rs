@@ -346,14 +346,14 @@ pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         .collect();
     let rates = job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let took = run::estimate(&job.settings, would, round_trip);
-    println!(
+    crate::output::stdout(&format!(
         "Dry run: nothing was offboarded. A real run would submit {would} offboard call(s), which the quotas ({rates}) \
-         make take about {} at best, and skip {} row(s){}.",
+         make take about {} at best, and skip {} row(s){}.\n",
         humantime::format_duration(Duration::from_secs(took.as_secs())),
         written - would,
         if skipped.is_empty() { String::new() } else { format!(": {}", skipped.join(", ")) }
-    );
-    println!("Read {describe}.");
+    ));
+    crate::output::stdout(&format!("Read {describe}.\n"));
     Ok(Summary {
         run_id: job.run_id,
         counts,
@@ -365,6 +365,7 @@ pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         results: job.output,
         interrupted: false,
         resumed: false,
+        stopped: None,
     })
 }
 

@@ -175,6 +175,40 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
     })
 }
 
+/// Checks that the results file at `path` still holds what this run wrote: the header and `expected` rows,
+/// each a readable CSV record. Something else may have replaced, truncated or deleted the file while the run
+/// was writing it (another program, or a `track` that did not see the lock); then the rows written are not
+/// where the summary would say they are, and the run must not claim them.
+pub fn verify(path: &Path, expected: u64) -> Result<()> {
+    let changed = |what: String| Error::Output {
+        path: path.to_owned(),
+        message: format!(
+            "{what}, though this run wrote {expected} row(s) there: something changed the file while the run was \
+             writing it; the journal beside it still lists every call made, so keep both and run again with \
+             --resume to check and finish"
+        ),
+    };
+    let mut found = 0u64;
+    for row in read_rows(path).map_err(|e| changed(format!("it can no longer be read as results ({e})")))? {
+        row.map_err(|e| changed(format!("it holds a row that cannot be read ({e})")))?;
+        found += 1;
+    }
+    if found != expected {
+        return Err(changed(format!("it holds {found} row(s)")));
+    }
+    Ok(())
+}
+
+/// The rows of a results file (its header checked, every row read).
+pub fn count_rows(path: &Path) -> Result<u64> {
+    let mut n = 0;
+    for row in read_rows(path)? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Owns the results file.
 pub struct ResultsWriter {
     path: PathBuf,

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -25,7 +25,7 @@ use crate::error::{Error, Result, exit_code};
 use crate::input::{self, RowKind, Scan, Source};
 use crate::journal::{self, Journal, RunIdentity};
 use crate::limiter::{self, Limiter};
-use crate::lock::{self, RunLock};
+use crate::lock::{self, ResultsLock, RunLock};
 use crate::preflight::{self, Screened};
 use crate::progress::Progress;
 use crate::results::{self, LineSet, Outcome, ResultRow, ResultsWriter};
@@ -127,12 +127,17 @@ pub struct Summary {
     pub results: PathBuf,
     pub interrupted: bool,
     pub resumed: bool,
+    /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
+    /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
+    pub stopped: Option<String>,
 }
 
 impl Summary {
     pub fn exit_code(&self) -> u8 {
         if self.interrupted {
             exit_code::INTERRUPTED
+        } else if self.stopped.is_some() {
+            exit_code::STOPPED
         } else if self.counts.iter().all(|(outcome, n)| outcome.is_ok() || *n == 0) {
             exit_code::OK
         } else {
@@ -143,7 +148,13 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut out = format!(
             "{} {} rows in {} (run {})\n",
-            if self.interrupted { "Interrupted with" } else { "Finished:" },
+            if self.interrupted {
+                "Interrupted with"
+            } else if self.stopped.is_some() {
+                "Stopped part way with"
+            } else {
+                "Finished:"
+            },
             self.rows,
             humantime::format_duration(Duration::from_secs(self.duration.as_secs())),
             self.run_id
@@ -156,8 +167,11 @@ impl Summary {
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
         out += &format!("Results: {}\n", self.results.display());
-        if self.interrupted {
-            out += "Not every row is done: run again with --resume to finish.\n";
+        if let Some(why) = &self.stopped {
+            out += &format!("Stopped because: {why}\n");
+        }
+        if self.interrupted || self.stopped.is_some() {
+            out += "The rows written are valid, but not every row is done: run again with --resume to finish.\n";
         }
         out
     }
@@ -170,6 +184,8 @@ impl Summary {
             exit_code: u8,
             interrupted: bool,
             resumed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stopped: Option<&'a str>,
             started_at: String,
             duration_seconds: f64,
             rows: u64,
@@ -183,6 +199,7 @@ impl Summary {
             exit_code: self.exit_code(),
             interrupted: self.interrupted,
             resumed: self.resumed,
+            stopped: self.stopped.as_deref(),
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             duration_seconds: self.duration.as_secs_f64(),
             rows: self.rows,
@@ -231,11 +248,14 @@ pub async fn command(
     let run_id = job.run_id.clone();
     let tokens = job.tokens.clone();
     match execute(job, shutdown).await {
-        Ok(summary) => {
-            print!("{}", summary.render());
-            if let Some(path) = &summary_json {
-                summary.write_json(path)?;
+        Ok(mut summary) => {
+            if let Some(path) = &summary_json
+                && let Err(e) = summary.write_json(path)
+            {
+                // The offboards happened: say so with the exit code of a run stopped part way.
+                summary.stopped.get_or_insert_with(|| e.to_string());
             }
+            crate::output::stdout(&summary.render());
             Ok((summary, tokens))
         }
         Err(e) => {
@@ -337,6 +357,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // this function returns.
     let credentials = job.tokens.credentials();
     let _lock = RunLock::acquire(&job.lock_dir, &credentials.tenant_id, &credentials.client_id, &job.run_id)?;
+    // And one command at a time on the results file, whatever its state directory.
+    let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
         return preflight::dry_run(job, shutdown).await;
     }
@@ -375,7 +397,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
     let mut screen = preflight::load(&job, &api).await?;
     if let Some(screen) = &screen {
-        eprintln!("Pre-flight: read {}.", screen.describe());
+        crate::output::stderr(&format!("Pre-flight: read {}.\n", screen.describe()));
     }
     let to_offboard = screen.as_ref().map_or(job.scan.valid, preflight::Screen::to_submit);
     let to_offboard = to_offboard.saturating_sub(resume.as_ref().map_or(0, |r| r.finished_machines));
@@ -390,13 +412,15 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_offboard, round_trip).as_secs()))
         );
-        eprintln!("{plan}");
+        crate::output::stderr(&format!("{plan}\n"));
         if job.confirm {
             confirm(to_offboard)?;
         }
     }
 
     // The journal before the results file: a kill between the two leaves no results file without one.
+    // What the file holds before this session's rows (a resume appends to it).
+    let rows_before = if resumed { results::count_rows(&job.output)? } else { 0 };
     let (journal, writer) = if resumed {
         (Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)
     } else {
@@ -423,7 +447,10 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let cancelled = Arc::new(AtomicBool::new(false));
     let (item_tx, mut item_rx) = mpsc::channel::<Result<Screened>>(CHANNEL_DEPTH);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
-    let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
+    // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
+    // still in and writes their rows itself: either way each machine gets exactly one row.
+    let in_flight: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
 
     let reader = {
         let rows = job.scan.rows()?;
@@ -439,13 +466,17 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             }
         })
     };
-    let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), writer_stopped));
+    let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone()));
 
     let slots = Arc::new(Semaphore::new(job.settings.concurrency));
     let comment: Arc<str> = comment.into();
-    let mut input_error = None;
-    let mut journal_error = None;
+    // Why dispatch stopped before the input's end, other than a signal.
+    let mut stop: Option<Error> = None;
     let mut interrupted = false;
+    let writer_gone = || Error::Output {
+        path: job.output.clone(),
+        message: "the results file stopped taking rows (see the error above)".into(),
+    };
     tokio::pin!(shutdown);
     loop {
         let item = tokio::select! {
@@ -460,7 +491,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         let screened = match item {
             Ok(screened) => screened,
             Err(e) => {
-                input_error = Some(e);
+                stop = Some(e);
                 break;
             }
         };
@@ -470,6 +501,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         let (row, facts) = match screened {
             Screened::Row(result) => {
                 if row_tx.send(result).await.is_err() {
+                    stop = Some(writer_gone());
                     break;
                 }
                 continue;
@@ -483,6 +515,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
                 result.error_message = Some("not a machine id (40 hexadecimal characters)".into());
                 if row_tx.send(result).await.is_err() {
+                    stop = Some(writer_gone());
                     break;
                 }
                 continue;
@@ -491,6 +524,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
                 let mut result = ResultRow::new(row.line, row.raw.trim().to_ascii_lowercase(), Outcome::Duplicate);
                 result.error_message = Some("listed earlier in the input; offboarded once".into());
                 if row_tx.send(result).await.is_err() {
+                    stop = Some(writer_gone());
                     break;
                 }
                 continue;
@@ -507,89 +541,149 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         if api.fatal().is_some() {
             break;
         }
+        if row_tx.is_closed() {
+            stop = Some(writer_gone());
+            break;
+        }
         let earlier_intent = in_doubt.get(&row.line).map(|(_, at)| *at);
         // The intent is on record before the first call, so a crash can never leave an unknown call behind.
         if let Err(e) = journal.intent(row.line, &machine) {
-            journal_error = Some(e);
+            stop = Some(e);
             break;
         }
+        in_flight.lock().expect("never poisoned").insert(row.line, machine.clone());
         let api = api.clone();
         let comment = comment.clone();
-        let row_tx = row_tx.clone();
+        // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
+        // writer waiting.
+        let row_tx = row_tx.downgrade();
+        let in_flight = in_flight.clone();
         tokio::spawn(
             async move {
+                let line = row.line;
                 let mut result = match earlier_intent {
-                    Some(at) => verify_then_offboard(&api, row.line, machine, &comment, at).await,
-                    None => offboard_one(&api, row.line, machine, &comment).await,
+                    Some(at) => verify_then_offboard(&api, line, machine, &comment, at).await,
+                    None => offboard_one(&api, line, machine, &comment).await,
                 };
                 if let Some(facts) = facts {
                     facts.fill(&mut result);
                 }
                 log_row(&result);
-                let _ = row_tx.send(result).await;
+                // Upgraded under the lock, before the dispatcher can give up on this machine and drop the
+                // last strong sender.
+                let sender = {
+                    let mut in_flight = in_flight.lock().expect("never poisoned");
+                    in_flight.remove(&line).and_then(|_| row_tx.upgrade())
+                };
+                if let Some(sender) = sender {
+                    let _ = sender.send(result).await;
+                }
                 drop(slot);
             }
             .instrument(span.clone()),
         );
     }
-    let stopped_early = input_error.is_some() || journal_error.is_some() || api.fatal().is_some();
+    if let Some(e) = api.fatal() {
+        stop.get_or_insert_with(|| Error::Auth(e.to_string()));
+    }
     cancelled.store(true, Ordering::Relaxed);
-    if interrupted || stopped_early {
+    drop(item_rx);
+
+    // Every machine started gets its row. At the input's end that means waiting as long as they take: the
+    // quota may hold the last ones back for most of an hour, and each call is bounded by its timeout and
+    // the retry policy. An interrupt (or a stop) cancels what has not been sent and waits a bounded time
+    // for the calls on the wire.
+    let all_done = slots.acquire_many(job.settings.concurrency as u32);
+    tokio::pin!(all_done);
+    let mut finished = false;
+    if !interrupted && stop.is_none() {
+        tokio::select! {
+            biased;
+            _ = &mut all_done => finished = true,
+            _ = &mut shutdown => interrupted = true,
+        }
+    }
+    if !finished {
         tracing::warn!("no new machines are started; waiting for the calls in flight");
         api.cancel();
-    }
-    // Drain: every machine started gets its row, within a bound (a call's timeout and then some).
-    let drain_limit = job.settings.timeout + DRAIN_GRACE;
-    let drained = tokio::time::timeout(drain_limit, slots.acquire_many(job.settings.concurrency as u32)).await.is_ok();
-    if !drained {
-        tracing::warn!(
-            "calls still in flight after {}; their machines are in the journal and --resume checks them",
-            humantime::format_duration(drain_limit)
-        );
-        let _ = stop_writer.send(());
+        let drain_limit = job.settings.timeout + DRAIN_GRACE;
+        if tokio::time::timeout(drain_limit, &mut all_done).await.is_err() {
+            let left: Vec<(u64, String)> = in_flight.lock().expect("never poisoned").drain().collect();
+            tracing::warn!(
+                "{} call(s) still in flight after {}; their machines are in the journal and --resume looks them up",
+                left.len(),
+                humantime::format_duration(drain_limit)
+            );
+            for (line, machine) in left {
+                let mut row = ResultRow::new(line, machine, Outcome::Failed);
+                row.error_code = Some("InDoubt".into());
+                row.error_message = Some(
+                    "the call was still in flight when the run stopped; --resume looks up whether it went through \
+                     before calling again"
+                        .into(),
+                );
+                let _ = row_tx.send(row).await;
+            }
+        }
     }
     drop(row_tx);
-    drop(item_rx);
     let _ = reader.await;
-    let written =
-        writer_task.await.map_err(|e| Error::Output { path: job.output.clone(), message: e.to_string() })??;
+    let written = writer_task.await.unwrap_or_else(|e| Written {
+        counts: BTreeMap::new(),
+        rows: 0,
+        error: Some(Error::Output { path: job.output.clone(), message: format!("the writer stopped: {e}") }),
+    });
     if let Some(status) = status {
         status.abort();
     }
     progress.finish();
     journal.sync();
 
-    if let Some(e) = input_error.or(journal_error) {
-        return Err(e);
-    }
-    if let Some(e) = api.fatal() {
-        return Err(Error::Auth(format!("{e} (the run stopped; see {} for the rows written)", job.output.display())));
-    }
-    let complete = !interrupted;
-    // A resumed results file holds rows from several sessions: count (and, when complete, compact) it, so
-    // it ends with exactly one row per input row.
-    let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts };
-    if complete {
-        journal.complete(&identity)?;
-    }
-    Ok(Summary {
-        run_id: identity.run_id,
-        rows: counts.values().sum(),
-        counts,
+    let mut summary = Summary {
+        run_id: identity.run_id.clone(),
+        rows: written.rows,
+        counts: written.counts.clone(),
         duration: started.elapsed(),
         started_at,
         calls: api.counters.calls.load(Ordering::Relaxed),
         throttled: api.counters.throttled.load(Ordering::Relaxed),
-        results: job.output,
+        results: job.output.clone(),
         interrupted,
         resumed,
-    })
+        stopped: None,
+    };
+    // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
+    if let Some(e) = written.error.or(stop) {
+        summary.stopped = Some(e.to_string());
+        tracing::error!("{e}");
+        return Ok(summary);
+    }
+    // The file must hold every row written, or the summary would claim rows nobody can read.
+    let end = (|| {
+        results::verify(&job.output, rows_before + written.rows)?;
+        let complete = !interrupted;
+        // A resumed results file holds rows from several sessions: count (and, when complete, compact) it,
+        // so it ends with exactly one row per input row.
+        let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts.clone() };
+        if complete {
+            journal.complete(&identity)?;
+        }
+        Ok::<_, Error>(counts)
+    })();
+    match end {
+        Ok(counts) => {
+            summary.rows = counts.values().sum();
+            summary.counts = counts;
+        }
+        Err(e) => summary.stopped = Some(e.to_string()),
+    }
+    summary.duration = started.elapsed();
+    Ok(summary)
 }
 
 /// Asks on the terminal for the number of machines, typed back.
 fn confirm(machines: u64) -> Result<()> {
-    eprint!("Type {machines} to offboard them, anything else to stop: ");
-    let _ = std::io::stderr().flush();
+    crate::output::stderr(&format!("Type {machines} to offboard them, anything else to stop: "));
     let mut answer = String::new();
     std::io::stdin()
         .lock()
@@ -602,32 +696,28 @@ fn confirm(machines: u64) -> Result<()> {
     }
 }
 
-/// What the writer wrote.
+/// What the writer wrote, and why it stopped early if it did.
 struct Written {
     counts: BTreeMap<Outcome, u64>,
+    rows: u64,
+    error: Option<Error>,
 }
 
-/// The one owner of the results file: writes each row as it comes, until every sender is gone or it is
-/// told to stop (calls that outlived the drain bound).
-async fn write_rows(
-    mut writer: ResultsWriter,
-    mut rows: mpsc::Receiver<ResultRow>,
-    progress: Progress,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Result<Written> {
+/// The one owner of the results file: writes each row as it comes, until every sender is gone. A failed
+/// write ends it (the senders then find the channel closed and stop), keeping the counts of what it wrote.
+async fn write_rows(mut writer: ResultsWriter, mut rows: mpsc::Receiver<ResultRow>, progress: Progress) -> Written {
     let mut counts = BTreeMap::new();
-    loop {
-        let row = tokio::select! {
-            row = rows.recv() => row,
-            _ = &mut stop => None,
-        };
-        let Some(row) = row else { break };
-        writer.write(&row)?;
+    let mut written = 0;
+    while let Some(row) = rows.recv().await {
+        if let Err(e) = writer.write(&row) {
+            return Written { counts, rows: written, error: Some(e) };
+        }
+        written += 1;
         *counts.entry(row.outcome).or_insert(0) += 1;
         progress.row_done(row.outcome.is_ok());
     }
-    writer.finish()?;
-    Ok(Written { counts })
+    let error = writer.finish().err();
+    Written { counts, rows: written, error }
 }
 
 fn log_row(row: &ResultRow) {

@@ -1,0 +1,106 @@
+//! Runs at real time: small quotas, slow answers, waits longer than the call timeout. Every other suite
+//! compresses time; these show that a normal run waits for every machine however long the quota makes it
+//! wait, and that no row is lost between the last input row and the summary.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mde_offboard::settings::Rate;
+use mde_offboard::sim::{Faults, Fleet, SimConfig, Simulator};
+
+use crate::common::{Results, mde, write_file};
+
+fn rate(text: &str) -> Rate {
+    text.parse().unwrap()
+}
+
+/// A simulator at real time with a small quota, and an input listing `n` of its machines.
+async fn setup(
+    n: usize,
+    quota: &str,
+    faults: Faults,
+) -> (tempfile::TempDir, Simulator, std::path::PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        fleet: Fleet::generate(n, 5),
+        quotas: vec![rate(quota)],
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults,
+        time_scale: 1.0,
+        ..SimConfig::default()
+    };
+    let ids: Vec<String> = config.fleet.ids().map(str::to_owned).collect();
+    let sim = Simulator::start(config).await.unwrap();
+    let mut text = String::from("MachineId\n");
+    for id in &ids {
+        text += &format!("{id}\n");
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    (dir, sim, input, ids)
+}
+
+/// One row per input row, each machine once.
+fn one_row_each(results: &Results, ids: &[String]) {
+    assert_eq!(
+        results.rows.len(),
+        ids.len(),
+        "rows: {:?}",
+        results.rows.iter().map(|r| &r["line"]).collect::<Vec<_>>()
+    );
+    let lines: HashSet<&str> = results.rows.iter().map(|r| r["line"].as_str()).collect();
+    assert_eq!(lines.len(), ids.len(), "a line has two rows");
+}
+
+/// 14 machines through 10 calls per 8 s with a 2 s call timeout: the last four wait about 8 s for the quota,
+/// longer than the call timeout. Before: the drain bound (timeout + 5 s) cut them off, the run said
+/// "Finished: 10 rows" and exited 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_end_waits_for_every_machine_the_quota_holds_back() {
+    let (dir, sim, input, ids) = setup(14, "10/8s", Faults::default()).await;
+    let out = mde(
+        &sim,
+        &["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--rate", "10/8s", "--timeout", "2s"],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let results = Results::read(&dir.path().join("m.results.csv"));
+    one_row_each(&results, &ids);
+    assert!(results.rows.iter().all(|r| r["outcome"] == "submitted"), "{:?}", results.rows);
+    assert!(out.stdout.contains("Finished: 14 rows"), "{}", out.stdout);
+    assert_eq!(sim.stats().count("POST /api/machines/{id}/offboard", "201"), 14);
+}
+
+/// Slow answers (3 s, past the 2 s call timeout) on a quarter of the calls, and 5xx retried after a long
+/// delay: every machine still gets its row, and the exit code reads the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
+    let faults =
+        Faults { seed: 3, error_503: 0.3, slow_share: 0.25, slow_latency: Duration::from_secs(3), ..Faults::default() };
+    let (dir, sim, input, ids) = setup(14, "10/8s", faults).await;
+    let out = mde(
+        &sim,
+        &[
+            "run",
+            input.to_str().unwrap(),
+            "--yes",
+            "--no-preflight",
+            "--rate",
+            "10/8s",
+            "--timeout",
+            "2s",
+            "--retry-delay",
+            "3s",
+            "--max-attempts",
+            "3",
+        ],
+        "",
+    )
+    .await;
+    let results = Results::read(&dir.path().join("m.results.csv"));
+    one_row_each(&results, &ids);
+    let all_ok = results.rows.iter().all(|r| ["submitted", "already_pending"].contains(&r["outcome"].as_str()));
+    assert_eq!(out.code, if all_ok { 0 } else { 3 }, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("Finished: 14 rows"), "{}", out.stdout);
+}
