@@ -11,4 +11,5 @@ mod secrets;
 mod settings;
 mod sim;
 mod track;
+mod truth;
 mod unattended;

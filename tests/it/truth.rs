@@ -1,0 +1,164 @@
+//! The exit code and the summary tell the truth about the results file: a file changed under a running
+//! run, an output that fails late, and a closed or full stdout or stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use mde_offboard::sim::{Fleet, SimConfig, Simulator};
+
+use crate::common::{command, write_file};
+
+/// A simulator with a quota of `rate`, and an input listing `n` of its machines.
+async fn setup(n: usize, rate: &str) -> (tempfile::TempDir, Simulator, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        fleet: Fleet::generate(n, 8),
+        quotas: vec![rate.parse().unwrap()],
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        ..SimConfig::default()
+    };
+    let mut text = String::from("MachineId\n");
+    for id in config.fleet.ids() {
+        text += &format!("{id}\n");
+    }
+    let sim = Simulator::start(config).await.unwrap();
+    let input = write_file(dir.path(), "m.csv", &text);
+    (dir, sim, input)
+}
+
+fn rows_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
+}
+
+/// Waits until the results file holds `n` rows.
+async fn wait_for_rows(path: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows_in(path) < n {
+        assert!(Instant::now() < deadline, "the run did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Ended {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn wait(child: Child) -> Ended {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    Ended {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
+}
+
+/// Before: a results file truncated (`: > file`) or deleted under a running run still got "Finished" and
+/// exit 0 with rows nobody could read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_changed_under_the_run_is_not_claimed() {
+    for change in ["truncate", "delete"] {
+        let (dir, sim, input) = setup(12, "4/1s").await;
+        let results = dir.path().join("m.results.csv");
+        let args = ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--rate", "4/1s"];
+        let child =
+            command(&sim, dir.path(), &[&args[..], &["--summary-json", "s.json"]].concat(), &[]).spawn().unwrap();
+        wait_for_rows(&results, 2).await;
+        match change {
+            "truncate" => std::fs::File::options().write(true).open(&results).unwrap().set_len(0).unwrap(),
+            _ => std::fs::remove_file(&results).unwrap(),
+        }
+        let out = wait(child).await;
+        assert_eq!(out.code, 4, "{change}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("Stopped part way") && out.stdout.contains("--resume"), "{}", out.stdout);
+        assert!(out.stdout.contains("something changed the file"), "{change}: {}", out.stdout);
+        let summary = summary(dir.path());
+        assert_eq!(summary["exit_code"], 4);
+        assert_eq!(summary["rows"], 12, "the counts of what was written are kept");
+        // The journal still names every call, for --resume to check.
+        let journal = std::fs::read_to_string(dir.path().join("m.results.csv.journal")).unwrap();
+        assert_eq!(journal.lines().count(), 13, "{journal}");
+        sim.shutdown().await;
+    }
+}
+
+/// Another command that would write the same results file while a run writes it is refused, whatever
+/// its state directory (so whatever run lock it sees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_command_on_the_same_results_file_is_refused() {
+    let (dir, sim, input) = setup(8, "4/1s").await;
+    let results = dir.path().join("m.results.csv");
+    let child =
+        command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes", "--rate", "4/1s"], &[]).spawn().unwrap();
+    wait_for_rows(&results, 1).await;
+    let other_state = tempfile::tempdir().unwrap();
+    let state = other_state.path().to_str().unwrap();
+    let resume = command(
+        &sim,
+        dir.path(),
+        &["run", input.to_str().unwrap(), "--yes", "--resume", "--rate", "4/1s"],
+        &[("MDE_STATE_DIR", state)],
+    )
+    .spawn()
+    .unwrap();
+    let resume = wait(resume).await;
+    let first = wait(child).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(resume.code, 1, "{}", resume.stderr);
+    assert!(resume.stderr.contains("is writing"), "{}", resume.stderr);
+    assert_eq!(rows_in(&results), 8);
+}
+
+/// Before: a failure after every row was written (here the journal cannot be closed) ended with exit 1,
+/// "could not run", and a summary JSON without counts, though every machine had been offboarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_output_failure_exits_4_with_the_counts() {
+    let (dir, sim, input) = setup(6, "100/1s").await;
+    // Closing the journal writes `<journal>.tmp`: a directory in its way makes that fail, even for root.
+    std::fs::create_dir(dir.path().join("m.results.csv.journal.tmp")).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--yes", "--summary-json", "s.json"];
+    let out = wait(command(&sim, dir.path(), &args, &[]).spawn().unwrap()).await;
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    let summary = summary(dir.path());
+    assert_eq!(summary["exit_code"], 4);
+    assert_eq!(summary["counts"]["submitted"], 6, "{summary}");
+    assert!(summary["stopped"].as_str().unwrap().contains("journal"), "{summary}");
+    assert_eq!(rows_in(&dir.path().join("m.results.csv")), 6);
+}
+
+/// Before: `run ... | head -0`, `> /dev/full` and `2> /dev/full` panicked (exit 101) and lost the summary.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_or_full_stdout_or_stderr_changes_nothing() {
+    let full = || Stdio::from(std::fs::File::options().write(true).open("/dev/full").unwrap());
+    for case in ["closed stdout", "full stdout", "full stderr"] {
+        let (dir, sim, input) = setup(5, "100/1s").await;
+        let args = ["run", input.to_str().unwrap(), "--yes", "-v", "--summary-json", "s.json"];
+        let mut cmd = command(&sim, dir.path(), &args, &[]);
+        match case {
+            "closed stdout" => {}
+            "full stdout" => {
+                cmd.stdout(full());
+            }
+            _ => {
+                cmd.stderr(full());
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        if case == "closed stdout" {
+            drop(child.stdout.take());
+        }
+        let out = wait(child).await;
+        assert_eq!(out.code, 0, "{case}: {}", out.stderr);
+        assert_eq!(summary(dir.path())["counts"]["submitted"], 5, "{case}");
+        assert_eq!(rows_in(&dir.path().join("m.results.csv")), 5, "{case}");
+        sim.shutdown().await;
+    }
+}
