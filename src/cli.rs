@@ -19,11 +19,13 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    every row ended submitted, already_pending or duplicate (a dry run: would_submit too; with --wait and
        track: and every action Succeeded)
-  1    the run could not run (settings, sign-in, a missing permission, the pre-flight, input or output, or
-       another run for the same tenant and app holds the lock)
+  1    the run could not run, and nothing was offboarded (settings, sign-in, a missing permission, the
+       pre-flight, input or output, or another run holds the lock or the results file)
   2    usage error, or a confirmation was needed and could not be asked
   3    the run finished but some rows did not end well (see the results file); with --wait and track, also an
        action that ended Failed, TimeOut or Cancelled, or was still open when the wait ended
+  4    stopped part way (an output failure, sign-in refused for good, the API refusing the token): the
+       results so far are valid; --resume continues
   130  interrupted (Ctrl-C or SIGTERM)";
 
 #[derive(Parser, Debug)]
