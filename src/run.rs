@@ -73,7 +73,7 @@ pub struct RunArgs {
     pub id_column: Option<String>,
     /// Offboard nothing: read the inventory and open actions in a few batched calls and write what a real run
     /// would do (would_submit, not_found, already_pending). Needs only read permission.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     pub dry_run: bool,
     /// Real runs: skip the pre-flight that reads the inventory and open actions first (so that unknown and
     /// already pending machines cost no offboard call).

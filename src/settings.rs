@@ -615,22 +615,28 @@ fn check_client_id(value: &str) -> Result<String> {
 }
 
 /// A base URL: https, or plain http to a loopback host only (the simulator), without a trailing slash.
+///
+/// Decided on the URL as a real parser reads it, as the HTTP client will: `http://127.0.0.1@example.com`
+/// names the host `example.com` (with a user name), and `http://127.evil.example` is a domain, not a
+/// loopback address. A user name or password is refused whatever the scheme: it would be sent to the host.
 fn check_url(key: &'static str, value: &str) -> Result<String> {
     let v = value.trim().trim_end_matches('/');
-    let allowed = "an https:// URL (http:// only for 127.0.0.1, localhost or [::1])";
-    let rest = if let Some(rest) = v.strip_prefix("https://") {
-        rest
-    } else if let Some(rest) = v.strip_prefix("http://") {
-        let host = rest.split(['/', ':']).next().unwrap_or("");
-        let host = if rest.starts_with("[::1]") { "[::1]" } else { host };
-        if !(host == "localhost" || host == "[::1]" || host.starts_with("127.")) {
-            return Err(bad(key, value, allowed));
-        }
-        rest
-    } else {
-        return Err(bad(key, value, allowed));
+    let allowed = "an https:// URL without a user name, password, query or fragment \
+                   (http:// only for 127.0.0.1, localhost or [::1])";
+    let Ok(url) = reqwest::Url::parse(v) else { return Err(bad(key, value, allowed)) };
+    // The parser has already turned an IP address into its canonical form (`[::1]`, `127.0.0.1`).
+    let host = url.host_str().unwrap_or("");
+    let loopback = match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     };
-    if rest.is_empty() || rest.contains(char::is_whitespace) {
+    let scheme_ok = match url.scheme() {
+        "https" => !host.is_empty(),
+        "http" => loopback,
+        _ => false,
+    };
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    if !scheme_ok || userinfo || url.query().is_some() || url.fragment().is_some() || v.contains(char::is_whitespace) {
         return Err(bad(key, value, allowed));
     }
     Ok(v.to_string())
@@ -699,6 +705,38 @@ mod tests {
         assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
         let args = SettingsArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
         assert!(resolve(&args, &no_env).unwrap_err().to_string().contains("api.base_url"));
+    }
+
+    /// Before: the host was the text before the first `/` or `:`, so each of these sent the token request,
+    /// client secret included, over plain http to a host that is not loopback.
+    #[test]
+    fn plain_http_is_decided_on_the_parsed_host() {
+        for refused in [
+            "http://127.0.0.1@example.invalid",
+            "http://localhost:80@example.invalid",
+            "http://127.evil.example",
+            "http://localhost.example.invalid",
+            "http://[::1]@example.invalid",
+            "https://user:pass@login.microsoftonline.com",
+            "https://user@login.microsoftonline.com",
+            "https://login.microsoftonline.com?x=1",
+            "ftp://127.0.0.1",
+            "http://",
+        ] {
+            let args = SettingsArgs { authority: Some(refused.into()), ..Default::default() };
+            let msg = resolve(&args, &no_env).err().unwrap_or_else(|| panic!("{refused} was accepted")).to_string();
+            assert!(msg.contains("auth.authority"), "{refused}: {msg}");
+        }
+        for accepted in [
+            "http://127.0.0.1:9",
+            "http://127.1.2.3",
+            "http://LOCALHOST:8",
+            "http://[::1]:7",
+            "https://login.microsoftonline.us/",
+        ] {
+            let args = SettingsArgs { authority: Some(accepted.into()), ..Default::default() };
+            assert!(resolve(&args, &no_env).is_ok(), "{accepted} was refused");
+        }
     }
 
     #[test]

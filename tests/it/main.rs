@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod identity;
 mod preflight;
+mod promises;
 mod real_time;
 mod run;
 mod secrets;
