@@ -82,14 +82,14 @@ pub fn main() -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            output::stderr(&format!("error: cannot start the async runtime: {e}\n"));
+            output::error(&format!("cannot start the async runtime: {e}"));
             return exit_code::CANNOT_RUN;
         }
     };
     match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
         Ok(code) => code,
         Err(e) => {
-            output::stderr(&format!("error: {e}\n"));
+            output::error(&e.to_string());
             e.exit_code()
         }
     }
@@ -162,10 +162,10 @@ fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings,
 /// exits at once; every row written so far is already on disk.
 async fn shutdown_signal() {
     signal().await;
-    output::stderr("interrupted: finishing the calls in flight (interrupt again to exit at once)\n");
+    output::notice("interrupt", "interrupted: finishing the calls in flight (interrupt again to exit at once)");
     tokio::spawn(async {
         signal().await;
-        output::stderr("interrupted again: exiting now\n");
+        output::notice("interrupt", "interrupted again: exiting now");
         std::process::exit(i32::from(exit_code::INTERRUPTED));
     });
 }

@@ -70,11 +70,14 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     let simulator = Simulator::start(config).await?;
     let base = simulator.base_url();
-    crate::output::stderr(&format!(
-        "Demo: a simulated Defender for Endpoint tenant at {base}, {}x faster than real time.\n\
+    crate::output::notice(
+        "demo",
+        &format!(
+            "Demo: a simulated Defender for Endpoint tenant at {base}, {}x faster than real time.\n\
          Offboarding samples/machines.csv; the simulator enforces the real quotas, scaled.\n",
-        args.time_scale
-    ));
+            args.time_scale
+        ),
+    );
 
     let mut settings = settings::resolve(&SettingsArgs::default(), &|_| None)?;
     settings.tenant_id = Some(sim::DEMO_TENANT_ID.into());

@@ -13,6 +13,7 @@ pub enum LogFormat {
 }
 
 pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
+    crate::output::configure(format == LogFormat::Json, quiet);
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

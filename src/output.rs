@@ -1,16 +1,76 @@
-//! Text for a person on stdout and stderr. Either may be closed or full (`| head -0`, `> /dev/full`,
-//! a terminal that went away): that is never a reason to stop offboarding, nor to lose the results file or
-//! the summary JSON, so a failed write here is dropped, never a panic (as `print!` would).
+//! Text for a person on stdout and stderr: the one owner of every byte written there outside the log
+//! lines (which `tracing` writes, through [`crate::progress::LogWriter`]).
+//!
+//! It knows the log format and the verbosity: with `--log-format json` every line on stderr is one JSON
+//! object (a notice or a fatal error is an event with fields, like a log line), and with `-q` only errors
+//! reach stderr. Either stream may be closed or full (`| head -0`, `> /dev/full`, a terminal that went
+//! away): that is never a reason to stop offboarding, nor to lose the results file or the summary JSON, so
+//! a failed write here is dropped, never a panic (as `print!` would).
 
 use std::io::Write;
+use std::sync::OnceLock;
 
-/// Writes `text` to stdout as it is.
+#[derive(Clone, Copy, Debug, Default)]
+struct Style {
+    json: bool,
+    quiet: bool,
+}
+
+static STYLE: OnceLock<Style> = OnceLock::new();
+
+fn style() -> Style {
+    STYLE.get().copied().unwrap_or_default()
+}
+
+/// Sets the format and verbosity once, with the logging (later calls change nothing).
+pub fn configure(json: bool, quiet: bool) {
+    let _ = STYLE.set(Style { json, quiet });
+}
+
+/// Writes `text` to stdout as it is (a summary, a report).
 pub fn stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-/// Writes `text` to stderr as it is (around a progress bar, if one is shown).
-pub fn stderr(text: &str) {
+/// A notice for the person running the command (the plan, what the pre-flight read, an interrupt): a line
+/// of text on stderr, or an event with `kind` and `message` in JSON; nothing with `-q`.
+pub fn notice(kind: &str, text: &str) {
+    let style = style();
+    if style.quiet {
+        return;
+    }
+    write_stderr(style, "INFO", kind, text);
+}
+
+/// A fatal error, always shown: `error: ...` as text, an ERROR event in JSON.
+pub fn error(text: &str) {
+    write_stderr(style(), "ERROR", "error", text);
+}
+
+/// A question on the terminal (asked only when there is one), as text whatever the log format; no line
+/// break, so the answer follows it.
+pub fn prompt(text: &str) {
+    raw_stderr(text);
+}
+
+fn write_stderr(style: Style, level: &str, kind: &str, text: &str) {
+    let text = text.trim_end();
+    if style.json {
+        let line = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": level,
+            "fields": { "message": text, "kind": kind },
+        });
+        raw_stderr(&format!("{line}\n"));
+    } else if level == "ERROR" {
+        raw_stderr(&format!("error: {text}\n"));
+    } else {
+        raw_stderr(&format!("{text}\n"));
+    }
+}
+
+/// Writes to stderr, above the progress bar if one is shown.
+fn raw_stderr(text: &str) {
     let _ = crate::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
 }

@@ -397,7 +397,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
     let mut screen = preflight::load(&job, &api).await?;
     if let Some(screen) = &screen {
-        crate::output::stderr(&format!("Pre-flight: read {}.\n", screen.describe()));
+        crate::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
     }
     let to_offboard = screen.as_ref().map_or(job.scan.valid, preflight::Screen::to_submit);
     let to_offboard = to_offboard.saturating_sub(resume.as_ref().map_or(0, |r| r.finished_machines));
@@ -412,7 +412,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_offboard, round_trip).as_secs()))
         );
-        crate::output::stderr(&format!("{plan}\n"));
+        crate::output::notice("plan", &plan);
         if job.confirm {
             confirm(to_offboard)?;
         }
@@ -683,7 +683,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
 
 /// Asks on the terminal for the number of machines, typed back.
 fn confirm(machines: u64) -> Result<()> {
-    crate::output::stderr(&format!("Type {machines} to offboard them, anything else to stop: "));
+    crate::output::prompt(&format!("Type {machines} to offboard them, anything else to stop: "));
     let mut answer = String::new();
     std::io::stdin()
         .lock()
