@@ -18,6 +18,7 @@ pub(crate) mod clock;
 mod config;
 mod faults;
 mod fleet;
+mod misanswers;
 mod query;
 mod quota;
 mod server;
@@ -25,7 +26,7 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{Faults, Lifecycle, SimConfig};
+pub use config::{Faults, Lifecycle, Misanswer, Misanswers, SimConfig};
 pub use fleet::{Fleet, SimMachine};
 pub use server::Simulator;
 pub use stats::{OffboardCount, SimStats, WindowStats};
