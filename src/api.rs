@@ -570,6 +570,31 @@ mod tests {
     }
 
     #[test]
+    fn only_an_action_with_an_id_is_an_action() {
+        let action = read_action(br#"{"id":"a1","type":"Offboard","status":"Pending"}"#).unwrap();
+        assert_eq!(action.id.as_deref(), Some("a1"));
+        for (body, why) in [
+            (&br#"{"error":{"code":"X","message":"went\nwrong"}}"#[..], "an error, X: went wrong"),
+            (b"<html>\n<p>hi</p></html>", "not JSON: <html> <p>hi</p></html>"),
+            (b"  \n", "empty"),
+            (br#"{"status":"Pending"}"#, "no action id"),
+            (br#"{"id":""}"#, "no action id"),
+            (br#"[1]"#, "not a MachineAction"),
+        ] {
+            let e = read_action(body).unwrap_err();
+            assert!(e.contains(why) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_list_page_without_value_is_not_a_page() {
+        let read = |body: &[u8]| serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value.len());
+        assert_eq!(read(br#"{"value":[{"id":"a"}]}"#).unwrap(), 1);
+        assert!(read(br#"{"error":{"code":"InternalServerError","message":"x"}}"#).is_err());
+        assert!(read(b"{}").is_err());
+    }
+
+    #[test]
     fn error_bodies_with_and_without_json() {
         let f = http_failure(400, br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"Action is already in progress","target":"x"}}"#);
         assert_eq!(

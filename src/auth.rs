@@ -485,6 +485,16 @@ mod tests {
         assert!(refusal(400, b"<html>").to_string().contains("HTTP 400"));
     }
 
+    #[test]
+    fn a_redirect_is_named_by_its_host_only() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "no Location");
+        headers.insert(reqwest::header::LOCATION, "https://evil.example:8443/x?secret=1".parse().unwrap());
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "evil.example:8443");
+        headers.insert(reqwest::header::LOCATION, "/elsewhere".parse().unwrap());
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "login.example");
+    }
+
     #[tokio::test]
     async fn expires_in_as_string_or_number() {
         let now = Instant::now();

@@ -131,6 +131,12 @@ impl Simulator {
         self.shared.faults.lock().expect("faults lock").set(faults);
     }
 
+    /// Revokes every token issued so far (as a key rollover or an admin would): calls made with them are
+    /// answered 401, and new tokens are issued as usual.
+    pub fn revoke_tokens(&self) {
+        self.shared.tokens.revoke_all();
+    }
+
     /// Stops accepting, closes open connections and waits for the server task.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -3,8 +3,14 @@
 //! keeps refusing stops the run instead of costing every machine two calls.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use mde_offboard::sim::{self, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
+use mde_offboard::api::{Api, RetryPolicy};
+use mde_offboard::auth::TokenCache;
+use mde_offboard::limiter::Limiter;
+use mde_offboard::settings::{Credential, Credentials, Secret};
+use mde_offboard::sim::{self, Faults, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
 
 use crate::common::{Output, Results, mde_in, write_file};
 
@@ -185,4 +191,86 @@ async fn a_token_the_api_always_refuses_stops_the_run() {
     // 2 + 1 + 1 calls, 2 tokens, not 2 calls and a token for every machine.
     assert_eq!(offboard_calls(&stats), 4, "{:?}", stats.offboard_calls);
     assert_eq!(stats.tokens_issued, 2);
+}
+
+/// An [`Api`] on `sim` as the demo app, with `policy`, no quota, and its token cache.
+fn api_on(sim: &Simulator, policy: RetryPolicy) -> (Api, Arc<TokenCache>) {
+    let credentials = Credentials {
+        tenant_id: sim::DEMO_TENANT_ID.into(),
+        client_id: sim::DEMO_CLIENT_ID.into(),
+        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
+        authority: sim.base_url(),
+        scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
+    };
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
+    (Api::new(http, &sim.base_url(), tokens.clone(), Limiter::new(&[]), policy), tokens)
+}
+
+#[tokio::test]
+async fn one_renewal_per_refused_token() {
+    let (sim, ids) = simulator(8, Misanswers::default()).await;
+    let policy = RetryPolicy { max_attempts: 3, retry_delay: Duration::from_millis(10) };
+    let (api, tokens) = api_on(&sim, policy);
+    let path = format!("/api/machines/{}", ids[0]);
+    assert!(api.get(&path, false).await.answer.is_ok());
+    assert_eq!(sim.stats().tokens_issued, 1);
+
+    // Eight calls refused with the same token: one renewal, and every call goes through with the new token.
+    sim.revoke_tokens();
+    let api = Arc::new(api);
+    let calls: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (api, path) = (api.clone(), format!("/api/machines/{id}"));
+            tokio::spawn(async move { api.get(&path, false).await })
+        })
+        .collect();
+    for call in calls {
+        let result = call.await.unwrap();
+        assert!(result.answer.is_ok(), "{:?}", result.answer);
+    }
+    assert_eq!(sim.stats().tokens_issued, 2);
+
+    // Refused again later: the renewed token was accepted since, so it is renewed too.
+    sim.revoke_tokens();
+    assert!(api.get(&path, false).await.answer.is_ok());
+    assert_eq!(sim.stats().tokens_issued, 3);
+    assert!(api.fatal().is_none());
+    drop(tokens);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_refused_again_later_with_a_fresh_token_renews_again() {
+    // Every call that passes the token check is answered 503, so one call lives through several attempts.
+    let config = SimConfig {
+        fleet: Fleet::generate(2, 23),
+        quotas: Vec::new(),
+        faults: Faults { seed: 1, error_503: 1.0, ..Faults::default() },
+        ..SimConfig::default()
+    };
+    let id = config.fleet.ids().next().unwrap().to_owned();
+    let sim = Arc::new(Simulator::start(config).await.unwrap());
+    let policy = RetryPolicy { max_attempts: 3, retry_delay: Duration::from_secs(2) };
+    let (api, tokens) = api_on(&sim, policy);
+    tokens.get().await.unwrap();
+    sim.revoke_tokens();
+    // The call: 401 (renewed), 503, then, while it backs off, its new token is revoked too: 401 again.
+    let revoker = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            while sim.stats().count("GET /api/machines/{id}", "503") == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sim.revoke_tokens();
+        })
+    };
+    let result = api.get(&format!("/api/machines/{id}"), false).await;
+    revoker.await.unwrap();
+    let stats = sim.stats();
+    // The second refusal renewed again (a token accepted since), and the call went on to its last 503.
+    assert_eq!(result.answer.as_ref().map_err(|f| f.status).unwrap_err(), Some(503), "{:?}", stats.calls);
+    assert_eq!(stats.tokens_issued, 3);
+    assert_eq!(stats.count("GET /api/machines/{id}", "401"), 2);
 }
