@@ -3,17 +3,27 @@
 //!
 //! Policy: a 429 pauses the whole pool until `Retry-After` (seconds or an HTTP-date; a bounded backoff
 //! when it is missing or absurd) and the call is tried again; 5xx, timeouts and dropped connections back
-//! off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token once; a 404 may be tried
-//! once more (the service has been seen answering 404 for machines that exist); every other 4xx is final.
+//! off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token (once per token refused,
+//! see [`TokenCache::renew`]), unless the token was itself just renewed; a 404 may be tried once more (the
+//! service has been seen answering 404 for machines that exist); every other 4xx is final.
+//!
+//! No redirect is followed (the client is built that way): a 3xx is a final failure naming where it pointed,
+//! and nothing is sent there. No answer is read past a cap ([`ANSWER_MAX`], [`LIST_PAGE_MAX`] for a list
+//! page): more is a final `AnswerTooLarge` failure. When renewed tokens are refused on
+//! [`REFUSED_IN_A_ROW_MAX`] calls in a row, the API refuses the token: the Api turns fatal and every call
+//! after fails unsent.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, TokenCache, describe_transport, transport_kind};
+pub use crate::auth::ANSWER_MAX;
+use crate::auth::{
+    AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
+};
 use crate::limiter::Limiter;
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
@@ -23,6 +33,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// 429s one call may meet before it gives up (they do not count against `max_attempts`: they are the
 /// quota's doing, not the machine's).
 const THROTTLED_RETRIES_MAX: u32 = 20;
+/// Most bytes read of a list page: `$top` is at most 10,000 (Microsoft's documentation), and a machine entry
+/// with its IP addresses, tags and metadata is a few KiB; 10,000 entries of up to 13 KiB each fit.
+pub const LIST_PAGE_MAX: usize = 128 << 20;
+/// Calls in a row answered 401 with a token just renewed after which the API is taken to refuse the token.
+pub const REFUSED_IN_A_ROW_MAX: u32 = 3;
+/// Renewals one call may ask for (one per token it had refused): a bound, whatever other workers do.
+const RENEWALS_PER_CALL_MAX: u32 = 2;
+/// The error code of a failure whose answer was larger than its cap.
+pub const ANSWER_TOO_LARGE: &str = "AnswerTooLarge";
+/// The error code of an offboard whose 2xx answer did not show the action it may have created: `--resume`
+/// looks such a machine's actions up before calling it again.
+pub const UNCONFIRMED_ANSWER: &str = "UnconfirmedAnswer";
 
 /// A successful answer (2xx).
 #[derive(Debug)]
@@ -114,11 +136,43 @@ impl MachineAction {
     }
 }
 
-/// A page of an OData collection: only `value` is used.
+/// A page of an OData collection: only `value` is used, and it must be there (a 2xx without it, such as
+/// `{"error": ...}`, is not a page).
 #[derive(Deserialize)]
 pub struct ListPage<T> {
-    #[serde(default = "Vec::new")]
     pub value: Vec<T>,
+}
+
+/// The MachineAction an action call answered, if its answer shows one: JSON with a non-empty `id`. Otherwise
+/// why not, in a few words on one line (the call may or may not have created an action).
+pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("the body is empty".into());
+    }
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) => return Err(format!("the body is not JSON: {}", snippet(body))),
+    };
+    if let Ok(ErrorBody { error }) = serde_json::from_value::<ErrorBody>(value.clone()) {
+        let code = error.code.unwrap_or_default();
+        let message = error.message.unwrap_or_default();
+        return Err(format!("the body is an error, {}", one_line(&format!("{code}: {message}"))));
+    }
+    match serde_json::from_value::<MachineAction>(value) {
+        Ok(action) if action.id.as_deref().is_some_and(|id| !id.trim().is_empty()) => Ok(action),
+        Ok(_) => Err("the JSON holds no action id".into()),
+        Err(e) => Err(format!("the JSON is not a MachineAction ({e})")),
+    }
+}
+
+/// The start of a body, on one line, for a message.
+fn snippet(body: &[u8]) -> String {
+    one_line(&String::from_utf8_lossy(&body[..body.len().min(200)]))
+}
+
+/// `text` with every run of whitespace (newlines included) made one space, at most 200 characters.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect()
 }
 
 /// Counters for the summary.
@@ -135,8 +189,11 @@ pub struct Api {
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
     pub counters: Counters,
-    /// Set when sign-in fails for good mid-run: every call after it fails without being sent.
+    /// Set when sign-in fails for good mid-run, or the API refuses the token: every call after it fails
+    /// without being sent.
     fatal: OnceLock<AuthError>,
+    /// Calls in a row whose last answer was a 401 to a token just renewed; any other answer resets it.
+    refused_in_a_row: AtomicU32,
     /// Set on interrupt: no call starts or is retried after it; waits for the limiter or a backoff end.
     cancelled: AtomicBool,
     cancel: tokio::sync::Notify,
@@ -164,6 +221,7 @@ impl Api {
             policy,
             counters: Counters::default(),
             fatal: OnceLock::new(),
+            refused_in_a_row: AtomicU32::new(0),
             cancelled: AtomicBool::new(false),
             cancel: tokio::sync::Notify::new(),
         }
@@ -194,7 +252,8 @@ impl Api {
         &self.tokens
     }
 
-    /// The sign-in failure that stopped the run, if any.
+    /// Why calls stopped being sent, if they did: sign-in failed for good ([`AuthError::Refused`], ...) or
+    /// the API refuses the token ([`AuthError::ApiRefusesToken`]).
     pub fn fatal(&self) -> Option<&AuthError> {
         self.fatal.get()
     }
@@ -202,12 +261,13 @@ impl Api {
     /// `POST /api/machines/{id}/offboard` with the required `Comment`.
     pub async fn offboard(&self, machine_id: &str, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
-        self.call(reqwest::Method::POST, &format!("/api/machines/{machine_id}/offboard"), Some(&body), true).await
+        let path = format!("/api/machines/{machine_id}/offboard");
+        self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
     }
 
-    /// `GET {path}` (path with its query).
+    /// `GET {path}` (path with its query) of one entity.
     pub async fn get(&self, path_and_query: &str, retry_404: bool) -> CallResult {
-        self.call(reqwest::Method::GET, path_and_query, None, retry_404).await
+        self.call(reqwest::Method::GET, path_and_query, None, retry_404, ANSWER_MAX).await
     }
 
     /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here); `read`
@@ -228,7 +288,7 @@ impl Api {
             query.push_str("&$filter=");
             query.push_str(&percent_encode(filter));
         }
-        let CallResult { attempts, answer } = self.get(&query, true).await;
+        let CallResult { attempts, answer } = self.call(reqwest::Method::GET, &query, None, true, LIST_PAGE_MAX).await;
         let unreadable = |status: u16, message: String| Failure {
             status: Some(status),
             code: "UnreadableAnswer".into(),
@@ -236,7 +296,9 @@ impl Api {
         };
         let page = match answer {
             Ok(reply) => read(&reply.body).map_err(|e| unreadable(reply.status, e)),
-            Err(failure) if failure.status == Some(404) => read(br#"{"value":[]}"#).map_err(|e| unreadable(404, e)),
+            Err(failure) if failure.status == Some(404) && failure.code != ANSWER_TOO_LARGE => {
+                read(br#"{"value":[]}"#).map_err(|e| unreadable(404, e))
+            }
             Err(failure) => Err(failure),
         };
         (attempts, page)
@@ -248,12 +310,13 @@ impl Api {
         path: &str,
         body: Option<&serde_json::Value>,
         retry_404: bool,
+        limit: usize,
     ) -> CallResult {
         let url = format!("{}{}", self.base, path);
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
         let mut throttled = 0u32;
-        let mut renewed = false;
+        let mut renewals = 0u32;
         let mut retried_404 = false;
         loop {
             if let Some(e) = self.fatal.get() {
@@ -293,14 +356,50 @@ impl Api {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    response.bytes().await.map(|body| (status, retry_after, body))
+                    if (300..400).contains(&status) {
+                        // Not followed (the client follows none), and its body is not read.
+                        Ok(Err(Failure {
+                            status: Some(status),
+                            code: "Redirect".into(),
+                            message: format!(
+                                "the API answered {status}, redirecting to {}; redirects are not followed and \
+                                 nothing was sent there: check --api-base (or --cloud)",
+                                location_host(response.headers(), &url)
+                            ),
+                        }))
+                    } else {
+                        match read_capped(response, limit).await {
+                            Ok(body) => Ok(Ok((status, retry_after, body))),
+                            Err(BodyError::TooLarge { limit }) => Ok(Err(Failure {
+                                status: Some(status),
+                                code: ANSWER_TOO_LARGE.into(),
+                                message: format!(
+                                    "the answer (HTTP {status}) is larger than {}; stopped reading it",
+                                    size(limit)
+                                ),
+                            })),
+                            Err(BodyError::Transport(e)) => Err(e),
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             };
             // The answer is in (or the call failed): from now on the call holds its place one period.
             permit.finish();
+            if let Ok(Ok((status, ..))) = &answer
+                && *status != 401
+            {
+                // Any other answer: the token was taken.
+                token.mark_accepted();
+                self.refused_in_a_row.store(0, Ordering::Relaxed);
+            }
 
             let step = match answer {
+                // A redirect or an answer too large: final, never retried.
+                Ok(Err(failure)) => {
+                    tracing::debug!(%path, attempt = attempts, code = %failure.code, "call failed: {}", failure.message);
+                    Step::Done(Err(failure))
+                }
                 Err(e) => {
                     failures += 1;
                     let failure = transport_failure(&e);
@@ -311,12 +410,14 @@ impl Api {
                         Step::Done(Err(failure))
                     }
                 }
-                Ok((status, retry_after, body)) => {
+                Ok(Ok((status, retry_after, body))) => {
                     tracing::trace!(%path, attempt = attempts, status, "answer");
                     match status {
                         200..=299 => Step::Done(Ok(Reply { status, body })),
-                        401 if !renewed => {
-                            renewed = true;
+                        // A token just renewed and refused again: renewing again would not help.
+                        401 if token.renewal_unproven() => Step::Done(Err(self.refused(&body))),
+                        401 if renewals < RENEWALS_PER_CALL_MAX => {
+                            renewals += 1;
                             if let Err(e) = self.tokens.renew(&token).await {
                                 let failure = sign_in_failure(&e);
                                 let _ = self.fatal.set(e);
@@ -370,6 +471,18 @@ impl Api {
         }
     }
 
+    /// A call ends in a 401 to a token just renewed: one more in a row, and at [`REFUSED_IN_A_ROW_MAX`] the
+    /// API refuses the token (fatal).
+    fn refused(&self, body: &[u8]) -> Failure {
+        let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused >= REFUSED_IN_A_ROW_MAX {
+            let e = AuthError::ApiRefusesToken { refused };
+            tracing::warn!("{e}");
+            let _ = self.fatal.set(e);
+        }
+        http_failure(401, body)
+    }
+
     /// Exponential backoff with full jitter: a random wait up to `retry_delay * 2^(n-1)`, capped, at least
     /// half of it so retries never bunch up at zero.
     fn backoff(&self, n: u32) -> Duration {
@@ -379,7 +492,11 @@ impl Api {
 }
 
 fn sign_in_failure(e: &AuthError) -> Failure {
-    Failure { status: None, code: "SignInFailed".into(), message: e.to_string() }
+    let code = match e {
+        AuthError::ApiRefusesToken { .. } => "TokenRefused",
+        _ => "SignInFailed",
+    };
+    Failure { status: None, code: code.into(), message: e.to_string() }
 }
 
 fn transport_failure(e: &reqwest::Error) -> Failure {
@@ -450,6 +567,31 @@ mod tests {
     fn filters_are_percent_encoded() {
         assert_eq!(percent_encode("type eq 'Offboard'"), "type%20eq%20%27Offboard%27");
         assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
+    }
+
+    #[test]
+    fn only_an_action_with_an_id_is_an_action() {
+        let action = read_action(br#"{"id":"a1","type":"Offboard","status":"Pending"}"#).unwrap();
+        assert_eq!(action.id.as_deref(), Some("a1"));
+        for (body, why) in [
+            (&br#"{"error":{"code":"X","message":"went\nwrong"}}"#[..], "an error, X: went wrong"),
+            (b"<html>\n<p>hi</p></html>", "not JSON: <html> <p>hi</p></html>"),
+            (b"  \n", "empty"),
+            (br#"{"status":"Pending"}"#, "no action id"),
+            (br#"{"id":""}"#, "no action id"),
+            (br#"[1]"#, "not a MachineAction"),
+        ] {
+            let e = read_action(body).unwrap_err();
+            assert!(e.contains(why) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_list_page_without_value_is_not_a_page() {
+        let read = |body: &[u8]| serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value.len());
+        assert_eq!(read(br#"{"value":[{"id":"a"}]}"#).unwrap(), 1);
+        assert!(read(br#"{"error":{"code":"InternalServerError","message":"x"}}"#).is_err());
+        assert!(read(b"{}").is_err());
     }
 
     #[test]

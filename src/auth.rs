@@ -8,6 +8,7 @@
 //! error or a results row.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
 /// Attempts at the token endpoint when it fails for a passing reason (5xx, a dropped connection).
 const SIGN_IN_ATTEMPTS: u32 = 3;
+/// Most bytes read of an answer that holds one object (a token, a MachineAction, an error): they are a few
+/// KiB; anything this large is not what was asked for.
+pub const ANSWER_MAX: usize = 1 << 20;
 
 /// An access token. `Debug` hides the value.
 #[derive(Clone)]
@@ -30,11 +34,26 @@ pub struct Token {
     renew_at: Instant,
     /// The application permissions the token carries (its `roles` claim).
     pub roles: Arc<[String]>,
+    /// Fetched to replace a token the API refused (401).
+    replaced_a_refused_one: bool,
+    /// The API answered a call made with it (anything but 401); shared by every copy.
+    accepted: Arc<AtomicBool>,
 }
 
 impl Token {
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.value)
+    }
+
+    /// The API answered a call made with this token with something other than 401.
+    pub fn mark_accepted(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
+
+    /// Fetched because the API refused the one before, and never accepted since: a 401 on it says that
+    /// renewing does not help.
+    pub fn renewal_unproven(&self) -> bool {
+        self.replaced_a_refused_one && !self.accepted.load(Ordering::Relaxed)
     }
 
     fn same(&self, other: &Token) -> bool {
@@ -65,6 +84,23 @@ pub enum AuthError {
     /// The client assertion could not be made.
     #[error("cannot sign in with the certificate: {0}")]
     Certificate(String),
+    /// The token endpoint answered a redirect; it is never followed, so the form (and its secret or
+    /// assertion) went nowhere else.
+    #[error(
+        "the sign-in endpoint {url} answered {status}, redirecting to {to}; redirects are not followed and nothing was sent there: check --authority (or --cloud)"
+    )]
+    Redirected { url: String, status: u16, to: String },
+    /// The token endpoint answered something that is not a token answer.
+    #[error("the sign-in endpoint {url} gave an answer that is not a token: {message}")]
+    BadAnswer { url: String, message: String },
+    /// The API answered 401 to renewed tokens on several calls in a row: the token is not one it takes
+    /// (made for another resource or cloud, or the app's consent is missing), and renewing again would not help.
+    #[error(
+        "the API refuses the token: {refused} calls in a row were answered 401 (Unauthorized) with a token just renewed; \
+         check that --scope, --authority and --api-base (or --cloud) belong to the same cloud, and that the app's \
+         API permissions were granted admin consent in this tenant"
+    )]
+    ApiRefusesToken { refused: u32 },
 }
 
 #[derive(Deserialize)]
@@ -142,7 +178,7 @@ impl TokenCache {
         if let Some(token) = self.cached() {
             return Ok(token);
         }
-        self.fetch().await
+        self.fetch(false).await
     }
 
     /// The API refused `rejected` with 401: drop it (unless another worker already replaced it) and get another.
@@ -162,7 +198,7 @@ impl TokenCache {
                 return Ok(token.clone());
             }
         }
-        self.fetch().await
+        self.fetch(true).await
     }
 
     /// The ready access token, unless its `exp` claim says it has expired.
@@ -179,6 +215,8 @@ impl TokenCache {
             value: value.into(),
             // Never renewed: the API's 401 says when it is no longer good.
             renew_at: Instant::now() + Duration::from_secs(100 * 365 * 86_400),
+            replaced_a_refused_one: false,
+            accepted: Default::default(),
         })
     }
 
@@ -204,7 +242,8 @@ impl TokenCache {
         Ok(form)
     }
 
-    async fn fetch(&self) -> Result<Token, AuthError> {
+    /// A new token from the token endpoint; `after_refusal` when it replaces one the API refused.
+    async fn fetch(&self, after_refusal: bool) -> Result<Token, AuthError> {
         let url = self.token_url();
         let mut last = String::new();
         for attempt in 1..=SIGN_IN_ATTEMPTS {
@@ -222,10 +261,26 @@ impl TokenCache {
                 }
             };
             let status = answer.status();
-            let body = answer.bytes().await.unwrap_or_default();
+            if status.is_redirection() {
+                let to = location_host(answer.headers(), &url);
+                return Err(AuthError::Redirected { url, status: status.as_u16(), to });
+            }
+            let body = match read_capped(answer, ANSWER_MAX).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge { limit }) => {
+                    let message = format!("HTTP {status} with a body larger than {}; stopped reading it", size(limit));
+                    return Err(AuthError::BadAnswer { url, message });
+                }
+                Err(BodyError::Transport(e)) => {
+                    last = describe_transport(&e);
+                    tracing::warn!(attempt, "sign-in answer cut short: {last}");
+                    continue;
+                }
+            };
             if status.is_success() {
-                let token = parse_token(&body, sent_at)
+                let mut token = parse_token(&body, sent_at)
                     .map_err(|message| AuthError::Unreachable { url: url.clone(), message })?;
+                token.replaced_a_refused_one = after_refusal;
                 self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(roles = ?token.roles, "signed in");
                 *self.current.lock().unwrap() = Some(token.clone());
@@ -259,6 +314,8 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
         value: answer.access_token.into(),
         // Counted from when the request was sent: the service's clock started no earlier.
         renew_at: sent_at + lifetime - ahead,
+        replaced_a_refused_one: false,
+        accepted: Default::default(),
     })
 }
 
@@ -333,6 +390,54 @@ fn aadsts_in(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Why an answer's body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is longer than `limit` bytes: reading stopped there.
+    TooLarge { limit: usize },
+    /// The connection failed or timed out while reading it.
+    Transport(reqwest::Error),
+}
+
+/// Reads an answer's body, `limit` bytes at most: past it reading stops (and the connection is dropped),
+/// so a body that never ends costs `limit` bytes, not the process.
+pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = bytes::BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A byte count for a message: `1 MiB`, `128 MiB`.
+pub fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{bytes} bytes") }
+}
+
+/// The host (and port) a redirect points to, from its `Location` (relative to `request_url` when relative),
+/// or what is wrong with it. Only the host: a `Location` can carry anything in its path and query.
+pub fn location_host(headers: &reqwest::header::HeaderMap, request_url: &str) -> String {
+    let Some(location) = headers.get(reqwest::header::LOCATION) else {
+        return "no Location".into();
+    };
+    let Ok(location) = location.to_str() else {
+        return "an unreadable Location".into();
+    };
+    let url = reqwest::Url::parse(request_url).and_then(|base| base.join(location));
+    match url.as_ref().ok().and_then(|u| u.host_str().map(|h| (h, u.port()))) {
+        Some((host, Some(port))) => format!("{host}:{port}"),
+        Some((host, None)) => host.to_string(),
+        None => "an unreadable Location".into(),
+    }
+}
+
 /// What kind of transport failure `e` is: the code a results row shows, and the words a message uses.
 pub fn transport_kind(e: &reqwest::Error) -> (&'static str, &'static str) {
     if e.is_timeout() {
@@ -378,6 +483,16 @@ mod tests {
                 .to_string();
         assert!(msg.contains("AADSTS90002") && msg.contains("tenant was not found"), "{msg}");
         assert!(refusal(400, b"<html>").to_string().contains("HTTP 400"));
+    }
+
+    #[test]
+    fn a_redirect_is_named_by_its_host_only() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "no Location");
+        headers.insert(reqwest::header::LOCATION, "https://evil.example:8443/x?secret=1".parse().unwrap());
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "evil.example:8443");
+        headers.insert(reqwest::header::LOCATION, "/elsewhere".parse().unwrap());
+        assert_eq!(location_host(&headers, "https://login.example/t/token"), "login.example");
     }
 
     #[tokio::test]

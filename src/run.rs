@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::api::{Api, CallResult, ListPage, MachineAction, RetryPolicy};
+use crate::api::{self, Api, CallResult, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::input::{self, RowKind, Scan, Source};
@@ -329,7 +329,8 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
     })
 }
 
-/// Builds the HTTP client every call shares.
+/// Builds the HTTP client every call shares: sign-in and API calls alike. It follows no redirect: a 3xx is
+/// reported, and nothing (a token, a client secret, an offboard) is ever sent to the host it names.
 pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
     // Plain http is only ever loopback (the simulator; settings refuse it elsewhere): no TLS, so the root
     // certificates (the system's store is read from disk, tens of milliseconds) are not loaded.
@@ -340,6 +341,7 @@ pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
         .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(settings.concurrency.max(4))
         .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
 }
@@ -816,13 +818,22 @@ async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -
     row.attempts = attempts;
     match answer {
         Ok(reply) => {
-            row.outcome = Outcome::Submitted;
             row.http_status = Some(reply.status);
-            let action: MachineAction = serde_json::from_slice(&reply.body).unwrap_or_else(|_| {
-                row.error_message = Some("the service created the action but its answer could not be read".into());
-                MachineAction::default()
-            });
-            fill_action(&mut row, action);
+            // Only an answer that shows the action proves it was created.
+            match api::read_action(&reply.body) {
+                Ok(action) => {
+                    row.outcome = Outcome::Submitted;
+                    fill_action(&mut row, action);
+                }
+                Err(why) => {
+                    row.error_code = Some(api::UNCONFIRMED_ANSWER.into());
+                    row.error_message = Some(format!(
+                        "the answer (HTTP {}) did not prove an action was created: {why}; --resume looks up this \
+                         machine's offboard actions before calling it again",
+                        reply.status
+                    ));
+                }
+            }
         }
         Err(failure) => {
             row.outcome = match (failure.status, failure.code.as_str()) {

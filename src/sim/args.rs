@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswers, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;
@@ -110,6 +110,9 @@ pub struct SimulateArgs {
     /// Answer sign-in with "secret expired" (AADSTS7000222).
     #[arg(long)]
     pub secret_expired: bool,
+    /// Issue tokens, but answer every API call 401 (as to a token made for another resource or cloud).
+    #[arg(long)]
+    pub refuse_tokens: bool,
     /// The tenant that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_TENANT_ID)]
     pub tenant_id: String,
@@ -184,6 +187,8 @@ impl SimulateArgs {
             },
             secret_expired: self.secret_expired,
             certificate,
+            misanswers: Misanswers::default(),
+            refuse_tokens: self.refuse_tokens,
         };
         config.validate()?;
         Ok(config)

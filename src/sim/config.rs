@@ -53,6 +53,11 @@ pub struct SimConfig {
     /// The certificate registered on the app (PEM or DER). With one, client assertions must name it
     /// (`x5t#S256` or `x5t`) and be signed by its key; without one, assertions are checked for shape only.
     pub certificate: Option<Vec<u8>>,
+    /// Answers the service should never give, put in place of real ones (none by default).
+    pub misanswers: Misanswers,
+    /// Tokens are issued, but the API answers 401 to every one of them (as to a token made for another
+    /// resource or cloud).
+    pub refuse_tokens: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +80,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             secret_expired: false,
             certificate: None,
+            misanswers: Misanswers::default(),
+            refuse_tokens: false,
         }
     }
 }
@@ -106,6 +113,7 @@ impl SimConfig {
         if let Some(cert) = &self.certificate {
             super::token::RegisteredCertificate::parse(cert).map_err(Error::Simulator)?;
         }
+        self.misanswers.validate()?;
         self.faults.validate()
     }
 }
@@ -181,6 +189,62 @@ impl Faults {
         }
         if !(0.0..=1.0).contains(&self.slow_share) {
             return Err(Error::Simulator(format!("slow share {} must be between 0 and 1", self.slow_share)));
+        }
+        Ok(())
+    }
+}
+
+/// An answer the service should never give, to test how the client reads answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Misanswer {
+    /// 200 carrying the API's error body `{"error": {...}}`.
+    ErrorWith200,
+    /// An HTML page with this status (a proxy's or a sign-in page).
+    Html(u16),
+    /// 200 with a body that is not JSON.
+    NotJson,
+    /// 201 with an empty body.
+    Empty201,
+    /// This status (a 3xx) with `Location: location` and no body.
+    Redirect { status: u16, location: String },
+    /// 200 with a body streamed without end, until the client hangs up.
+    Endless,
+}
+
+impl Misanswer {
+    /// Comes in place of handling the call (a redirect, an endless body), rather than in place of the
+    /// answer of a call that was handled.
+    pub(crate) fn replaces_the_call(&self) -> bool {
+        matches!(self, Misanswer::Redirect { .. } | Misanswer::Endless)
+    }
+}
+
+/// Where misanswers replace real answers: every call of the route gets one.
+///
+/// On the offboard route a redirect or an endless body comes instead of handling the call (no action is
+/// created); the other misanswers replace the 2xx of a call that created its action, so the action exists
+/// although the answer does not show it.
+#[derive(Clone, Debug, Default)]
+pub struct Misanswers {
+    /// `POST /api/machines/{id}/offboard`.
+    pub offboard: Option<Misanswer>,
+    /// `GET /api/machines` and `GET /api/machineactions`, instead of handling the call.
+    pub lists: Option<Misanswer>,
+    /// The token endpoints (v1 and v2), instead of handling the sign-in.
+    pub token: Option<Misanswer>,
+}
+
+impl Misanswers {
+    fn validate(&self) -> Result<(), Error> {
+        for answer in [&self.offboard, &self.lists, &self.token].into_iter().flatten() {
+            let ok = match answer {
+                Misanswer::Redirect { status, .. } => (300..400).contains(status),
+                Misanswer::Html(status) => (100..600).contains(status),
+                _ => true,
+            };
+            if !ok {
+                return Err(Error::Simulator(format!("misanswer {answer:?} has a status out of its range")));
+            }
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! behaves like the documented service (Microsoft's pages and integrators' reports): client-credentials sign-in with
 //! expiring tokens, the offboard, machine and machine-action routes with their error codes, sliding-window
 //! quotas answered with 429 and `Retry-After`, actions that move from `Pending` to a final status over time,
-//! and seeded faults (5xx, spurious 429, transient 404, dropped connections, latency).
+//! and seeded faults (5xx, spurious 429, transient 404, dropped connections, latency). For tests of how the
+//! client reads answers it can also answer what the service never should ([`Misanswers`]: error bodies with
+//! 200, HTML, empty or endless bodies, redirects), refuse every token, or revoke the tokens issued so far.
 //!
 //! Time can run faster than real time (`time_scale`): every duration of the service (token lifetime, quota
 //! periods, the action lifecycle) is divided by it, so an hour-long run can be tested in seconds.
@@ -18,6 +20,7 @@ pub(crate) mod clock;
 mod config;
 mod faults;
 mod fleet;
+mod misanswers;
 mod query;
 mod quota;
 mod server;
@@ -25,7 +28,7 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{Faults, Lifecycle, SimConfig};
+pub use config::{Faults, Lifecycle, Misanswer, Misanswers, SimConfig};
 pub use fleet::{Fleet, SimMachine};
 pub use server::Simulator;
 pub use stats::{OffboardCount, SimStats, WindowStats};

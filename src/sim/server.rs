@@ -34,6 +34,7 @@ use super::clock::{Clock, parse_rfc3339, random_guid};
 use super::config::{Faults, SimConfig};
 use super::faults::{Fault, FaultState};
 use super::fleet::{Fleet, SimMachine};
+use super::misanswers;
 use super::query::{
     ACTION_FIELDS, Clause, Field, ListQuery, MACHINE_FIELDS, MAX_TOP, list_query, text_matches, time_matches,
 };
@@ -103,7 +104,7 @@ impl Simulator {
             config,
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, router(shared.clone()), stopped));
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
         Ok(Simulator { addr, shared, stop, task })
     }
 
@@ -130,6 +131,12 @@ impl Simulator {
         self.shared.faults.lock().expect("faults lock").set(faults);
     }
 
+    /// Revokes every token issued so far (as a key rollover or an admin would): calls made with them are
+    /// answered 401, and new tokens are issued as usual.
+    pub fn revoke_tokens(&self) {
+        self.shared.tokens.revoke_all();
+    }
+
     /// Stops accepting, closes open connections and waits for the server task.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -141,7 +148,8 @@ impl Simulator {
 #[derive(Clone, Default)]
 struct ConnectionKill(Arc<Notify>);
 
-async fn accept_loop(listener: TcpListener, router: Router, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let router = router(shared.clone());
     loop {
         let stream = tokio::select! {
             _ = stopped.changed() => break,
@@ -158,10 +166,14 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stopped: watch::
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let mut stopped = stopped.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let kill = ConnectionKill::default();
             let handle = kill.clone();
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                if request.uri().path() != "/sim/stats" {
+                    shared.counters.lock().expect("counters lock").requests += 1;
+                }
                 request.extensions_mut().insert(handle.clone());
                 hyper::service::Service::call(&service, request)
             });
@@ -200,13 +212,19 @@ type Sim = State<Arc<Shared>>;
 type Kill = Extension<ConnectionKill>;
 
 async fn token_v2(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
-    let answer = token::issue(&sim, Version::V2, &tenant, &body);
+    let answer = match &sim.config.misanswers.token {
+        Some(misanswer) => misanswers::response(misanswer),
+        None => token::issue(&sim, Version::V2, &tenant, &body),
+    };
     sim.count(route::TOKEN_V2, answer.status().as_u16());
     answer
 }
 
 async fn token_v1(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
-    let answer = token::issue(&sim, Version::V1, &tenant, &body);
+    let answer = match &sim.config.misanswers.token {
+        Some(misanswer) => misanswers::response(misanswer),
+        None => token::issue(&sim, Version::V1, &tenant, &body),
+    };
     sim.count(route::TOKEN_V1, answer.status().as_u16());
     answer
 }
@@ -382,6 +400,10 @@ impl Shared {
         let now = Instant::now();
         let grant =
             self.tokens.check(headers, now).map_err(|why| answer(StatusCode::UNAUTHORIZED, "Unauthorized", why))?;
+        if self.config.refuse_tokens {
+            let why = "The token is not valid for this API (simulated: every token is refused).";
+            return Err(answer(StatusCode::UNAUTHORIZED, "Unauthorized", why));
+        }
         let quota = self.quotas.lock().expect("quota lock").admit(now);
         if let Err(wait) = quota {
             self.counters.lock().expect("counters lock").quota_rejections += 1;
@@ -439,6 +461,10 @@ impl Shared {
     fn offboard(&self, id: &str, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
         let key = id.trim().to_ascii_lowercase();
         self.counters.lock().expect("counters lock").offboard(&key).calls += 1;
+        let misanswer = self.config.misanswers.offboard.as_ref();
+        if let Some(misanswer) = misanswer.filter(|m| m.replaces_the_call()) {
+            return Outcome::Answer(misanswers::response(misanswer));
+        }
         let admitted = match self.admit(headers, "POST", uri, true) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
@@ -448,7 +474,13 @@ impl Shared {
         if matches!(admitted.fault, Some(Fault::Drop { .. })) {
             return Outcome::Drop;
         }
-        outcome
+        match (outcome, misanswer) {
+            // The action was created; the answer does not show it.
+            (Outcome::Answer(created), Some(misanswer)) if created.status().is_success() => {
+                Outcome::Answer(misanswers::response(misanswer))
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     fn offboard_admitted(&self, id: &str, key: &str, admitted: &Admitted, body: &[u8]) -> Outcome {
@@ -555,6 +587,9 @@ impl Shared {
     }
 
     fn machines(&self, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        if let Some(misanswer) = &self.config.misanswers.lists {
+            return Outcome::Answer(misanswers::response(misanswer));
+        }
         if let Err(outcome) = self.admit_read(headers, uri) {
             return outcome;
         }
@@ -634,6 +669,9 @@ impl Shared {
     }
 
     fn actions(&self, headers: &HeaderMap, uri: &Uri) -> Outcome {
+        if let Some(misanswer) = &self.config.misanswers.lists {
+            return Outcome::Answer(misanswers::response(misanswer));
+        }
         if let Err(outcome) = self.admit_read(headers, uri) {
             return outcome;
         }

@@ -11,6 +11,9 @@ pub struct SimStats {
     /// `"METHOD /route/{template}"` -> status code (or `"dropped"`) -> count. Token routes included,
     /// `/sim/stats` not.
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every HTTP request received, whatever its route or method (`/sim/stats` excepted).
+    #[serde(default)]
+    pub requests: u64,
     /// 429 answers sent, from the quota and from faults.
     pub throttled: u64,
     /// 429 answers sent because a quota window was full.
@@ -68,6 +71,7 @@ pub struct FaultCounts {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     calls: HashMap<(&'static str, u16), u64>,
+    pub(crate) requests: u64,
     pub(crate) throttled: u64,
     pub(crate) quota_rejections: u64,
     pub(crate) tokens_issued: u64,
@@ -102,6 +106,7 @@ impl Counters {
         }
         SimStats {
             calls,
+            requests: self.requests,
             throttled: self.throttled,
             quota_rejections: self.quota_rejections,
             tokens_issued: self.tokens_issued,

@@ -64,6 +64,11 @@ impl Tokens {
         Ok(grant)
     }
 
+    /// Forgets every token issued so far: the API answers 401 to them from now on.
+    pub(crate) fn revoke_all(&self) {
+        self.issued.write().expect("token map lock").clear();
+    }
+
     fn insert(&self, token: String, grant: Grant, now: Instant) {
         let mut issued = self.issued.write().expect("token map lock");
         if issued.len() >= 4096 {

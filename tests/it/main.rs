@@ -1,5 +1,6 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
+mod answers;
 mod bad_inputs;
 mod common;
 mod faults;
