@@ -3,9 +3,10 @@
 //! One task owns the file (see [`ResultsWriter`]); everybody else sends it rows. Rows arrive in the order
 //! machines finish, not input order: the `line` column ties each to its input row.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -229,10 +230,17 @@ impl ResultsWriter {
         &self.path
     }
 
-    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written.
+    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written. The
+    /// error message goes on one line (an HTML error page has many): line breaks become spaces.
     pub fn write(&mut self, row: &ResultRow) -> Result<()> {
+        let row = match &row.error_message {
+            Some(message) if message.contains(['\r', '\n']) => {
+                Cow::Owned(ResultRow { error_message: Some(message.replace(['\r', '\n'], " ")), ..row.clone() })
+            }
+            _ => Cow::Borrowed(row),
+        };
         self.csv
-            .serialize(row)
+            .serialize(&*row)
             .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write a row: {e}") })?;
         self.flush()?;
         if self.last_sync.elapsed() >= SYNC_EVERY {
@@ -296,29 +304,50 @@ impl LineSet {
 
 /// Cuts a torn last row (a kill in the middle of a write) off a results file, so rows appended later
 /// start on a line of their own. Returns how many bytes were cut.
+///
+/// The cut is at the end of the last complete record, which is not always the last line break: a quoted
+/// field (an HTML error message from an older version, a multi-line invalid cell) holds line breaks of its
+/// own, and a row torn after one of them would leave an open quote that swallows every row appended later.
 pub fn cut_torn_row(path: &Path) -> Result<u64> {
     let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot repair it: {e}") };
     let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(fail)?;
     let len = file.metadata().map_err(fail)?.len();
-    // Look back for the last line break, a block at a time.
-    let mut end = len;
-    let mut block = vec![0u8; 64 * 1024];
-    while end > 0 {
-        let start = end.saturating_sub(block.len() as u64);
-        let chunk = &mut block[..(end - start) as usize];
-        file.seek(SeekFrom::Start(start)).map_err(fail)?;
-        file.read_exact(chunk).map_err(fail)?;
-        if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
-            let keep = start + pos as u64 + 1;
-            if keep < len {
-                file.set_len(keep).map_err(fail)?;
-                file.sync_all().map_err(fail)?;
-            }
-            return Ok(len - keep);
-        }
-        end = start;
+    let Some(keep) = end_of_complete_records(&mut file).map_err(fail)? else {
+        return Err(Error::Output {
+            path: path.to_owned(),
+            message: "holds no complete line, not even the header".into(),
+        });
+    };
+    if keep < len {
+        file.set_len(keep).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
     }
-    Err(Error::Output { path: path.to_owned(), message: "holds no complete line, not even the header".into() })
+    Ok(len - keep)
+}
+
+/// The offset just past the last complete CSV record: the last line break outside quotes. The csv writer
+/// quotes every field holding a quote, a comma or a line break and doubles the quotes inside, so a line
+/// break is outside a quoted field exactly when the quotes before it are even in number. One pass from the
+/// start, a block at a time.
+fn end_of_complete_records(mut input: impl Read) -> std::io::Result<Option<u64>> {
+    let mut block = vec![0u8; 64 * 1024];
+    let (mut offset, mut quoted, mut end) = (0u64, false, None);
+    loop {
+        let n = match input.read(&mut block) {
+            Ok(0) => return Ok(end),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for (i, &b) in block[..n].iter().enumerate() {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\n' if !quoted => end = Some(offset + i as u64 + 1),
+                _ => {}
+            }
+        }
+        offset += n as u64;
+    }
 }
 
 /// Reads a results file row by row as (line, outcome), checking its header.
@@ -468,6 +497,48 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
         assert_eq!(lines, ["3", "4", "2", "5"]);
+    }
+
+    #[test]
+    fn a_row_torn_inside_a_quoted_field_is_cut_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        w.write(&ResultRow::new(2, "a", Outcome::Submitted)).unwrap();
+        w.finish().unwrap();
+        // A complete row with a line break in a quoted cell, then a row torn after a line break inside its
+        // quoted error message (as an older version wrote them).
+        let whole = "3,\"x\ny\",invalid_id,,,,0,,,,,,,,\n";
+        let torn = "4,c,failed,,,502,1,HTTP502,\"<html>\n<body>Bad gateway";
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text += whole;
+        text += torn;
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(cut_torn_row(&path).unwrap(), torn.len() as u64);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with(whole));
+
+        let mut w = ResultsWriter::append(&path).unwrap();
+        w.write(&ResultRow::new(4, "c", Outcome::Submitted)).unwrap();
+        w.finish().unwrap();
+        let counts = tally(&path, true).unwrap();
+        assert_eq!((counts[&Outcome::Submitted], counts[&Outcome::InvalidId]), (2, 1));
+
+        std::fs::write(&path, "line,machine_id").unwrap();
+        assert!(cut_torn_row(&path).unwrap_err().to_string().contains("no complete line"));
+    }
+
+    #[test]
+    fn error_messages_are_written_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        let mut row = ResultRow::new(2, "a", Outcome::Failed);
+        row.error_message = Some("<html>\r\n<body>Bad gateway</body>\n</html>".into());
+        w.write(&row).unwrap();
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("<html>  <body>Bad gateway</body> </html>"), "{text}");
     }
 
     #[test]
