@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod identity;
 mod preflight;
+mod resume_safety;
 mod run;
 mod secrets;
 mod settings;
