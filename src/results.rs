@@ -449,12 +449,21 @@ pub fn final_lines(path: &Path) -> Result<(Finished, u64)> {
 /// not show the action, and a lookup of an earlier call that could not be made.
 pub const IN_DOUBT_CODES: [&str; 2] = ["UnconfirmedAnswer", "InDoubt"];
 
-/// Whether a `failed` row's call may have reached the service and created an action: an in-doubt code, or
-/// a call sent (attempts > 0) that ended without an answer (a timeout, a connection lost) or with a 5xx or
-/// 408 (the service may have acted before failing). Such a machine is looked up before it is called again.
+/// Codes of failures that, with no request made (`attempts` 0), certainly sent nothing.
+const NEVER_SENT_CODES: [&str; 2] = ["Interrupted", "SignInFailed"];
+
+/// Whether a `failed` row's call may have reached the service and created an action: an in-doubt code, a
+/// 5xx or 408 (the service may have acted before failing), or no answer at all (a timeout, a lost
+/// connection, a machine given up while its call was in flight) unless no request was made. Such a machine
+/// is looked up before it is called again.
 pub fn may_have_gone_through(outcome: Outcome, http_status: Option<u16>, attempts: u32, error_code: &str) -> bool {
+    let never_sent = attempts == 0 && NEVER_SENT_CODES.contains(&error_code);
     outcome == Outcome::Failed
-        && (IN_DOUBT_CODES.contains(&error_code) || (attempts > 0 && http_status.is_none_or(|s| s >= 500 || s == 408)))
+        && (IN_DOUBT_CODES.contains(&error_code)
+            || match http_status {
+                Some(status) => status >= 500 || status == 408,
+                None => !never_sent,
+            })
 }
 
 /// The lines whose last row is a failure that [`may_have_gone_through`]: their journal intents must outlive
@@ -647,6 +656,8 @@ mod tests {
         assert!(may_have_gone_through(Failed, Some(200), 1, "UnconfirmedAnswer"));
         assert!(may_have_gone_through(Failed, Some(403), 1, "InDoubt"));
         assert!(!may_have_gone_through(Failed, None, 0, "Interrupted"), "never sent");
+        assert!(may_have_gone_through(Failed, None, 2, "Interrupted"), "sent before the interrupt");
+        assert!(may_have_gone_through(Failed, None, 0, "GivenUp"), "in flight when given up");
         assert!(!may_have_gone_through(Failed, Some(400), 1, "InvalidRequestBody"));
         assert!(!may_have_gone_through(Failed, Some(429), 5, "TooManyRequests"));
         assert!(!may_have_gone_through(Submitted, Some(201), 1, ""));
