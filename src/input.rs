@@ -82,6 +82,9 @@ pub struct Scan {
     pub id_column: Option<String>,
     /// The column holds computer names, not ids: rows are [`RowKind::Name`].
     pub by_name: bool,
+    /// SHA-256 of the input's bytes as copied for the run (lowercase hex): a resume proves with it that the
+    /// list is the one the run began with.
+    pub sha256: String,
     layout: Layout,
     keys: Keys,
     /// The first row of each distinct key, sorted by key.
@@ -215,13 +218,19 @@ pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(extsort::temp_message("copy the input to", &e));
     let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
-    let mut tee = Tee { input, copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?), failed: None };
+    let mut tee = Tee {
+        input,
+        copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?),
+        hash: ring::digest::Context::new(&ring::digest::SHA256),
+        failed: None,
+    };
     let result = read_all(&source, &mut tee, id_column, by_name);
     if let Some(e) = tee.failed.take() {
         return Err(spool_error(e));
     }
     let mut first = result?;
     tee.copy.flush().map_err(spool_error)?;
+    let sha256 = tee.hash.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let temp_error = |e: io::Error| source.error(extsort::temp_message("write", &e));
     let (counts, firsts, dups) = first.finish().map_err(temp_error)?;
     Ok(Scan {
@@ -231,6 +240,7 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_na
         duplicates: counts.duplicates,
         id_column: first.layout.header.clone(),
         by_name: first.layout.names,
+        sha256,
         source,
         layout: first.layout,
         keys: first.keys,
@@ -796,6 +806,8 @@ impl<R: Read> Read for Prepared<R> {
 struct Tee<R, W> {
     input: R,
     copy: W,
+    /// Of every byte copied: the copy is what the run reads.
+    hash: ring::digest::Context,
     failed: Option<io::Error>,
 }
 
@@ -806,6 +818,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
             self.failed = Some(e);
             return Err(io::Error::other("cannot copy standard input to a temporary file"));
         }
+        self.hash.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -1104,6 +1117,25 @@ mod tests {
         assert!(!spool.exists());
         let message = scan_spooled(Source::Stdin, &b"Owner\nx\n"[..], None, false).unwrap_err().to_string();
         assert!(message.starts_with("input <stdin>: line 1: no machine id column"), "{message}");
+    }
+
+    #[test]
+    fn the_scan_hashes_the_copy_the_run_reads() {
+        let content = format!("MachineId\n{A}\n{B}\n");
+        let (_dir, path) = file(content.as_bytes());
+        let scan = scan(Source::Path(path), None).unwrap();
+        let spooled = std::fs::read(scan.spool.path()).unwrap();
+        assert_eq!(spooled, content.as_bytes());
+        let expected: String = ring::digest::digest(&ring::digest::SHA256, content.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(scan.sha256, expected);
+        // Another list of the same length and shape differs.
+        let other = scan_reader(format!("MachineId\n{A}\n{C}\n").as_bytes(), None).unwrap();
+        assert_eq!((other.rows, other.valid), (scan.rows, scan.valid));
+        assert_ne!(other.sha256, scan.sha256);
     }
 
     #[test]

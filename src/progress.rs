@@ -116,7 +116,7 @@ mod tests {
     /// Before: the bar showed indicatif's `{per_sec}`, e.g. `14,005.7915/s`.
     #[test]
     fn rates_read_as_a_person_writes_them() {
-        assert_eq!(human_rate(14_005.7915), "14,006/s");
+        assert_eq!(human_rate(14_005.791_5), "14,006/s");
         assert_eq!(human_rate(1_234_567.0), "1,234,567/s");
         assert_eq!(human_rate(999.5), "1,000/s");
         assert_eq!(human_rate(12.4), "12/s");

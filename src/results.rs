@@ -3,9 +3,11 @@
 //! One task owns the file (see [`ResultsWriter`]); everybody else sends it rows. Rows arrive in the order
 //! machines finish, not input order: the `line` column ties each to its input row.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -263,10 +265,17 @@ impl ResultsWriter {
         &self.path
     }
 
-    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written.
+    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written. The
+    /// error message goes on one line (an HTML error page has many): line breaks become spaces.
     pub fn write(&mut self, row: &ResultRow) -> Result<()> {
+        let row = match &row.error_message {
+            Some(message) if message.contains(['\r', '\n']) => {
+                Cow::Owned(ResultRow { error_message: Some(message.replace(['\r', '\n'], " ")), ..row.clone() })
+            }
+            _ => Cow::Borrowed(row),
+        };
         self.csv
-            .serialize(row)
+            .serialize(&*row)
             .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write a row: {e}") })?;
         self.flush()?;
         if self.last_sync.elapsed() >= SYNC_EVERY {
@@ -330,29 +339,50 @@ impl LineSet {
 
 /// Cuts a torn last row (a kill in the middle of a write) off a results file, so rows appended later
 /// start on a line of their own. Returns how many bytes were cut.
+///
+/// The cut is at the end of the last complete record, which is not always the last line break: a quoted
+/// field (an HTML error message from an older version, a multi-line invalid cell) holds line breaks of its
+/// own, and a row torn after one of them would leave an open quote that swallows every row appended later.
 pub fn cut_torn_row(path: &Path) -> Result<u64> {
     let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot repair it: {e}") };
     let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(fail)?;
     let len = file.metadata().map_err(fail)?.len();
-    // Look back for the last line break, a block at a time.
-    let mut end = len;
-    let mut block = vec![0u8; 64 * 1024];
-    while end > 0 {
-        let start = end.saturating_sub(block.len() as u64);
-        let chunk = &mut block[..(end - start) as usize];
-        file.seek(SeekFrom::Start(start)).map_err(fail)?;
-        file.read_exact(chunk).map_err(fail)?;
-        if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
-            let keep = start + pos as u64 + 1;
-            if keep < len {
-                file.set_len(keep).map_err(fail)?;
-                file.sync_all().map_err(fail)?;
-            }
-            return Ok(len - keep);
-        }
-        end = start;
+    let Some(keep) = end_of_complete_records(&mut file).map_err(fail)? else {
+        return Err(Error::Output {
+            path: path.to_owned(),
+            message: "holds no complete line, not even the header".into(),
+        });
+    };
+    if keep < len {
+        file.set_len(keep).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
     }
-    Err(Error::Output { path: path.to_owned(), message: "holds no complete line, not even the header".into() })
+    Ok(len - keep)
+}
+
+/// The offset just past the last complete CSV record: the last line break outside quotes. The csv writer
+/// quotes every field holding a quote, a comma or a line break and doubles the quotes inside, so a line
+/// break is outside a quoted field exactly when the quotes before it are even in number. One pass from the
+/// start, a block at a time.
+fn end_of_complete_records(mut input: impl Read) -> std::io::Result<Option<u64>> {
+    let mut block = vec![0u8; 64 * 1024];
+    let (mut offset, mut quoted, mut end) = (0u64, false, None);
+    loop {
+        let n = match input.read(&mut block) {
+            Ok(0) => return Ok(end),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for (i, &b) in block[..n].iter().enumerate() {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\n' if !quoted => end = Some(offset + i as u64 + 1),
+                _ => {}
+            }
+        }
+        offset += n as u64;
+    }
 }
 
 /// Reads a results file row by row as (line, outcome), checking its header.
@@ -377,15 +407,66 @@ fn read_rows(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Outcome, c
     }))
 }
 
+/// The input lines an earlier run finished with, each with the machine its row names: a line is done only
+/// for the same machine (a different list under the same name is not done). One fingerprint per line
+/// (8 bytes; 1,000,000 lines: 8 MB).
+#[derive(Default, Debug)]
+pub struct Finished(Vec<u64>);
+
+impl Finished {
+    pub fn insert(&mut self, line: u64, machine_id: &str) {
+        let slot = usize::try_from(line).unwrap_or(usize::MAX);
+        if slot >= self.0.len() {
+            self.0.resize(slot + 1, 0);
+        }
+        self.0[slot] = Finished::fingerprint(machine_id);
+    }
+
+    pub fn remove(&mut self, line: u64) {
+        if let Some(slot) = usize::try_from(line).ok().and_then(|l| self.0.get_mut(l)) {
+            *slot = 0;
+        }
+    }
+
+    /// Whether `line` is done, and for `machine_id` (compared ignoring case and surrounding spaces).
+    pub fn contains(&self, line: u64, machine_id: &str) -> bool {
+        self.fingerprint_of(line) == Some(Finished::fingerprint(machine_id))
+    }
+
+    /// Whether `line` is done, whatever its machine.
+    pub fn has_line(&self, line: u64) -> bool {
+        self.fingerprint_of(line).is_some()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.iter().filter(|&&f| f != 0).count() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fingerprint_of(&self, line: u64) -> Option<u64> {
+        usize::try_from(line).ok().and_then(|l| self.0.get(l)).copied().filter(|&f| f != 0)
+    }
+
+    /// A hash of the id as a resume compares it; never 0 (an empty slot).
+    fn fingerprint(machine_id: &str) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        machine_id.trim().to_ascii_lowercase().hash(&mut hasher);
+        hasher.finish().max(1)
+    }
+}
+
 /// The input lines an earlier run finished with (their last row is final), and how many of those rows
 /// are machines (not `invalid_id` or `duplicate` rows).
-pub fn final_lines(path: &Path) -> Result<(LineSet, u64)> {
-    let mut done = LineSet::default();
+pub fn final_lines(path: &Path) -> Result<(Finished, u64)> {
+    let mut done = Finished::default();
     let mut machines = LineSet::default();
     for row in read_rows(path)? {
-        let (line, outcome, _) = row?;
+        let (line, outcome, record) = row?;
         if outcome.is_final() {
-            done.insert(line);
+            done.insert(line, record.get(1).unwrap_or(""));
         } else {
             done.remove(line);
         }
@@ -396,6 +477,45 @@ pub fn final_lines(path: &Path) -> Result<(LineSet, u64)> {
         }
     }
     Ok((done, machines.len()))
+}
+
+/// Error codes of `failed` rows whose machine may have been offboarded all the same: a 2xx answer that did
+/// not show the action, and a lookup of an earlier call that could not be made.
+pub const IN_DOUBT_CODES: [&str; 2] = ["UnconfirmedAnswer", "InDoubt"];
+
+/// Codes of failures that, with no request made (`attempts` 0), certainly sent nothing.
+const NEVER_SENT_CODES: [&str; 2] = ["Interrupted", "SignInFailed"];
+
+/// Whether a `failed` row's call may have reached the service and created an action: an in-doubt code, a
+/// 5xx or 408 (the service may have acted before failing), or no answer at all (a timeout, a lost
+/// connection, a machine given up while its call was in flight) unless no request was made. Such a machine
+/// is looked up before it is called again.
+pub fn may_have_gone_through(outcome: Outcome, http_status: Option<u16>, attempts: u32, error_code: &str) -> bool {
+    let never_sent = attempts == 0 && NEVER_SENT_CODES.contains(&error_code);
+    outcome == Outcome::Failed
+        && (IN_DOUBT_CODES.contains(&error_code)
+            || match http_status {
+                Some(status) => status >= 500 || status == 408,
+                None => !never_sent,
+            })
+}
+
+/// The lines whose last row is a failure that [`may_have_gone_through`]: their journal intents must outlive
+/// the run, so that `--resume` looks them up.
+pub fn in_doubt_lines(path: &Path) -> Result<LineSet> {
+    let mut doubt = LineSet::default();
+    for row in read_rows(path)? {
+        let (line, outcome, record) = row?;
+        let field = |i: usize| record.get(i).unwrap_or("").trim();
+        let status = field(5).parse::<u16>().ok();
+        let attempts = field(6).parse::<u32>().unwrap_or(0);
+        if may_have_gone_through(outcome, status, attempts, field(7)) {
+            doubt.insert(line);
+        } else {
+            doubt.remove(line);
+        }
+    }
+    Ok(doubt)
 }
 
 /// Counts the outcomes of a results file where each line's last row counts; with `compact`, rewrites the
@@ -488,7 +608,7 @@ mod tests {
 
         let (done, machines) = final_lines(&path).unwrap();
         assert_eq!(machines, 1);
-        assert!(done.contains(3) && !done.contains(2) && !done.contains(4) && !done.contains(5));
+        assert!(done.contains(3, "b") && !done.has_line(2) && !done.has_line(4) && !done.has_line(5));
 
         // A resume retries line 2 (now submitted) and adds line 5.
         let mut w = ResultsWriter::append(&path).unwrap();
@@ -502,6 +622,95 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
         assert_eq!(lines, ["3", "4", "2", "5"]);
+    }
+
+    #[test]
+    fn a_row_torn_inside_a_quoted_field_is_cut_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        w.write(&ResultRow::new(2, "a", Outcome::Submitted)).unwrap();
+        w.finish().unwrap();
+        // A complete row with a line break in a quoted cell, then a row torn after a line break inside its
+        // quoted error message (as an older version wrote them).
+        let whole = "3,\"x\ny\",invalid_id,,,,0,,,,,,,,\n";
+        let torn = "4,c,failed,,,502,1,HTTP502,\"<html>\n<body>Bad gateway";
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text += whole;
+        text += torn;
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(cut_torn_row(&path).unwrap(), torn.len() as u64);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with(whole));
+
+        let mut w = ResultsWriter::append(&path).unwrap();
+        w.write(&ResultRow::new(4, "c", Outcome::Submitted)).unwrap();
+        w.finish().unwrap();
+        let counts = tally(&path, true).unwrap();
+        assert_eq!((counts[&Outcome::Submitted], counts[&Outcome::InvalidId]), (2, 1));
+
+        std::fs::write(&path, "line,machine_id").unwrap();
+        assert!(cut_torn_row(&path).unwrap_err().to_string().contains("no complete line"));
+    }
+
+    #[test]
+    fn error_messages_are_written_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        let mut row = ResultRow::new(2, "a", Outcome::Failed);
+        row.error_message = Some("<html>\r\n<body>Bad gateway</body>\n</html>".into());
+        w.write(&row).unwrap();
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("<html>  <body>Bad gateway</body> </html>"), "{text}");
+    }
+
+    #[test]
+    fn a_line_is_done_only_for_the_same_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        w.write(&ResultRow::new(2, "aa", Outcome::Submitted)).unwrap();
+        w.write(&ResultRow::new(3, "bb", Outcome::Failed)).unwrap();
+        w.write(&ResultRow::new(4, " Not An Id ", Outcome::InvalidId)).unwrap();
+        w.finish().unwrap();
+        let (done, machines) = final_lines(&path).unwrap();
+        assert_eq!((done.len(), machines), (2, 1));
+        assert!(done.contains(2, "aa") && done.contains(2, "AA ") && !done.contains(2, "cc"));
+        assert!(!done.contains(3, "bb") && !done.has_line(3));
+        assert!(done.contains(4, "not an id") && !done.contains(5, "aa"));
+    }
+
+    #[test]
+    fn failures_that_may_have_gone_through_are_in_doubt() {
+        use Outcome::*;
+        assert!(may_have_gone_through(Failed, None, 1, "Timeout"));
+        assert!(may_have_gone_through(Failed, Some(503), 3, "ServiceUnavailable"));
+        assert!(may_have_gone_through(Failed, Some(200), 1, "UnconfirmedAnswer"));
+        assert!(may_have_gone_through(Failed, Some(403), 1, "InDoubt"));
+        assert!(!may_have_gone_through(Failed, None, 0, "Interrupted"), "never sent");
+        assert!(may_have_gone_through(Failed, None, 2, "Interrupted"), "sent before the interrupt");
+        assert!(may_have_gone_through(Failed, None, 0, "GivenUp"), "in flight when given up");
+        assert!(!may_have_gone_through(Failed, Some(400), 1, "InvalidRequestBody"));
+        assert!(!may_have_gone_through(Failed, Some(429), 5, "TooManyRequests"));
+        assert!(!may_have_gone_through(Submitted, Some(201), 1, ""));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        let failed = |line, status, code: &str| {
+            let mut row = ResultRow::new(line, "a", Failed);
+            (row.http_status, row.attempts, row.error_code) = (status, 1, Some(code.to_string()));
+            row
+        };
+        w.write(&failed(2, Some(503), "ServiceUnavailable")).unwrap();
+        w.write(&failed(3, Some(400), "BadRequest")).unwrap();
+        w.write(&failed(4, None, "Timeout")).unwrap();
+        w.write(&ResultRow::new(4, "a", Submitted)).unwrap();
+        w.finish().unwrap();
+        let doubt = in_doubt_lines(&path).unwrap();
+        assert!(doubt.contains(2) && !doubt.contains(3) && !doubt.contains(4));
     }
 
     #[test]

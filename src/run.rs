@@ -28,7 +28,7 @@ use crate::limiter::{self, Limiter};
 use crate::lock::{self, ResultsLock, RunLock};
 use crate::preflight::{self, Screened};
 use crate::progress::Progress;
-use crate::results::{self, LineSet, Outcome, ResultRow, ResultsWriter};
+use crate::results::{self, Finished, Outcome, ResultRow, ResultsWriter};
 use crate::settings::{Settings, SettingsArgs};
 
 /// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
@@ -235,6 +235,15 @@ pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
     template.replace("{run_id}", run_id).replace("{date}", &date)
 }
 
+/// The comment a run sends, in every session: the one resolved when it began. A journal from before that
+/// was kept: filled with the date the run began, which its first session used.
+fn comment_of(identity: &RunIdentity) -> String {
+    identity.resolved_comment.clone().unwrap_or_else(|| {
+        let began = humantime::parse_rfc3339_weak(&identity.started_at).unwrap_or_else(|_| SystemTime::now());
+        expand_comment(&identity.comment, &identity.run_id, began)
+    })
+}
+
 /// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`). Also returns
 /// the run's sign-in, for whatever follows on the same quota (`--wait`).
 pub async fn command(
@@ -372,9 +381,11 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         input: job.scan.source.display(),
         input_rows: job.scan.rows,
         input_valid: job.scan.valid,
+        input_sha256: Some(job.scan.sha256.clone()),
         tenant_id: credentials.tenant_id.clone(),
         client_id: credentials.client_id.clone(),
         comment: job.comment_template.clone(),
+        resolved_comment: Some(expand_comment(&job.comment_template, &job.run_id, started_at)),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
     };
 
@@ -385,7 +396,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     if let Some(earlier) = &resume {
         identity = earlier.identity.clone();
     }
-    let comment = expand_comment(&identity.comment, &identity.run_id, started_at);
+    let comment = comment_of(&identity);
 
     let (http, tokens) = (job.tokens.http(), job.tokens.clone());
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
@@ -393,6 +404,9 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let round_trip = started.elapsed();
     // And the permissions, before any API call.
     preflight::check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
+    if let Some(earlier) = &resume {
+        check_lookup_permission(&token.roles, earlier.in_doubt.len())?;
+    }
 
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
@@ -431,7 +445,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     };
     let (done, in_doubt) = match resume {
         Some(r) => (r.done, r.in_doubt),
-        None => (LineSet::default(), HashMap::new()),
+        None => (Finished::default(), HashMap::new()),
     };
     let progress = Progress::new(job.scan.rows, job.progress);
     let status = progress.is_shown().then(|| {
@@ -497,7 +511,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
                 break;
             }
         };
-        if done.contains(screened.line()) {
+        if done.contains(screened.line(), machine_of(&screened)) {
             continue;
         }
         let (row, facts) = match screened {
@@ -547,7 +561,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             stop = Some(writer_gone());
             break;
         }
-        let earlier_intent = in_doubt.get(&row.line).map(|(_, at)| *at);
+        let earlier_intent = in_doubt.get(&row.line).and_then(|intents| journal::earliest(intents, &machine));
         // The intent is on record before the first call, so a crash can never leave an unknown call behind.
         if let Err(e) = journal.intent(row.line, &machine) {
             stop = Some(e);
@@ -668,7 +682,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         // so it ends with exactly one row per input row.
         let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts.clone() };
         if complete {
-            journal.complete(&identity)?;
+            journal.complete(&identity, &job.output)?;
         }
         Ok::<_, Error>(counts)
     })();
@@ -735,12 +749,13 @@ fn log_row(row: &ResultRow) {
 /// What a resume starts from.
 struct Earlier {
     identity: RunIdentity,
-    /// Input lines already finished.
-    done: LineSet,
+    /// Input lines already finished, each for its machine.
+    done: Finished,
     /// How many of those are machines (not invalid or duplicate rows).
     finished_machines: u64,
-    /// Lines whose machine may have been called without its answer being recorded: line -> (id, unix ms).
-    in_doubt: HashMap<u64, (String, u64)>,
+    /// Lines whose machine may have been called without its answer being recorded, or whose row says the
+    /// call may have gone through: every intent on record for them.
+    in_doubt: HashMap<u64, Vec<journal::Intent>>,
 }
 
 fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Earlier> {
@@ -757,15 +772,60 @@ fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Ear
         tracing::warn!("cut a torn last row ({cut} bytes) from {}", job.output.display());
     }
     let (done, finished_machines) = results::final_lines(&job.output)?;
-    let earlier = journal::read(journal_path, |line| !done.contains(line))?;
+    let mut earlier = journal::read(journal_path, |line, machine| !done.contains(line, machine))?;
     if let Some(why) = now.mismatch(&earlier.identity) {
         return Err(refuse(why));
+    }
+    let identity = &mut earlier.identity;
+    if identity.input_sha256.is_none() {
+        tracing::warn!(
+            "the journal does not say what the input held (an older version wrote it): a row counts as done \
+             only where the input still lists its machine on its line"
+        );
+    }
+    // A journal from an older version is completed with what this session knows.
+    identity.input_sha256 = identity.input_sha256.take().or_else(|| now.input_sha256.clone());
+    identity.resolved_comment = Some(comment_of(identity));
+    if !earlier.intents.is_empty() {
+        tracing::info!(
+            machines = earlier.intents.len(),
+            "machines whose earlier call may have gone through are looked up before any new call"
+        );
     }
     Ok(Earlier { identity: earlier.identity, done, finished_machines, in_doubt: earlier.intents })
 }
 
+/// The machine a row is about, as its results row names it: what a finished line is compared with.
+fn machine_of(screened: &Screened) -> &str {
+    match screened {
+        Screened::Row(row) => &row.machine_id,
+        Screened::Pass(row, _) => match &row.kind {
+            RowKind::Valid(id) | RowKind::Name(id) => id,
+            RowKind::Invalid | RowKind::Duplicate => &row.raw,
+        },
+    }
+}
+
+/// Looking up machines in doubt reads the machine actions: without a read role the resume could only call
+/// them blindly (or never), so it stops before any API call.
+fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
+    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
+    if in_doubt == 0 || preflight::READ_ROLES.iter().any(|r| has(r)) {
+        return Ok(());
+    }
+    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
+    Err(Error::Permission(format!(
+        "{in_doubt} machine(s) may have been offboarded by an earlier call whose answer was lost; the resume looks \
+         them up among the machine actions before calling them again, which needs the application permission {} \
+         or {}, and the token carries {granted}. Grant one, then run --resume again; nothing was called",
+        preflight::READ_ROLES[0],
+        preflight::READ_ROLES[1]
+    )))
+}
+
 /// A machine whose earlier call may have gone through: look for the action it would have created before
-/// calling again, so no machine is offboarded twice.
+/// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
+/// row is `failed` with `InDoubt`, and the next `--resume` looks again.
 async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
     let filter = format!("machineId eq '{machine_id}' and type eq 'Offboard'");
     let (attempts, lookup) = api
@@ -774,37 +834,38 @@ async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment:
         })
         .await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    match lookup {
-        Ok(actions) => {
-            let created = |a: &MachineAction| {
-                a.creation_date_time_utc.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-            };
-            let ours = actions
-                .iter()
-                .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
-                .max_by_key(|a| created(a));
-            let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
-            if let Some(action) = ours.or(open) {
-                let mut row = ResultRow::new(
-                    line,
-                    machine_id,
-                    if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending },
-                );
-                row.attempts = attempts;
-                row.http_status = Some(200);
-                row.error_message =
-                    Some("found the action of a call made before the interruption; not sent again".into());
-                fill_action(&mut row, action.clone());
-                return row;
-            }
-        }
+    let actions = match lookup {
+        Ok(actions) => actions,
         Err(failure) => {
-            tracing::warn!(
-                machine = %machine_id,
-                code = %failure.code,
-                "cannot check whether an interrupted call went through; calling again (the service refuses a second open offboard)"
-            );
+            tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
+            let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
+            row.attempts = attempts;
+            row.http_status = failure.status;
+            row.error_code = Some("InDoubt".into());
+            row.error_message = Some(format!(
+                "an earlier call may have offboarded this machine, and looking it up failed ({}: {}); it was not \
+                 called again, and --resume looks again",
+                failure.code, failure.message
+            ));
+            return row;
         }
+    };
+    let created =
+        |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let ours = actions
+        .iter()
+        .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
+        .max_by_key(|a| created(a));
+    let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
+    if let Some(action) = ours.or(open) {
+        let mut row =
+            ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
+        row.attempts = attempts;
+        row.http_status = Some(200);
+        row.error_message =
+            Some("found the action of an earlier call whose answer was not recorded; not sent again".into());
+        fill_action(&mut row, action.clone());
+        return row;
     }
     let mut row = offboard_one(api, line, machine_id, comment).await;
     row.attempts += attempts;

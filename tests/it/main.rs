@@ -8,6 +8,7 @@ mod identity;
 mod preflight;
 mod promises;
 mod real_time;
+mod resume_safety;
 mod run;
 mod secrets;
 mod settings;
