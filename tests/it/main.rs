@@ -4,6 +4,7 @@ mod bad_inputs;
 mod common;
 mod faults;
 mod identity;
+mod incomplete_reads;
 mod preflight;
 mod run;
 mod secrets;
