@@ -228,7 +228,7 @@ pub(crate) struct ListQuery {
 impl ListQuery {
     /// The query as the service reads it: with the `ignore_skip` fault, `$skip` is dropped and every page is
     /// the list's first.
-    pub(crate) fn as_served(mut self, faults: &Faults) -> ListQuery {
+    pub(crate) fn served(mut self, faults: &Faults) -> ListQuery {
         if faults.ignore_skip {
             self.skip = 0;
         }
@@ -325,8 +325,8 @@ mod tests {
         assert_eq!(list_query(Some("$filter=id eq"), MACHINE_FIELDS).unwrap_err().0, "ODataError");
         let q = list_query(Some("$top=5&$skip=20"), MACHINE_FIELDS).unwrap();
         let ignoring = Faults { ignore_skip: true, ..Faults::default() };
-        assert_eq!(q.as_served(&ignoring).skip, 0, "the fault drops $skip");
+        assert_eq!(q.served(&ignoring).skip, 0, "the fault drops $skip");
         let q = list_query(Some("$top=5&$skip=20"), MACHINE_FIELDS).unwrap();
-        assert_eq!(q.as_served(&Faults::default()).skip, 20);
+        assert_eq!(q.served(&Faults::default()).skip, 20);
     }
 }

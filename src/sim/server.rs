@@ -564,7 +564,7 @@ impl Shared {
             return outcome;
         }
         let q = match list_query(uri.query(), MACHINE_FIELDS) {
-            Ok(q) => q.as_served(self.faults.lock().expect("faults lock").faults()),
+            Ok(q) => q.served(self.faults.lock().expect("faults lock").faults()),
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         // An id or name clause narrows the search through the indexes; the rest is a scan in fleet order.
@@ -643,7 +643,7 @@ impl Shared {
             return outcome;
         }
         let q = match list_query(uri.query(), ACTION_FIELDS) {
-            Ok(q) => q.as_served(self.faults.lock().expect("faults lock").faults()),
+            Ok(q) => q.served(self.faults.lock().expect("faults lock").faults()),
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         let now = Instant::now();
