@@ -842,8 +842,8 @@ async fn pass(
         });
         let (_, page) = tokio::select! {
             biased;
-            _ = tokio::time::sleep_until(deadline) => break Some(Incomplete::WaitEnded),
             answer = read => answer,
+            _ = tokio::time::sleep_until(deadline) => break Some(Incomplete::WaitEnded),
         };
         let page = match page {
             Ok(page) => page,
