@@ -63,6 +63,14 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// Whether the answer carried the service's JSON error with a code (see [`http_failure`]), rather than a
+    /// page from something that is not the API.
+    pub fn is_service_error(&self) -> bool {
+        self.status.is_some_and(|status| self.code != format!("HTTP{status}"))
+    }
+}
+
 /// What one logical call ended in, and how many HTTP requests it took.
 #[derive(Debug)]
 pub struct CallResult {
@@ -274,7 +282,8 @@ impl Api {
     /// reads the body (in place: a page of 10,000 machines is megabytes). `@odata.nextLink` is not followed (it
     /// has been seen malformed and never ending; the caller pages with `$skip`). A 404 is an empty list
     /// (`{"value": []}`) once the usual second try also answers 404: the service has been seen answering an
-    /// empty list that way. The `u32` counts the HTTP calls.
+    /// empty list that way; but only the service's own JSON error: any other 404 (an HTML page from a wrong base
+    /// URL or a proxy) is a failure, the list was not read. The `u32` counts the HTTP calls.
     pub async fn list_page<R>(
         &self,
         path: &str,
@@ -296,7 +305,9 @@ impl Api {
         };
         let page = match answer {
             Ok(reply) => read(&reply.body).map_err(|e| unreadable(reply.status, e)),
-            Err(failure) if failure.status == Some(404) && failure.code != ANSWER_TOO_LARGE => {
+            Err(failure)
+                if failure.status == Some(404) && failure.code != ANSWER_TOO_LARGE && failure.is_service_error() =>
+            {
                 read(br#"{"value":[]}"#).map_err(|e| unreadable(404, e))
             }
             Err(failure) => Err(failure),

@@ -8,8 +8,11 @@
 //! `GET /api/machines/{id}` and that machine's offboard actions (filtered by `machineId`), 2 calls.
 //!
 //! Paging, as integrators report the service: `@odata.nextLink` is never followed, machines are de-duplicated
-//! by id, a 404 is an empty page (see [`Api::list_page`]), and a page that starts with the same machine as an
-//! earlier page means `$skip` was ignored: the reading stops there rather than loop.
+//! by id, a 404 carrying the service's JSON error is an empty page (see [`Api::list_page`]), and a page that
+//! starts with the same entry as an earlier page means `$skip` was ignored: the reading stops there rather than
+//! loop. Only a list read to its end may say a machine is not in it: a repeated page, the page cap, or a 404
+//! that is not the service's (an HTML page from a wrong base URL) fail the reads ([`LoadError::Incomplete`],
+//! [`LoadError::Read`]), so that the pre-flight never calls an unseen machine `not_found`.
 //!
 //! Memory stays flat in the size of the input and of the inventory: nothing is kept in memory per machine.
 //! A machine the input may ask about (its key passes the scan's [`Filter`]) has its facts (name, platform,
@@ -32,8 +35,9 @@ use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 pub const PAGE_SIZE: usize = 10_000;
 /// The open statuses of a machine action (Microsoft's documentation).
 pub const OPEN_STATUSES: [&str; 2] = ["Pending", "InProgress"];
-/// Pages read from one list at most (100 million entries): a guard against a service that never ends a list.
-const MAX_PAGES: usize = 10_000;
+/// Pages read from one list at most (100 million entries at `$top=10000`): a guard against a service that never
+/// ends a list.
+pub const MAX_PAGES: usize = 10_000;
 /// Candidates of an ambiguous name kept for its message.
 pub const AMBIGUOUS_LISTED: usize = 5;
 
@@ -219,15 +223,24 @@ pub struct ReadError {
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = self.failure.status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
-        write!(f, "cannot read {}: {status}{}: {}", self.what, self.failure.code, self.failure.message)
+        // On one line: the message may be a page of HTML.
+        let message = self.failure.message.split_whitespace().collect::<Vec<_>>().join(" ");
+        write!(f, "cannot read {}: {status}{}: {message}", self.what, self.failure.code)?;
+        if self.failure.status == Some(404) && !self.failure.is_service_error() {
+            write!(f, " (a 404 that is not the API's JSON error: is the API base URL right?)")?;
+        }
+        Ok(())
     }
 }
 
-/// Why [`Inventory::load`] failed: a read, or the local disk.
+/// Why [`Inventory::load`] failed: a read, a list that could not be read to its end, or the local disk.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{0}")]
     Read(ReadError),
+    /// The list answered, but not to its end: what it did not show may exist.
+    #[error("cannot read {what} to its end: {why}; what it did not show may exist, so no machine is called not found")]
+    Incomplete { what: String, why: String },
     #[error("{}", crate::extsort::temp_message("use", error))]
     Disk {
         #[from]
@@ -311,7 +324,8 @@ impl Inventory {
                         found.push(id);
                     }
                 }
-                Err(failure) if failure.status == Some(404) => {}
+                // Not in the inventory, when the service says so; any other 404 is not an answer about the machine.
+                Err(failure) if failure.status == Some(404) && failure.is_service_error() => {}
                 Err(failure) => return Err(ReadError { what: format!("machine {text}"), failure }.into()),
             }
         }
@@ -329,6 +343,7 @@ impl Inventory {
 
     /// Every page of the inventory, keeping the machines the input may ask about.
     async fn read_pages(&mut self, api: &Api) -> Result<(), LoadError> {
+        const WHAT: &str = "the device inventory";
         let mut first_ids: Vec<String> = Vec::new();
         for page in 0..MAX_PAGES {
             let mut disk = None;
@@ -349,19 +364,17 @@ impl Inventory {
             if let Some(e) = disk {
                 return Err(e.into());
             }
-            let (len, first, repeated) =
-                answer.map_err(|failure| ReadError { what: "the device inventory".into(), failure })?;
+            let (len, first, repeated) = answer.map_err(|failure| ReadError { what: WHAT.into(), failure })?;
             if repeated {
-                tracing::warn!(page, "the inventory repeats an earlier page (was $skip ignored?): stopping there");
-                break;
+                return Err(repeated_page(WHAT, page));
             }
             first_ids.extend(first);
             tracing::debug!(page, len, "inventory page read");
             if len < PAGE_SIZE {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
+        Err(page_cap(WHAT))
     }
 
     /// The open offboard actions: one paged list per open status.
@@ -388,8 +401,7 @@ impl Inventory {
             let full = entries.len() >= PAGE_SIZE;
             if let Some(first) = entries.first() {
                 if first_ids.contains(&first.id) {
-                    tracing::warn!(page, "{what}: a page repeats an earlier one (was $skip ignored?): stopping there");
-                    break;
+                    return Err(repeated_page(what, page));
                 }
                 first_ids.push(first.id.clone());
             }
@@ -397,10 +409,10 @@ impl Inventory {
                 self.keep_action(action)?;
             }
             if !full {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
+        Err(page_cap(what))
     }
 
     /// Keeps an open offboard action, unless the input surely does not ask about its machine.
@@ -519,6 +531,23 @@ impl Inventory {
         }
         let decisions = Cursor::new(decisions.finish()?);
         Ok(Joined { decisions, store, tally, reads: self.reads, by_name: self.by_name })
+    }
+}
+
+/// Page `page` (from 0) of `what` starts as an earlier page did: the service ignored `$skip`, and the pages
+/// after it cannot be read.
+fn repeated_page(what: &str, page: usize) -> LoadError {
+    LoadError::Incomplete {
+        what: what.into(),
+        why: format!("page {} repeats an earlier page (the service ignored $skip)", page + 1),
+    }
+}
+
+/// `what` did not end within [`MAX_PAGES`] pages.
+fn page_cap(what: &str) -> LoadError {
+    LoadError::Incomplete {
+        what: what.into(),
+        why: format!("it did not end within {MAX_PAGES} pages of {PAGE_SIZE}; reading stopped there"),
     }
 }
 

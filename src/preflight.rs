@@ -5,7 +5,8 @@
 //! size of the input), through the run's one [`Api`] and so its one limiter. Then each input row is decided
 //! locally ([`Screen`]): `not_found` and `already_pending` rows cost no offboard call, and a dry run writes
 //! `would_submit` where a real run would call. Input by name is resolved here: a name that may mean several
-//! machines is `ambiguous` and never guessed.
+//! machines is `ambiguous` and never guessed. Only reads that saw every page decide `not_found`: reads that
+//! could not finish (a failed call, a repeated page, an HTML 404) stop the run before any offboard.
 //!
 //! Permissions come from the token's `roles` claim and are checked right after sign-in, before any API call:
 //! a refusal names the missing permission and what to do.

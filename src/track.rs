@@ -17,6 +17,12 @@
 //! action key (or machine) and the listed actions likewise, on disk beyond a few MiB ([`crate::extsort`]),
 //! merges them into updates sorted by row, and applies those while streaming the file into its replacement.
 //! Between passes only one bit per row is kept: the rows given up on.
+//!
+//! A pass that cannot read the whole list (a failed call, a page that repeats an earlier one because the
+//! service ignored `$skip`, the page cap, the end of the wait) applies what it did read, gives up on no row,
+//! and is tried again at the next pass. The summary never claims more than was read: when the last pass
+//! could not read everything, it says the statuses are as of the last read, and the exit code is 1 if
+//! nothing could be read at all (4 after a run, whose rows stand), 4 otherwise.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,7 +39,7 @@ use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
-use crate::inventory::{Id, id_text, parse_id};
+use crate::inventory::{Id, MAX_PAGES, id_text, parse_id};
 use crate::limiter::Limiter;
 use crate::lock::{self, RunLock};
 use crate::progress::Progress;
@@ -73,6 +79,7 @@ impl WaitArgs {
             interval: self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
             page_size: PAGE_MAX,
             once: false,
+            after_run: true,
         }
     }
 }
@@ -106,6 +113,7 @@ impl TrackArgs {
             interval: self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
             page_size: self.page_size,
             once: self.once,
+            after_run: false,
         }
     }
 }
@@ -120,6 +128,9 @@ pub struct TrackOptions {
     pub page_size: u64,
     /// One pass only.
     pub once: bool,
+    /// Tracking follows the run that wrote the file (`run --wait`): its offboards happened whatever
+    /// tracking can read.
+    pub after_run: bool,
 }
 
 /// What tracking found.
@@ -139,12 +150,20 @@ pub struct TrackSummary {
     pub interrupted: bool,
     /// The wait ended with actions still open.
     pub timed_out: bool,
+    /// Why the last pass could not read every action, if it could not: the statuses are as of the last read.
+    pub unread: Option<String>,
+    /// List pages read by every pass together: none means tracking learnt nothing.
+    pub pages_read: u64,
+    /// See [`TrackOptions::after_run`].
+    pub after_run: bool,
 }
 
 impl TrackSummary {
     pub fn exit_code(&self) -> u8 {
         if self.interrupted {
             exit_code::INTERRUPTED
+        } else if self.unread.is_some() {
+            if self.read_nothing() && !self.after_run { exit_code::CANNOT_RUN } else { exit_code::STOPPED }
         } else if self.rows_not_ok > 0 {
             exit_code::SOME_FAILED
         } else {
@@ -152,11 +171,27 @@ impl TrackSummary {
         }
     }
 
+    /// The last pass could not read every action, and no pass read anything.
+    fn read_nothing(&self) -> bool {
+        self.unread.is_some() && self.pages_read == 0
+    }
+
     pub fn open(&self) -> u64 {
         self.by_status.iter().filter(|(s, _)| !is_final(s) && s.as_str() != NO_ACTION).map(|(_, n)| n).sum()
     }
 
     pub fn render(&self) -> String {
+        let again = format!("mde-offboard track {}", self.results.display());
+        if let (true, Some(why)) = (self.read_nothing(), &self.unread) {
+            let rows =
+                if self.after_run { "the run's rows are as it wrote them" } else { "the results file is unchanged" };
+            return format!(
+                "Could not track {} actions: no pass could read them ({why}); {rows}. Run `{again}` to follow them.\n\
+                 Results: {}\n",
+                self.tracked,
+                self.results.display()
+            );
+        }
         let mut out = format!(
             "{} {} actions: {} {}, {} API calls, {}\n",
             if self.interrupted { "Interrupted while tracking" } else { "Tracked" },
@@ -178,11 +213,23 @@ impl TrackSummary {
             .map(|(s, n)| format!("{s} {n}"))
             .collect();
         if !open.is_empty() {
-            let when = if self.timed_out { "when the wait ended" } else { "now" };
+            let when = if self.unread.is_some() {
+                "as last read"
+            } else if self.timed_out {
+                "when the wait ended"
+            } else {
+                "now"
+            };
             out += &format!("  {:<16} {} ({}) {when}\n", "still open", self.open(), open.join(", "));
         }
         if let Some(n) = self.by_status.get(NO_ACTION) {
             out += &format!("  {NO_ACTION:<16} {n}\n");
+        }
+        if let Some(why) = &self.unread {
+            out += &format!(
+                "The last pass could not read every action ({why}): the statuses above are as of the last read. \
+                 Run `{again}` to go on.\n"
+            );
         }
         out += &format!("Rows not ok: {} of {}\n", self.rows_not_ok, self.rows);
         out += &format!("Results: {}\n", self.results.display());
@@ -537,8 +584,9 @@ impl ResultsFile {
     }
 
     /// Joins the open rows with the listed actions (merges of sorted streams) and rewrites the file with
-    /// what changed; returns the rows still open.
-    fn update(&mut self, open: OpenRows, listed: Listed, progress: &Progress) -> Result<u64> {
+    /// what changed; returns the rows still open. Only a `complete` listing gives up on a row: an action an
+    /// incomplete one did not show may exist.
+    fn update(&mut self, open: OpenRows, listed: Listed, complete: bool, progress: &Progress) -> Result<u64> {
         let disk = |e: std::io::Error| self.disk(&e);
         let store = listed.store.freeze().map_err(disk)?;
         let mut updates = Sorter::<Update>::default();
@@ -551,13 +599,14 @@ impl ResultsFile {
             }
         }
         // Rows without one: the machine's best action (the first of its machine's run), listed without a date
-        // filter; a row whose machine has none is given up on.
+        // filter; a row whose machine has none in a complete listing is given up on.
         let mut best = Cursor::new(listed.by_machine.finish().map_err(disk)?);
         let mut given_up = Vec::new();
         for row in open.by_machine.finish().map_err(disk)? {
             let row = row.map_err(disk)?;
             match best.find(&row.machine, |a| a.machine).map_err(disk)? {
                 Some(action) => updates.push(Update { row: row.row, at: action.at }).map_err(disk)?,
+                None if !complete => {}
                 None => {
                     tracing::warn!(
                         machine = %id_text(&row.machine),
@@ -659,7 +708,8 @@ pub async fn track_file(
     let api = Api::new(http, &settings.api_base, tokens, limiter, policy);
 
     let deadline = started + options.timeout;
-    let mut passes = 0;
+    let (mut passes, mut complete_passes, mut pages_read) = (0, 0, 0);
+    let mut unread: Option<String> = None;
     let mut interrupted = false;
     tokio::pin!(shutdown);
     loop {
@@ -667,16 +717,31 @@ pub async fn track_file(
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => { interrupted = true; break; }
-            result = pass(&api, &mut file, options.page_size, &progress) => result,
+            result = pass(&api, &mut file, options.page_size, deadline, &progress) => result,
         };
         passes += 1;
-        let still_open = match result {
-            Ok(still_open) => still_open,
+        let end = match result {
+            Ok(end) => end,
             Err(e) => {
                 progress.finish();
                 return Err(e);
             }
         };
+        pages_read += end.pages;
+        match end.incomplete {
+            None => {
+                complete_passes += 1;
+                unread = None;
+            }
+            // The wait ended during a pass: what an earlier complete pass read stands, as any timeout's.
+            Some(Incomplete::WaitEnded) if complete_passes > 0 => {}
+            Some(why) => {
+                let why = why.to_string();
+                tracing::warn!("a tracking pass could not read every action ({why}); the next pass tries again");
+                unread = Some(why);
+            }
+        }
+        let still_open = end.still_open;
         if options.once || still_open == 0 {
             break;
         }
@@ -697,16 +762,65 @@ pub async fn track_file(
     summary.duration = started.elapsed();
     summary.interrupted = interrupted;
     summary.timed_out = !interrupted && !options.once && summary.open() > 0;
+    summary.pages_read = pages_read;
+    summary.after_run = options.after_run;
+    if !interrupted && let Some(why) = unread {
+        tracing::error!("tracking could not read every action on its last pass ({why})");
+        summary.unread = Some(why);
+    }
     Ok(summary)
 }
 
-/// One pass: list the Offboard actions (all pages), update the rows, save if anything changed; returns the
-/// rows still open. A pass that cannot be completed for a passing reason is skipped with a warning; one the
-/// app is not allowed to make, or whose sign-in failed for good, ends tracking with an error.
-async fn pass(api: &Api, file: &mut ResultsFile, page_size: u64, progress: &Progress) -> Result<u64> {
+/// Why a pass did not read the whole list.
+#[derive(Debug)]
+enum Incomplete {
+    /// A call failed for a passing reason (a 5xx after its retries, a timeout, ...).
+    Failed(String),
+    /// A page started as an earlier one did: the service ignored `$skip`.
+    RepeatedPage(usize),
+    /// The list did not end within [`MAX_PAGES`] pages.
+    PageCap,
+    /// The wait ended during the pass.
+    WaitEnded,
+}
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incomplete::Failed(why) => write!(f, "{why}"),
+            Incomplete::RepeatedPage(page) => {
+                write!(f, "page {} repeats an earlier page: the service ignored $skip", page + 1)
+            }
+            Incomplete::PageCap => write!(f, "the list did not end within {MAX_PAGES} pages"),
+            Incomplete::WaitEnded => write!(f, "the wait ended before a pass could read every action"),
+        }
+    }
+}
+
+/// How a pass ended.
+struct PassEnd {
+    /// Tracked rows still open after it.
+    still_open: u64,
+    /// List pages it read.
+    pages: u64,
+    /// Why it did not read the whole list, if it did not.
+    incomplete: Option<Incomplete>,
+}
+
+/// One pass: list the Offboard actions (every page, up to `deadline`), update the rows, save if anything
+/// changed. A pass that cannot read the whole list for a passing reason applies what it read and says why
+/// (see [`Incomplete`]); one the app is not allowed to make, or whose sign-in failed for good, ends tracking
+/// with an error.
+async fn pass(
+    api: &Api,
+    file: &mut ResultsFile,
+    page_size: u64,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<PassEnd> {
     let open = file.open_rows()?;
     if open.count == 0 {
-        return Ok(0);
+        return Ok(PassEnd { still_open: 0, pages: 0, incomplete: None });
     }
     let mut filter = String::from("type eq 'Offboard'");
     if let Some(since) = open.since {
@@ -716,12 +830,21 @@ async fn pass(api: &Api, file: &mut ResultsFile, page_size: u64, progress: &Prog
     let mut listed = Listed::new().map_err(disk)?;
     let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
     let mut skip = 0usize;
-    loop {
-        let (_, page) = api
-            .list_page("/api/machineactions", Some(&filter), page_size, skip, |body| {
-                serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-            })
-            .await;
+    let mut pages = 0u64;
+    // The first action id of each page read: a page that starts the same way means `$skip` was ignored.
+    let mut firsts: Vec<String> = Vec::new();
+    let incomplete = loop {
+        if pages >= MAX_PAGES as u64 {
+            break Some(Incomplete::PageCap);
+        }
+        let read = api.list_page("/api/machineactions", Some(&filter), page_size, skip, |body| {
+            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
+        });
+        let (_, page) = tokio::select! {
+            biased;
+            answer = read => answer,
+            _ = tokio::time::sleep_until(deadline) => break Some(Incomplete::WaitEnded),
+        };
         let page = match page {
             Ok(page) => page,
             Err(f) => {
@@ -737,20 +860,29 @@ async fn pass(api: &Api, file: &mut ResultsFile, page_size: u64, progress: &Prog
                         f.message
                     )));
                 }
-                tracing::warn!(code = %f.code, "a tracking pass failed and is skipped: {}", f.message);
-                return Ok(open.count);
+                let status = f.status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
+                let message = f.message.split_whitespace().collect::<Vec<_>>().join(" ");
+                break Some(Incomplete::Failed(format!("listing the actions failed: {status}{}: {message}", f.code)));
             }
         };
+        if let Some(first) = page.first().and_then(|a| a.id.clone()) {
+            if firsts.contains(&first) {
+                break Some(Incomplete::RepeatedPage(pages as usize));
+            }
+            firsts.push(first);
+        }
+        pages += 1;
         for action in &page {
             listed.keep(action, open.unmatched).map_err(disk)?;
         }
         if page.len() < page_size {
-            break;
+            break None;
         }
         skip += page_size;
-    }
-
-    file.update(open, listed, progress)
+    };
+    // Nothing read: nothing to apply (and no row to give up on).
+    let still_open = if pages == 0 { open.count } else { file.update(open, listed, incomplete.is_none(), progress)? };
+    Ok(PassEnd { still_open, pages, incomplete })
 }
 
 #[cfg(test)]
@@ -808,7 +940,7 @@ mod tests {
                 action("C1", "cc00000000000000000000000000000000000000", "Pending", "2026-01-01T00:00:00Z"),
             ],
         );
-        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 1, "B7 is still open");
+        assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 1, "B7 is still open");
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert!(text.starts_with(HEADER), "{text}");
         assert!(
@@ -833,7 +965,7 @@ mod tests {
         assert_eq!(open.since, parse_rfc3339("2025-12-31T00:00:00Z"));
         let modified = std::fs::metadata(&file.path).unwrap().modified().unwrap();
         let listed = listing(&open, &[action("B7", BB, "InProgress", "2025-12-31T00:00:00Z")]);
-        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 1);
+        assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 1);
         assert_eq!(std::fs::metadata(&file.path).unwrap().modified().unwrap(), modified, "not rewritten");
     }
 
@@ -843,7 +975,7 @@ mod tests {
         let open = file.open_rows().unwrap();
         assert_eq!(open.count, 1, "a row with neither id is set aside at once");
         let listed = listing(&open, &[action("B7", BB, "Pending", "2025-12-31T00:00:00Z")]);
-        assert_eq!(file.update(open, listed, &Progress::new(2, false)).unwrap(), 0);
+        assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 0);
         let s = file.summary().unwrap();
         assert_eq!(s.by_status.get(NO_ACTION), Some(&2));
         assert_eq!(file.open_rows().unwrap().count, 0);
@@ -865,12 +997,41 @@ mod tests {
         let (_dir, mut file) = results(&rows);
         let open = file.open_rows().unwrap();
         let listed = listing(&open, &actions);
-        assert_eq!(file.update(open, listed, &Progress::new(N, false)).unwrap(), N.div_ceil(3));
+        assert_eq!(file.update(open, listed, true, &Progress::new(N, false)).unwrap(), N.div_ceil(3));
         let s = file.summary().unwrap();
         assert_eq!(s.by_status.get("Succeeded"), Some(&(N - N.div_ceil(3))));
         let text = std::fs::read_to_string(&file.path).unwrap();
         assert!(text.contains(&format!("8,{:040x},submitted,ACT-6,Pending,", 6)), "not listed: unchanged");
         assert!(text.contains(&format!("9,{:040x},submitted,act-7,Succeeded", 7)), "ids take the service's spelling");
+    }
+
+    #[test]
+    fn a_last_pass_that_could_not_read_never_claims_a_state() {
+        let unread = |pages_read, after_run| TrackSummary {
+            tracked: 2,
+            by_status: BTreeMap::from([("Pending".to_string(), 2)]),
+            rows: 2,
+            rows_not_ok: 2,
+            timed_out: true,
+            unread: Some("listing the actions failed: HTTP 503".into()),
+            pages_read,
+            after_run,
+            ..TrackSummary::default()
+        };
+        // Nothing read: no statuses shown; tracking alone could not run, after a run the rows stand.
+        let nothing = unread(0, false);
+        assert_eq!(nothing.exit_code(), exit_code::CANNOT_RUN);
+        let text = nothing.render();
+        assert!(text.contains("no pass could read them") && !text.contains("Pending"), "{text}");
+        assert_eq!(unread(0, true).exit_code(), exit_code::STOPPED);
+        // An earlier pass read: the statuses are as of that read, and tracking stopped part way.
+        let earlier = unread(3, false);
+        assert_eq!(earlier.exit_code(), exit_code::STOPPED);
+        let text = earlier.render();
+        assert!(text.contains("(Pending 2) as last read") && text.contains("HTTP 503"), "{text}");
+        let read = TrackSummary { unread: None, ..unread(3, false) };
+        assert_eq!(read.exit_code(), exit_code::SOME_FAILED);
+        assert!(read.render().contains("when the wait ended"));
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub struct SimulateArgs {
     /// Delay of the slow answers (real time); past the client's --timeout, they time out.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub fault_slow_latency: Duration,
+    /// List routes ignore $skip: every page is the first.
+    #[arg(long)]
+    pub fault_ignore_skip: bool,
+    /// Routes the API does not have answer an HTML 404 page (as a wrong API base URL would).
+    #[arg(long)]
+    pub fault_html_404: bool,
     /// Answer sign-in with "secret expired" (AADSTS7000222).
     #[arg(long)]
     pub secret_expired: bool,
@@ -184,6 +190,8 @@ impl SimulateArgs {
                 latency: self.latency.unwrap_or_default(),
                 slow_share: self.fault_slow,
                 slow_latency: self.fault_slow_latency,
+                ignore_skip: self.fault_ignore_skip,
+                html_not_found: self.fault_html_404,
             },
             secret_expired: self.secret_expired,
             certificate,

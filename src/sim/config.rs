@@ -172,6 +172,11 @@ pub struct Faults {
     pub slow_share: f64,
     /// The delay of a slow answer, real time: set it past the client's timeout to test timeouts.
     pub slow_latency: Duration,
+    /// List routes ignore `$skip`: every page is the list's first (services have been seen doing so).
+    pub ignore_skip: bool,
+    /// Routes the API does not have answer 404 with an HTML page, as a web server that is not the API does
+    /// (an API base URL with a wrong path), instead of the API's JSON error.
+    pub html_not_found: bool,
 }
 
 impl Faults {

@@ -42,6 +42,11 @@ impl FaultState {
         self.faults = faults;
     }
 
+    /// The faults in force.
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// The delay of the next answer, and whether it is a slow one (`Faults::slow_share`, drawn from the seed
     /// and the count of answers so far).
     pub(crate) fn next_latency(&mut self) -> (Duration, bool) {

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use super::clock::parse_rfc3339;
+use super::config::Faults;
 
 /// The most `$top` the API allows (Microsoft's documentation).
 pub(crate) const MAX_TOP: usize = 10_000;
@@ -224,6 +225,17 @@ pub(crate) struct ListQuery {
     pub(crate) skip: usize,
 }
 
+impl ListQuery {
+    /// The query as the service reads it: with the `ignore_skip` fault, `$skip` is dropped and every page is
+    /// the list's first.
+    pub(crate) fn served(mut self, faults: &Faults) -> ListQuery {
+        if faults.ignore_skip {
+            self.skip = 0;
+        }
+        self
+    }
+}
+
 /// Why a list request's options were refused: the API error code and message.
 pub(crate) type QueryError = (&'static str, String);
 
@@ -311,5 +323,10 @@ mod tests {
         assert_eq!(list_query(Some("$top=10001"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
         assert_eq!(list_query(Some("$skip=-1"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
         assert_eq!(list_query(Some("$filter=id eq"), MACHINE_FIELDS).unwrap_err().0, "ODataError");
+        let q = list_query(Some("$top=5&$skip=20"), MACHINE_FIELDS).unwrap();
+        let ignoring = Faults { ignore_skip: true, ..Faults::default() };
+        assert_eq!(q.served(&ignoring).skip, 0, "the fault drops $skip");
+        let q = list_query(Some("$top=5&$skip=20"), MACHINE_FIELDS).unwrap();
+        assert_eq!(q.served(&Faults::default()).skip, 20);
     }
 }

@@ -235,6 +235,11 @@ async fn stats(State(sim): Sim) -> Response {
 
 async fn unmatched(State(sim): Sim, uri: Uri) -> Response {
     sim.count(route::UNMATCHED, 404);
+    if sim.faults.lock().expect("faults lock").faults().html_not_found {
+        let page =
+            "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n";
+        return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    }
     api_error(StatusCode::NOT_FOUND, "NotFound", &format!("No route matches {}", uri.path()))
 }
 
@@ -594,7 +599,7 @@ impl Shared {
             return outcome;
         }
         let q = match list_query(uri.query(), MACHINE_FIELDS) {
-            Ok(q) => q,
+            Ok(q) => q.served(self.faults.lock().expect("faults lock").faults()),
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         // An id or name clause narrows the search through the indexes; the rest is a scan in fleet order.
@@ -676,7 +681,7 @@ impl Shared {
             return outcome;
         }
         let q = match list_query(uri.query(), ACTION_FIELDS) {
-            Ok(q) => q,
+            Ok(q) => q.served(self.faults.lock().expect("faults lock").faults()),
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         let now = Instant::now();

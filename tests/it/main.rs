@@ -5,6 +5,7 @@ mod bad_inputs;
 mod common;
 mod faults;
 mod identity;
+mod incomplete_reads;
 mod preflight;
 mod promises;
 mod real_time;
