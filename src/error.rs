@@ -41,6 +41,10 @@ pub enum Error {
     #[error("sign-in failed: {0}")]
     Auth(String),
 
+    /// The API refused every renewed token: signing in works, but its tokens are not ones the API takes.
+    #[error("{0}")]
+    TokenRefused(String),
+
     /// The token lacks an application permission the run needs; found before any API call.
     #[error("missing permission: {0}")]
     Permission(String),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::api::{self, Api, CallResult, ListPage, MachineAction, RetryPolicy};
-use crate::auth::TokenCache;
+use crate::auth::{AuthError, TokenCache};
 use crate::error::{Error, Result, exit_code};
 use crate::input::{self, RowKind, Scan, Source};
 use crate::journal::{self, Journal, RunIdentity};
@@ -600,7 +600,10 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         );
     }
     if let Some(e) = api.fatal() {
-        stop.get_or_insert_with(|| Error::Auth(e.to_string()));
+        stop.get_or_insert_with(|| match e {
+            AuthError::ApiRefusesToken { .. } => Error::TokenRefused(e.to_string()),
+            _ => Error::Auth(e.to_string()),
+        });
     }
     cancelled.store(true, Ordering::Relaxed);
     drop(item_rx);

@@ -41,7 +41,7 @@ use crate::error::{Error, Result, exit_code};
 use crate::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::inventory::{Id, MAX_PAGES, id_text, parse_id};
 use crate::limiter::Limiter;
-use crate::lock::{self, RunLock};
+use crate::lock::{self, ResultsLock, RunLock};
 use crate::progress::Progress;
 use crate::results::{LineSet, Outcome};
 use crate::settings::{Settings, SettingsArgs};
@@ -665,6 +665,8 @@ pub async fn track_file(
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
     let started = Instant::now();
+    // Tracking rewrites the file: never while another command writes it, whatever its state directory.
+    let _results_lock = ResultsLock::acquire(path)?;
     let mut file = ResultsFile::open(path)?;
     let (mut tracked, mut open, mut succeeded, mut ended_otherwise) = (0u64, 0u64, 0u64, 0u64);
     for row in file.rows()? {

@@ -185,8 +185,10 @@ async fn a_token_the_api_always_refuses_stops_the_run() {
     let stats = sim.stats();
     sim.shutdown().await;
     // The run stops (the run turns the Api's fatal state into its exit code: 4, stopped part way).
-    assert!(matches!(out.code, 1 | 4), "{}\n{}", out.code, out.stderr);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("refuses the token"), "{}", out.stderr);
+    assert!(out.stdout.contains("Stopped because: the API refuses the token"), "{}", out.stdout);
+    assert!(out.stdout.contains("--resume"), "{}", out.stdout);
     // The first machine renews the token once; a renewed token refused on 3 machines in a row stops the run:
     // 2 + 1 + 1 calls, 2 tokens, not 2 calls and a token for every machine.
     assert_eq!(offboard_calls(&stats), 4, "{:?}", stats.offboard_calls);

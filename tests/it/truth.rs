@@ -93,7 +93,7 @@ async fn a_results_file_changed_under_the_run_is_not_claimed() {
 /// its state directory (so whatever run lock it sees).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_command_on_the_same_results_file_is_refused() {
-    let (dir, sim, input) = setup(8, "4/1s").await;
+    let (dir, sim, input) = setup(16, "4/1s").await;
     let results = dir.path().join("m.results.csv");
     let child =
         command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes", "--rate", "4/1s"], &[]).spawn().unwrap();
@@ -109,11 +109,17 @@ async fn a_second_command_on_the_same_results_file_is_refused() {
     .spawn()
     .unwrap();
     let resume = wait(resume).await;
+    let track = command(&sim, dir.path(), &["track", results.to_str().unwrap(), "--once"], &[("MDE_STATE_DIR", state)])
+        .spawn()
+        .unwrap();
+    let track = wait(track).await;
     let first = wait(child).await;
     assert_eq!(first.code, 0, "{}", first.stderr);
-    assert_eq!(resume.code, 1, "{}", resume.stderr);
-    assert!(resume.stderr.contains("is writing"), "{}", resume.stderr);
-    assert_eq!(rows_in(&results), 8);
+    for (name, out) in [("resume", resume), ("track", track)] {
+        assert_eq!(out.code, 1, "{name}: {}", out.stderr);
+        assert!(out.stderr.contains("is writing"), "{name}: {}", out.stderr);
+    }
+    assert_eq!(rows_in(&results), 16);
 }
 
 /// Before: a failure after every row was written (here the journal cannot be closed) ended with exit 1,
