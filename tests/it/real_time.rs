@@ -72,8 +72,9 @@ async fn a_normal_end_waits_for_every_machine_the_quota_holds_back() {
     assert_eq!(sim.stats().count("POST /api/machines/{id}/offboard", "201"), 14);
 }
 
-/// Slow answers (3 s, past the 2 s call timeout) on a quarter of the calls, and 5xx retried after a long
-/// delay: every machine still gets its row, and the exit code reads the rows.
+/// The full pipeline (pre-flight included) with slow answers (3 s, past the 2 s call timeout) on a quarter
+/// of the calls, and 5xx retried after a long delay: every machine still gets its row, and the exit code
+/// reads the rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
     let faults =
@@ -85,7 +86,6 @@ async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
             "run",
             input.to_str().unwrap(),
             "--yes",
-            "--no-preflight",
             "--rate",
             "10/8s",
             "--timeout",
