@@ -86,13 +86,16 @@ pub fn main() -> u8 {
             return exit_code::CANNOT_RUN;
         }
     };
-    match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
+    let code = match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
         Ok(code) => code,
         Err(e) => {
             output::error(&e.to_string());
             e.exit_code()
         }
-    }
+    };
+    // Without waiting for a thread still blocked reading the terminal (a prompt a signal ended).
+    runtime.shutdown_background();
+    code
 }
 
 async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
@@ -166,25 +169,28 @@ async fn shutdown_signal() {
     tokio::spawn(async {
         signal().await;
         output::notice("interrupt", "interrupted again: exiting now");
+        run::before_exit_now();
         std::process::exit(i32::from(exit_code::INTERRUPTED));
     });
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
+/// Ctrl-C, or on Unix SIGTERM or SIGHUP (a closed terminal: the same as SIGTERM).
 async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let wait = |kind: SignalKind| async move {
+            match signal(kind) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = wait(SignalKind::terminate()) => {}
+            _ = wait(SignalKind::hangup()) => {}
         }
     }
     #[cfg(not(unix))]

@@ -110,6 +110,28 @@ pub struct Job {
     pub progress: bool,
     /// Dry run and pre-flight.
     pub preflight: preflight::Options,
+    /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
+    /// still write what was done so far.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// What a second signal still does before the process exits at once: write the summary JSON of the run
+/// so far (it is small and atomic). Set while a run with `--summary-json` is under way.
+static EXIT_NOW: Mutex<Option<Box<dyn FnOnce() + Send>>> = Mutex::new(None);
+
+/// Runs what must happen before the process exits at once (a second signal): writes the summary JSON of
+/// the run under way, if any.
+pub fn before_exit_now() {
+    let hook = EXIT_NOW.lock().ok().and_then(|mut hook| hook.take());
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
+fn set_exit_now(hook: Option<Box<dyn FnOnce() + Send>>) {
+    if let Ok(mut slot) = EXIT_NOW.lock() {
+        *slot = hook;
+    }
 }
 
 /// What a run did.
@@ -256,7 +278,10 @@ pub async fn command(
     let job = prepare(args, settings, limiter)?;
     let run_id = job.run_id.clone();
     let tokens = job.tokens.clone();
-    match execute(job, shutdown).await {
+    let result = execute(job, shutdown).await;
+    // From here on this function writes the summary JSON itself.
+    set_exit_now(None);
+    match result {
         Ok(mut summary) => {
             if let Some(path) = &summary_json
                 && let Err(e) = summary.write_json(path)
@@ -335,6 +360,7 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
         preflight: options,
+        summary_json: args.summary_json.clone(),
     })
 }
 
@@ -399,8 +425,13 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let comment = comment_of(&identity);
 
     let (http, tokens) = (job.tokens.http(), job.tokens.clone());
+    // Until the first offboard, a signal ends the run at once: nothing has been done.
+    tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
-    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let token = tokio::select! {
+        token = tokens.get() => token.map_err(|e| Error::Auth(e.to_string()))?,
+        _ = &mut shutdown => return Err(Error::Interrupted),
+    };
     let round_trip = started.elapsed();
     // And the permissions, before any API call.
     preflight::check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
@@ -411,7 +442,10 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
     let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
-    let mut screen = preflight::load(&job, &api).await?;
+    let mut screen = tokio::select! {
+        screen = preflight::load(&job, &api) => screen?,
+        _ = &mut shutdown => return Err(Error::Interrupted),
+    };
     if let Some(screen) = &screen {
         crate::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
     }
@@ -430,7 +464,13 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         );
         crate::output::notice("plan", &plan);
         if job.confirm {
-            confirm(to_offboard)?;
+            // Read off the runtime, so a signal at the prompt ends the run at once.
+            crate::output::prompt(&format!("Type {to_offboard} to offboard them, anything else to stop: "));
+            let answer = tokio::task::spawn_blocking(read_answer);
+            tokio::select! {
+                answer = answer => confirmed(to_offboard, answer.unwrap_or_else(|e| Err(Error::Usage(e.to_string()))))?,
+                _ = &mut shutdown => return Err(Error::Interrupted),
+            }
         }
     }
 
@@ -482,7 +522,29 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             }
         })
     };
-    let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone()));
+    let live: Arc<Mutex<BTreeMap<Outcome, u64>>> = Arc::default();
+    let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), live.clone()));
+    if let Some(path) = job.summary_json.clone() {
+        let (api, run_id, results) = (api.clone(), identity.run_id.clone(), job.output.clone());
+        set_exit_now(Some(Box::new(move || {
+            // This session's rows: what the writer has put in the file so far.
+            let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
+            let summary = Summary {
+                run_id,
+                rows: counts.values().sum(),
+                counts,
+                started_at,
+                duration: started.elapsed(),
+                calls: api.counters.calls.load(Ordering::Relaxed),
+                throttled: api.counters.throttled.load(Ordering::Relaxed),
+                results,
+                interrupted: true,
+                resumed,
+                stopped: None,
+            };
+            let _ = summary.write_json(&path);
+        })));
+    }
 
     let slots = Arc::new(Semaphore::new(job.settings.concurrency));
     let comment: Arc<str> = comment.into();
@@ -493,7 +555,6 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
-    tokio::pin!(shutdown);
     loop {
         let item = tokio::select! {
             biased;
@@ -700,19 +761,23 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     Ok(summary)
 }
 
-/// Asks on the terminal for the number of machines, typed back.
-fn confirm(machines: u64) -> Result<()> {
-    crate::output::prompt(&format!("Type {machines} to offboard them, anything else to stop: "));
+/// Whether the answer typed back is the number of machines.
+fn confirmed(machines: u64, answer: Result<String>) -> Result<()> {
+    if answer?.trim() == machines.to_string() {
+        Ok(())
+    } else {
+        Err(Error::Usage("not confirmed; nothing was done".into()))
+    }
+}
+
+/// Reads the answer to the confirmation (blocking: called off the runtime).
+fn read_answer() -> Result<String> {
     let mut answer = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut answer)
         .map_err(|e| Error::Usage(format!("cannot read the confirmation: {e}")))?;
-    if answer.trim() == machines.to_string() {
-        Ok(())
-    } else {
-        Err(Error::Usage("not confirmed; nothing was done".into()))
-    }
+    Ok(answer)
 }
 
 /// What the writer wrote, and why it stopped early if it did.
@@ -724,7 +789,12 @@ struct Written {
 
 /// The one owner of the results file: writes each row as it comes, until every sender is gone. A failed
 /// write ends it (the senders then find the channel closed and stop), keeping the counts of what it wrote.
-async fn write_rows(mut writer: ResultsWriter, mut rows: mpsc::Receiver<ResultRow>, progress: Progress) -> Written {
+async fn write_rows(
+    mut writer: ResultsWriter,
+    mut rows: mpsc::Receiver<ResultRow>,
+    progress: Progress,
+    live: Arc<Mutex<BTreeMap<Outcome, u64>>>,
+) -> Written {
     let mut counts = BTreeMap::new();
     let mut written = 0;
     while let Some(row) = rows.recv().await {
@@ -733,6 +803,9 @@ async fn write_rows(mut writer: ResultsWriter, mut rows: mpsc::Receiver<ResultRo
         }
         written += 1;
         *counts.entry(row.outcome).or_insert(0) += 1;
+        if let Ok(mut live) = live.lock() {
+            *live.entry(row.outcome).or_insert(0) += 1;
+        }
         progress.row_done(row.outcome.is_ok());
     }
     let error = writer.finish().err();

@@ -13,6 +13,7 @@ mod resume_safety;
 mod run;
 mod secrets;
 mod settings;
+mod signals;
 mod sim;
 mod track;
 mod truth;

@@ -1,0 +1,186 @@
+//! Signals and the text on stderr: a signal at the prompt or during the pre-flight ends the run at once
+//! with nothing done; SIGHUP is SIGTERM; a second signal exits at once but still writes the summary JSON;
+//! with `--log-format json` every line on stderr is JSON, and `-q` leaves only errors.
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use mde_offboard::sim::{Faults, Fleet, SimConfig, Simulator};
+
+use crate::common::{command, mde, write_file};
+
+const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
+
+async fn setup(n: usize, rate: &str, faults: Faults) -> (tempfile::TempDir, Simulator, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        fleet: Fleet::generate(n, 12),
+        quotas: vec![rate.parse().unwrap()],
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults,
+        ..SimConfig::default()
+    };
+    let mut text = String::from("MachineId\n");
+    for id in config.fleet.ids() {
+        text += &format!("{id}\n");
+    }
+    let sim = Simulator::start(config).await.unwrap();
+    let input = write_file(dir.path(), "m.csv", &text);
+    (dir, sim, input)
+}
+
+fn kill(child: &Child, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn wait(child: Child) -> (i32, String, String) {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rows_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
+}
+
+/// Before: Ctrl-C at the confirmation prompt was ignored until Enter (the answer was read with a blocking
+/// call on the runtime).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_at_the_prompt_ends_the_run_at_once() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
+    // A terminal for stdin and stderr, so the run asks.
+    let (mut master, mut slave) = (0, 0);
+    let opened =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(opened, 0, "openpty");
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--summary-json", "s.json"], &[]);
+    cmd.stdin(slave.try_clone().unwrap()).stderr(slave);
+    let child = cmd.spawn().unwrap();
+    // Read the terminal until the question shows.
+    let mut terminal = std::fs::File::from(master);
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&text).contains("to offboard them") {
+            match terminal.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+        }
+        (String::from_utf8_lossy(&text).into_owned(), terminal)
+    });
+    let (text, _terminal) = tokio::time::timeout(Duration::from_secs(60), seen).await.expect("the prompt").unwrap();
+    assert!(text.contains("Type 3 to offboard them"), "{text}");
+    kill(&child, "-INT");
+    let (code, _, _) = tokio::time::timeout(Duration::from_secs(30), wait(child)).await.expect("exits at once");
+    assert_eq!(code, 130);
+    assert_eq!(sim.stats().total(OFFBOARD), 0, "nothing was offboarded");
+    assert_eq!(summary(dir.path())["exit_code"], 130);
+}
+
+/// Ctrl-C during the pre-flight's reads stops them at once, not after the slow answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_the_pre_flight_stops_it_at_once() {
+    let faults = Faults { latency: Duration::from_secs(120), ..Faults::default() };
+    let (dir, sim, input) = setup(3, "100/1s", faults).await;
+    let args = ["run", input.to_str().unwrap(), "--yes", "--timeout", "300s", "--summary-json", "s.json"];
+    let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
+    // The sign-in is not slowed down; the first read is: wait for it to be under way.
+    wait_until("the sign-in", || sim.stats().tokens_issued >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(&child, "-INT");
+    let (code, _, stderr) =
+        tokio::time::timeout(Duration::from_secs(60), wait(child)).await.expect("stopped before the slow answer");
+    assert_eq!(code, 130, "{stderr}");
+    assert_eq!(sim.stats().total(OFFBOARD), 0);
+}
+
+/// Before: SIGHUP (a closed terminal) exited 129 with no drain, no message and no summary JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_treated_as_sigterm() {
+    let (dir, sim, input) = setup(40, "5/1s", Faults::default()).await;
+    let results = dir.path().join("m.results.csv");
+    let args = ["run", input.to_str().unwrap(), "--yes", "--rate", "5/1s", "--summary-json", "s.json"];
+    let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
+    wait_until("rows", || rows_in(&results) >= 3).await;
+    kill(&child, "-HUP");
+    let (code, stdout, stderr) = wait(child).await;
+    assert_eq!(code, 130, "{stdout}\n{stderr}");
+    assert!(stdout.contains("--resume"), "{stdout}");
+    let summary = summary(dir.path());
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["rows"].as_u64().unwrap() as usize, rows_in(&results));
+}
+
+/// Before: a second SIGTERM exited at once without the summary JSON that `--summary-json` promises "also
+/// when interrupted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_still_writes_the_summary() {
+    // Every answer takes 20 s, so the drain after the first signal would take that long.
+    let faults = Faults { latency: Duration::from_secs(20), ..Faults::default() };
+    let (dir, sim, input) = setup(10, "100/1s", faults).await;
+    let args =
+        ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--timeout", "60s", "--summary-json", "s.json"];
+    let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
+    wait_until("the first calls", || sim.stats().tokens_issued >= 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(&child, "-TERM");
+    let (code, _, stderr) = tokio::time::timeout(Duration::from_secs(15), wait(child)).await.expect("exits at once");
+    assert_eq!(code, 130, "{stderr}");
+    let summary = summary(dir.path());
+    assert_eq!(summary["exit_code"], 130);
+    assert_eq!(summary["interrupted"], true);
+}
+
+/// Before: with `--log-format json` the plan, the pre-flight line, the interrupt notice and the final
+/// `error:` line were plain text among the JSON; `-q` still printed the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_on_every_line_and_quiet_is_quiet() {
+    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
+    let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "-v", "--log-format", "json"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut kinds = Vec::new();
+    for line in out.stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", out.stderr));
+        if let Some(kind) = event["fields"]["kind"].as_str() {
+            kinds.push(kind.to_string());
+        }
+    }
+    assert!(kinds.contains(&"plan".to_string()) && kinds.contains(&"preflight".to_string()), "{kinds:?}");
+    // A fatal error is an event too.
+    let missing = dir.path().join("missing.csv");
+    let out = mde(&sim, &["run", missing.to_str().unwrap(), "--yes", "--log-format", "json"], "").await;
+    assert_eq!(out.code, 1);
+    let last: serde_json::Value = serde_json::from_str(out.stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{}", out.stderr);
+    // -q: only errors.
+    let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "--overwrite", "-q"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stderr, "", "-q printed more than errors");
+}
