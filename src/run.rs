@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
+    /// before the first API call.
+    #[arg(skip)]
+    pub wait: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -280,7 +284,7 @@ pub async fn command(
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
     let credentials = settings.credentials()?;
-    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight };
+    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A dry run sends no offboard, so it needs no comment.
     let comment_template =
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
@@ -295,6 +299,9 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
     });
     // A resume continues an existing file; either way the directory must take new files.
     results::check_writable(&output, args.overwrite || args.resume)?;
+    // And every other file it writes, before any network: found after the offboards, a file the run cannot
+    // write would leave it unable to say what it did.
+    preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
     let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
     if scan.by_name && !options.preflight {
         return Err(Error::Usage(format!(

@@ -17,3 +17,4 @@ mod sim;
 mod track;
 mod truth;
 mod unattended;
+mod up_front;
