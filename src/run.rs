@@ -837,15 +837,16 @@ fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
 /// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
 /// row is `failed` with `InDoubt`, and the next `--resume` looks again.
 async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
-    let filter = format!("machineId eq '{machine_id}' and type eq 'Offboard'");
+    let filter = format!("machineId eq '{machine_id}' and {}", api::OFFBOARD_TYPE_FILTER);
     let (attempts, lookup) = api
         .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
             serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
         })
         .await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    let actions = match lookup {
-        Ok(actions) => actions,
+    let actions: Vec<MachineAction> = match lookup {
+        // Either type is an offboard action; another type is not, whatever the service's filter let through.
+        Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
         Err(failure) => {
             tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
             let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
