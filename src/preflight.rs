@@ -117,15 +117,12 @@ pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> 
     Err(Error::Permission(message))
 }
 
-/// Refuses, before any network, a run that could not write what it will have to: the temporary files
-/// (the input's copy, the pre-flight's and tracking's sorting), the journal beside the results file (a real
-/// run; the results file itself is [`crate::results::check_writable`]'s), and the summary file. Found after
-/// the offboards, any of these would leave a run that did its work and could not say so.
+/// Refuses, before any network, a run that could not write what it will have to: the journal beside the
+/// results file (a real run; the results file itself is [`crate::results::check_writable`]'s) and the
+/// summary file. Found after the offboards, either would leave a run that did its work and could not say so.
+/// (The temporary directory, where the pre-flight and tracking sort, is proven by the input's copy, which the
+/// scan makes there before any network, naming the input when it cannot.)
 pub fn check_files(results: &Path, options: &Options, resume: bool, summary: Option<&Path>) -> Result<()> {
-    tempfile::tempfile().map(drop).map_err(|e| Error::Output {
-        path: std::env::temp_dir(),
-        message: crate::extsort::temp_message("create", &e),
-    })?;
     if !options.dry_run {
         let continues = resume && results.exists();
         let journal = crate::journal::path_for(results);

@@ -101,7 +101,7 @@ async fn an_unusable_journal_or_temporary_directory_is_refused_before_any_call()
     nothing_called(&sim, &out);
     std::fs::remove_dir(&journal).unwrap();
 
-    // A temporary directory that does not exist: the pre-flight and tracking would need it.
+    // A temporary directory that does not exist: the input's copy, the pre-flight and tracking need it.
     let tmp = dir.path().join("no-such-tmp");
     let out = run(&sim, dir.path(), &fleet, &["--wait"], &[("TMPDIR", tmp.to_str().unwrap())]).await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
