@@ -142,7 +142,20 @@ impl MachineAction {
     pub fn updated_at(&self) -> Option<&String> {
         self.last_update_date_time_utc.as_ref().or(self.last_update_time_utc.as_ref())
     }
+
+    /// Whether this is an offboard action: of either type in [`OFFBOARD_TYPES`], or of no stated type (the
+    /// list it came from was filtered by [`OFFBOARD_TYPE_FILTER`]).
+    pub fn is_offboard(&self) -> bool {
+        self.kind.as_deref().is_none_or(|kind| OFFBOARD_TYPES.iter().any(|t| t.eq_ignore_ascii_case(kind.trim())))
+    }
 }
+
+/// The types an offboard action is given: `Offboard` by today's service, `OffboardMachine` in the 2019
+/// documentation's example answer. Every reader of actions treats both as offboard actions.
+pub const OFFBOARD_TYPES: [&str; 2] = ["Offboard", "OffboardMachine"];
+/// The `$filter` clause that selects offboard actions of either type, for every list of actions: a service
+/// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
+pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";
 
 /// A page of an OData collection: only `value` is used, and it must be there (a 2xx without it, such as
 /// `{"error": ...}`, is not a page).

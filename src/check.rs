@@ -2,8 +2,10 @@
 //! compares the token's roles with what each kind of run needs, makes one cheap read call, and says in plain
 //! words what is wrong. It changes nothing in the tenant.
 //!
-//! Exit 0 when a real run would be allowed (signed in, `Machine.Offboard` granted, the API host answers and
-//! accepts the token), 1 otherwise.
+//! Exit 0 when a default `run` (pre-flight on) would be allowed: signed in, `Machine.Offboard` and a read role
+//! granted (the pre-flight reads the inventory and the open actions), the API host answers and accepts the
+//! token; 1 otherwise. The roles are judged by the run's own check ([`preflight::check_permissions`]), so
+//! `check` and `run` cannot disagree; the report also says what `--no-preflight` would change.
 
 use std::time::Duration;
 
@@ -13,12 +15,8 @@ use crate::api::{Api, RetryPolicy};
 use crate::auth::{self, TokenCache};
 use crate::error::{Error, exit_code};
 use crate::limiter::Limiter;
+use crate::preflight::{self, OFFBOARD_ROLE, Options, READ_ROLES};
 use crate::settings::{self, SettingsArgs};
-
-/// The role a real run needs (Microsoft's documentation).
-const OFFBOARD_ROLE: &str = "Machine.Offboard";
-/// Either of these lets an app read machines and actions: dry runs, pre-flight and tracking.
-const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
 /// The cheap read call.
 const PROBE: &str = "/api/machines?$top=1";
 
@@ -28,7 +26,7 @@ pub struct CheckArgs {
     pub settings: SettingsArgs,
 }
 
-/// The report, line by line, and whether a real run would be allowed.
+/// The report, line by line, and whether a default run would be allowed.
 struct Report {
     text: String,
     problems: Vec<String>,
@@ -45,13 +43,13 @@ impl Report {
             self.text += &format!("  note: {note}\n");
         }
         let code = if self.problems.is_empty() {
-            self.text += "Result: OK, a real run would be allowed.\n";
+            self.text += "Result: OK, a default run would be allowed.\n";
             exit_code::OK
         } else {
             for problem in &self.problems {
                 self.text += &format!("  problem: {problem}\n");
             }
-            self.text += "Result: NOT READY, a real run would not be allowed (see the problems above).\n";
+            self.text += "Result: NOT READY, a default run would not be allowed (see the problems above).\n";
             exit_code::CANNOT_RUN
         };
         crate::output::stdout(&self.text);
@@ -59,7 +57,7 @@ impl Report {
     }
 }
 
-/// Runs the check and prints the report; the exit code says whether a real run would be allowed.
+/// Runs the check and prints the report; the exit code says whether a default run would be allowed.
 pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Error> {
     let mut r = Report { text: "mde-offboard check\n".into(), problems: Vec::new(), notes: Vec::new() };
     let settings = match settings::resolve(&args.settings, env) {
@@ -115,22 +113,35 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     r.line("sign-in", format!("ok in {} ms{expiry}", sign_in.as_millis()));
 
     let roles = token.roles.clone();
-    let has = |role: &str| roles.iter().any(|r| r.eq_ignore_ascii_case(role));
-    let can_offboard = has(OFFBOARD_ROLE);
+    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
     let read_role = READ_ROLES.iter().find(|r| has(r));
     if roles.is_empty() {
         r.line("roles", "none found in the token");
     } else {
         r.line("roles", roles.join(", "));
     }
+    // Judged as `run` judges them: a default run, and one with --no-preflight.
+    let default_run = preflight::check_permissions(&roles, &Options::default(), false);
+    let bare_run = preflight::check_permissions(&roles, &Options { preflight: false, ..Options::default() }, false);
+    let cost = "unknown machines and open actions then cost an offboard call each";
     r.line(
         "real run",
-        match (can_offboard, read_role) {
-            (true, Some(read)) => format!("allowed ({OFFBOARD_ROLE}; {read} for pre-flight and tracking)"),
-            (true, None) => format!(
-                "allowed only with --no-preflight ({OFFBOARD_ROLE}, but no read role: no pre-flight, no tracking)"
+        match (&default_run, read_role) {
+            (Ok(()), Some(read)) => format!("allowed ({OFFBOARD_ROLE}; {read} for the pre-flight and tracking)"),
+            (Ok(()), None) => "allowed".to_string(),
+            (Err(_), _) if bare_run.is_ok() => format!(
+                "NOT allowed by default: the pre-flight (on by default) needs {} or {}",
+                READ_ROLES[0], READ_ROLES[1]
             ),
-            (false, _) => format!("NOT allowed: needs {OFFBOARD_ROLE}"),
+            (Err(_), _) => format!("NOT allowed: needs {OFFBOARD_ROLE}"),
+        },
+    );
+    r.line(
+        "--no-preflight",
+        match (&bare_run, &default_run) {
+            (Ok(()), Ok(())) => format!("also allowed: skips the pre-flight's reads ({cost})"),
+            (Ok(()), Err(_)) => format!("allowed: offboards without the pre-flight's reads ({cost}), without --wait"),
+            (Err(_), _) => format!("NOT allowed: needs {OFFBOARD_ROLE}"),
         },
     );
     r.line(
@@ -142,17 +153,16 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     );
     let grant = "add it in the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
                  Application permissions) and grant admin consent; then sign in again";
-    if !can_offboard {
+    if !has(OFFBOARD_ROLE) {
         r.problems.push(format!("the token does not hold {OFFBOARD_ROLE}: {grant}"));
-    }
-    if read_role.is_none() {
-        r.notes.push(format!(
-            "without {} a real run needs --no-preflight (the pre-flight, on by default, reads the inventory), and \
-             dry runs and tracking (--wait, track) cannot work: {grant}",
-            READ_ROLES[0]
+    } else if default_run.is_err() {
+        r.problems.push(format!(
+            "a default run reads the inventory and the open actions first (the pre-flight), which needs {} or {}, and \
+             the token holds neither: {grant}. Until then `run --no-preflight` is allowed ({cost}), but not \
+             --wait, `track` or --dry-run",
+            READ_ROLES[0], READ_ROLES[1]
         ));
     }
-
     // One cheap read through the usual path; few retries: this is a check, not a run.
     let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
     let api = Api::new(http, &settings.api_base, tokens, Limiter::new(&settings.rates), policy);

@@ -100,7 +100,8 @@ pub fn main() -> u8 {
 
 async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
     match command {
-        Command::Run(RunCommand { run: args, wait }) => {
+        Command::Run(RunCommand { run: mut args, wait }) => {
+            args.wait = wait.wait;
             let settings = resolve_settings(&args.settings)?;
             // The run and the tracking after it both stop on the one signal.
             let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -2,8 +2,9 @@
 //! actions, read with a handful of list calls whatever the size of the input, then joined with the input.
 //!
 //! Cost: the inventory is read in pages of `$top=10000` with `$skip`, up to the first short page; the open
-//! offboard actions with one filtered list per open status (`type eq 'Offboard' and status eq 'Pending'`,
-//! then `'InProgress'`: the documented `$filter` joins clauses with `and` only), paged the same way. So a
+//! offboard actions with one filtered list per open status (`(type eq 'Offboard' or type eq 'OffboardMachine')
+//! and status eq 'Pending'`, then `'InProgress'`: either type is an offboard action, see
+//! [`crate::api::OFFBOARD_TYPES`]), paged the same way. So a
 //! fleet of 25,000 machines costs 3 + 2 calls for 10 ids or 100,000. An input of one id is cheaper by id:
 //! `GET /api/machines/{id}` and that machine's offboard actions (filtered by `machineId`), 2 calls.
 //!
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::api::{Api, Failure, ListPage, MachineAction};
+use crate::api::{Api, Failure, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
 use crate::extsort::{Cursor, Field, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
@@ -332,7 +333,7 @@ impl Inventory {
         // Each machine found: its offboard actions by machineId, when that is fewer calls than the open lists.
         if found.len() < OPEN_STATUSES.len() {
             for id in found {
-                let filter = format!("machineId eq '{}' and type eq 'Offboard'", id_text(&id));
+                let filter = format!("machineId eq '{}' and {OFFBOARD_TYPE_FILTER}", id_text(&id));
                 self.pages(api, "/api/machineactions", &filter, "the machine's offboard actions").await?;
             }
         } else {
@@ -380,7 +381,7 @@ impl Inventory {
     /// The open offboard actions: one paged list per open status.
     async fn read_open_actions(&mut self, api: &Api) -> Result<(), LoadError> {
         for status in OPEN_STATUSES {
-            let filter = format!("type eq 'Offboard' and status eq '{status}'");
+            let filter = format!("{OFFBOARD_TYPE_FILTER} and status eq '{status}'");
             self.pages(api, "/api/machineactions", &filter, "the open offboard actions").await?;
         }
         Ok(())
@@ -418,7 +419,7 @@ impl Inventory {
     /// Keeps an open offboard action, unless the input surely does not ask about its machine.
     fn keep_action(&mut self, action: MachineAction) -> std::io::Result<()> {
         let open = action.status.as_deref().is_some_and(|s| OPEN_STATUSES.iter().any(|o| o.eq_ignore_ascii_case(s)));
-        let offboard = action.kind.as_deref().is_none_or(|k| k.eq_ignore_ascii_case("Offboard"));
+        let offboard = action.is_offboard();
         let Some(machine) = action.machine_id.as_deref().and_then(parse_id) else { return Ok(()) };
         // By name the sieve holds names, not ids: every open action is kept (they are few).
         if !open || !offboard || (!self.by_name && !self.filter.may_contain(&self.keys.id(&machine))) {
@@ -733,6 +734,24 @@ mod tests {
         assert_eq!((open.status.as_str(), open.updated.as_str()), ("Pending", "2026-01-01T00:01:00Z"));
         assert_eq!(joined.open_action(&found[0][0]).unwrap(), None, "a finished action is not open");
         assert_eq!(joined.open_action(&found[3][0]).unwrap(), None, "an open action of another type is not");
+    }
+
+    #[test]
+    fn both_offboard_types_are_offboard_actions_to_the_readers_and_the_filter() {
+        let input = format!("MachineId\n{}\n{}\n", hex(1), hex(2));
+        let scan = scan_reader(input.as_bytes(), None).unwrap();
+        let mut inventory = Inventory::new(&scan).unwrap();
+        inventory.keep(&entry(&hex(1), "pc-1.contoso.local")).unwrap();
+        inventory.keep(&entry(&hex(2), "pc-2.contoso.local")).unwrap();
+        inventory.keep_action(action(&hex(1), "Pending", "OffboardMachine")).unwrap();
+        inventory.keep_action(action(&hex(2), "InProgress", "offboard")).unwrap();
+        let joined = inventory.join().unwrap();
+        assert_eq!(joined.tally.open, 2, "the legacy type is an offboard action");
+
+        for kind in crate::api::OFFBOARD_TYPES {
+            assert!(MachineAction { kind: Some(kind.into()), ..MachineAction::default() }.is_offboard());
+        }
+        assert!(!MachineAction { kind: Some("Isolate".into()), ..MachineAction::default() }.is_offboard());
     }
 
     #[test]

@@ -37,11 +37,13 @@ pub struct Options {
     pub dry_run: bool,
     /// Real runs: skip machines the reads show unknown or already pending (on by default).
     pub preflight: bool,
+    /// Tracking follows the run (`run --wait`): it reads the machine actions.
+    pub wait: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { dry_run: false, preflight: true }
+        Options { dry_run: false, preflight: true, wait: false }
     }
 }
 
@@ -64,7 +66,8 @@ pub fn default_output(input: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Refuses, before any API call, a run that needs a permission the token does not carry.
+/// Refuses, before any API call, a command that needs a permission the token does not carry: the run's
+/// (offboarding, the pre-flight's reads) and the tracking that follows it with `--wait`.
 pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> Result<()> {
     let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
     let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
@@ -76,24 +79,89 @@ pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> 
              --dry-run audits the list with read permission only"
         )));
     }
-    if options.reads(by_name) && !READ_ROLES.iter().any(|r| has(r)) {
-        let why = if options.dry_run {
-            "a dry run reads the inventory and the open actions"
-        } else if by_name {
-            "input by name is resolved through the inventory"
-        } else {
-            "the pre-flight reads the inventory and the open actions"
-        };
-        let mut message = format!(
-            "{why}, which needs the application permission {} or {}, and the token carries {granted}; {grant}",
-            READ_ROLES[0], READ_ROLES[1]
-        );
-        if !options.dry_run && !by_name {
-            message.push_str(
-                "; or pass --no-preflight to offboard without it (unknown machines and open actions then cost an offboard call each)",
-            );
+    if READ_ROLES.iter().any(|r| has(r)) {
+        return Ok(());
+    }
+    let mut needs = Vec::new();
+    if options.dry_run {
+        needs.push("a dry run reads the inventory and the open actions");
+    } else if by_name {
+        needs.push("input by name is resolved through the inventory");
+    } else if options.preflight {
+        needs.push("the pre-flight reads the inventory and the open actions");
+    }
+    if options.wait {
+        needs.push("--wait tracks the offboard actions after the run, reading the machine actions");
+    }
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let mut message = format!(
+        "{}, which needs the application permission {} or {}, and the token carries {granted}; {grant}",
+        needs.join(", and "),
+        READ_ROLES[0],
+        READ_ROLES[1]
+    );
+    let without_reads = !options.dry_run && !by_name && options.preflight;
+    let cost = "unknown machines and open actions then cost an offboard call each";
+    let track_later = "follow the actions later with `mde-offboard track` under an app that may read";
+    match (options.wait, without_reads) {
+        (true, true) => {
+            message.push_str(&format!("; or drop --wait and pass --no-preflight ({cost}), and {track_later}"))
         }
-        return Err(Error::Permission(message));
+        (true, false) => message.push_str(&format!("; or drop --wait, and {track_later}")),
+        (false, true) => message.push_str(&format!("; or pass --no-preflight to offboard without it ({cost})")),
+        (false, false) => {}
+    }
+    message.push_str(". Nothing was offboarded");
+    Err(Error::Permission(message))
+}
+
+/// Refuses, before any network, a run that could not write what it will have to: the journal beside the
+/// results file (a real run; the results file itself is [`crate::results::check_writable`]'s) and the
+/// summary file. Found after the offboards, either would leave a run that did its work and could not say so.
+/// (The temporary directory, where the pre-flight and tracking sort, is proven by the input's copy, which the
+/// scan makes there before any network, naming the input when it cannot.)
+pub fn check_files(results: &Path, options: &Options, resume: bool, summary: Option<&Path>) -> Result<()> {
+    if !options.dry_run {
+        let continues = resume && results.exists();
+        let journal = crate::journal::path_for(results);
+        // Opened as the run will open it, without changing it. A resume whose journal is missing is refused
+        // by the resume itself, with what to do.
+        let opened = if continues {
+            std::fs::OpenOptions::new().read(true).append(true).open(results).map_err(|e| Error::Output {
+                path: results.to_owned(),
+                message: format!("cannot append to it: {e}"),
+            })?;
+            journal.exists().then(|| std::fs::OpenOptions::new().read(true).append(true).open(&journal))
+        } else {
+            journal.exists().then(|| std::fs::OpenOptions::new().write(true).open(&journal))
+        };
+        if let Some(Err(e)) = opened {
+            return Err(Error::Output {
+                path: journal,
+                message: format!(
+                    "cannot write the run journal there: {e}; move it away, or choose another place with --output"
+                ),
+            });
+        }
+    }
+    if let Some(path) = summary {
+        let refuse = |why: String| Error::Output {
+            path: path.to_owned(),
+            message: format!("{why}; --summary-json needs a file the run can write"),
+        };
+        if path.is_dir() {
+            return Err(refuse("is a directory".into()));
+        }
+        // Written as a temporary file beside it, then renamed: the directory must take new files.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        tempfile::NamedTempFile::new_in(dir)
+            .map(drop)
+            .map_err(|e| refuse(format!("cannot write in {}: {e}", dir.display())))?;
     }
     Ok(())
 }
@@ -415,8 +483,8 @@ mod tests {
     #[test]
     fn permissions_are_checked_for_what_the_run_does() {
         let real = Options::default();
-        let dry = Options { dry_run: true, preflight: true };
-        let bare = Options { dry_run: false, preflight: false };
+        let dry = Options { dry_run: true, preflight: true, wait: false };
+        let bare = Options { dry_run: false, preflight: false, wait: false };
         let both = roles(&["Machine.Offboard", "Machine.Read.All"]);
         assert!(check_permissions(&both, &real, false).is_ok());
         assert!(check_permissions(&roles(&["Machine.ReadWrite.All"]), &dry, true).is_ok());
@@ -432,6 +500,18 @@ mod tests {
         assert!(e.contains("Machine.Offboard") && e.contains("--dry-run"), "{e}");
         let e = check_permissions(&[], &dry, false).unwrap_err().to_string();
         assert!(e.contains("carries none"), "{e}");
+
+        // --wait's tracking reads the actions: without the pre-flight too.
+        let waiting = Options { wait: true, ..bare };
+        assert!(check_permissions(&both, &Options { wait: true, ..real }, false).is_ok());
+        let e = check_permissions(&roles(&["Machine.Offboard"]), &waiting, false).unwrap_err().to_string();
+        assert!(e.contains("--wait tracks") && e.contains("Machine.Read.All") && e.contains("track`"), "{e}");
+        assert!(!e.contains("--no-preflight") && e.contains("Nothing was offboarded"), "{e}");
+        let e = check_permissions(&roles(&["Machine.Offboard"]), &Options { wait: true, ..real }, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pre-flight reads") && e.contains("and --wait tracks"), "{e}");
+        assert!(e.contains("drop --wait and pass --no-preflight"), "{e}");
     }
 
     #[test]

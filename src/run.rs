@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
+    /// before the first API call.
+    #[arg(skip)]
+    pub wait: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -305,7 +309,7 @@ pub async fn command(
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
     let credentials = settings.credentials()?;
-    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight };
+    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A dry run sends no offboard, so it needs no comment.
     let comment_template =
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
@@ -320,6 +324,9 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
     });
     // A resume continues an existing file; either way the directory must take new files.
     results::check_writable(&output, args.overwrite || args.resume)?;
+    // And every other file it writes, before any network: found after the offboards, a file the run cannot
+    // write would leave it unable to say what it did.
+    preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
     let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
     if scan.by_name && !options.preflight {
         return Err(Error::Usage(format!(
@@ -903,15 +910,16 @@ fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
 /// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
 /// row is `failed` with `InDoubt`, and the next `--resume` looks again.
 async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
-    let filter = format!("machineId eq '{machine_id}' and type eq 'Offboard'");
+    let filter = format!("machineId eq '{machine_id}' and {}", api::OFFBOARD_TYPE_FILTER);
     let (attempts, lookup) = api
         .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
             serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
         })
         .await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    let actions = match lookup {
-        Ok(actions) => actions,
+    let actions: Vec<MachineAction> = match lookup {
+        // Either type is an offboard action; another type is not, whatever the service's filter let through.
+        Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
         Err(failure) => {
             tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
             let mut row = ResultRow::new(line, machine_id, Outcome::Failed);

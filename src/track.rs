@@ -2,8 +2,9 @@
 //!
 //! A 201 only means the offboarding was requested. Tracking updates `action_status` and `updated_at` of
 //! every `submitted` or `already_pending` row until the action is final (`Succeeded`, `Failed`, `TimeOut`,
-//! `Cancelled`) or the wait ends. It never asks per action: each pass lists the Offboard actions created since
-//! the earliest tracked one (`GET /api/machineactions`, `$top`/`$skip` pages of up to 10,000), so tracking
+//! `Cancelled`) or the wait ends. It never asks per action: each pass lists the offboard actions (of either
+//! type, [`crate::api::OFFBOARD_TYPES`]) created since the earliest tracked one (`GET /api/machineactions`,
+//! `$top`/`$skip` pages of up to 10,000), so tracking
 //! 10,000 actions costs a page or two per pass, at most one pass per poll interval, through the process's
 //! one limiter. Rows without an action id (`already_pending`: the open action was created before the run)
 //! are matched by machine id to its open, else latest, Offboard action; while any is unmatched the pass lists
@@ -35,7 +36,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::api::{Api, ListPage, MachineAction, RetryPolicy};
+use crate::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER, RetryPolicy};
 use crate::auth::TokenCache;
 use crate::error::{Error, Result, exit_code};
 use crate::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
@@ -824,7 +825,7 @@ async fn pass(
     if open.count == 0 {
         return Ok(PassEnd { still_open: 0, pages: 0, incomplete: None });
     }
-    let mut filter = String::from("type eq 'Offboard'");
+    let mut filter = String::from(OFFBOARD_TYPE_FILTER);
     if let Some(since) = open.since {
         filter += &format!(" and creationDateTimeUtc ge {}", rfc3339(since));
     }
@@ -874,7 +875,8 @@ async fn pass(
             firsts.push(first);
         }
         pages += 1;
-        for action in &page {
+        // Either type is an offboard action (the filter asks for both); another type is not.
+        for action in page.iter().filter(|a| a.is_offboard()) {
             listed.keep(action, open.unmatched).map_err(disk)?;
         }
         if page.len() < page_size {

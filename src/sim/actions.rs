@@ -63,7 +63,15 @@ pub(crate) struct Actions {
     seed: u64,
     lifecycle: Lifecycle,
     clock: Clock,
+    /// The type offboard actions have: [`OFFBOARD`], or [`LEGACY_OFFBOARD`] (see
+    /// [`super::SimConfig::legacy_action_type`]).
+    kind: &'static str,
 }
+
+/// The type of an offboard action, as the service names it today.
+pub(crate) const OFFBOARD: &str = "Offboard";
+/// The type the 2019 documentation's example answer shows.
+pub(crate) const LEGACY_OFFBOARD: &str = "OffboardMachine";
 
 /// A MachineAction as the API shows it.
 #[derive(Debug, Serialize)]
@@ -94,7 +102,21 @@ pub(crate) struct ActionView<'a> {
 
 impl Actions {
     pub(crate) fn new(seed: u64, lifecycle: Lifecycle, clock: Clock) -> Actions {
-        Actions { list: Vec::new(), by_id: HashMap::new(), by_machine: HashMap::new(), seed, lifecycle, clock }
+        Actions {
+            list: Vec::new(),
+            by_id: HashMap::new(),
+            by_machine: HashMap::new(),
+            seed,
+            lifecycle,
+            clock,
+            kind: OFFBOARD,
+        }
+    }
+
+    /// Offboard actions of the legacy type `OffboardMachine`, when `legacy`.
+    pub(crate) fn legacy_type(mut self, legacy: bool) -> Actions {
+        self.kind = if legacy { LEGACY_OFFBOARD } else { OFFBOARD };
+        self
     }
 
     /// The machine's open (Pending or InProgress) action, if any.
@@ -218,7 +240,7 @@ impl Actions {
         let (status, changed) = self.status(a, now);
         ActionView {
             id: &a.id,
-            kind: "Offboard",
+            kind: self.kind,
             title: "Offboard machine",
             requestor: &a.requestor,
             requestor_comment: &a.comment,
@@ -242,18 +264,19 @@ impl Actions {
 
     /// The actions a list request asks for, in creation order.
     pub(crate) fn list(&self, q: &ListQuery, now: Instant, default_top: usize) -> Vec<ActionView<'_>> {
-        let by_machine = q.filter.iter().find(|c| c.field == Field::MachineId).map(|c| match &c.value {
-            super::query::Value::Text(id) => {
-                self.by_machine.get(&id.to_ascii_lowercase()).map(Vec::as_slice).unwrap_or(&[])
-            }
-            _ => &[],
-        });
+        let by_machine =
+            q.filter.required().into_iter().find(|c| c.field == Field::MachineId).map(|c| match &c.value {
+                super::query::Value::Text(id) => {
+                    self.by_machine.get(&id.to_ascii_lowercase()).map(Vec::as_slice).unwrap_or(&[])
+                }
+                _ => &[],
+            });
         let candidates: Box<dyn Iterator<Item = &Action>> = match by_machine {
             Some(indexes) => Box::new(indexes.iter().map(|&i| &self.list[i])),
             None => Box::new(self.list.iter()),
         };
         candidates
-            .filter(|a| q.filter.iter().all(|c| self.matches(a, c, now)))
+            .filter(|a| q.filter.matches(&|c| self.matches(a, c, now)))
             .skip(q.skip)
             .take(q.top.unwrap_or(default_top))
             .map(|a| self.view(a, now))
@@ -264,7 +287,7 @@ impl Actions {
         match c.field {
             Field::Id => text_matches(&c.value, &a.id),
             Field::MachineId => text_matches(&c.value, &a.machine_id),
-            Field::Type => text_matches(&c.value, "Offboard"),
+            Field::Type => text_matches(&c.value, self.kind),
             Field::Status => text_matches(&c.value, self.status(a, now).0),
             Field::Requestor => text_matches(&c.value, &a.requestor),
             Field::CreationDateTimeUtc => time_matches(c.op, &c.value, a.created_at),

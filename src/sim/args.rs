@@ -119,6 +119,10 @@ pub struct SimulateArgs {
     /// Issue tokens, but answer every API call 401 (as to a token made for another resource or cloud).
     #[arg(long)]
     pub refuse_tokens: bool,
+    /// Give offboard actions the legacy type `OffboardMachine` (the 2019 documentation's example) instead of
+    /// `Offboard`, in answers and in $filter.
+    #[arg(long)]
+    pub legacy_action_type: bool,
     /// The tenant that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_TENANT_ID)]
     pub tenant_id: String,
@@ -197,6 +201,7 @@ impl SimulateArgs {
             certificate,
             misanswers: Misanswers::default(),
             refuse_tokens: self.refuse_tokens,
+            legacy_action_type: self.legacy_action_type,
         };
         config.validate()?;
         Ok(config)

@@ -58,6 +58,9 @@ pub struct SimConfig {
     /// Tokens are issued, but the API answers 401 to every one of them (as to a token made for another
     /// resource or cloud).
     pub refuse_tokens: bool,
+    /// Offboard actions have the legacy type of the 2019 documentation's example answer, `OffboardMachine`,
+    /// in every answer and in `$filter` (`type eq 'Offboard'` then finds none of them).
+    pub legacy_action_type: bool,
 }
 
 impl Default for SimConfig {
@@ -82,6 +85,7 @@ impl Default for SimConfig {
             certificate: None,
             misanswers: Misanswers::default(),
             refuse_tokens: false,
+            legacy_action_type: false,
         }
     }
 }

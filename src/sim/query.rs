@@ -1,5 +1,6 @@
 //! Query strings and form bodies: URL decoding, and the small part of OData the API routes accept
-//! (`$filter` with `eq`/`ge`/`gt`/`le`/`lt` clauses joined by `and`, `$top`, `$skip`).
+//! (`$filter` with `eq`/`ge`/`gt`/`le`/`lt` clauses joined by `and` and `or`, `and` binding tighter, grouped
+//! with parentheses; `$top`, `$skip`).
 
 use std::time::SystemTime;
 
@@ -111,55 +112,158 @@ pub(crate) const ACTION_FIELDS: &[(&str, Field)] = &[
     ("creationDateTimeUtc", Field::CreationDateTimeUtc),
 ];
 
-/// Parses a `$filter` against the fields an entity allows. Text fields take `eq` and a quoted literal; time
-/// fields take any comparison and an RFC 3339 literal, quoted or not. The error says what is wrong.
-pub(crate) fn parse_filter(s: &str, fields: &[(&str, Field)]) -> Result<Vec<Clause>, String> {
-    let tokens = tokenize(s)?;
-    let mut clauses = Vec::new();
-    let mut rest = tokens.as_slice();
-    loop {
-        let [Token::Word(name), Token::Word(op), value, tail @ ..] = rest else {
-            return Err(format!("expected `property operator value` in $filter `{s}`"));
-        };
-        let field = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| *f).ok_or_else(|| {
-            let known: Vec<_> = fields.iter().map(|(n, _)| *n).collect();
-            format!("could not find a property named '{name}'; this filter accepts {}", known.join(", "))
-        })?;
-        let op = match op.to_ascii_lowercase().as_str() {
-            "eq" => Op::Eq,
-            "ge" => Op::Ge,
-            "gt" => Op::Gt,
-            "le" => Op::Le,
-            "lt" => Op::Lt,
-            _ => {
-                return Err(format!("operator '{op}' is not supported here; use eq (or ge, gt, le, lt on times)"));
-            }
-        };
-        let value = match (field.is_time(), value) {
-            (true, Token::Word(v) | Token::Text(v)) => Value::Time(
-                parse_rfc3339(v).ok_or_else(|| format!("'{v}' is not a date-time such as 2024-05-01T00:00:00Z"))?,
-            ),
-            (false, Token::Text(v)) if op == Op::Eq => Value::Text(v.clone()),
-            (false, Token::Text(_)) => {
-                return Err(format!("operator '{op:?}' is not supported on '{name}'; use eq"));
-            }
-            (false, Token::Word(v)) => {
-                return Err(format!("'{v}' must be a string literal in single quotes"));
-            }
-        };
-        clauses.push(Clause { field, op, value });
-        match tail {
-            [] => return Ok(clauses),
-            [Token::Word(and), more @ ..] if and.eq_ignore_ascii_case("and") && !more.is_empty() => rest = more,
-            _ => return Err(format!("expected `and` between clauses in $filter `{s}`")),
+/// A parsed `$filter`: clauses joined by `and` and `or`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Filter {
+    Clause(Clause),
+    /// Every part holds (no part: everything matches).
+    And(Vec<Filter>),
+    /// Some part holds.
+    Or(Vec<Filter>),
+}
+
+impl Default for Filter {
+    /// No filter: everything matches.
+    fn default() -> Self {
+        Filter::And(Vec::new())
+    }
+}
+
+impl Filter {
+    /// Whether an entity matches, `test` saying whether it satisfies one clause.
+    pub(crate) fn matches(&self, test: &impl Fn(&Clause) -> bool) -> bool {
+        match self {
+            Filter::Clause(c) => test(c),
+            Filter::And(parts) => parts.iter().all(|p| p.matches(test)),
+            Filter::Or(parts) => parts.iter().any(|p| p.matches(test)),
         }
     }
+
+    /// The clauses every match must satisfy (those joined to the whole by `and` alone): what an index may
+    /// narrow the search by.
+    pub(crate) fn required(&self) -> Vec<&Clause> {
+        match self {
+            Filter::Clause(c) => vec![c],
+            Filter::And(parts) => parts.iter().flat_map(Filter::required).collect(),
+            Filter::Or(_) => Vec::new(),
+        }
+    }
+}
+
+/// Parses a `$filter` against the fields an entity allows. Text fields take `eq` and a quoted literal; time
+/// fields take any comparison and an RFC 3339 literal, quoted or not. Clauses join with `and` and `or`
+/// (`and` binds tighter) and group with parentheses. The error says what is wrong.
+pub(crate) fn parse_filter(s: &str, fields: &[(&str, Field)]) -> Result<Filter, String> {
+    let tokens = tokenize(s)?;
+    let mut parser = Parser { tokens: &tokens, at: 0, text: s, fields, depth: 0 };
+    let filter = parser.or()?;
+    match parser.tokens.get(parser.at) {
+        None => Ok(filter),
+        Some(Token::Close) => Err(format!("unbalanced `)` in $filter `{s}`")),
+        Some(_) => Err(format!("expected `and` or `or` between clauses in $filter `{s}`")),
+    }
+}
+
+/// How deep parentheses may nest: a guard, the service's filters are flat.
+const MAX_DEPTH: usize = 16;
+
+struct Parser<'a> {
+    tokens: &'a [Token],
+    at: usize,
+    text: &'a str,
+    fields: &'a [(&'a str, Field)],
+    depth: usize,
+}
+
+impl Parser<'_> {
+    fn keyword(&mut self, word: &str) -> bool {
+        let found = matches!(self.tokens.get(self.at), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word));
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn or(&mut self) -> Result<Filter, String> {
+        let mut parts = vec![self.and()?];
+        while self.keyword("or") {
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Filter::Or(parts) })
+    }
+
+    fn and(&mut self) -> Result<Filter, String> {
+        let mut parts = vec![self.primary()?];
+        while self.keyword("and") {
+            parts.push(self.primary()?);
+        }
+        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Filter::And(parts) })
+    }
+
+    fn primary(&mut self) -> Result<Filter, String> {
+        let s = self.text;
+        if matches!(self.tokens.get(self.at), Some(Token::Open)) {
+            self.at += 1;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(format!("parentheses nest deeper than {MAX_DEPTH} in $filter `{s}`"));
+            }
+            let inner = self.or()?;
+            self.depth -= 1;
+            return match self.tokens.get(self.at) {
+                Some(Token::Close) => {
+                    self.at += 1;
+                    Ok(inner)
+                }
+                _ => Err(format!("expected `)` in $filter `{s}`")),
+            };
+        }
+        let [Token::Word(name), Token::Word(op), value, ..] = &self.tokens[self.at.min(self.tokens.len())..] else {
+            return Err(format!("expected `property operator value` in $filter `{s}`"));
+        };
+        self.at += 3;
+        clause(name, op, value, self.fields).map(Filter::Clause)
+    }
+}
+
+/// One `name op value` clause, checked against the fields an entity allows.
+fn clause(name: &str, op: &str, value: &Token, fields: &[(&str, Field)]) -> Result<Clause, String> {
+    let field = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| *f).ok_or_else(|| {
+        let known: Vec<_> = fields.iter().map(|(n, _)| *n).collect();
+        format!("could not find a property named '{name}'; this filter accepts {}", known.join(", "))
+    })?;
+    let op = match op.to_ascii_lowercase().as_str() {
+        "eq" => Op::Eq,
+        "ge" => Op::Ge,
+        "gt" => Op::Gt,
+        "le" => Op::Le,
+        "lt" => Op::Lt,
+        _ => {
+            return Err(format!("operator '{op}' is not supported here; use eq (or ge, gt, le, lt on times)"));
+        }
+    };
+    let value = match (field.is_time(), value) {
+        (true, Token::Word(v) | Token::Text(v)) => Value::Time(
+            parse_rfc3339(v).ok_or_else(|| format!("'{v}' is not a date-time such as 2024-05-01T00:00:00Z"))?,
+        ),
+        (false, Token::Text(v)) if op == Op::Eq => Value::Text(v.clone()),
+        (false, Token::Text(_)) => {
+            return Err(format!("operator '{op:?}' is not supported on '{name}'; use eq"));
+        }
+        (false, Token::Word(v)) => {
+            return Err(format!("'{v}' must be a string literal in single quotes"));
+        }
+        (_, Token::Open | Token::Close) => return Err(format!("expected a value after '{name} {op:?}'")),
+    };
+    Ok(Clause { field, op, value })
 }
 
 #[derive(Debug)]
 enum Token {
     Word(String),
     Text(String),
+    Open,
+    Close,
 }
 
 fn tokenize(s: &str) -> Result<Vec<Token>, String> {
@@ -183,8 +287,12 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                 }
             }
             tokens.push(Token::Text(text));
-        } else if "()".contains(c) {
-            return Err("parentheses are not supported in $filter".into());
+        } else if c == '(' {
+            chars.next();
+            tokens.push(Token::Open);
+        } else if c == ')' {
+            chars.next();
+            tokens.push(Token::Close);
         } else {
             let mut word = String::new();
             while let Some(&c) = chars.peek() {
@@ -220,7 +328,7 @@ pub(crate) fn time_matches(op: Op, value: &Value, actual: SystemTime) -> bool {
 /// A list request's options.
 #[derive(Debug, Default)]
 pub(crate) struct ListQuery {
-    pub(crate) filter: Vec<Clause>,
+    pub(crate) filter: Filter,
     pub(crate) top: Option<usize>,
     pub(crate) skip: usize,
 }
@@ -292,34 +400,85 @@ mod tests {
             ACTION_FIELDS,
         )
         .unwrap();
-        assert_eq!(f.len(), 3);
-        assert_eq!(f[1].field, Field::Status);
-        assert_eq!(f[2].op, Op::Ge);
-        assert!(matches!(f[2].value, Value::Time(_)));
+        let required = f.required();
+        assert_eq!(required.len(), 3);
+        assert_eq!(required[1].field, Field::Status);
+        assert_eq!(required[2].op, Op::Ge);
+        assert!(matches!(required[2].value, Value::Time(_)));
         let f = parse_filter("creationDateTimeUtc gt '2024-05-01T00:00:00Z'", ACTION_FIELDS).unwrap();
-        assert!(matches!(f[0].value, Value::Time(_)));
+        assert!(matches!(f.required()[0].value, Value::Time(_)));
         let f = parse_filter("computerDnsName eq 'o''brien'", MACHINE_FIELDS).unwrap();
-        assert_eq!(f[0].value, Value::Text("o'brien".into()));
+        assert_eq!(f.required()[0].value, Value::Text("o'brien".into()));
         for bad in [
             "",
             "type eq Offboard",
             "type ne 'Offboard'",
             "colour eq 'red'",
-            "type eq 'Offboard' or status eq 'Pending'",
             "type eq 'Offboard' and",
+            "type eq 'Offboard' or",
             "type eq 'Offb",
-            "(type eq 'Offboard')",
+            "(type eq 'Offboard'",
+            "type eq 'Offboard')",
+            "()",
+            "type eq 'Offboard' status eq 'Pending'",
+            "type eq (",
             "creationDateTimeUtc ge yesterday",
             "status gt 'Pending'",
         ] {
             assert!(parse_filter(bad, ACTION_FIELDS).is_err(), "{bad}");
         }
+        assert!(parse_filter(&format!("{}type eq 'a'{}", "(".repeat(40), ")".repeat(40)), ACTION_FIELDS).is_err());
+    }
+
+    #[test]
+    fn or_and_parentheses_combine_as_odata_says() {
+        // An action: (type, status).
+        let holds = |filter: &str, kind: &str, status: &str| {
+            let f = parse_filter(filter, ACTION_FIELDS).unwrap();
+            f.matches(&|c: &Clause| match c.field {
+                Field::Type => text_matches(&c.value, kind),
+                Field::Status => text_matches(&c.value, status),
+                _ => false,
+            })
+        };
+        let either = "(type eq 'Offboard' or type eq 'OffboardMachine') and status eq 'Pending'";
+        assert!(holds(either, "Offboard", "Pending"));
+        assert!(holds(either, "offboardmachine", "Pending"));
+        assert!(!holds(either, "Isolate", "Pending"));
+        assert!(!holds(either, "OffboardMachine", "Succeeded"));
+        // `and` binds tighter than `or`.
+        let loose = "type eq 'Offboard' or type eq 'OffboardMachine' and status eq 'Pending'";
+        assert!(holds(loose, "Offboard", "Succeeded"));
+        assert!(!holds(loose, "OffboardMachine", "Succeeded"));
+        assert!(holds("((type eq 'Isolate')) OR status eq 'Pending'", "Offboard", "Pending"));
+        // Only clauses joined by `and` alone narrow a search.
+        let f = parse_filter("machineId eq 'm' and (type eq 'a' or type eq 'b')", ACTION_FIELDS).unwrap();
+        assert_eq!(f.required().iter().map(|c| c.field).collect::<Vec<_>>(), vec![Field::MachineId]);
+        assert!(parse_filter("type eq 'a' or machineId eq 'm'", ACTION_FIELDS).unwrap().required().is_empty());
+        assert!(Filter::default().matches(&|_: &Clause| false), "no filter matches everything");
+    }
+
+    #[test]
+    fn the_clients_offboard_filter_selects_both_offboard_types() {
+        use crate::api::{OFFBOARD_TYPE_FILTER, OFFBOARD_TYPES};
+        let filter = parse_filter(&format!("{OFFBOARD_TYPE_FILTER} and status eq 'Pending'"), ACTION_FIELDS).unwrap();
+        let selects = |kind: &str| {
+            filter.matches(&|c: &Clause| match c.field {
+                Field::Type => text_matches(&c.value, kind),
+                Field::Status => text_matches(&c.value, "Pending"),
+                _ => false,
+            })
+        };
+        for kind in OFFBOARD_TYPES {
+            assert!(selects(kind), "{kind}");
+        }
+        assert!(!selects("Isolate"));
     }
 
     #[test]
     fn list_options() {
         let q = list_query(Some("%24top=10000&%24skip=20&$filter=id%20eq%20%27x%27"), MACHINE_FIELDS).unwrap();
-        assert_eq!((q.top, q.skip, q.filter.len()), (Some(10_000), 20, 1));
+        assert_eq!((q.top, q.skip, q.filter.required().len()), (Some(10_000), 20, 1));
         assert_eq!(list_query(Some("$top=10001"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
         assert_eq!(list_query(Some("$skip=-1"), MACHINE_FIELDS).unwrap_err().0, "InvalidInput");
         assert_eq!(list_query(Some("$filter=id eq"), MACHINE_FIELDS).unwrap_err().0, "ODataError");

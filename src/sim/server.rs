@@ -96,7 +96,10 @@ impl Simulator {
             counters: Mutex::new(Counters::default()),
             quotas: Mutex::new(Quotas::new(&config.quotas, |d| clock.real(d))),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
-            actions: Mutex::new(Actions::new(config.faults.seed, config.lifecycle.clone(), clock)),
+            actions: Mutex::new(
+                Actions::new(config.faults.seed, config.lifecycle.clone(), clock)
+                    .legacy_type(config.legacy_action_type),
+            ),
             forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
             forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
             base_url: format!("http://{addr}"),
@@ -603,18 +606,19 @@ impl Shared {
             Err((code, why)) => return answer(StatusCode::BAD_REQUEST, code, &why),
         };
         // An id or name clause narrows the search through the indexes; the rest is a scan in fleet order.
-        let narrowed: Option<Vec<&SimMachine>> = q.filter.iter().find_map(|c| match (&c.field, &c.value) {
-            (Field::Id, super::query::Value::Text(id)) => Some(self.fleet.get(id).into_iter().collect()),
-            (Field::ComputerDnsName, super::query::Value::Text(name)) => Some(self.fleet.by_name(name).collect()),
-            _ => None,
-        });
+        let narrowed: Option<Vec<&SimMachine>> =
+            q.filter.required().into_iter().find_map(|c| match (&c.field, &c.value) {
+                (Field::Id, super::query::Value::Text(id)) => Some(self.fleet.get(id).into_iter().collect()),
+                (Field::ComputerDnsName, super::query::Value::Text(name)) => Some(self.fleet.by_name(name).collect()),
+                _ => None,
+            });
         let candidates: Box<dyn Iterator<Item = &SimMachine>> = match narrowed {
             Some(list) => Box::new(list.into_iter()),
             None => Box::new(self.fleet.machines().iter()),
         };
         let page_size = q.top.unwrap_or(MAX_TOP);
         let mut value: Vec<&SimMachine> = candidates
-            .filter(|m| q.filter.iter().all(|c| machine_matches(m, c)))
+            .filter(|m| q.filter.matches(&|c| machine_matches(m, c)))
             .skip(q.skip)
             .take(page_size + 1)
             .collect();

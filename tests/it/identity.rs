@@ -271,14 +271,6 @@ async fn check_reports_ready_missing_roles_wrong_secret_and_unreachable_hosts() 
         out.stdout
     );
 
-    // Only Machine.Offboard: a real run is allowed without the pre-flight, with a note about tracking.
-    let offboarders =
-        Simulator::start(SimConfig { roles: vec!["Machine.Offboard".into()], ..config(dir.path()) }).await.unwrap();
-    let out = mde_env(&offboarders, dir.path(), &["check"], "", &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stdout);
-    assert!(out.stdout.contains("answered 403") && out.stdout.contains("tracking"), "{}", out.stdout);
-    assert!(out.stdout.contains("--no-preflight"), "{}", out.stdout);
-
     let out = mde_env(&sim, dir.path(), &["check"], "", &[("MDE_CLIENT_SECRET", "not~the~secret")]).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("AADSTS7000215") && out.stdout.contains("secret is wrong"), "{}", out.stdout);
@@ -295,4 +287,38 @@ async fn check_reports_ready_missing_roles_wrong_secret_and_unreachable_hosts() 
     let out = mde_env(&sim, dir.path(), &["check", "--cloud", "mars"], "", &[]).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("gcc-high"), "{}", out.stdout);
+}
+
+/// `check` exits 0 only when a default `run` (pre-flight on) would be allowed, and says what --no-preflight
+/// changes; the run agrees with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_when_a_default_run_would_be_refused_and_says_what_no_preflight_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let offboarders =
+        Simulator::start(SimConfig { roles: vec!["Machine.Offboard".into()], ..config(dir.path()) }).await.unwrap();
+    let out = mde_env(&offboarders, dir.path(), &["check"], "", &[]).await;
+    assert_eq!(out.code, 1, "only Machine.Offboard: a default run is refused\n{}", out.stdout);
+    assert!(out.stdout.contains("NOT READY") && !out.stdout.contains("Result: OK"), "{}", out.stdout);
+    assert!(out.stdout.contains("answered 403"), "{}", out.stdout);
+    let no_preflight = out.stdout.lines().find(|l| l.trim_start().starts_with("--no-preflight")).unwrap_or_else(|| {
+        panic!("no --no-preflight line in\n{}", out.stdout);
+    });
+    assert!(no_preflight.contains("allowed") && no_preflight.contains("offboard call each"), "{no_preflight}");
+    assert!(out.stdout.contains("--wait") && out.stdout.contains("Machine.Read.All"), "{}", out.stdout);
+
+    // The run agrees: refused by default (exit 1, nothing offboarded), allowed with --no-preflight.
+    let input = write_file(dir.path(), "one.csv", &format!("MachineId\n{MACHINE}\n"));
+    let out = mde_env(&offboarders, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "", &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(offboarders.stats().total("POST /api/machines/{id}/offboard"), 0);
+    let args = ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--overwrite"];
+    let out = mde_env(&offboarders, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // Both roles: ready, and the --no-preflight line says what it would skip.
+    let sim = Simulator::start(config(dir.path())).await.unwrap();
+    let out = mde_env(&sim, dir.path(), &["check"], "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("Result: OK, a default run would be allowed"), "{}", out.stdout);
+    assert!(out.stdout.lines().any(|l| l.trim_start().starts_with("--no-preflight")), "{}", out.stdout);
 }

@@ -467,7 +467,15 @@ async fn machines_by_id_name_and_filter() {
 
     let (status, body) = api.get("/api/machines?$top=10001").await;
     assert_eq!((status, api_code(&body)), (400, "InvalidInput"));
-    for bad in ["healthStatus eq Active", "colour eq 'red'", "healthStatus eq 'Active' or id eq 'x'"] {
+    // `or` and parentheses are OData: accepted.
+    let (_, body) = api
+        .get(&format!(
+            "/api/machines?$filter=(id eq '{}' or id eq 'x') and healthStatus eq '{}'",
+            m.id, m.health_status
+        ))
+        .await;
+    assert_eq!(body["value"].as_array().map(Vec::len), Some(1), "{body}");
+    for bad in ["healthStatus eq Active", "colour eq 'red'", "(healthStatus eq 'Active' or id eq 'x'"] {
         let (status, body) = api.get(&format!("/api/machines?$filter={bad}")).await;
         assert_eq!((status, api_code(&body)), (400, "ODataError"), "{bad}");
     }

@@ -240,10 +240,15 @@ async fn tracking_without_a_read_role_says_what_to_grant() {
     let config = SimConfig { fleet, roles: vec!["Machine.Offboard".into()], ..SimConfig::default() };
     let sim = Simulator::start(config).await.unwrap();
     let input = input(dir.path(), &ids);
-    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--no-preflight", "--wait"], "").await;
+    // `run --wait` is refused before any call (see up_front.rs); the run alone may go on, and `track` says
+    // what to grant.
+    let out = mde_in(&sim, dir.path(), &["run", &input, "--yes", "--no-preflight"], "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let path = dir.path().join("machines.results.csv");
+    let out = mde_in(&sim, dir.path(), &["track", path.to_str().unwrap()], "").await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("Machine.Read.All"), "{}", out.stderr);
-    // The run itself happened and its rows stay as written.
-    let results = Results::read(&dir.path().join("machines.results.csv"));
+    // The run's rows stay as written.
+    let results = Results::read(&path);
     assert!(results.rows.iter().all(|r| r["outcome"] == "submitted" && r["action_status"] == "Pending"));
 }
