@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::api::{Api, Failure, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
-use crate::extsort::{Cursor, Field, Frozen, Record, RecordFile, Ref, Sorted, Sorter, Store, record};
+use crate::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -530,8 +530,10 @@ impl Inventory {
                 .filter_map(Result::transpose);
             decide_claims(claims, actions, &mut decisions, &mut tally)?;
         }
-        let decisions = Cursor::new(decisions.finish()?);
-        Ok(Joined { decisions, store, tally, reads: self.reads, by_name: self.by_name })
+        // Kept in a file of their own, so they can be read again from the first line (see [`Joined::rewind`]).
+        let sorted = RecordFile::write(decisions.finish()?)?;
+        let decisions = Cursor::new(sorted.read()?);
+        Ok(Joined { sorted, decisions, store, tally, reads: self.reads, by_name: self.by_name })
     }
 }
 
@@ -605,7 +607,8 @@ fn decide_claims(
 
 /// What the reads decided, line by line, in the input's order.
 pub struct Joined {
-    decisions: Cursor<Decision, Sorted<Decision>>,
+    sorted: RecordFile<Decision>,
+    decisions: Cursor<Decision, RecordReader<Decision>>,
     store: Frozen,
     pub tally: Tally,
     pub reads: Reads,
@@ -614,6 +617,12 @@ pub struct Joined {
 }
 
 impl Joined {
+    /// Back to the first line: [`Joined::take`] reads the decisions again from the start.
+    pub fn rewind(&mut self) -> std::io::Result<()> {
+        self.decisions = Cursor::new(self.sorted.read()?);
+        Ok(())
+    }
+
     /// The decisions for `line` (none: the line names no machine the inventory has). Lines must come in
     /// ascending order; lines skipped are passed over.
     pub fn take(&mut self, line: u64) -> std::io::Result<Vec<Decision>> {

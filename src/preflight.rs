@@ -243,6 +243,12 @@ impl Screened {
 }
 
 impl Screen {
+    /// Back to the first line, for another pass over the input (see `run`'s count of the calls a resume
+    /// will make).
+    pub fn rewind(&mut self) -> Result<()> {
+        self.joined.rewind().map_err(disk)
+    }
+
     fn screen(&mut self, row: InputRow) -> Result<Screened> {
         let decisions = self.joined.take(row.line).map_err(disk)?;
         match &row.kind {

@@ -423,7 +423,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     };
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
-    let resume =
+    let mut resume =
         if job.resume && job.output.exists() { Some(read_earlier(&job, &journal_path, &identity)?) } else { None };
     let resumed = resume.is_some();
     if let Some(earlier) = &resume {
@@ -456,8 +456,28 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     if let Some(screen) = &screen {
         crate::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
     }
-    let to_offboard = screen.as_ref().map_or(job.scan.valid, preflight::Screen::to_submit);
-    let to_offboard = to_offboard.saturating_sub(resume.as_ref().map_or(0, |r| r.finished_machines));
+    let to_offboard = match &mut resume {
+        // Exactly the machines this session will call for: the input screened as the run will screen it,
+        // less the lines already done. (The pre-flight's count already leaves out the machines whose
+        // earlier offboard is still open, so subtracting the finished ones from it counted some twice.)
+        Some(earlier) => {
+            let (rows, done) = (job.scan.rows()?, std::mem::take(&mut earlier.done));
+            let counted = tokio::task::spawn_blocking(move || {
+                let calls = count_calls(rows, screen.as_mut(), &done);
+                (calls, screen, done)
+            });
+            let (calls, back, done) = tokio::select! {
+                counted = counted => counted.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                _ = &mut shutdown => return Err(Error::Interrupted),
+            };
+            (screen, earlier.done) = (back, done);
+            if let Some(screen) = &mut screen {
+                screen.rewind()?;
+            }
+            calls?
+        }
+        None => screen.as_ref().map_or(job.scan.valid, preflight::Screen::to_submit),
+    };
 
     if to_offboard > 0 {
         let plan = format!(
@@ -834,8 +854,6 @@ struct Earlier {
     identity: RunIdentity,
     /// Input lines already finished, each for its machine.
     done: Finished,
-    /// How many of those are machines (not invalid or duplicate rows).
-    finished_machines: u64,
     /// Lines whose machine may have been called without its answer being recorded, or whose row says the
     /// call may have gone through: every intent on record for them.
     in_doubt: HashMap<u64, Vec<journal::Intent>>,
@@ -854,7 +872,7 @@ fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Ear
     if cut > 0 {
         tracing::warn!("cut a torn last row ({cut} bytes) from {}", job.output.display());
     }
-    let (done, finished_machines) = results::final_lines(&job.output)?;
+    let (done, _) = results::final_lines(&job.output)?;
     let mut earlier = journal::read(journal_path, |line, machine| !done.contains(line, machine))?;
     if let Some(why) = now.mismatch(&earlier.identity) {
         return Err(refuse(why));
@@ -875,7 +893,25 @@ fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Ear
             "machines whose earlier call may have gone through are looked up before any new call"
         );
     }
-    Ok(Earlier { identity: earlier.identity, done, finished_machines, in_doubt: earlier.intents })
+    Ok(Earlier { identity: earlier.identity, done, in_doubt: earlier.intents })
+}
+
+/// How many machines a session that skips the lines in `done` calls for: the rows screened as the run
+/// screens them, counting each valid id that passes and is not done.
+fn count_calls(rows: input::Rows, mut screen: Option<&mut preflight::Screen>, done: &Finished) -> Result<u64> {
+    let mut calls = 0;
+    for row in rows {
+        let screened = preflight::screen(screen.as_deref_mut(), row?)?;
+        if done.contains(screened.line(), machine_of(&screened)) {
+            continue;
+        }
+        if let Screened::Pass(row, _) = &screened
+            && matches!(row.kind, RowKind::Valid(_))
+        {
+            calls += 1;
+        }
+    }
+    Ok(calls)
 }
 
 /// The machine a row is about, as its results row names it: what a finished line is compared with.

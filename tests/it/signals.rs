@@ -62,43 +62,83 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
 }
 
-/// Before: Ctrl-C at the confirmation prompt was ignored until Enter (the answer was read with a blocking
-/// call on the runtime).
+/// A pseudo-terminal for the child's stdin and stderr (so the run asks), and its master side.
 #[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signal_at_the_prompt_ends_the_run_at_once() {
-    use std::io::Read;
+fn on_terminal(mut cmd: std::process::Command) -> (Child, std::fs::File) {
     use std::os::fd::{FromRawFd, OwnedFd};
-    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
-    // A terminal for stdin and stderr, so the run asks.
     let (mut master, mut slave) = (0, 0);
     let opened =
         unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
     assert_eq!(opened, 0, "openpty");
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut cmd = command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--summary-json", "s.json"], &[]);
     cmd.stdin(slave.try_clone().unwrap()).stderr(slave);
-    let child = cmd.spawn().unwrap();
-    // Read the terminal until the question shows.
-    let mut terminal = std::fs::File::from(master);
+    (cmd.spawn().unwrap(), std::fs::File::from(master))
+}
+
+/// Reads the terminal until `text` shows; returns what was read.
+#[cfg(target_os = "linux")]
+async fn read_until(terminal: std::fs::File, text: &'static str) -> (String, std::fs::File) {
+    use std::io::Read;
     let seen = tokio::task::spawn_blocking(move || {
-        let mut text = Vec::new();
+        let mut terminal = terminal;
+        let mut read = Vec::new();
         let mut buf = [0u8; 1024];
-        while !String::from_utf8_lossy(&text).contains("to offboard them") {
+        while !String::from_utf8_lossy(&read).contains(text) {
             match terminal.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Ok(n) => read.extend_from_slice(&buf[..n]),
             }
         }
-        (String::from_utf8_lossy(&text).into_owned(), terminal)
+        (String::from_utf8_lossy(&read).into_owned(), terminal)
     });
-    let (text, _terminal) = tokio::time::timeout(Duration::from_secs(60), seen).await.expect("the prompt").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), seen).await.expect("the text shows").unwrap()
+}
+
+/// Before: Ctrl-C at the confirmation prompt was ignored until Enter (the answer was read with a blocking
+/// call on the runtime).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_at_the_prompt_ends_the_run_at_once() {
+    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
+    let cmd = command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--summary-json", "s.json"], &[]);
+    let (child, terminal) = on_terminal(cmd);
+    let (text, _terminal) = read_until(terminal, "to offboard them").await;
     assert!(text.contains("Type 3 to offboard them"), "{text}");
     kill(&child, "-INT");
     let (code, _, _) = tokio::time::timeout(Duration::from_secs(30), wait(child)).await.expect("exits at once");
     assert_eq!(code, 130);
     assert_eq!(sim.stats().total(OFFBOARD), 0, "nothing was offboarded");
     assert_eq!(summary(dir.path())["exit_code"], 130);
+}
+
+/// Before: an interactive `--resume` subtracted the machines already finished from a count the pre-flight
+/// had already cleared of them (their actions are open), so the plan showed too few machines, or none and
+/// no question at all (1,000 machines interrupted after 697: the other 303 offboarded unasked).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_terminal_asks_for_exactly_the_machines_left() {
+    use std::io::Write;
+    let (dir, sim, input) = setup(30, "5/1s", Faults::default()).await;
+    let results = dir.path().join("m.results.csv");
+    let args = ["run", input.to_str().unwrap(), "--yes", "--rate", "5/1s"];
+    let first = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
+    wait_until("rows", || rows_in(&results) >= 16).await;
+    kill(&first, "-INT");
+    let (code, _, stderr) = wait(first).await;
+    assert_eq!(code, 130, "{stderr}");
+    // Rows of calls the interrupt cancelled before they were sent are `failed`: a resume calls them again.
+    let done = crate::common::Results::read(&results).rows.iter().filter(|r| r["outcome"] != "failed").count();
+    assert!(done < 30, "the interrupt came too late");
+    let offboards = sim.stats().total(OFFBOARD);
+
+    let cmd = command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--resume", "--rate", "5/1s"], &[]);
+    let (child, terminal) = on_terminal(cmd);
+    let (text, mut terminal) = read_until(terminal, "to offboard them").await;
+    assert!(text.contains(&format!("Type {} to offboard them", 30 - done)), "{done} rows done: {text}");
+    terminal.write_all(b"0\n").unwrap();
+    let (code, _, _) = wait(child).await;
+    assert_eq!(code, 2, "not confirmed");
+    assert_eq!(sim.stats().total(OFFBOARD), offboards, "nothing more was offboarded");
 }
 
 /// Ctrl-C during the pre-flight's reads stops them at once, not after the slow answer.
