@@ -14,6 +14,7 @@ mod run;
 mod secrets;
 mod settings;
 mod sim;
+mod temp_files;
 mod track;
 mod truth;
 mod unattended;
