@@ -6,6 +6,7 @@ mod common;
 mod faults;
 mod identity;
 mod incomplete_reads;
+mod locks;
 mod preflight;
 mod promises;
 mod real_time;
