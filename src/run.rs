@@ -365,8 +365,8 @@ pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Durati
 /// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
-    // this function returns.
-    // A tenant given by a domain name takes the lock of its id: found by signing in, before any API call.
+    // this function returns. A tenant given by a domain name takes the lock of its id, which signing in
+    // finds (before any API call).
     let credentials = job.tokens.credentials();
     let tenant = lock::tenant_of(&job.tokens).await?;
     let _lock = RunLock::acquire(&job.lock_dir, &tenant, &credentials.client_id, &job.run_id)?;
