@@ -56,6 +56,11 @@ impl Token {
         self.replaced_a_refused_one && !self.accepted.load(Ordering::Relaxed)
     }
 
+    /// The tenant id the token names (its `tid` claim): a tenant's GUID, however it was named at sign-in.
+    pub fn tenant_id(&self) -> Option<String> {
+        claim(&self.value, "tid")
+    }
+
     fn same(&self, other: &Token) -> bool {
         Arc::ptr_eq(&self.value, &other.value)
     }

@@ -7,12 +7,14 @@
 //! - [`Store`] keeps variable-length texts (a machine's name, an action's id), each found again by the
 //!   [`Ref`] that storing it returned, with one positioned read.
 //!
-//! Temporary files are deleted when dropped (anonymous ones as soon as they are created, on Linux).
+//! Every temporary file is anonymous ([`temp_file`]): it has no name from the moment it is open (on Windows,
+//! it is deleted when its last handle closes), so the system reclaims it however the process ends, kill -9
+//! included. A file read by several readers is shared open ([`SharedReader`]), never reopened by name.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -133,30 +135,57 @@ macro_rules! record {
 }
 pub(crate) use record;
 
-/// Writes `records` to a new anonymous temporary file, rewound for reading.
+/// A new temporary file in the temporary directory (`TMPDIR`, `TEMP` on Windows), without a name: unlinked
+/// as it is created (`O_TMPFILE` where Linux has it, else created and unlinked at once); on Windows opened
+/// delete-on-close. Share it with [`SharedReader`] or `try_clone`; it cannot be opened again.
+pub fn temp_file() -> io::Result<File> {
+    tempfile::tempfile()
+}
+
+/// A reader of a shared file from its start, with a position of its own: it reads with positioned reads, so
+/// any number of readers (and a writer through another handle) never move each other's place.
+#[derive(Debug)]
+pub struct SharedReader {
+    file: Arc<File>,
+    at: u64,
+}
+
+impl SharedReader {
+    pub fn new(file: Arc<File>) -> SharedReader {
+        SharedReader { file, at: 0 }
+    }
+}
+
+impl Read for SharedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = read_at(&self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes `records` to a new anonymous temporary file.
 fn write_run<R: Record>(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<File> {
-    let mut file = BufWriter::with_capacity(RUN_BUFFER, tempfile::tempfile()?);
+    let mut file = BufWriter::with_capacity(RUN_BUFFER, temp_file()?);
     let mut bytes = vec![0u8; R::SIZE];
     for record in records {
         record?.put(&mut bytes);
         file.write_all(&bytes)?;
     }
-    let mut file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.rewind()?;
-    Ok(file)
+    file.into_inner().map_err(io::IntoInnerError::into_error)
 }
 
 /// Records read back in the order they were written.
 pub struct RecordReader<R> {
-    input: BufReader<File>,
+    input: BufReader<SharedReader>,
     bytes: Vec<u8>,
     _record: PhantomData<R>,
 }
 
 impl<R: Record> RecordReader<R> {
-    fn new(file: File) -> Self {
+    fn new(file: Arc<File>) -> Self {
         RecordReader {
-            input: BufReader::with_capacity(RUN_BUFFER, file),
+            input: BufReader::with_capacity(RUN_BUFFER, SharedReader::new(file)),
             bytes: vec![0u8; R::SIZE],
             _record: PhantomData,
         }
@@ -238,7 +267,7 @@ pub enum Sorted<R> {
 
 impl<R: Record> Sorted<R> {
     fn merge(files: Vec<File>) -> io::Result<Sorted<R>> {
-        let mut runs: Vec<RecordReader<R>> = files.into_iter().map(RecordReader::new).collect();
+        let mut runs: Vec<RecordReader<R>> = files.into_iter().map(|f| RecordReader::new(Arc::new(f))).collect();
         let mut heads = BinaryHeap::with_capacity(runs.len());
         for (i, run) in runs.iter_mut().enumerate() {
             if let Some(record) = run.next() {
@@ -309,7 +338,7 @@ impl<R: Copy, I: Iterator<Item = io::Result<R>>> Cursor<R, I> {
 
 /// Records kept in the order written, in a temporary file, read back with [`RecordFile::read`].
 pub struct RecordFile<R> {
-    file: Arc<tempfile::NamedTempFile>,
+    file: Arc<File>,
     len: u64,
     _record: PhantomData<R>,
 }
@@ -329,8 +358,8 @@ impl<R> std::fmt::Debug for RecordFile<R> {
 impl<R: Record> RecordFile<R> {
     /// Writes `records` in their order.
     pub fn write(records: impl IntoIterator<Item = io::Result<R>>) -> io::Result<RecordFile<R>> {
-        let named = tempfile::Builder::new().prefix("mde-offboard-").tempfile()?;
-        let mut out = BufWriter::with_capacity(RUN_BUFFER, named.as_file());
+        let file = temp_file()?;
+        let mut out = BufWriter::with_capacity(RUN_BUFFER, &file);
         let mut bytes = vec![0u8; R::SIZE];
         let mut len = 0;
         for record in records {
@@ -340,7 +369,7 @@ impl<R: Record> RecordFile<R> {
         }
         out.flush()?;
         drop(out);
-        Ok(RecordFile { file: Arc::new(named), len, _record: PhantomData })
+        Ok(RecordFile { file: Arc::new(file), len, _record: PhantomData })
     }
 
     /// Records written.
@@ -354,7 +383,7 @@ impl<R: Record> RecordFile<R> {
 
     /// The records from the first, with a reader of their own.
     pub fn read(&self) -> io::Result<RecordReader<R>> {
-        Ok(RecordReader::new(self.file.reopen()?))
+        Ok(RecordReader::new(Arc::clone(&self.file)))
     }
 }
 
@@ -379,7 +408,7 @@ pub struct Store {
 
 impl Store {
     pub fn new() -> io::Result<Store> {
-        Ok(Store { out: BufWriter::with_capacity(RUN_BUFFER, tempfile::tempfile()?), len: 0 })
+        Ok(Store { out: BufWriter::with_capacity(RUN_BUFFER, temp_file()?), len: 0 })
     }
 
     /// Keeps `fields`. An entry is at most 65,535 bytes: a field is cut to what fits (at a character
@@ -430,21 +459,29 @@ impl Frozen {
     }
 }
 
+/// Reads at `offset` without using the file's own position (which handles made by `try_clone` share).
 #[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
 }
 
+/// Reads at `offset`; on Windows this moves the handle's position, which no reader here relies on (they
+/// all read at an offset of their own, and writing is done before reading starts).
 #[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
 fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
     while !buf.is_empty() {
-        match file.seek_read(buf, offset)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
+        match read_at(file, buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
                 buf = &mut buf[n..];
                 offset += n as u64;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -516,6 +553,23 @@ mod tests {
             let back: Vec<u64> = file.read().unwrap().collect::<io::Result<_>>().unwrap();
             assert_eq!(back, (0..1000u64).rev().collect::<Vec<_>>());
         }
+        // Readers of the one open file keep their own places, however they interleave.
+        let (mut a, mut b) = (file.read().unwrap(), file.read().unwrap());
+        for n in (500..1000u64).rev() {
+            assert_eq!(a.next().unwrap().unwrap(), n);
+        }
+        assert_eq!(b.next().unwrap().unwrap(), 999);
+        assert_eq!(a.next().unwrap().unwrap(), 499);
+        assert_eq!(b.count(), 999);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn temporary_files_have_no_name_once_open() {
+        use std::os::fd::AsRawFd;
+        let file = temp_file().unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        assert!(link.to_string_lossy().ends_with(" (deleted)"), "{}", link.display());
     }
 
     #[test]

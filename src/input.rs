@@ -3,7 +3,8 @@
 //! Reading is two passes. [`scan`] reads everything once to reject a bad input before any API call and to
 //! count what the run will touch (for the confirmation prompt and `--max-machines`); [`Scan::rows`] then
 //! streams the same bytes again for the run. Standard input cannot be read twice, so the scan copies it,
-//! as it streams, to a temporary file that the second pass reads and that is deleted with the [`Scan`].
+//! as it streams, to a temporary file that the second pass reads (an anonymous one, see
+//! [`extsort::temp_file`]: it goes with the last handle on it, or with the process however it ends).
 //!
 //! Memory stays flat in the number of rows: nothing the passes learn is kept in memory per row or per id.
 //! Every input, a file or standard input, is copied as the scan streams it to a temporary file that the
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extsort::{self, Cursor, RecordFile, RecordReader, Sorter, record};
+use crate::extsort::{self, Cursor, RecordFile, RecordReader, SharedReader, Sorter, record};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
@@ -93,7 +94,7 @@ pub struct Scan {
     dups: RecordFile<u64>,
     filter: Arc<Filter>,
     /// The copy of the input that the second pass reads; kept alive by every [`Rows`] reading it.
-    spool: Arc<tempfile::NamedTempFile>,
+    spool: Arc<File>,
 }
 
 /// What a row asks about, as sorted and joined: a machine id's 20 bytes, or the hash of a name
@@ -217,10 +218,10 @@ pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
 /// The scan: every byte read is also copied to a temporary file, which the second pass reads.
 fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(extsort::temp_message("copy the input to", &e));
-    let spool = tempfile::Builder::new().prefix("mde-offboard-input-").tempfile().map_err(spool_error)?;
+    let spool = extsort::temp_file().map_err(spool_error)?;
     let mut tee = Tee {
         input,
-        copy: BufWriter::new(spool.as_file().try_clone().map_err(spool_error)?),
+        copy: BufWriter::new(spool.try_clone().map_err(spool_error)?),
         hash: ring::digest::Context::new(&ring::digest::SHA256),
         failed: None,
     };
@@ -270,7 +271,7 @@ impl Scan {
     /// Streams the rows again, from the scan's copy of the input, for the run.
     pub fn rows(&self) -> Result<Rows> {
         let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
-        let file = self.spool.reopen().map_err(temp_error)?;
+        let file = SharedReader::new(Arc::clone(&self.spool));
         let mut reader = RowReader::open(&self.source, file, self.keys.clone())?;
         reader.dups = Some(Cursor::new(self.dups.read().map_err(temp_error)?));
         // Decide the layout the same way the scan did, and insist it came out the same.
@@ -285,8 +286,7 @@ impl Scan {
         if layout.headerless {
             reader.pending = Some(first);
         }
-        let files = (Arc::clone(&self.spool), self.dups.clone());
-        Ok(Rows { reader, layout, expected: self.counts(), seen: Counts::default(), done: false, _files: files })
+        Ok(Rows { reader, layout, expected: self.counts(), seen: Counts::default(), done: false })
     }
 
     /// The input's path; `None` for standard input.
@@ -308,13 +308,11 @@ impl Scan {
 
 /// The rows of a scanned input, in order.
 pub struct Rows {
-    reader: RowReader<File>,
+    reader: RowReader<SharedReader>,
     layout: Layout,
     expected: Counts,
     seen: Counts,
     done: bool,
-    /// The copy of the input and the duplicates' lines, kept while the rows are read.
-    _files: (Arc<tempfile::NamedTempFile>, RecordFile<u64>),
 }
 
 impl Iterator for Rows {
@@ -1086,6 +1084,14 @@ mod tests {
         assert_eq!(Source::Stdin.display(), "<stdin>");
     }
 
+    /// Whether an open file has no name in the file system (Linux says so of its link in /proc).
+    #[cfg(target_os = "linux")]
+    fn nameless(file: &File) -> bool {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        link.to_string_lossy().ends_with(" (deleted)")
+    }
+
     #[test]
     fn stdin_is_spooled_and_read_twice() {
         let content = format!("\u{FEFF}DeviceId\r\n{A}\r\n{B}\r\nbad\r\n");
@@ -1104,7 +1110,8 @@ mod tests {
         let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None, false).unwrap();
         assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
         assert_eq!(scan.input_path(), None);
-        let spool = scan.spool.path().to_path_buf();
+        #[cfg(target_os = "linux")]
+        assert!(nameless(&scan.spool), "the copy has no name: nothing to leave behind");
         for _ in 0..2 {
             let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
             assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3, 4]);
@@ -1112,9 +1119,10 @@ mod tests {
         }
         // Rows outlive the scan's handle on the spool; the spool goes with the last of them.
         let rows = scan.rows().unwrap();
+        let spool = Arc::downgrade(&scan.spool);
         drop(scan);
         assert_eq!(rows.count(), 3);
-        assert!(!spool.exists());
+        assert!(spool.upgrade().is_none(), "closed with the last reader");
         let message = scan_spooled(Source::Stdin, &b"Owner\nx\n"[..], None, false).unwrap_err().to_string();
         assert!(message.starts_with("input <stdin>: line 1: no machine id column"), "{message}");
     }
@@ -1124,7 +1132,8 @@ mod tests {
         let content = format!("MachineId\n{A}\n{B}\n");
         let (_dir, path) = file(content.as_bytes());
         let scan = scan(Source::Path(path), None).unwrap();
-        let spooled = std::fs::read(scan.spool.path()).unwrap();
+        let mut spooled = Vec::new();
+        SharedReader::new(Arc::clone(&scan.spool)).read_to_end(&mut spooled).unwrap();
         assert_eq!(spooled, content.as_bytes());
         let expected: String = ring::digest::digest(&ring::digest::SHA256, content.as_bytes())
             .as_ref()

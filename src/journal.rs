@@ -77,10 +77,11 @@ impl RunIdentity {
                 &now[..now.len().min(12)]
             ));
         }
-        if self.tenant_id != earlier.tenant_id {
+        // Ids in any letter case are the same tenant and app (as for the run lock).
+        if !self.tenant_id.trim().eq_ignore_ascii_case(earlier.tenant_id.trim()) {
             return differs("tenant", &earlier.tenant_id, &self.tenant_id);
         }
-        if self.client_id != earlier.client_id {
+        if !self.client_id.trim().eq_ignore_ascii_case(earlier.client_id.trim()) {
             return differs("app (client id)", &earlier.client_id, &self.client_id);
         }
         if self.comment != earlier.comment {
@@ -402,6 +403,8 @@ mod tests {
         assert_eq!(a.mismatch(&a), None);
         let b = RunIdentity { tenant_id: "other".into(), ..identity() };
         assert!(b.mismatch(&a).unwrap().contains("tenant t"));
+        let upper = RunIdentity { tenant_id: "T".into(), client_id: "C".into(), ..identity() };
+        assert_eq!(upper.mismatch(&a), None, "ids in another letter case are the same tenant and app");
         let c = RunIdentity { input_rows: 9, ..identity() };
         assert!(c.mismatch(&a).unwrap().contains("changed"));
         let d = RunIdentity { comment: "x".into(), ..identity() };

@@ -2,7 +2,8 @@
 //! throttle each other.
 //!
 //! The lock is an operating-system file lock (`File::try_lock`) on a file named for the tenant and client,
-//! in the state directory. The OS drops it when the holder dies, however it dies, so a lock left by a
+//! in the state directory. The tenant is named by its id, in lowercase, however it was given: a domain name
+//! (`contoso.onmicrosoft.com`) is the same tenant as its GUID, and the token says which GUID ([`tenant_of`]). The OS drops it when the holder dies, however it dies, so a lock left by a
 //! crashed run is never in the way. Beside it, a `.holder` file names the holder's run id, pid and start
 //! time (a separate file: Windows locks are mandatory, so the locked file itself cannot be read), so a
 //! refused run can name who holds it, and a run that finds a holder named but no lock held says it is
@@ -12,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::auth::TokenCache;
 use crate::error::{Error, Result};
 
 /// Overrides where lock files live (tests, or hosts with a shared state directory).
@@ -31,6 +33,24 @@ pub fn state_dir() -> PathBuf {
     base.unwrap_or_else(std::env::temp_dir).join("mde-offboard")
 }
 
+/// The tenant id a run lock is keyed by. A tenant given by its GUID is that GUID; one given by a domain name
+/// is the GUID its token names (`tid`), so this signs in first (sign-in spends none of the API's quota), before
+/// the first API call.
+pub async fn tenant_of(tokens: &TokenCache) -> Result<String> {
+    let given = &tokens.credentials().tenant_id;
+    if is_guid(given) {
+        return Ok(given.clone());
+    }
+    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    Ok(token.tenant_id().unwrap_or_else(|| given.clone()))
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.trim().split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A held run lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct RunLock {
@@ -45,7 +65,8 @@ fn write_holder(path: &Path, holder: &str) -> std::io::Result<()> {
 }
 
 impl RunLock {
-    /// Takes the lock for `tenant` + `client` in `dir`, or says who holds it.
+    /// Takes the lock for `tenant` + `client` in `dir` (ids compared ignoring case and surrounding spaces), or
+    /// says who holds it. `tenant` is the tenant's id: see [`tenant_of`].
     pub fn acquire(dir: &Path, tenant: &str, client: &str, run_id: &str) -> Result<RunLock> {
         let fail = |path: &Path, e: std::io::Error| Error::Output {
             path: path.to_owned(),
@@ -53,6 +74,7 @@ impl RunLock {
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
         let safe = |s: &str| {
+            let s = s.trim().to_ascii_lowercase();
             s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>()
         };
         let path = dir.join(format!("{}-{}.lock", safe(tenant), safe(client)));
@@ -153,6 +175,18 @@ mod tests {
         drop(first);
         assert!(RunLock::acquire(dir.path(), "t", "c", "run-4").is_ok());
         drop(other);
+    }
+
+    #[test]
+    fn a_tenant_and_app_take_one_lock_in_any_letter_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = "0D3E5C1A-7B2F-4E8D-9A61-5F4C3B2A1D00";
+        let _held = RunLock::acquire(dir.path(), tenant, "APP-ID", "run-1").unwrap();
+        let msg = RunLock::acquire(dir.path(), &tenant.to_lowercase(), " app-id", "run-2").unwrap_err().to_string();
+        assert!(msg.contains("run-1"), "{msg}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| n.to_string_lossy() == n.to_string_lossy().to_lowercase()), "{names:?}");
+        assert!(is_guid(tenant) && !is_guid("contoso.onmicrosoft.com") && !is_guid("0d3e5c1a-7b2f-4e8d-9a61"));
     }
 
     #[test]

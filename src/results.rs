@@ -4,7 +4,7 @@
 //! machines finish, not input order: the `line` column ties each to its input row.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufWriter, Read};
@@ -305,27 +305,60 @@ impl ResultsWriter {
     }
 }
 
-/// A set of input line numbers, one bit each (1,000,000 lines: 125 KB).
+/// Values by line number (or row index), kept in pages of [`PAGE`] allocated as numbers are met: memory
+/// follows the numbers present, not the largest one (a stray huge number costs one page, not an allocation
+/// its size).
+#[derive(Debug)]
+struct Paged<T> {
+    pages: HashMap<u64, Box<[T; PAGE]>>,
+}
+
+/// Numbers per page of a [`Paged`].
+const PAGE: usize = 4096;
+
+impl<T> Default for Paged<T> {
+    fn default() -> Self {
+        Paged { pages: HashMap::new() }
+    }
+}
+
+impl<T: Copy + Default> Paged<T> {
+    fn get(&self, n: u64) -> T {
+        self.pages.get(&(n / PAGE as u64)).map_or_else(T::default, |page| page[(n % PAGE as u64) as usize])
+    }
+
+    fn get_mut(&mut self, n: u64) -> &mut T {
+        let page = self.pages.entry(n / PAGE as u64).or_insert_with(|| Box::new([T::default(); PAGE]));
+        &mut page[(n % PAGE as u64) as usize]
+    }
+
+    /// The slot of `n` if its page exists (for clearing: nothing to allocate).
+    fn existing_mut(&mut self, n: u64) -> Option<&mut T> {
+        self.pages.get_mut(&(n / PAGE as u64)).map(|page| &mut page[(n % PAGE as u64) as usize])
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.pages.values().flat_map(|page| page.iter())
+    }
+}
+
+/// A set of input line numbers (or row indexes), one bit each (1,000,000 lines: 125 KB).
 #[derive(Default, Debug)]
-pub struct LineSet(Vec<u64>);
+pub struct LineSet(Paged<u64>);
 
 impl LineSet {
     pub fn insert(&mut self, line: u64) {
-        let (word, bit) = ((line / 64) as usize, line % 64);
-        if word >= self.0.len() {
-            self.0.resize(word + 1, 0);
-        }
-        self.0[word] |= 1 << bit;
+        *self.0.get_mut(line / 64) |= 1 << (line % 64);
     }
 
     pub fn remove(&mut self, line: u64) {
-        if let Some(w) = self.0.get_mut((line / 64) as usize) {
+        if let Some(w) = self.0.existing_mut(line / 64) {
             *w &= !(1 << (line % 64));
         }
     }
 
     pub fn len(&self) -> u64 {
-        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.0.values().map(|w| u64::from(w.count_ones())).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -333,7 +366,7 @@ impl LineSet {
     }
 
     pub fn contains(&self, line: u64) -> bool {
-        self.0.get((line / 64) as usize).is_some_and(|w| w & (1 << (line % 64)) != 0)
+        self.0.get(line / 64) & (1 << (line % 64)) != 0
     }
 }
 
@@ -385,45 +418,77 @@ fn end_of_complete_records(mut input: impl Read) -> std::io::Result<Option<u64>>
     }
 }
 
-/// Reads a results file row by row as (line, outcome), checking its header.
-fn read_rows(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>> {
+/// The largest input line a results row may name: no machine list has more lines (it would hold 170 GB of
+/// ids). A row naming a larger one (or line 0) is damage, refused with the file and the row named.
+pub const MAX_LINE: u64 = u32::MAX as u64;
+
+/// A results file's rows as (line, outcome, record), its header checked.
+type Rows = Box<dyn Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>>;
+
+/// Reads a results file row by row: see [`rows_of`].
+fn read_rows(path: &Path) -> Result<Rows> {
+    let file = File::open(path)
+        .map_err(|e| Error::Output { path: path.to_owned(), message: format!("cannot read it: {e}") })?;
+    rows_of(file, path)
+}
+
+/// Reads results rows from `input` (named `path` in errors) as (line, outcome, record), checking the header,
+/// and that every row has a line number from 1 to [`MAX_LINE`] and an outcome: the one reader of every
+/// command that reads a results file by line (a resume, the journal, the tally).
+fn rows_of(input: impl Read + 'static, path: &Path) -> Result<Rows> {
     let bad = |message: String| Error::Output { path: path.to_owned(), message };
-    let mut reader =
-        csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
     let headers = reader.headers().map_err(|e| bad(format!("cannot read it: {e}")))?.clone();
     if headers.iter().collect::<Vec<_>>() != COLUMNS {
         return Err(bad("is not an mde-offboard results file (its header differs)".into()));
     }
     let path = path.to_owned();
-    Ok(reader.into_records().map(move |record| {
+    Ok(Box::new(reader.into_records().map(move |record| {
         let bad = |message: String| Error::Output { path: path.clone(), message };
         let record = record.map_err(|e| bad(format!("cannot read a row: {e}")))?;
-        let line = record.get(0).and_then(|l| l.parse::<u64>().ok());
-        let outcome = record.get(2).and_then(Outcome::parse);
-        match (line, outcome) {
-            (Some(line), Some(outcome)) => Ok((line, outcome, record)),
-            _ => Err(bad(format!("row {:?} is not a results row", record.iter().collect::<Vec<_>>()))),
+        // The row as a person finds it in the file: the header is row 1.
+        let row = record.position().map_or(0, |p| p.record() + 1);
+        let cell = |i: usize| clip_cell(record.get(i).unwrap_or(""));
+        let Some(line) =
+            record.get(0).and_then(|l| l.trim().parse::<u64>().ok()).filter(|l| (1..=MAX_LINE).contains(l))
+        else {
+            return Err(bad(format!(
+                "row {row} is damaged: its line `{}` is not an input line number (1 to {MAX_LINE}); fix or delete \
+                 that row, or start a new run with another --output",
+                cell(0)
+            )));
+        };
+        match record.get(2).and_then(Outcome::parse) {
+            Some(outcome) => Ok((line, outcome, record)),
+            None => Err(bad(format!(
+                "row {row} is not a results row: its outcome `{}` is not one this tool writes",
+                cell(2)
+            ))),
         }
-    }))
+    })))
+}
+
+/// A cell quoted in a message: at most 40 characters of it.
+fn clip_cell(cell: &str) -> String {
+    match cell.char_indices().nth(40) {
+        Some((end, _)) => format!("{}...", &cell[..end]),
+        None => cell.to_string(),
+    }
 }
 
 /// The input lines an earlier run finished with, each with the machine its row names: a line is done only
 /// for the same machine (a different list under the same name is not done). One fingerprint per line
 /// (8 bytes; 1,000,000 lines: 8 MB).
 #[derive(Default, Debug)]
-pub struct Finished(Vec<u64>);
+pub struct Finished(Paged<u64>);
 
 impl Finished {
     pub fn insert(&mut self, line: u64, machine_id: &str) {
-        let slot = usize::try_from(line).unwrap_or(usize::MAX);
-        if slot >= self.0.len() {
-            self.0.resize(slot + 1, 0);
-        }
-        self.0[slot] = Finished::fingerprint(machine_id);
+        *self.0.get_mut(line) = Finished::fingerprint(machine_id);
     }
 
     pub fn remove(&mut self, line: u64) {
-        if let Some(slot) = usize::try_from(line).ok().and_then(|l| self.0.get_mut(l)) {
+        if let Some(slot) = self.0.existing_mut(line) {
             *slot = 0;
         }
     }
@@ -439,7 +504,7 @@ impl Finished {
     }
 
     pub fn len(&self) -> u64 {
-        self.0.iter().filter(|&&f| f != 0).count() as u64
+        self.0.values().filter(|&&f| f != 0).count() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -447,7 +512,7 @@ impl Finished {
     }
 
     fn fingerprint_of(&self, line: u64) -> Option<u64> {
-        usize::try_from(line).ok().and_then(|l| self.0.get(l)).copied().filter(|&f| f != 0)
+        Some(self.0.get(line)).filter(|&f| f != 0)
     }
 
     /// A hash of the id as a resume compares it; never 0 (an empty slot).
@@ -461,9 +526,13 @@ impl Finished {
 /// The input lines an earlier run finished with (their last row is final), and how many of those rows
 /// are machines (not `invalid_id` or `duplicate` rows).
 pub fn final_lines(path: &Path) -> Result<(Finished, u64)> {
+    final_lines_of(read_rows(path)?)
+}
+
+fn final_lines_of(rows: Rows) -> Result<(Finished, u64)> {
     let mut done = Finished::default();
     let mut machines = LineSet::default();
-    for row in read_rows(path)? {
+    for row in rows {
         let (line, outcome, record) = row?;
         if outcome.is_final() {
             done.insert(line, record.get(1).unwrap_or(""));
@@ -503,8 +572,12 @@ pub fn may_have_gone_through(outcome: Outcome, http_status: Option<u16>, attempt
 /// The lines whose last row is a failure that [`may_have_gone_through`]: their journal intents must outlive
 /// the run, so that `--resume` looks them up.
 pub fn in_doubt_lines(path: &Path) -> Result<LineSet> {
+    in_doubt_lines_of(read_rows(path)?)
+}
+
+fn in_doubt_lines_of(rows: Rows) -> Result<LineSet> {
     let mut doubt = LineSet::default();
-    for row in read_rows(path)? {
+    for row in rows {
         let (line, outcome, record) = row?;
         let field = |i: usize| record.get(i).unwrap_or("").trim();
         let status = field(5).parse::<u16>().ok();
@@ -522,15 +595,7 @@ pub fn in_doubt_lines(path: &Path) -> Result<LineSet> {
 /// file (a temporary file, then an atomic rename) so it holds exactly that last row per line.
 pub fn tally(path: &Path, compact: bool) -> Result<BTreeMap<Outcome, u64>> {
     // Pass 1: the index of each line's last row. Pass 2: count (and keep) only those rows.
-    let mut last: Vec<u32> = Vec::new();
-    for (index, row) in read_rows(path)?.enumerate() {
-        let (line, _, _) = row?;
-        let slot = usize::try_from(line).unwrap_or(usize::MAX);
-        if slot >= last.len() {
-            last.resize(slot + 1, 0);
-        }
-        last[slot] = index as u32 + 1;
-    }
+    let last = last_rows(read_rows(path)?)?;
     let tmp = {
         let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".tmp");
@@ -546,23 +611,71 @@ pub fn tally(path: &Path, compact: bool) -> Result<BTreeMap<Outcome, u64>> {
     } else {
         None
     };
-    let mut counts = BTreeMap::new();
-    for (index, row) in read_rows(path)?.enumerate() {
-        let (line, outcome, record) = row?;
-        if last[line as usize] != index as u32 + 1 {
-            continue;
-        }
-        *counts.entry(outcome).or_insert(0) += 1;
-        if let Some(w) = &mut out {
-            w.write_record(&record).map_err(|e| fail(e.to_string()))?;
-        }
-    }
+    let counts = count_last_rows(read_rows(path)?, &last, |record| match &mut out {
+        Some(w) => w.write_record(record).map_err(|e| fail(e.to_string())),
+        None => Ok(()),
+    })?;
     if let Some(w) = out {
         let file = w.into_inner().map_err(|e| fail(e.to_string()))?.into_inner().map_err(|e| fail(e.to_string()))?;
         file.sync_all().map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
     }
     Ok(counts)
+}
+
+/// The index (from 1) of each line's last row.
+fn last_rows(rows: Rows) -> Result<Paged<u32>> {
+    let mut last: Paged<u32> = Paged::default();
+    for (index, row) in rows.enumerate() {
+        let (line, _, _) = row?;
+        *last.get_mut(line) = index as u32 + 1;
+    }
+    Ok(last)
+}
+
+/// Counts the outcomes of the rows that are their line's last (as [`last_rows`] found them), giving each
+/// such row to `keep`.
+fn count_last_rows(
+    rows: Rows,
+    last: &Paged<u32>,
+    mut keep: impl FnMut(&csv::StringRecord) -> Result<()>,
+) -> Result<BTreeMap<Outcome, u64>> {
+    let mut counts = BTreeMap::new();
+    for (index, row) in rows.enumerate() {
+        let (line, outcome, record) = row?;
+        if last.get(line) == index as u32 + 1 {
+            *counts.entry(outcome).or_insert(0) += 1;
+            keep(&record)?;
+        }
+    }
+    Ok(counts)
+}
+
+/// What a resume reads of a results file, read from bytes: for fuzzing and tests.
+#[derive(Debug)]
+pub struct Reading {
+    /// Where [`cut_torn_row`] would cut (`None`: not even a header line).
+    pub complete_up_to: Option<u64>,
+    /// As [`final_lines`] gives them.
+    pub finished: Finished,
+    pub finished_machines: u64,
+    /// As [`in_doubt_lines`] gives them.
+    pub in_doubt: LineSet,
+    /// As [`tally`] counts them: one per distinct line.
+    pub tally: BTreeMap<Outcome, u64>,
+}
+
+/// Reads `bytes` as a results file the way `--resume` and the journal do (the same reader, every pass), or
+/// fails as they would.
+pub fn read_bytes(bytes: &[u8]) -> Result<Reading> {
+    let path = Path::new("<bytes>");
+    let rows = || rows_of(std::io::Cursor::new(bytes.to_vec()), path);
+    let complete_up_to = end_of_complete_records(bytes).expect("reading memory does not fail");
+    let (finished, finished_machines) = final_lines_of(rows()?)?;
+    let in_doubt = in_doubt_lines_of(rows()?)?;
+    let last = last_rows(rows()?)?;
+    let tally = count_last_rows(rows()?, &last, |_| Ok(()))?;
+    Ok(Reading { complete_up_to, finished, finished_machines, in_doubt, tally })
 }
 
 #[cfg(test)]
@@ -664,6 +777,49 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains("<html>  <body>Bad gateway</body> </html>"), "{text}");
+    }
+
+    #[test]
+    fn lines_cost_memory_by_the_lines_present_not_the_largest() {
+        let mut done = Finished::default();
+        let mut set = LineSet::default();
+        for line in [2, 3, MAX_LINE, u64::MAX] {
+            done.insert(line, "aa");
+            set.insert(line);
+        }
+        assert_eq!((done.len(), set.len()), (4, 4));
+        assert!(done.contains(MAX_LINE, "aa") && set.contains(u64::MAX) && !set.contains(u64::MAX - 1));
+        assert!(done.0.pages.len() <= 3 && set.0.pages.len() <= 3, "a page each, not an allocation their size");
+        done.remove(3);
+        set.remove(u64::MAX);
+        set.remove(1 << 50);
+        assert!(!done.has_line(3) && !set.contains(u64::MAX) && set.0.pages.len() <= 3);
+    }
+
+    #[test]
+    fn damaged_line_numbers_are_refused_with_the_row_named() {
+        let header = COLUMNS.join(",");
+        for (line, ok) in
+            [("2", true), ("4294967295", true), ("4294967296", false), ("0", false), ("-1", false), ("", false)]
+        {
+            let text = format!("{header}\n2,aa,submitted\n{line},bb,failed,,,500,1\n");
+            match read_bytes(text.as_bytes()) {
+                Ok(reading) => {
+                    assert!(ok, "line `{line}` was read");
+                    assert_eq!(reading.tally.values().sum::<u64>(), if line == "2" { 1 } else { 2 });
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(!ok, "line `{line}`: {message}");
+                    assert!(
+                        message.contains("row 3 is damaged") && message.contains(&format!("`{line}`")),
+                        "{message}"
+                    );
+                }
+            }
+        }
+        let message = read_bytes(format!("{header}\n2,aa,offboarded\n").as_bytes()).unwrap_err().to_string();
+        assert!(message.contains("row 2 is not a results row") && message.contains("`offboarded`"), "{message}");
     }
 
     #[test]

@@ -398,9 +398,11 @@ pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Durati
 /// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
-    // this function returns.
+    // this function returns. A tenant given by a domain name takes the lock of its id, which signing in
+    // finds (before any API call).
     let credentials = job.tokens.credentials();
-    let _lock = RunLock::acquire(&job.lock_dir, &credentials.tenant_id, &credentials.client_id, &job.run_id)?;
+    let tenant = lock::tenant_of(&job.tokens).await?;
+    let _lock = RunLock::acquire(&job.lock_dir, &tenant, &credentials.client_id, &job.run_id)?;
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {

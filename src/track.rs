@@ -697,14 +697,14 @@ pub async fn track_file(
         return Ok(summary);
     }
 
-    let credentials = settings.credentials()?;
-    // Tracking spends the same quota as a run: one at a time per tenant and app.
-    let run_id = crate::run::new_run_id(SystemTime::now());
-    let _lock = RunLock::acquire(&lock::state_dir(), &credentials.tenant_id, &credentials.client_id, &run_id)?;
     let tokens = match tokens {
         Some(tokens) => tokens,
-        None => Arc::new(TokenCache::new(crate::run::http_client(settings)?, credentials)),
+        None => Arc::new(TokenCache::new(crate::run::http_client(settings)?, settings.credentials()?)),
     };
+    // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
+    let run_id = crate::run::new_run_id(SystemTime::now());
+    let tenant = lock::tenant_of(&tokens).await?;
+    let _lock = RunLock::acquire(&lock::state_dir(), &tenant, &tokens.credentials().client_id, &run_id)?;
     let http = tokens.http();
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
     let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };

@@ -126,6 +126,9 @@ pub struct SimulateArgs {
     /// The tenant that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_TENANT_ID)]
     pub tenant_id: String,
+    /// A domain name of the tenant, accepted in place of its id at sign-in; repeat for several.
+    #[arg(long = "tenant-domain", value_name = "DOMAIN")]
+    pub tenant_domains: Vec<String>,
     /// The app registration that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_CLIENT_ID)]
     pub client_id: String,
@@ -165,6 +168,7 @@ impl SimulateArgs {
         let config = SimConfig {
             listen: self.listen,
             tenant_id: self.tenant_id.clone(),
+            tenant_domains: self.tenant_domains.clone(),
             client_id: self.client_id.clone(),
             client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
             roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),

@@ -26,6 +26,9 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// The only tenant that exists (compared case-insensitively).
     pub tenant_id: String,
+    /// Domain names of the tenant (`contoso.onmicrosoft.com`), accepted in place of its id at sign-in, as
+    /// Entra ID does; tokens name the tenant by its id (`tid`) whatever it was called. None by default.
+    pub tenant_domains: Vec<String>,
     /// The only app registration that exists.
     pub client_id: String,
     pub client_secret: String,
@@ -68,6 +71,7 @@ impl Default for SimConfig {
         SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tenant_id: DEMO_TENANT_ID.into(),
+            tenant_domains: Vec::new(),
             client_id: DEMO_CLIENT_ID.into(),
             client_secret: DEMO_CLIENT_SECRET.into(),
             roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),

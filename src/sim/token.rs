@@ -128,7 +128,8 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
     let config = &sim.config;
     let bad_request = StatusCode::BAD_REQUEST;
     let unauthorized = StatusCode::UNAUTHORIZED;
-    if !tenant.eq_ignore_ascii_case(&config.tenant_id) {
+    let known = |name: &String| tenant.eq_ignore_ascii_case(name);
+    if !known(&config.tenant_id) && !config.tenant_domains.iter().any(known) {
         return Err(refuse(
             bad_request,
             "invalid_request",
@@ -266,7 +267,8 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
         "idp": format!("https://sts.windows.net/{}/", config.tenant_id),
         "oid": random_guid(),
         "roles": config.roles,
-        "tid": config.tenant_id,
+        // The tenant's id, as Entra ID writes it (lowercase), however the request named the tenant.
+        "tid": config.tenant_id.to_ascii_lowercase(),
         "uti": random_guid(),
         "ver": "1.0",
     });

@@ -190,3 +190,49 @@ async fn an_unusable_temporary_directory_is_named_before_any_call() {
     assert!(!output.exists());
     sim.shutdown().await;
 }
+
+/// A results file whose `line` column holds a huge number (a damaged or hand-edited file) is refused by
+/// `--resume`: exit 1, the file, the row and the number named, never a panic or an allocation the size of the
+/// number. `track` does not go by line numbers: it tracks such a file, and keeps the row as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_with_a_huge_line_number_is_refused_by_resume_and_tracked_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Fleet::from_csv(&write_file(dir.path(), "fleet.csv", FLEET)).unwrap();
+    let sim = Simulator::start(SimConfig { fleet, ..SimConfig::default() }).await.unwrap();
+    let input = write_file(dir.path(), "machines.csv", &format!("MachineId\n{A}\n{B}\n"));
+    let output = dir.path().join("results.csv");
+    let run = ["run", input.to_str().unwrap(), "--yes", "--output", output.to_str().unwrap()];
+    let out = mde_env(&sim, dir.path(), &run, "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let written = std::fs::read_to_string(&output).unwrap();
+    let resume = [&run[..], &["--resume"]].concat();
+    for huge in ["18446744073709551615", "1000000000000", "4294967296", "0"] {
+        // The row of line 3 now names line `huge`, and is failed: a resume would retry it.
+        let damaged: String = written
+            .lines()
+            .map(|row| match row.strip_prefix("3,") {
+                Some(rest) => format!("{huge},{}\n", rest.replacen(",submitted,", ",failed,", 1)),
+                None => format!("{row}\n"),
+            })
+            .collect();
+        assert_ne!(damaged, written);
+        std::fs::write(&output, &damaged).unwrap();
+        let out = mde_env(&sim, dir.path(), &resume, "", &[]).await;
+        assert!(!out.stderr.contains("panicked") && !out.stderr.contains("memory allocation"), "{}", out.stderr);
+        assert_eq!(out.code, 1, "line {huge}: {}", out.stderr);
+        let row = if damaged.lines().nth(1).unwrap().starts_with(huge) { "row 2" } else { "row 3" };
+        for said in ["results.csv", row, &format!("`{huge}`"), "not an input line number"] {
+            assert!(out.stderr.contains(said), "line {huge}: the message does not say `{said}`:\n{}", out.stderr);
+        }
+        assert!(out.stderr.len() < 2000, "{}", out.stderr);
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), damaged, "the refused file is left as it was");
+
+        let out = mde_env(&sim, dir.path(), &["track", output.to_str().unwrap(), "--once"], "", &[]).await;
+        assert!(!out.stderr.contains("panicked") && !out.stderr.contains("memory allocation"), "{}", out.stderr);
+        assert!([0, 3].contains(&out.code), "track, line {huge}: exit {}\n{}", out.code, out.stderr);
+        let tracked = std::fs::read_to_string(&output).unwrap();
+        assert!(tracked.lines().any(|row| row.starts_with(&format!("{huge},"))), "{tracked}");
+    }
+    assert!(sim.stats().offboard_calls.values().all(|c| c.calls == 1), "{:?}", sim.stats().offboard_calls);
+    sim.shutdown().await;
+}
