@@ -109,7 +109,6 @@ pub enum AuthError {
     ApiRefusesToken { refused: u32 },
 }
 
-
 #[derive(Deserialize, Default)]
 struct EntraError {
     #[serde(default)]
@@ -285,7 +284,10 @@ impl TokenCache {
             if status.is_success() {
                 let mut token = parse_token(&body, sent_at).map_err(|why| AuthError::BadAnswer {
                     url: url.clone(),
-                    message: format!("HTTP {status}{}, {why}", content_type.map(|t| format!(" ({t})")).unwrap_or_default()),
+                    message: format!(
+                        "HTTP {status}{}, {why}",
+                        content_type.map(|t| format!(" ({t})")).unwrap_or_default()
+                    ),
                 })?;
                 token.replaced_a_refused_one = after_refusal;
                 self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -313,7 +315,8 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
     let answer: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         let start = String::from_utf8_lossy(&body[..body.len().min(512)]).trim_start().to_ascii_lowercase();
         if start.starts_with("<!doctype html") || start.starts_with("<html") || start.contains("<body") {
-            "an HTML page, not a token answer (a proxy's or a portal's page?): check --authority (or --cloud)".to_string()
+            "an HTML page, not a token answer (a proxy's or a portal's page?): check --authority (or --cloud)"
+                .to_string()
         } else {
             "the body is not JSON".to_string()
         }
@@ -562,7 +565,10 @@ mod tests {
     fn an_answer_without_a_token_says_what_is_wrong_and_quotes_no_value() {
         let now = Instant::now();
         for (body, says) in [
-            (&br#"{"token_type":"Bearer","token":"secret-looking"}"#[..], "no `access_token` (its fields: token, token_type)"),
+            (
+                &br#"{"token_type":"Bearer","token":"secret-looking"}"#[..],
+                "no `access_token` (its fields: token, token_type)",
+            ),
             (b"<!DOCTYPE html><html><body>Sign in</body></html>", "an HTML page"),
             (b"  ", "empty"),
             (b"not json", "not JSON"),

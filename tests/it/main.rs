@@ -14,6 +14,7 @@ mod run;
 mod secrets;
 mod settings;
 mod sim;
+mod throttling;
 mod track;
 mod truth;
 mod unattended;
