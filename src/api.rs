@@ -1,9 +1,10 @@
 //! Calls to the Defender for Endpoint API, each through the shared limiter and token cache, with the one
 //! retry policy every call follows.
 //!
-//! Policy: a 429 pauses the whole pool until `Retry-After` (seconds or an HTTP-date; a bounded backoff
-//! when it is missing or absurd) and the call is tried again; 5xx, timeouts and dropped connections back
-//! off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token (once per token refused,
+//! Policy: a 429 pauses the whole pool (see [`Limiter`]'s throttling: at least `Retry-After`, seconds or an
+//! HTTP-date, and longer with each 429 in a row across the pool, whatever `Retry-After` says) and the call is
+//! tried again, until [`THROTTLED_IN_A_ROW_MAX`] 429s in a row for the call; 5xx, timeouts and dropped
+//! connections back off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token (once per token refused,
 //! see [`TokenCache::renew`]), unless the token was itself just renewed; a 404 may be tried once more (the
 //! service has been seen answering 404 for machines that exist); every other 4xx is final.
 //!
@@ -18,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use tokio::time::Instant;
 
 pub use crate::auth::ANSWER_MAX;
 use crate::auth::{
@@ -28,11 +28,11 @@ use crate::limiter::Limiter;
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
-/// Longest backoff between attempts after a 5xx or a transport failure, or a 429 without a usable `Retry-After`.
+/// Longest backoff between attempts after a 5xx or a transport failure.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// 429s one call may meet before it gives up (they do not count against `max_attempts`: they are the
-/// quota's doing, not the machine's).
-const THROTTLED_RETRIES_MAX: u32 = 20;
+/// 429s in a row after which a call gives up; any other answer starts the count again. They do not count
+/// against `max_attempts`: they are the quota's doing, not the machine's.
+pub const THROTTLED_IN_A_ROW_MAX: u32 = 20;
 /// Most bytes read of a list page: `$top` is at most 10,000 (Microsoft's documentation), and a machine entry
 /// with its IP addresses, tags and metadata is a few KiB; 10,000 entries of up to 13 KiB each fit.
 pub const LIST_PAGE_MAX: usize = 128 << 20;
@@ -339,7 +339,7 @@ impl Api {
         let url = format!("{}{}", self.base, path);
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
-        let mut throttled = 0u32;
+        let mut throttled = 0u32; // 429s in a row
         let mut renewals = 0u32;
         let mut retried_404 = false;
         loop {
@@ -408,6 +408,20 @@ impl Api {
                 }
                 Err(e) => Err(e),
             };
+            // The pool learns of the answer before the permit goes: a 429 pauses it (and a wait for the probe
+            // ends only once the probe's verdict is in), any other answer ends its throttling.
+            let pool_pause = match &answer {
+                Ok(Ok((429, retry_after, _))) => Some(permit.throttled(*retry_after, self.policy.retry_delay)),
+                Ok(Ok(_)) => {
+                    permit.answered();
+                    None
+                }
+                Ok(Err(failure)) if failure.status.is_some_and(|s| s != 429) => {
+                    permit.answered();
+                    None
+                }
+                _ => None,
+            };
             // The answer is in (or the call failed): from now on the call holds its place one period.
             permit.finish();
             if let Ok(Ok((status, ..))) = &answer
@@ -434,8 +448,11 @@ impl Api {
                         Step::Done(Err(failure))
                     }
                 }
-                Ok(Ok((status, retry_after, body))) => {
+                Ok(Ok((status, _, body))) => {
                     tracing::trace!(%path, attempt = attempts, status, "answer");
+                    if status != 429 {
+                        throttled = 0;
+                    }
                     match status {
                         200..=299 => Step::Done(Ok(Reply { status, body })),
                         // A token just renewed and refused again: renewing again would not help.
@@ -453,10 +470,10 @@ impl Api {
                         429 => {
                             throttled += 1;
                             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                            let wait = retry_after.unwrap_or_else(|| self.backoff(throttled));
-                            tracing::info!(%path, wait_ms = wait.as_millis() as u64, "throttled (429): pausing every worker");
-                            self.limiter.pause_until(Instant::now() + wait);
-                            if throttled <= THROTTLED_RETRIES_MAX {
+                            let wait = pool_pause.unwrap_or_default();
+                            tracing::info!(%path, wait_ms = wait.as_millis() as u64, in_a_row = throttled, "throttled (429): pausing every worker");
+                            if throttled < THROTTLED_IN_A_ROW_MAX {
+                                // The limiter holds the retry for the pause, and for the probe.
                                 Step::Retry(Duration::ZERO)
                             } else {
                                 Step::Done(Err(http_failure(status, &body)))

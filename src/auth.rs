@@ -20,6 +20,12 @@ use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
 
 /// How long before expiry a token is renewed, at most; short-lived tokens renew at a fifth of their life.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
+/// The longest token lifetime believed: Entra ID's are 60 to 90 minutes, and an `expires_in` past this (up to
+/// the largest integer) is taken as this, so no deadline overflows.
+pub const TOKEN_LIFETIME_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The shortest time a token is used before it is renewed unasked: an `expires_in` of 0 (or a few seconds)
+/// would otherwise cost a token request per API call. A 401 still renews it at once.
+pub const TOKEN_KEPT_MIN: Duration = Duration::from_secs(60);
 /// Attempts at the token endpoint when it fails for a passing reason (5xx, a dropped connection).
 const SIGN_IN_ATTEMPTS: u32 = 3;
 /// Most bytes read of an answer that holds one object (a token, a MachineAction, an error): they are a few
@@ -106,13 +112,6 @@ pub enum AuthError {
          API permissions were granted admin consent in this tenant"
     )]
     ApiRefusesToken { refused: u32 },
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,6 +265,11 @@ impl TokenCache {
                 }
             };
             let status = answer.status();
+            let content_type = answer
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(60).collect::<String>());
             if status.is_redirection() {
                 let to = location_host(answer.headers(), &url);
                 return Err(AuthError::Redirected { url, status: status.as_u16(), to });
@@ -283,8 +287,13 @@ impl TokenCache {
                 }
             };
             if status.is_success() {
-                let mut token = parse_token(&body, sent_at)
-                    .map_err(|message| AuthError::Unreachable { url: url.clone(), message })?;
+                let mut token = parse_token(&body, sent_at).map_err(|why| AuthError::BadAnswer {
+                    url: url.clone(),
+                    message: format!(
+                        "HTTP {status}{}, {why}",
+                        content_type.map(|t| format!(" ({t})")).unwrap_or_default()
+                    ),
+                })?;
                 token.replaced_a_refused_one = after_refusal;
                 self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(roles = ?token.roles, "signed in");
@@ -302,23 +311,51 @@ impl TokenCache {
     }
 }
 
+/// A token from a 2xx answer of the token endpoint, or what is wrong with the answer, in a few words that
+/// quote nothing from it but field names (it may hold a token under another name).
 fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
-    let answer: TokenAnswer =
-        serde_json::from_slice(body).map_err(|e| format!("the token answer is not the expected JSON ({e})"))?;
-    // v2 sends a number, v1 a string: accept both.
-    let lifetime = match answer.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("the body is empty".into());
+    }
+    let answer: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
+        let start = String::from_utf8_lossy(&body[..body.len().min(512)]).trim_start().to_ascii_lowercase();
+        if start.starts_with("<!doctype html") || start.starts_with("<html") || start.contains("<body") {
+            "an HTML page, not a token answer (a proxy's or a portal's page?): check --authority (or --cloud)"
+                .to_string()
+        } else {
+            "the body is not JSON".to_string()
+        }
+    })?;
+    let Some(fields) = answer.as_object() else {
+        return Err("the JSON is not an object".into());
+    };
+    let value = match fields.get("access_token") {
+        Some(serde_json::Value::String(value)) if !value.trim().is_empty() => value.trim(),
+        Some(serde_json::Value::String(_)) => return Err("its `access_token` is empty".into()),
+        Some(_) => return Err("its `access_token` is not a string".into()),
+        None => {
+            let mut names: Vec<String> = fields.keys().take(12).map(|k| k.chars().take(40).collect()).collect();
+            if fields.len() > names.len() {
+                names.push("...".into());
+            }
+            let names = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            return Err(format!("the JSON has no `access_token` (its fields: {names})"));
+        }
+    };
+    // v2 sends a number, v1 a string: accept both. Past TOKEN_LIFETIME_MAX it is clamped.
+    let lifetime = match fields.get("expires_in") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
-    .map(Duration::from_secs)
-    .unwrap_or(Duration::from_secs(3599));
+    .map_or(Duration::from_secs(3599), |secs| Duration::from_secs(secs).min(TOKEN_LIFETIME_MAX));
     let ahead = RENEW_AHEAD.min(lifetime / 5);
     Ok(Token {
-        roles: roles_of(&answer.access_token).into(),
-        value: answer.access_token.into(),
-        // Counted from when the request was sent: the service's clock started no earlier.
-        renew_at: sent_at + lifetime - ahead,
+        roles: roles_of(value).into(),
+        value: value.into(),
+        // Counted from when the request was sent: the service's clock started no earlier. Kept at least
+        // TOKEN_KEPT_MIN whatever `expires_in` says; a 401 renews it sooner.
+        renew_at: sent_at + (lifetime - ahead).max(TOKEN_KEPT_MIN),
         replaced_a_refused_one: false,
         accepted: Default::default(),
     })
@@ -505,8 +542,48 @@ mod tests {
         let now = Instant::now();
         let t = parse_token(br#"{"access_token":"a.b.c","expires_in":"3599"}"#, now).unwrap();
         assert_eq!(t.renew_at, now + Duration::from_secs(3599 - 300));
-        let t = parse_token(br#"{"access_token":"a.b.c","expires_in":50}"#, now).unwrap();
-        assert_eq!(t.renew_at, now + Duration::from_secs(40));
+        let t = parse_token(br#"{"access_token":"a.b.c","expires_in":500}"#, now).unwrap();
+        assert_eq!(t.renew_at, now + Duration::from_secs(400));
         assert!(!format!("{t:?}").contains("a.b.c"));
+    }
+
+    #[tokio::test]
+    async fn lifetimes_are_clamped_between_a_minute_and_a_day() {
+        let now = Instant::now();
+        let renew_in = |expires_in: &str| {
+            let body = format!(r#"{{"access_token":"a.b.c","expires_in":{expires_in}}}"#);
+            parse_token(body.as_bytes(), now).unwrap().renew_at - now
+        };
+        // Near the largest integer: a day, and no overflow.
+        let day = TOKEN_LIFETIME_MAX - RENEW_AHEAD;
+        for huge in ["18446744073709551615", "18446744073709551000", "\"18446744073709551615\"", "1e300"] {
+            assert_eq!(renew_in(huge), day, "{huge}");
+        }
+        // Zero or a few seconds: kept a minute, not renewed before every call.
+        for short in ["0", "\"0\"", "5", "-1"] {
+            let kept = renew_in(short);
+            assert!(kept == TOKEN_KEPT_MIN || (short == "-1" && kept == Duration::from_secs(3599 - 300)), "{short}");
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_token_says_what_is_wrong_and_quotes_no_value() {
+        let now = Instant::now();
+        for (body, says) in [
+            (
+                &br#"{"token_type":"Bearer","token":"secret-looking"}"#[..],
+                "no `access_token` (its fields: token, token_type)",
+            ),
+            (b"<!DOCTYPE html><html><body>Sign in</body></html>", "an HTML page"),
+            (b"  ", "empty"),
+            (b"not json", "not JSON"),
+            (br#"{"access_token":""}"#, "`access_token` is empty"),
+            (br#"{"access_token":42}"#, "not a string"),
+            (br#"["access_token"]"#, "not an object"),
+        ] {
+            let e = parse_token(body, now).unwrap_err();
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("secret-looking"), "{e}");
+        }
     }
 }

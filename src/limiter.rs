@@ -38,6 +38,16 @@
 //! **Pauses.** After a 429, [`Limiter::pause_until`] stops every acquire until the given instant; the latest
 //! pause wins and a pause never shortens an existing one.
 //!
+//! **Throttling.** A 429 says the service counts more than the ledger knows of (another tool spends the same
+//! quota, or the service counts differently), so the pool, not the call, backs off ([`Permit::throttled`]):
+//! 429s in a row across the pool lengthen the pause exponentially from the retry delay, up to
+//! [`THROTTLE_PAUSE_MAX`], whatever `Retry-After` says (a longer `Retry-After` still wins). While the pool
+//! is throttled only one call at a time is sent (the probe); the first answer that is not a 429 to a call
+//! sent after the last 429 ([`Permit::answered`]) ends it, and every worker goes on. A 429 or an answer to a
+//! call sent before the latest counted 429 judges a moment already judged: it neither lengthens the pause
+//! nor ends it. So a service that throttles for a time `T` sees about `concurrency + log2(T / delay) +
+//! T / THROTTLE_PAUSE_MAX` calls in it, whatever its `Retry-After`.
+//!
 //! **Waiting** never polls: a waiter sleeps until the earliest instant a full quota gains room (its oldest
 //! release, the GCRA's not-before, or the end of a pause), or until a permit finishes (a [`Notify`]), since a
 //! finish turns an in-flight call into a release the waiter did not know of. Timers fire at or after their
@@ -59,6 +69,10 @@ use tokio::time::Instant;
 
 use crate::settings::Rate;
 
+/// The longest pause the pool's own backoff sets after 429s in a row (a `Retry-After` may ask for more): one
+/// call every five minutes while the service keeps throttling.
+pub const THROTTLE_PAUSE_MAX: Duration = Duration::from_secs(300);
+
 /// Paces every API call of a run; share it as `Arc<Limiter>`.
 pub struct Limiter {
     /// Time zero of the ledger and the GCRAs; instants are kept as nanoseconds since it.
@@ -74,6 +88,18 @@ struct State {
     acquired: u64,
     waited: Duration,
     pauses: u64,
+    throttle: Throttle,
+}
+
+/// The pool's throttling (see the module doc).
+#[derive(Debug, Default)]
+struct Throttle {
+    /// 429s in a row across the pool, counting only calls sent after the one before was counted.
+    in_a_row: u32,
+    /// Bumped at each counted 429: a permit taken in an earlier round answers for a moment already judged.
+    round: u64,
+    /// The one call out while the pool is throttled.
+    probe_out: bool,
 }
 
 /// What the limiter has done so far.
@@ -81,6 +107,8 @@ struct State {
 pub struct LimiterStats {
     /// Permits handed out.
     pub acquired: u64,
+    /// 429s in a row across the pool now (0: not throttled).
+    pub throttled_in_a_row: u32,
     /// Permits out now: calls sent whose answer has not come back.
     pub in_flight: u64,
     /// Total time spent in [`Limiter::acquire`] by the calls that got a permit (summed over callers).
@@ -93,6 +121,10 @@ pub struct LimiterStats {
 #[must_use = "a permit holds a slot in every quota until it is finished or dropped"]
 pub struct Permit {
     limiter: Arc<Limiter>,
+    /// The throttling round it was taken in.
+    round: u64,
+    /// It is the one call out while the pool is throttled.
+    probe: bool,
 }
 
 impl Limiter {
@@ -106,6 +138,7 @@ impl Limiter {
                 acquired: 0,
                 waited: Duration::ZERO,
                 pauses: 0,
+                throttle: Throttle::default(),
             }),
             finished: Notify::new(),
         })
@@ -124,13 +157,18 @@ impl Limiter {
             let wake = {
                 let mut state = self.lock();
                 let now = Instant::now();
+                let throttled = state.throttle.in_a_row > 0;
                 match state.pause.filter(|until| *until > now) {
                     Some(until) => Some(until),
+                    // Throttled, and the probe is out: its finish wakes us.
+                    None if throttled && state.throttle.probe_out => None,
                     None => match state.gates.try_start(self.nanos(now)) {
                         Ok(()) => {
                             state.acquired += 1;
                             state.waited += now.saturating_duration_since(asked);
-                            return Permit { limiter: Arc::clone(self) };
+                            state.throttle.probe_out |= throttled;
+                            let round = state.throttle.round;
+                            return Permit { limiter: Arc::clone(self), round, probe: throttled };
                         }
                         Err(wake) => wake.map(|at| self.origin + Duration::from_nanos(at)),
                     },
@@ -150,11 +188,7 @@ impl Limiter {
 
     /// Holds every acquire until `until` (after a 429). A pause never shortens one already in force.
     pub fn pause_until(&self, until: Instant) {
-        let mut state = self.lock();
-        if state.pause.is_none_or(|current| until > current) {
-            state.pause = Some(until);
-            state.pauses += 1;
-        }
+        self.lock().pause_until(until);
         // Waiters sleeping towards an earlier instant re-check then and find the pause: no wake-up needed.
     }
 
@@ -168,19 +202,47 @@ impl Limiter {
         let state = self.lock();
         LimiterStats {
             acquired: state.acquired,
+            throttled_in_a_row: state.throttle.in_a_row,
             in_flight: state.gates.in_flight,
             waited: state.waited,
             pauses: state.pauses,
         }
     }
 
-    fn finish(&self) {
+    fn finish(&self, probe: bool) {
         {
             let mut state = self.lock();
             let now = self.nanos(Instant::now());
             state.gates.finish(now);
+            if probe {
+                state.throttle.probe_out = false;
+            }
         }
         self.finished.notify_waiters();
+    }
+
+    /// A call taken in `round` was answered 429: see [`Permit::throttled`].
+    fn throttled(&self, round: u64, retry_after: Option<Duration>, delay: Duration) -> Duration {
+        let mut state = self.lock();
+        let throttle = &mut state.throttle;
+        if round == throttle.round {
+            throttle.in_a_row = throttle.in_a_row.saturating_add(1);
+            throttle.round += 1;
+        }
+        let pause = throttle_pause(throttle.in_a_row.max(1), retry_after, delay);
+        state.pause_until(Instant::now() + pause);
+        pause
+    }
+
+    /// A call taken in `round` was answered with anything but 429: see [`Permit::answered`].
+    fn answered(&self, round: u64) {
+        let mut state = self.lock();
+        if round == state.throttle.round && state.throttle.in_a_row > 0 {
+            state.throttle.in_a_row = 0;
+            drop(state);
+            // Waiters held back for the probe may all go now.
+            self.finished.notify_waiters();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -192,6 +254,22 @@ impl Limiter {
     fn nanos(&self, at: Instant) -> u64 {
         to_nanos(at.saturating_duration_since(self.origin))
     }
+}
+
+impl State {
+    fn pause_until(&mut self, until: Instant) {
+        if self.pause.is_none_or(|current| until > current) {
+            self.pause = Some(until);
+            self.pauses += 1;
+        }
+    }
+}
+
+/// The pause after the `n`th 429 in a row across the pool: `delay * 2^(n-1)`, at most [`THROTTLE_PAUSE_MAX`],
+/// and at least what `Retry-After` asked for.
+pub fn throttle_pause(n: u32, retry_after: Option<Duration>, delay: Duration) -> Duration {
+    let backoff = delay.saturating_mul(1 << n.saturating_sub(1).min(30)).min(THROTTLE_PAUSE_MAX);
+    retry_after.unwrap_or_default().max(backoff)
 }
 
 impl std::fmt::Debug for Limiter {
@@ -210,11 +288,23 @@ impl Permit {
     pub fn finish(self) {
         // The work is done by Drop, so a permit lost on an error path frees its slot the same way.
     }
+
+    /// The call was answered 429: pauses the pool (longer with each 429 in a row across the pool, from
+    /// `delay`, and at least `retry_after`) and returns the pause. Call it before [`Permit::finish`].
+    pub fn throttled(&self, retry_after: Option<Duration>, delay: Duration) -> Duration {
+        self.limiter.throttled(self.round, retry_after, delay)
+    }
+
+    /// The call was answered with anything but 429: the pool is no longer throttled (unless the call was
+    /// sent before the latest 429 counted).
+    pub fn answered(&self) {
+        self.limiter.answered(self.round);
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.finish();
+        self.limiter.finish(self.probe);
     }
 }
 
@@ -321,7 +411,7 @@ impl Gates {
                 rate: *rate,
                 // A limit of 0 would block forever; settings reject it, and here it is taken as 1.
                 limit: u64::from(rate.limit.max(1)),
-                period: to_nanos(rate.period),
+                period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
                 releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
                 gcra: RateLimiter::direct_with_clock(gcra_quota(rate), DecisionClock(Arc::clone(&clock))),
             })
@@ -380,7 +470,8 @@ impl Gates {
 /// rate `limit / period` with burst `limit` (governor rounds `period / limit` down to whole nanoseconds).
 fn gcra_quota(rate: &Rate) -> Quota {
     let burst = std::num::NonZeroU32::new(rate.limit.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-    let per_call = (rate.period / burst.get()).max(Duration::from_nanos(1));
+    // Settings refuse longer periods; governor panics on periods past 584 years.
+    let per_call = (rate.period.min(crate::settings::RATE_PERIOD_MAX) / burst.get()).max(Duration::from_nanos(1));
     Quota::with_period(per_call).unwrap_or_else(|| Quota::per_second(burst)).allow_burst(burst)
 }
 
@@ -698,6 +789,87 @@ mod tests {
         assert_eq!(limiter.stats().in_flight, 0);
         limiter.acquire().await.finish();
         assert_eq!(Instant::now(), t0 + ms(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_pool_sends_one_probe_at_a_time_and_pauses_longer_each_time() {
+        // A service that answers 429 with `Retry-After: 0` (taken as 1s) to every call sent in its first 100s;
+        // 4 workers, calls of 100ms, 40 calls to make in all.
+        let limiter = Limiter::new(&[rate(100, MINUTE)]);
+        let t0 = Instant::now();
+        let recovers = t0 + Duration::from_secs(100);
+        let log = Arc::new(Mutex::new(Vec::<(Duration, bool)>::new()));
+        let done = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (limiter, log, done) = (Arc::clone(&limiter), Arc::clone(&log), Arc::clone(&done));
+                tokio::spawn(async move {
+                    while done.load(Ordering::SeqCst) < 40 {
+                        let permit = limiter.acquire().await;
+                        let sent = Instant::now();
+                        tokio::time::sleep(ms(100)).await;
+                        let throttled = sent < recovers;
+                        if throttled {
+                            permit.throttled(Some(Duration::from_secs(1)), Duration::from_secs(1));
+                        } else {
+                            permit.answered();
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                        log.lock().unwrap().push((sent - t0, throttled));
+                        permit.finish();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let log = log.lock().unwrap().clone();
+        let throttled: Vec<Duration> = log.iter().filter(|(_, t)| *t).map(|(at, _)| *at).collect();
+        // All four at once; then one probe at a time, each pause twice the one before (the three other 429s
+        // of the first round answered a moment already judged and did not lengthen it).
+        let probes: Vec<Duration> = [0, 0, 0, 0, 1100, 3200, 7300, 15_400, 31_500, 63_600].map(ms).to_vec();
+        assert_eq!(throttled, probes);
+        // The first probe after the service recovered (at 127.7s) lets every worker go the moment it is answered.
+        let served: Vec<Duration> = log.iter().filter(|(_, t)| !*t).map(|(at, _)| *at).collect();
+        assert_eq!(served[0], ms(127_700));
+        assert!(served[1..4].iter().all(|at| *at == ms(127_800)), "{served:?}");
+        // Workers check the count before they call: up to three calls past the 40th.
+        assert!((40..44).contains(&served.len()), "{served:?}");
+        assert_eq!(limiter.stats().throttled_in_a_row, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_answer_to_a_call_sent_after_the_last_429_ends_the_throttling() {
+        let limiter = Limiter::new(&[]);
+        let early = limiter.acquire().await;
+        let first = limiter.acquire().await;
+        assert_eq!(first.throttled(None, ms(10)), ms(10));
+        // Sent before that 429: a 200 does not end the throttling, and a 429 does not lengthen it.
+        early.answered();
+        assert_eq!(limiter.stats().throttled_in_a_row, 1);
+        drop((early, first));
+        let probe = limiter.acquire().await;
+        // While the probe is out, nobody else gets a permit.
+        assert!(tokio::time::timeout(ms(1000), limiter.acquire()).await.is_err());
+        assert_eq!(probe.throttled(None, ms(10)), ms(20));
+        drop(probe);
+        let probe = limiter.acquire().await;
+        probe.answered();
+        assert_eq!(limiter.stats().throttled_in_a_row, 0);
+        // Not throttled any more: everyone goes, the probe still out.
+        let others = acquire_many(&limiter, 5).await;
+        drop((probe, others));
+    }
+
+    #[test]
+    fn the_throttle_pause_doubles_up_to_its_cap_unless_retry_after_asks_for_more() {
+        assert_eq!(throttle_pause(1, None, ms(10)), ms(10));
+        assert_eq!(throttle_pause(4, None, ms(10)), ms(80));
+        assert_eq!(throttle_pause(4, Some(Duration::from_secs(1)), ms(10)), Duration::from_secs(1));
+        assert_eq!(throttle_pause(20, Some(Duration::from_secs(1)), Duration::from_secs(1)), THROTTLE_PAUSE_MAX);
+        assert_eq!(throttle_pause(u32::MAX, None, Duration::MAX), THROTTLE_PAUSE_MAX);
+        assert_eq!(throttle_pause(30, Some(HOUR), Duration::from_secs(1)), HOUR);
     }
 
     #[test]

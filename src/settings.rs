@@ -30,7 +30,12 @@ pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
 /// The environment variable that may hold a ready access token (used as is, never renewed).
 pub const ACCESS_TOKEN_ENV: &str = "MDE_ACCESS_TOKEN";
 
-/// A quota: at most `limit` calls in any window of `period`.
+/// The longest quota period taken: the API's quotas are per minute and per hour, and a call holds its slot
+/// in the limiter for one period after its answer, so a longer period only stalls a run (and the rate
+/// limiter cannot represent periods of centuries).
+pub const RATE_PERIOD_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// A quota: at most `limit` calls in any window of `period` (above zero, at most [`RATE_PERIOD_MAX`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     pub limit: u32,
@@ -42,17 +47,23 @@ impl FromStr for Rate {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let expected = "expected N/PERIOD, for example 100/1m, 1500/1h or 100/600ms";
-        let (n, period) = s.trim().split_once('/').ok_or_else(|| expected.to_string())?;
+        let (n, period_text) = s.trim().split_once('/').ok_or_else(|| expected.to_string())?;
         let limit: u32 = n
             .trim()
             .parse()
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| format!("`{n}` is not a whole number above 0; {expected}"))?;
-        let period = humantime::parse_duration(period.trim())
+        let period = humantime::parse_duration(period_text.trim())
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("`{period}` is not a period above zero; {expected}"))?;
+            .ok_or_else(|| format!("`{period_text}` is not a period above zero; {expected}"))?;
+        if period > RATE_PERIOD_MAX {
+            return Err(format!(
+                "the period `{}` is longer than a day; the API's quotas are per minute and per hour ({expected})",
+                period_text.trim()
+            ));
+        }
         Ok(Rate { limit, period })
     }
 }
@@ -658,6 +669,13 @@ mod tests {
         assert!("100".parse::<Rate>().is_err());
         assert!("100/0s".parse::<Rate>().is_err());
         assert!("x/1m".parse::<Rate>().is_err());
+        // Periods past a day are refused with a message, never handed to the limiter (whose GCRA panics past
+        // 584 years).
+        assert_eq!("10000/1d".parse::<Rate>().unwrap().period, RATE_PERIOD_MAX);
+        for absurd in ["1/600y", "1/25h", "100/500000000000y"] {
+            let e = absurd.parse::<Rate>().unwrap_err();
+            assert!(e.contains("longer than a day"), "{absurd}: {e}");
+        }
     }
 
     #[test]

@@ -242,11 +242,19 @@ fn is_final(status: &str) -> bool {
     FINAL_STATUSES.iter().any(|f| f.eq_ignore_ascii_case(status))
 }
 
+/// The longest `--wait-timeout` or `--poll-interval`: an offboard that has not ended in 30 days is not going
+/// to (the service times actions out within days), and a deadline centuries ahead cannot be represented.
+pub const TRACK_DURATION_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s.trim())
+    let d = humantime::parse_duration(s.trim())
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("`{s}` is not a duration above zero, such as 30s, 5m or 2h"))
+        .ok_or_else(|| format!("`{s}` is not a duration above zero, such as 30s, 5m or 2h"))?;
+    if d > TRACK_DURATION_MAX {
+        return Err(format!("`{s}` is longer than the 30 days tracking waits at most"));
+    }
+    Ok(d)
 }
 
 /// Whether an action is still open (no final status yet).

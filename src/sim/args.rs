@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswers, SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswers,
+    RetryAfterOverride, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;
@@ -135,6 +136,9 @@ pub struct SimulateArgs {
     /// The certificate registered on the app (PEM or DER): certificate sign-in must be signed by its key.
     #[arg(long, value_name = "FILE")]
     pub certificate: Option<PathBuf>,
+    /// Send this Retry-After on every 429 instead of the exact wait (`absent`: no header), e.g. 0 or soon.
+    #[arg(long, value_name = "TEXT", conflicts_with = "retry_after_http_date")]
+    pub retry_after: Option<String>,
 }
 
 impl SimulateArgs {
@@ -200,12 +204,19 @@ impl SimulateArgs {
                 slow_latency: self.fault_slow_latency,
                 ignore_skip: self.fault_ignore_skip,
                 html_not_found: self.fault_html_404,
+                script: Vec::new(),
             },
             secret_expired: self.secret_expired,
             certificate,
             misanswers: Misanswers::default(),
             refuse_tokens: self.refuse_tokens,
             legacy_action_type: self.legacy_action_type,
+            token_expires_in: None,
+            retry_after_override: self.retry_after.as_ref().map(|text| match text.as_str() {
+                "absent" => RetryAfterOverride::Absent,
+                text => RetryAfterOverride::Text(text.to_string()),
+            }),
+            quota_spent_for: Duration::ZERO,
         };
         config.validate()?;
         Ok(config)

@@ -29,6 +29,11 @@ impl Clock {
         self.wall_start + self.service_between(self.start, at)
     }
 
+    /// Real time since the simulator started.
+    pub(crate) fn real_elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.start)
+    }
+
     /// How long a service duration lasts in real time (at least a nanosecond).
     pub(crate) fn real(&self, service: Duration) -> Duration {
         service.div_f64(self.scale).max(Duration::from_nanos(1))

@@ -64,6 +64,23 @@ pub struct SimConfig {
     /// Offboard actions have the legacy type of the 2019 documentation's example answer, `OffboardMachine`,
     /// in every answer and in `$filter` (`type eq 'Offboard'` then finds none of them).
     pub legacy_action_type: bool,
+    /// The `expires_in` token answers show (a JSON value: `0`, the largest integer, a string), in place of
+    /// the real lifetime; the token still lives `token_lifetime`.
+    pub token_expires_in: Option<serde_json::Value>,
+    /// What the `Retry-After` of every 429 says (quota, spurious or scripted), in place of the exact wait.
+    pub retry_after_override: Option<RetryAfterOverride>,
+    /// For this long after the simulator starts (real time), the quota is spent by another client of the
+    /// same app: every API call is answered 429 (a quota rejection), `Retry-After` saying the time left.
+    pub quota_spent_for: Duration,
+}
+
+/// A `Retry-After` the client cannot take at its word.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryAfterOverride {
+    /// No `Retry-After` header.
+    Absent,
+    /// This text (`0`, `soon`, ...).
+    Text(String),
 }
 
 impl Default for SimConfig {
@@ -90,6 +107,9 @@ impl Default for SimConfig {
             misanswers: Misanswers::default(),
             refuse_tokens: false,
             legacy_action_type: false,
+            token_expires_in: None,
+            retry_after_override: None,
+            quota_spent_for: Duration::ZERO,
         }
     }
 }
@@ -185,6 +205,10 @@ pub struct Faults {
     /// Routes the API does not have answer 404 with an HTML page, as a web server that is not the API does
     /// (an API base URL with a wrong path), instead of the API's JSON error.
     pub html_not_found: bool,
+    /// The first calls of each method and request target are answered with these statuses in order (429 with
+    /// `spurious_429_retry_after`, any other status with the API's error body; 0 handles that call as
+    /// usual), before the shares above are drawn. Counted as that target's calls are.
+    pub script: Vec<u16>,
 }
 
 impl Faults {
@@ -194,6 +218,9 @@ impl Faults {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(status) = self.script.iter().find(|s| **s != 0 && !(400..600).contains(*s)) {
+            return Err(Error::Simulator(format!("scripted status {status} must be 0 or between 400 and 599")));
+        }
         let shares = self.shares();
         if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || shares.iter().sum::<f64>() > 1.0 + 1e-9 {
             return Err(Error::Simulator(format!(

@@ -22,6 +22,8 @@ pub(crate) enum Fault {
     Spurious429(Duration),
     /// 404 `ResourceNotFound` for a machine that exists (only on routes about one machine).
     NotFound,
+    /// A status from `Faults::script`.
+    Scripted(u16),
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +65,7 @@ impl FaultState {
     /// Draws the fault of this call, if any.
     pub(crate) fn draw(&mut self, method: &str, target: &str) -> Option<Fault> {
         let shares = self.faults.shares();
-        if shares.iter().all(|&s| s == 0.0) {
+        if shares.iter().all(|&s| s == 0.0) && self.faults.script.is_empty() {
             return None;
         }
         let key_len = method.len() + 1 + target.len();
@@ -74,6 +76,9 @@ impl FaultState {
         let count = self.calls.entry(key).or_default();
         let n = *count;
         *count += 1;
+        if let Some(&status) = self.faults.script.get(n as usize) {
+            return (status != 0).then_some(Fault::Scripted(status));
+        }
         let h = mix(self.faults.seed, &[method.as_bytes(), target.as_bytes(), &n.to_le_bytes()]);
         let mut r = unit(h);
         for (i, share) in shares.into_iter().enumerate() {

@@ -28,7 +28,7 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{Faults, Lifecycle, Misanswer, Misanswers, SimConfig};
+pub use config::{Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig};
 pub use fleet::{Fleet, SimMachine};
 pub use server::Simulator;
 pub use stats::{OffboardCount, SimStats, WindowStats};

@@ -40,7 +40,8 @@ impl Quotas {
             .map(|&rate| Window {
                 rate,
                 period: real(rate.period),
-                served: VecDeque::with_capacity(rate.limit as usize),
+                // Grown as calls come: a limit of billions must not allocate up front.
+                served: VecDeque::with_capacity((rate.limit as usize).min(4096)),
                 offered: VecDeque::new(),
                 max_served: 0,
                 max_offered: 0,

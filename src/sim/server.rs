@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::actions::{Actions, CancelError};
 use super::clock::{Clock, parse_rfc3339, random_guid};
-use super::config::{Faults, SimConfig};
+use super::config::{Faults, RetryAfterOverride, SimConfig};
 use super::faults::{Fault, FaultState};
 use super::fleet::{Fleet, SimMachine};
 use super::misanswers;
@@ -412,6 +412,11 @@ impl Shared {
             let why = "The token is not valid for this API (simulated: every token is refused).";
             return Err(answer(StatusCode::UNAUTHORIZED, "Unauthorized", why));
         }
+        let spent_for = self.config.quota_spent_for.saturating_sub(self.clock.real_elapsed(now));
+        if !spent_for.is_zero() {
+            self.counters.lock().expect("counters lock").quota_rejections += 1;
+            return Err(self.too_many_requests(spent_for, "Rate limit is exceeded. Try again later."));
+        }
         let quota = self.quotas.lock().expect("quota lock").admit(now);
         if let Err(wait) = quota {
             self.counters.lock().expect("counters lock").quota_rejections += 1;
@@ -441,13 +446,32 @@ impl Shared {
                 counters().faults.spurious_429 += 1;
                 Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."))
             }
+            Some(Fault::Scripted(429)) => {
+                let wait = self.faults.lock().expect("faults lock").faults().spurious_429_retry_after;
+                Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later (scripted)."))
+            }
+            Some(Fault::Scripted(status)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let code: String = status.canonical_reason().unwrap_or("Error").split_whitespace().collect();
+                Err(answer(status, &code, "Scripted answer (simulated)."))
+            }
             Some(Fault::Drop { after_apply }) if !(offboard && after_apply) => Err(Outcome::Drop),
             fault => Ok(Admitted { grant, fault }),
         }
     }
 
-    /// A 429 whose `Retry-After` says `wait` in whole seconds (rounded up, at least one) or as an HTTP-date.
+    /// A 429 whose `Retry-After` says `wait` in whole seconds (rounded up, at least one) or as an HTTP-date,
+    /// unless `retry_after_override` says otherwise.
     fn too_many_requests(&self, wait: Duration, message: &str) -> Outcome {
+        if let Some(retry_after) = &self.config.retry_after_override {
+            let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+            if let RetryAfterOverride::Text(text) = retry_after
+                && let Ok(value) = HeaderValue::from_str(text)
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Outcome::Answer(response);
+        }
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         let value = if self.config.retry_after_http_date {
             // An HTTP-date has whole seconds: round the moment up so that it is never too early.

@@ -288,16 +288,20 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
     };
     sim.tokens.insert(token.clone(), grant, now);
     sim.counters.lock().expect("counters lock").tokens_issued += 1;
+    let shown_expires_in = config.token_expires_in.clone().unwrap_or_else(|| match version {
+        Version::V2 => json!(expires_in),
+        Version::V1 => json!(expires_in.to_string()),
+    });
     Ok(match version {
         Version::V2 => json!({
             "token_type": "Bearer",
-            "expires_in": expires_in,
+            "expires_in": shown_expires_in,
             "ext_expires_in": expires_in,
             "access_token": token,
         }),
         Version::V1 => json!({
             "token_type": "Bearer",
-            "expires_in": expires_in.to_string(),
+            "expires_in": shown_expires_in,
             "ext_expires_in": expires_in.to_string(),
             "expires_on": (unix + expires_in).to_string(),
             "not_before": unix.to_string(),

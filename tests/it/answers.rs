@@ -276,3 +276,69 @@ async fn a_call_refused_again_later_with_a_fresh_token_renews_again() {
     assert_eq!(stats.tokens_issued, 3);
     assert_eq!(stats.count("GET /api/machines/{id}", "401"), 2);
 }
+
+/// A simulator of `machines` machines, no quotas, whose token answers show `expires_in` (the tokens live an hour).
+async fn simulator_with_expires_in(machines: usize, expires_in: serde_json::Value) -> (Simulator, Vec<String>) {
+    let config = SimConfig {
+        fleet: Fleet::generate(machines, 24),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        token_expires_in: Some(expires_in),
+        ..SimConfig::default()
+    };
+    let ids = config.fleet.ids().map(str::to_owned).collect();
+    (Simulator::start(config).await.unwrap(), ids)
+}
+
+#[tokio::test]
+async fn a_token_lifetime_near_the_largest_integer_is_clamped() {
+    for expires_in in [serde_json::json!(u64::MAX), serde_json::json!(u64::MAX.to_string()), serde_json::json!(1e300)] {
+        let (sim, ids) = simulator_with_expires_in(3, expires_in.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&sim, dir.path(), &ids, &[]).await;
+        let stats = sim.stats();
+        sim.shutdown().await;
+        assert!(!out.stderr.contains("panicked"), "{expires_in}: panic\n{}", out.stderr);
+        assert_eq!(out.code, 0, "{expires_in}\n{}", out.stderr);
+        assert_eq!(offboard_calls(&stats), 3, "{expires_in}");
+        assert_eq!(stats.tokens_issued, 1, "{expires_in}");
+    }
+}
+
+#[tokio::test]
+async fn expires_in_zero_does_not_cost_a_token_request_per_call() {
+    for expires_in in [serde_json::json!(0), serde_json::json!("0"), serde_json::json!(2)] {
+        let (sim, ids) = simulator_with_expires_in(20, expires_in.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        // The pre-flight's reads and 20 offboards, well inside a minute.
+        let out = run(&sim, dir.path(), &ids, &[]).await;
+        let stats = sim.stats();
+        sim.shutdown().await;
+        assert_eq!(out.code, 0, "{expires_in}\n{}", out.stderr);
+        assert_eq!(offboard_calls(&stats), 20, "{expires_in}");
+        assert_eq!(stats.tokens_issued, 1, "{expires_in}: a token per call");
+    }
+}
+
+#[tokio::test]
+async fn a_sign_in_answer_without_a_token_says_what_was_wrong_with_it() {
+    let cases = [
+        (Misanswer::Html(200), "an HTML page"),
+        (Misanswer::NotJson, "not JSON"),
+        (Misanswer::ErrorWith200, "no `access_token` (its fields: error)"),
+    ];
+    for (misanswer, says) in cases {
+        let misanswers = Misanswers { token: Some(misanswer.clone()), ..Misanswers::default() };
+        let (sim, ids) = simulator(2, misanswers).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&sim, dir.path(), &ids, &[]).await;
+        let stats = sim.stats();
+        sim.shutdown().await;
+        assert_eq!(out.code, 1, "{misanswer:?}\n{}", out.stderr);
+        assert!(out.stderr.contains("not a token") && out.stderr.contains(says), "{misanswer:?}\n{}", out.stderr);
+        assert!(out.stderr.contains("HTTP 200"), "{misanswer:?}\n{}", out.stderr);
+        assert!(!out.stderr.contains("cannot reach"), "{misanswer:?}\n{}", out.stderr);
+        assert_eq!(offboard_calls(&stats), 0);
+    }
+}

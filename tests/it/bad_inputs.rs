@@ -236,3 +236,47 @@ async fn a_results_file_with_a_huge_line_number_is_refused_by_resume_and_tracked
     assert!(sim.stats().offboard_calls.values().all(|c| c.calls == 1), "{:?}", sim.stats().offboard_calls);
     sim.shutdown().await;
 }
+
+/// Durations and periods too long to mean anything: a clear refusal before any call, never a panic (the rate
+/// limiter refuses periods past 584 years; an instant plus 500 billion years overflows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_periods_and_durations_are_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Fleet::from_csv(&write_file(dir.path(), "fleet.csv", FLEET)).unwrap();
+    let sim = Simulator::start(SimConfig { fleet, ..SimConfig::default() }).await.unwrap();
+    let input = write_file(dir.path(), "machines.csv", &format!("MachineId\n{A}\n"));
+    let results = write_file(dir.path(), "old.results.csv", &format!("{}\n", mde_offboard::results::COLUMNS.join(",")));
+    let (input, results) = (input.to_str().unwrap(), results.to_str().unwrap());
+    let output = dir.path().join("results.csv");
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec!["run", input, "--yes", "--output", output.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args
+    };
+    let cases: Vec<(Vec<&str>, i32, &[&str])> = vec![
+        // A setting (flag or config file): exit 1, as every bad setting.
+        (run(&["--rate", "1/600y"]), 1, &["`run.rate`", "1/600y", "longer than a day"]),
+        (run(&["--rate", "100/1m", "--rate", "1500/500000000000y"]), 1, &["longer than a day"]),
+        // A flag clap checks: exit 2.
+        (run(&["--wait", "--wait-timeout", "500000000000y"]), 2, &["--wait-timeout", "30 days"]),
+        (run(&["--wait", "--poll-interval", "600y"]), 2, &["--poll-interval", "30 days"]),
+        (vec!["track", results, "--wait-timeout", "500000000000y"], 2, &["--wait-timeout", "30 days"]),
+        (vec!["track", results, "--poll-interval", "31d"], 2, &["--poll-interval", "30 days"]),
+    ];
+    for (args, code, says) in cases {
+        let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+        assert!(!out.stderr.contains("panicked"), "{args:?}: panic\n{}", out.stderr);
+        assert_eq!(out.code, code, "{args:?}\n{}", out.stderr);
+        for said in says {
+            assert!(out.stderr.contains(said), "{args:?}: the message does not say `{said}`\n{}", out.stderr);
+        }
+        assert!(!output.exists(), "{args:?}: a results file was written");
+    }
+    assert!(sim.stats().calls.is_empty(), "the service was called: {:?}", sim.stats().calls);
+    // The longest period allowed is taken, and so is the longest wait (no action to wait for here).
+    let out = mde_env(&sim, dir.path(), &run(&["--rate", "100/1d"]), "", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = mde_env(&sim, dir.path(), &["track", results, "--wait-timeout", "30d"], "", &[]).await;
+    assert!(!out.stderr.contains("panicked") && out.code != 2, "{}", out.stderr);
+    sim.shutdown().await;
+}

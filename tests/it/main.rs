@@ -18,6 +18,7 @@ mod settings;
 mod signals;
 mod sim;
 mod temp_files;
+mod throttling;
 mod track;
 mod truth;
 mod unattended;
