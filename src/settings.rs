@@ -580,11 +580,15 @@ fn bad(key: &'static str, value: &str, allowed: &str) -> Error {
     Error::Setting { key, message: format!("`{value}` is not allowed: {allowed}") }
 }
 
+/// The longest call timeout or retry delay taken: longer ones mean nothing for an API call, and
+/// instants that far ahead overflow.
+const DURATION_MAX: Duration = Duration::from_secs(3600);
+
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration> {
     humantime::parse_duration(value.trim())
         .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| bad(key, value, "a duration above zero such as 30s, 2m or 500ms"))
+        .filter(|d| !d.is_zero() && *d <= DURATION_MAX)
+        .ok_or_else(|| bad(key, value, "a duration above zero and at most 1h, such as 30s, 2m or 500ms"))
 }
 
 fn parse_number(key: &'static str, value: &str, min: u64, max: u64) -> Result<u64> {
@@ -723,6 +727,23 @@ mod tests {
         assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
         let args = SettingsArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
         assert!(resolve(&args, &no_env).unwrap_err().to_string().contains("api.base_url"));
+    }
+
+    /// Before: `--retry-delay 500000000000y` was taken, and a run hung on its first retry.
+    #[test]
+    fn durations_are_bounded() {
+        for (timeout, retry_delay) in [(Some("500000000000y"), None), (None, Some("500000000000y")), (None, Some("2h"))]
+        {
+            let args = SettingsArgs {
+                timeout: timeout.map(Into::into),
+                retry_delay: retry_delay.map(Into::into),
+                ..Default::default()
+            };
+            let msg = resolve(&args, &no_env).unwrap_err().to_string();
+            assert!(msg.contains("at most 1h"), "{msg}");
+        }
+        let args = SettingsArgs { timeout: Some("1h".into()), retry_delay: Some("30s".into()), ..Default::default() };
+        assert!(resolve(&args, &no_env).is_ok());
     }
 
     /// Before: the host was the text before the first `/` or `:`, so each of these sent the token request,
