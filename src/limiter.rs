@@ -321,12 +321,67 @@ impl std::fmt::Debug for Permit {
 /// It runs the limiter's own gates over simulated time, so it is what the limiter does with that many
 /// workers calling `acquire`, waiting `latency` and finishing. O(calls × quotas).
 pub fn earliest_schedule(rates: &[Rate], calls: u64, concurrency: usize, latency: Duration) -> Duration {
+    simulate(Gates::new(rates), 0, 0, calls, concurrency, latency)
+}
+
+/// When calls made from now on can all be done, by the limiter's own schedule (see [`Limiter::schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// From now until the last call's answer, at best.
+    pub done: Duration,
+    /// The quota with the longest period, when the calls already made and these together are more than it
+    /// allows in one period from now: the calls that must wait for its next window.
+    pub spilled: Option<(Rate, u64)>,
+}
+
+impl Limiter {
+    /// When `calls` more calls, each taking `latency`, at most `concurrency` at once, can all be done from
+    /// now: the limiter's gates run over simulated time from their state now, the calls already in its
+    /// windows (the pre-flight's reads, say) and any pause included. So a plan shows the schedule the run
+    /// will follow, and says when the longest quota pushes the last calls into its next window.
+    pub fn schedule(&self, calls: u64, concurrency: usize, latency: Duration) -> Schedule {
+        let (gates, now, paused, in_flight) = {
+            let state = self.lock();
+            let now = Instant::now();
+            // Nothing starts before a pause in force ends.
+            let start = state.pause.filter(|until| *until > now).unwrap_or(now);
+            let mut gates = Gates::new(&state.gates.rates());
+            for (copy, quota) in gates.quotas.iter_mut().zip(&state.gates.quotas) {
+                copy.releases = quota.releases.clone();
+            }
+            (gates, self.nanos(start), start - now, state.gates.in_flight)
+        };
+        // The longest quota's room now: the calls past it wait for releases of the calls in its window.
+        let spilled = gates.quotas.iter().max_by_key(|q| q.period).and_then(|q| {
+            let unexpired = q.releases.iter().filter(|&&release| release > now).count() as u64;
+            let room = q.limit.saturating_sub(unexpired + in_flight);
+            (calls > room).then(|| (q.rate, calls - room))
+        });
+        let done = paused + simulate(gates, now, in_flight, calls, concurrency, latency);
+        Schedule { done, spilled }
+    }
+}
+
+/// Runs `calls` calls through `gates` from the instant `start`, `in_flight` calls already out (answered
+/// `latency` from the start), at most `concurrency` at once, each answered `latency` after it starts: how
+/// long from the start until the last answer.
+fn simulate(
+    mut gates: Gates,
+    start: u64,
+    in_flight: u64,
+    calls: u64,
+    concurrency: usize,
+    latency: Duration,
+) -> Duration {
     let workers = concurrency.max(1);
     let latency = to_nanos(latency);
-    let mut gates = Gates::new(rates);
     // Answer instants of the calls in flight; with one latency they come back in the order they started.
     let mut running: VecDeque<u64> = VecDeque::with_capacity(workers);
-    let (mut started, mut now, mut last_answer) = (0u64, 0u64, 0u64);
+    for _ in 0..in_flight {
+        running.push_back(start + latency);
+    }
+    gates.in_flight = in_flight;
+    let (mut started, mut now, mut last_answer) = (0u64, start, start);
     while started < calls {
         let mut wake = None;
         loop {
@@ -362,7 +417,7 @@ pub fn earliest_schedule(rates: &[Rate], calls: u64, concurrency: usize, latency
             }
         };
     }
-    Duration::from_nanos(last_answer)
+    Duration::from_nanos(last_answer - start)
 }
 
 /// The instant every GCRA judges: the one the limiter read for the decision at hand.
@@ -575,6 +630,27 @@ mod tests {
             c.sent = t0 + MINUTE + ms(1000);
         }
         assert_eq!(most_in_any_window(&calls, MINUTE), 100);
+    }
+
+    /// Before: the plan's estimate ignored the calls already in the windows (the pre-flight's reads), so
+    /// 1,500 machines after 3 reads showed about 14 minutes where the run took an hour.
+    #[tokio::test(start_paused = true)]
+    async fn the_schedule_counts_the_calls_already_in_the_windows() {
+        let rates = [rate(100, MINUTE), rate(1500, HOUR)];
+        let limiter = Limiter::new(&rates);
+        let fresh = limiter.schedule(1500, 4, ms(100));
+        assert_eq!(fresh.spilled, None);
+        assert!(fresh.done < Duration::from_secs(15 * 60), "{fresh:?}");
+        assert_eq!(fresh.done, earliest_schedule(&rates, 1500, 4, ms(100)));
+        // Three reads, as the pre-flight makes.
+        run(&limiter, 3, 1, |_| ms(100)).await;
+        let after_reads = limiter.schedule(1500, 4, ms(100));
+        assert_eq!(after_reads.spilled, Some((rates[1], 3)), "{after_reads:?}");
+        assert!(after_reads.done > Duration::from_secs(59 * 60), "{after_reads:?}");
+        // A pause in force delays the whole schedule.
+        let paused = Limiter::new(&rates);
+        paused.pause_until(Instant::now() + Duration::from_secs(30));
+        assert_eq!(paused.schedule(10, 10, ms(100)).done, Duration::from_secs(30) + ms(100));
     }
 
     #[tokio::test(start_paused = true)]

@@ -482,6 +482,9 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     };
 
     if to_offboard > 0 {
+        // The schedule the limiter will follow, from the calls already in its windows.
+        let latency = round_trip.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1);
+        let schedule = job.limiter.schedule(to_offboard, job.settings.concurrency, latency);
         let plan = format!(
             "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
@@ -489,8 +492,15 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             job.settings.api_base,
             identity.run_id,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            humantime::format_duration(Duration::from_secs(estimate(&job.settings, to_offboard, round_trip).as_secs()))
+            humantime::format_duration(Duration::from_secs(schedule.done.as_secs()))
         );
+        let plan = match schedule.spilled {
+            Some((rate, late)) => format!(
+                "{plan}\nThe calls already made (the pre-flight's reads) and these are more than the quota {rate} allows \
+                 in one period: the last {late} machine(s) wait for its next window."
+            ),
+            None => plan,
+        };
         crate::output::notice("plan", &plan);
         if job.confirm {
             // Read off the runtime, so a signal at the prompt ends the run at once.

@@ -104,3 +104,27 @@ async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
     assert_eq!(out.code, if all_ok { 0 } else { 3 }, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("Finished: 14 rows"), "{}", out.stdout);
 }
+
+/// Before: the plan's estimate left out the calls already in the windows (the pre-flight's reads), so a
+/// list as long as the quota showed a fraction of the time the run took, and never said why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_says_when_the_quota_pushes_the_last_machines_into_its_next_window() {
+    let (dir, sim, input, ids) = setup(20, "20/10s", Faults::default()).await;
+    let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "--rate", "20/10s"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reads = sim
+        .stats()
+        .calls
+        .iter()
+        .filter(|(route, _)| route.starts_with("GET"))
+        .map(|(_, by)| by.values().sum::<u64>())
+        .sum::<u64>();
+    assert!(reads > 0, "the pre-flight read");
+    assert!(
+        out.stderr.contains(&format!("the last {reads} machine(s) wait for its next window")),
+        "{reads} reads:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("take about 10s") || out.stderr.contains("take about 11s"), "{}", out.stderr);
+    one_row_each(&Results::read(&dir.path().join("m.results.csv")), &ids);
+}
