@@ -65,10 +65,10 @@ pub struct WaitArgs {
     /// After submitting, track every action until it is final or --wait-timeout passes, updating the results file.
     #[arg(long)]
     pub wait: bool,
-    /// How long --wait tracks at most, e.g. 30m or 2h. [default: 1h]
+    /// How long --wait tracks at most, e.g. 30m or 2h (at most 30d). [default: 1h]
     #[arg(long, value_name = "DURATION", requires = "wait", value_parser = positive_duration)]
     pub wait_timeout: Option<Duration>,
-    /// At most one status pass per interval while waiting. [default: 1m]
+    /// At most one status pass per interval while waiting (at most 30d). [default: 1m]
     #[arg(long, value_name = "DURATION", requires = "wait", value_parser = positive_duration)]
     pub poll_interval: Option<Duration>,
 }
@@ -94,10 +94,10 @@ pub struct TrackArgs {
     /// Make one pass and stop (for scheduled checks).
     #[arg(long, conflicts_with_all = ["wait_timeout", "poll_interval"])]
     pub once: bool,
-    /// How long to track at most, e.g. 30m or 2h. [default: 1h]
+    /// How long to track at most, e.g. 30m or 2h (at most 30d). [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub wait_timeout: Option<Duration>,
-    /// At most one status pass per interval. [default: 1m]
+    /// At most one status pass per interval (at most 30d). [default: 1m]
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub poll_interval: Option<Duration>,
     /// Actions asked for per page (the API takes up to 10000).
