@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use mde_offboard::limiter::earliest_schedule;
 use mde_offboard::settings::Rate;
-use mde_offboard::sim::{self, Fleet, SimStats};
+use mde_sim::{self as sim, Fleet, SimStats};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mde-offboard");
 const FLEET_SEED: u64 = 7;

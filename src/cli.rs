@@ -12,8 +12,8 @@ use crate::logging::{self, LogFormat};
 use crate::output;
 use crate::run::{self, RunArgs};
 use crate::settings;
-use crate::sim::{self, SimulateArgs};
 use crate::track::{self, TrackArgs, WaitArgs};
+use mde_sim::{self as sim, SimulateArgs};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::input::{self, Source};
 use crate::run::{self, Job, Summary};
 use crate::settings::{self, Credential, Credentials, Rate, Secret, SettingsArgs};
-use crate::sim::{self, Faults, Fleet, SimConfig, Simulator};
+use mde_sim::{self as sim, Faults, Fleet, SimConfig, Simulator};
 
 const SAMPLE_FLEET: &str = include_str!("../samples/fleet.csv");
 const SAMPLE_MACHINES: &str = include_str!("../samples/machines.csv");

@@ -59,6 +59,10 @@ pub enum Error {
     #[error("simulator: {0}")]
     Simulator(String),
 
+    /// The simulator could not be set up or started (`simulate`, `demo`).
+    #[error(transparent)]
+    Sim(#[from] mde_sim::Error),
+
     #[error("{0}")]
     Busy(String),
 

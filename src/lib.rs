@@ -22,5 +22,5 @@ pub mod progress;
 pub mod results;
 pub mod run;
 pub mod settings;
-pub mod sim;
+pub mod timestamp;
 pub mod track;

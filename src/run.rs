@@ -265,7 +265,7 @@ pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
 /// was kept: filled with the date the run began, which its first session used.
 fn comment_of(identity: &RunIdentity) -> String {
     identity.resolved_comment.clone().unwrap_or_else(|| {
-        let began = humantime::parse_rfc3339_weak(&identity.started_at).unwrap_or_else(|_| SystemTime::now());
+        let began = crate::timestamp::parse(&identity.started_at).unwrap_or_else(SystemTime::now);
         expand_comment(&identity.comment, &identity.run_id, began)
     })
 }
@@ -982,8 +982,7 @@ async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment:
             return row;
         }
     };
-    let created =
-        |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let created = |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(crate::timestamp::parse);
     let ours = actions
         .iter()
         .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))

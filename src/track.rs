@@ -46,7 +46,7 @@ use crate::lock::{self, ResultsLock, RunLock};
 use crate::progress::Progress;
 use crate::results::{LineSet, Outcome};
 use crate::settings::{Settings, SettingsArgs};
-use crate::sim::clock::{parse_rfc3339, rfc3339};
+use crate::timestamp;
 
 /// Final action statuses (Microsoft's documentation).
 pub const FINAL_STATUSES: [&str; 4] = ["Succeeded", "Failed", "TimeOut", "Cancelled"];
@@ -263,7 +263,7 @@ fn is_open(action: &MachineAction) -> bool {
 }
 
 fn created(action: &MachineAction) -> Option<SystemTime> {
-    action.creation_date_time_utc.as_deref().and_then(parse_rfc3339)
+    action.creation_date_time_utc.as_deref().and_then(timestamp::parse)
 }
 
 /// The columns tracking reads and writes.
@@ -493,7 +493,7 @@ impl ResultsFile {
                 continue;
             }
             open.count += 1;
-            match parse_rfc3339(&row[c.submitted_at]) {
+            match timestamp::parse(&row[c.submitted_at]) {
                 Some(at) => open.since = Some(open.since.map_or(at, |s| s.min(at))),
                 None => all_dated = false,
             }
@@ -835,7 +835,7 @@ async fn pass(
     }
     let mut filter = String::from(OFFBOARD_TYPE_FILTER);
     if let Some(since) = open.since {
-        filter += &format!(" and creationDateTimeUtc ge {}", rfc3339(since));
+        filter += &format!(" and creationDateTimeUtc ge {}", timestamp::format(since));
     }
     let disk = |e: std::io::Error| file.disk(&e);
     let mut listed = Listed::new().map_err(disk)?;
@@ -974,7 +974,7 @@ mod tests {
         // Now B7 has an id: the next pass lists by date, and nothing new leaves the file as it is.
         let open = file.open_rows().unwrap();
         assert_eq!((open.count, open.unmatched), (1, false));
-        assert_eq!(open.since, parse_rfc3339("2025-12-31T00:00:00Z"));
+        assert_eq!(open.since, timestamp::parse("2025-12-31T00:00:00Z"));
         let modified = std::fs::metadata(&file.path).unwrap().modified().unwrap();
         let listed = listing(&open, &[action("B7", BB, "InProgress", "2025-12-31T00:00:00Z")]);
         assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 1);

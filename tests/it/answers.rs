@@ -10,7 +10,7 @@ use mde_offboard::api::{Api, RetryPolicy};
 use mde_offboard::auth::TokenCache;
 use mde_offboard::limiter::Limiter;
 use mde_offboard::settings::{Credential, Credentials, Secret};
-use mde_offboard::sim::{self, Faults, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
+use mde_sim::{self as sim, Faults, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
 
 use crate::common::{Output, Results, mde_in, write_file};
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mde_offboard::sim::{Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{Output, Results, mde, mde_env, write_file};
 

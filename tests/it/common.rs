@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use mde_offboard::sim::{self, Simulator};
+use mde_sim::{self as sim, Simulator};
 
 pub struct Output {
     pub code: i32,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use mde_offboard::sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{Results, mde, write_file};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mde_offboard::settings::DEFAULT_SCOPE;
-use mde_offboard::sim::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, Fleet, SimConfig, Simulator};
+use mde_sim::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, Fleet, SimConfig, Simulator};
 use rustls_pki_types::pem::PemObject;
 
 use crate::common::{Output, Results, mde_env, write_file};

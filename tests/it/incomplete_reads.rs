@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use mde_offboard::sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
 use crate::common::{Output, Results, command, mde_env, mde_in, write_file};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mde_offboard::sim::{self, Faults, Fleet, Lifecycle, SimConfig, Simulator};
+use mde_sim::{self as sim, Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
 use crate::common::{Results, mde_in, write_file};
 
@@ -144,4 +144,26 @@ async fn a_resume_finds_the_legacy_action_of_a_lost_answer() {
     }
     let results = Results::read(&dir.path().join("m.results.csv"));
     assert!(results.rows.iter().all(|r| r["outcome"] == "submitted" && !r["action_id"].is_empty()));
+}
+
+/// The client's own offboard filter selects offboard actions of both types, as the simulator reads OData
+/// (moved here from the simulator's unit tests when it became a crate of its own: the simulator does not
+/// know the client's constants).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_offboard_filter_selects_both_offboard_types() {
+    use mde_offboard::api::{OFFBOARD_TYPE_FILTER, OFFBOARD_TYPES};
+    assert_eq!(OFFBOARD_TYPES, ["Offboard", "OffboardMachine"]);
+    for legacy in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (fleet, ids) = fleet(dir.path(), 1);
+        let sim =
+            Simulator::start(SimConfig { fleet, legacy_action_type: legacy, ..SimConfig::default() }).await.unwrap();
+        let input = write_file(dir.path(), "one.csv", &format!("MachineId\n{}\n", ids[0]));
+        let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes", "--no-preflight"], "").await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let selected = list_as_demo_app(&sim, format!("{OFFBOARD_TYPE_FILTER} and status eq 'Pending'")).await;
+        assert_eq!(selected["value"].as_array().unwrap().len(), 1, "legacy {legacy}: {selected}");
+        let isolate = list_as_demo_app(&sim, "type eq 'Isolate'".to_string()).await;
+        assert_eq!(isolate["value"].as_array().unwrap().len(), 0, "{isolate}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mde_offboard::lock::RunLock;
-use mde_offboard::sim::{self, Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{self as sim, Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{mde_env, write_file};
 

@@ -3,7 +3,7 @@
 //! The fleets are larger than one page (25,000 machines: 3 pages of 10,000), so call counts show whether the
 //! reads are batched: pages + a constant, whatever the size of the input.
 
-use mde_offboard::sim::{Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{Results, mde, mde_env, write_file};
 

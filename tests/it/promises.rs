@@ -1,7 +1,7 @@
 //! Promises found broken when the tool was tried as a careful operator and as an attacker would (one test
 //! per hole, named after what it proves).
 
-use mde_offboard::sim::{SimConfig, Simulator};
+use mde_sim::{SimConfig, Simulator};
 
 use crate::common::{mde, write_file};
 

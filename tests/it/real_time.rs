@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mde_offboard::settings::Rate;
-use mde_offboard::sim::{Faults, Fleet, SimConfig, Simulator};
+use mde_sim::Rate;
+use mde_sim::{Faults, Fleet, SimConfig, Simulator};
 
 use crate::common::{Results, mde, write_file};
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use mde_offboard::sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
 use crate::common::{Results, mde_env, post_as_demo_app, write_file};
 

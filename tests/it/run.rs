@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mde_offboard::settings::Rate;
-use mde_offboard::sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{Results, mde, write_file};
 
@@ -225,7 +225,7 @@ async fn a_429_storm_pauses_and_every_machine_is_offboarded_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(generated(200));
     // The service allows far less than the client was told: every worker runs into 429s.
-    cfg.quotas = vec!["15/1s".parse::<Rate>().unwrap()];
+    cfg.quotas = vec!["15/1s".parse().unwrap()];
     let ids = offboardable(&cfg);
     let sim = Simulator::start(cfg).await.unwrap();
     let input = write_file(dir.path(), "m.csv", &id_list(&ids[..40]));
@@ -280,7 +280,7 @@ async fn pacing_keeps_every_window_and_finishes_near_the_quota_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let quotas: Vec<Rate> = vec!["20/500ms".parse().unwrap(), "60/3s".parse().unwrap()];
     let mut cfg = config(generated(300));
-    cfg.quotas = quotas.clone();
+    cfg.quotas = vec!["20/500ms".parse().unwrap(), "60/3s".parse().unwrap()];
     cfg.faults = Faults { latency: Duration::from_millis(5), ..Faults::default() };
     let ids = offboardable(&cfg);
     let sim = Simulator::start(cfg).await.unwrap();

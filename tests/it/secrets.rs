@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mde_offboard::sim::{Faults, Fleet, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, SimConfig, Simulator};
 
 use crate::common::{mde_env, write_file};
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mde_offboard::sim::{SimConfig, Simulator};
+use mde_sim::{SimConfig, Simulator};
 
 use crate::common::{mde_env, write_file};
 

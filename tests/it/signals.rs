@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use mde_offboard::sim::{Faults, Fleet, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, SimConfig, Simulator};
 
 use crate::common::{command, mde, write_file};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mde_offboard::settings::DEFAULT_SCOPE;
-use mde_offboard::sim::{
+use mde_sim::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, Faults, Fleet, Lifecycle, SimConfig, SimMachine, SimStats,
     Simulator,
 };
@@ -769,7 +769,7 @@ async fn dropped_connections_sometimes_after_the_offboard() {
     let stats = api.sim.stats();
     assert_eq!(stats.faults.dropped, 47);
     assert_eq!(stats.count(OFFBOARD, "dropped"), 46);
-    assert_eq!(stats.offboard_calls[unknown], mde_offboard::sim::OffboardCount { calls: 6, accepted: 0 });
+    assert_eq!(stats.offboard_calls[unknown], mde_sim::OffboardCount { calls: 6, accepted: 0 });
     assert!((8..=32).contains(&stats.actions_created), "{} of 40 applied before the drop", stats.actions_created);
 
     // The storm ends: the applied ones now answer "already in progress", the others are created.
@@ -1004,7 +1004,7 @@ fn write_samples() {
 #[derive(clap::Parser)]
 struct SimulateCli {
     #[command(flatten)]
-    args: mde_offboard::sim::SimulateArgs,
+    args: mde_sim::SimulateArgs,
 }
 
 #[tokio::test]
@@ -1014,7 +1014,7 @@ async fn simulate_serves_until_shutdown() {
         .unwrap()
         .args;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(mde_offboard::sim::simulate(args, async move {
+    let run = tokio::spawn(mde_sim::simulate(args, async move {
         let _ = stopped.await;
     }));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1025,7 +1025,7 @@ async fn simulate_serves_until_shutdown() {
     // A port in use is a simulator error, not a panic.
     let busy = Simulator::start(config()).await.unwrap();
     let error = Simulator::start(SimConfig { listen: busy.addr(), ..config() }).await.err().expect("the port is taken");
-    assert!(matches!(error, mde_offboard::error::Error::Simulator(_)), "{error}");
+    assert!(matches!(error, mde_sim::Error::Simulator(_)), "{error}");
     let error =
         Simulator::start(SimConfig { time_scale: 0.0, ..config() }).await.err().expect("time scale 0 is refused");
     assert!(error.to_string().contains("time scale"), "{error}");

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mde_offboard::sim::{Faults, SimConfig, Simulator};
+use mde_sim::{Faults, SimConfig, Simulator};
 
 use crate::common::{command, write_file};
 

@@ -8,7 +8,7 @@ use mde_offboard::api::{Api, RetryPolicy, THROTTLED_IN_A_ROW_MAX};
 use mde_offboard::auth::TokenCache;
 use mde_offboard::limiter::Limiter;
 use mde_offboard::settings::{Credential, Credentials, Secret};
-use mde_offboard::sim::{self, Faults, Fleet, RetryAfterOverride, SimConfig, Simulator};
+use mde_sim::{self as sim, Faults, Fleet, RetryAfterOverride, SimConfig, Simulator};
 
 use crate::common::{Results, mde_in, write_file};
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mde_offboard::sim::{Fleet, Lifecycle, SimConfig, Simulator};
+use mde_sim::{Fleet, Lifecycle, SimConfig, Simulator};
 
 use crate::common::{Results, mde_in, post_as_demo_app, write_file};
 

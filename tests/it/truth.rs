@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use mde_offboard::sim::{Fleet, SimConfig, Simulator};
+use mde_sim::{Fleet, SimConfig, Simulator};
 
 use crate::common::{command, write_file};
 

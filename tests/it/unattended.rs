@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mde_offboard::sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
+use mde_sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{Results, command, mde_env, write_file};
 

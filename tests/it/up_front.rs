@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mde_offboard::sim::{Fleet, SimConfig, Simulator};
+use mde_sim::{Fleet, SimConfig, Simulator};
 
 use crate::common::{Output, mde_env, write_file};
 

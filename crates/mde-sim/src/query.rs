@@ -459,23 +459,6 @@ mod tests {
     }
 
     #[test]
-    fn the_clients_offboard_filter_selects_both_offboard_types() {
-        use crate::api::{OFFBOARD_TYPE_FILTER, OFFBOARD_TYPES};
-        let filter = parse_filter(&format!("{OFFBOARD_TYPE_FILTER} and status eq 'Pending'"), ACTION_FIELDS).unwrap();
-        let selects = |kind: &str| {
-            filter.matches(&|c: &Clause| match c.field {
-                Field::Type => text_matches(&c.value, kind),
-                Field::Status => text_matches(&c.value, "Pending"),
-                _ => false,
-            })
-        };
-        for kind in OFFBOARD_TYPES {
-            assert!(selects(kind), "{kind}");
-        }
-        assert!(!selects("Isolate"));
-    }
-
-    #[test]
     fn list_options() {
         let q = list_query(Some("%24top=10000&%24skip=20&$filter=id%20eq%20%27x%27"), MACHINE_FIELDS).unwrap();
         assert_eq!((q.top, q.skip, q.filter.required().len()), (Some(10_000), 20, 1));

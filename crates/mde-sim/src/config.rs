@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fleet::Fleet;
 use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
 use crate::error::Error;
-use crate::settings::Rate;
+use crate::rate::Rate;
 
 /// The roles (application permissions) the demo app is granted.
 pub const DEFAULT_ROLES: [&str; 2] = ["Machine.Offboard", "Machine.Read.All"];
@@ -117,7 +117,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The documented quotas: 100 calls a minute and 1,500 an hour.
     pub fn default_quotas() -> Vec<Rate> {
-        crate::settings::DEFAULT_RATES.iter().map(|r| r.parse().expect("default rates parse")).collect()
+        crate::rate::DEFAULT_RATES.iter().map(|r| r.parse().expect("default rates parse")).collect()
     }
 
     /// Rejects values the simulator cannot run with, naming the field.

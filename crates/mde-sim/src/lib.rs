@@ -18,20 +18,27 @@ mod actions;
 mod args;
 pub(crate) mod clock;
 mod config;
+mod error;
 mod faults;
 mod fleet;
 mod misanswers;
 mod query;
 mod quota;
+mod rate;
 mod server;
 mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
 pub use config::{Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig};
+pub use error::Error;
 pub use fleet::{Fleet, SimMachine};
+pub use rate::{DEFAULT_RATES, Rate};
 pub use server::Simulator;
 pub use stats::{OffboardCount, SimStats, WindowStats};
+
+/// The environment variable the app's client secret is read from (as the client reads it).
+pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
 
 /// The demo tenant: the simulator's default, printed on start. Not a real tenant.
 pub const DEMO_TENANT_ID: &str = "0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00";

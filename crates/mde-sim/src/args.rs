@@ -13,8 +13,9 @@ use super::config::{
 use super::fleet::Fleet;
 use super::server::Simulator;
 use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
+use crate::SECRET_ENV;
 use crate::error::Error;
-use crate::settings::{Rate, SECRET_ENV};
+use crate::rate::Rate;
 
 /// Run a local simulator of the Defender for Endpoint API and its Entra ID sign-in (for demos and tests).
 ///

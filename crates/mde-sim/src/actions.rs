@@ -319,7 +319,7 @@ impl Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::fleet::Fleet;
+    use crate::fleet::Fleet;
 
     #[test]
     fn lifecycle_follows_age_and_outcome() {

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::stats::WindowStats;
-use crate::settings::Rate;
+use crate::rate::Rate;
 
 const OFFERED_CAP_FACTOR: usize = 10;
 
