@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mde_offboard::limiter::earliest_schedule;
+use mde_offboard::defender::limiter::earliest_schedule;
 use mde_offboard::settings::Rate;
 use mde_sim::{self as sim, Fleet, SimStats};
 

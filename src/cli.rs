@@ -4,16 +4,16 @@ use std::future::Future;
 
 use clap::{Parser, Subcommand};
 
-use crate::check::{self, CheckArgs};
-use crate::demo::{self, DemoArgs};
+use crate::commands::check::{self, CheckArgs};
+use crate::commands::demo::{self, DemoArgs};
+use crate::commands::run::{self, RunArgs};
+use crate::commands::simulate::{self, SimulateArgs};
+use crate::commands::track::{self, TrackArgs, WaitArgs};
+use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
-use crate::limiter::Limiter;
-use crate::logging::{self, LogFormat};
-use crate::output;
-use crate::run::{self, RunArgs};
 use crate::settings;
-use crate::track::{self, TrackArgs, WaitArgs};
-use mde_sim::{self as sim, SimulateArgs};
+use crate::ui::logging::{self, LogFormat};
+use crate::ui::output;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -147,7 +147,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             Ok(if summary.interrupted { exit_code::INTERRUPTED } else { exit_code::OK })
         }
         Command::Simulate(args) => {
-            sim::simulate(args, shutdown).await?;
+            simulate::simulate(args, shutdown).await?;
             Ok(exit_code::OK)
         }
     }

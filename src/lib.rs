@@ -1,26 +1,22 @@
-//! mde-offboard: offboard fleets of machines from Microsoft Defender for Endpoint, paced to the API's quotas,
-//! with a built-in simulator of the service for tests, the demo and the benchmarks.
+//! mde-offboard: offboard fleets of machines from Microsoft Defender for Endpoint, paced to the API's quotas.
+//! The simulator it is tested against is a crate of its own (`crates/mde-sim`).
+//!
+//! The layers, top down; a module uses only those below it (and `ui` and `error`, which every layer may):
 
-pub mod api;
-pub mod auth;
-pub mod certificate;
-pub mod check;
+/// The command line: parse, set up logging, dispatch to a command, turn the outcome into an exit code.
 pub mod cli;
-pub mod cloud;
-pub mod demo;
+/// One module (or folder) per subcommand: `run` (its plan, dispatch, pre-flight and resume), `track`,
+/// `check`, `demo`, `simulate`. A new subcommand goes here and uses the layers below.
+pub mod commands;
+/// The Defender for Endpoint service: sign-in, the rate limiter, the API calls, its timestamps.
+pub mod defender;
+/// Why a command could not run, and the exit codes.
 pub mod error;
-pub mod extsort;
+/// The files a command keeps besides its input: results, journal, locks, the external sort.
+pub mod files;
+/// The input list: scanned, copied, checked, streamed row by row.
 pub mod input;
-pub mod inventory;
-pub mod journal;
-pub mod limiter;
-pub mod lock;
-pub mod logging;
-pub mod output;
-pub mod preflight;
-pub mod progress;
-pub mod results;
-pub mod run;
+/// Flags, environment and config file resolved once into settings; clouds; credentials.
 pub mod settings;
-pub mod timestamp;
-pub mod track;
+/// What a person sees: text on stdout and stderr, log lines, the progress bar.
+pub mod ui;

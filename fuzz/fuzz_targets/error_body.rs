@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::api::http_failure;
+use mde_offboard::defender::api::http_failure;
 
 fuzz_target!(|data: &[u8]| {
     let (status, body) = match data {

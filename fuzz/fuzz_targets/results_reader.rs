@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::results::{self, Outcome};
+use mde_offboard::files::results::{self, Outcome};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(reading) = results::read_bytes(data) else { return };

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mde_offboard::api::{Api, RetryPolicy};
-use mde_offboard::auth::TokenCache;
-use mde_offboard::limiter::Limiter;
+use mde_offboard::defender::api::{Api, RetryPolicy};
+use mde_offboard::defender::auth::TokenCache;
+use mde_offboard::defender::limiter::Limiter;
 use mde_offboard::settings::{Credential, Credentials, Secret};
 use mde_sim::{self as sim, Faults, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
 

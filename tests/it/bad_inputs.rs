@@ -245,7 +245,8 @@ async fn absurd_periods_and_durations_are_refused_before_any_call() {
     let fleet = Fleet::from_csv(&write_file(dir.path(), "fleet.csv", FLEET)).unwrap();
     let sim = Simulator::start(SimConfig { fleet, ..SimConfig::default() }).await.unwrap();
     let input = write_file(dir.path(), "machines.csv", &format!("MachineId\n{A}\n"));
-    let results = write_file(dir.path(), "old.results.csv", &format!("{}\n", mde_offboard::results::COLUMNS.join(",")));
+    let results =
+        write_file(dir.path(), "old.results.csv", &format!("{}\n", mde_offboard::files::results::COLUMNS.join(",")));
     let (input, results) = (input.to_str().unwrap(), results.to_str().unwrap());
     let output = dir.path().join("results.csv");
     let run = |extra: &'static [&'static str]| {

@@ -90,7 +90,7 @@ impl Results {
     pub fn read(path: &Path) -> Results {
         let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let headers = reader.headers().unwrap().clone();
-        assert_eq!(headers.iter().collect::<Vec<_>>(), mde_offboard::results::COLUMNS);
+        assert_eq!(headers.iter().collect::<Vec<_>>(), mde_offboard::files::results::COLUMNS);
         let rows = reader
             .records()
             .map(|r| headers.iter().map(str::to_owned).zip(r.unwrap().iter().map(str::to_owned)).collect())

@@ -151,7 +151,7 @@ async fn a_resume_finds_the_legacy_action_of_a_lost_answer() {
 /// know the client's constants).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_offboard_filter_selects_both_offboard_types() {
-    use mde_offboard::api::{OFFBOARD_TYPE_FILTER, OFFBOARD_TYPES};
+    use mde_offboard::defender::api::{OFFBOARD_TYPE_FILTER, OFFBOARD_TYPES};
     assert_eq!(OFFBOARD_TYPES, ["Offboard", "OffboardMachine"]);
     for legacy in [false, true] {
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mde_offboard::lock::RunLock;
+use mde_offboard::files::lock::RunLock;
 use mde_sim::{self as sim, Fleet, SimConfig, SimStats, Simulator};
 
 use crate::common::{mde_env, write_file};

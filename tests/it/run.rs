@@ -303,7 +303,8 @@ async fn pacing_keeps_every_window_and_finishes_near_the_quota_schedule() {
     }
     // Ideal: 60 calls, then 60 more 3 s later, then 10 more 3 s after that: about 6 s. Generous margin: the
     // precise figure is the benchmark's.
-    let ideal = mde_offboard::limiter::earliest_schedule(&quotas, machines as u64, 8, Duration::from_millis(5));
+    let ideal =
+        mde_offboard::defender::limiter::earliest_schedule(&quotas, machines as u64, 8, Duration::from_millis(5));
     assert!(ideal >= Duration::from_secs(6), "{ideal:?}");
     assert!(took < ideal + Duration::from_secs(4), "took {took:?}, ideal {ideal:?}");
     sim.shutdown().await;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mde_offboard::api::{Api, RetryPolicy, THROTTLED_IN_A_ROW_MAX};
-use mde_offboard::auth::TokenCache;
-use mde_offboard::limiter::Limiter;
+use mde_offboard::defender::api::{Api, RetryPolicy, THROTTLED_IN_A_ROW_MAX};
+use mde_offboard::defender::auth::TokenCache;
+use mde_offboard::defender::limiter::Limiter;
 use mde_offboard::settings::{Credential, Credentials, Secret};
 use mde_sim::{self as sim, Faults, Fleet, RetryAfterOverride, SimConfig, Simulator};
 

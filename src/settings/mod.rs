@@ -4,14 +4,18 @@
 //! later stage needs is checked here, so the rest of the program works with plain values: a wrong key or
 //! value is reported with the key, the value and what is allowed, before any network call.
 
+pub mod certificate;
+pub mod cloud;
+pub mod jwt;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::certificate::{AssertionAlg, ClientCertificate};
-use crate::cloud::Cloud;
 use crate::error::{Error, Result};
+use crate::settings::certificate::{AssertionAlg, ClientCertificate};
+use crate::settings::cloud::Cloud;
 
 /// Where Entra ID signs in commercial-cloud apps (Microsoft's documentation).
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -388,7 +392,7 @@ impl Settings {
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
         if let Some(token) = &self.access_token {
             // The token names its tenant and app; settings, when given, say the same for messages and the lock.
-            let claim = |name: &str| crate::auth::claim(token.expose(), name);
+            let claim = |name: &str| jwt::claim(token.expose(), name);
             return Ok(Credentials {
                 tenant_id: self.tenant_id.clone().or_else(|| claim("tid")).unwrap_or_else(|| "unknown-tenant".into()),
                 client_id: self

@@ -1,7 +1,7 @@
 //! The dry run, the pre-flight of real runs, and the permission check that comes before both.
 //!
 //! Under 1,500 calls an hour every call that is not an offboard is a machine not offboarded, so both read the
-//! inventory and the open offboard actions in batches ([`crate::inventory`]: pages + a constant, whatever the
+//! inventory and the open offboard actions in batches ([`crate::commands::run::inventory`]: pages + a constant, whatever the
 //! size of the input), through the run's one [`Api`] and so its one limiter. Then each input row is decided
 //! locally ([`Screen`]): `not_found` and `already_pending` rows cost no offboard call, and a dry run writes
 //! `would_submit` where a real run would call. Input by name is resolved here: a name that may mean several
@@ -18,41 +18,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::{Api, RetryPolicy};
+use super::job::{Job, Options, Summary};
+use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
+use crate::defender::api::{Api, RetryPolicy};
 use crate::error::{Error, Result};
+use crate::files::results::{Outcome, ResultRow, ResultsWriter};
 use crate::input::{InputRow, RowKind};
-use crate::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
-use crate::results::{Outcome, ResultRow, ResultsWriter};
-use crate::run::{self, Job, Summary};
 
 /// The permission an offboard needs (Microsoft's documentation).
 pub const OFFBOARD_ROLE: &str = "Machine.Offboard";
 /// Either of these lets the app read machines and machine actions (Microsoft's documentation).
 pub const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
-
-/// What a run reads before (or instead of) offboarding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Options {
-    /// Read only: write what a real run would do, never offboard.
-    pub dry_run: bool,
-    /// Real runs: skip machines the reads show unknown or already pending (on by default).
-    pub preflight: bool,
-    /// Tracking follows the run (`run --wait`): it reads the machine actions.
-    pub wait: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { dry_run: false, preflight: true, wait: false }
-    }
-}
-
-impl Options {
-    /// Whether the run reads the inventory (a dry run, a pre-flight, or names to resolve).
-    pub fn reads(&self, by_name: bool) -> bool {
-        self.dry_run || self.preflight || by_name
-    }
-}
 
 /// The default results path of a dry run: `<input stem>.dry-run.csv` beside the input, `dry-run.csv` for
 /// stdin, so that the real run's default results file is still free.
@@ -118,14 +94,14 @@ pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> 
 }
 
 /// Refuses, before any network, a run that could not write what it will have to: the journal beside the
-/// results file (a real run; the results file itself is [`crate::results::check_writable`]'s) and the
+/// results file (a real run; the results file itself is [`crate::files::results::check_writable`]'s) and the
 /// summary file. Found after the offboards, either would leave a run that did its work and could not say so.
 /// (The temporary directory, where the pre-flight and tracking sort, is proven by the input's copy, which the
 /// scan makes there before any network, naming the input when it cannot.)
 pub fn check_files(results: &Path, options: &Options, resume: bool, summary: Option<&Path>) -> Result<()> {
     if !options.dry_run {
         let continues = resume && results.exists();
-        let journal = crate::journal::path_for(results);
+        let journal = crate::files::journal::path_for(results);
         // Opened as the run will open it, without changing it. A resume whose journal is missing is refused
         // by the resume itself, with what to do.
         let opened = if continues {
@@ -229,7 +205,7 @@ pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Result<Screened> {
 
 /// A temporary file of the pre-flight's could not be read.
 fn disk(e: std::io::Error) -> Error {
-    Error::Preflight(crate::extsort::temp_message("read", &e))
+    Error::Preflight(crate::files::extsort::temp_message("read", &e))
 }
 
 impl Screened {
@@ -420,15 +396,15 @@ pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         .map(|(outcome, n)| format!("{n} {}", outcome.as_str()))
         .collect();
     let rates = job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let took = run::estimate(&job.settings, would, round_trip);
-    crate::output::stdout(&format!(
+    let took = crate::defender::limiter::estimate(&job.settings.rates, would, job.settings.concurrency, round_trip);
+    crate::ui::output::stdout(&format!(
         "Dry run: nothing was offboarded. A real run would submit {would} offboard call(s), which the quotas ({rates}) \
          make take about {} at best, and skip {} row(s){}.\n",
         humantime::format_duration(Duration::from_secs(took.as_secs())),
         written - would,
         if skipped.is_empty() { String::new() } else { format!(": {}", skipped.join(", ")) }
     ));
-    crate::output::stdout(&format!("Read {describe}.\n"));
+    crate::ui::output::stdout(&format!("Read {describe}.\n"));
     Ok(Summary {
         run_id: job.run_id,
         counts,

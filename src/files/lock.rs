@@ -3,7 +3,7 @@
 //!
 //! The lock is an operating-system file lock (`File::try_lock`) on a file named for the tenant and client,
 //! in the state directory. The tenant is named by its id, in lowercase, however it was given: a domain name
-//! (`contoso.onmicrosoft.com`) is the same tenant as its GUID, and the token says which GUID ([`tenant_of`]). The OS drops it when the holder dies, however it dies, so a lock left by a
+//! (`contoso.onmicrosoft.com`) is the same tenant as its GUID, and the token says which GUID ([`TokenCache::tenant_id`](crate::defender::auth::TokenCache::tenant_id)). The OS drops it when the holder dies, however it dies, so a lock left by a
 //! crashed run is never in the way. Beside it, a `.holder` file names the holder's run id, pid and start
 //! time (a separate file: Windows locks are mandatory, so the locked file itself cannot be read), so a
 //! refused run can name who holds it, and a run that finds a holder named but no lock held says it is
@@ -13,7 +13,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::auth::TokenCache;
 use crate::error::{Error, Result};
 
 /// Overrides where lock files live (tests, or hosts with a shared state directory).
@@ -33,24 +32,6 @@ pub fn state_dir() -> PathBuf {
     base.unwrap_or_else(std::env::temp_dir).join("mde-offboard")
 }
 
-/// The tenant id a run lock is keyed by. A tenant given by its GUID is that GUID; one given by a domain name
-/// is the GUID its token names (`tid`), so this signs in first (sign-in spends none of the API's quota), before
-/// the first API call.
-pub async fn tenant_of(tokens: &TokenCache) -> Result<String> {
-    let given = &tokens.credentials().tenant_id;
-    if is_guid(given) {
-        return Ok(given.clone());
-    }
-    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
-    Ok(token.tenant_id().unwrap_or_else(|| given.clone()))
-}
-
-fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.trim().split('-').collect();
-    parts.len() == 5
-        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 /// A held run lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct RunLock {
@@ -66,7 +47,7 @@ fn write_holder(path: &Path, holder: &str) -> std::io::Result<()> {
 
 impl RunLock {
     /// Takes the lock for `tenant` + `client` in `dir` (ids compared ignoring case and surrounding spaces), or
-    /// says who holds it. `tenant` is the tenant's id: see [`tenant_of`].
+    /// says who holds it. `tenant` is the tenant's id: see [`TokenCache::tenant_id`](crate::defender::auth::TokenCache::tenant_id).
     pub fn acquire(dir: &Path, tenant: &str, client: &str, run_id: &str) -> Result<RunLock> {
         let fail = |path: &Path, e: std::io::Error| Error::Output {
             path: path.to_owned(),
@@ -186,7 +167,6 @@ mod tests {
         assert!(msg.contains("run-1"), "{msg}");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.iter().all(|n| n.to_string_lossy() == n.to_string_lossy().to_lowercase()), "{names:?}");
-        assert!(is_guid(tenant) && !is_guid("contoso.onmicrosoft.com") && !is_guid("0d3e5c1a-7b2f-4e8d-9a61"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::settings::jwt::claim;
 use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
 
 /// How long before expiry a token is renewed, at most; short-lived tokens renew at a fifth of their life.
@@ -361,16 +362,24 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
     })
 }
 
-/// A string or number claim of a JWT, as text (read without checking the signature: only used to explain).
-pub fn claim(jwt: &str, name: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    match &claims[name] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+impl TokenCache {
+    /// The tenant id that keys the run lock: a tenant given by its GUID is that GUID; one given by a domain
+    /// name is the GUID its token names (`tid`), so this signs in first (sign-in spends none of the API's
+    /// quota), before the first API call.
+    pub async fn tenant_id(&self) -> Result<String, AuthError> {
+        let given = &self.credentials().tenant_id;
+        if is_guid(given) {
+            return Ok(given.clone());
+        }
+        let token = self.get().await?;
+        Ok(token.tenant_id().unwrap_or_else(|| given.clone()))
     }
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.trim().split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The `roles` claim of a JWT access token (read without checking the signature: only used to explain).
@@ -506,6 +515,13 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Moved whole from the lock's tests with `is_guid`: which tenant names key the lock as they are.
+    #[test]
+    fn a_tenant_guid_is_told_from_a_domain_name() {
+        let tenant = "0D3E5C1A-7B2F-4E8D-9A61-5F4C3B2A1D00";
+        assert!(is_guid(tenant) && !is_guid("contoso.onmicrosoft.com") && !is_guid("0d3e5c1a-7b2f-4e8d-9a61"));
+    }
 
     #[test]
     fn roles_come_from_the_jwt_payload() {

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::{Api, RetryPolicy};
-use crate::auth::{self, TokenCache};
+use crate::commands::run::Options;
+use crate::commands::run::preflight::{self, OFFBOARD_ROLE, READ_ROLES};
+use crate::defender::api::{Api, RetryPolicy};
+use crate::defender::auth::TokenCache;
+use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
-use crate::limiter::Limiter;
-use crate::preflight::{self, OFFBOARD_ROLE, Options, READ_ROLES};
 use crate::settings::{self, SettingsArgs};
 /// The cheap read call.
 const PROBE: &str = "/api/machines?$top=1";
@@ -52,7 +53,7 @@ impl Report {
             self.text += "Result: NOT READY, a default run would not be allowed (see the problems above).\n";
             exit_code::CANNOT_RUN
         };
-        crate::output::stdout(&self.text);
+        crate::ui::output::stdout(&self.text);
         code
     }
 }
@@ -87,7 +88,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     r.line("app (client id)", &credentials.client_id);
     r.line("credential", credentials.credential.describe());
 
-    let http = crate::run::http_client(&settings)?;
+    let http = crate::defender::http_client(&settings)?;
     let tokens = std::sync::Arc::new(TokenCache::new(http.clone(), credentials));
     let started = Instant::now();
     let token = match tokens.get().await {
@@ -100,7 +101,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     };
     let sign_in = started.elapsed();
     let bearer = token.bearer();
-    let expiry = auth::claim(bearer.trim_start_matches("Bearer "), "exp")
+    let expiry = crate::settings::jwt::claim(bearer.trim_start_matches("Bearer "), "exp")
         .and_then(|e| e.parse::<u64>().ok())
         .map(|exp| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();

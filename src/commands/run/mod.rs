@@ -6,44 +6,42 @@
 //! per-machine failure is a row, never an aborted run. On shutdown the dispatcher stops taking machines,
 //! waits for those in flight, and the writer flushes.
 
+pub mod inventory;
+mod job;
+mod offboard;
+pub mod preflight;
+mod resume;
+
+pub use job::{Job, Options, Summary};
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::api::{self, Api, CallResult, ListPage, MachineAction, RetryPolicy};
-use crate::auth::{AuthError, TokenCache};
-use crate::error::{Error, Result, exit_code};
-use crate::input::{self, RowKind, Scan, Source};
-use crate::journal::{self, Journal, RunIdentity};
-use crate::limiter::{self, Limiter};
-use crate::lock::{self, ResultsLock, RunLock};
-use crate::preflight::{self, Screened};
-use crate::progress::Progress;
-use crate::results::{self, Finished, Outcome, ResultRow, ResultsWriter};
+use crate::defender::api::{Api, RetryPolicy};
+use crate::defender::auth::{AuthError, TokenCache};
+use crate::defender::limiter::{self, Limiter};
+use crate::error::{Error, Result};
+use crate::files::journal::{self, Journal, RunIdentity};
+use crate::files::lock::{self, ResultsLock, RunLock};
+use crate::files::results::{self, Finished, Outcome, ResultRow, ResultsWriter};
+use crate::input::{self, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
+use crate::ui::progress::Progress;
+use preflight::Screened;
 
-/// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
-/// measured, within these).
-const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 /// Rows buffered between the reader and the workers, and between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// A machine's offboard actions fit one page: it has a handful at most.
-const LOOKUP_PAGE: usize = 100;
-/// How far before an interrupted call's journal entry an action found on resume may have been created
-/// and still be taken for that call's (clocks differ).
-const CLOCK_SKEW: Duration = Duration::from_secs(600);
-
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// CSV file listing the machines (a MachineId / Device ID / id column, or one id per line); `-` reads stdin.
@@ -91,34 +89,6 @@ pub struct RunArgs {
     pub settings: SettingsArgs,
 }
 
-/// Everything a run needs, resolved.
-pub struct Job {
-    pub settings: Settings,
-    /// The comment as given; `{run_id}` and `{date}` are filled in when the run starts.
-    pub comment_template: String,
-    pub scan: Scan,
-    pub output: PathBuf,
-    pub overwrite: bool,
-    pub resume: bool,
-    pub run_id: String,
-    /// Where the run lock lives.
-    pub lock_dir: PathBuf,
-    /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
-    pub limiter: Arc<Limiter>,
-    /// Who the run signs in as, and its tokens (signed in once, renewed as they expire); shared like the
-    /// limiter.
-    pub tokens: Arc<TokenCache>,
-    /// Ask for confirmation before the first offboard call.
-    pub confirm: bool,
-    /// Show a progress bar (only on a terminal).
-    pub progress: bool,
-    /// Dry run and pre-flight.
-    pub preflight: preflight::Options,
-    /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
-    /// still write what was done so far.
-    pub summary_json: Option<PathBuf>,
-}
-
 /// What a second signal still does before the process exits at once: write the summary JSON of the run
 /// so far (it is small and atomic). Set while a run with `--summary-json` is under way.
 static EXIT_NOW: Mutex<Option<Box<dyn FnOnce() + Send>>> = Mutex::new(None);
@@ -136,138 +106,6 @@ fn set_exit_now(hook: Option<Box<dyn FnOnce() + Send>>) {
     if let Ok(mut slot) = EXIT_NOW.lock() {
         *slot = hook;
     }
-}
-
-/// What a run did.
-#[derive(Debug)]
-pub struct Summary {
-    pub run_id: String,
-    pub counts: BTreeMap<Outcome, u64>,
-    /// Rows in the results file.
-    pub rows: u64,
-    pub started_at: SystemTime,
-    pub duration: Duration,
-    /// API calls this session made, and how many of them were answered 429.
-    pub calls: u64,
-    pub throttled: u64,
-    pub results: PathBuf,
-    pub interrupted: bool,
-    pub resumed: bool,
-    /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
-    /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
-    pub stopped: Option<String>,
-}
-
-impl Summary {
-    pub fn exit_code(&self) -> u8 {
-        if self.interrupted {
-            exit_code::INTERRUPTED
-        } else if self.stopped.is_some() {
-            exit_code::STOPPED
-        } else if self.counts.iter().all(|(outcome, n)| outcome.is_ok() || *n == 0) {
-            exit_code::OK
-        } else {
-            exit_code::SOME_FAILED
-        }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "{} {} rows in {} (run {})\n",
-            if self.interrupted {
-                "Interrupted with"
-            } else if self.stopped.is_some() {
-                "Stopped part way with"
-            } else {
-                "Finished:"
-            },
-            self.rows,
-            humantime::format_duration(Duration::from_secs(self.duration.as_secs())),
-            self.run_id
-        );
-        for outcome in Outcome::ALL {
-            let n = self.counts.get(&outcome).copied().unwrap_or(0);
-            if n > 0 {
-                out += &format!("  {:<16} {n}\n", outcome.as_str());
-            }
-        }
-        out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
-        out += &format!("Results: {}\n", self.results.display());
-        if let Some(why) = &self.stopped {
-            out += &format!("Stopped because: {why}\n");
-        }
-        if self.interrupted || self.stopped.is_some() {
-            out += "The rows written are valid, but not every row is done: run again with --resume to finish.\n";
-        }
-        out
-    }
-
-    /// Writes the summary as JSON to `path`, atomically (a temporary file, then a rename).
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            run_id: &'a str,
-            exit_code: u8,
-            interrupted: bool,
-            resumed: bool,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            stopped: Option<&'a str>,
-            started_at: String,
-            duration_seconds: f64,
-            rows: u64,
-            counts: BTreeMap<&'static str, u64>,
-            api_calls: u64,
-            throttled_429: u64,
-            results: String,
-        }
-        let json = Json {
-            run_id: &self.run_id,
-            exit_code: self.exit_code(),
-            interrupted: self.interrupted,
-            resumed: self.resumed,
-            stopped: self.stopped.as_deref(),
-            started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
-            duration_seconds: self.duration.as_secs_f64(),
-            rows: self.rows,
-            counts: Outcome::ALL.iter().map(|o| (o.as_str(), self.counts.get(o).copied().unwrap_or(0))).collect(),
-            api_calls: self.calls,
-            throttled_429: self.throttled,
-            results: self.results.display().to_string(),
-        };
-        write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
-    }
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it and a rename, so readers never see half.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot write it: {e}") };
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
-}
-
-/// A new run id: the UTC start time and a random suffix, e.g. `20261129T090429Z-3f9a`.
-pub fn new_run_id(now: SystemTime) -> String {
-    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
-    format!("{stamp}-{:04x}", fastrand::u16(..))
-}
-
-/// Fills `{run_id}` and `{date}` (UTC, YYYY-MM-DD) into a comment.
-pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
-    let date = humantime::format_rfc3339_seconds(now).to_string()[..10].to_string();
-    template.replace("{run_id}", run_id).replace("{date}", &date)
-}
-
-/// The comment a run sends, in every session: the one resolved when it began. A journal from before that
-/// was kept: filled with the date the run began, which its first session used.
-fn comment_of(identity: &RunIdentity) -> String {
-    identity.resolved_comment.clone().unwrap_or_else(|| {
-        let began = crate::timestamp::parse(&identity.started_at).unwrap_or_else(SystemTime::now);
-        expand_comment(&identity.comment, &identity.run_id, began)
-    })
 }
 
 /// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`). Also returns
@@ -293,13 +131,16 @@ pub async fn command(
                 // The offboards happened: say so with the exit code of a run stopped part way.
                 summary.stopped.get_or_insert_with(|| e.to_string());
             }
-            crate::output::stdout(&summary.render());
+            crate::ui::output::stdout(&summary.render());
             Ok((summary, tokens))
         }
         Err(e) => {
             if let Some(path) = &summary_json {
                 let json = serde_json::json!({ "run_id": run_id, "exit_code": e.exit_code(), "error": e.to_string() });
-                let _ = write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"));
+                let _ = crate::files::write_atomically(
+                    path,
+                    &serde_json::to_vec_pretty(&json).expect("the summary serialises"),
+                );
             }
             Err(e)
         }
@@ -309,7 +150,7 @@ pub async fn command(
 /// Turns the command line into a [`Job`], checking everything that can be checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
     let credentials = settings.credentials()?;
-    let options = preflight::Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
+    let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A dry run sends no offboard, so it needs no comment.
     let comment_template =
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
@@ -352,7 +193,7 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
                 .into(),
         ));
     }
-    let tokens = Arc::new(TokenCache::new(http_client(&settings)?, credentials));
+    let tokens = Arc::new(TokenCache::new(crate::defender::http_client(&settings)?, credentials));
     Ok(Job {
         settings,
         tokens,
@@ -361,7 +202,7 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         output,
         overwrite: args.overwrite,
         resume: args.resume,
-        run_id: new_run_id(SystemTime::now()),
+        run_id: journal::new_run_id(SystemTime::now()),
         lock_dir: lock::state_dir(),
         limiter,
         confirm: !args.yes,
@@ -371,37 +212,13 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
     })
 }
 
-/// Builds the HTTP client every call shares: sign-in and API calls alike. It follows no redirect: a 3xx is
-/// reported, and nothing (a token, a client secret, an offboard) is ever sent to the host it names.
-pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
-    // Plain http is only ever loopback (the simulator; settings refuse it elsewhere): no TLS, so the root
-    // certificates (the system's store is read from disk, tens of milliseconds) are not loaded.
-    let tls = !(settings.api_base.starts_with("http://") && settings.authority.starts_with("http://"));
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(tls)
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(settings.concurrency.max(4))
-        .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
-}
-
-/// How long the quotas and the concurrency make `machines` offboard calls take, at best, when a call
-/// takes `latency`.
-pub fn estimate(settings: &Settings, machines: u64, latency: Duration) -> Duration {
-    let latency = latency.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1);
-    limiter::earliest_schedule(&settings.rates, machines, settings.concurrency, latency)
-}
-
 /// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
 pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
     // this function returns. A tenant given by a domain name takes the lock of its id, which signing in
     // finds (before any API call).
     let credentials = job.tokens.credentials();
-    let tenant = lock::tenant_of(&job.tokens).await?;
+    let tenant = job.tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
     let _lock = RunLock::acquire(&job.lock_dir, &tenant, &credentials.client_id, &job.run_id)?;
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
@@ -420,18 +237,21 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         tenant_id: credentials.tenant_id.clone(),
         client_id: credentials.client_id.clone(),
         comment: job.comment_template.clone(),
-        resolved_comment: Some(expand_comment(&job.comment_template, &job.run_id, started_at)),
+        resolved_comment: Some(journal::expand_comment(&job.comment_template, &job.run_id, started_at)),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
     };
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
-    let mut resume =
-        if job.resume && job.output.exists() { Some(read_earlier(&job, &journal_path, &identity)?) } else { None };
+    let mut resume = if job.resume && job.output.exists() {
+        Some(resume::read_earlier(&job, &journal_path, &identity)?)
+    } else {
+        None
+    };
     let resumed = resume.is_some();
     if let Some(earlier) = &resume {
         identity = earlier.identity.clone();
     }
-    let comment = comment_of(&identity);
+    let comment = identity.comment_sent();
 
     let (http, tokens) = (job.tokens.http(), job.tokens.clone());
     // Until the first offboard, a signal ends the run at once: nothing has been done.
@@ -445,7 +265,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // And the permissions, before any API call.
     preflight::check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
     if let Some(earlier) = &resume {
-        check_lookup_permission(&token.roles, earlier.in_doubt.len())?;
+        resume::check_lookup_permission(&token.roles, earlier.in_doubt.len())?;
     }
 
     let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
@@ -456,7 +276,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     if let Some(screen) = &screen {
-        crate::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
+        crate::ui::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
     }
     let to_offboard = match &mut resume {
         // Exactly the machines this session will call for: the input screened as the run will screen it,
@@ -465,7 +285,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         Some(earlier) => {
             let (rows, done) = (job.scan.rows()?, std::mem::take(&mut earlier.done));
             let counted = tokio::task::spawn_blocking(move || {
-                let calls = count_calls(rows, screen.as_mut(), &done);
+                let calls = resume::count_calls(rows, screen.as_mut(), &done);
                 (calls, screen, done)
             });
             let (calls, back, done) = tokio::select! {
@@ -483,7 +303,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
 
     if to_offboard > 0 {
         // The schedule the limiter will follow, from the calls already in its windows.
-        let latency = round_trip.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1);
+        let latency = round_trip.clamp(limiter::ESTIMATE_LATENCY.0, limiter::ESTIMATE_LATENCY.1);
         let schedule = job.limiter.schedule(to_offboard, job.settings.concurrency, latency);
         let plan = format!(
             "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
@@ -501,10 +321,10 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             ),
             None => plan,
         };
-        crate::output::notice("plan", &plan);
+        crate::ui::output::notice("plan", &plan);
         if job.confirm {
             // Read off the runtime, so a signal at the prompt ends the run at once.
-            crate::output::prompt(&format!("Type {to_offboard} to offboard them, anything else to stop: "));
+            crate::ui::output::prompt(&format!("Type {to_offboard} to offboard them, anything else to stop: "));
             let answer = tokio::task::spawn_blocking(read_answer);
             tokio::select! {
                 answer = answer => confirmed(to_offboard, answer.unwrap_or_else(|e| Err(Error::Usage(e.to_string()))))?,
@@ -611,7 +431,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
                 break;
             }
         };
-        if done.contains(screened.line(), machine_of(&screened)) {
+        if done.contains(screened.line(), resume::machine_of(&screened)) {
             continue;
         }
         let (row, facts) = match screened {
@@ -678,8 +498,8 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             async move {
                 let line = row.line;
                 let mut result = match earlier_intent {
-                    Some(at) => verify_then_offboard(&api, line, machine, &comment, at).await,
-                    None => offboard_one(&api, line, machine, &comment).await,
+                    Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, at).await,
+                    None => offboard::offboard_one(&api, line, machine, &comment).await,
                 };
                 if let Some(facts) = facts {
                     facts.fill(&mut result);
@@ -859,195 +679,4 @@ fn log_row(row: &ResultRow) {
     } else {
         tracing::info!(line = row.line, machine = %row.machine_id, outcome, code, attempts = row.attempts, "machine done");
     }
-}
-
-/// What a resume starts from.
-struct Earlier {
-    identity: RunIdentity,
-    /// Input lines already finished, each for its machine.
-    done: Finished,
-    /// Lines whose machine may have been called without its answer being recorded, or whose row says the
-    /// call may have gone through: every intent on record for them.
-    in_doubt: HashMap<u64, Vec<journal::Intent>>,
-}
-
-fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Earlier> {
-    let refuse = |message: String| Error::Resume { path: job.output.clone(), message };
-    if !journal_path.exists() {
-        return Err(refuse(format!(
-            "its journal {} is missing, so calls that were in flight cannot be checked; \
-             start a new run with another --output (or --overwrite)",
-            journal_path.display()
-        )));
-    }
-    let cut = results::cut_torn_row(&job.output)?;
-    if cut > 0 {
-        tracing::warn!("cut a torn last row ({cut} bytes) from {}", job.output.display());
-    }
-    let (done, _) = results::final_lines(&job.output)?;
-    let mut earlier = journal::read(journal_path, |line, machine| !done.contains(line, machine))?;
-    if let Some(why) = now.mismatch(&earlier.identity) {
-        return Err(refuse(why));
-    }
-    let identity = &mut earlier.identity;
-    if identity.input_sha256.is_none() {
-        tracing::warn!(
-            "the journal does not say what the input held (an older version wrote it): a row counts as done \
-             only where the input still lists its machine on its line"
-        );
-    }
-    // A journal from an older version is completed with what this session knows.
-    identity.input_sha256 = identity.input_sha256.take().or_else(|| now.input_sha256.clone());
-    identity.resolved_comment = Some(comment_of(identity));
-    if !earlier.intents.is_empty() {
-        tracing::info!(
-            machines = earlier.intents.len(),
-            "machines whose earlier call may have gone through are looked up before any new call"
-        );
-    }
-    Ok(Earlier { identity: earlier.identity, done, in_doubt: earlier.intents })
-}
-
-/// How many machines a session that skips the lines in `done` calls for: the rows screened as the run
-/// screens them, counting each valid id that passes and is not done.
-fn count_calls(rows: input::Rows, mut screen: Option<&mut preflight::Screen>, done: &Finished) -> Result<u64> {
-    let mut calls = 0;
-    for row in rows {
-        let screened = preflight::screen(screen.as_deref_mut(), row?)?;
-        if done.contains(screened.line(), machine_of(&screened)) {
-            continue;
-        }
-        if let Screened::Pass(row, _) = &screened
-            && matches!(row.kind, RowKind::Valid(_))
-        {
-            calls += 1;
-        }
-    }
-    Ok(calls)
-}
-
-/// The machine a row is about, as its results row names it: what a finished line is compared with.
-fn machine_of(screened: &Screened) -> &str {
-    match screened {
-        Screened::Row(row) => &row.machine_id,
-        Screened::Pass(row, _) => match &row.kind {
-            RowKind::Valid(id) | RowKind::Name(id) => id,
-            RowKind::Invalid | RowKind::Duplicate => &row.raw,
-        },
-    }
-}
-
-/// Looking up machines in doubt reads the machine actions: without a read role the resume could only call
-/// them blindly (or never), so it stops before any API call.
-fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
-    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
-    if in_doubt == 0 || preflight::READ_ROLES.iter().any(|r| has(r)) {
-        return Ok(());
-    }
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
-    Err(Error::Permission(format!(
-        "{in_doubt} machine(s) may have been offboarded by an earlier call whose answer was lost; the resume looks \
-         them up among the machine actions before calling them again, which needs the application permission {} \
-         or {}, and the token carries {granted}. Grant one, then run --resume again; nothing was called",
-        preflight::READ_ROLES[0],
-        preflight::READ_ROLES[1]
-    )))
-}
-
-/// A machine whose earlier call may have gone through: look for the action it would have created before
-/// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
-/// row is `failed` with `InDoubt`, and the next `--resume` looks again.
-async fn verify_then_offboard(api: &Api, line: u64, machine_id: String, comment: &str, intent_ms: u64) -> ResultRow {
-    let filter = format!("machineId eq '{machine_id}' and {}", api::OFFBOARD_TYPE_FILTER);
-    let (attempts, lookup) = api
-        .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
-            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-        })
-        .await;
-    let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    let actions: Vec<MachineAction> = match lookup {
-        // Either type is an offboard action; another type is not, whatever the service's filter let through.
-        Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
-        Err(failure) => {
-            tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
-            let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
-            row.attempts = attempts;
-            row.http_status = failure.status;
-            row.error_code = Some("InDoubt".into());
-            row.error_message = Some(format!(
-                "an earlier call may have offboarded this machine, and looking it up failed ({}: {}); it was not \
-                 called again, and --resume looks again",
-                failure.code, failure.message
-            ));
-            return row;
-        }
-    };
-    let created = |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(crate::timestamp::parse);
-    let ours = actions
-        .iter()
-        .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
-        .max_by_key(|a| created(a));
-    let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
-    if let Some(action) = ours.or(open) {
-        let mut row =
-            ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
-        row.attempts = attempts;
-        row.http_status = Some(200);
-        row.error_message =
-            Some("found the action of an earlier call whose answer was not recorded; not sent again".into());
-        fill_action(&mut row, action.clone());
-        return row;
-    }
-    let mut row = offboard_one(api, line, machine_id, comment).await;
-    row.attempts += attempts;
-    row
-}
-
-/// Offboards one machine and says what happened, as a results row.
-async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -> ResultRow {
-    let CallResult { attempts, answer } = api.offboard(&machine_id, comment).await;
-    let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
-    row.attempts = attempts;
-    match answer {
-        Ok(reply) => {
-            row.http_status = Some(reply.status);
-            // Only an answer that shows the action proves it was created.
-            match api::read_action(&reply.body) {
-                Ok(action) => {
-                    row.outcome = Outcome::Submitted;
-                    fill_action(&mut row, action);
-                }
-                Err(why) => {
-                    row.error_code = Some(api::UNCONFIRMED_ANSWER.into());
-                    row.error_message = Some(format!(
-                        "the answer (HTTP {}) did not prove an action was created: {why}; --resume looks up this \
-                         machine's offboard actions before calling it again",
-                        reply.status
-                    ));
-                }
-            }
-        }
-        Err(failure) => {
-            row.outcome = match (failure.status, failure.code.as_str()) {
-                (Some(400), "ActiveRequestAlreadyExists") => Outcome::AlreadyPending,
-                (Some(400), "OsPlatformNotSupported" | "ClientVersionNotSupported") => Outcome::Unsupported,
-                (Some(403), _) => Outcome::Forbidden,
-                (Some(404), _) => Outcome::NotFound,
-                _ => Outcome::Failed,
-            };
-            tracing::debug!(machine = %row.machine_id, outcome = row.outcome.as_str(), code = %failure.code, "machine done");
-            row.http_status = failure.status;
-            row.error_code = Some(failure.code);
-            row.error_message = Some(failure.message);
-        }
-    }
-    row
-}
-
-fn fill_action(row: &mut ResultRow, action: MachineAction) {
-    row.updated_at = action.updated_at().cloned();
-    row.action_id = action.id;
-    row.action_status = action.status;
-    row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
-    row.submitted_at = action.creation_date_time_utc;
 }

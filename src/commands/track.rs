@@ -3,7 +3,7 @@
 //! A 201 only means the offboarding was requested. Tracking updates `action_status` and `updated_at` of
 //! every `submitted` or `already_pending` row until the action is final (`Succeeded`, `Failed`, `TimeOut`,
 //! `Cancelled`) or the wait ends. It never asks per action: each pass lists the offboard actions (of either
-//! type, [`crate::api::OFFBOARD_TYPES`]) created since the earliest tracked one (`GET /api/machineactions`,
+//! type, [`crate::defender::api::OFFBOARD_TYPES`]) created since the earliest tracked one (`GET /api/machineactions`,
 //! `$top`/`$skip` pages of up to 10,000), so tracking
 //! 10,000 actions costs a page or two per pass, at most one pass per poll interval, through the process's
 //! one limiter. Rows without an action id (`already_pending`: the open action was created before the run)
@@ -15,7 +15,7 @@
 //! file in the same directory, synced, then renamed over it).
 //!
 //! Memory stays flat in the size of the file: it is streamed, never loaded. A pass sorts the open rows by
-//! action key (or machine) and the listed actions likewise, on disk beyond a few MiB ([`crate::extsort`]),
+//! action key (or machine) and the listed actions likewise, on disk beyond a few MiB ([`crate::files::extsort`]),
 //! merges them into updates sorted by row, and applies those while streaming the file into its replacement.
 //! Between passes only one bit per row is kept: the rows given up on.
 //!
@@ -36,17 +36,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER, RetryPolicy};
-use crate::auth::TokenCache;
+use crate::commands::run::inventory::{Id, MAX_PAGES, id_text, parse_id};
+use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER, RetryPolicy};
+use crate::defender::auth::TokenCache;
+use crate::defender::limiter::Limiter;
+use crate::defender::timestamp;
 use crate::error::{Error, Result, exit_code};
-use crate::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
-use crate::inventory::{Id, MAX_PAGES, id_text, parse_id};
-use crate::limiter::Limiter;
-use crate::lock::{self, ResultsLock, RunLock};
-use crate::progress::Progress;
-use crate::results::{LineSet, Outcome};
+use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
+use crate::files::lock::{self, ResultsLock, RunLock};
+use crate::files::results::{LineSet, Outcome};
 use crate::settings::{Settings, SettingsArgs};
-use crate::timestamp;
+use crate::ui::progress::Progress;
 
 /// Final action statuses (Microsoft's documentation).
 pub const FINAL_STATUSES: [&str; 4] = ["Succeeded", "Failed", "TimeOut", "Cancelled"];
@@ -277,7 +277,7 @@ struct Columns {
 }
 
 /// A results file, streamed at each step and never held in memory: a million rows take as little memory as
-/// ten. What a pass learns is sorted on disk and merged back in row order (see [`crate::extsort`]).
+/// ten. What a pass learns is sorted on disk and merged back in row order (see [`crate::files::extsort`]).
 struct ResultsFile {
     path: PathBuf,
     headers: csv::StringRecord,
@@ -438,7 +438,7 @@ impl ResultsFile {
     }
 
     fn disk(&self, e: &std::io::Error) -> Error {
-        Error::Output { path: self.path.clone(), message: crate::extsort::temp_message("use", e) }
+        Error::Output { path: self.path.clone(), message: crate::files::extsort::temp_message("use", e) }
     }
 
     /// Every row, in order, with its index, as wide as the header.
@@ -707,11 +707,11 @@ pub async fn track_file(
 
     let tokens = match tokens {
         Some(tokens) => tokens,
-        None => Arc::new(TokenCache::new(crate::run::http_client(settings)?, settings.credentials()?)),
+        None => Arc::new(TokenCache::new(crate::defender::http_client(settings)?, settings.credentials()?)),
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
-    let run_id = crate::run::new_run_id(SystemTime::now());
-    let tenant = lock::tenant_of(&tokens).await?;
+    let run_id = crate::files::journal::new_run_id(SystemTime::now());
+    let tenant = tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
     let _lock = RunLock::acquire(&lock::state_dir(), &tenant, &tokens.credentials().client_id, &run_id)?;
     let http = tokens.http();
     tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;

@@ -1,5 +1,5 @@
 //! Text for a person on stdout and stderr: the one owner of every byte written there outside the log
-//! lines (which `tracing` writes, through [`crate::progress::LogWriter`]).
+//! lines (which `tracing` writes, through [`crate::ui::progress::LogWriter`]).
 //!
 //! It knows the log format and the verbosity: with `--log-format json` every line on stderr is one JSON
 //! object (a notice or a fatal error is an event with fields, like a log line), and with `-q` only errors
@@ -72,5 +72,5 @@ fn write_stderr(style: Style, level: &str, kind: &str, text: &str) {
 
 /// Writes to stderr, above the progress bar if one is shown.
 fn raw_stderr(text: &str) {
-    let _ = crate::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
+    let _ = crate::ui::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
 }

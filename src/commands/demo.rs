@@ -9,15 +9,15 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::TokenCache;
+use crate::commands::run::{self, Job, Summary};
+use crate::defender::auth::TokenCache;
 use crate::error::{Error, Result};
 use crate::input::{self, Source};
-use crate::run::{self, Job, Summary};
 use crate::settings::{self, Credential, Credentials, Rate, Secret, SettingsArgs};
 use mde_sim::{self as sim, Faults, Fleet, SimConfig, Simulator};
 
-const SAMPLE_FLEET: &str = include_str!("../samples/fleet.csv");
-const SAMPLE_MACHINES: &str = include_str!("../samples/machines.csv");
+const SAMPLE_FLEET: &str = include_str!("../../samples/fleet.csv");
+const SAMPLE_MACHINES: &str = include_str!("../../samples/machines.csv");
 /// The device group the demo's simulated tenant denies us, to show a `forbidden` row.
 const FORBIDDEN_GROUP: &str = "Tier0 Servers";
 
@@ -70,7 +70,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     let simulator = Simulator::start(config).await?;
     let base = simulator.base_url();
-    crate::output::notice(
+    crate::ui::output::notice(
         "demo",
         &format!(
             "Demo: a simulated Defender for Endpoint tenant at {base}, {}x faster than real time.\n\
@@ -96,13 +96,13 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         scope: settings.scope.clone(),
     };
     let job = Job {
-        tokens: std::sync::Arc::new(TokenCache::new(run::http_client(&settings)?, credentials)),
+        tokens: std::sync::Arc::new(TokenCache::new(crate::defender::http_client(&settings)?, credentials)),
         comment_template: settings.comment.clone().unwrap_or_default(),
         resume: false,
-        run_id: run::new_run_id(std::time::SystemTime::now()),
+        run_id: crate::files::journal::new_run_id(std::time::SystemTime::now()),
         // The demo's tenant is its own: its lock never meets a real run's.
         lock_dir: workdir.clone(),
-        limiter: crate::limiter::Limiter::new(&settings.rates),
+        limiter: crate::defender::limiter::Limiter::new(&settings.rates),
         scan: input::scan(Source::Path(machines_path), None)?,
         output: args.output,
         overwrite: true,
@@ -117,8 +117,8 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
     simulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&workdir);
     let summary = summary?;
-    crate::output::stdout(&summary.render());
-    crate::output::stdout(&format!(
+    crate::ui::output::stdout(&summary.render());
+    crate::ui::output::stdout(&format!(
         "Simulator: {} offboard actions created, {} answers throttled with 429.\n\
          The sample holds malformed ids, duplicates, unknown machines, a device group the app may not touch \
          and unsupported systems on purpose: a real run with such rows exits 3.\n",

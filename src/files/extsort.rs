@@ -105,13 +105,13 @@ macro_rules! record {
             $($(#[$fmeta])* $fvis $field: $ty),+
         }
 
-        impl $crate::extsort::Record for $name {
-            const SIZE: usize = 0 $(+ <$ty as $crate::extsort::Field>::SIZE)+;
+        impl $crate::files::extsort::Record for $name {
+            const SIZE: usize = 0 $(+ <$ty as $crate::files::extsort::Field>::SIZE)+;
             fn put(&self, out: &mut [u8]) {
                 let mut at = 0;
                 $(
-                    let end = at + <$ty as $crate::extsort::Field>::SIZE;
-                    $crate::extsort::Field::put(&self.$field, &mut out[at..end]);
+                    let end = at + <$ty as $crate::files::extsort::Field>::SIZE;
+                    $crate::files::extsort::Field::put(&self.$field, &mut out[at..end]);
                     #[allow(unused_assignments)]
                     {
                         at = end;
@@ -123,8 +123,8 @@ macro_rules! record {
                 let mut at = 0;
                 $name {
                     $($field: {
-                        let end = at + <$ty as $crate::extsort::Field>::SIZE;
-                        let value = <$ty as $crate::extsort::Field>::get(&bytes[at..end]);
+                        let end = at + <$ty as $crate::files::extsort::Field>::SIZE;
+                        let value = <$ty as $crate::files::extsort::Field>::get(&bytes[at..end]);
                         at = end;
                         value
                     }),+

@@ -420,6 +420,16 @@ fn simulate(
     Duration::from_nanos(last_answer - start)
 }
 
+/// Bounds on the call latency assumed when estimating how long a run takes (the sign-in's round trip,
+/// measured, within these).
+pub const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
+
+/// How long `rates` and `concurrency` make `calls` calls take from a fresh start, at best, when a call
+/// takes `latency` (clamped to [`ESTIMATE_LATENCY`]).
+pub fn estimate(rates: &[Rate], calls: u64, concurrency: usize, latency: Duration) -> Duration {
+    earliest_schedule(rates, calls, concurrency, latency.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1))
+}
+
 /// The instant every GCRA judges: the one the limiter read for the decision at hand.
 ///
 /// governor reads its clock inside `check`; handing it the instant the ledger was judged at (rather than

@@ -20,11 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-pub use crate::auth::ANSWER_MAX;
-use crate::auth::{
+pub use crate::defender::auth::ANSWER_MAX;
+use crate::defender::auth::{
     AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
 };
-use crate::limiter::Limiter;
+use crate::defender::limiter::Limiter;
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);

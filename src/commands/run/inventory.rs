@@ -4,7 +4,7 @@
 //! Cost: the inventory is read in pages of `$top=10000` with `$skip`, up to the first short page; the open
 //! offboard actions with one filtered list per open status (`(type eq 'Offboard' or type eq 'OffboardMachine')
 //! and status eq 'Pending'`, then `'InProgress'`: either type is an offboard action, see
-//! [`crate::api::OFFBOARD_TYPES`]), paged the same way. So a
+//! [`crate::defender::api::OFFBOARD_TYPES`]), paged the same way. So a
 //! fleet of 25,000 machines costs 3 + 2 calls for 10 ids or 100,000. An input of one id is cheaper by id:
 //! `GET /api/machines/{id}` and that machine's offboard actions (filtered by `machineId`), 2 calls.
 //!
@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::api::{Api, Failure, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
-use crate::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
+use crate::defender::api::{Api, Failure, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
+use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
@@ -242,7 +242,7 @@ pub enum LoadError {
     /// The list answered, but not to its end: what it did not show may exist.
     #[error("cannot read {what} to its end: {why}; what it did not show may exist, so no machine is called not found")]
     Incomplete { what: String, why: String },
-    #[error("{}", crate::extsort::temp_message("use", error))]
+    #[error("{}", crate::files::extsort::temp_message("use", error))]
     Disk {
         #[from]
         error: std::io::Error,
@@ -757,7 +757,7 @@ mod tests {
         let joined = inventory.join().unwrap();
         assert_eq!(joined.tally.open, 2, "the legacy type is an offboard action");
 
-        for kind in crate::api::OFFBOARD_TYPES {
+        for kind in crate::defender::api::OFFBOARD_TYPES {
             assert!(MachineAction { kind: Some(kind.into()), ..MachineAction::default() }.is_offboard());
         }
         assert!(!MachineAction { kind: Some("Isolate".into()), ..MachineAction::default() }.is_offboard());

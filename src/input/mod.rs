@@ -9,7 +9,7 @@
 //! Memory stays flat in the number of rows: nothing the passes learn is kept in memory per row or per id.
 //! Every input, a file or standard input, is copied as the scan streams it to a temporary file that the
 //! second pass reads, so both passes see the same bytes (editing the file during a run changes nothing).
-//! The scan sorts, on disk when it is large (see [`crate::extsort`]), a [`Key`] per row with an id (the id's
+//! The scan sorts, on disk when it is large (see [`crate::files::extsort`]), a [`Key`] per row with an id (the id's
 //! 20 bytes: exact) or a name (a 64-bit SipHash of it, with keys drawn per scan: two names share it with
 //! probability about n² / 2⁶⁵, and the second would then be reported `duplicate`, the safe direction), with
 //! the row's line. From that it keeps two files: the first line of each distinct key, sorted by key
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::extsort::{self, Cursor, RecordFile, RecordReader, SharedReader, Sorter, record};
+use crate::files::extsort::{self, Cursor, RecordFile, RecordReader, SharedReader, Sorter, record};
 
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::results;
+use crate::files::results;
 
 /// How often intents are synced to disk (they are flushed to the OS at once, which a kill -9 cannot lose;
 /// the sync guards against power loss).
@@ -88,6 +88,28 @@ impl RunIdentity {
             return differs("comment", &format!("{:?}", earlier.comment), &format!("{:?}", self.comment));
         }
         None
+    }
+}
+
+/// Fills `{run_id}` and `{date}` (UTC, YYYY-MM-DD) into a comment.
+pub fn expand_comment(template: &str, run_id: &str, now: SystemTime) -> String {
+    let date = humantime::format_rfc3339_seconds(now).to_string()[..10].to_string();
+    template.replace("{run_id}", run_id).replace("{date}", &date)
+}
+
+impl RunIdentity {
+    /// The comment a run sends, in every session: the one resolved when it began. A journal from before
+    /// that was kept: filled with the date the run began, which its first session used.
+    pub fn comment_sent(&self) -> String {
+        self.resolved_comment.clone().unwrap_or_else(|| {
+            let began = self
+                .started_at
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or_else(SystemTime::now);
+            expand_comment(&self.comment, &self.run_id, began)
+        })
     }
 }
 
@@ -272,6 +294,12 @@ fn fail(path: &Path, what: &str, e: std::io::Error) -> Error {
     Error::Output { path: path.to_owned(), message: format!("cannot {what} the run journal: {e}") }
 }
 
+/// A new run id: the UTC start time and a random suffix, e.g. `20261129T090429Z-3f9a`.
+pub fn new_run_id(now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    format!("{stamp}-{:04x}", fastrand::u16(..))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,7 +395,7 @@ mod tests {
 
     #[test]
     fn complete_keeps_the_intents_of_machines_in_doubt() {
-        use crate::results::{Outcome, ResultRow, ResultsWriter};
+        use crate::files::results::{Outcome, ResultRow, ResultsWriter};
         let dir = tempfile::tempdir().unwrap();
         let results = dir.path().join("m.results.csv");
         let path = path_for(&results);

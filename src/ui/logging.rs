@@ -3,7 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::progress::LogWriter;
+use crate::ui::progress::LogWriter;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -13,7 +13,7 @@ pub enum LogFormat {
 }
 
 pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
-    crate::output::configure(format == LogFormat::Json, quiet);
+    crate::ui::output::configure(format == LogFormat::Json, quiet);
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

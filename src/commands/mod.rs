@@ -1,0 +1,8 @@
+//! The subcommands. Each takes its resolved settings and the shutdown signal, and returns what it did for
+//! `cli` to print and turn into an exit code.
+
+pub mod check;
+pub mod demo;
+pub mod run;
+pub mod simulate;
+pub mod track;

@@ -1,0 +1,169 @@
+//! What a run is given (a [`Job`], resolved from the command line, or built by the demo) and what it
+//! reports (a [`Summary`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::defender::auth::TokenCache;
+use crate::defender::limiter::Limiter;
+use crate::error::{Result, exit_code};
+use crate::files::results::Outcome;
+use crate::files::write_atomically;
+use crate::input::Scan;
+use crate::settings::Settings;
+
+/// What a run reads before (or instead of) offboarding: the pre-flight and the dry run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Read only: write what a real run would do, never offboard.
+    pub dry_run: bool,
+    /// Real runs: skip machines the reads show unknown or already pending (on by default).
+    pub preflight: bool,
+    /// Tracking follows the run (`run --wait`): it reads the machine actions.
+    pub wait: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { dry_run: false, preflight: true, wait: false }
+    }
+}
+
+impl Options {
+    /// Whether the run reads the inventory (a dry run, a pre-flight, or names to resolve).
+    pub fn reads(&self, by_name: bool) -> bool {
+        self.dry_run || self.preflight || by_name
+    }
+}
+
+/// Everything a run needs, resolved.
+pub struct Job {
+    pub settings: Settings,
+    /// The comment as given; `{run_id}` and `{date}` are filled in when the run starts.
+    pub comment_template: String,
+    pub scan: Scan,
+    pub output: PathBuf,
+    pub overwrite: bool,
+    pub resume: bool,
+    pub run_id: String,
+    /// Where the run lock lives.
+    pub lock_dir: PathBuf,
+    /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
+    pub limiter: Arc<Limiter>,
+    /// Who the run signs in as, and its tokens (signed in once, renewed as they expire); shared like the
+    /// limiter.
+    pub tokens: Arc<TokenCache>,
+    /// Ask for confirmation before the first offboard call.
+    pub confirm: bool,
+    /// Show a progress bar (only on a terminal).
+    pub progress: bool,
+    /// Dry run and pre-flight.
+    pub preflight: Options,
+    /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
+    /// still write what was done so far.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Summary {
+    pub run_id: String,
+    pub counts: BTreeMap<Outcome, u64>,
+    /// Rows in the results file.
+    pub rows: u64,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    /// API calls this session made, and how many of them were answered 429.
+    pub calls: u64,
+    pub throttled: u64,
+    pub results: PathBuf,
+    pub interrupted: bool,
+    pub resumed: bool,
+    /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
+    /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
+    pub stopped: Option<String>,
+}
+
+impl Summary {
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            exit_code::INTERRUPTED
+        } else if self.stopped.is_some() {
+            exit_code::STOPPED
+        } else if self.counts.iter().all(|(outcome, n)| outcome.is_ok() || *n == 0) {
+            exit_code::OK
+        } else {
+            exit_code::SOME_FAILED
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} {} rows in {} (run {})\n",
+            if self.interrupted {
+                "Interrupted with"
+            } else if self.stopped.is_some() {
+                "Stopped part way with"
+            } else {
+                "Finished:"
+            },
+            self.rows,
+            humantime::format_duration(Duration::from_secs(self.duration.as_secs())),
+            self.run_id
+        );
+        for outcome in Outcome::ALL {
+            let n = self.counts.get(&outcome).copied().unwrap_or(0);
+            if n > 0 {
+                out += &format!("  {:<16} {n}\n", outcome.as_str());
+            }
+        }
+        out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
+        out += &format!("Results: {}\n", self.results.display());
+        if let Some(why) = &self.stopped {
+            out += &format!("Stopped because: {why}\n");
+        }
+        if self.interrupted || self.stopped.is_some() {
+            out += "The rows written are valid, but not every row is done: run again with --resume to finish.\n";
+        }
+        out
+    }
+
+    /// Writes the summary as JSON to `path`, atomically (a temporary file, then a rename).
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            run_id: &'a str,
+            exit_code: u8,
+            interrupted: bool,
+            resumed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stopped: Option<&'a str>,
+            started_at: String,
+            duration_seconds: f64,
+            rows: u64,
+            counts: BTreeMap<&'static str, u64>,
+            api_calls: u64,
+            throttled_429: u64,
+            results: String,
+        }
+        let json = Json {
+            run_id: &self.run_id,
+            exit_code: self.exit_code(),
+            interrupted: self.interrupted,
+            resumed: self.resumed,
+            stopped: self.stopped.as_deref(),
+            started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            duration_seconds: self.duration.as_secs_f64(),
+            rows: self.rows,
+            counts: Outcome::ALL.iter().map(|o| (o.as_str(), self.counts.get(o).copied().unwrap_or(0))).collect(),
+            api_calls: self.calls,
+            throttled_429: self.throttled,
+            results: self.results.display().to_string(),
+        };
+        write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
+    }
+}

@@ -1,0 +1,53 @@
+//! One machine's offboard call, and what its answer says, as a results row.
+
+use crate::defender::api::{self, Api, CallResult, MachineAction};
+use crate::files::results::{Outcome, ResultRow};
+
+/// Offboards one machine and says what happened, as a results row.
+pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -> ResultRow {
+    let CallResult { attempts, answer } = api.offboard(&machine_id, comment).await;
+    let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
+    row.attempts = attempts;
+    match answer {
+        Ok(reply) => {
+            row.http_status = Some(reply.status);
+            // Only an answer that shows the action proves it was created.
+            match api::read_action(&reply.body) {
+                Ok(action) => {
+                    row.outcome = Outcome::Submitted;
+                    fill_action(&mut row, action);
+                }
+                Err(why) => {
+                    row.error_code = Some(api::UNCONFIRMED_ANSWER.into());
+                    row.error_message = Some(format!(
+                        "the answer (HTTP {}) did not prove an action was created: {why}; --resume looks up this \
+                         machine's offboard actions before calling it again",
+                        reply.status
+                    ));
+                }
+            }
+        }
+        Err(failure) => {
+            row.outcome = match (failure.status, failure.code.as_str()) {
+                (Some(400), "ActiveRequestAlreadyExists") => Outcome::AlreadyPending,
+                (Some(400), "OsPlatformNotSupported" | "ClientVersionNotSupported") => Outcome::Unsupported,
+                (Some(403), _) => Outcome::Forbidden,
+                (Some(404), _) => Outcome::NotFound,
+                _ => Outcome::Failed,
+            };
+            tracing::debug!(machine = %row.machine_id, outcome = row.outcome.as_str(), code = %failure.code, "machine done");
+            row.http_status = failure.status;
+            row.error_code = Some(failure.code);
+            row.error_message = Some(failure.message);
+        }
+    }
+    row
+}
+
+pub(super) fn fill_action(row: &mut ResultRow, action: MachineAction) {
+    row.updated_at = action.updated_at().cloned();
+    row.action_id = action.id;
+    row.action_status = action.status;
+    row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
+    row.submitted_at = action.creation_date_time_utc;
+}

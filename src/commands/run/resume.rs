@@ -1,0 +1,175 @@
+//! Continuing an interrupted run (`--resume`) without offboarding any machine twice: what the earlier
+//! sessions finished, which machines may have been called without their answer being recorded, and the
+//! lookup that finds their action before any new call.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::Job;
+use super::offboard::{fill_action, offboard_one};
+use super::preflight::{self, Screened};
+use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
+use crate::error::{Error, Result};
+use crate::files::journal::{self, RunIdentity};
+use crate::files::results::{self, Finished, Outcome, ResultRow};
+use crate::input::{self, RowKind};
+
+/// A machine's offboard actions fit one page: it has a handful at most.
+pub(super) const LOOKUP_PAGE: usize = 100;
+
+/// How far before an interrupted call's journal entry an action found on resume may have been created
+/// and still be taken for that call's (clocks differ).
+pub(super) const CLOCK_SKEW: Duration = Duration::from_secs(600);
+
+/// What a resume starts from.
+pub(super) struct Earlier {
+    pub(super) identity: RunIdentity,
+    /// Input lines already finished, each for its machine.
+    pub(super) done: Finished,
+    /// Lines whose machine may have been called without its answer being recorded, or whose row says the
+    /// call may have gone through: every intent on record for them.
+    pub(super) in_doubt: HashMap<u64, Vec<journal::Intent>>,
+}
+
+pub(super) fn read_earlier(job: &Job, journal_path: &Path, now: &RunIdentity) -> Result<Earlier> {
+    let refuse = |message: String| Error::Resume { path: job.output.clone(), message };
+    if !journal_path.exists() {
+        return Err(refuse(format!(
+            "its journal {} is missing, so calls that were in flight cannot be checked; \
+             start a new run with another --output (or --overwrite)",
+            journal_path.display()
+        )));
+    }
+    let cut = results::cut_torn_row(&job.output)?;
+    if cut > 0 {
+        tracing::warn!("cut a torn last row ({cut} bytes) from {}", job.output.display());
+    }
+    let (done, _) = results::final_lines(&job.output)?;
+    let mut earlier = journal::read(journal_path, |line, machine| !done.contains(line, machine))?;
+    if let Some(why) = now.mismatch(&earlier.identity) {
+        return Err(refuse(why));
+    }
+    let identity = &mut earlier.identity;
+    if identity.input_sha256.is_none() {
+        tracing::warn!(
+            "the journal does not say what the input held (an older version wrote it): a row counts as done \
+             only where the input still lists its machine on its line"
+        );
+    }
+    // A journal from an older version is completed with what this session knows.
+    identity.input_sha256 = identity.input_sha256.take().or_else(|| now.input_sha256.clone());
+    identity.resolved_comment = Some(identity.comment_sent());
+    if !earlier.intents.is_empty() {
+        tracing::info!(
+            machines = earlier.intents.len(),
+            "machines whose earlier call may have gone through are looked up before any new call"
+        );
+    }
+    Ok(Earlier { identity: earlier.identity, done, in_doubt: earlier.intents })
+}
+
+/// How many machines a session that skips the lines in `done` calls for: the rows screened as the run
+/// screens them, counting each valid id that passes and is not done.
+pub(super) fn count_calls(
+    rows: input::Rows,
+    mut screen: Option<&mut preflight::Screen>,
+    done: &Finished,
+) -> Result<u64> {
+    let mut calls = 0;
+    for row in rows {
+        let screened = preflight::screen(screen.as_deref_mut(), row?)?;
+        if done.contains(screened.line(), machine_of(&screened)) {
+            continue;
+        }
+        if let Screened::Pass(row, _) = &screened
+            && matches!(row.kind, RowKind::Valid(_))
+        {
+            calls += 1;
+        }
+    }
+    Ok(calls)
+}
+
+/// The machine a row is about, as its results row names it: what a finished line is compared with.
+pub(super) fn machine_of(screened: &Screened) -> &str {
+    match screened {
+        Screened::Row(row) => &row.machine_id,
+        Screened::Pass(row, _) => match &row.kind {
+            RowKind::Valid(id) | RowKind::Name(id) => id,
+            RowKind::Invalid | RowKind::Duplicate => &row.raw,
+        },
+    }
+}
+
+/// Looking up machines in doubt reads the machine actions: without a read role the resume could only call
+/// them blindly (or never), so it stops before any API call.
+pub(super) fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
+    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
+    if in_doubt == 0 || preflight::READ_ROLES.iter().any(|r| has(r)) {
+        return Ok(());
+    }
+    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
+    Err(Error::Permission(format!(
+        "{in_doubt} machine(s) may have been offboarded by an earlier call whose answer was lost; the resume looks \
+         them up among the machine actions before calling them again, which needs the application permission {} \
+         or {}, and the token carries {granted}. Grant one, then run --resume again; nothing was called",
+        preflight::READ_ROLES[0],
+        preflight::READ_ROLES[1]
+    )))
+}
+
+/// A machine whose earlier call may have gone through: look for the action it would have created before
+/// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
+/// row is `failed` with `InDoubt`, and the next `--resume` looks again.
+pub(super) async fn verify_then_offboard(
+    api: &Api,
+    line: u64,
+    machine_id: String,
+    comment: &str,
+    intent_ms: u64,
+) -> ResultRow {
+    let filter = format!("machineId eq '{machine_id}' and {}", OFFBOARD_TYPE_FILTER);
+    let (attempts, lookup) = api
+        .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
+            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
+        })
+        .await;
+    let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
+    let actions: Vec<MachineAction> = match lookup {
+        // Either type is an offboard action; another type is not, whatever the service's filter let through.
+        Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
+        Err(failure) => {
+            tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
+            let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
+            row.attempts = attempts;
+            row.http_status = failure.status;
+            row.error_code = Some("InDoubt".into());
+            row.error_message = Some(format!(
+                "an earlier call may have offboarded this machine, and looking it up failed ({}: {}); it was not \
+                 called again, and --resume looks again",
+                failure.code, failure.message
+            ));
+            return row;
+        }
+    };
+    let created = |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(crate::defender::timestamp::parse);
+    let ours = actions
+        .iter()
+        .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
+        .max_by_key(|a| created(a));
+    let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
+    if let Some(action) = ours.or(open) {
+        let mut row =
+            ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
+        row.attempts = attempts;
+        row.http_status = Some(200);
+        row.error_message =
+            Some("found the action of an earlier call whose answer was not recorded; not sent again".into());
+        fill_action(&mut row, action.clone());
+        return row;
+    }
+    let mut row = offboard_one(api, line, machine_id, comment).await;
+    row.attempts += attempts;
+    row
+}
