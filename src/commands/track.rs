@@ -10,9 +10,9 @@
 //! are matched by machine id to its open, else latest, Offboard action; while any is unmatched the pass lists
 //! without the date filter, and a row still unmatched after such a full pass is given up on (reported).
 //!
-//! The results file is read as plain CSV by column name, so columns other than the ones tracking updates pass
-//! through untouched, and it is replaced atomically after each pass that changed something (a temporary
-//! file in the same directory, synced, then renamed over it).
+//! The results file is read by column name ([`ResultsFile::records`]), so columns other than the ones
+//! tracking updates pass through untouched, in their order, and it is replaced atomically after each pass
+//! that changed something ([`Rewrite`]: a temporary file in the same directory, synced, then renamed over it).
 //!
 //! Memory stays flat in the size of the file: it is streamed, never loaded. A pass sorts the open rows by
 //! action key (or machine) and the listed actions likewise, on disk beyond a few MiB ([`crate::files::extsort`]),
@@ -44,7 +44,7 @@ use crate::defender::timestamp;
 use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::files::lock::{self, ResultsLock, RunLock};
-use crate::files::results::{LineSet, Outcome};
+use crate::files::results::{LineSet, Outcome, ResultsFile, Rewrite};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 
@@ -276,11 +276,10 @@ struct Columns {
     updated_at: usize,
 }
 
-/// A results file, streamed at each step and never held in memory: a million rows take as little memory as
-/// ten. What a pass learns is sorted on disk and merged back in row order (see [`crate::files::extsort`]).
-struct ResultsFile {
-    path: PathBuf,
-    headers: csv::StringRecord,
+/// The results file being tracked, streamed at each step and never held in memory. What a pass learns is
+/// sorted on disk and merged back in row order (see [`crate::files::extsort`]).
+struct Tracked {
+    file: ResultsFile,
     col: Columns,
     /// Tracked rows (by index) whose action a full listing did not show: no longer looked for.
     given_up: LineSet,
@@ -411,52 +410,46 @@ impl Stored {
     }
 }
 
-impl ResultsFile {
-    fn open(path: &Path) -> Result<ResultsFile> {
-        let fail = |message: String| Error::Input { path: path.to_owned(), message };
-        let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let headers = reader.headers().map_err(|e| fail(format!("cannot read its header: {e}")))?.clone();
-        let find = |name: &str| {
-            headers
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| fail(format!("has no `{name}` column; give the results file an mde-offboard run wrote")))
-        };
+impl Tracked {
+    fn open(path: &Path) -> Result<Tracked> {
+        let file = ResultsFile::open(path)?;
         let col = Columns {
-            machine_id: find("machine_id")?,
-            outcome: find("outcome")?,
-            action_id: find("action_id")?,
-            action_status: find("action_status")?,
-            submitted_at: find("submitted_at")?,
-            updated_at: find("updated_at")?,
+            machine_id: file.column("machine_id")?,
+            outcome: file.column("outcome")?,
+            action_id: file.column("action_id")?,
+            action_status: file.column("action_status")?,
+            submitted_at: file.column("submitted_at")?,
+            updated_at: file.column("updated_at")?,
         };
-        Ok(ResultsFile { path: path.to_owned(), headers, col, given_up: LineSet::default() })
+        Ok(Tracked { file, col, given_up: LineSet::default() })
     }
 
-    fn fail(&self, message: String) -> Error {
-        Error::Input { path: self.path.clone(), message }
+    fn path(&self) -> &Path {
+        self.file.path()
     }
 
     fn disk(&self, e: &std::io::Error) -> Error {
-        Error::Output { path: self.path.clone(), message: crate::files::extsort::temp_message("use", e) }
+        Error::Output { path: self.path().to_owned(), message: crate::files::extsort::temp_message("use", e) }
     }
 
-    /// Every row, in order, with its index, as wide as the header.
+    /// Every row, in order, with its index (from 0). Each row must be as wide as the header: tracking
+    /// writes every cell back where it was.
     fn rows(&self) -> Result<impl Iterator<Item = Result<(u64, Vec<String>)>> + '_> {
-        let mut reader =
-            csv::Reader::from_path(&self.path).map_err(|e| self.fail(format!("cannot read it again: {e}")))?;
-        let width = self.headers.len();
-        let mut record = csv::StringRecord::new();
-        let mut index = 0u64;
-        Ok(std::iter::from_fn(move || match reader.read_record(&mut record) {
-            Ok(false) => None,
-            Ok(true) => {
-                let mut row: Vec<String> = record.iter().map(str::to_owned).collect();
-                row.resize(width, String::new());
-                index += 1;
-                Some(Ok((index - 1, row)))
+        let width = self.file.headers().len();
+        Ok(self.file.records()?.enumerate().map(move |(index, record)| {
+            let record = record?;
+            if record.cells.len() != width {
+                return Err(Error::Output {
+                    path: self.path().to_owned(),
+                    message: format!(
+                        "row {} has {} cells where the header has {width}; give the results file an mde-offboard \
+                         run wrote",
+                        record.row,
+                        record.cells.len()
+                    ),
+                });
             }
-            Err(e) => Some(Err(self.fail(format!("row {}: {e}", index + 2)))),
+            Ok((index as u64, record.cells.iter().map(str::to_owned).collect()))
         }))
     }
 
@@ -517,54 +510,36 @@ impl ResultsFile {
         Ok(open)
     }
 
-    /// Rewrites the file with `updates` (sorted by row) applied, atomically (a temporary file beside it,
-    /// synced, renamed over it), unless nothing changed. Returns the rows still open.
+    /// Rewrites the file with `updates` (sorted by row) applied ([`Rewrite`]: atomically), unless nothing
+    /// changed. Returns the rows still open.
     fn rewrite(
         &self,
         updates: impl Iterator<Item = std::io::Result<Update>>,
         store: &Frozen,
         progress: &Progress,
     ) -> Result<u64> {
-        let fail = |message: String| Error::Output { path: self.path.clone(), message };
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".mde-offboard-track-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| fail(format!("cannot create a temporary file beside it: {e}")))?;
+        let mut out = Rewrite::start(self.path(), self.file.headers())?;
         let mut updates = Cursor::new(updates);
         let (mut changed, mut still_open) = (false, 0);
-        {
-            let mut csv = csv::Writer::from_writer(std::io::BufWriter::new(temp.as_file_mut()));
-            csv.write_record(&self.headers).map_err(|e| fail(e.to_string()))?;
-            for row in self.rows()? {
-                let (i, mut row) = row?;
-                while let Some(update) = updates.next_at(&i, |u| u.row).map_err(|e| self.disk(&e))? {
-                    let action = Stored::read(store, update.at).map_err(|e| self.disk(&e))?;
-                    let was_final = is_final(&row[self.col.action_status]);
-                    changed |= self.apply(&mut row, &action);
-                    let status = &row[self.col.action_status];
-                    if !was_final && is_final(status) {
-                        tracing::debug!(machine = %row[self.col.machine_id], status, "action final");
-                        progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
-                    }
+        for row in self.rows()? {
+            let (i, mut row) = row?;
+            while let Some(update) = updates.next_at(&i, |u| u.row).map_err(|e| self.disk(&e))? {
+                let action = Stored::read(store, update.at).map_err(|e| self.disk(&e))?;
+                let was_final = is_final(&row[self.col.action_status]);
+                changed |= self.apply(&mut row, &action);
+                let status = &row[self.col.action_status];
+                if !was_final && is_final(status) {
+                    tracing::debug!(machine = %row[self.col.machine_id], status, "action final");
+                    progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
                 }
-                still_open += u64::from(self.is_open(i, &row));
-                csv.write_record(&row).map_err(|e| fail(e.to_string()))?;
             }
-            csv.flush().map_err(|e| fail(format!("cannot write: {e}")))?;
+            still_open += u64::from(self.is_open(i, &row));
+            out.write(&row)?;
         }
-        if !changed {
-            return Ok(still_open);
+        // Unchanged: the replacement is dropped, and the file left as it is.
+        if changed {
+            out.commit()?;
         }
-        temp.as_file().sync_all().map_err(|e| fail(format!("cannot sync: {e}")))?;
-        if let Ok(meta) = std::fs::metadata(&self.path) {
-            let _ = std::fs::set_permissions(temp.path(), meta.permissions());
-        }
-        temp.persist(&self.path).map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
         Ok(still_open)
     }
 
@@ -633,7 +608,7 @@ impl ResultsFile {
     }
 
     fn summary(&self) -> Result<TrackSummary> {
-        let mut s = TrackSummary { results: self.path.clone(), ..Default::default() };
+        let mut s = TrackSummary { results: self.path().to_owned(), ..Default::default() };
         for row in self.rows()? {
             let (i, row) = row?;
             s.rows += 1;
@@ -676,7 +651,7 @@ pub async fn track_file(
     let started = Instant::now();
     // Tracking rewrites the file: never while another command writes it, whatever its state directory.
     let _results_lock = ResultsLock::acquire(path)?;
-    let mut file = ResultsFile::open(path)?;
+    let mut file = Tracked::open(path)?;
     let (mut tracked, mut open, mut succeeded, mut ended_otherwise) = (0u64, 0u64, 0u64, 0u64);
     for row in file.rows()? {
         let (i, row) = row?;
@@ -824,7 +799,7 @@ struct PassEnd {
 /// with an error.
 async fn pass(
     api: &Api,
-    file: &mut ResultsFile,
+    file: &mut Tracked,
     page_size: u64,
     deadline: Instant,
     progress: &Progress,
@@ -905,11 +880,11 @@ mod tests {
     const AA: &str = "aa00000000000000000000000000000000000000";
     const BB: &str = "bb00000000000000000000000000000000000000";
 
-    fn results(rows: &str) -> (tempfile::TempDir, ResultsFile) {
+    fn results(rows: &str) -> (tempfile::TempDir, Tracked) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.csv");
         std::fs::write(&path, format!("{HEADER}{}", rows.replace("aa", AA).replace("bb", BB))).unwrap();
-        let file = ResultsFile::open(&path).unwrap();
+        let file = Tracked::open(&path).unwrap();
         (dir, file)
     }
 
@@ -953,7 +928,7 @@ mod tests {
             ],
         );
         assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 1, "B7 is still open");
-        let text = std::fs::read_to_string(&file.path).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(text.starts_with(HEADER), "{text}");
         assert!(
             text.contains(&format!("2,{AA},submitted,a1,Succeeded,201,x,2026-01-01T00:00:00Z,2026-01-01T00:05:00Z"))
@@ -969,16 +944,16 @@ mod tests {
         // not_found and the open action are not ok; duplicate and the success are.
         assert_eq!((s.tracked, s.rows_not_ok, s.open()), (2, 2, 1));
         assert_eq!(s.exit_code(), exit_code::SOME_FAILED);
-        assert_eq!(std::fs::read_dir(file.path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(std::fs::read_dir(file.path().parent().unwrap()).unwrap().count(), 1, "no temporary file left");
 
         // Now B7 has an id: the next pass lists by date, and nothing new leaves the file as it is.
         let open = file.open_rows().unwrap();
         assert_eq!((open.count, open.unmatched), (1, false));
         assert_eq!(open.since, timestamp::parse("2025-12-31T00:00:00Z"));
-        let modified = std::fs::metadata(&file.path).unwrap().modified().unwrap();
+        let modified = std::fs::metadata(file.path()).unwrap().modified().unwrap();
         let listed = listing(&open, &[action("B7", BB, "InProgress", "2025-12-31T00:00:00Z")]);
         assert_eq!(file.update(open, listed, true, &Progress::new(2, false)).unwrap(), 1);
-        assert_eq!(std::fs::metadata(&file.path).unwrap().modified().unwrap(), modified, "not rewritten");
+        assert_eq!(std::fs::metadata(file.path()).unwrap().modified().unwrap(), modified, "not rewritten");
     }
 
     #[test]
@@ -1012,7 +987,7 @@ mod tests {
         assert_eq!(file.update(open, listed, true, &Progress::new(N, false)).unwrap(), N.div_ceil(3));
         let s = file.summary().unwrap();
         assert_eq!(s.by_status.get("Succeeded"), Some(&(N - N.div_ceil(3))));
-        let text = std::fs::read_to_string(&file.path).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(text.contains(&format!("8,{:040x},submitted,ACT-6,Pending,", 6)), "not listed: unchanged");
         assert!(text.contains(&format!("9,{:040x},submitted,act-7,Succeeded", 7)), "ids take the service's spelling");
     }
@@ -1051,7 +1026,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("machines.csv");
         std::fs::write(&path, "MachineId\naa\n").unwrap();
-        let msg = ResultsFile::open(&path).err().unwrap().to_string();
+        let msg = Tracked::open(&path).err().unwrap().to_string();
         assert!(msg.contains("machine_id") && msg.contains("results file"), "{msg}");
     }
 }

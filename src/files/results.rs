@@ -82,6 +82,59 @@ impl Outcome {
     }
 }
 
+/// The messages of rows whose outcome the tool decided itself (the service's own messages pass through as it
+/// wrote them): one wording for each case, whichever command writes it.
+pub mod message {
+    /// A `duplicate` row: the same machine id on an earlier line.
+    pub fn listed_earlier() -> &'static str {
+        "listed earlier in the input; offboarded once"
+    }
+
+    /// A `duplicate` row: a name that resolves to the machine of an earlier row.
+    pub fn same_machine_as_earlier_row() -> &'static str {
+        "names the same machine as an earlier row; offboarded once"
+    }
+
+    /// An `invalid_id` row.
+    pub fn not_a_machine_id() -> &'static str {
+        "not a machine id (40 hexadecimal characters)"
+    }
+
+    /// A `failed` row: a name, in a run without the pre-flight that resolves names.
+    pub fn names_need_the_preflight() -> &'static str {
+        "names are resolved by the pre-flight, which was off"
+    }
+
+    /// A `not_found` row: a name no machine has.
+    pub fn no_machine_named() -> &'static str {
+        "no machine in the inventory has this name"
+    }
+
+    /// A `not_found` row found so by the dry run or the pre-flight.
+    pub fn not_in_inventory(dry_run: bool) -> &'static str {
+        if dry_run {
+            "not in the device inventory"
+        } else {
+            "not in the device inventory (pre-flight): no offboard call was made"
+        }
+    }
+
+    /// An `already_pending` row found so by the dry run or the pre-flight.
+    pub fn already_open(dry_run: bool) -> &'static str {
+        if dry_run {
+            "an offboard action is already open"
+        } else {
+            "an offboard action is already open (pre-flight): no offboard call was made"
+        }
+    }
+
+    /// A `failed` (`InDoubt`) row: the call was in flight when the run stopped.
+    pub fn in_flight_when_stopped() -> &'static str {
+        "the call was still in flight when the run stopped; --resume looks up whether it went through before \
+         calling again"
+    }
+}
+
 /// One row of the results CSV; the field order is the column order.
 #[derive(Clone, Debug, Serialize)]
 pub struct ResultRow {
@@ -251,7 +304,7 @@ impl ResultsWriter {
         Ok(writer)
     }
 
-    /// Opens an existing results file to append rows (a resume), after cutting a torn last row.
+    /// Opens an existing results file to append rows: a resume, once [`cut_torn_row`] has cut a torn last row.
     pub fn append(path: &Path) -> Result<Self> {
         let file = OpenOptions::new()
             .append(true)
@@ -422,50 +475,192 @@ fn end_of_complete_records(mut input: impl Read) -> std::io::Result<Option<u64>>
 /// ids). A row naming a larger one (or line 0) is damage, refused with the file and the row named.
 pub const MAX_LINE: u64 = u32::MAX as u64;
 
-/// A results file's rows as (line, outcome, record), its header checked.
-type Rows = Box<dyn Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>>;
-
-/// Reads a results file row by row: see [`rows_of`].
-fn read_rows(path: &Path) -> Result<Rows> {
-    let file = File::open(path)
-        .map_err(|e| Error::Output { path: path.to_owned(), message: format!("cannot read it: {e}") })?;
-    rows_of(file, path)
+/// A results file opened for reading: its header read, its rows streamed from the start as often as asked
+/// (a million rows take as little memory as ten). Every command that reads a results file reads it
+/// through this: by line and outcome ([`ResultsFile::rows`]: a resume, the journal, the tally) or by
+/// column name, keeping columns it does not know ([`ResultsFile::records`]: tracking).
+pub struct ResultsFile {
+    path: PathBuf,
+    headers: csv::StringRecord,
+    /// The file's bytes, when it is read from memory ([`read_bytes`]).
+    bytes: Option<std::sync::Arc<[u8]>>,
 }
 
-/// Reads results rows from `input` (named `path` in errors) as (line, outcome, record), checking the header,
-/// and that every row has a line number from 1 to [`MAX_LINE`] and an outcome: the one reader of every
-/// command that reads a results file by line (a resume, the journal, the tally).
-fn rows_of(input: impl Read + 'static, path: &Path) -> Result<Rows> {
-    let bad = |message: String| Error::Output { path: path.to_owned(), message };
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
-    let headers = reader.headers().map_err(|e| bad(format!("cannot read it: {e}")))?.clone();
-    if headers.iter().collect::<Vec<_>>() != COLUMNS {
-        return Err(bad("is not an mde-offboard results file (its header differs)".into()));
+/// One row of a results file as written: its cells, and its number as a person finds it in the file (the
+/// header is row 1; a quoted cell may hold line breaks, so this counts records, not lines).
+pub struct Record {
+    pub row: u64,
+    pub cells: csv::StringRecord,
+}
+
+/// Rows as [`ResultsFile::records`] streams them.
+pub type Records = Box<dyn Iterator<Item = Result<Record>>>;
+
+/// A results file's rows as (line, outcome, record): see [`ResultsFile::rows`].
+type Rows = Box<dyn Iterator<Item = Result<(u64, Outcome, csv::StringRecord)>>>;
+
+impl ResultsFile {
+    /// Opens the results file at `path` and reads its header.
+    pub fn open(path: &Path) -> Result<ResultsFile> {
+        let file = ResultsFile { path: path.to_owned(), headers: csv::StringRecord::new(), bytes: None };
+        file.with_headers()
     }
-    let path = path.to_owned();
-    Ok(Box::new(reader.into_records().map(move |record| {
-        let bad = |message: String| Error::Output { path: path.clone(), message };
-        let record = record.map_err(|e| bad(format!("cannot read a row: {e}")))?;
-        // The row as a person finds it in the file: the header is row 1.
-        let row = record.position().map_or(0, |p| p.record() + 1);
-        let cell = |i: usize| clip_cell(record.get(i).unwrap_or(""));
-        let Some(line) =
-            record.get(0).and_then(|l| l.trim().parse::<u64>().ok()).filter(|l| (1..=MAX_LINE).contains(l))
-        else {
-            return Err(bad(format!(
-                "row {row} is damaged: its line `{}` is not an input line number (1 to {MAX_LINE}); fix or delete \
-                 that row, or start a new run with another --output",
-                cell(0)
-            )));
+
+    /// A results file held in memory, named `<bytes>` in errors.
+    fn from_bytes(bytes: &[u8]) -> Result<ResultsFile> {
+        let file = ResultsFile {
+            path: PathBuf::from("<bytes>"),
+            headers: csv::StringRecord::new(),
+            bytes: Some(bytes.into()),
         };
-        match record.get(2).and_then(Outcome::parse) {
-            Some(outcome) => Ok((line, outcome, record)),
-            None => Err(bad(format!(
-                "row {row} is not a results row: its outcome `{}` is not one this tool writes",
-                cell(2)
-            ))),
+        file.with_headers()
+    }
+
+    fn with_headers(mut self) -> Result<ResultsFile> {
+        let mut reader = self.reader()?;
+        self.headers = reader.headers().map_err(|e| self.error(format!("cannot read it: {e}")))?.clone();
+        Ok(self)
+    }
+
+    fn reader(&self) -> Result<csv::Reader<Box<dyn Read>>> {
+        let input: Box<dyn Read> = match &self.bytes {
+            Some(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
+            None => Box::new(File::open(&self.path).map_err(|e| self.error(format!("cannot read it: {e}")))?),
+        };
+        // Flexible: a row shorter than the header (an older version's, a hand-made one) is read as it is;
+        // what a short row means is each reader's to say.
+        Ok(csv::ReaderBuilder::new().flexible(true).from_reader(input))
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Output { path: self.path.clone(), message }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn headers(&self) -> &csv::StringRecord {
+        &self.headers
+    }
+
+    /// The index of the column `name`, or an error saying the file is not a results file.
+    pub fn column(&self, name: &str) -> Result<usize> {
+        self.headers.iter().position(|h| h == name).ok_or_else(|| {
+            self.error(format!("has no `{name}` column; give the results file an mde-offboard run wrote"))
+        })
+    }
+
+    /// Every row, in order, read anew from the start of the file.
+    pub fn records(&self) -> Result<Records> {
+        let mut reader = self.reader()?;
+        reader.headers().map_err(|e| self.error(format!("cannot read it: {e}")))?;
+        let path = self.path.clone();
+        let mut row = 1;
+        Ok(Box::new(reader.into_records().map(move |cells| {
+            row += 1;
+            let cells = cells
+                .map_err(|e| Error::Output { path: path.clone(), message: format!("cannot read row {row}: {e}") })?;
+            Ok(Record { row, cells })
+        })))
+    }
+
+    /// Every row as (line, outcome, record), after checking that the header is this tool's ([`COLUMNS`]) and
+    /// that every row has a line number from 1 to [`MAX_LINE`] and an outcome: how a resume, the journal and
+    /// the tally read a results file.
+    fn rows(&self) -> Result<Rows> {
+        if self.headers.iter().ne(COLUMNS) {
+            return Err(self.error("is not an mde-offboard results file (its header differs)".into()));
         }
-    })))
+        let path = self.path.clone();
+        Ok(Box::new(self.records()?.map(move |record| {
+            let Record { row, cells } = record?;
+            let bad = |message: String| Error::Output { path: path.clone(), message };
+            let cell = |i: usize| clip_cell(cells.get(i).unwrap_or(""));
+            let Some(line) =
+                cells.get(0).and_then(|l| l.trim().parse::<u64>().ok()).filter(|l| (1..=MAX_LINE).contains(l))
+            else {
+                return Err(bad(format!(
+                    "row {row} is damaged: its line `{}` is not an input line number (1 to {MAX_LINE}); fix or \
+                     delete that row, or start a new run with another --output",
+                    cell(0)
+                )));
+            };
+            match cells.get(2).and_then(Outcome::parse) {
+                Some(outcome) => Ok((line, outcome, cells)),
+                None => Err(bad(format!(
+                    "row {row} is not a results row: its outcome `{}` is not one this tool writes",
+                    cell(2)
+                ))),
+            }
+        })))
+    }
+}
+
+/// Reads a results file by line and outcome: see [`ResultsFile::rows`].
+fn read_rows(path: &Path) -> Result<Rows> {
+    ResultsFile::open(path)?.rows()
+}
+
+/// Replaces a results file atomically: the new rows go to a temporary file beside it (the same directory,
+/// so the rename cannot cross file systems), which [`Rewrite::commit`] syncs and renames over the file,
+/// with the file's permissions. Until then the file is as it was; a rewrite dropped uncommitted leaves
+/// nothing behind.
+pub struct Rewrite {
+    path: PathBuf,
+    csv: csv::Writer<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl Rewrite {
+    /// Starts the replacement of `path`, writing `headers` first.
+    pub fn start<I, T>(path: &Path, headers: I) -> Result<Rewrite>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new().prefix(".mde-offboard-").suffix(".tmp").tempfile_in(dir).map_err(|e| {
+            Error::Output { path: path.to_owned(), message: format!("cannot create a temporary file beside it: {e}") }
+        })?;
+        // Flexible: rows pass through as wide as they were read.
+        let csv = csv::WriterBuilder::new().flexible(true).from_writer(BufWriter::new(temp));
+        let mut rewrite = Rewrite { path: path.to_owned(), csv };
+        rewrite.write(headers)?;
+        Ok(rewrite)
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Output { path: self.path.clone(), message }
+    }
+
+    /// Writes one row of the replacement.
+    pub fn write<I, T>(&mut self, record: I) -> Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.csv.write_record(record).map_err(|e| self.error(format!("cannot write its replacement: {e}")))
+    }
+
+    /// Puts the replacement in the file's place.
+    pub fn commit(self) -> Result<()> {
+        let fail = |message: String| Error::Output { path: self.path.clone(), message };
+        let temp = self
+            .csv
+            .into_inner()
+            .map_err(|e| fail(format!("cannot write its replacement: {}", e.error())))?
+            .into_inner()
+            .map_err(|e| fail(format!("cannot write its replacement: {}", e.error())))?;
+        temp.as_file().sync_all().map_err(|e| fail(format!("cannot sync its replacement: {e}")))?;
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            let _ = std::fs::set_permissions(temp.path(), meta.permissions());
+        }
+        temp.persist(&self.path).map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
+        Ok(())
+    }
 }
 
 /// A cell quoted in a message: at most 40 characters of it.
@@ -592,33 +787,18 @@ fn in_doubt_lines_of(rows: Rows) -> Result<LineSet> {
 }
 
 /// Counts the outcomes of a results file where each line's last row counts; with `compact`, rewrites the
-/// file (a temporary file, then an atomic rename) so it holds exactly that last row per line.
+/// file ([`Rewrite`]) so it holds exactly that last row per line.
 pub fn tally(path: &Path, compact: bool) -> Result<BTreeMap<Outcome, u64>> {
     // Pass 1: the index of each line's last row. Pass 2: count (and keep) only those rows.
-    let last = last_rows(read_rows(path)?)?;
-    let tmp = {
-        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(".tmp");
-        path.with_file_name(name)
-    };
-    let fail = |e: String| Error::Output { path: path.to_owned(), message: format!("cannot compact it: {e}") };
-    let mut out = if compact {
-        let mut w = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(BufWriter::new(File::create(&tmp).map_err(|e| fail(e.to_string()))?));
-        w.write_record(COLUMNS).map_err(|e| fail(e.to_string()))?;
-        Some(w)
-    } else {
-        None
-    };
-    let counts = count_last_rows(read_rows(path)?, &last, |record| match &mut out {
-        Some(w) => w.write_record(record).map_err(|e| fail(e.to_string())),
+    let file = ResultsFile::open(path)?;
+    let last = last_rows(file.rows()?)?;
+    let mut out = if compact { Some(Rewrite::start(path, COLUMNS)?) } else { None };
+    let counts = count_last_rows(file.rows()?, &last, |record| match &mut out {
+        Some(rewrite) => rewrite.write(record),
         None => Ok(()),
     })?;
-    if let Some(w) = out {
-        let file = w.into_inner().map_err(|e| fail(e.to_string()))?.into_inner().map_err(|e| fail(e.to_string()))?;
-        file.sync_all().map_err(|e| fail(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    if let Some(rewrite) = out {
+        rewrite.commit()?;
     }
     Ok(counts)
 }
@@ -668,8 +848,8 @@ pub struct Reading {
 /// Reads `bytes` as a results file the way `--resume` and the journal do (the same reader, every pass), or
 /// fails as they would.
 pub fn read_bytes(bytes: &[u8]) -> Result<Reading> {
-    let path = Path::new("<bytes>");
-    let rows = || rows_of(std::io::Cursor::new(bytes.to_vec()), path);
+    let file = ResultsFile::from_bytes(bytes)?;
+    let rows = || file.rows();
     let complete_up_to = end_of_complete_records(bytes).expect("reading memory does not fail");
     let (finished, finished_machines) = final_lines_of(rows()?)?;
     let in_doubt = in_doubt_lines_of(rows()?)?;

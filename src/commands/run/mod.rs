@@ -32,7 +32,7 @@ use crate::defender::limiter::{self, Limiter};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock, RunLock};
-use crate::files::results::{self, Finished, Outcome, ResultRow, ResultsWriter};
+use crate::files::results::{self, Finished, Outcome, ResultRow, ResultsWriter, message};
 use crate::input::{self, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -449,7 +449,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
-                result.error_message = Some("not a machine id (40 hexadecimal characters)".into());
+                result.error_message = Some(message::not_a_machine_id().into());
                 if row_tx.send(result).await.is_err() {
                     stop = Some(writer_gone());
                     break;
@@ -458,7 +458,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             }
             RowKind::Duplicate => {
                 let mut result = ResultRow::new(row.line, row.raw.trim().to_ascii_lowercase(), Outcome::Duplicate);
-                result.error_message = Some("listed earlier in the input; offboarded once".into());
+                result.error_message = Some(message::listed_earlier().into());
                 if row_tx.send(result).await.is_err() {
                     stop = Some(writer_gone());
                     break;
@@ -556,11 +556,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             for (line, machine) in left {
                 let mut row = ResultRow::new(line, machine, Outcome::Failed);
                 row.error_code = Some("InDoubt".into());
-                row.error_message = Some(
-                    "the call was still in flight when the run stopped; --resume looks up whether it went through \
-                     before calling again"
-                        .into(),
-                );
+                row.error_message = Some(message::in_flight_when_stopped().into());
                 let _ = row_tx.send(row).await;
             }
         }

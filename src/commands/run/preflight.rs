@@ -22,7 +22,7 @@ use super::job::{Job, Options, Summary};
 use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
 use crate::defender::api::{Api, RetryPolicy};
 use crate::error::{Error, Result};
-use crate::files::results::{Outcome, ResultRow, ResultsWriter};
+use crate::files::results::{Outcome, ResultRow, ResultsWriter, message};
 use crate::input::{InputRow, RowKind};
 
 /// The permission an offboard needs (Microsoft's documentation).
@@ -196,7 +196,7 @@ pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Result<Screened> {
         (None, RowKind::Name(_)) => {
             let mut result = ResultRow::new(row.line, "", Outcome::Failed);
             result.computer_dns_name = Some(row.raw.trim().to_string());
-            result.error_message = Some("names are resolved by the pre-flight, which was off".into());
+            result.error_message = Some(message::names_need_the_preflight().into());
             Ok(Screened::Row(result))
         }
         (None, _) => Ok(Screened::Pass(row, None)),
@@ -246,14 +246,14 @@ impl Screen {
         result.computer_dns_name = Some(written.clone());
         match decisions {
             [] => {
-                result.error_message = Some("no machine in the inventory has this name".into());
+                result.error_message = Some(message::no_machine_named().into());
                 Ok(Screened::Row(result))
             }
             [one] if one.kind == DecisionKind::Claimed => {
                 let machine = self.joined.machine(one).map_err(disk)?;
                 let mut result = ResultRow::new(row.line, machine.id.clone(), Outcome::Duplicate);
                 Facts::of(machine).fill(&mut result);
-                result.error_message = Some("names the same machine as an earlier row; offboarded once".into());
+                result.error_message = Some(message::same_machine_as_earlier_row().into());
                 Ok(Screened::Row(result))
             }
             [one] if one.kind == DecisionKind::Found => self.decide(row, Some(one), Some(written)),
@@ -286,11 +286,7 @@ impl Screen {
             };
             let mut result = ResultRow::new(row.line, id, Outcome::NotFound);
             result.computer_dns_name = name;
-            result.error_message = Some(if self.dry_run {
-                "not in the device inventory".into()
-            } else {
-                "not in the device inventory (pre-flight): no offboard call was made".into()
-            });
+            result.error_message = Some(message::not_in_inventory(self.dry_run).into());
             return Ok(Screened::Row(result));
         };
         let machine = self.joined.machine(found).map_err(disk)?;
@@ -303,11 +299,7 @@ impl Screen {
             result.action_status = Some(action.status);
             result.submitted_at = some(action.created);
             result.updated_at = some(action.updated);
-            result.error_message = Some(if self.dry_run {
-                "an offboard action is already open".into()
-            } else {
-                "an offboard action is already open (pre-flight): no offboard call was made".into()
-            });
+            result.error_message = Some(message::already_open(self.dry_run).into());
             facts.fill(&mut result);
             return Ok(Screened::Row(result));
         }
@@ -443,12 +435,12 @@ fn unscreened_row(row: InputRow) -> ResultRow {
     match row.kind {
         RowKind::Duplicate => {
             let mut result = ResultRow::new(row.line, row.raw.trim().to_ascii_lowercase(), Outcome::Duplicate);
-            result.error_message = Some("listed earlier in the input; offboarded once".into());
+            result.error_message = Some(message::listed_earlier().into());
             result
         }
         _ => {
             let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
-            result.error_message = Some("not a machine id (40 hexadecimal characters)".into());
+            result.error_message = Some(message::not_a_machine_id().into());
             result
         }
     }
