@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo bench --bench proof -- pacing     # wall time / earliest schedule, and 429s
-//! cargo bench --bench proof -- speed      # machines per second and client CPU per machine
+//! cargo bench --bench proof -- speed      # machines per second and client CPU per machine, and as ratios to a bare client
 //! cargo bench --bench proof -- memory        # peak RSS for 10k, 100k and 1M rows (fleets as large)
 //! cargo bench --bench proof -- memory-found  # peak RSS for 1M rows against an inventory of 30k
 //! cargo bench --bench proof -- economy       # API calls per machine
@@ -14,6 +14,9 @@
 //! The simulator runs in its own process (`mde-offboard simulate --listen 127.0.0.1:0`), so the client's
 //! CPU time and peak RSS are the client's alone: each client run is a child process reaped with
 //! `wait4`, whose rusage is exactly that process's. Both are the release build that `cargo bench` makes.
+//!
+//! The speed figure's baseline, a bare `reqwest` client making the same offboard calls (see [`baseline`]), is
+//! this harness run as a child process with a hidden subcommand, so it is measured exactly like the tool.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -35,6 +38,11 @@ fn main() {
     {
         write_ids(n.parse().expect("a count"), Path::new(path));
         return;
+    }
+    if let [hidden, url, input, concurrency] = &args[..]
+        && hidden == BASELINE_COMMAND
+    {
+        std::process::exit(baseline(url, Path::new(input), concurrency.parse().expect("a concurrency")));
     }
     let runs = args
         .iter()
@@ -124,35 +132,175 @@ fn api_calls(stats: &SimStats, part: &str) -> u64 {
 }
 
 /// Figure 2: 100,000 machines, simulator without quotas, `--concurrency 64`; with the pre-flight (the
-/// default: 10 inventory pages of 10,000 and the open-action lists first) and without.
+/// default: 10 inventory pages of 10,000 and the open-action lists first) and without. Each run of the tool
+/// is paired with a run of the baseline (a bare `reqwest` client making the same offboard calls at the same
+/// concurrency, [`baseline`]) against a fresh simulator of its own, one right after the other, so both meet
+/// the same load: the tool's figures are given as ratios to the baseline's as well, which carry from one
+/// machine to another where absolute speeds do not.
 fn speed(dir: &Path, runs: usize) {
     let n = 100_000;
-    println!("\n## Raw speed: {n} machines, simulator without quotas, --concurrency 64");
-    println!("| mode | run | wall | machines/s | client CPU (user+sys) | CPU per machine | peak RSS |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    let concurrency = 64;
+    println!("\n## Raw speed: {n} machines, simulator without quotas, --concurrency {concurrency}");
+    println!(
+        "| mode | run | wall | machines/s | client CPU (user+sys) | CPU per machine | peak RSS | baseline machines/s | baseline CPU per machine | machines/s ratio | CPU ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let input = id_file(dir, n);
     for (name, extra) in [("with pre-flight (default)", &[][..]), ("--no-preflight", &["--no-preflight"])] {
-        let (mut rates, mut per_machine) = (Vec::new(), Vec::new());
+        let (mut rates, mut per_machine, mut rate_ratios, mut cpu_ratios) = (vec![], vec![], vec![], vec![]);
+        let (mut base_rates, mut base_per_machine) = (vec![], vec![]);
         for run in 1..=runs {
             let sim = SimProcess::start(n, &["--no-quotas"]);
             let rate_arg = format!("--rate={UNREACHED_RATE}");
-            let mut args = vec![rate_arg.as_str(), "--concurrency", "64"];
+            let concurrency_arg = concurrency.to_string();
+            let mut args = vec![rate_arg.as_str(), "--concurrency", &concurrency_arg];
             args.extend(extra);
             let out = client(&sim, &input, dir, &args);
             out.check(n);
+            drop(sim);
+            let sim = SimProcess::start(n, &["--no-quotas"]);
+            let base = baseline_run(&sim, &input, concurrency, dir);
+            let sim_calls = api_calls(&sim.stats(), "/offboard");
+            assert_eq!(sim_calls, n as u64, "the baseline's offboard calls");
+
             let rate = n as f64 / out.wall.as_secs_f64();
             let us = out.cpu.as_secs_f64() * 1e6 / n as f64;
+            let base_rate = n as f64 / base.wall.as_secs_f64();
+            let base_us = base.cpu.as_secs_f64() * 1e6 / n as f64;
             println!(
-                "| {name} | {run} | {:.2} s | {rate:.0} | {:.2} s | {us:.1} µs | {:.1} MiB |",
+                "| {name} | {run} | {:.2} s | {rate:.0} | {:.2} s | {us:.1} µs | {:.1} MiB | {base_rate:.0} | {base_us:.1} µs | {:.2}x | {:.2}x |",
                 out.wall.as_secs_f64(),
                 out.cpu.as_secs_f64(),
-                out.max_rss_kib as f64 / 1024.0
+                out.max_rss_kib as f64 / 1024.0,
+                rate / base_rate,
+                us / base_us,
             );
             rates.push(rate);
             per_machine.push(us);
+            base_rates.push(base_rate);
+            base_per_machine.push(base_us);
+            rate_ratios.push(rate / base_rate);
+            cpu_ratios.push(us / base_us);
         }
-        println!("| {name} | **median** | | **{:.0}** | | **{:.1} µs** | |", median(&rates), median(&per_machine));
+        println!(
+            "| {name} | **median** | | **{:.0}** | | **{:.1} µs** | | {:.0} | {:.1} µs | **{:.2}x** | **{:.2}x** |",
+            median(&rates),
+            median(&per_machine),
+            median(&base_rates),
+            median(&base_per_machine),
+            median(&rate_ratios),
+            median(&cpu_ratios)
+        );
     }
+    println!(
+        "(targets: a machines/s ratio of at least 0.85x, a CPU ratio of at most 1.2x; ratios are per run, then the median)"
+    );
+}
+
+/// The hidden subcommand that runs [`baseline`] in a child process.
+const BASELINE_COMMAND: &str = "__baseline";
+
+/// The speed figure's baseline: the same offboard calls the tool makes, made by a bare `reqwest` client and
+/// nothing else, in a child process measured like the tool's (`wait4`).
+fn baseline_run(sim: &SimProcess, input: &Path, concurrency: usize, dir: &Path) -> ClientRun {
+    let exe = std::env::current_exe().expect("the harness's path");
+    let mut command = Command::new(exe);
+    command
+        .args([BASELINE_COMMAND, &sim.url])
+        .arg(input)
+        .arg(concurrency.to_string())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("baseline.stderr")).expect("a stderr file"));
+    let started = Instant::now();
+    #[allow(clippy::zombie_processes)]
+    let child = command.spawn().expect("the baseline starts");
+    let (code, usage) = wait4(&child);
+    let wall = started.elapsed();
+    assert_eq!(code, 0, "the baseline exited {code}; stderr in {}", dir.join("baseline.stderr").display());
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ClientRun {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+        code,
+        output: dir.join("baseline.stderr"),
+    }
+}
+
+/// A bare client: reads the ids of `input` (one column under a header), signs in once (client credentials),
+/// and posts `POST /api/machines/{id}/offboard` with the same comment for each id, `concurrency` calls at a
+/// time, on the same multi-threaded tokio runtime and the same `reqwest` client settings the tool uses on
+/// loopback (no TLS roots loaded, a pool as large as the concurrency). Each answer's body is read whole; no
+/// limiter, no retries, no results file, no journal, no parsing of the answer. Exit 0 when every call was
+/// answered 201.
+fn baseline(url: &str, input: &Path, concurrency: usize) -> i32 {
+    let ids: Vec<String> = std::fs::read_to_string(input)
+        .expect("the input")
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async move {
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .expect("a client");
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", sim::DEMO_CLIENT_ID),
+            ("client_secret", sim::DEMO_CLIENT_SECRET),
+            ("scope", "https://api.securitycenter.microsoft.com/.default"),
+        ];
+        let token_url = format!("{url}/{}/oauth2/v2.0/token", sim::DEMO_TENANT_ID);
+        let answer = http.post(&token_url).form(&form).send().await.expect("sign-in");
+        let answer: serde_json::Value = answer.json().await.expect("a token");
+        let token = answer["access_token"].as_str().expect("an access token").to_string();
+
+        let ids = std::sync::Arc::new(ids);
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (http, ids, next, token) = (http.clone(), ids.clone(), next.clone(), token.clone());
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    let mut failed = 0u64;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(id) = ids.get(i) else { break failed };
+                        let answer = http
+                            .post(format!("{url}/api/machines/{id}/offboard"))
+                            .bearer_auth(&token)
+                            .json(&serde_json::json!({ "Comment": "benchmark" }))
+                            .send()
+                            .await;
+                        match answer {
+                            Ok(answer) if answer.status().as_u16() == 201 => {
+                                if answer.bytes().await.is_err() {
+                                    failed += 1;
+                                }
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for worker in workers {
+            failed += worker.await.expect("a worker");
+        }
+        if failed > 0 {
+            eprintln!("{failed} offboard call(s) were not answered 201");
+            1
+        } else {
+            0
+        }
+    })
 }
 
 /// Figure 3: peak RSS of a real run (with its pre-flight, the default, and without) and of a dry run, for
