@@ -1,7 +1,12 @@
 //! The results CSV: one row per input row, written and flushed the moment its outcome is known.
 //!
 //! One task owns the file (see [`ResultsWriter`]); everybody else sends it rows. Rows arrive in the order
-//! machines finish, not input order: the `line` column ties each to its input row.
+//! machines finish, not input order: the `line` column ties each to its input row. A resume appends to the
+//! file (the same writer, after [`cut_torn_row`]); an error message is always written on one line.
+//!
+//! Every command that reads a results file reads it through [`ResultsFile`], streamed (never loaded whole),
+//! and every command that replaces one does it through [`Rewrite`], atomically. The messages of the rows the
+//! tool decides itself are in [`message`], beside [`Outcome`].
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -126,6 +131,39 @@ pub mod message {
         } else {
             "an offboard action is already open (pre-flight): no offboard call was made"
         }
+    }
+
+    /// An `ambiguous` row: a name that `count` machines have, `listed` the first of them (each with its name
+    /// and when it was last seen).
+    pub fn names_several(count: usize, listed: &[String]) -> String {
+        let more = count.saturating_sub(listed.len());
+        format!(
+            "names {count} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to \
+             offboard by its id",
+            listed.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        )
+    }
+
+    /// A `failed` (`UnconfirmedAnswer`) row: a 2xx answer (`status`) that did not show the action.
+    pub fn unconfirmed_answer(status: u16, why: &str) -> String {
+        format!(
+            "the answer (HTTP {status}) did not prove an action was created: {why}; --resume looks up this \
+             machine's offboard actions before calling it again"
+        )
+    }
+
+    /// A `failed` (`InDoubt`) row of a resume: looking up whether an earlier call went through failed.
+    pub fn lookup_failed(code: &str, message: &str) -> String {
+        format!(
+            "an earlier call may have offboarded this machine, and looking it up failed ({code}: {message}); it \
+             was not called again, and --resume looks again"
+        )
+    }
+
+    /// A resume's row for a machine whose earlier call had gone through.
+    pub fn found_earlier_action() -> &'static str {
+        "found the action of an earlier call whose answer was not recorded; not sent again"
     }
 
     /// A `failed` (`InDoubt`) row: the call was in flight when the run stopped.

@@ -1,7 +1,7 @@
 //! One machine's offboard call, and what its answer says, as a results row.
 
 use crate::defender::api::{self, Api, CallResult, MachineAction};
-use crate::files::results::{Outcome, ResultRow};
+use crate::files::results::{Outcome, ResultRow, message};
 
 /// Offboards one machine and says what happened, as a results row.
 pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -> ResultRow {
@@ -19,11 +19,7 @@ pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comme
                 }
                 Err(why) => {
                     row.error_code = Some(api::UNCONFIRMED_ANSWER.into());
-                    row.error_message = Some(format!(
-                        "the answer (HTTP {}) did not prove an action was created: {why}; --resume looks up this \
-                         machine's offboard actions before calling it again",
-                        reply.status
-                    ));
+                    row.error_message = Some(message::unconfirmed_answer(reply.status, &why));
                 }
             }
         }

@@ -266,12 +266,7 @@ impl Screen {
                     let seen = if m.last_seen.is_empty() { "unknown" } else { &m.last_seen };
                     listed.push(format!("{} ({}, last seen {seen})", m.id, m.computer_dns_name));
                 }
-                let more = count.saturating_sub(listed.len());
-                result.error_message = Some(format!(
-                    "names {count} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to offboard by its id",
-                    listed.join(", "),
-                    if more > 0 { format!(" and {more} more") } else { String::new() }
-                ));
+                result.error_message = Some(message::names_several(count, &listed));
                 Ok(Screened::Row(result))
             }
         }

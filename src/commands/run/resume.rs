@@ -12,7 +12,7 @@ use super::preflight::{self, Screened};
 use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
-use crate::files::results::{self, Finished, Outcome, ResultRow};
+use crate::files::results::{self, Finished, Outcome, ResultRow, message};
 use crate::input::{self, RowKind};
 
 /// A machine's offboard actions fit one page: it has a handful at most.
@@ -145,11 +145,7 @@ pub(super) async fn verify_then_offboard(
             row.attempts = attempts;
             row.http_status = failure.status;
             row.error_code = Some("InDoubt".into());
-            row.error_message = Some(format!(
-                "an earlier call may have offboarded this machine, and looking it up failed ({}: {}); it was not \
-                 called again, and --resume looks again",
-                failure.code, failure.message
-            ));
+            row.error_message = Some(message::lookup_failed(&failure.code, &failure.message));
             return row;
         }
     };
@@ -164,8 +160,7 @@ pub(super) async fn verify_then_offboard(
             ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
         row.attempts = attempts;
         row.http_status = Some(200);
-        row.error_message =
-            Some("found the action of an earlier call whose answer was not recorded; not sent again".into());
+        row.error_message = Some(message::found_earlier_action().into());
         fill_action(&mut row, action.clone());
         return row;
     }
