@@ -21,7 +21,8 @@
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
 //! `--id-column`), or no header at all when the first field of the first row is already a machine id.
 //! A UTF-8 byte-order mark, CRLF, quoted fields, blank lines, extra columns and ragged rows are normal.
-//! An id is 40 hexadecimal characters after trimming (a [`MachineId`]), and is compared and sent in lowercase.
+//! An id is 40 hexadecimal characters after trimming (a [`crate::domain::MachineId`]), and is compared and
+//! sent in lowercase.
 //!
 //! Input by name: with `--by-name` (see [`scan_with`]), or when the header has no id column but a computer
 //! name column (`computerDnsName`, `DeviceName`, `Device Name`, `Name`, matched the same way), rows are
