@@ -10,6 +10,8 @@ pub mod cli;
 pub mod commands;
 /// The Defender for Endpoint service: sign-in, the rate limiter, the API calls, its timestamps.
 pub mod defender;
+/// The tool's own words, one type and one parser each: machine ids, action statuses and types, outcomes.
+pub mod domain;
 /// Why a command could not run, and the exit codes.
 pub mod error;
 /// The files a command keeps besides its input: results, journal, locks, the external sort.

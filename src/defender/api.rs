@@ -25,6 +25,7 @@ use crate::defender::auth::{
     AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
 };
 use crate::defender::limiter::Limiter;
+use crate::domain::{ActionStatus, ActionType};
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
@@ -119,9 +120,9 @@ pub struct MachineAction {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<ActionType>,
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<ActionStatus>,
     #[serde(default)]
     pub machine_id: Option<String>,
     #[serde(default)]
@@ -146,13 +147,12 @@ impl MachineAction {
     /// Whether this is an offboard action: of either type in [`OFFBOARD_TYPES`], or of no stated type (the
     /// list it came from was filtered by [`OFFBOARD_TYPE_FILTER`]).
     pub fn is_offboard(&self) -> bool {
-        self.kind.as_deref().is_none_or(|kind| OFFBOARD_TYPES.iter().any(|t| t.eq_ignore_ascii_case(kind.trim())))
+        self.kind.as_ref().is_none_or(ActionType::is_offboard)
     }
 }
 
-/// The types an offboard action is given: `Offboard` by today's service, `OffboardMachine` in the 2019
-/// documentation's example answer. Every reader of actions treats both as offboard actions.
-pub const OFFBOARD_TYPES: [&str; 2] = ["Offboard", "OffboardMachine"];
+/// The types of an offboard action, which [`OFFBOARD_TYPE_FILTER`] asks for.
+pub use crate::domain::OFFBOARD_TYPES;
 /// The `$filter` clause that selects offboard actions of either type, for every list of actions: a service
 /// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
 pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";

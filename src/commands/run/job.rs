@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::defender::auth::TokenCache;
 use crate::defender::limiter::Limiter;
+use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
-use crate::files::results::Outcome;
 use crate::files::write_atomically;
 use crate::input::Scan;
 use crate::settings::Settings;

@@ -29,10 +29,11 @@ use tracing::Instrument;
 use crate::defender::api::{Api, RetryPolicy};
 use crate::defender::auth::{AuthError, TokenCache};
 use crate::defender::limiter::{self, Limiter};
+use crate::domain::{Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock, RunLock};
-use crate::files::results::{self, Finished, Outcome, ResultRow, ResultsWriter, message};
+use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
 use crate::input::{self, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -431,7 +432,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
                 break;
             }
         };
-        if done.contains(screened.line(), resume::machine_of(&screened)) {
+        if done.contains(screened.line(), &resume::machine_of(&screened)) {
             continue;
         }
         let (row, facts) = match screened {
@@ -445,7 +446,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
             Screened::Pass(row, facts) => (row, facts),
         };
         let machine = match row.kind {
-            RowKind::Valid(id) => id,
+            RowKind::Valid(id) => id.to_string(),
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
