@@ -13,13 +13,11 @@ use tokio::time::Instant;
 
 use crate::commands::run::Options;
 use crate::commands::run::preflight::{self, OFFBOARD_ROLE, READ_ROLES};
-use crate::defender::api::{Api, RetryPolicy};
+use crate::defender::api::{Api, PROBE, RetryPolicy};
 use crate::defender::auth::TokenCache;
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
 use crate::settings::{self, SettingsArgs};
-/// The cheap read call.
-const PROBE: &str = "/api/machines?$top=1";
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -168,7 +166,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
     let api = Api::new(http, &settings.api_base, tokens, Limiter::new(&settings.rates), policy);
     let started = Instant::now();
-    let answer = api.get(PROBE, false).await.answer;
+    let answer = api.probe().await.answer;
     let took = started.elapsed().as_millis();
     match answer {
         Ok(reply) => r.line("API", format!("GET {PROBE} answered {} in {took} ms", reply.status)),

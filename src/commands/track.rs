@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::commands::run::inventory::{Id, MAX_PAGES, id_text, parse_id};
-use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER, RetryPolicy};
+use crate::defender::api::{ActionQuery, Api, MachineAction, Page, RetryPolicy};
 use crate::defender::auth::TokenCache;
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
@@ -833,10 +833,7 @@ async fn pass(
     if open.count == 0 {
         return Ok(PassEnd { still_open: 0, pages: 0, incomplete: None });
     }
-    let mut filter = String::from(OFFBOARD_TYPE_FILTER);
-    if let Some(since) = open.since {
-        filter += &format!(" and creationDateTimeUtc ge {}", timestamp::format(since));
-    }
+    let mut query = ActionQuery::offboards(Page::nth(0, 0)).created_since(open.since);
     let disk = |e: std::io::Error| file.disk(&e);
     let mut listed = Listed::new().map_err(disk)?;
     let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
@@ -848,9 +845,8 @@ async fn pass(
         if pages >= MAX_PAGES as u64 {
             break Some(Incomplete::PageCap);
         }
-        let read = api.list_page("/api/machineactions", Some(&filter), page_size, skip, |body| {
-            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-        });
+        query.page = Page { top: page_size, skip };
+        let read = api.list_actions(&query);
         let (_, page) = tokio::select! {
             biased;
             answer = read => answer,
