@@ -711,10 +711,10 @@ pub async fn track_file(
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
     let run_id = crate::files::journal::new_run_id(SystemTime::now());
-    let tenant = tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let tenant = tokens.tenant_id().await.map_err(Error::Auth)?;
     let _lock = RunLock::acquire(&lock::state_dir(), &tenant, &tokens.credentials().client_id, &run_id)?;
     let http = tokens.http();
-    tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    tokens.get().await.map_err(Error::Auth)?;
     let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
     let api = Api::new(http, &settings.api_base, tokens, limiter, policy);
 
@@ -856,16 +856,17 @@ async fn pass(
             Ok(page) => page,
             Err(f) => {
                 if let Some(e) = api.fatal() {
-                    return Err(Error::Auth(e.to_string()));
+                    return Err(Error::Auth(e.clone()));
                 }
-                if matches!(f.status, Some(401 | 403)) {
-                    return Err(Error::Auth(format!(
-                        "the API refused to list machine actions ({} {}: {}); tracking needs the application permission \
-                         Machine.Read.All or Machine.ReadWrite.All with admin consent",
-                        f.status.unwrap_or_default(),
-                        f.code,
-                        f.message
-                    )));
+                if let Some(status @ (401 | 403)) = f.status {
+                    return Err(Error::ReadRefused {
+                        what: "list machine actions",
+                        status,
+                        code: f.code,
+                        message: f.message,
+                        needs: "tracking needs the application permission Machine.Read.All or Machine.ReadWrite.All \
+                                with admin consent",
+                    });
                 }
                 let status = f.status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
                 let message = f.message.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::defender::api::{Api, RetryPolicy};
-use crate::defender::auth::{AuthError, TokenCache};
+use crate::defender::auth::TokenCache;
 use crate::defender::limiter::{self, Limiter};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
@@ -218,7 +218,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     // this function returns. A tenant given by a domain name takes the lock of its id, which signing in
     // finds (before any API call).
     let credentials = job.tokens.credentials();
-    let tenant = job.tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let tenant = job.tokens.tenant_id().await.map_err(Error::Auth)?;
     let _lock = RunLock::acquire(&job.lock_dir, &tenant, &credentials.client_id, &job.run_id)?;
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
@@ -258,7 +258,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     let token = tokio::select! {
-        token = tokens.get() => token.map_err(|e| Error::Auth(e.to_string()))?,
+        token = tokens.get() => token.map_err(Error::Auth)?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let round_trip = started.elapsed();
@@ -520,10 +520,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         );
     }
     if let Some(e) = api.fatal() {
-        stop.get_or_insert_with(|| match e {
-            AuthError::ApiRefusesToken { .. } => Error::TokenRefused(e.to_string()),
-            _ => Error::Auth(e.to_string()),
-        });
+        stop.get_or_insert_with(|| Error::from(e.clone()));
     }
     cancelled.store(true, Ordering::Relaxed);
     drop(item_rx);

@@ -368,7 +368,7 @@ pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
     let (http, tokens) = (job.tokens.http(), job.tokens.clone());
-    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    let token = tokens.get().await.map_err(Error::Auth)?;
     let round_trip = started.elapsed();
     check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
 
