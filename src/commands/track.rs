@@ -30,20 +30,19 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::commands::run::inventory::{Id, MAX_PAGES, id_text, parse_id};
-use crate::defender::api::{ActionQuery, Api, MachineAction, Page, RetryPolicy};
-use crate::defender::auth::TokenCache;
+use crate::commands::session::Session;
+use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
 use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
-use crate::files::lock::{self, ResultsLock, RunLock};
+use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{LineSet, Outcome};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -663,13 +662,12 @@ impl ResultsFile {
 
 /// Tracks the actions of the results file `path` until each is final, `options.timeout` passes, or
 /// `shutdown` resolves; updates the file after each pass that changed something.
-/// `limiter` paces the calls, and `tokens` signs in: after a run (`run --wait`) both are the run's own, as
-/// both spend one quota and one sign-in serves both; `None` signs in anew.
+/// After a run (`run --wait`) `session` is the run's own: both spend one quota, and one sign-in, one limiter
+/// and one lock serve both; `None` opens a session of its own.
 pub async fn track_file(
     path: &Path,
     settings: &Settings,
-    limiter: Arc<Limiter>,
-    tokens: Option<Arc<TokenCache>>,
+    session: Option<Session>,
     options: TrackOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
@@ -705,18 +703,17 @@ pub async fn track_file(
         return Ok(summary);
     }
 
-    let tokens = match tokens {
-        Some(tokens) => tokens,
-        None => Arc::new(TokenCache::new(crate::defender::http_client(settings)?, settings.credentials()?)),
+    let mut session = match session {
+        Some(session) => session,
+        None => Session::open(settings, settings.credentials()?, Limiter::new(&settings.rates))?,
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
     let run_id = crate::files::journal::new_run_id(SystemTime::now());
-    let tenant = tokens.tenant_id().await.map_err(Error::Auth)?;
-    let _lock = RunLock::acquire(&lock::state_dir(), &tenant, &tokens.credentials().client_id, &run_id)?;
-    let http = tokens.http();
-    tokens.get().await.map_err(Error::Auth)?;
-    let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
-    let api = Api::new(http, &settings.api_base, tokens, limiter, policy);
+    session.lock(&lock::state_dir(), &run_id).await?;
+    session.sign_in(|_| Ok(())).await?;
+    let api = session.api();
+    // The calls tracking makes (a session handed over by a run has made the run's).
+    let calls_before = api.counters.calls.load(Ordering::Relaxed);
 
     let deadline = started + options.timeout;
     let (mut passes, mut complete_passes, mut pages_read) = (0, 0, 0);
@@ -728,7 +725,7 @@ pub async fn track_file(
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => { interrupted = true; break; }
-            result = pass(&api, &mut file, options.page_size, deadline, &progress) => result,
+            result = pass(api, &mut file, options.page_size, deadline, &progress) => result,
         };
         passes += 1;
         let end = match result {
@@ -769,7 +766,7 @@ pub async fn track_file(
     progress.finish();
     let mut summary = file.summary()?;
     summary.passes = passes;
-    summary.calls = api.counters.calls.load(Ordering::Relaxed);
+    summary.calls = api.counters.calls.load(Ordering::Relaxed) - calls_before;
     summary.duration = started.elapsed();
     summary.interrupted = interrupted;
     summary.timed_out = !interrupted && !options.once && summary.open() > 0;
