@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(rows.windows(2).all(|w| w[0].line < w[1].line), "lines go up");
     for row in &rows {
         if let RowKind::Valid(id) = &row.kind {
+            let id = id.to_string();
             assert!(id.len() == 40 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
     }

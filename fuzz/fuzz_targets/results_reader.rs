@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::files::results::{self, Outcome};
+use mde_offboard::domain::Outcome;
+use mde_offboard::files::results;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(reading) = results::read_bytes(data) else { return };

@@ -1,14 +1,15 @@
 //! Following offboard actions to their end: `run --wait` and `mde-offboard track RESULTS.csv`.
 //!
 //! A 201 only means the offboarding was requested. Tracking updates `action_status` and `updated_at` of
-//! every `submitted` or `already_pending` row until the action is final (`Succeeded`, `Failed`, `TimeOut`,
-//! `Cancelled`) or the wait ends. It never asks per action: each pass lists the offboard actions (of either
-//! type, [`crate::defender::api::OFFBOARD_TYPES`]) created since the earliest tracked one (`GET /api/machineactions`,
-//! `$top`/`$skip` pages of up to 10,000), so tracking
-//! 10,000 actions costs a page or two per pass, at most one pass per poll interval, through the process's
-//! one limiter. Rows without an action id (`already_pending`: the open action was created before the run)
-//! are matched by machine id to its open, else latest, Offboard action; while any is unmatched the pass lists
-//! without the date filter, and a row still unmatched after such a full pass is given up on (reported).
+//! every `submitted` or `already_pending` row ([`Outcome::has_action`]) until the action is final
+//! (`Succeeded`, `Failed`, `TimeOut`, `Cancelled`: [`ActionStatus::is_final`]) or the wait ends. It never asks
+//! per action: each pass lists the offboard actions (of either type, [`crate::domain::OFFBOARD_TYPES`])
+//! created since the earliest tracked one (`GET /api/machineactions`, `$top`/`$skip` pages of up to 10,000),
+//! so tracking 10,000 actions costs a page or two per pass, at most one pass per poll interval, through the
+//! process's one limiter. Rows without an action id (`already_pending`: the open action was created before
+//! the run) are matched by machine id to its open, else latest, Offboard action; while any is unmatched the
+//! pass lists without the date filter, and a row still unmatched after such a full pass is given up on
+//! (reported).
 //!
 //! The results file is read as plain CSV by column name, so columns other than the ones tracking updates pass
 //! through untouched, and it is replaced atomically after each pass that changed something (a temporary
@@ -35,26 +36,23 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::commands::run::inventory::{Id, MAX_PAGES, id_text, parse_id};
+use crate::commands::run::inventory::MAX_PAGES;
 use crate::commands::session::Session;
 use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
+use crate::domain::{ActionStatus, MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::files::lock::{self, ResultsLock};
-use crate::files::results::{LineSet, Outcome};
+use crate::files::results::LineSet;
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 
-/// Final action statuses (Microsoft's documentation).
-pub const FINAL_STATUSES: [&str; 4] = ["Succeeded", "Failed", "TimeOut", "Cancelled"];
 /// The largest `$top` the list endpoint takes (Microsoft's documentation).
 pub const PAGE_MAX: u64 = 10_000;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Outcomes whose rows have an offboard action to follow.
-const TRACKED_OUTCOMES: [&str; 2] = ["submitted", "already_pending"];
 /// What the summary calls a row whose action could not be found.
 const NO_ACTION: &str = "no action found";
 
@@ -201,8 +199,8 @@ impl TrackSummary {
             self.calls,
             humantime::format_duration(Duration::from_secs(self.duration.as_secs()))
         );
-        for status in FINAL_STATUSES {
-            if let Some(n) = self.by_status.get(status) {
+        for status in ActionStatus::FINAL {
+            if let Some(n) = self.by_status.get(status.as_str()) {
                 out += &format!("  {status:<16} {n}\n");
             }
         }
@@ -237,8 +235,14 @@ impl TrackSummary {
     }
 }
 
+/// Whether a status, as a results file or the summary holds it, is final.
 fn is_final(status: &str) -> bool {
-    FINAL_STATUSES.iter().any(|f| f.eq_ignore_ascii_case(status))
+    ActionStatus::parse(status).is_final()
+}
+
+/// Whether a status, as a results file holds it, is `Succeeded`.
+fn is_succeeded(status: &str) -> bool {
+    ActionStatus::parse(status) == ActionStatus::Succeeded
 }
 
 /// The longest `--wait-timeout` or `--poll-interval`: an offboard that has not ended in 30 days is not going
@@ -256,9 +260,9 @@ fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
-/// Whether an action is still open (no final status yet).
+/// Whether an action is still open (no final status yet: an unknown status is followed on).
 fn is_open(action: &MachineAction) -> bool {
-    !action.status.as_deref().is_some_and(is_final)
+    !action.status.as_ref().is_some_and(ActionStatus::is_final)
 }
 
 fn created(action: &MachineAction) -> Option<SystemTime> {
@@ -298,7 +302,7 @@ record! {
     /// A tracked row still open without an action id, by its machine.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
     struct RowByMachine {
-        machine: Id,
+        machine: MachineId,
         row: u64,
     }
 }
@@ -316,7 +320,7 @@ record! {
     /// A listed action, by machine, the best first: open before final, then the latest created.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
     struct ActionByMachine {
-        machine: Id,
+        machine: MachineId,
         /// 0 open, 1 final.
         closed: u8,
         /// `u64::MAX` minus the creation time in seconds (none: `u64::MAX`), so that the latest sorts first.
@@ -374,14 +378,14 @@ impl Listed {
     fn keep(&mut self, action: &MachineAction, by_machine: bool) -> std::io::Result<()> {
         let at = self.store.put(&[
             text(action.id.as_ref()),
-            text(action.status.as_ref()),
+            action.status.as_ref().map_or("", ActionStatus::as_str),
             text(action.updated_at()),
             text(action.creation_date_time_utc.as_ref()),
         ])?;
         if let Some(id) = action.id.as_deref().filter(|id| !id.trim().is_empty()) {
             self.by_key.push(ActionByKey { key: action_key(id), at })?;
         }
-        if by_machine && let Some(machine) = action.machine_id.as_deref().and_then(parse_id) {
+        if by_machine && let Some(machine) = action.machine_id.as_deref().and_then(MachineId::parse) {
             let secs = created(action).and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
             let age = u64::MAX - secs.unwrap_or(0);
             self.by_machine.push(ActionByMachine { machine, closed: u8::from(!is_open(action)), age, at })?;
@@ -460,7 +464,7 @@ impl ResultsFile {
     }
 
     fn is_tracked(&self, row: &[String]) -> bool {
-        TRACKED_OUTCOMES.contains(&row[self.col.outcome].as_str())
+        Outcome::parse(&row[self.col.outcome]).is_some_and(Outcome::has_action)
     }
 
     fn is_open(&self, index: u64, row: &[String]) -> bool {
@@ -486,7 +490,7 @@ impl ResultsFile {
                 continue;
             }
             let action = row[c.action_id].trim();
-            let machine = parse_id(&row[c.machine_id]);
+            let machine = MachineId::parse(&row[c.machine_id]);
             if action.is_empty() && machine.is_none() {
                 unmatchable.push(i);
                 continue;
@@ -548,7 +552,7 @@ impl ResultsFile {
                     let status = &row[self.col.action_status];
                     if !was_final && is_final(status) {
                         tracing::debug!(machine = %row[self.col.machine_id], status, "action final");
-                        progress.row_done(status.eq_ignore_ascii_case("Succeeded"));
+                        progress.row_done(is_succeeded(status));
                     }
                 }
                 still_open += u64::from(self.is_open(i, &row));
@@ -617,7 +621,7 @@ impl ResultsFile {
                 None if !complete => {}
                 None => {
                     tracing::warn!(
-                        machine = %id_text(&row.machine),
+                        machine = %row.machine,
                         "no Offboard action found for this machine; it is not tracked further"
                     );
                     given_up.push(row.row);
@@ -648,7 +652,7 @@ impl ResultsFile {
                     status
                 };
                 *s.by_status.entry(key.to_string()).or_insert(0) += 1;
-                status.eq_ignore_ascii_case("Succeeded")
+                is_succeeded(status)
             } else {
                 Outcome::parse(outcome).is_some_and(Outcome::is_ok)
             };
@@ -685,7 +689,7 @@ pub async fn track_file(
         let status = &row[file.col.action_status];
         if file.is_open(i, &row) {
             open += 1;
-        } else if status.eq_ignore_ascii_case("Succeeded") {
+        } else if is_succeeded(status) {
             succeeded += 1;
         } else {
             ended_otherwise += 1;

@@ -26,6 +26,7 @@ use crate::defender::auth::{
 };
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
+use crate::domain::{ActionStatus, ActionType};
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
@@ -120,9 +121,9 @@ pub struct MachineAction {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<ActionType>,
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<ActionStatus>,
     #[serde(default)]
     pub machine_id: Option<String>,
     #[serde(default)]
@@ -147,13 +148,12 @@ impl MachineAction {
     /// Whether this is an offboard action: of either type in [`OFFBOARD_TYPES`], or of no stated type (the
     /// list it came from was filtered by [`OFFBOARD_TYPE_FILTER`]).
     pub fn is_offboard(&self) -> bool {
-        self.kind.as_deref().is_none_or(|kind| OFFBOARD_TYPES.iter().any(|t| t.eq_ignore_ascii_case(kind.trim())))
+        self.kind.as_ref().is_none_or(ActionType::is_offboard)
     }
 }
 
-/// The types an offboard action is given: `Offboard` by today's service, `OffboardMachine` in the 2019
-/// documentation's example answer. Every reader of actions treats both as offboard actions.
-pub const OFFBOARD_TYPES: [&str; 2] = ["Offboard", "OffboardMachine"];
+/// The types of an offboard action, which [`OFFBOARD_TYPE_FILTER`] asks for.
+pub use crate::domain::OFFBOARD_TYPES;
 /// The `$filter` clause that selects offboard actions of either type, for every list of actions: a service
 /// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
 pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";
@@ -206,8 +206,8 @@ pub struct ActionQuery {
     pub machine: Option<String>,
     /// Only offboard actions, of either type ([`OFFBOARD_TYPE_FILTER`]).
     pub offboards: bool,
-    /// Only actions in this status (`Pending`, ...).
-    pub status: Option<String>,
+    /// Only actions in this status.
+    pub status: Option<ActionStatus>,
     /// Only actions created at or after this.
     pub since: Option<SystemTime>,
 }
@@ -219,13 +219,13 @@ impl ActionQuery {
     }
 
     /// Only the actions of `machine_id`.
-    pub fn of_machine(self, machine_id: &str) -> Self {
+    pub fn of_machine(self, machine_id: impl std::fmt::Display) -> Self {
         ActionQuery { machine: Some(machine_id.to_string()), ..self }
     }
 
     /// Only the actions in `status`.
-    pub fn in_status(self, status: &str) -> Self {
-        ActionQuery { status: Some(status.to_string()), ..self }
+    pub fn in_status(self, status: ActionStatus) -> Self {
+        ActionQuery { status: Some(status), ..self }
     }
 
     /// Only the actions created at or after `since`, when given.
@@ -242,7 +242,7 @@ impl ActionQuery {
             clauses.push(OFFBOARD_TYPE_FILTER.to_string());
         }
         if let Some(status) = &self.status {
-            clauses.push(format!("status eq '{}'", status.replace('\'', "''")));
+            clauses.push(format!("status eq '{}'", status.as_str().replace('\'', "''")));
         }
         if let Some(since) = self.since {
             clauses.push(format!("creationDateTimeUtc ge {}", timestamp::format(since)));
@@ -789,7 +789,7 @@ mod tests {
             Some(format!("machineId eq 'ab12' and {OFFBOARD_TYPE_FILTER}"))
         );
         assert_eq!(
-            offboards.clone().in_status("Pending").filter(),
+            offboards.clone().in_status(ActionStatus::Pending).filter(),
             Some(format!("{OFFBOARD_TYPE_FILTER} and status eq 'Pending'"))
         );
         assert_eq!(

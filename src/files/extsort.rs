@@ -18,6 +18,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use crate::domain::MachineId;
+
 /// Bytes of records a [`Sorter`] holds in memory before it spills a sorted run to disk.
 pub const BUDGET: usize = 4 << 20;
 /// Runs merged at once; beyond this, runs are merged into longer ones first (open files and read buffers
@@ -84,6 +86,16 @@ macro_rules! int_field {
     )+};
 }
 int_field!(u8, u32, u64);
+
+impl Field for MachineId {
+    const SIZE: usize = 20;
+    fn put(&self, out: &mut [u8]) {
+        out.copy_from_slice(self.as_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        MachineId::from_bytes(Field::get(bytes))
+    }
+}
 
 impl Field for Ref {
     const SIZE: usize = 8;

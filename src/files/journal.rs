@@ -395,7 +395,8 @@ mod tests {
 
     #[test]
     fn complete_keeps_the_intents_of_machines_in_doubt() {
-        use crate::files::results::{Outcome, ResultRow, ResultsWriter};
+        use crate::domain::Outcome;
+        use crate::files::results::{ResultRow, ResultsWriter};
         let dir = tempfile::tempdir().unwrap();
         let results = dir.path().join("m.results.csv");
         let path = path_for(&results);

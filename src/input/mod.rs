@@ -21,7 +21,8 @@
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
 //! `--id-column`), or no header at all when the first field of the first row is already a machine id.
 //! A UTF-8 byte-order mark, CRLF, quoted fields, blank lines, extra columns and ragged rows are normal.
-//! An id is 40 hexadecimal characters after trimming, and is compared and sent in lowercase.
+//! An id is 40 hexadecimal characters after trimming (a [`crate::domain::MachineId`]), and is compared and
+//! sent in lowercase.
 //!
 //! Input by name: with `--by-name` (see [`scan_with`]), or when the header has no id column but a computer
 //! name column (`computerDnsName`, `DeviceName`, `Device Name`, `Name`, matched the same way), rows are
@@ -33,6 +34,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::domain::MachineId;
 use crate::error::{Error, Result};
 use crate::files::extsort::{self, Cursor, RecordFile, RecordReader, SharedReader, Sorter, record};
 
@@ -118,8 +120,8 @@ pub struct Keys {
 
 impl Keys {
     /// The key of a machine id (its 20 bytes).
-    pub fn id(&self, id: &[u8; 20]) -> Key {
-        *id
+    pub fn id(&self, id: &MachineId) -> Key {
+        *id.as_bytes()
     }
 
     /// The key of a computer name as [`normalise_name`] gives it.
@@ -180,8 +182,8 @@ pub struct InputRow {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RowKind {
-    /// A machine id seen for the first time, in lowercase.
-    Valid(String),
+    /// A machine id seen for the first time.
+    Valid(MachineId),
     /// A computer name seen for the first time (input by name): trimmed, lowercase, no trailing dot.
     Name(String),
     /// Not a machine id: never sent.
@@ -380,7 +382,7 @@ impl Layout {
         if by_name {
             return Layout::decide_names(source, first, id_column);
         }
-        let looks_like_id = first.fields.first().is_some_and(|f| machine_id(f).is_some());
+        let looks_like_id = first.fields.first().is_some_and(|f| MachineId::parse(f).is_some());
         if looks_like_id {
             if let Some(name) = id_column {
                 return Err(at(format!(
@@ -493,12 +495,6 @@ fn normalise_header(name: &str) -> String {
 pub fn normalise_name(cell: &str) -> Option<String> {
     let name = cell.trim().trim_end_matches('.').trim();
     (!name.is_empty()).then(|| name.to_lowercase())
-}
-
-/// The machine id in a cell, in lowercase: 40 hexadecimal characters after trimming.
-fn machine_id(cell: &str) -> Option<String> {
-    let id = cell.trim();
-    (id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
 
 /// A record that is valid UTF-8 text without NUL bytes.
@@ -672,12 +668,9 @@ impl<R: Read> RowReader<R> {
                 }
             }
         } else {
-            match machine_id(&raw) {
+            match MachineId::parse(&raw) {
                 None => (RowKind::Invalid, None),
-                Some(id) => {
-                    let key = self.keys.id(&id_bytes(&id));
-                    (RowKind::Valid(id), Some(key))
-                }
+                Some(id) => (RowKind::Valid(id), Some(self.keys.id(&id))),
             }
         };
         let kind = match key {
@@ -721,23 +714,6 @@ impl<R: Read> RowReader<R> {
             Some(line) => self.source.error(format!("line {line}: {message}")),
             None => self.source.error(message),
         }
-    }
-}
-
-/// The 20 bytes of a machine id (40 hexadecimal characters, checked by [`machine_id`]).
-fn id_bytes(id: &str) -> [u8; 20] {
-    let mut bytes = [0u8; 20];
-    for (i, pair) in id.as_bytes().chunks(2).enumerate() {
-        bytes[i] = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
-    }
-    bytes
-}
-
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
     }
 }
 
@@ -853,7 +829,7 @@ mod tests {
     }
 
     fn valid(id: &str) -> RowKind {
-        RowKind::Valid(id.to_string())
+        RowKind::Valid(MachineId::parse(id).unwrap())
     }
 
     #[test]

@@ -121,3 +121,66 @@ pub async fn post_as_demo_app(sim: &Simulator, path: &str, body: serde_json::Val
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// A simulator at real time with one quota (`rate`, e.g. `10/8s`), every machine offboardable, and an input
+/// `m.csv` listing all `n` machines of a fleet generated from `seed`: the temp dir, the simulator, the input
+/// and the ids.
+pub async fn fleet_with_quota(
+    n: usize,
+    seed: u64,
+    rate: &str,
+    faults: mde_sim::Faults,
+) -> (tempfile::TempDir, Simulator, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mde_sim::SimConfig {
+        fleet: mde_sim::Fleet::generate(n, seed),
+        quotas: vec![rate.parse().unwrap()],
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults,
+        ..mde_sim::SimConfig::default()
+    };
+    let ids: Vec<String> = config.fleet.ids().map(str::to_owned).collect();
+    let sim = Simulator::start(config).await.unwrap();
+    let mut text = String::from("MachineId\n");
+    for id in &ids {
+        text += &format!("{id}\n");
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    (dir, sim, input, ids)
+}
+
+/// Data rows in a results file written so far (0 when there is none yet).
+pub fn rows_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
+}
+
+/// Waits (a minute at most) until `done` says so.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for a started binary to end, off the runtime.
+pub async fn wait(child: std::process::Child) -> Output {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Sends `signal` (`-INT`, `-TERM`, ...) to a started binary.
+pub fn kill(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// The summary JSON a run wrote to `s.json` in `dir`.
+pub fn summary_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
+}

@@ -5,40 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mde_sim::Rate;
-use mde_sim::{Faults, Fleet, SimConfig, Simulator};
+use mde_sim::Faults;
 
-use crate::common::{Results, mde, write_file};
-
-fn rate(text: &str) -> Rate {
-    text.parse().unwrap()
-}
-
-/// A simulator at real time with a small quota, and an input listing `n` of its machines.
-async fn setup(
-    n: usize,
-    quota: &str,
-    faults: Faults,
-) -> (tempfile::TempDir, Simulator, std::path::PathBuf, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig {
-        fleet: Fleet::generate(n, 5),
-        quotas: vec![rate(quota)],
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        faults,
-        time_scale: 1.0,
-        ..SimConfig::default()
-    };
-    let ids: Vec<String> = config.fleet.ids().map(str::to_owned).collect();
-    let sim = Simulator::start(config).await.unwrap();
-    let mut text = String::from("MachineId\n");
-    for id in &ids {
-        text += &format!("{id}\n");
-    }
-    let input = write_file(dir.path(), "m.csv", &text);
-    (dir, sim, input, ids)
-}
+use crate::common::{Results, fleet_with_quota, mde};
 
 /// One row per input row, each machine once.
 fn one_row_each(results: &Results, ids: &[String]) {
@@ -57,7 +26,7 @@ fn one_row_each(results: &Results, ids: &[String]) {
 /// "Finished: 10 rows" and exited 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_end_waits_for_every_machine_the_quota_holds_back() {
-    let (dir, sim, input, ids) = setup(14, "10/8s", Faults::default()).await;
+    let (dir, sim, input, ids) = fleet_with_quota(14, 5, "10/8s", Faults::default()).await;
     let out = mde(
         &sim,
         &["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--rate", "10/8s", "--timeout", "2s"],
@@ -79,7 +48,7 @@ async fn a_normal_end_waits_for_every_machine_the_quota_holds_back() {
 async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
     let faults =
         Faults { seed: 3, error_503: 0.3, slow_share: 0.25, slow_latency: Duration::from_secs(3), ..Faults::default() };
-    let (dir, sim, input, ids) = setup(14, "10/8s", faults).await;
+    let (dir, sim, input, ids) = fleet_with_quota(14, 5, "10/8s", faults).await;
     let out = mde(
         &sim,
         &[
@@ -109,7 +78,7 @@ async fn slow_answers_and_long_retries_still_end_in_one_row_each() {
 /// list as long as the quota showed a fraction of the time the run took, and never said why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plan_says_when_the_quota_pushes_the_last_machines_into_its_next_window() {
-    let (dir, sim, input, ids) = setup(20, "20/10s", Faults::default()).await;
+    let (dir, sim, input, ids) = fleet_with_quota(20, 5, "20/10s", Faults::default()).await;
     let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "--rate", "20/10s"], "").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let reads = sim

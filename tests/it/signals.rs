@@ -3,64 +3,14 @@
 //! with `--log-format json` every line on stderr is JSON, and `-q` leaves only errors.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mde_sim::{Faults, Fleet, SimConfig, Simulator};
+use mde_sim::Faults;
 
-use crate::common::{command, mde, write_file};
+use crate::common::{command, fleet_with_quota, kill, mde, rows_in, summary_json as summary, wait, wait_until};
 
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
-
-async fn setup(n: usize, rate: &str, faults: Faults) -> (tempfile::TempDir, Simulator, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig {
-        fleet: Fleet::generate(n, 12),
-        quotas: vec![rate.parse().unwrap()],
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        faults,
-        ..SimConfig::default()
-    };
-    let mut text = String::from("MachineId\n");
-    for id in config.fleet.ids() {
-        text += &format!("{id}\n");
-    }
-    let sim = Simulator::start(config).await.unwrap();
-    let input = write_file(dir.path(), "m.csv", &text);
-    (dir, sim, input)
-}
-
-fn kill(child: &Child, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-async fn wait(child: Child) -> (i32, String, String) {
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn rows_in(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
-}
 
 /// A pseudo-terminal for the child's stdin and stderr (so the run asks), and its master side.
 #[cfg(target_os = "linux")]
@@ -99,14 +49,14 @@ async fn read_until(terminal: std::fs::File, text: &'static str) -> (String, std
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_at_the_prompt_ends_the_run_at_once() {
-    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
+    let (dir, sim, input, _) = fleet_with_quota(3, 12, "100/1s", Faults::default()).await;
     let cmd = command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--summary-json", "s.json"], &[]);
     let (child, terminal) = on_terminal(cmd);
     let (text, _terminal) = read_until(terminal, "to offboard them").await;
     assert!(text.contains("Type 3 to offboard them"), "{text}");
     kill(&child, "-INT");
-    let (code, _, _) = tokio::time::timeout(Duration::from_secs(30), wait(child)).await.expect("exits at once");
-    assert_eq!(code, 130);
+    let out = tokio::time::timeout(Duration::from_secs(30), wait(child)).await.expect("exits at once");
+    assert_eq!(out.code, 130);
     assert_eq!(sim.stats().total(OFFBOARD), 0, "nothing was offboarded");
     assert_eq!(summary(dir.path())["exit_code"], 130);
 }
@@ -118,14 +68,14 @@ async fn a_signal_at_the_prompt_ends_the_run_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_on_a_terminal_asks_for_exactly_the_machines_left() {
     use std::io::Write;
-    let (dir, sim, input) = setup(30, "5/1s", Faults::default()).await;
+    let (dir, sim, input, _) = fleet_with_quota(30, 12, "5/1s", Faults::default()).await;
     let results = dir.path().join("m.results.csv");
     let args = ["run", input.to_str().unwrap(), "--yes", "--rate", "5/1s"];
     let first = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
     wait_until("rows", || rows_in(&results) >= 16).await;
     kill(&first, "-INT");
-    let (code, _, stderr) = wait(first).await;
-    assert_eq!(code, 130, "{stderr}");
+    let out = wait(first).await;
+    assert_eq!(out.code, 130, "{}", out.stderr);
     // Rows of calls the interrupt cancelled before they were sent are `failed`: a resume calls them again.
     let done = crate::common::Results::read(&results).rows.iter().filter(|r| r["outcome"] != "failed").count();
     assert!(done < 30, "the interrupt came too late");
@@ -136,8 +86,8 @@ async fn a_resume_on_a_terminal_asks_for_exactly_the_machines_left() {
     let (text, mut terminal) = read_until(terminal, "to offboard them").await;
     assert!(text.contains(&format!("Type {} to offboard them", 30 - done)), "{done} rows done: {text}");
     terminal.write_all(b"0\n").unwrap();
-    let (code, _, _) = wait(child).await;
-    assert_eq!(code, 2, "not confirmed");
+    let out = wait(child).await;
+    assert_eq!(out.code, 2, "not confirmed");
     assert_eq!(sim.stats().total(OFFBOARD), offboards, "nothing more was offboarded");
 }
 
@@ -145,31 +95,30 @@ async fn a_resume_on_a_terminal_asks_for_exactly_the_machines_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_during_the_pre_flight_stops_it_at_once() {
     let faults = Faults { latency: Duration::from_secs(120), ..Faults::default() };
-    let (dir, sim, input) = setup(3, "100/1s", faults).await;
+    let (dir, sim, input, _) = fleet_with_quota(3, 12, "100/1s", faults).await;
     let args = ["run", input.to_str().unwrap(), "--yes", "--timeout", "300s", "--summary-json", "s.json"];
     let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
     // The sign-in is not slowed down; the first read is: wait for it to be under way.
     wait_until("the sign-in", || sim.stats().tokens_issued >= 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill(&child, "-INT");
-    let (code, _, stderr) =
-        tokio::time::timeout(Duration::from_secs(60), wait(child)).await.expect("stopped before the slow answer");
-    assert_eq!(code, 130, "{stderr}");
+    let out = tokio::time::timeout(Duration::from_secs(60), wait(child)).await.expect("stopped before the slow answer");
+    assert_eq!(out.code, 130, "{}", out.stderr);
     assert_eq!(sim.stats().total(OFFBOARD), 0);
 }
 
 /// Before: SIGHUP (a closed terminal) exited 129 with no drain, no message and no summary JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_is_treated_as_sigterm() {
-    let (dir, sim, input) = setup(40, "5/1s", Faults::default()).await;
+    let (dir, sim, input, _) = fleet_with_quota(40, 12, "5/1s", Faults::default()).await;
     let results = dir.path().join("m.results.csv");
     let args = ["run", input.to_str().unwrap(), "--yes", "--rate", "5/1s", "--summary-json", "s.json"];
     let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
     wait_until("rows", || rows_in(&results) >= 3).await;
     kill(&child, "-HUP");
-    let (code, stdout, stderr) = wait(child).await;
-    assert_eq!(code, 130, "{stdout}\n{stderr}");
-    assert!(stdout.contains("--resume"), "{stdout}");
+    let out = wait(child).await;
+    assert_eq!(out.code, 130, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("--resume"), "{}", out.stdout);
     let summary = summary(dir.path());
     assert_eq!(summary["interrupted"], true);
     assert_eq!(summary["rows"].as_u64().unwrap() as usize, rows_in(&results));
@@ -181,7 +130,7 @@ async fn sighup_is_treated_as_sigterm() {
 async fn a_second_signal_exits_at_once_and_still_writes_the_summary() {
     // Every answer takes 20 s, so the drain after the first signal would take that long.
     let faults = Faults { latency: Duration::from_secs(20), ..Faults::default() };
-    let (dir, sim, input) = setup(10, "100/1s", faults).await;
+    let (dir, sim, input, _) = fleet_with_quota(10, 12, "100/1s", faults).await;
     let args =
         ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--timeout", "60s", "--summary-json", "s.json"];
     let child = command(&sim, dir.path(), &args, &[]).spawn().unwrap();
@@ -190,8 +139,8 @@ async fn a_second_signal_exits_at_once_and_still_writes_the_summary() {
     kill(&child, "-TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     kill(&child, "-TERM");
-    let (code, _, stderr) = tokio::time::timeout(Duration::from_secs(15), wait(child)).await.expect("exits at once");
-    assert_eq!(code, 130, "{stderr}");
+    let out = tokio::time::timeout(Duration::from_secs(15), wait(child)).await.expect("exits at once");
+    assert_eq!(out.code, 130, "{}", out.stderr);
     let summary = summary(dir.path());
     assert_eq!(summary["exit_code"], 130);
     assert_eq!(summary["interrupted"], true);
@@ -201,7 +150,7 @@ async fn a_second_signal_exits_at_once_and_still_writes_the_summary() {
 /// `error:` line were plain text among the JSON; `-q` still printed the plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_json_on_every_line_and_quiet_is_quiet() {
-    let (dir, sim, input) = setup(3, "100/1s", Faults::default()).await;
+    let (dir, sim, input, _) = fleet_with_quota(3, 12, "100/1s", Faults::default()).await;
     let out = mde(&sim, &["run", input.to_str().unwrap(), "--yes", "-v", "--log-format", "json"], "").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let mut kinds = Vec::new();

@@ -1,63 +1,16 @@
 //! The exit code and the summary tell the truth about the results file: a file changed under a running
 //! run, an output that fails late, and a closed or full stdout or stderr.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Stdio;
 
-use mde_sim::{Fleet, SimConfig, Simulator};
+use mde_sim::Faults;
 
-use crate::common::{command, write_file};
-
-/// A simulator with a quota of `rate`, and an input listing `n` of its machines.
-async fn setup(n: usize, rate: &str) -> (tempfile::TempDir, Simulator, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig {
-        fleet: Fleet::generate(n, 8),
-        quotas: vec![rate.parse().unwrap()],
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        ..SimConfig::default()
-    };
-    let mut text = String::from("MachineId\n");
-    for id in config.fleet.ids() {
-        text += &format!("{id}\n");
-    }
-    let sim = Simulator::start(config).await.unwrap();
-    let input = write_file(dir.path(), "m.csv", &text);
-    (dir, sim, input)
-}
-
-fn rows_in(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
-}
+use crate::common::{command, fleet_with_quota, rows_in, summary_json as summary, wait, wait_until};
 
 /// Waits until the results file holds `n` rows.
 async fn wait_for_rows(path: &Path, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rows_in(path) < n {
-        assert!(Instant::now() < deadline, "the run did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Ended {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn wait(child: Child) -> Ended {
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    Ended {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
+    wait_until("rows", || rows_in(path) >= n).await;
 }
 
 /// Before: a results file truncated (`: > file`) or deleted under a running run still got "Finished" and
@@ -65,7 +18,7 @@ fn summary(dir: &Path) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_file_changed_under_the_run_is_not_claimed() {
     for change in ["truncate", "delete"] {
-        let (dir, sim, input) = setup(12, "4/1s").await;
+        let (dir, sim, input, _) = fleet_with_quota(12, 8, "4/1s", Faults::default()).await;
         let results = dir.path().join("m.results.csv");
         let args = ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--rate", "4/1s"];
         let child =
@@ -93,7 +46,7 @@ async fn a_results_file_changed_under_the_run_is_not_claimed() {
 /// its state directory (so whatever run lock it sees).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_command_on_the_same_results_file_is_refused() {
-    let (dir, sim, input) = setup(16, "4/1s").await;
+    let (dir, sim, input, _) = fleet_with_quota(16, 8, "4/1s", Faults::default()).await;
     let results = dir.path().join("m.results.csv");
     let child =
         command(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes", "--rate", "4/1s"], &[]).spawn().unwrap();
@@ -126,7 +79,7 @@ async fn a_second_command_on_the_same_results_file_is_refused() {
 /// "could not run", and a summary JSON without counts, though every machine had been offboarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_output_failure_exits_4_with_the_counts() {
-    let (dir, sim, input) = setup(6, "100/1s").await;
+    let (dir, sim, input, _) = fleet_with_quota(6, 8, "100/1s", Faults::default()).await;
     // Closing the journal writes `<journal>.tmp`: a directory in its way makes that fail, even for root.
     std::fs::create_dir(dir.path().join("m.results.csv.journal.tmp")).unwrap();
     let args = ["run", input.to_str().unwrap(), "--yes", "--summary-json", "s.json"];
@@ -145,7 +98,7 @@ async fn a_late_output_failure_exits_4_with_the_counts() {
 async fn a_closed_or_full_stdout_or_stderr_changes_nothing() {
     let full = || Stdio::from(std::fs::File::options().write(true).open("/dev/full").unwrap());
     for case in ["closed stdout", "full stdout", "full stderr"] {
-        let (dir, sim, input) = setup(5, "100/1s").await;
+        let (dir, sim, input, _) = fleet_with_quota(5, 8, "100/1s", Faults::default()).await;
         let args = ["run", input.to_str().unwrap(), "--yes", "-v", "--summary-json", "s.json"];
         let mut cmd = command(&sim, dir.path(), &args, &[]);
         match case {

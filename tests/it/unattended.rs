@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mde_sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
 
-use crate::common::{Results, command, mde_env, write_file};
+use crate::common::{Results, command, mde_env, rows_in, write_file};
 
 fn fleet_ids(cfg: &SimConfig, n: usize) -> Vec<String> {
     cfg.fleet
@@ -37,10 +37,6 @@ fn complete_and_once(results: &Results, ids: &[String], stats: &SimStats) {
         let accepted = stats.offboard_calls.get(id).map_or(0, |c| c.accepted);
         assert_eq!(accepted, 1, "machine {id} was accepted {accepted} times");
     }
-}
-
-fn rows_in(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0)
 }
 
 #[cfg(unix)]

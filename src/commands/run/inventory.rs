@@ -3,8 +3,8 @@
 //!
 //! Cost: the inventory is read in pages of `$top=10000` with `$skip`, up to the first short page; the open
 //! offboard actions with one filtered list per open status (`(type eq 'Offboard' or type eq 'OffboardMachine')
-//! and status eq 'Pending'`, then `'InProgress'`: either type is an offboard action, see
-//! [`crate::defender::api::OFFBOARD_TYPES`]), paged the same way. So a
+//! and status eq 'Pending'`, then `'InProgress'`, see [`ActionStatus::OPEN`]: either type is an offboard
+//! action, see [`crate::domain::OFFBOARD_TYPES`]), paged the same way. So a
 //! fleet of 25,000 machines costs 3 + 2 calls for 10 ids or 100,000. An input of one id is cheaper by id:
 //! `GET /api/machines/{id}` and that machine's offboard actions (filtered by `machineId`), 2 calls.
 //!
@@ -29,40 +29,17 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::defender::api::{ActionQuery, Api, Failure, ListPage, MachineAction, MachineQuery, Page};
+use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
 pub const PAGE_SIZE: usize = 10_000;
-/// The open statuses of a machine action (Microsoft's documentation).
-pub const OPEN_STATUSES: [&str; 2] = ["Pending", "InProgress"];
 /// Pages read from one list at most (100 million entries at `$top=10000`): a guard against a service that never
 /// ends a list.
 pub const MAX_PAGES: usize = 10_000;
 /// Candidates of an ambiguous name kept for its message.
 pub const AMBIGUOUS_LISTED: usize = 5;
-
-/// A machine id: 40 hexadecimal characters as 20 bytes.
-pub type Id = [u8; 20];
-
-/// The id in a string, any case; `None` unless it is 40 hexadecimal characters.
-pub fn parse_id(text: &str) -> Option<Id> {
-    let text = text.trim().as_bytes();
-    if text.len() != 40 {
-        return None;
-    }
-    let mut id = [0u8; 20];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        id[i] = (hex(pair[0])? << 4 | hex(pair[1])?) as u8;
-    }
-    Some(id)
-}
-
-/// The id as the API writes it: 40 lowercase hexadecimal characters.
-pub fn id_text(id: &Id) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Inputs of up to this many ids may be read by id instead of in pages (see [`by_id_is_cheaper`]).
 pub const PER_ID_MAX: usize = 2;
@@ -71,15 +48,15 @@ pub const PER_ID_MAX: usize = 2;
 /// inventory page and one list per open status): one GET per id, plus, per id, its actions by `machineId`
 /// or the global open lists, whichever is fewer. True for a single id (2 calls against at least 3).
 pub fn by_id_is_cheaper(n: usize) -> bool {
-    let batched_floor = 1 + OPEN_STATUSES.len();
-    n <= PER_ID_MAX && n + n.min(OPEN_STATUSES.len()) < batched_floor
+    let batched_floor = 1 + ActionStatus::OPEN.len();
+    n <= PER_ID_MAX && n + n.min(ActionStatus::OPEN.len()) < batched_floor
 }
 
 record! {
     /// A machine read, by id: where its facts are.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
     struct Found {
-        id: Id,
+        id: MachineId,
         facts: Ref,
     }
 }
@@ -89,7 +66,7 @@ record! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
     struct Named {
         key: Key,
-        id: Id,
+        id: MachineId,
         facts: Ref,
     }
 }
@@ -98,7 +75,7 @@ record! {
     /// An input line that names one machine: the line, and the machine's facts. Sorted by machine.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
     struct Claim {
-        id: Id,
+        id: MachineId,
         line: u64,
         facts: Ref,
     }
@@ -112,7 +89,7 @@ record! {
         /// The candidate's place, for an ambiguous name; 0 otherwise.
         index: u8,
         pub kind: DecisionKind,
-        pub machine: Id,
+        pub machine: MachineId,
         facts: Ref,
         /// The machine's open offboard action, or [`Ref::NONE`].
         action: Ref,
@@ -304,10 +281,11 @@ impl Inventory {
 
     async fn read_by_id(&mut self, api: &Api) -> Result<(), LoadError> {
         self.reads.by_id = true;
-        let ids: Vec<Id> = self.firsts.read()?.map(|e| e.map(|e| e.key)).collect::<std::io::Result<_>>()?;
+        let ids: Vec<MachineId> =
+            self.firsts.read()?.map(|e| e.map(|e| MachineId::from_bytes(e.key))).collect::<std::io::Result<_>>()?;
         let mut found = Vec::new();
         for id in ids {
-            let text = id_text(&id);
+            let text = id.to_string();
             let result = api.get_machine(&text).await;
             self.reads.machine_lookups += 1;
             self.reads.http_calls += u64::from(result.attempts);
@@ -331,9 +309,9 @@ impl Inventory {
             }
         }
         // Each machine found: its offboard actions by machineId, when that is fewer calls than the open lists.
-        if found.len() < OPEN_STATUSES.len() {
+        if found.len() < ActionStatus::OPEN.len() {
             for id in found {
-                let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).of_machine(&id_text(&id));
+                let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).of_machine(id);
                 self.pages(api, query, "the machine's offboard actions").await?;
             }
         } else {
@@ -380,7 +358,7 @@ impl Inventory {
 
     /// The open offboard actions: one paged list per open status.
     async fn read_open_actions(&mut self, api: &Api) -> Result<(), LoadError> {
-        for status in OPEN_STATUSES {
+        for status in ActionStatus::OPEN {
             let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).in_status(status);
             self.pages(api, query, "the open offboard actions").await?;
         }
@@ -415,9 +393,9 @@ impl Inventory {
 
     /// Keeps an open offboard action, unless the input surely does not ask about its machine.
     fn keep_action(&mut self, action: MachineAction) -> std::io::Result<()> {
-        let open = action.status.as_deref().is_some_and(|s| OPEN_STATUSES.iter().any(|o| o.eq_ignore_ascii_case(s)));
+        let open = action.status.as_ref().is_some_and(ActionStatus::is_open);
         let offboard = action.is_offboard();
-        let Some(machine) = action.machine_id.as_deref().and_then(parse_id) else { return Ok(()) };
+        let Some(machine) = action.machine_id.as_deref().and_then(MachineId::parse) else { return Ok(()) };
         // By name the sieve holds names, not ids: every open action is kept (they are few).
         if !open || !offboard || (!self.by_name && !self.filter.may_contain(&self.keys.id(&machine))) {
             return Ok(());
@@ -425,7 +403,7 @@ impl Inventory {
         let text = |s: Option<&String>| s.map(String::as_str).unwrap_or_default().to_owned();
         let fields = [
             text(action.id.as_ref()),
-            text(action.status.as_ref()),
+            action.status.as_ref().map_or("", ActionStatus::as_str).to_owned(),
             text(action.creation_date_time_utc.as_ref()),
             text(action.updated_at()),
         ];
@@ -436,7 +414,7 @@ impl Inventory {
     /// Keeps the machine unless the input surely does not ask about it (by id, or by its name or its name's
     /// first label); whether it was kept.
     fn keep(&mut self, entry: &MachineEntry) -> std::io::Result<bool> {
-        let Some(id) = parse_id(&entry.id) else { return Ok(false) };
+        let Some(id) = MachineId::parse(&entry.id) else { return Ok(false) };
         let name = entry.computer_dns_name.as_deref().unwrap_or("");
         let mut facts = Ref::NONE;
         if self.by_name {
@@ -457,10 +435,10 @@ impl Inventory {
         Ok(!facts.is_none())
     }
 
-    fn put_facts(&mut self, id: &Id, entry: &MachineEntry) -> std::io::Result<Ref> {
+    fn put_facts(&mut self, id: &MachineId, entry: &MachineEntry) -> std::io::Result<Ref> {
         let text = |s: &Option<Cow<str>>| s.as_deref().unwrap_or_default().to_owned();
         let fields = [
-            id_text(id),
+            id.to_string(),
             text(&entry.computer_dns_name),
             text(&entry.os_platform),
             text(&entry.health_status),
@@ -484,7 +462,7 @@ impl Inventory {
                 let entry = entry?;
                 candidates.clear();
                 let mut count = 0u32;
-                let mut last: Option<Id> = None;
+                let mut last: Option<MachineId> = None;
                 while let Some(machine) = named.next_at(&entry.key, |n| n.key)? {
                     if last != Some(machine.id) {
                         last = Some(machine.id);
@@ -521,7 +499,7 @@ impl Inventory {
                 .read()?
                 .map(|entry| {
                     let entry = entry?;
-                    let found = machines.find(&entry.key, |m| m.id)?;
+                    let found = machines.find(&MachineId::from_bytes(entry.key), |m| m.id)?;
                     Ok(found.map(|m| Claim { id: m.id, line: entry.line, facts: m.facts }))
                 })
                 .filter_map(Result::transpose);
@@ -555,9 +533,9 @@ fn page_cap(what: &str) -> LoadError {
 /// machine twice).
 fn first_of_each<R: Record>(
     records: impl Iterator<Item = std::io::Result<R>>,
-    key: impl Fn(&R) -> Id,
+    key: impl Fn(&R) -> MachineId,
 ) -> impl Iterator<Item = std::io::Result<R>> {
-    let mut last: Option<Id> = None;
+    let mut last: Option<MachineId> = None;
     records.filter(move |r| match r {
         Ok(r) if last == Some(key(r)) => false,
         Ok(r) => {
@@ -577,7 +555,7 @@ fn decide_claims(
     tally: &mut Tally,
 ) -> std::io::Result<()> {
     let mut actions = Cursor::new(actions);
-    let mut last: Option<Id> = None;
+    let mut last: Option<MachineId> = None;
     for claim in claims {
         let claim = claim?;
         let decision = Decision {
@@ -697,15 +675,6 @@ mod tests {
     }
 
     #[test]
-    fn ids_parse_in_any_case_and_print_lowercase() {
-        let a = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
-        let id = parse_id(&a.to_uppercase()).unwrap();
-        assert_eq!(id_text(&id), a);
-        assert!(parse_id(&a[1..]).is_none());
-        assert!(parse_id(&format!("g{}", &a[1..])).is_none());
-    }
-
-    #[test]
     fn only_tiny_inputs_are_read_by_id() {
         assert!(by_id_is_cheaper(1));
         assert!(!by_id_is_cheaper(2));
@@ -777,7 +746,7 @@ mod tests {
         inventory.keep_action(action(&hex(1), "InProgress", "Offboard")).unwrap();
         let mut joined = inventory.join().unwrap();
         let found = lines(&mut joined, 7);
-        let kinds = |d: &[Decision]| d.iter().map(|d| (d.kind, id_text(&d.machine))).collect::<Vec<_>>();
+        let kinds = |d: &[Decision]| d.iter().map(|d| (d.kind, d.machine.to_string())).collect::<Vec<_>>();
         assert_eq!(kinds(&found[0]), vec![(DecisionKind::Found, hex(1))]);
         assert_eq!(found[1].len(), 2, "a full name two machines carry is ambiguous");
         assert!(found[1].iter().all(|d| d.kind == DecisionKind::Candidate && d.count == 2));
@@ -831,7 +800,7 @@ mod tests {
             let n = i as u64 * 7 % N;
             assert_eq!(decisions.len(), usize::from(n.is_multiple_of(2)), "line {}", i + 2);
             if let Some(d) = decisions.first() {
-                assert_eq!(d.machine, parse_id(&hex(n + 1)).unwrap());
+                assert_eq!(d.machine, MachineId::parse(&hex(n + 1)).unwrap());
                 if i % 10_000 == 0 {
                     assert_eq!(joined.machine(d).unwrap().computer_dns_name, format!("pc-{n}"));
                 }

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
-use crate::files::results::Outcome;
 use crate::files::write_atomically;
 use crate::input::Scan;
 use crate::settings::Settings;

@@ -28,10 +28,11 @@ use tracing::Instrument;
 
 use crate::commands::session::Session;
 use crate::defender::limiter::{self, Limiter};
+use crate::domain::Outcome;
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock};
-use crate::files::results::{self, Finished, Outcome, ResultRow, ResultsWriter};
+use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
 use crate::input::{self, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -425,7 +426,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 break;
             }
         };
-        if done.contains(screened.line(), resume::machine_of(&screened)) {
+        if done.contains(screened.line(), &resume::machine_of(&screened)) {
             continue;
         }
         let (row, facts) = match screened {
@@ -439,7 +440,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             Screened::Pass(row, facts) => (row, facts),
         };
         let machine = match row.kind {
-            RowKind::Valid(id) => id,
+            RowKind::Valid(id) => id.to_string(),
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);

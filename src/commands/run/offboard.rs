@@ -1,7 +1,8 @@
 //! One machine's offboard call, and what its answer says, as a results row.
 
 use crate::defender::api::{self, Api, CallResult, MachineAction};
-use crate::files::results::{Outcome, ResultRow};
+use crate::domain::Outcome;
+use crate::files::results::ResultRow;
 
 /// Offboards one machine and says what happened, as a results row.
 pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -> ResultRow {
@@ -47,7 +48,7 @@ pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comme
 pub(super) fn fill_action(row: &mut ResultRow, action: MachineAction) {
     row.updated_at = action.updated_at().cloned();
     row.action_id = action.id;
-    row.action_status = action.status;
+    row.action_status = action.status.map(|status| status.to_string());
     row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
     row.submitted_at = action.creation_date_time_utc;
 }

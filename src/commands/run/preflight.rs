@@ -19,11 +19,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::job::{Job, Options, Summary};
-use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, parse_id};
+use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine};
 use crate::commands::session::Session;
 use crate::defender::api::Api;
+use crate::domain::Outcome;
 use crate::error::{Error, Result};
-use crate::files::results::{Outcome, ResultRow, ResultsWriter};
+use crate::files::results::{ResultRow, ResultsWriter};
 use crate::input::{InputRow, RowKind};
 
 /// The permission an offboard needs (Microsoft's documentation).
@@ -229,13 +230,10 @@ impl Screen {
     fn screen(&mut self, row: InputRow) -> Result<Screened> {
         let decisions = self.joined.take(row.line).map_err(disk)?;
         match &row.kind {
-            RowKind::Valid(id) => match parse_id(id) {
-                Some(id) => {
-                    let found = decisions.iter().find(|d| d.kind == DecisionKind::Found && d.machine == id);
-                    self.decide(row, found, None)
-                }
-                None => Ok(Screened::Pass(row, None)),
-            },
+            RowKind::Valid(id) => {
+                let found = decisions.iter().find(|d| d.kind == DecisionKind::Found && d.machine == *id);
+                self.decide(row, found, None)
+            }
             RowKind::Name(_) => self.resolve(row, &decisions),
             RowKind::Invalid | RowKind::Duplicate => Ok(Screened::Pass(row, None)),
         }
@@ -282,7 +280,7 @@ impl Screen {
     fn decide(&self, row: InputRow, found: Option<&Decision>, name: Option<String>) -> Result<Screened> {
         let Some(found) = found else {
             let id = match &row.kind {
-                RowKind::Valid(id) => id.clone(),
+                RowKind::Valid(id) => id.to_string(),
                 _ => String::new(),
             };
             let mut result = ResultRow::new(row.line, id, Outcome::NotFound);
@@ -317,7 +315,7 @@ impl Screen {
             facts.fill(&mut result);
             return Ok(Screened::Row(result));
         }
-        Ok(Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(text) }, Some(facts)))
+        Ok(Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(found.machine) }, Some(facts)))
     }
 
     /// How many offboard calls a real run makes after the pre-flight: machines found with no open action.

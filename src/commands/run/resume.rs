@@ -2,6 +2,7 @@
 //! sessions finished, which machines may have been called without their answer being recorded, and the
 //! lookup that finds their action before any new call.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -10,9 +11,10 @@ use super::Job;
 use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
 use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
+use crate::domain::{ActionStatus, Outcome};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
-use crate::files::results::{self, Finished, Outcome, ResultRow};
+use crate::files::results::{self, Finished, ResultRow};
 use crate::input::{self, RowKind};
 
 /// A machine's offboard actions fit one page: it has a handful at most.
@@ -79,7 +81,7 @@ pub(super) fn count_calls(
     let mut calls = 0;
     for row in rows {
         let screened = preflight::screen(screen.as_deref_mut(), row?)?;
-        if done.contains(screened.line(), machine_of(&screened)) {
+        if done.contains(screened.line(), &machine_of(&screened)) {
             continue;
         }
         if let Screened::Pass(row, _) = &screened
@@ -92,12 +94,13 @@ pub(super) fn count_calls(
 }
 
 /// The machine a row is about, as its results row names it: what a finished line is compared with.
-pub(super) fn machine_of(screened: &Screened) -> &str {
+pub(super) fn machine_of(screened: &Screened) -> Cow<'_, str> {
     match screened {
-        Screened::Row(row) => &row.machine_id,
+        Screened::Row(row) => Cow::Borrowed(&row.machine_id),
         Screened::Pass(row, _) => match &row.kind {
-            RowKind::Valid(id) | RowKind::Name(id) => id,
-            RowKind::Invalid | RowKind::Duplicate => &row.raw,
+            RowKind::Valid(id) => Cow::Owned(id.to_string()),
+            RowKind::Name(name) => Cow::Borrowed(name),
+            RowKind::Invalid | RowKind::Duplicate => Cow::Borrowed(&row.raw),
         },
     }
 }
@@ -154,7 +157,7 @@ pub(super) async fn verify_then_offboard(
         .iter()
         .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
         .max_by_key(|a| created(a));
-    let open = actions.iter().find(|a| matches!(a.status.as_deref(), Some("Pending" | "InProgress")));
+    let open = actions.iter().find(|a| a.status.as_ref().is_some_and(ActionStatus::is_open));
     if let Some(action) = ours.or(open) {
         let mut row =
             ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
