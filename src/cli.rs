@@ -9,7 +9,6 @@ use crate::commands::demo::{self, DemoArgs};
 use crate::commands::run::{self, RunArgs};
 use crate::commands::simulate::{self, SimulateArgs};
 use crate::commands::track::{self, TrackArgs, WaitArgs};
-use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
 use crate::settings;
 use crate::ui::logging::{self, LogFormat};
@@ -114,17 +113,14 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let work = async {
-                // The run and the tracking after it spend one quota: one limiter paces both.
-                let limiter = Limiter::new(&settings.rates);
-                let (summary, tokens) =
-                    run::command(args, settings.clone(), limiter.clone(), stopped(stop_rx.clone())).await?;
+                // The run and the tracking after it spend one quota: one session (sign-in, limiter, lock) serves both.
+                let (summary, session) = run::command(args, settings.clone(), stopped(stop_rx.clone())).await?;
                 if !wait.wait || summary.interrupted {
                     return Ok(summary.exit_code());
                 }
                 let (results, options) = (&summary.results, wait.options());
                 let tracked =
-                    track::track_file(results, &settings, limiter, Some(tokens), options, stopped(stop_rx.clone()))
-                        .await?;
+                    track::track_file(results, &settings, Some(session), options, stopped(stop_rx.clone())).await?;
                 output::stdout(&tracked.render());
                 Ok(tracked.exit_code())
             };
@@ -135,8 +131,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         }
         Command::Track(args) => {
             let settings = resolve_settings(&args.settings)?;
-            let limiter = Limiter::new(&settings.rates);
-            let summary = track::track_file(&args.results, &settings, limiter, None, args.options(), shutdown).await?;
+            let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
             output::stdout(&summary.render());
             Ok(summary.exit_code())
         }

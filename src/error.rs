@@ -39,15 +39,20 @@ pub enum Error {
     Output { path: PathBuf, message: String },
 
     #[error("sign-in failed: {0}")]
-    Auth(String),
+    Auth(#[source] AuthError),
 
     /// The API refused every renewed token: signing in works, but its tokens are not ones the API takes.
-    #[error("{0}")]
-    TokenRefused(String),
+    #[error(transparent)]
+    TokenRefused(AuthError),
 
     /// The token lacks an application permission the run needs; found before any API call.
     #[error("missing permission: {0}")]
     Permission(String),
+
+    /// The API refused a read the command needs (403, or 401 to a token just renewed): the app lacks the
+    /// permission `needs` names.
+    #[error("missing permission: the API refused to {what} ({status} {code}: {message}); {needs}")]
+    ReadRefused { what: &'static str, status: u16, code: String, message: String, needs: &'static str },
 
     /// The pre-flight or dry run could not read the inventory or the open actions.
     #[error("pre-flight: {0}")]
@@ -76,6 +81,53 @@ pub enum Error {
     /// valid, and `--resume` continues. Exits [`exit_code::STOPPED`].
     #[error("stopped part way: {0}; the results so far are valid, and --resume continues")]
     Stopped(Box<Error>),
+}
+
+impl From<AuthError> for Error {
+    /// A sign-in that failed, or tokens the API refuses.
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::ApiRefusesToken { .. } => Error::TokenRefused(e),
+            e => Error::Auth(e),
+        }
+    }
+}
+
+/// Why a token could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// Entra ID answered with an error: wrong secret, unknown app, wrong tenant, ...
+    #[error("Entra ID refused the sign-in ({code}{error}): {hint}{detail}")]
+    Refused { code: String, error: String, hint: String, detail: String },
+    /// The token endpoint could not be reached or kept failing.
+    #[error("cannot reach the sign-in endpoint {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// The ready access token (from the environment variable `env`) expired, or the API refused it: it
+    /// cannot be renewed.
+    #[error(
+        "the access token from {env} {why}; get a new token and run again, or sign in with a secret or certificate instead (unset {env})"
+    )]
+    TokenExpired { env: &'static str, why: String },
+    /// The client assertion could not be made.
+    #[error("cannot sign in with the certificate: {0}")]
+    Certificate(String),
+    /// The token endpoint answered a redirect; it is never followed, so the form (and its secret or
+    /// assertion) went nowhere else.
+    #[error(
+        "the sign-in endpoint {url} answered {status}, redirecting to {to}; redirects are not followed and nothing was sent there: check --authority (or --cloud)"
+    )]
+    Redirected { url: String, status: u16, to: String },
+    /// The token endpoint answered something that is not a token answer.
+    #[error("the sign-in endpoint {url} gave an answer that is not a token: {message}")]
+    BadAnswer { url: String, message: String },
+    /// The API answered 401 to renewed tokens on several calls in a row: the token is not one it takes
+    /// (made for another resource or cloud, or the app's consent is missing), and renewing again would not help.
+    #[error(
+        "the API refuses the token: {refused} calls in a row were answered 401 (Unauthorized) with a token just renewed; \
+         check that --scope, --authority and --api-base (or --cloud) belong to the same cloud, and that the app's \
+         API permissions were granted admin consent in this tenant"
+    )]
+    ApiRefusesToken { refused: u32 },
 }
 
 impl Error {

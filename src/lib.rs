@@ -7,7 +7,8 @@
 /// The command line: parse, set up logging, dispatch to a command, turn the outcome into an exit code.
 pub mod cli;
 /// One module (or folder) per subcommand: `run` (its plan, dispatch, pre-flight and resume), `track`,
-/// `check`, `demo`, `simulate`. A new subcommand goes here and uses the layers below.
+/// `check`, `demo`, `simulate`; and `session`, the set-up each of them that calls the service opens (sign-in,
+/// limiter, `Api`, run lock). A new subcommand goes here, opens a session and uses the layers below.
 pub mod commands;
 /// The input list: scanned, copied, checked, streamed row by row.
 pub mod input;

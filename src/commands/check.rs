@@ -13,13 +13,11 @@ use tokio::time::Instant;
 
 use crate::commands::run::Options;
 use crate::commands::run::preflight::{self, OFFBOARD_ROLE, READ_ROLES};
-use crate::defender::api::{Api, RetryPolicy};
-use crate::defender::auth::TokenCache;
+use crate::commands::session::Session;
+use crate::defender::api::{PROBE, RetryPolicy};
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
 use crate::settings::{self, SettingsArgs};
-/// The cheap read call.
-const PROBE: &str = "/api/machines?$top=1";
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -88,14 +86,17 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     r.line("app (client id)", &credentials.client_id);
     r.line("credential", credentials.credential.describe());
 
-    let http = crate::defender::http_client(&settings)?;
-    let tokens = std::sync::Arc::new(TokenCache::new(http.clone(), credentials));
+    // One cheap read through the usual path; few retries: this is a check, not a run. No run lock: it
+    // makes one call.
+    let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
+    let session = Session::with_policy(&settings, credentials, Limiter::new(&settings.rates), policy)?;
     let started = Instant::now();
-    let token = match tokens.get().await {
+    // The roles are reported, not enforced: the report says what each kind of run would be allowed.
+    let token = match session.sign_in(|_| Ok(())).await {
         Ok(token) => token,
         Err(e) => {
             r.line("sign-in", "FAILED");
-            r.problems.push(format!("sign-in failed: {e}"));
+            r.problems.push(e.to_string());
             return Ok(r.finish());
         }
     };
@@ -164,11 +165,8 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             READ_ROLES[0], READ_ROLES[1]
         ));
     }
-    // One cheap read through the usual path; few retries: this is a check, not a run.
-    let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
-    let api = Api::new(http, &settings.api_base, tokens, Limiter::new(&settings.rates), policy);
     let started = Instant::now();
-    let answer = api.get(PROBE, false).await.answer;
+    let answer = session.api().probe().await.answer;
     let took = started.elapsed().as_millis();
     match answer {
         Ok(reply) => r.line("API", format!("GET {PROBE} answered {} in {took} ms", reply.status)),

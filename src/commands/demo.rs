@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::commands::run::{self, Job, Summary};
-use crate::defender::auth::TokenCache;
+use crate::commands::session::Session;
 use crate::error::{Error, Result};
 use crate::input::{self, Source};
 use crate::settings::{self, Credential, Credentials, Rate, Secret, SettingsArgs};
@@ -95,14 +95,13 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         authority: settings.authority.clone(),
         scope: settings.scope.clone(),
     };
+    let mut session = Session::open(&settings, credentials, crate::defender::limiter::Limiter::new(&settings.rates))?;
     let job = Job {
-        tokens: std::sync::Arc::new(TokenCache::new(crate::defender::http_client(&settings)?, credentials)),
         comment_template: settings.comment.clone().unwrap_or_default(),
         resume: false,
         run_id: crate::files::journal::new_run_id(std::time::SystemTime::now()),
         // The demo's tenant is its own: its lock never meets a real run's.
         lock_dir: workdir.clone(),
-        limiter: crate::defender::limiter::Limiter::new(&settings.rates),
         scan: input::scan(Source::Path(machines_path), None)?,
         output: args.output,
         overwrite: true,
@@ -112,7 +111,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         summary_json: None,
         settings,
     };
-    let summary = run::execute(job, shutdown).await;
+    let summary = run::execute(job, &mut session, shutdown).await;
     let stats = simulator.stats();
     simulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -4,5 +4,6 @@
 pub mod check;
 pub mod demo;
 pub mod run;
+pub mod session;
 pub mod simulate;
 pub mod track;

@@ -31,21 +31,20 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::commands::run::inventory::MAX_PAGES;
-use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER, RetryPolicy};
-use crate::defender::auth::TokenCache;
+use crate::commands::session::Session;
+use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
-use crate::files::lock::{self, ResultsLock, RunLock};
+use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{LineSet, ResultsFile, Rewrite};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -642,13 +641,12 @@ impl Tracked {
 
 /// Tracks the actions of the results file `path` until each is final, `options.timeout` passes, or
 /// `shutdown` resolves; updates the file after each pass that changed something.
-/// `limiter` paces the calls, and `tokens` signs in: after a run (`run --wait`) both are the run's own, as
-/// both spend one quota and one sign-in serves both; `None` signs in anew.
+/// After a run (`run --wait`) `session` is the run's own: both spend one quota, and one sign-in, one limiter
+/// and one lock serve both; `None` opens a session of its own.
 pub async fn track_file(
     path: &Path,
     settings: &Settings,
-    limiter: Arc<Limiter>,
-    tokens: Option<Arc<TokenCache>>,
+    session: Option<Session>,
     options: TrackOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<TrackSummary> {
@@ -684,18 +682,17 @@ pub async fn track_file(
         return Ok(summary);
     }
 
-    let tokens = match tokens {
-        Some(tokens) => tokens,
-        None => Arc::new(TokenCache::new(crate::defender::http_client(settings)?, settings.credentials()?)),
+    let mut session = match session {
+        Some(session) => session,
+        None => Session::open(settings, settings.credentials()?, Limiter::new(&settings.rates))?,
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
     let run_id = crate::files::journal::new_run_id(SystemTime::now());
-    let tenant = tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
-    let _lock = RunLock::acquire(&lock::state_dir(), &tenant, &tokens.credentials().client_id, &run_id)?;
-    let http = tokens.http();
-    tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
-    let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
-    let api = Api::new(http, &settings.api_base, tokens, limiter, policy);
+    session.lock(&lock::state_dir(), &run_id).await?;
+    session.sign_in(|_| Ok(())).await?;
+    let api = session.api();
+    // The calls tracking makes (a session handed over by a run has made the run's).
+    let calls_before = api.counters.calls.load(Ordering::Relaxed);
 
     let deadline = started + options.timeout;
     let (mut passes, mut complete_passes, mut pages_read) = (0, 0, 0);
@@ -707,7 +704,7 @@ pub async fn track_file(
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => { interrupted = true; break; }
-            result = pass(&api, &mut file, options.page_size, deadline, &progress) => result,
+            result = pass(api, &mut file, options.page_size, deadline, &progress) => result,
         };
         passes += 1;
         let end = match result {
@@ -748,7 +745,7 @@ pub async fn track_file(
     progress.finish();
     let mut summary = file.summary()?;
     summary.passes = passes;
-    summary.calls = api.counters.calls.load(Ordering::Relaxed);
+    summary.calls = api.counters.calls.load(Ordering::Relaxed) - calls_before;
     summary.duration = started.elapsed();
     summary.interrupted = interrupted;
     summary.timed_out = !interrupted && !options.once && summary.open() > 0;
@@ -812,10 +809,7 @@ async fn pass(
     if open.count == 0 {
         return Ok(PassEnd { still_open: 0, pages: 0, incomplete: None });
     }
-    let mut filter = String::from(OFFBOARD_TYPE_FILTER);
-    if let Some(since) = open.since {
-        filter += &format!(" and creationDateTimeUtc ge {}", timestamp::format(since));
-    }
+    let mut query = ActionQuery::offboards(Page::nth(0, 0)).created_since(open.since);
     let disk = |e: std::io::Error| file.disk(&e);
     let mut listed = Listed::new().map_err(disk)?;
     let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
@@ -827,9 +821,8 @@ async fn pass(
         if pages >= MAX_PAGES as u64 {
             break Some(Incomplete::PageCap);
         }
-        let read = api.list_page("/api/machineactions", Some(&filter), page_size, skip, |body| {
-            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-        });
+        query.page = Page { top: page_size, skip };
+        let read = api.list_actions(&query);
         let (_, page) = tokio::select! {
             biased;
             answer = read => answer,
@@ -839,16 +832,17 @@ async fn pass(
             Ok(page) => page,
             Err(f) => {
                 if let Some(e) = api.fatal() {
-                    return Err(Error::Auth(e.to_string()));
+                    return Err(Error::Auth(e.clone()));
                 }
-                if matches!(f.status, Some(401 | 403)) {
-                    return Err(Error::Auth(format!(
-                        "the API refused to list machine actions ({} {}: {}); tracking needs the application permission \
-                         Machine.Read.All or Machine.ReadWrite.All with admin consent",
-                        f.status.unwrap_or_default(),
-                        f.code,
-                        f.message
-                    )));
+                if let Some(status @ (401 | 403)) = f.status {
+                    return Err(Error::ReadRefused {
+                        what: "list machine actions",
+                        status,
+                        code: f.code,
+                        message: f.message,
+                        needs: "tracking needs the application permission Machine.Read.All or Machine.ReadWrite.All \
+                                with admin consent",
+                    });
                 }
                 let status = f.status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
                 let message = f.message.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -25,6 +25,7 @@ use crate::defender::auth::{
     AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
 };
 use crate::defender::limiter::Limiter;
+use crate::defender::timestamp;
 use crate::domain::{ActionStatus, ActionType};
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
@@ -157,6 +158,116 @@ pub use crate::domain::OFFBOARD_TYPES;
 /// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
 pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";
 
+/// The call `check` probes the API with.
+pub const PROBE: &str = "/api/machines?$top=1";
+/// Machines one tag call may name (Microsoft's documentation).
+pub const TAG_MACHINES_MAX: usize = 500;
+
+/// Which page of a list: `$top` entries after `$skip` (the service takes `$top` up to 10,000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub top: usize,
+    pub skip: usize,
+}
+
+impl Page {
+    /// Page `n` (from 0) of pages of `size`.
+    pub fn nth(n: usize, size: usize) -> Self {
+        Page { top: size, skip: n * size }
+    }
+}
+
+/// Which machines to list: every field given narrows the list. The OData `$filter` is built here, and only
+/// here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineQuery {
+    pub page: Page,
+    /// Only machines whose last full report (`lastSeen`, about daily) is older than this.
+    pub seen_before: Option<SystemTime>,
+}
+
+impl MachineQuery {
+    /// Every machine, a page at a time.
+    pub fn all(page: Page) -> Self {
+        MachineQuery { page, seen_before: None }
+    }
+
+    fn filter(&self) -> Option<String> {
+        self.seen_before.map(|at| format!("lastSeen lt {}", timestamp::format(at)))
+    }
+}
+
+/// Which machine actions to list: every field given narrows the list. The OData `$filter` is built here, and
+/// only here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionQuery {
+    pub page: Page,
+    /// Only the actions of this machine.
+    pub machine: Option<String>,
+    /// Only offboard actions, of either type ([`OFFBOARD_TYPE_FILTER`]).
+    pub offboards: bool,
+    /// Only actions in this status.
+    pub status: Option<ActionStatus>,
+    /// Only actions created at or after this.
+    pub since: Option<SystemTime>,
+}
+
+impl ActionQuery {
+    /// The offboard actions (of either type), a page at a time.
+    pub fn offboards(page: Page) -> Self {
+        ActionQuery { page, machine: None, offboards: true, status: None, since: None }
+    }
+
+    /// Only the actions of `machine_id`.
+    pub fn of_machine(self, machine_id: impl std::fmt::Display) -> Self {
+        ActionQuery { machine: Some(machine_id.to_string()), ..self }
+    }
+
+    /// Only the actions in `status`.
+    pub fn in_status(self, status: ActionStatus) -> Self {
+        ActionQuery { status: Some(status), ..self }
+    }
+
+    /// Only the actions created at or after `since`, when given.
+    pub fn created_since(self, since: Option<SystemTime>) -> Self {
+        ActionQuery { since, ..self }
+    }
+
+    fn filter(&self) -> Option<String> {
+        let mut clauses = Vec::new();
+        if let Some(machine) = &self.machine {
+            clauses.push(format!("machineId eq '{}'", machine.replace('\'', "''")));
+        }
+        if self.offboards {
+            clauses.push(OFFBOARD_TYPE_FILTER.to_string());
+        }
+        if let Some(status) = &self.status {
+            clauses.push(format!("status eq '{}'", status.as_str().replace('\'', "''")));
+        }
+        if let Some(since) = self.since {
+            clauses.push(format!("creationDateTimeUtc ge {}", timestamp::format(since)));
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" and "))
+    }
+}
+
+/// What a tag call does with its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagChange {
+    Add,
+    Remove,
+}
+
+impl TagChange {
+    /// As the API spells it (`Action`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagChange::Add => "Add",
+            TagChange::Remove => "Remove",
+        }
+    }
+}
+
 /// A page of an OData collection: only `value` is used, and it must be there (a 2xx without it, such as
 /// `{"error": ...}`, is not a page).
 #[derive(Deserialize)]
@@ -286,26 +397,77 @@ impl Api {
         self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
     }
 
-    /// `GET {path}` (path with its query) of one entity.
-    pub async fn get(&self, path_and_query: &str, retry_404: bool) -> CallResult {
-        self.call(reqwest::Method::GET, path_and_query, None, retry_404, ANSWER_MAX).await
+    /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
+    pub async fn get_machine(&self, machine_id: &str) -> CallResult {
+        self.call(reqwest::Method::GET, &format!("/api/machines/{machine_id}"), None, true, ANSWER_MAX).await
+    }
+
+    /// [`PROBE`]: the cheapest read there is, its answer as it came (a 404 is not tried again, nor read as an
+    /// empty list): what `check` asks to see that the API host answers and takes the token.
+    pub async fn probe(&self) -> CallResult {
+        self.call(reqwest::Method::GET, PROBE, None, false, ANSWER_MAX).await
+    }
+
+    /// One page of the inventory, `GET /api/machines`, narrowed by `query`; `read` reads the body in place (a
+    /// page of 10,000 machines is megabytes). See [`Api::list_page`] for paging and empty lists.
+    pub async fn list_machines<R>(
+        &self,
+        query: &MachineQuery,
+        read: impl FnOnce(&[u8]) -> Result<R, String>,
+    ) -> (u32, Result<R, Failure>) {
+        self.list_page("/api/machines", query.filter().as_deref(), query.page, read).await
+    }
+
+    /// One page of the machine actions, `GET /api/machineactions`, narrowed by `query`. The `u32` counts the
+    /// HTTP calls.
+    pub async fn list_actions(&self, query: &ActionQuery) -> (u32, Result<Vec<MachineAction>, Failure>) {
+        self.list_page("/api/machineactions", query.filter().as_deref(), query.page, |body| {
+            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// `POST /api/machineactions/{id}/cancel` with the required `Comment`: cancels an action not yet final
+    /// (`Machine.Offboard` is enough for an offboard). A 404 (an unknown action) is final.
+    pub async fn cancel_action(&self, action_id: &str, comment: &str) -> CallResult {
+        let body = serde_json::json!({ "Comment": comment });
+        let path = format!("/api/machineactions/{action_id}/cancel");
+        self.call(reqwest::Method::POST, &path, Some(&body), false, ANSWER_MAX).await
+    }
+
+    /// `POST /api/machines/{id}/tags`: adds a tag to one machine, or removes it (`Machine.ReadWrite.All`).
+    pub async fn tag_machine(&self, machine_id: &str, tag: &str, change: TagChange) -> CallResult {
+        let body = serde_json::json!({ "Value": tag, "Action": change.as_str() });
+        let path = format!("/api/machines/{machine_id}/tags");
+        self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+    }
+
+    /// `POST /api/machines/AddOrRemoveTagForMultipleMachines`: adds a tag to many machines, or removes it,
+    /// [`TAG_MACHINES_MAX`] per call (Microsoft's documentation); one result per call, in order.
+    pub async fn tag_machines(&self, machine_ids: &[String], tag: &str, change: TagChange) -> Vec<CallResult> {
+        let mut results = Vec::with_capacity(machine_ids.len().div_ceil(TAG_MACHINES_MAX));
+        for ids in machine_ids.chunks(TAG_MACHINES_MAX) {
+            let body = serde_json::json!({ "Value": tag, "Action": change.as_str(), "MachineIds": ids });
+            let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
+            results.push(self.call(reqwest::Method::POST, path, Some(&body), false, ANSWER_MAX).await);
+        }
+        results
     }
 
     /// One page of a list: `GET {path}?$top={top}&$skip={skip}` and, when given, `$filter` (encoded here); `read`
-    /// reads the body (in place: a page of 10,000 machines is megabytes). `@odata.nextLink` is not followed (it
-    /// has been seen malformed and never ending; the caller pages with `$skip`). A 404 is an empty list
-    /// (`{"value": []}`) once the usual second try also answers 404: the service has been seen answering an
-    /// empty list that way; but only the service's own JSON error: any other 404 (an HTML page from a wrong base
-    /// URL or a proxy) is a failure, the list was not read. The `u32` counts the HTTP calls.
-    pub async fn list_page<R>(
+    /// reads the body. `@odata.nextLink` is not followed (it has been seen malformed and never ending; the
+    /// caller pages with `$skip`). A 404 is an empty list (`{"value": []}`) once the usual second try also
+    /// answers 404: the service has been seen answering an empty list that way; but only the service's own JSON
+    /// error: any other 404 (an HTML page from a wrong base URL or a proxy) is a failure, the list was not read.
+    /// The `u32` counts the HTTP calls.
+    async fn list_page<R>(
         &self,
         path: &str,
         filter: Option<&str>,
-        top: usize,
-        skip: usize,
+        page: Page,
         read: impl FnOnce(&[u8]) -> Result<R, String>,
     ) -> (u32, Result<R, Failure>) {
-        let mut query = format!("{path}?$top={top}&$skip={skip}");
+        let mut query = format!("{path}?$top={}&$skip={}", page.top, page.skip);
         if let Some(filter) = filter {
             query.push_str("&$filter=");
             query.push_str(&percent_encode(filter));
@@ -608,6 +770,35 @@ mod tests {
     fn filters_are_percent_encoded() {
         assert_eq!(percent_encode("type eq 'Offboard'"), "type%20eq%20%27Offboard%27");
         assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
+    }
+
+    #[test]
+    fn queries_make_the_filters_the_service_reads() {
+        let page = Page::nth(2, 100);
+        assert_eq!(page, Page { top: 100, skip: 200 });
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(MachineQuery::all(page).filter(), None);
+        assert_eq!(
+            MachineQuery { seen_before: Some(at), ..MachineQuery::all(page) }.filter().as_deref(),
+            Some("lastSeen lt 2023-11-14T22:13:20.0000000Z")
+        );
+        let offboards = ActionQuery::offboards(page);
+        assert_eq!(offboards.filter().as_deref(), Some(OFFBOARD_TYPE_FILTER));
+        assert_eq!(
+            offboards.clone().of_machine("ab12").filter(),
+            Some(format!("machineId eq 'ab12' and {OFFBOARD_TYPE_FILTER}"))
+        );
+        assert_eq!(
+            offboards.clone().in_status(ActionStatus::Pending).filter(),
+            Some(format!("{OFFBOARD_TYPE_FILTER} and status eq 'Pending'"))
+        );
+        assert_eq!(
+            offboards.created_since(Some(at)).filter(),
+            Some(format!("{OFFBOARD_TYPE_FILTER} and creationDateTimeUtc ge 2023-11-14T22:13:20.0000000Z"))
+        );
+        let any = ActionQuery { offboards: false, ..ActionQuery::offboards(page) };
+        assert_eq!(any.clone().filter(), None);
+        assert_eq!(any.of_machine("o'brien").filter().as_deref(), Some("machineId eq 'o''brien'"));
     }
 
     #[test]

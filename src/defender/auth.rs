@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+pub use crate::error::AuthError;
 use crate::settings::jwt::claim;
 use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
 
@@ -77,42 +78,6 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token").field("roles", &self.roles).finish_non_exhaustive()
     }
-}
-
-/// Why a token could not be had.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuthError {
-    /// Entra ID answered with an error: wrong secret, unknown app, wrong tenant, ...
-    #[error("Entra ID refused the sign-in ({code}{error}): {hint}{detail}")]
-    Refused { code: String, error: String, hint: String, detail: String },
-    /// The token endpoint could not be reached or kept failing.
-    #[error("cannot reach the sign-in endpoint {url}: {message}")]
-    Unreachable { url: String, message: String },
-    /// The ready access token expired, or the API refused it: it cannot be renewed.
-    #[error(
-        "the access token from {ACCESS_TOKEN_ENV} {why}; get a new token and run again, or sign in with a secret or certificate instead (unset {ACCESS_TOKEN_ENV})"
-    )]
-    TokenExpired { why: String },
-    /// The client assertion could not be made.
-    #[error("cannot sign in with the certificate: {0}")]
-    Certificate(String),
-    /// The token endpoint answered a redirect; it is never followed, so the form (and its secret or
-    /// assertion) went nowhere else.
-    #[error(
-        "the sign-in endpoint {url} answered {status}, redirecting to {to}; redirects are not followed and nothing was sent there: check --authority (or --cloud)"
-    )]
-    Redirected { url: String, status: u16, to: String },
-    /// The token endpoint answered something that is not a token answer.
-    #[error("the sign-in endpoint {url} gave an answer that is not a token: {message}")]
-    BadAnswer { url: String, message: String },
-    /// The API answered 401 to renewed tokens on several calls in a row: the token is not one it takes
-    /// (made for another resource or cloud, or the app's consent is missing), and renewing again would not help.
-    #[error(
-        "the API refuses the token: {refused} calls in a row were answered 401 (Unauthorized) with a token just renewed; \
-         check that --scope, --authority and --api-base (or --cloud) belong to the same cloud, and that the app's \
-         API permissions were granted admin consent in this tenant"
-    )]
-    ApiRefusesToken { refused: u32 },
 }
 
 #[derive(Deserialize, Default)]
@@ -190,6 +155,7 @@ impl TokenCache {
     pub async fn renew(&self, rejected: &Token) -> Result<Token, AuthError> {
         if let Credential::AccessToken(_) = &self.credentials.credential {
             return Err(AuthError::TokenExpired {
+                env: ACCESS_TOKEN_ENV,
                 why: "was refused by the API (401): it has expired or was revoked".into(),
             });
         }
@@ -213,7 +179,7 @@ impl TokenCache {
             && exp <= now
         {
             let ago = humantime::format_duration(Duration::from_secs(now - exp));
-            return Err(AuthError::TokenExpired { why: format!("expired {ago} ago") });
+            return Err(AuthError::TokenExpired { env: ACCESS_TOKEN_ENV, why: format!("expired {ago} ago") });
         }
         Ok(Token {
             roles: roles_of(value).into(),

@@ -214,8 +214,8 @@ async fn one_renewal_per_refused_token() {
     let (sim, ids) = simulator(8, Misanswers::default()).await;
     let policy = RetryPolicy { max_attempts: 3, retry_delay: Duration::from_millis(10) };
     let (api, tokens) = api_on(&sim, policy);
-    let path = format!("/api/machines/{}", ids[0]);
-    assert!(api.get(&path, false).await.answer.is_ok());
+    let path = ids[0].clone();
+    assert!(api.get_machine(&path).await.answer.is_ok());
     assert_eq!(sim.stats().tokens_issued, 1);
 
     // Eight calls refused with the same token: one renewal, and every call goes through with the new token.
@@ -224,8 +224,8 @@ async fn one_renewal_per_refused_token() {
     let calls: Vec<_> = ids
         .iter()
         .map(|id| {
-            let (api, path) = (api.clone(), format!("/api/machines/{id}"));
-            tokio::spawn(async move { api.get(&path, false).await })
+            let (api, path) = (api.clone(), id.clone());
+            tokio::spawn(async move { api.get_machine(&path).await })
         })
         .collect();
     for call in calls {
@@ -236,7 +236,7 @@ async fn one_renewal_per_refused_token() {
 
     // Refused again later: the renewed token was accepted since, so it is renewed too.
     sim.revoke_tokens();
-    assert!(api.get(&path, false).await.answer.is_ok());
+    assert!(api.get_machine(&path).await.answer.is_ok());
     assert_eq!(sim.stats().tokens_issued, 3);
     assert!(api.fatal().is_none());
     drop(tokens);
@@ -268,7 +268,7 @@ async fn a_call_refused_again_later_with_a_fresh_token_renews_again() {
             sim.revoke_tokens();
         })
     };
-    let result = api.get(&format!("/api/machines/{id}"), false).await;
+    let result = api.get_machine(&id).await;
     revoker.await.unwrap();
     let stats = sim.stats();
     // The second refusal renewed again (a token accepted since), and the call went on to its last 503.

@@ -1,6 +1,7 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
 mod answers;
+mod api;
 mod bad_inputs;
 mod common;
 mod faults;

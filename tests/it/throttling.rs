@@ -48,7 +48,7 @@ async fn a_call_gives_up_after_20_429s_in_a_row_not_20_in_all() {
     let script: Vec<u16> = (0..5).flat_map(|_| [429, 429, 429, 429, 429, 503]).collect();
     let (sim, id) = scripted(script).await;
     let api = api_on(&sim, Duration::from_micros(100));
-    let result = api.get(&format!("/api/machines/{id}"), false).await;
+    let result = api.get_machine(&id).await;
     let stats = sim.stats();
     sim.shutdown().await;
     assert!(result.answer.is_ok(), "{:?}\n{:?}", result.answer, stats.calls);
@@ -58,7 +58,7 @@ async fn a_call_gives_up_after_20_429s_in_a_row_not_20_in_all() {
     // 25 in a row: the 20th is the last.
     let (sim, id) = scripted(vec![429; 25]).await;
     let api = api_on(&sim, Duration::from_micros(1));
-    let result = api.get(&format!("/api/machines/{id}"), false).await;
+    let result = api.get_machine(&id).await;
     let stats = sim.stats();
     sim.shutdown().await;
     let failure = result.answer.unwrap_err();

@@ -8,7 +8,8 @@
 //! Connections are served by our own accept loop so that a handler can close its TCP connection without any
 //! answer: it signals its connection's task, which drops the connection.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -53,6 +54,8 @@ pub(crate) mod route {
     pub const ACTION: &str = "GET /api/machineactions/{id}";
     pub const ACTIONS: &str = "GET /api/machineactions";
     pub const CANCEL: &str = "POST /api/machineactions/{id}/cancel";
+    pub const TAG: &str = "POST /api/machines/{id}/tags";
+    pub const TAG_MANY: &str = "POST /api/machines/AddOrRemoveTagForMultipleMachines";
     pub const UNMATCHED: &str = "unmatched";
 }
 
@@ -66,6 +69,8 @@ pub(crate) struct Shared {
     quotas: Mutex<Quotas>,
     faults: Mutex<FaultState>,
     actions: Mutex<Actions>,
+    /// The tags of machines whose tags were changed, by machine id: they replace the fleet's.
+    tags: Mutex<HashMap<String, Vec<String>>>,
     forbidden_groups: HashSet<String>,
     forbidden_ids: HashSet<String>,
     base_url: String,
@@ -100,6 +105,7 @@ impl Simulator {
                 Actions::new(config.faults.seed, config.lifecycle.clone(), clock)
                     .legacy_type(config.legacy_action_type),
             ),
+            tags: Mutex::default(),
             forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
             forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
             base_url: format!("http://{addr}"),
@@ -204,6 +210,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/machines", get(list_machines))
         .route("/api/machines/{id}", get(get_machine))
         .route("/api/machines/{id}/offboard", post(offboard))
+        .route("/api/machines/{id}/tags", post(tag_machine))
+        .route("/api/machines/AddOrRemoveTagForMultipleMachines", post(tag_machines))
         .route("/api/machineactions", get(list_actions))
         .route("/api/machineactions/{id}", get(get_action))
         .route("/api/machineactions/{id}/cancel", post(cancel_action))
@@ -295,6 +303,23 @@ async fn cancel_action(
 ) -> Response {
     let outcome = sim.cancel(&id, &headers, &uri, &body);
     sim.finish(route::CANCEL, outcome, kill).await
+}
+
+async fn tag_machine(
+    State(sim): Sim,
+    Extension(kill): Kill,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let outcome = sim.tag(Some(&id), &headers, &uri, &body);
+    sim.finish(route::TAG, outcome, kill).await
+}
+
+async fn tag_machines(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+    let outcome = sim.tag(None, &headers, &uri, &body);
+    sim.finish(route::TAG_MANY, outcome, kill).await
 }
 
 async fn list_actions(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
@@ -613,7 +638,8 @@ impl Shared {
             }
             Some(machine) => {
                 let context = format!("{}/api/$metadata#Machines/$entity", self.base_url);
-                json_answer(StatusCode::OK, &Entity { context: &context, value: machine })
+                let tags = self.tags.lock().expect("tags lock");
+                json_answer(StatusCode::OK, &Entity { context: &context, value: tagged(machine, &tags) })
             }
         }
     }
@@ -641,7 +667,9 @@ impl Shared {
             None => Box::new(self.fleet.machines().iter()),
         };
         let page_size = q.top.unwrap_or(MAX_TOP);
-        let mut value: Vec<&SimMachine> = candidates
+        let tags = self.tags.lock().expect("tags lock");
+        let mut value: Vec<Cow<'_, SimMachine>> = candidates
+            .map(|m| tagged(m, &tags))
             .filter(|m| q.filter.matches(&|c| machine_matches(m, c)))
             .skip(q.skip)
             .take(page_size + 1)
@@ -701,6 +729,56 @@ impl Shared {
         }
     }
 
+    /// Adds a tag to machines or removes it: one machine (`id`), or many (`MachineIds` in the body, at most
+    /// [`TAG_MACHINES_MAX`]). Needs `Machine.ReadWrite.All`; the body's `Value` and `Action` (`Add` or
+    /// `Remove`, names case-sensitive). Answers the machines as they are now: one entity, or a collection.
+    fn tag(&self, id: Option<&str>, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
+        let admitted = match self.admit(headers, "POST", uri, false) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        if !admitted.grant.can_write {
+            let why = "Changing machine tags needs the Machine.ReadWrite.All permission.";
+            return answer(StatusCode::FORBIDDEN, "Forbidden", why);
+        }
+        let request = match read_tag_request(body, id.is_none()) {
+            Ok(request) => request,
+            Err(why) => return answer(StatusCode::BAD_REQUEST, "InvalidRequestBody", &why),
+        };
+        let ids = match id {
+            Some(id) => vec![id.to_string()],
+            None => request.machine_ids,
+        };
+        let mut machines = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match self.fleet.get(id) {
+                Some(machine) => machines.push(machine),
+                None => {
+                    return answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine {id} was not found."));
+                }
+            }
+        }
+        let mut tags = self.tags.lock().expect("tags lock");
+        for machine in &machines {
+            let list = tags.entry(machine.id.clone()).or_insert_with(|| machine.machine_tags.clone());
+            list.retain(|t| t != &request.value);
+            if request.add {
+                list.push(request.value.clone());
+            }
+        }
+        let value: Vec<Cow<'_, SimMachine>> = machines.into_iter().map(|m| tagged(m, &tags)).collect();
+        match id {
+            Some(_) => {
+                let context = format!("{}/api/$metadata#Machines/$entity", self.base_url);
+                json_answer(StatusCode::OK, &Entity { context: &context, value: &value[0] })
+            }
+            None => {
+                let context = format!("{}/api/$metadata#Machines", self.base_url);
+                json_answer(StatusCode::OK, &Page { context: &context, value, next_link: None })
+            }
+        }
+    }
+
     fn actions(&self, headers: &HeaderMap, uri: &Uri) -> Outcome {
         if let Some(misanswer) = &self.config.misanswers.lists {
             return Outcome::Answer(misanswers::response(misanswer));
@@ -753,6 +831,52 @@ fn machine_matches(m: &SimMachine, c: &Clause) -> bool {
         Field::LastSeen => parse_rfc3339(&m.last_seen).is_some_and(|t| time_matches(c.op, &c.value, t)),
         _ => false,
     }
+}
+
+/// Machines one tag call may name (Microsoft's documentation).
+pub const TAG_MACHINES_MAX: usize = 500;
+
+/// `machine` with its tags as changed, if they were.
+fn tagged<'a>(machine: &'a SimMachine, tags: &HashMap<String, Vec<String>>) -> Cow<'a, SimMachine> {
+    match tags.get(&machine.id) {
+        Some(list) => Cow::Owned(SimMachine { machine_tags: list.clone(), ..machine.clone() }),
+        None => Cow::Borrowed(machine),
+    }
+}
+
+/// A tag call's body.
+struct TagRequest {
+    value: String,
+    add: bool,
+    machine_ids: Vec<String>,
+}
+
+/// Reads a tag call's body: `Value` (a non-empty string), `Action` (`Add` or `Remove`) and, for many machines,
+/// `MachineIds` (1 to [`TAG_MACHINES_MAX`] strings).
+fn read_tag_request(body: &[u8], many: bool) -> Result<TagRequest, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "The request body is not valid JSON.")?;
+    let tag = match value.get("Value") {
+        Some(serde_json::Value::String(tag)) if !tag.trim().is_empty() => tag.clone(),
+        _ => return Err("The request body must contain 'Value', a non-empty string (names are case-sensitive).".into()),
+    };
+    let add = match value.get("Action").and_then(|a| a.as_str()) {
+        Some("Add") => true,
+        Some("Remove") => false,
+        _ => return Err("'Action' must be 'Add' or 'Remove'.".into()),
+    };
+    let machine_ids = if many {
+        let ids: Vec<String> = match value.get("MachineIds").and_then(|ids| ids.as_array()) {
+            Some(ids) => ids.iter().filter_map(|id| id.as_str().map(str::to_string)).collect(),
+            None => return Err("The request body must contain 'MachineIds', a list of machine ids.".into()),
+        };
+        if ids.is_empty() || ids.len() > TAG_MACHINES_MAX {
+            return Err(format!("'MachineIds' must list 1 to {TAG_MACHINES_MAX} machines, not {}.", ids.len()));
+        }
+        ids
+    } else {
+        Vec::new()
+    };
+    Ok(TagRequest { value: tag, add, machine_ids })
 }
 
 /// The `Comment` of an offboard body: a JSON object whose `Comment` (exact case) is a string.

@@ -39,6 +39,8 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub(crate) struct Grant {
     pub(crate) can_offboard: bool,
     pub(crate) can_read: bool,
+    /// `Machine.ReadWrite.All`: tags.
+    pub(crate) can_write: bool,
     expires: Instant,
 }
 
@@ -284,6 +286,7 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
     let grant = Grant {
         can_offboard: has("Machine.Offboard"),
         can_read: has("Machine.Read.All") || has("Machine.ReadWrite.All"),
+        can_write: has("Machine.ReadWrite.All"),
         expires: now + real_lifetime,
     };
     sim.tokens.insert(token.clone(), grant, now);

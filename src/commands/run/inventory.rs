@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::defender::api::{Api, Failure, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
+use crate::defender::api::{ActionQuery, Api, Failure, ListPage, MachineAction, MachineQuery, Page};
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
@@ -286,7 +286,7 @@ impl Inventory {
         let mut found = Vec::new();
         for id in ids {
             let text = id.to_string();
-            let result = api.get(&format!("/api/machines/{text}"), true).await;
+            let result = api.get_machine(&text).await;
             self.reads.machine_lookups += 1;
             self.reads.http_calls += u64::from(result.attempts);
             match result.answer {
@@ -311,8 +311,8 @@ impl Inventory {
         // Each machine found: its offboard actions by machineId, when that is fewer calls than the open lists.
         if found.len() < ActionStatus::OPEN.len() {
             for id in found {
-                let filter = format!("machineId eq '{id}' and {OFFBOARD_TYPE_FILTER}");
-                self.pages(api, "/api/machineactions", &filter, "the machine's offboard actions").await?;
+                let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).of_machine(id);
+                self.pages(api, query, "the machine's offboard actions").await?;
             }
         } else {
             self.read_open_actions(api).await?;
@@ -327,7 +327,7 @@ impl Inventory {
         for page in 0..MAX_PAGES {
             let mut disk = None;
             let (attempts, answer) = api
-                .list_page("/api/machines", None, PAGE_SIZE, page * PAGE_SIZE, |body| {
+                .list_machines(&MachineQuery::all(Page::nth(page, PAGE_SIZE)), |body| {
                     let entries =
                         serde_json::from_slice::<ListPage<MachineEntry>>(body).map_err(|e| e.to_string())?.value;
                     let first = entries.first().map(|e| e.id.to_string());
@@ -359,21 +359,18 @@ impl Inventory {
     /// The open offboard actions: one paged list per open status.
     async fn read_open_actions(&mut self, api: &Api) -> Result<(), LoadError> {
         for status in ActionStatus::OPEN {
-            let filter = format!("{OFFBOARD_TYPE_FILTER} and status eq '{status}'");
-            self.pages(api, "/api/machineactions", &filter, "the open offboard actions").await?;
+            let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).in_status(status);
+            self.pages(api, query, "the open offboard actions").await?;
         }
         Ok(())
     }
 
     /// Every page of an action list, keeping the open offboard actions of machines the input may ask about.
-    async fn pages(&mut self, api: &Api, path: &str, filter: &str, what: &str) -> Result<(), LoadError> {
+    async fn pages(&mut self, api: &Api, mut query: ActionQuery, what: &str) -> Result<(), LoadError> {
         let mut first_ids: Vec<Option<String>> = Vec::new();
         for page in 0..MAX_PAGES {
-            let (attempts, answer) = api
-                .list_page(path, Some(filter), PAGE_SIZE, page * PAGE_SIZE, |body| {
-                    serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-                })
-                .await;
+            query.page = Page::nth(page, PAGE_SIZE);
+            let (attempts, answer) = api.list_actions(&query).await;
             self.reads.action_pages += 1;
             self.reads.http_calls += u64::from(attempts);
             let entries = answer.map_err(|failure| ReadError { what: what.into(), failure })?;

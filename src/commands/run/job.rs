@@ -3,13 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::defender::auth::TokenCache;
-use crate::defender::limiter::Limiter;
 use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
 use crate::files::write_atomically;
@@ -52,11 +49,6 @@ pub struct Job {
     pub run_id: String,
     /// Where the run lock lives.
     pub lock_dir: PathBuf,
-    /// Paces every call; shared with whatever follows the run on the same quota (`--wait`).
-    pub limiter: Arc<Limiter>,
-    /// Who the run signs in as, and its tokens (signed in once, renewed as they expire); shared like the
-    /// limiter.
-    pub tokens: Arc<TokenCache>,
     /// Ask for confirmation before the first offboard call.
     pub confirm: bool,
     /// Show a progress bar (only on a terminal).

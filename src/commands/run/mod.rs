@@ -26,13 +26,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::defender::api::{Api, RetryPolicy};
-use crate::defender::auth::{AuthError, TokenCache};
+use crate::commands::session::Session;
 use crate::defender::limiter::{self, Limiter};
 use crate::domain::{Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
-use crate::files::lock::{self, ResultsLock, RunLock};
+use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
 use crate::input::{self, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
@@ -110,18 +109,16 @@ fn set_exit_now(hook: Option<Box<dyn FnOnce() + Send>>) {
 }
 
 /// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`). Also returns
-/// the run's sign-in, for whatever follows on the same quota (`--wait`).
+/// the run's session (its sign-in, limiter and lock), for whatever follows on the same quota (`--wait`).
 pub async fn command(
     args: RunArgs,
     settings: Settings,
-    limiter: Arc<Limiter>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(Summary, Arc<TokenCache>)> {
+) -> Result<(Summary, Session)> {
     let summary_json = args.summary_json.clone();
-    let job = prepare(args, settings, limiter)?;
+    let (job, mut session) = prepare(args, settings)?;
     let run_id = job.run_id.clone();
-    let tokens = job.tokens.clone();
-    let result = execute(job, shutdown).await;
+    let result = execute(job, &mut session, shutdown).await;
     // From here on this function writes the summary JSON itself.
     set_exit_now(None);
     match result {
@@ -133,7 +130,7 @@ pub async fn command(
                 summary.stopped.get_or_insert_with(|| e.to_string());
             }
             crate::ui::output::stdout(&summary.render());
-            Ok((summary, tokens))
+            Ok((summary, session))
         }
         Err(e) => {
             if let Some(path) = &summary_json {
@@ -148,8 +145,9 @@ pub async fn command(
     }
 }
 
-/// Turns the command line into a [`Job`], checking everything that can be checked without the network.
-pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Result<Job> {
+/// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
+/// checked without the network.
+pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     let credentials = settings.credentials()?;
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A dry run sends no offboard, so it needs no comment.
@@ -194,10 +192,9 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
                 .into(),
         ));
     }
-    let tokens = Arc::new(TokenCache::new(crate::defender::http_client(&settings)?, credentials));
-    Ok(Job {
+    let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    let job = Job {
         settings,
-        tokens,
         comment_template,
         scan,
         output,
@@ -205,27 +202,26 @@ pub fn prepare(args: RunArgs, settings: Settings, limiter: Arc<Limiter>) -> Resu
         resume: args.resume,
         run_id: journal::new_run_id(SystemTime::now()),
         lock_dir: lock::state_dir(),
-        limiter,
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
         preflight: options,
         summary_json: args.summary_json.clone(),
-    })
+    };
+    Ok((job, session))
 }
 
-/// Runs the job: lock, sign in, confirm, offboard every machine, write every row, summarise.
-pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-    // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held until
-    // this function returns. A tenant given by a domain name takes the lock of its id, which signing in
-    // finds (before any API call).
-    let credentials = job.tokens.credentials();
-    let tenant = job.tokens.tenant_id().await.map_err(|e| Error::Auth(e.to_string()))?;
-    let _lock = RunLock::acquire(&job.lock_dir, &tenant, &credentials.client_id, &job.run_id)?;
+/// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
+pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
+    // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
+    // any API call).
+    session.lock(&job.lock_dir, &job.run_id).await?;
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
-        return preflight::dry_run(job, shutdown).await;
+        return preflight::dry_run(job, session, shutdown).await;
     }
+    let credentials = session.credentials();
     let started = Instant::now();
     let started_at = SystemTime::now();
     let journal_path = journal::path_for(&job.output);
@@ -254,23 +250,21 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     }
     let comment = identity.comment_sent();
 
-    let (http, tokens) = (job.tokens.http(), job.tokens.clone());
     // Until the first offboard, a signal ends the run at once: nothing has been done.
     tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
-    let token = tokio::select! {
-        token = tokens.get() => token.map_err(|e| Error::Auth(e.to_string()))?,
+    // And the permissions, before any API call.
+    let in_doubt = resume.as_ref().map_or(0, |earlier| earlier.in_doubt.len());
+    let needs = |roles: &[String]| {
+        preflight::check_permissions(roles, &job.preflight, job.scan.by_name)?;
+        resume::check_lookup_permission(roles, in_doubt)
+    };
+    tokio::select! {
+        token = session.sign_in(needs) => token?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let round_trip = started.elapsed();
-    // And the permissions, before any API call.
-    preflight::check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
-    if let Some(earlier) = &resume {
-        resume::check_lookup_permission(&token.roles, earlier.in_doubt.len())?;
-    }
-
-    let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
-    let api = Arc::new(Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy));
+    let api = session.api().clone();
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
     let mut screen = tokio::select! {
         screen = preflight::load(&job, &api) => screen?,
@@ -305,7 +299,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
     if to_offboard > 0 {
         // The schedule the limiter will follow, from the calls already in its windows.
         let latency = round_trip.clamp(limiter::ESTIMATE_LATENCY.0, limiter::ESTIMATE_LATENCY.1);
-        let schedule = job.limiter.schedule(to_offboard, job.settings.concurrency, latency);
+        let schedule = api.limiter().schedule(to_offboard, job.settings.concurrency, latency);
         let plan = format!(
             "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
@@ -521,10 +515,7 @@ pub async fn execute(job: Job, shutdown: impl Future<Output = ()>) -> Result<Sum
         );
     }
     if let Some(e) = api.fatal() {
-        stop.get_or_insert_with(|| match e {
-            AuthError::ApiRefusesToken { .. } => Error::TokenRefused(e.to_string()),
-            _ => Error::Auth(e.to_string()),
-        });
+        stop.get_or_insert_with(|| Error::from(e.clone()));
     }
     cancelled.store(true, Ordering::Relaxed);
     drop(item_rx);

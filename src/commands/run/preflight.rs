@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use super::job::{Job, Options, Summary};
 use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine};
-use crate::defender::api::{Api, RetryPolicy};
+use crate::commands::session::Session;
+use crate::defender::api::Api;
 use crate::domain::{Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::results::{ResultRow, ResultsWriter};
@@ -347,22 +348,18 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     Ok(Some(screen))
 }
 
-/// `run --dry-run`: sign in, check the read permission, read in batches, write what a real run would do.
-/// Never offboards.
-pub async fn dry_run(job: Job, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+/// `run --dry-run` in `session`: sign in, check the read permission, read in batches, write what a real run
+/// would do. Never offboards.
+pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    let (http, tokens) = (job.tokens.http(), job.tokens.clone());
-    let token = tokens.get().await.map_err(|e| Error::Auth(e.to_string()))?;
+    session.sign_in(|roles| check_permissions(roles, &job.preflight, job.scan.by_name)).await?;
     let round_trip = started.elapsed();
-    check_permissions(&token.roles, &job.preflight, job.scan.by_name)?;
-
-    let policy = RetryPolicy { max_attempts: job.settings.max_attempts, retry_delay: job.settings.retry_delay };
-    let api = Api::new(http, &job.settings.api_base, tokens, job.limiter.clone(), policy);
+    let api = session.api();
     let screen = tokio::select! {
         biased;
         _ = shutdown => return Err(Error::Interrupted),
-        screen = load(&job, &api) => screen?,
+        screen = load(&job, api) => screen?,
     };
     let screen = screen.expect("a dry run always reads");
     let describe = screen.describe();

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::Job;
 use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
-use crate::defender::api::{Api, ListPage, MachineAction, OFFBOARD_TYPE_FILTER};
+use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
 use crate::domain::{ActionStatus, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
@@ -132,12 +132,8 @@ pub(super) async fn verify_then_offboard(
     comment: &str,
     intent_ms: u64,
 ) -> ResultRow {
-    let filter = format!("machineId eq '{machine_id}' and {}", OFFBOARD_TYPE_FILTER);
-    let (attempts, lookup) = api
-        .list_page("/api/machineactions", Some(&filter), LOOKUP_PAGE, 0, |body| {
-            serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
-        })
-        .await;
+    let (attempts, lookup) =
+        api.list_actions(&ActionQuery::offboards(Page::nth(0, LOOKUP_PAGE)).of_machine(&machine_id)).await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
     let actions: Vec<MachineAction> = match lookup {
         // Either type is an offboard action; another type is not, whatever the service's filter let through.

@@ -1,0 +1,79 @@
+//! A session: the one set-up of every command that talks to the service. It holds who the command signs in
+//! as (resolved [`Credentials`], checked once), the HTTP client and token cache they share, the [`Api`] with
+//! its retry policy and the limiter that paces every call, and, once taken, the run lock.
+//!
+//! Opening one touches no network; [`Session::lock`] and [`Session::sign_in`] do, in the order the command
+//! needs (a run locks, then reads its results file, then signs in). Whatever follows a command on the same
+//! quota (`run --wait`'s tracking) is handed the same session: one sign-in, one limiter, one lock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::defender::api::{Api, RetryPolicy};
+use crate::defender::auth::{Token, TokenCache};
+use crate::defender::limiter::Limiter;
+use crate::error::{Error, Result};
+use crate::files::lock::RunLock;
+use crate::settings::{Credentials, Settings};
+
+pub struct Session {
+    api: Arc<Api>,
+    tokens: Arc<TokenCache>,
+    /// Held from [`Session::lock`] until the session is dropped.
+    lock: Option<RunLock>,
+}
+
+impl Session {
+    /// The client, the token cache and the `Api` for `credentials`, paced by `limiter`, retrying as the
+    /// settings say. No network.
+    pub fn open(settings: &Settings, credentials: Credentials, limiter: Arc<Limiter>) -> Result<Session> {
+        let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
+        Session::with_policy(settings, credentials, limiter, policy)
+    }
+
+    /// As [`Session::open`], with its own retry policy (`check` makes one call, and retries little).
+    pub fn with_policy(
+        settings: &Settings,
+        credentials: Credentials,
+        limiter: Arc<Limiter>,
+        policy: RetryPolicy,
+    ) -> Result<Session> {
+        let http = crate::defender::http_client(settings)?;
+        let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
+        let api = Arc::new(Api::new(http, &settings.api_base, tokens.clone(), limiter, policy));
+        Ok(Session { api, tokens, lock: None })
+    }
+
+    /// Takes the run lock of the tenant (by its id: a tenant named by a domain signs in first to learn it)
+    /// and app, in `dir`, naming `run_id` as its holder; held until the session is dropped. A session that
+    /// holds it already keeps it.
+    pub async fn lock(&mut self, dir: &Path, run_id: &str) -> Result<()> {
+        if self.lock.is_none() {
+            let tenant = self.tokens.tenant_id().await.map_err(Error::Auth)?;
+            self.lock = Some(RunLock::acquire(dir, &tenant, &self.credentials().client_id, run_id)?);
+        }
+        Ok(())
+    }
+
+    /// Signs in (or takes the token already had) and refuses, with `needs`, a token whose roles do not
+    /// allow what the command will do: before any API call.
+    pub async fn sign_in(&self, needs: impl FnOnce(&[String]) -> Result<()>) -> Result<Token> {
+        let token = self.tokens.get().await.map_err(Error::Auth)?;
+        needs(&token.roles)?;
+        Ok(token)
+    }
+
+    /// Who the session signs in as.
+    pub fn credentials(&self) -> &Credentials {
+        self.tokens.credentials()
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenCache> {
+        &self.tokens
+    }
+
+    /// The API, shared by every task of the command.
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+}
