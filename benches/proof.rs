@@ -99,7 +99,10 @@ fn pacing(dir: &Path, runs: usize) {
             let (mut walls, mut ideals, mut throttled, mut offered, mut calls) =
                 (Vec::new(), Vec::new(), 0, Vec::new(), 0);
             for _ in 0..runs {
-                let sim = SimProcess::start(n, &["--time-scale", "100", "--latency", "5ms"]);
+                // Tokens of 2 h service time (72 s here): a real token of about an hour outlives the client's
+                // one-minute floor on renewals (`TOKEN_KEPT_MIN`); an hour at 100x (36 s) would not, and its
+                // expiry would cost a 401 per worker, which no real run pays.
+                let sim = SimProcess::start(n, &["--time-scale", "100", "--latency", "5ms", "--token-lifetime", "2h"]);
                 let mut args = vec!["--rate", "100/600ms", "--rate", "1500/36s", "--concurrency", "4"];
                 args.extend(extra);
                 let out = client(&sim, &input, dir, &args);
