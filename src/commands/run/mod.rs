@@ -9,6 +9,7 @@
 pub mod inventory;
 mod job;
 mod offboard;
+pub mod dry_run;
 pub mod preflight;
 mod resume;
 
@@ -160,7 +161,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
             Source::Path(p) => Some(p.as_path()),
             Source::Stdin => None,
         };
-        if options.dry_run { preflight::default_output(input) } else { results::default_path(input) }
+        if options.dry_run { dry_run::default_output(input) } else { results::default_path(input) }
     });
     // A resume continues an existing file; either way the directory must take new files.
     results::check_writable(&output, args.overwrite || args.resume)?;
@@ -219,7 +220,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
-        return preflight::dry_run(job, session, shutdown).await;
+        return dry_run::dry_run(job, session, shutdown).await;
     }
     let credentials = session.credentials();
     let started = Instant::now();
