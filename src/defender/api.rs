@@ -26,7 +26,7 @@ use crate::defender::auth::{
 };
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
-use crate::domain::{ActionStatus, ActionType};
+use crate::domain::{ActionStatus, ActionType, MachineId};
 
 /// Longest `Retry-After` taken at its word: the hourly quota can honestly ask for up to an hour.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
@@ -391,7 +391,7 @@ impl Api {
     }
 
     /// `POST /api/machines/{id}/offboard` with the required `Comment`.
-    pub async fn offboard(&self, machine_id: &str, comment: &str) -> CallResult {
+    pub async fn offboard(&self, machine_id: &MachineId, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
         let path = format!("/api/machines/{machine_id}/offboard");
         self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await

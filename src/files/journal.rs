@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::MachineId;
 use crate::error::{Error, Result};
 use crate::files::results;
 
@@ -153,7 +154,7 @@ impl Journal {
     }
 
     /// Records that `machine_id` (input line `line`) is about to be called. Returns once the OS has it.
-    pub fn intent(&self, line: u64, machine_id: &str) -> Result<()> {
+    pub fn intent(&self, line: u64, machine_id: &MachineId) -> Result<()> {
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let record = format!("{line},{machine_id},{now_ms}\n");
         let mut state = self.state.lock().unwrap();
@@ -203,14 +204,14 @@ impl Journal {
 /// One recorded intent: the machine was about to be called at `at_ms` (unix ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
-    pub machine_id: String,
+    pub machine_id: MachineId,
     pub at_ms: u64,
 }
 
 /// When `machine_id` was first about to be called, among a line's intents: a lookup must go back to the
 /// earliest call that may have gone through.
-pub fn earliest(intents: &[Intent], machine_id: &str) -> Option<u64> {
-    intents.iter().filter(|i| i.machine_id.eq_ignore_ascii_case(machine_id)).map(|i| i.at_ms).min()
+pub fn earliest(intents: &[Intent], machine_id: &MachineId) -> Option<u64> {
+    intents.iter().filter(|i| i.machine_id == *machine_id).map(|i| i.at_ms).min()
 }
 
 /// What an earlier run's journal says.
@@ -236,8 +237,10 @@ pub fn read(path: &Path, keep: impl Fn(u64, &str) -> bool) -> Result<Earlier> {
     })?;
     let mut intents: HashMap<u64, Vec<Intent>> = HashMap::new();
     read_intents(reader, |line, machine_id, at_ms| {
-        if keep(line, machine_id) {
-            intents.entry(line).or_default().push(Intent { machine_id: machine_id.to_string(), at_ms });
+        if let Some(id) = MachineId::parse(machine_id)
+            && keep(line, machine_id)
+        {
+            intents.entry(line).or_default().push(Intent { machine_id: id, at_ms });
         }
     })
     .map_err(|e| fail(path, "read", e))?;
@@ -323,6 +326,10 @@ mod tests {
         c.to_string().repeat(40)
     }
 
+    fn mid(c: char) -> MachineId {
+        MachineId::parse(&id(c)).expect("hex")
+    }
+
     fn append(path: &Path, bytes: &[u8]) {
         OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
     }
@@ -333,15 +340,15 @@ mod tests {
         let path = path_for(&dir.path().join("m.results.csv"));
         assert!(path.ends_with("m.results.csv.journal"));
         let journal = Journal::create(&path, &identity()).unwrap();
-        journal.intent(2, &id('a')).unwrap();
-        journal.intent(3, &id('b')).unwrap();
+        journal.intent(2, &mid('a')).unwrap();
+        journal.intent(3, &mid('b')).unwrap();
         drop(journal);
         // A kill in the middle of a write leaves half a line, even one that parses.
         append(&path, format!("4,{},17000", id('c')).as_bytes());
         let earlier = read(&path, |line, _| line != 3).unwrap();
         assert_eq!(earlier.identity, identity());
         assert_eq!(earlier.intents.len(), 1);
-        assert_eq!(earlier.intents[&2], [Intent { machine_id: id('a'), at_ms: earlier.intents[&2][0].at_ms }]);
+        assert_eq!(earlier.intents[&2], [Intent { machine_id: mid('a'), at_ms: earlier.intents[&2][0].at_ms }]);
     }
 
     #[test]
@@ -353,9 +360,9 @@ mod tests {
         append(&path, format!("4,{a},1000\n4,{a},661000\n4,{b},500\n", a = id('a'), b = id('b')).as_bytes());
         let earlier = read(&path, |_, machine| machine != id('c')).unwrap();
         assert_eq!(earlier.intents[&4].len(), 3);
-        assert_eq!(earliest(&earlier.intents[&4], &id('a')), Some(1000));
-        assert_eq!(earliest(&earlier.intents[&4], &id('A')), Some(1000));
-        assert_eq!(earliest(&earlier.intents[&4], &id('c')), None);
+        assert_eq!(earliest(&earlier.intents[&4], &mid('a')), Some(1000));
+        assert_eq!(earliest(&earlier.intents[&4], &mid('A')), Some(1000));
+        assert_eq!(earliest(&earlier.intents[&4], &mid('c')), None);
         // Only what `keep` wants is held.
         let earlier = read(&path, |_, machine| machine == id('b')).unwrap();
         assert_eq!(earlier.intents[&4].len(), 1);
@@ -365,17 +372,17 @@ mod tests {
     fn reopen_cuts_a_torn_line_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("m.results.csv"));
-        Journal::create(&path, &identity()).unwrap().intent(2, &id('a')).unwrap();
+        Journal::create(&path, &identity()).unwrap().intent(2, &mid('a')).unwrap();
         append(&path, b"4,cccc");
-        Journal::reopen(&path).unwrap().intent(5, &id('e')).unwrap();
+        Journal::reopen(&path).unwrap().intent(5, &mid('e')).unwrap();
         let earlier = read(&path, |_, _| true).unwrap();
-        assert_eq!((earlier.intents.len(), earlier.intents[&5][0].machine_id.as_str()), (2, id('e').as_str()));
+        assert_eq!((earlier.intents.len(), earlier.intents[&5][0].machine_id), (2, mid('e')));
         assert!(!std::fs::read_to_string(&path).unwrap().contains("cccc"));
 
         // A journal whose identity lost its line break gets it back, and keeps the identity.
         let header = serde_json::to_string(&identity()).unwrap();
         std::fs::write(&path, &header).unwrap();
-        Journal::reopen(&path).unwrap().intent(6, &id('f')).unwrap();
+        Journal::reopen(&path).unwrap().intent(6, &mid('f')).unwrap();
         let earlier = read(&path, |_, _| true).unwrap();
         assert_eq!((earlier.identity, earlier.intents.len()), (identity(), 1));
     }
@@ -384,9 +391,9 @@ mod tests {
     fn a_line_that_cannot_be_read_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("m.results.csv"));
-        Journal::create(&path, &identity()).unwrap().intent(2, &id('a')).unwrap();
+        Journal::create(&path, &identity()).unwrap().intent(2, &mid('a')).unwrap();
         append(&path, b"3,\xff\xfe,12\n\x00\x00\ngarbage\n");
-        Journal::reopen(&path).unwrap().intent(4, &id('d')).unwrap();
+        Journal::reopen(&path).unwrap().intent(4, &mid('d')).unwrap();
         let earlier = read(&path, |_, _| true).unwrap();
         let mut lines: Vec<u64> = earlier.intents.keys().copied().collect();
         lines.sort();
@@ -403,7 +410,7 @@ mod tests {
         let journal = Journal::create(&path, &identity()).unwrap();
         let mut writer = ResultsWriter::create(&results, false).unwrap();
         for (line, c) in [(2, 'a'), (3, 'b'), (4, 'c'), (5, 'd')] {
-            journal.intent(line, &id(c)).unwrap();
+            journal.intent(line, &mid(c)).unwrap();
         }
         writer.write(&ResultRow::new(2, id('a'), Outcome::Submitted)).unwrap();
         let mut timed_out = ResultRow::new(3, id('b'), Outcome::Failed);

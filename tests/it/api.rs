@@ -49,7 +49,8 @@ async fn tags_of(api: &Api, id: &str) -> Vec<String> {
 async fn cancel_ends_an_open_action_and_only_an_open_one() {
     let (sim, ids) = simulator(2, &["Machine.Offboard", "Machine.Read.All"]).await;
     let api = api_on(&sim);
-    let created = api.offboard(&ids[0], "retired").await.answer.unwrap();
+    let machine = mde_offboard::domain::MachineId::parse(&ids[0]).unwrap();
+    let created = api.offboard(&machine, "retired").await.answer.unwrap();
     let action = read_action(&created.body).unwrap();
     let id = action.id.unwrap();
 

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::commands::session::Session;
 use crate::defender::limiter::{self, Limiter};
-use crate::domain::{Outcome, message};
+use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock};
@@ -361,7 +361,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
     // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
     // still in and writes their rows itself: either way each machine gets exactly one row.
-    let in_flight: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashMap<u64, MachineId>>> = Arc::default();
 
     let reader = {
         let rows = job.scan.rows()?;
@@ -441,7 +441,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             Screened::Pass(row, facts) => (row, facts),
         };
         let machine = match row.kind {
-            RowKind::Valid(id) => id.to_string(),
+            RowKind::Valid(id) => id,
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
@@ -483,7 +483,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             stop = Some(e);
             break;
         }
-        in_flight.lock().expect("never poisoned").insert(row.line, machine.clone());
+        in_flight.lock().expect("never poisoned").insert(row.line, machine);
         let api = api.clone();
         let comment = comment.clone();
         // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
@@ -540,14 +540,14 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         api.cancel();
         let drain_limit = job.settings.timeout + DRAIN_GRACE;
         if tokio::time::timeout(drain_limit, &mut all_done).await.is_err() {
-            let left: Vec<(u64, String)> = in_flight.lock().expect("never poisoned").drain().collect();
+            let left: Vec<(u64, MachineId)> = in_flight.lock().expect("never poisoned").drain().collect();
             tracing::warn!(
                 "{} call(s) still in flight after {}; their machines are in the journal and --resume looks them up",
                 left.len(),
                 humantime::format_duration(drain_limit)
             );
             for (line, machine) in left {
-                let mut row = ResultRow::new(line, machine, Outcome::Failed);
+                let mut row = ResultRow::new(line, machine.to_string(), Outcome::Failed);
                 row.error_code = Some("InDoubt".into());
                 row.error_message = Some(message::in_flight_when_stopped().into());
                 let _ = row_tx.send(row).await;

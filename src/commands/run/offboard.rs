@@ -1,13 +1,13 @@
 //! One machine's offboard call, and what its answer says, as a results row.
 
 use crate::defender::api::{self, Api, CallResult, MachineAction};
-use crate::domain::{Outcome, message};
+use crate::domain::{MachineId, Outcome, message};
 use crate::files::results::ResultRow;
 
 /// Offboards one machine and says what happened, as a results row.
-pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: String, comment: &str) -> ResultRow {
+pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, comment: &str) -> ResultRow {
     let CallResult { attempts, answer } = api.offboard(&machine_id, comment).await;
-    let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
+    let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
     row.attempts = attempts;
     match answer {
         Ok(reply) => {

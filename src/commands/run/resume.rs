@@ -11,7 +11,7 @@ use super::Job;
 use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
 use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
-use crate::domain::{ActionStatus, Outcome, message};
+use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
 use crate::files::results::{self, Finished, ResultRow};
@@ -128,19 +128,19 @@ pub(super) fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Resu
 pub(super) async fn verify_then_offboard(
     api: &Api,
     line: u64,
-    machine_id: String,
+    machine_id: MachineId,
     comment: &str,
     intent_ms: u64,
 ) -> ResultRow {
     let (attempts, lookup) =
-        api.list_actions(&ActionQuery::offboards(Page::nth(0, LOOKUP_PAGE)).of_machine(&machine_id)).await;
+        api.list_actions(&ActionQuery::offboards(Page::nth(0, LOOKUP_PAGE)).of_machine(machine_id)).await;
     let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
     let actions: Vec<MachineAction> = match lookup {
         // Either type is an offboard action; another type is not, whatever the service's filter let through.
         Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
         Err(failure) => {
             tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
-            let mut row = ResultRow::new(line, machine_id, Outcome::Failed);
+            let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
             row.attempts = attempts;
             row.http_status = failure.status;
             row.error_code = Some("InDoubt".into());
@@ -155,8 +155,11 @@ pub(super) async fn verify_then_offboard(
         .max_by_key(|a| created(a));
     let open = actions.iter().find(|a| a.status.as_ref().is_some_and(ActionStatus::is_open));
     if let Some(action) = ours.or(open) {
-        let mut row =
-            ResultRow::new(line, machine_id, if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending });
+        let mut row = ResultRow::new(
+            line,
+            machine_id.to_string(),
+            if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending },
+        );
         row.attempts = attempts;
         row.http_status = Some(200);
         row.error_message = Some(message::found_earlier_action().into());
