@@ -119,8 +119,14 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                     return Ok(summary.exit_code());
                 }
                 let (results, options) = (&summary.results, wait.options());
-                let tracked =
-                    track::track_file(results, &settings, Some(session), options, stopped(stop_rx.clone())).await?;
+                // The offboards are done: a tracking that cannot go on stops part way (exit 4), never "could
+                // not run" (exit 1).
+                let tracked = track::track_file(results, &settings, Some(session), options, stopped(stop_rx.clone()))
+                    .await
+                    .map_err(|e| match e {
+                        Error::Interrupted | Error::Stopped(_) | Error::TrackingStopped { .. } => e,
+                        e => Error::TrackingStopped { results: results.clone(), source: Box::new(e) },
+                    })?;
                 output::stdout(&tracked.render());
                 Ok(tracked.exit_code())
             };

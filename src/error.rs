@@ -81,6 +81,16 @@ pub enum Error {
     /// valid, and `--resume` continues. Exits [`exit_code::STOPPED`].
     #[error("stopped part way: {0}; the results so far are valid, and --resume continues")]
     Stopped(Box<Error>),
+
+    /// `run --wait`: the run's offboards are done and in the results file, then tracking them stopped
+    /// (a read refused, sign-in failed for good). Exits [`exit_code::STOPPED`], never 1: exit 1 says
+    /// nothing was offboarded.
+    #[error(
+        "the offboards are done and in {}, but tracking them stopped: {source}; `mde-offboard track {}` follows them again",
+        results.display(),
+        results.display()
+    )]
+    TrackingStopped { results: PathBuf, source: Box<Error> },
 }
 
 impl From<AuthError> for Error {
@@ -136,10 +146,27 @@ impl Error {
         match self {
             Error::Usage(_) => exit_code::USAGE,
             Error::Interrupted => exit_code::INTERRUPTED,
-            Error::Stopped(_) => exit_code::STOPPED,
+            Error::Stopped(_) | Error::TrackingStopped { .. } => exit_code::STOPPED,
             _ => exit_code::CANNOT_RUN,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exit 1 says nothing was offboarded: a `run --wait` whose tracking fails after the offboards must
+    /// not say it (before, it exited 1).
+    #[test]
+    fn tracking_that_stops_after_the_offboards_exits_4() {
+        let refused = Error::Permission("the API refused to list machine actions".into());
+        assert_eq!(refused.exit_code(), exit_code::CANNOT_RUN);
+        let after_run = Error::TrackingStopped { results: PathBuf::from("m.results.csv"), source: Box::new(refused) };
+        assert_eq!(after_run.exit_code(), exit_code::STOPPED);
+        let text = after_run.to_string();
+        assert!(text.contains("offboards are done") && text.contains("mde-offboard track m.results.csv"), "{text}");
+    }
+}
