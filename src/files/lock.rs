@@ -109,6 +109,9 @@ impl Drop for RunLock {
 #[derive(Debug)]
 pub struct ResultsLock {
     file: File,
+    /// The lock file, and the results file it guards.
+    path: PathBuf,
+    results: PathBuf,
 }
 
 impl ResultsLock {
@@ -123,7 +126,7 @@ impl ResultsLock {
         };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(fail)?;
         match file.try_lock() {
-            Ok(()) => Ok(ResultsLock { file }),
+            Ok(()) => Ok(ResultsLock { file, path, results: results.to_owned() }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(format!(
                 "another mde-offboard command (a run, a resume or track) is writing {} right now; wait for it to \
                  end (lock file {})",
@@ -137,6 +140,12 @@ impl ResultsLock {
 
 impl Drop for ResultsLock {
     fn drop(&mut self) {
+        // A command that stopped before writing anything (a sign-in refused, a results file that was not
+        // there) leaves no lock file behind: with no results file there is nothing to guard. Removed while
+        // still held, so no other command can be holding it.
+        if !self.results.exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
         let _ = self.file.unlock();
     }
 }
@@ -180,6 +189,18 @@ mod tests {
         let _other = ResultsLock::acquire(&dir.path().join("n.results.csv")).unwrap();
         drop(first);
         assert!(ResultsLock::acquire(&results).is_ok());
+    }
+
+    /// Before: `track nosuch.csv`, or a run whose sign-in was refused, left `<results>.lock` behind.
+    #[test]
+    fn a_lock_without_a_results_file_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("m.results.csv");
+        drop(ResultsLock::acquire(&results).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a lock file was left behind");
+        std::fs::write(&results, "written").unwrap();
+        drop(ResultsLock::acquire(&results).unwrap());
+        assert!(dir.path().join("m.results.csv.lock").exists(), "the lock of a written file stays");
     }
 
     #[test]

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use mde_offboard::defender::api::{Api, RetryPolicy};
 use mde_offboard::defender::auth::TokenCache;
-use mde_offboard::defender::limiter::Limiter;
-use mde_offboard::settings::{Credential, Credentials, Secret};
 use mde_sim::{self as sim, Faults, Fleet, Misanswer, Misanswers, SimConfig, SimStats, Simulator};
 
 use crate::common::{Output, Results, mde_in, write_file};
@@ -197,16 +195,7 @@ async fn a_token_the_api_always_refuses_stops_the_run() {
 
 /// An [`Api`] on `sim` as the demo app, with `policy`, no quota, and its token cache.
 fn api_on(sim: &Simulator, policy: RetryPolicy) -> (Api, Arc<TokenCache>) {
-    let credentials = Credentials {
-        tenant_id: sim::DEMO_TENANT_ID.into(),
-        client_id: sim::DEMO_CLIENT_ID.into(),
-        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
-        authority: sim.base_url(),
-        scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
-    };
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
-    (Api::new(http, &sim.base_url(), tokens.clone(), Limiter::new(&[]), policy), tokens)
+    crate::common::demo_api(sim, policy)
 }
 
 #[tokio::test]

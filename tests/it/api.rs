@@ -1,14 +1,10 @@
 //! The typed API against the simulator: the calls no command makes yet (cancel, tags) and the machine query,
 //! each through the one retry policy.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mde_offboard::defender::api::{Api, MachineQuery, Page, RetryPolicy, TagChange, read_action};
-use mde_offboard::defender::auth::TokenCache;
-use mde_offboard::defender::limiter::Limiter;
-use mde_offboard::settings::{Credential, Credentials, Secret};
-use mde_sim::{self as sim, Fleet, SimConfig, Simulator};
+use mde_sim::{Fleet, SimConfig, Simulator};
 
 /// A simulator of `machines` machines, no quotas, nothing forbidden, its app granted `roles`.
 async fn simulator(machines: usize, roles: &[&str]) -> (Simulator, Vec<String>) {
@@ -25,17 +21,7 @@ async fn simulator(machines: usize, roles: &[&str]) -> (Simulator, Vec<String>) 
 }
 
 fn api_on(sim: &Simulator) -> Api {
-    let credentials = Credentials {
-        tenant_id: sim::DEMO_TENANT_ID.into(),
-        client_id: sim::DEMO_CLIENT_ID.into(),
-        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
-        authority: sim.base_url(),
-        scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
-    };
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
-    let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(10) };
-    Api::new(http, &sim.base_url(), tokens, Limiter::new(&[]), policy)
+    crate::common::demo_api(sim, RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(10) }).0
 }
 
 /// The tags a machine shows now.

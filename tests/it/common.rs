@@ -108,15 +108,7 @@ impl Results {
 /// `POST {path}` on `sim` as the demo app (signed in for the call), with a JSON body: the status and body.
 pub async fn post_as_demo_app(sim: &Simulator, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let http = reqwest::Client::new();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", sim::DEMO_CLIENT_ID),
-        ("client_secret", sim::DEMO_CLIENT_SECRET),
-        ("scope", mde_offboard::settings::DEFAULT_SCOPE),
-    ];
-    let token_url = format!("{}/{}/oauth2/v2.0/token", sim.base_url(), sim::DEMO_TENANT_ID);
-    let token: serde_json::Value = http.post(token_url).form(&form).send().await.unwrap().json().await.unwrap();
-    let token = token["access_token"].as_str().expect("a token").to_string();
+    let token = demo_token(sim).await;
     let response = http.post(format!("{}{path}", sim.base_url())).bearer_auth(token).json(&body).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(serde_json::Value::Null))
@@ -183,4 +175,37 @@ pub fn kill(child: &std::process::Child, signal: &str) {
 /// The summary JSON a run wrote to `s.json` in `dir`.
 pub fn summary_json(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("s.json")).expect("the summary JSON is written")).unwrap()
+}
+
+/// A token of the demo app from `sim`'s sign-in, fetched by hand (for calls the client itself does not make).
+pub async fn demo_token(sim: &Simulator) -> String {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", sim::DEMO_CLIENT_ID),
+        ("client_secret", sim::DEMO_CLIENT_SECRET),
+        ("scope", mde_offboard::settings::DEFAULT_SCOPE),
+    ];
+    let token_url = format!("{}/{}/oauth2/v2.0/token", sim.base_url(), sim::DEMO_TENANT_ID);
+    let answer = reqwest::Client::new().post(token_url).form(&form).send().await.unwrap();
+    let token: serde_json::Value = answer.json().await.unwrap();
+    token["access_token"].as_str().expect("a token").to_string()
+}
+
+/// The client's own [`Api`] on `sim`, as the demo app, with `policy` and no quota; and its token cache.
+pub fn demo_api(
+    sim: &Simulator,
+    policy: mde_offboard::defender::api::RetryPolicy,
+) -> (mde_offboard::defender::api::Api, std::sync::Arc<mde_offboard::defender::auth::TokenCache>) {
+    use mde_offboard::settings::{Credential, Credentials, Secret};
+    let credentials = Credentials {
+        tenant_id: sim::DEMO_TENANT_ID.into(),
+        client_id: sim::DEMO_CLIENT_ID.into(),
+        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
+        authority: sim.base_url(),
+        scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
+    };
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let tokens = std::sync::Arc::new(mde_offboard::defender::auth::TokenCache::new(http.clone(), credentials));
+    let limiter = mde_offboard::defender::limiter::Limiter::new(&[]);
+    (mde_offboard::defender::api::Api::new(http, &sim.base_url(), tokens.clone(), limiter, policy), tokens)
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mde_sim::{self as sim, Faults, Fleet, Lifecycle, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
 use crate::common::{Results, mde_in, write_file};
 
@@ -25,15 +25,7 @@ fn fleet(dir: &Path, n: usize) -> (Fleet, Vec<String>) {
 /// `GET /api/machineactions?$filter=FILTER` as the demo app: the answer's JSON.
 async fn list_as_demo_app(sim: &Simulator, filter: String) -> serde_json::Value {
     let http = reqwest::Client::new();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", sim::DEMO_CLIENT_ID),
-        ("client_secret", sim::DEMO_CLIENT_SECRET),
-        ("scope", mde_offboard::settings::DEFAULT_SCOPE),
-    ];
-    let token_url = format!("{}/{}/oauth2/v2.0/token", sim.base_url(), sim::DEMO_TENANT_ID);
-    let token: serde_json::Value = http.post(token_url).form(&form).send().await.unwrap().json().await.unwrap();
-    let token = token["access_token"].as_str().expect("a token").to_string();
+    let token = crate::common::demo_token(sim).await;
     let url = format!("{}/api/machineactions", sim.base_url());
     let response = http.get(url).query(&[("$filter", filter)]).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);

@@ -1,14 +1,10 @@
 //! 429s: a call gives up after 20 in a row (not 20 in all), and a throttled pool backs off as one, longer
 //! with each 429 in a row and one call at a time, whatever `Retry-After` says: a throttled run never storms.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use mde_offboard::defender::api::{Api, RetryPolicy, THROTTLED_IN_A_ROW_MAX};
-use mde_offboard::defender::auth::TokenCache;
-use mde_offboard::defender::limiter::Limiter;
-use mde_offboard::settings::{Credential, Credentials, Secret};
-use mde_sim::{self as sim, Faults, Fleet, RetryAfterOverride, SimConfig, Simulator};
+use mde_sim::{Faults, Fleet, RetryAfterOverride, SimConfig, Simulator};
 
 use crate::common::{Results, mde_in, write_file};
 
@@ -16,17 +12,7 @@ const MACHINE: &str = "GET /api/machines/{id}";
 
 /// An [`Api`] on `sim` as the demo app, no quota, retry delay `delay`.
 fn api_on(sim: &Simulator, delay: Duration) -> Api {
-    let credentials = Credentials {
-        tenant_id: sim::DEMO_TENANT_ID.into(),
-        client_id: sim::DEMO_CLIENT_ID.into(),
-        credential: Credential::Secret(Secret::new(sim::DEMO_CLIENT_SECRET)),
-        authority: sim.base_url(),
-        scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
-    };
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
-    let policy = RetryPolicy { max_attempts: 6, retry_delay: delay };
-    Api::new(http, &sim.base_url(), tokens, Limiter::new(&[]), policy)
+    crate::common::demo_api(sim, RetryPolicy { max_attempts: 6, retry_delay: delay }).0
 }
 
 /// A simulator of one machine whose first calls are answered `script`, `Retry-After` absent.

@@ -380,7 +380,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let live: Arc<Mutex<BTreeMap<Outcome, u64>>> = Arc::default();
     let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), live.clone()));
     if let Some(path) = job.summary_json.clone() {
-        let (api, run_id, results) = (api.clone(), identity.run_id.clone(), job.output.clone());
+        let (api, run_id, results, live) = (api.clone(), identity.run_id.clone(), job.output.clone(), live.clone());
         set_exit_now(Some(Box::new(move || {
             // This session's rows: what the writer has put in the file so far.
             let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
@@ -556,11 +556,12 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
     drop(row_tx);
     let _ = reader.await;
-    let written = writer_task.await.unwrap_or_else(|e| Written {
-        counts: BTreeMap::new(),
-        rows: 0,
-        error: Some(Error::Output { path: job.output.clone(), message: format!("the writer stopped: {e}") }),
+    let write_error = writer_task.await.unwrap_or_else(|e| {
+        Some(Error::Output { path: job.output.clone(), message: format!("the writer stopped: {e}") })
     });
+    // What the writer put in the file this session.
+    let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
+    let rows_written: u64 = counts.values().sum();
     if let Some(status) = status {
         status.abort();
     }
@@ -569,8 +570,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
 
     let mut summary = Summary {
         run_id: identity.run_id.clone(),
-        rows: written.rows,
-        counts: written.counts.clone(),
+        rows: rows_written,
+        counts: counts.clone(),
         duration: started.elapsed(),
         started_at,
         calls: api.counters.calls.load(Ordering::Relaxed),
@@ -581,18 +582,18 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         stopped: None,
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
-    if let Some(e) = written.error.or(stop) {
+    if let Some(e) = write_error.or(stop) {
         summary.stopped = Some(e.to_string());
         tracing::error!("{e}");
         return Ok(summary);
     }
     // The file must hold every row written, or the summary would claim rows nobody can read.
     let end = (|| {
-        results::verify(&job.output, rows_before + written.rows)?;
+        results::verify(&job.output, rows_before + rows_written)?;
         let complete = !interrupted;
         // A resumed results file holds rows from several sessions: count (and, when complete, compact) it,
         // so it ends with exactly one row per input row.
-        let counts = if resumed { results::tally(&job.output, complete)? } else { written.counts.clone() };
+        let counts = if resumed { results::tally(&job.output, complete)? } else { counts };
         if complete {
             journal.complete(&identity, &job.output)?;
         }
@@ -628,36 +629,25 @@ fn read_answer() -> Result<String> {
     Ok(answer)
 }
 
-/// What the writer wrote, and why it stopped early if it did.
-struct Written {
-    counts: BTreeMap<Outcome, u64>,
-    rows: u64,
-    error: Option<Error>,
-}
-
-/// The one owner of the results file: writes each row as it comes, until every sender is gone. A failed
-/// write ends it (the senders then find the channel closed and stop), keeping the counts of what it wrote.
+/// The one owner of the results file: writes each row as it comes, until every sender is gone, counting
+/// each row written in `counts` (read live by a second signal's summary, and at the end). A failed write
+/// ends it (the senders then find the channel closed and stop) and is returned.
 async fn write_rows(
     mut writer: ResultsWriter,
     mut rows: mpsc::Receiver<ResultRow>,
     progress: Progress,
-    live: Arc<Mutex<BTreeMap<Outcome, u64>>>,
-) -> Written {
-    let mut counts = BTreeMap::new();
-    let mut written = 0;
+    counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
+) -> Option<Error> {
     while let Some(row) = rows.recv().await {
         if let Err(e) = writer.write(&row) {
-            return Written { counts, rows: written, error: Some(e) };
+            return Some(e);
         }
-        written += 1;
-        *counts.entry(row.outcome).or_insert(0) += 1;
-        if let Ok(mut live) = live.lock() {
-            *live.entry(row.outcome).or_insert(0) += 1;
+        if let Ok(mut counts) = counts.lock() {
+            *counts.entry(row.outcome).or_insert(0) += 1;
         }
         progress.row_done(row.outcome.is_ok());
     }
-    let error = writer.finish().err();
-    Written { counts, rows: written, error }
+    writer.finish().err()
 }
 
 fn log_row(row: &ResultRow) {
