@@ -57,7 +57,7 @@ impl Report {
 }
 
 /// Runs the check and prints the report; the exit code says whether a default run would be allowed.
-pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Error> {
+pub async fn check(args: &CheckArgs, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<u8, Error> {
     let mut r = Report { text: "mde-offboard check\n".into(), problems: Vec::new(), notes: Vec::new() };
     let settings = match settings::resolve(&args.settings, env) {
         Ok(settings) => settings,

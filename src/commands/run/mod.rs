@@ -41,6 +41,11 @@ use preflight::Screened;
 
 /// Rows buffered between the reader and the workers, and between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
+/// Rows the reader hands over at once: one wake of the dispatcher (and of the reader's thread) for each
+/// batch, not for each row. The input is on disk already, so a batch waits for nothing but reading it.
+const READ_BATCH: usize = 128;
+/// At most this many rows, of those waiting, go to the results file in one write.
+const WRITE_BATCH: usize = 256;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug)]
@@ -356,7 +361,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
-    let (item_tx, mut item_rx) = mpsc::channel::<Result<Screened>>(CHANNEL_DEPTH);
+    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Result<Screened>>>(CHANNEL_DEPTH / READ_BATCH);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
     // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
     // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
@@ -369,11 +374,22 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         let mut screen = screen.take();
         // Rows are read and screened here, off the runtime: both read files.
         tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(READ_BATCH);
             for row in rows {
                 let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
-                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(item).is_err() {
+                let failed = item.is_err();
+                batch.push(item);
+                if batch.len() < READ_BATCH && !failed {
+                    continue;
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                // A row that could not be read ends the input: it goes with the rows before it.
+                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(full).is_err() || failed {
                     break;
                 }
+            }
+            if !batch.is_empty() && !cancelled.load(Ordering::Relaxed) {
+                let _ = item_tx.blocking_send(batch);
             }
         })
     };
@@ -410,16 +426,25 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
+    let mut batch = Vec::new().into_iter();
     loop {
-        let item = tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                interrupted = true;
-                break;
+        let Some(item) = batch.next() else {
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    interrupted = true;
+                    break;
+                }
+                next = item_rx.recv() => next,
+            };
+            match next {
+                Some(next) => {
+                    batch = next.into_iter();
+                    continue;
+                }
+                None => break,
             }
-            item = item_rx.recv() => item,
         };
-        let Some(item) = item else { break };
         let screened = match item {
             Ok(screened) => screened,
             Err(e) => {
@@ -638,14 +663,19 @@ async fn write_rows(
     progress: Progress,
     counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
 ) -> Option<Error> {
-    while let Some(row) = rows.recv().await {
-        if let Err(e) = writer.write(&row) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rows.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if let Err(e) = writer.write_all(&batch) {
             return Some(e);
         }
         if let Ok(mut counts) = counts.lock() {
-            *counts.entry(row.outcome).or_insert(0) += 1;
+            for row in &batch {
+                *counts.entry(row.outcome).or_insert(0) += 1;
+            }
         }
-        progress.row_done(row.outcome.is_ok());
+        for row in batch.drain(..) {
+            progress.row_done(row.outcome.is_ok());
+        }
     }
     writer.finish().err()
 }
