@@ -684,7 +684,13 @@ pub async fn track_file(
 
     let mut session = match session {
         Some(session) => session,
-        None => Session::open(settings, settings.credentials()?, Limiter::new(&settings.rates))?,
+        None => {
+            let session =
+                Session::open(settings, settings.credentials()?.needing(false, true), Limiter::new(&settings.rates))?;
+            // Tracking changes nothing: a token cache's refresh token is enough without a terminal.
+            session.require_person(true)?;
+            session
+        }
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
     let run_id = crate::files::journal::new_run_id(SystemTime::now());

@@ -34,7 +34,7 @@ pub fn default_output(input: Option<&Path>) -> PathBuf {
 pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    session.sign_in(|roles| check_permissions(roles, &job.preflight, job.scan.by_name)).await?;
+    let token = session.sign_in(|granted| check_permissions(granted, &job.preflight, job.scan.by_name)).await?;
     let round_trip = started.elapsed();
     let api = session.api();
     let screen = tokio::select! {
@@ -80,6 +80,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         interrupted: false,
         resumed: false,
         stopped: None,
+        account: token.account().map(str::to_owned),
     })
 }
 
