@@ -3,7 +3,8 @@
 //!
 //! `POST /{tenant}/oauth2/v2.0/devicecode` hands out a device code and a user code; polling the token
 //! endpoint with the device code answers `slow_down` for the first `DeviceCode::slow_down_polls` polls (and
-//! for any poll sooner than the interval, counted in `SimStats::polls_too_fast`), then
+//! for any poll sooner than the interval, counted in `SimStats::polls_too_fast`; each `slow_down` adds 5 s
+//! of real time to it, as the protocol has the client do), then
 //! `authorization_pending` for `pending_polls` polls, then what the person did: a delegated token
 //! (approve), `authorization_declined`, or nothing until the code has expired (`expired_token`). A delegated
 //! token carries `scp` (the requested permissions among those consented) and the account (`upn`), and with
@@ -31,7 +32,7 @@ pub const DEVICE_CODE_PREFIX: &str = "DAQABAAEAAA";
 pub const REFRESH_TOKEN_PREFIX: &str = "0.ASim";
 /// Where the person goes to enter the code (Entra ID's page).
 const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
-/// What `slow_down` adds to the interval (RFC 8628, section 3.5).
+/// What `slow_down` adds to the interval (RFC 8628, section 3.5), real time.
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
 /// A device code handed out and not yet redeemed.
@@ -42,7 +43,8 @@ struct Pending {
     expires: Instant,
     polls: u32,
     last_poll: Option<Instant>,
-    /// The interval now asked for, service time.
+    /// The interval now asked for, real time: the scaled interval, plus 5 s for each `slow_down` (the
+    /// protocol's own step, which a client cannot scale).
     interval: Duration,
 }
 
@@ -151,7 +153,7 @@ pub(crate) fn start(sim: &Shared, tenant: &str, form: &HashMap<String, String>) 
         expires: Instant::now() + sim.clock.real(config.code_lifetime),
         polls: 0,
         last_poll: None,
-        interval: config.interval,
+        interval: sim.clock.real(config.interval),
     };
     sim.device.pending.lock().expect("pending lock").insert(device_code.clone(), pending);
     let expires_in = (config.code_lifetime.as_secs_f64() / sim.config.time_scale).ceil().max(1.0) as u64;
@@ -188,7 +190,7 @@ fn poll(sim: &Shared, form: &HashMap<String, String>) -> Result<Value, Refusal> 
     };
     pending.polls += 1;
     sim.counters.lock().expect("counters lock").device_code_polls += 1;
-    let too_soon = pending.last_poll.is_some_and(|at| now - at < sim.clock.real(pending.interval).mul_f64(0.9));
+    let too_soon = pending.last_poll.is_some_and(|at| now - at < pending.interval.mul_f64(0.9));
     pending.last_poll = Some(now);
     if too_soon {
         sim.counters.lock().expect("counters lock").polls_too_fast += 1;
@@ -222,11 +224,10 @@ fn refresh(sim: &Shared, form: &HashMap<String, String>) -> Result<Value, Refusa
             "The provided grant has expired due to it being revoked, a fresh auth token is needed.",
         ));
     };
-    // Asked again, a subset of what the refresh token was issued for; by default, all of it.
+    // As Entra ID does for a public client: any consented permission of the resource may be asked for
+    // again, not only those the first sign-in asked for; by default, those.
     let scopes = match form.get("scope").map(|s| requested(s)).transpose()? {
-        Some((_, asked, _)) if !asked.is_empty() => {
-            asked.into_iter().filter(|a| earlier.scopes.iter().any(|e| e.eq_ignore_ascii_case(a))).collect()
-        }
+        Some((_, asked, _)) if !asked.is_empty() => asked,
         _ => earlier.scopes.clone(),
     };
     Ok(delegated(sim, &earlier.resource, &scopes, true))
