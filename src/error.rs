@@ -153,7 +153,9 @@ pub enum AuthError {
     )]
     DeviceCodeDeclined { page: String },
     /// Nobody entered the code in time.
-    #[error("the code was not entered within {within}, and it has expired: nothing was done; run again and enter the new code")]
+    #[error(
+        "the code was not entered within {within}, and it has expired: nothing was done; run again and enter the new code"
+    )]
     DeviceCodeExpired { within: String },
     /// Entra ID did not know the device code it was polled with.
     #[error("Entra ID did not recognise the device code (bad_verification_code): nothing was done; run again")]

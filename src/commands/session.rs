@@ -92,7 +92,9 @@ impl Session {
                  --token-cache, then run with --yes",
                 path.display()
             ),
-            (None, _) => "sign in once at a terminal with --token-cache FILE, then run with --yes --token-cache FILE".into(),
+            (None, _) => {
+                "sign in once at a terminal with --token-cache FILE, then run with --yes --token-cache FILE".into()
+            }
         };
         Err(Error::Usage(format!(
             "signing in as a person (--device-code) needs someone to enter a code, and there is no terminal (stdin) \

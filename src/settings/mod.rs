@@ -490,7 +490,8 @@ impl Settings {
     pub fn credentials(&self) -> Result<Credentials> {
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
         if self.device_code {
-            let public = "the Application (client) ID of a public client app registration (README: Sign in as a person)";
+            let public =
+                "the Application (client) ID of a public client app registration (README: Sign in as a person)";
             return Ok(Credentials {
                 tenant_id: self.tenant_id.clone().ok_or_else(|| {
                     missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
@@ -997,6 +998,30 @@ mod tests {
         assert_eq!((c.tenant_id.as_str(), c.client_id.as_str()), ("0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00", "app-guid"));
         assert!(matches!(&c.credential, Credential::AccessToken(t) if t.expose() == token));
         assert!(!format!("{s:?}{c:?}").contains(&payload));
+    }
+
+    #[test]
+    fn device_code_needs_no_secret_and_asks_for_what_the_command_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let ids = "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70\"\n";
+        std::fs::write(&path, format!("[auth]\n{ids}flow = \"device_code\"\n")).unwrap();
+        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let c = resolve(&args, &no_env).unwrap().credentials().unwrap();
+        let Credential::DeviceCode(person) = &c.credential else { panic!("{:?}", c.credential) };
+        let api = "https://api.securitycenter.microsoft.com";
+        assert_eq!(person.scope(), format!("{api}/Machine.Offboard {api}/Machine.Read.All offline_access"));
+        let Credential::DeviceCode(reader) = c.clone().needing(false, true).credential else { unreachable!() };
+        assert_eq!(reader.scope(), format!("{api}/Machine.Read.All offline_access"));
+        let Credential::DeviceCode(bare) = c.needing(true, false).credential else { unreachable!() };
+        assert_eq!(bare.scope(), format!("{api}/Machine.Offboard offline_access"));
+
+        std::fs::write(&path, format!("[auth]\n{ids}flow = \"password\"\n")).unwrap();
+        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        assert!(msg.contains("auth.flow") && msg.contains("device_code"), "{msg}");
+        // A token cache is only for a person's sign-in.
+        let cache = SettingsArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() };
+        assert!(resolve(&cache, &no_env).unwrap_err().to_string().contains("--device-code"));
     }
 
     #[cfg(unix)]

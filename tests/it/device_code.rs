@@ -76,12 +76,13 @@ async fn approved_the_run_offboards_in_the_persons_name_and_says_who() {
     let url = format!("{}/api/machineactions", sim.base_url());
     let actions: serde_json::Value =
         reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    let requestors: Vec<&str> = actions["value"].as_array().unwrap().iter().filter_map(|a| a["requestor"].as_str()).collect();
+    let requestors: Vec<&str> =
+        actions["value"].as_array().unwrap().iter().filter_map(|a| a["requestor"].as_str()).collect();
     assert_eq!(requestors, vec![DEMO_ACCOUNT; 5]);
 
     // In JSON logs the code is an event of its own, shown even with -q.
-    let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--overwrite", "-q", "--log-format", "json"], &[])
-        .await;
+    let out =
+        as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--overwrite", "-q", "--log-format", "json"], &[]).await;
     let event = out
         .stderr
         .lines()
@@ -98,7 +99,11 @@ async fn declined_or_never_entered_nothing_is_done_and_the_message_says_why() {
     let (dir, sim) = start(3, declined, |_| {}).await;
     let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes"], &[]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("the sign-in was declined") && out.stderr.contains("nothing was done"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the sign-in was declined") && out.stderr.contains("nothing was done"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(api_calls(&sim.stats()), 0);
     sim.shutdown().await;
 
@@ -202,7 +207,8 @@ async fn without_a_terminal_only_a_token_cache_and_yes_sign_in() {
     assert_eq!(sim.stats().requests, 0, "nothing was sent");
 
     // Signed in once at a terminal, with a token cache: written owner-only.
-    let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--dry-run", "--token-cache", "tc.json"], &[]).await;
+    let out =
+        as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--dry-run", "--token-cache", "tc.json"], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let cache = dir.path().join("tc.json");
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600);

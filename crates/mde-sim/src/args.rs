@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DeviceCode, DeviceCodeAnswer, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswers,
-    RetryAfterOverride, SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults,
+    Lifecycle, Misanswers, RetryAfterOverride, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;

@@ -31,7 +31,9 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig};
+pub use config::{
+    DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig,
+};
 pub use device_code::{DEVICE_CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use error::Error;
 pub use fleet::{Fleet, SimMachine};

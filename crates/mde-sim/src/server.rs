@@ -33,8 +33,8 @@ use tokio::task::JoinHandle;
 use super::actions::{Actions, CancelError};
 use super::clock::{Clock, parse_rfc3339, random_guid};
 use super::config::{Faults, RetryAfterOverride, SimConfig};
-use super::faults::{Fault, FaultState};
 use super::device_code;
+use super::faults::{Fault, FaultState};
 use super::fleet::{Fleet, SimMachine};
 use super::misanswers;
 use super::query::{

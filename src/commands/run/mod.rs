@@ -151,10 +151,8 @@ pub async fn command(
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A person's sign-in asks only for what this run does (a resume may look up the machines in doubt).
-    let credentials = settings.credentials()?.needing(
-        !options.dry_run,
-        options.reads(args.by_name) || options.wait || args.resume,
-    );
+    let credentials =
+        settings.credentials()?.needing(!options.dry_run, options.reads(args.by_name) || options.wait || args.resume);
     // A dry run sends no offboard, so it needs no comment.
     let comment_template =
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };

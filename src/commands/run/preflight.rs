@@ -387,7 +387,9 @@ mod tests {
             names: names(n),
             account: Some("a@contoso".into()),
         };
-        assert!(check_permissions(&person(&["Machine.Offboard", "Machine.Read.All"]), &Options::default(), false).is_ok());
+        assert!(
+            check_permissions(&person(&["Machine.Offboard", "Machine.Read.All"]), &Options::default(), false).is_ok()
+        );
         let e = check_permissions(&person(&["Machine.Offboard"]), &Options::default(), false).unwrap_err().to_string();
         assert!(e.contains("delegated permission Machine.Read.All") && e.contains("Delegated permissions"), "{e}");
     }

@@ -59,10 +59,13 @@ pub(super) async fn sign_in(
 ) -> Result<(Token, Option<Secret>), AuthError> {
     let url = cache.endpoint("devicecode");
     let form = [("client_id", cache.credentials.client_id.clone()), ("scope", person.scope())];
-    let answer = cache.http.post(&url).form(&form).send().await.map_err(|e| AuthError::Unreachable {
-        url: url.clone(),
-        message: super::describe_transport(&e),
-    })?;
+    let answer = cache
+        .http
+        .post(&url)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| AuthError::Unreachable { url: url.clone(), message: super::describe_transport(&e) })?;
     let status = answer.status();
     if status.is_redirection() {
         let to = super::location_host(answer.headers(), &url);
