@@ -258,11 +258,13 @@ pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) ->
     let config = args.config(secret)?;
     let demo_secret = config.client_secret == DEMO_CLIENT_SECRET;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
+    let account = config.device_code.account.clone();
     let sim = Simulator::start(config).await?;
     let mut line = format!("simulator listening on {} (tenant {tenant}, client {client}", sim.base_url());
     if demo_secret {
         line.push_str(&format!("; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"));
     }
+    line.push_str(&format!("; --device-code signs in as {account}"));
     line.push(')');
     // One line, flushed: scripts wait for it to learn the address.
     let mut stdout = std::io::stdout();
