@@ -237,3 +237,21 @@ async fn without_a_terminal_only_a_token_cache_and_yes_sign_in() {
     assert_eq!(sim.stats().total(DEVICE_CODE), 1);
     sim.shutdown().await;
 }
+
+/// Waiting for a code is not a hang: a signal ends it at once (exit 130), nothing done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_waiting_for_the_code_ends_the_command() {
+    let person = DeviceCode { answer: DeviceCodeAnswer::Ignore, ..hour_long_codes() };
+    let (dir, sim) = start(3, person, |_| {}).await;
+    for args in [&["run", "m.csv", "--yes", "--device-code"][..], &["run", "m.csv", "--dry-run", "--device-code"]] {
+        let polls = sim.stats().device_code_polls;
+        let (child, terminal) = spawn_at_terminal(command(&sim, dir.path(), args, &NO_SECRET));
+        wait_until("polls", || sim.stats().device_code_polls > polls).await;
+        crate::common::kill(&child, "-INT");
+        let out = tokio::time::timeout(Duration::from_secs(30), wait(child)).await.expect("ends at once");
+        drop(terminal);
+        assert_eq!(out.code, 130, "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(api_calls(&sim.stats()), 0);
+    sim.shutdown().await;
+}

@@ -220,7 +220,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
-    session.lock(&job.lock_dir, &job.run_id).await?;
+    // (Signing in to learn it may wait for a person to enter a code: a signal ends that at once.)
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Err(Error::Interrupted),
+        locked = session.lock(&job.lock_dir, &job.run_id) => locked?,
+    }
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
@@ -256,7 +262,6 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let comment = identity.comment_sent();
 
     // Until the first offboard, a signal ends the run at once: nothing has been done.
-    tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     // And the permissions, before any API call.
     let in_doubt = resume.as_ref().map_or(0, |earlier| earlier.in_doubt.len());
