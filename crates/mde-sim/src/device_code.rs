@@ -268,3 +268,31 @@ fn delegated(sim: &Shared, resource: &str, asked: &[String], offline: bool) -> V
     }
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_name_one_resource_and_its_permissions() {
+        let api = "https://api.securitycenter.microsoft.com";
+        let Ok((resource, permissions, offline)) =
+            requested(&format!("{api}/Machine.Offboard {api}/Machine.Read.All offline_access openid"))
+        else {
+            panic!("refused")
+        };
+        assert_eq!((resource.as_str(), offline), (api, true));
+        assert_eq!(permissions, vec!["Machine.Offboard", "Machine.Read.All"]);
+        assert!(
+            requested(&format!("{api}/.default"))
+                .is_ok_and(|(_, permissions, offline)| permissions.is_empty() && !offline)
+        );
+        for refused in ["offline_access", "Machine.Offboard", "https://graph.microsoft.com/User.Read"] {
+            assert!(requested(refused).is_err(), "{refused}");
+        }
+        assert!(
+            requested(&format!("{api}/Machine.Offboard https://api-gov.securitycenter.microsoft.us/Machine.Read.All"))
+                .is_err()
+        );
+    }
+}
