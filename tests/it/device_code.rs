@@ -94,7 +94,7 @@ async fn approved_the_run_offboards_in_the_persons_name_and_says_who() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declined_or_never_entered_nothing_is_done_and_the_message_says_why() {
+async fn declined_never_entered_or_not_a_public_client_nothing_is_done_and_the_message_says_why() {
     let declined = DeviceCode { answer: DeviceCodeAnswer::Decline, ..DeviceCode::default() };
     let (dir, sim) = start(3, declined, |_| {}).await;
     let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes"], &[]).await;
@@ -119,6 +119,13 @@ async fn declined_or_never_entered_nothing_is_done_and_the_message_says_why() {
     assert!(out.stderr.contains("was not entered within") && out.stderr.contains("expired"), "{}", out.stderr);
     assert!(sim.stats().device_code_polls > 3);
     assert_eq!((api_calls(&sim.stats()), sim.stats().polls_too_fast), (0, 0));
+    sim.shutdown().await;
+
+    // An app registration that does not allow public client flows: the hint says which switch.
+    let (dir, sim) = start(3, DeviceCode { public_client: false, ..DeviceCode::default() }, |_| {}).await;
+    let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes"], &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("AADSTS7000218") && out.stderr.contains("Allow public client flows"), "{}", out.stderr);
     sim.shutdown().await;
 }
 
