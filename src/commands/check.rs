@@ -1,6 +1,6 @@
 //! `mde-offboard check`: the first thing to run against a tenant. It validates the settings, signs in,
-//! compares the token's roles (or, for a person, the account's scopes) with what each kind of run needs, makes one cheap read call, and says in plain
-//! words what is wrong. It changes nothing in the tenant.
+//! compares the token's roles (or, for a person, the account's scopes) with what each kind of run needs,
+//! makes one cheap read call, and says in plain words what is wrong. It changes nothing in the tenant.
 //!
 //! Exit 0 when a default `run` (pre-flight on) would be allowed: signed in, `Machine.Offboard` and a read role
 //! granted (the pre-flight reads the inventory and the open actions), the API host answers and accepts the
