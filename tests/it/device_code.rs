@@ -262,3 +262,40 @@ async fn a_signal_while_waiting_for_the_code_ends_the_command() {
     assert_eq!(api_calls(&sim.stats()), 0);
     sim.shutdown().await;
 }
+
+/// Renewal ahead of expiry: the client's clock (paused, then moved past the token's renewal time) asks for
+/// a new token with the refresh token before the API ever refuses the old one, and the person is not asked.
+#[tokio::test(flavor = "current_thread")]
+async fn a_persons_token_is_renewed_with_the_refresh_token_before_it_expires() {
+    use mde_offboard::defender::auth::TokenCache;
+    use mde_offboard::settings::{Credential, Credentials, DEFAULT_SCOPE, DeviceCodeSignIn};
+    // Tokens of an hour (real time): the simulator would take the first one throughout.
+    let (_dir, sim) = start(1, DeviceCode::default(), |c| c.token_lifetime = Duration::from_secs(100 * 3600)).await;
+    let credentials = Credentials {
+        tenant_id: mde_sim::DEMO_TENANT_ID.into(),
+        client_id: mde_sim::DEMO_CLIENT_ID.into(),
+        credential: Credential::DeviceCode(DeviceCodeSignIn {
+            resource: DEFAULT_SCOPE.trim_end_matches("/.default").into(),
+            offboard: true,
+            read: true,
+            token_cache: None,
+            person: true,
+        }),
+        authority: sim.base_url(),
+        scope: DEFAULT_SCOPE.into(),
+    };
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let tokens = TokenCache::new(http, credentials);
+    let first = tokens.get().await.unwrap();
+    assert_eq!(first.account(), Some(DEMO_ACCOUNT));
+    assert_eq!(tokens.get().await.unwrap().bearer(), first.bearer(), "kept while valid");
+    assert_eq!(sim.stats().refresh_grants, 0);
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3600 - 300 + 1)).await;
+    let renewed = tokens.get().await.unwrap();
+    assert_ne!(renewed.bearer(), first.bearer());
+    let stats = sim.stats();
+    assert_eq!((stats.refresh_grants, stats.total(DEVICE_CODE)), (1, 1));
+    assert_eq!(renewed.permissions().names, vec!["Machine.Offboard", "Machine.Read.All"]);
+}
