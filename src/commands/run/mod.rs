@@ -154,8 +154,10 @@ pub async fn command(
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
-    let credentials = settings.credentials()?;
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
+    // A person's sign-in asks only for what this run does (a resume may look up the machines in doubt).
+    let credentials =
+        settings.credentials()?.needing(!options.dry_run, options.reads(args.by_name) || options.wait || args.resume);
     // A dry run sends no offboard, so it needs no comment.
     let comment_template =
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
@@ -199,6 +201,8 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         ));
     }
     let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    // A dry run changes nothing, as `--yes` says for a real one.
+    session.require_person(args.yes || options.dry_run)?;
     let job = Job {
         settings,
         comment_template,
@@ -221,7 +225,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
-    session.lock(&job.lock_dir, &job.run_id).await?;
+    // (Signing in to learn it may wait for a person to enter a code: a signal ends that at once.)
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Err(Error::Interrupted),
+        locked = session.lock(&job.lock_dir, &job.run_id) => locked?,
+    }
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
@@ -257,18 +267,18 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let comment = identity.comment_sent();
 
     // Until the first offboard, a signal ends the run at once: nothing has been done.
-    tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     // And the permissions, before any API call.
     let in_doubt = resume.as_ref().map_or(0, |earlier| earlier.in_doubt.len());
-    let needs = |roles: &[String]| {
-        preflight::check_permissions(roles, &job.preflight, job.scan.by_name)?;
-        resume::check_lookup_permission(roles, in_doubt)
+    let needs = |granted: &crate::defender::auth::Permissions| {
+        preflight::check_permissions(granted, &job.preflight, job.scan.by_name)?;
+        resume::check_lookup_permission(granted, in_doubt)
     };
-    tokio::select! {
+    let token = tokio::select! {
         token = session.sign_in(needs) => token?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
+    let account = token.account().map(str::to_owned);
     let round_trip = started.elapsed();
     let api = session.api().clone();
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
@@ -397,6 +407,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), live.clone()));
     if let Some(path) = job.summary_json.clone() {
         let (api, run_id, results, live) = (api.clone(), identity.run_id.clone(), job.output.clone(), live.clone());
+        let account = account.clone();
         set_exit_now(Some(Box::new(move || {
             // This session's rows: what the writer has put in the file so far.
             let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
@@ -412,6 +423,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 interrupted: true,
                 resumed,
                 stopped: None,
+                account,
             };
             let _ = summary.write_json(&path);
         })));
@@ -605,6 +617,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         interrupted,
         resumed,
         stopped: None,
+        account,
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {
