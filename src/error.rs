@@ -38,6 +38,15 @@ pub enum Error {
     #[error("output {}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
+    /// A file the command writes could not be written; the system's (or the CSV writer's) error is kept.
+    #[error("output {}: cannot {action}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("sign-in failed: {0}")]
     Auth(#[source] AuthError),
 
@@ -91,6 +100,17 @@ pub enum Error {
         results.display()
     )]
     TrackingStopped { results: PathBuf, source: Box<Error> },
+}
+
+impl Error {
+    /// [`Error::Write`]: `action` (a verb and what it acts on, "write a row") failed on `path`.
+    pub fn write(
+        path: impl Into<PathBuf>,
+        action: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Write { path: path.into(), action: action.into(), source: source.into() }
+    }
 }
 
 impl From<AuthError> for Error {

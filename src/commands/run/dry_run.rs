@@ -55,7 +55,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
     let output = job.output.clone();
     let (counts, written) = tokio::task::spawn_blocking(move || write_dry_run(rows, screen, writer))
         .await
-        .map_err(|e| Error::Output { path: output.clone(), message: e.to_string() })??;
+        .map_err(|e| Error::write(&output, "write it (the writer stopped)", e))??;
 
     let would = counts.get(&Outcome::WouldSubmit).copied().unwrap_or(0);
     let skipped: Vec<String> = counts

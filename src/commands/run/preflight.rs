@@ -90,10 +90,11 @@ pub fn check_files(results: &Path, options: &Options, resume: bool, summary: Opt
         // Opened as the run will open it, without changing it. A resume whose journal is missing is refused
         // by the resume itself, with what to do.
         let opened = if continues {
-            std::fs::OpenOptions::new().read(true).append(true).open(results).map_err(|e| Error::Output {
-                path: results.to_owned(),
-                message: format!("cannot append to it: {e}"),
-            })?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(results)
+                .map_err(|e| Error::write(results, "append to it", e))?;
             journal.exists().then(|| std::fs::OpenOptions::new().read(true).append(true).open(&journal))
         } else {
             journal.exists().then(|| std::fs::OpenOptions::new().write(true).open(&journal))
