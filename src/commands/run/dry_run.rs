@@ -80,6 +80,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         interrupted: false,
         resumed: false,
         stopped: None,
+        tags: None,
     })
 }
 

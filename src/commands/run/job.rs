@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::commands::tag::TagSummary;
 use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
 use crate::files::write_atomically;
@@ -58,6 +59,8 @@ pub struct Job {
     /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
     /// still write what was done so far.
     pub summary_json: Option<PathBuf>,
+    /// The tag added after the offboards (`--tag`, `run.tag`), as written: `{run_id}` and `{date}` unfilled.
+    pub tag: Option<String>,
 }
 
 /// What a run did.
@@ -78,6 +81,8 @@ pub struct Summary {
     /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
     /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
     pub stopped: Option<String>,
+    /// How the tags of `--tag` went, when the run tagged.
+    pub tags: Option<TagSummary>,
 }
 
 impl Summary {
@@ -114,6 +119,9 @@ impl Summary {
             }
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
+        if let Some(tags) = &self.tags {
+            out += &tags.render(&self.results);
+        }
         out += &format!("Results: {}\n", self.results.display());
         if let Some(why) = &self.stopped {
             out += &format!("Stopped because: {why}\n");
