@@ -18,7 +18,7 @@ pub fn escape(text: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '#' | '|' | '!' | '~' | '{' | '}' => {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '|' | '~' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -66,6 +66,6 @@ mod tests {
 
     #[test]
     fn markup_and_table_breakers_are_escaped() {
-        assert_eq!(escape("<b>x|y</b>\n[a](b)"), "&lt;b&gt;x\\|y&lt;/b&gt; \\[a\\]\\(b\\)");
+        assert_eq!(escape("<b>x|y</b>\n[a](b)"), "&lt;b&gt;x\\|y&lt;/b&gt; \\[a\\](b)");
     }
 }

@@ -113,6 +113,12 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
     }
     let temp = writer.into_inner().map_err(|e| fail(e.into_error()))?;
     temp.as_file().sync_all().map_err(fail)?;
+    // A report is for sharing: readable by others, as any file the user writes (a temporary file is 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644)).map_err(fail)?;
+    }
     temp.persist(out).map_err(|e| fail(e.error))?;
     Ok(())
 }
