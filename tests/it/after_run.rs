@@ -459,6 +459,7 @@ fn big_results(dir: &Path, name: &str, n: u64) -> PathBuf {
 /// Runs `mde-offboard ARGS` in `dir` to its end: its exit code and its own peak resident memory in KiB
 /// (`wait4`'s rusage: this child only, whatever else the tests run).
 #[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace: it drops the rusage
 fn peak_memory(dir: &Path, args: &[&str]) -> (i32, i64) {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mde-offboard"))
         .args(args)
