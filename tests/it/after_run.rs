@@ -58,12 +58,27 @@ async fn cancel_takes_back_the_runs_open_actions_and_nothing_else() {
     .await;
     assert_eq!(status, 201);
     let foreign = foreign["id"].as_str().unwrap().to_string();
+    // And one in the run's list, open before the run: its row is already_pending without an action id (no
+    // pre-flight), and `cancel` finds its open action by machine.
+    let (status, earlier) = post_as_demo_app(
+        &sim,
+        &format!("/api/machines/{}/offboard", ids[5]),
+        serde_json::json!({ "Comment": "earlier" }),
+    )
+    .await;
+    assert_eq!(status, 201);
     let run_input = input(dir.path(), &ids[..12]);
     let out = mde_in(&sim, dir.path(), &["run", &run_input, "--yes", "--no-preflight", "--rate", "1000/1s"], "").await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let results = dir.path().join("m.results.csv");
     let rows = Results::read(&results);
-    assert!(rows.rows.iter().all(|r| r["outcome"] == "submitted" && r["action_status"] == "Pending"));
+    assert_eq!((rows.line(7)["outcome"].as_str(), rows.line(7)["action_id"].as_str()), ("already_pending", ""));
+    assert!(
+        rows.rows
+            .iter()
+            .filter(|r| r["line"] != "7")
+            .all(|r| r["outcome"] == "submitted" && r["action_status"] == "Pending")
+    );
     // One of the run's actions ends (is cancelled by hand) before `cancel`: the file still says Pending.
     let by_hand = rows.line(12)["action_id"].clone();
     let (status, _) = post_as_demo_app(
@@ -84,6 +99,7 @@ async fn cancel_takes_back_the_runs_open_actions_and_nothing_else() {
     let out = mde_in(&sim, dir.path(), &["cancel", path, "--dry-run"], "").await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("11 open offboard action(s) would be cancelled"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("would cancel: {} (its open action is looked up", ids[5])), "{}", out.stdout);
     assert_eq!(sim.stats().total(CANCEL), 1, "only the cancel made by hand");
     // Without --yes and without a terminal it refuses (exit 2) and calls nothing.
     let out = mde_in(&sim, dir.path(), &["cancel", path, "--comment", "x"], "").await;
@@ -116,6 +132,8 @@ async fn cancel_takes_back_the_runs_open_actions_and_nothing_else() {
         BTreeMap::from([("Cancelled".to_string(), 10), ("Pending".to_string(), 1), ("Succeeded".to_string(), 1)])
     );
     assert_eq!(after.line(12)["action_status"], "Pending", "the refused one is left as the file had it");
+    assert_eq!(after.line(7)["action_id"], earlier["id"].as_str().unwrap(), "found by its machine");
+    assert_eq!(sim.stats().total("GET /api/machineactions"), 1, "one lookup, for the row without an id");
     for row in after.rows.iter().filter(|r| r["action_status"] == "Cancelled") {
         assert!(!row["updated_at"].is_empty());
         let action = get_as_demo_app(&sim, &format!("/api/machineactions/{}", row["action_id"])).await;
@@ -125,6 +143,12 @@ async fn cancel_takes_back_the_runs_open_actions_and_nothing_else() {
     // Nothing else in the tenant was touched.
     let other = get_as_demo_app(&sim, &format!("/api/machineactions/{foreign}")).await;
     assert_eq!(other["status"], "Pending", "{other}");
+
+    // `track --report` reads the service's statuses and refreshes the report: the one cancelled by hand too.
+    let out = mde_in(&sim, dir.path(), &["track", path, "--once", "--report", "t.md"], "").await;
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let report = std::fs::read_to_string(dir.path().join("t.md")).unwrap();
+    assert!(report.contains("| Cancelled | 11 |") && report.contains("| Succeeded | 1 |"), "{report}");
     sim.shutdown().await;
 }
 
@@ -152,12 +176,17 @@ async fn run_tag_marks_1200_machines_500_a_call() {
         "32",
         "--tag",
         "retired-{run_id}",
+        "--report",
+        "r.md",
     ];
     let out = mde_in(&sim, dir.path(), &args, "").await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("Tagged 1200 machine(s) with `retired-2"), "{}", out.stdout);
     assert_eq!(sim.stats().count(TAG_MANY, "200"), 3, "1,200 machines: 500 + 500 + 200");
     assert_eq!(sim.stats().count(TAG_MANY, "400"), 1, "only the refused call above");
+    let report = std::fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(report.contains("added: 1200 machine(s), 0 not"), "{report}");
+    assert!(report.contains("- **Exit code**: 0 (every row ended well; as the command ended)"), "{report}");
     let tag = out.stdout.split('`').nth(1).unwrap().to_string();
     let tagged = |page: serde_json::Value| {
         page["value"]

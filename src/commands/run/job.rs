@@ -149,6 +149,11 @@ impl Summary {
             api_calls: u64,
             throttled_429: u64,
             results: String,
+            /// `--tag`: machines tagged and not (absent when the run did not tag).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tagged: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            not_tagged: Option<u64>,
         }
         let json = Json {
             run_id: &self.run_id,
@@ -163,6 +168,8 @@ impl Summary {
             api_calls: self.calls,
             throttled_429: self.throttled,
             results: self.results.display().to_string(),
+            tagged: self.tags.as_ref().map(|t| t.tagged),
+            not_tagged: self.tags.as_ref().map(|t| t.not_tagged),
         };
         write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
     }
