@@ -95,7 +95,10 @@ pub fn main() -> u8 {
             return exit_code::CANNOT_RUN;
         }
     };
-    let code = match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
+    // On a worker thread of the runtime, not on this one: the tasks of a run wake the dispatcher for every
+    // machine, and waking a task on a worker is cheap where waking a parked thread is a system call.
+    let command = runtime.spawn(dispatch(cli.command, shutdown_signal()));
+    let code = match runtime.block_on(command).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(code) => code,
         Err(e) => {
             output::error(&e.to_string());

@@ -27,6 +27,7 @@ use std::time::SystemTime;
 use crate::commands::run::preflight::{OFFBOARD_ROLE, READ_ROLES};
 use crate::commands::session::Session;
 use crate::defender::api::{ActionQuery, Api, Page, read_action};
+use crate::defender::auth::Permissions;
 use crate::defender::limiter::Limiter;
 use crate::domain::{ActionStatus, MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
@@ -169,13 +170,16 @@ pub async fn command(args: CancelArgs, settings: Settings, shutdown: impl Future
         .unwrap_or_else(|_| journal::new_run_id(SystemTime::now()));
     let comment = journal::expand_comment(&template, &run_id, SystemTime::now());
 
-    let mut session = Session::open(&settings, settings.credentials()?, Limiter::new(&settings.rates))?;
+    let lookups = open.iter().any(|o| o.action_id.is_none());
+    let credentials = settings.credentials()?.needing(true, lookups);
+    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    // A person's sign-in without a terminal: only with --yes and a cached refresh token.
+    session.require_person(args.yes)?;
     session.lock(&lock::state_dir(), &journal::new_run_id(SystemTime::now())).await?;
     let _results_lock = ResultsLock::acquire(&args.results)?;
-    let lookups = open.iter().any(|o| o.action_id.is_none());
     tokio::pin!(shutdown);
     tokio::select! {
-        token = session.sign_in(|roles| check_permissions(roles, lookups)) => token?,
+        token = session.sign_in(|granted| check_permissions(granted, lookups)) => token?,
         () = &mut shutdown => return Err(Error::Interrupted),
     };
     if !args.yes {
@@ -230,19 +234,18 @@ pub async fn command(args: CancelArgs, settings: Settings, shutdown: impl Future
 }
 
 /// Refuses a token that cannot cancel (or, with `lookups`, cannot read the actions to cancel).
-fn check_permissions(roles: &[String], lookups: bool) -> Result<()> {
-    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
-    if !has(OFFBOARD_ROLE) {
+fn check_permissions(permissions: &Permissions, lookups: bool) -> Result<()> {
+    let (granted, kind, grant) = (permissions.granted(), permissions.kind_word(), permissions.how_to_grant());
+    if !permissions.has(OFFBOARD_ROLE) {
         return Err(Error::Permission(format!(
-            "cancelling offboard actions needs the application permission {OFFBOARD_ROLE}, and the token carries \
-             {granted}"
+            "cancelling offboard actions needs the {kind} permission {OFFBOARD_ROLE}, and the token carries \
+             {granted}; {grant}"
         )));
     }
-    if lookups && !READ_ROLES.iter().any(|r| has(r)) {
+    if lookups && !READ_ROLES.iter().any(|r| permissions.has(r)) {
         return Err(Error::Permission(format!(
-            "some rows (already_pending) have no action id, and finding their open action needs {} or {}; the token \
-             carries {granted}",
+            "some rows (already_pending) have no action id, and finding their open action needs the {kind} \
+             permission {} or {}; the token carries {granted}; {grant}",
             READ_ROLES[0], READ_ROLES[1]
         )));
     }

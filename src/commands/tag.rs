@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 
 use crate::commands::session::Session;
 use crate::defender::api::{Api, TAG_MACHINES_MAX, TagChange};
+use crate::defender::auth::{PermissionKind, Permissions};
 use crate::defender::limiter::Limiter;
 use crate::domain::{MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
@@ -49,16 +50,21 @@ pub fn is_tagged_outcome(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Submitted | Outcome::AlreadyPending)
 }
 
-/// Refuses, before any call, a token without [`WRITE_ROLE`]; `why` says what needed it.
-pub fn check_permission(roles: &[String], why: &str) -> Result<()> {
-    if roles.iter().any(|r| r.trim().eq_ignore_ascii_case(WRITE_ROLE)) {
+/// The delegated form of [`WRITE_ROLE`] (Microsoft's documentation names it without `.All`).
+pub const WRITE_SCOPE: &str = "Machine.ReadWrite";
+
+/// Refuses, before any call, a token without [`WRITE_ROLE`] (a person's token: or [`WRITE_SCOPE`]); `why`
+/// says what needed it.
+pub fn check_permission(permissions: &Permissions, why: &str) -> Result<()> {
+    let delegated = permissions.kind == PermissionKind::Delegated;
+    if permissions.has(WRITE_ROLE) || (delegated && permissions.has(WRITE_SCOPE)) {
         return Ok(());
     }
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
     Err(Error::Permission(format!(
-        "{why} needs the application permission {WRITE_ROLE}, and the token carries {granted}; grant it to the app \
-         registration (API permissions > APIs my organization uses > WindowsDefenderATP > Application permissions) \
-         and give admin consent, or leave the tag out"
+        "{why} needs the {} permission {WRITE_ROLE}, and the token carries {}; {}, or leave the tag out",
+        permissions.kind_word(),
+        permissions.granted(),
+        permissions.how_to_grant()
     )))
 }
 
@@ -134,30 +140,47 @@ pub async fn tag_results(api: &Api, results: &Path, value: &str, change: TagChan
     let (machine_col, outcome_col) = (file.column("machine_id")?, file.column("outcome")?);
     let mut summary =
         TagSummary { value: value.to_string(), remove: change == TagChange::Remove, ..TagSummary::default() };
-    let mut batch: Vec<String> = Vec::with_capacity(TAG_MACHINES_MAX);
-    let mut in_batch: HashSet<MachineId> = HashSet::with_capacity(TAG_MACHINES_MAX);
-    for record in file.records()? {
-        let cells = record?.cells;
-        let wanted = cells.get(outcome_col).and_then(Outcome::parse).is_some_and(is_tagged_outcome);
-        let Some(machine) = cells.get(machine_col).and_then(MachineId::parse).filter(|_| wanted) else {
-            continue;
+    // The file is read off the runtime, a batch at a time: one batch waits while another is sent.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<String>>>(1);
+    let reader = tokio::task::spawn_blocking(move || {
+        let records = match file.records() {
+            Ok(records) => records,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
         };
-        if in_batch.insert(machine) {
-            batch.push(machine.to_string());
+        let mut batch: Vec<String> = Vec::with_capacity(TAG_MACHINES_MAX);
+        let mut in_batch: HashSet<MachineId> = HashSet::with_capacity(TAG_MACHINES_MAX);
+        for record in records {
+            let cells = match record {
+                Ok(record) => record.cells,
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            };
+            let wanted = cells.get(outcome_col).and_then(Outcome::parse).is_some_and(is_tagged_outcome);
+            let Some(machine) = cells.get(machine_col).and_then(MachineId::parse).filter(|_| wanted) else {
+                continue;
+            };
+            if in_batch.insert(machine) {
+                batch.push(machine.to_string());
+            }
+            if batch.len() == TAG_MACHINES_MAX {
+                in_batch.clear();
+                if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                    return;
+                }
+            }
         }
-        if batch.len() == TAG_MACHINES_MAX {
-            send(api, &mut batch, value, change, &mut summary).await;
-            in_batch.clear();
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Ok(batch));
         }
+    });
+    while let Some(batch) = rx.recv().await {
+        send(api, &batch?, value, change, &mut summary).await;
     }
-    if !batch.is_empty() {
-        send(api, &mut batch, value, change, &mut summary).await;
-    }
+    let _ = reader.await;
     Ok(summary)
 }
 
-/// One call for `batch` (emptied), its result counted in `summary`.
-async fn send(api: &Api, batch: &mut Vec<String>, value: &str, change: TagChange, summary: &mut TagSummary) {
+/// One call for `batch`, its result counted in `summary`.
+async fn send(api: &Api, batch: &[String], value: &str, change: TagChange, summary: &mut TagSummary) {
     let n = batch.len() as u64;
     summary.machines += n;
     for result in api.tag_machines(batch, value, change).await {
@@ -176,7 +199,6 @@ async fn send(api: &Api, batch: &mut Vec<String>, value: &str, change: TagChange
             }
         }
     }
-    batch.clear();
 }
 
 /// `mde-offboard tag`: locks, signs in (refusing a token without [`WRITE_ROLE`]), tags, prints the summary.
@@ -190,10 +212,13 @@ pub async fn command(args: TagArgs, settings: Settings, shutdown: impl Future<Ou
         .unwrap_or_else(|_| crate::files::journal::new_run_id(std::time::SystemTime::now()));
     let value = crate::files::journal::expand_comment(&args.value, &run_id, std::time::SystemTime::now());
     let change = if args.remove { TagChange::Remove } else { TagChange::Add };
-    let mut session = Session::open(&settings, settings.credentials()?, Limiter::new(&settings.rates))?;
+    let credentials = settings.credentials()?.needing(false, false);
+    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    // Tagging is safe to repeat: a token cache's refresh token is enough without a terminal.
+    session.require_person(true)?;
     session.lock(&lock::state_dir(), &crate::files::journal::new_run_id(std::time::SystemTime::now())).await?;
     let _results_lock = ResultsLock::acquire(&args.results)?;
-    session.sign_in(|roles| check_permission(roles, "tagging machines")).await?;
+    session.sign_in(|granted| check_permission(granted, "tagging machines")).await?;
     let api = session.api();
     let calls_before = api.counters.calls.load(Ordering::Relaxed);
     let summary = tokio::select! {

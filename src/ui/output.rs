@@ -43,6 +43,12 @@ pub fn notice(kind: &str, text: &str) {
     write_stderr(style, "INFO", kind, text);
 }
 
+/// What a person must see to go on (the device code to enter), shown even with `-q`: a line of text on
+/// stderr, or an event with `kind` and `message` in JSON.
+pub fn for_person(kind: &str, text: &str) {
+    write_stderr(style(), "INFO", kind, text);
+}
+
 /// A fatal error, always shown: `error: ...` as text, an ERROR event in JSON.
 pub fn error(text: &str) {
     write_stderr(style(), "ERROR", "error", text);

@@ -5,6 +5,7 @@ mod answers;
 mod api;
 mod bad_inputs;
 mod common;
+mod device_code;
 mod faults;
 mod identity;
 mod incomplete_reads;

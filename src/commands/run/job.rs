@@ -81,6 +81,8 @@ pub struct Summary {
     /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
     /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
     pub stopped: Option<String>,
+    /// The person who signed in (device code sign-in); none when an app signed in.
+    pub account: Option<String>,
     /// How the tags of `--tag` went, when the run tagged.
     pub tags: Option<TagSummary>,
 }
@@ -118,6 +120,10 @@ impl Summary {
                 out += &format!("  {:<16} {n}\n", outcome.as_str());
             }
         }
+        if let Some(account) = &self.account {
+            let account: String = account.chars().filter(|c| !c.is_control()).collect();
+            out += &format!("Signed in as: {account}\n");
+        }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
         if let Some(tags) = &self.tags {
             out += &tags.render(&self.results);
@@ -142,6 +148,8 @@ impl Summary {
             resumed: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             stopped: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            account: Option<&'a str>,
             started_at: String,
             duration_seconds: f64,
             rows: u64,
@@ -161,6 +169,7 @@ impl Summary {
             interrupted: self.interrupted,
             resumed: self.resumed,
             stopped: self.stopped.as_deref(),
+            account: self.account.as_deref(),
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             duration_seconds: self.duration.as_secs_f64(),
             rows: self.rows,
