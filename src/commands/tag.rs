@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use crate::commands::session::Session;
 use crate::defender::api::{Api, TAG_MACHINES_MAX, TagChange};
-use crate::defender::auth::{PermissionKind, Permissions};
+use crate::defender::auth::Permissions;
 use crate::defender::limiter::Limiter;
 use crate::domain::{MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
@@ -50,14 +50,10 @@ pub fn is_tagged_outcome(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Submitted | Outcome::AlreadyPending)
 }
 
-/// The delegated form of [`WRITE_ROLE`] (Microsoft's documentation names it without `.All`).
-pub const WRITE_SCOPE: &str = "Machine.ReadWrite";
-
-/// Refuses, before any call, a token without [`WRITE_ROLE`] (a person's token: or [`WRITE_SCOPE`]); `why`
-/// says what needed it.
+/// Refuses, before any call, a token without [`WRITE_ROLE`]; `why` says what needed it. (A person's sign-in,
+/// `--device-code`, does not ask for it: its scopes are the offboard and the reads.)
 pub fn check_permission(permissions: &Permissions, why: &str) -> Result<()> {
-    let delegated = permissions.kind == PermissionKind::Delegated;
-    if permissions.has(WRITE_ROLE) || (delegated && permissions.has(WRITE_SCOPE)) {
+    if permissions.has(WRITE_ROLE) {
         return Ok(());
     }
     Err(Error::Permission(format!(

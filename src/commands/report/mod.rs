@@ -107,10 +107,17 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
     };
     let temp = tempfile::Builder::new().prefix(".mde-offboard-report-").tempfile_in(dir).map_err(fail)?;
     let mut writer = BufWriter::new(temp);
-    match format {
-        Format::Html => html::write(&report, &mut writer)?,
-        Format::Markdown => markdown::write(&report, &mut writer)?,
-    }
+    let written = match format {
+        Format::Html => html::write(&report, &mut writer),
+        Format::Markdown => markdown::write(&report, &mut writer),
+    };
+    // A failed write names the report's path ([`put`] does not know it); a failed read names the results'.
+    written.map_err(|e| match e {
+        Error::Output { path, message } if path.as_os_str() == REPORT => {
+            Error::Output { path: out.to_owned(), message }
+        }
+        e => e,
+    })?;
     let temp = writer.into_inner().map_err(|e| fail(e.into_error()))?;
     temp.as_file().sync_all().map_err(fail)?;
     // A report is for sharing: readable by others, as any file the user writes (a temporary file is 0600).
@@ -385,10 +392,13 @@ fn unix_minute(at: SystemTime) -> Option<i64> {
     i64::try_from(secs / 60).ok()
 }
 
-/// Writes `text` to `out`, naming `path` on failure.
+/// What [`put`] calls the file it writes to, for [`write`] to put the report's path in its place.
+const REPORT: &str = "<report>";
+
+/// Writes `text` to `out`.
 pub(crate) fn put(out: &mut impl Write, text: &str) -> Result<()> {
     out.write_all(text.as_bytes())
-        .map_err(|e| Error::Output { path: PathBuf::from("the report"), message: format!("cannot write it: {e}") })
+        .map_err(|e| Error::Output { path: PathBuf::from(REPORT), message: format!("cannot write it: {e}") })
 }
 
 #[cfg(test)]
