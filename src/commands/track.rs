@@ -100,6 +100,9 @@ pub struct TrackArgs {
     /// Actions asked for per page (the API takes up to 10000).
     #[arg(long, hide = true, default_value_t = PAGE_MAX, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub page_size: u64,
+    /// Write (or refresh) the report when tracking ends: HTML, or Markdown for a .md name.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }

@@ -189,6 +189,8 @@ pub struct Settings {
     pub rates: Vec<Rate>,
     pub max_attempts: u32,
     pub retry_delay: Duration,
+    /// The tag `run` adds to the machines it offboarded (`run.tag`; `run --tag` overrides it).
+    pub tag: Option<String>,
     /// Things a user should hear about but that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -296,7 +298,7 @@ const CONFIG_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("api", &["cloud", "base_url", "timeout"]),
-    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay"]),
+    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay", "tag"]),
 ];
 
 /// Values read from a config file, still unvalidated strings keyed by `section.key`.
@@ -481,6 +483,7 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         rates,
         max_attempts,
         retry_delay,
+        tag: file.string("run.tag")?,
         warnings,
     })
 }

@@ -80,3 +80,17 @@ fn write_stderr(style: Style, level: &str, kind: &str, text: &str) {
 fn raw_stderr(text: &str) {
     let _ = crate::ui::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
 }
+
+/// `text` safe to show on a terminal: control characters (an escape sequence in a name or a message from
+/// the service) are shown as `\u{..}` escapes; line breaks and tabs stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
+mod after_run;
 mod answers;
 mod api;
 mod bad_inputs;

@@ -86,6 +86,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         resumed: false,
         stopped: None,
         account: token.account().map(str::to_owned),
+        tags: None,
     })
 }
 

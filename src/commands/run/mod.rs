@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
+use crate::defender::api::TagChange;
 use crate::defender::limiter::{self, Limiter};
 use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
@@ -87,6 +88,13 @@ pub struct RunArgs {
     /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// After the offboards, add this tag to every machine whose row ended submitted or already_pending
+    /// (`{run_id}` and `{date}` filled in), 500 a call; needs Machine.ReadWrite.All. [config: run.tag]
+    #[arg(long, value_name = "VALUE", conflicts_with = "dry_run")]
+    pub tag: Option<String>,
+    /// Write the report at the end of the run, also when interrupted: HTML, or Markdown for a .md name.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
     /// before the first API call.
     #[arg(skip)]
@@ -124,11 +132,27 @@ pub async fn command(
     let summary_json = args.summary_json.clone();
     let (job, mut session) = prepare(args, settings)?;
     let run_id = job.run_id.clone();
+    let tag = job.tag.clone();
     let result = execute(job, &mut session, shutdown).await;
     // From here on this function writes the summary JSON itself.
     set_exit_now(None);
     match result {
         Ok(mut summary) => {
+            // Tags follow a run that went to its end; an interrupted one is tagged later (`mde-offboard tag`).
+            if let Some(template) = tag
+                && !summary.interrupted
+                && summary.stopped.is_none()
+            {
+                let value = journal::expand_comment(&template, &summary.run_id, SystemTime::now());
+                let api = session.api();
+                let calls_before = api.counters.calls.load(Ordering::Relaxed);
+                match crate::commands::tag::tag_results(api, &summary.results, &value, TagChange::Add).await {
+                    Ok(tags) => summary.tags = Some(tags),
+                    // The offboards stand: a tagging that could not read the results is told, never the run's end.
+                    Err(e) => crate::ui::output::error(&format!("the machines were not tagged: {e}")),
+                }
+                summary.calls += api.counters.calls.load(Ordering::Relaxed) - calls_before;
+            }
             if let Some(path) = &summary_json
                 && let Err(e) = summary.write_json(path)
             {
@@ -200,10 +224,15 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
                 .into(),
         ));
     }
+    let tag = if options.dry_run { None } else { args.tag.clone().or_else(|| settings.tag.clone()) };
+    if let Some(tag) = &tag {
+        crate::commands::tag::check_value(tag)?;
+    }
     let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
     let job = Job {
+        tag,
         settings,
         comment_template,
         scan,
@@ -272,6 +301,12 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let in_doubt = resume.as_ref().map_or(0, |earlier| earlier.in_doubt.len());
     let needs = |granted: &crate::defender::auth::Permissions| {
         preflight::check_permissions(granted, &job.preflight, job.scan.by_name)?;
+        if job.tag.is_some() {
+            crate::commands::tag::check_permission(
+                granted,
+                "--tag (run.tag) tags the machines after the offboards, which",
+            )?;
+        }
         resume::check_lookup_permission(granted, in_doubt)
     };
     let token = tokio::select! {
@@ -424,6 +459,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 resumed,
                 stopped: None,
                 account,
+                tags: None,
             };
             let _ = summary.write_json(&path);
         })));
@@ -618,6 +654,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         resumed,
         stopped: None,
         account,
+        tags: None,
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {
