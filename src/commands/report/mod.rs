@@ -100,7 +100,7 @@ pub struct RunFacts {
 /// rename): a reader never sees half a report, and a failure leaves an earlier one in place.
 pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Result<()> {
     let report = Report::read(results, facts.clone())?;
-    let fail = |e: std::io::Error| Error::Output { path: out.to_owned(), message: format!("cannot write it: {e}") };
+    let fail = |e: std::io::Error| Error::write(out, "write it", e);
     let dir = match out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -113,8 +113,8 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
     };
     // A failed write names the report's path ([`put`] does not know it); a failed read names the results'.
     written.map_err(|e| match e {
-        Error::Output { path, message } if path.as_os_str() == REPORT => {
-            Error::Output { path: out.to_owned(), message }
+        Error::Write { path, action, source } if path.as_os_str() == REPORT => {
+            Error::Write { path: out.to_owned(), action, source }
         }
         e => e,
     })?;
@@ -397,8 +397,7 @@ const REPORT: &str = "<report>";
 
 /// Writes `text` to `out`.
 pub(crate) fn put(out: &mut impl Write, text: &str) -> Result<()> {
-    out.write_all(text.as_bytes())
-        .map_err(|e| Error::Output { path: PathBuf::from(REPORT), message: format!("cannot write it: {e}") })
+    out.write_all(text.as_bytes()).map_err(|e| Error::write(REPORT, "write it", e))
 }
 
 #[cfg(test)]
