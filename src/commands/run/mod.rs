@@ -228,6 +228,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     if let Some(tag) = &tag {
         crate::commands::tag::check_value(tag)?;
     }
+    let credentials = if tag.is_some() { credentials.tagging() } else { credentials };
     let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
