@@ -172,7 +172,7 @@ pub async fn command(args: CancelArgs, settings: Settings, shutdown: impl Future
 
     let lookups = open.iter().any(|o| o.action_id.is_none());
     let credentials = settings.credentials()?.needing(true, lookups);
-    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope))?;
     // A person's sign-in without a terminal: only with --yes and a cached refresh token.
     session.require_person(args.yes)?;
     session.lock(&lock::state_dir(), &journal::new_run_id(SystemTime::now())).await?;

@@ -90,7 +90,8 @@ pub async fn check(args: &CheckArgs, env: &(dyn Fn(&str) -> Option<String> + Syn
     // One cheap read through the usual path; few retries: this is a check, not a run. No run lock: it
     // makes one call.
     let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
-    let session = Session::with_policy(&settings, credentials, Limiter::new(&settings.rates), policy)?;
+    let session =
+        Session::with_policy(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope), policy)?;
     // A person's sign-in without a terminal would wait for a code nobody enters: reported, never waited for.
     if let Err(e) = session.require_person(true) {
         r.line("sign-in", "NOT POSSIBLE here");

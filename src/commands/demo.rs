@@ -95,7 +95,11 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         authority: settings.authority.clone(),
         scope: settings.scope.clone(),
     };
-    let mut session = Session::open(&settings, credentials, crate::defender::limiter::Limiter::new(&settings.rates))?;
+    let mut session = Session::open(
+        &settings,
+        credentials,
+        crate::defender::limiter::Limiter::new(&settings.rates, settings.quota_scope),
+    )?;
     let job = Job {
         comment_template: settings.comment.clone().unwrap_or_default(),
         resume: false,

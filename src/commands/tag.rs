@@ -209,7 +209,7 @@ pub async fn command(args: TagArgs, settings: Settings, shutdown: impl Future<Ou
     let value = crate::files::journal::expand_comment(&args.value, &run_id, std::time::SystemTime::now());
     let change = if args.remove { TagChange::Remove } else { TagChange::Add };
     let credentials = settings.credentials()?.needing(false, false).tagging();
-    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope))?;
     // Tagging is safe to repeat: a token cache's refresh token is enough without a terminal.
     session.require_person(true)?;
     session.lock(&lock::state_dir(), &crate::files::journal::new_run_id(std::time::SystemTime::now())).await?;

@@ -688,8 +688,11 @@ pub async fn track_file(
     let mut session = match session {
         Some(session) => session,
         None => {
-            let session =
-                Session::open(settings, settings.credentials()?.needing(false, true), Limiter::new(&settings.rates))?;
+            let session = Session::open(
+                settings,
+                settings.credentials()?.needing(false, true),
+                Limiter::new(&settings.rates, settings.quota_scope),
+            )?;
             // Tracking changes nothing: a token cache's refresh token is enough without a terminal.
             session.require_person(true)?;
             session

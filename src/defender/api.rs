@@ -24,7 +24,7 @@ pub use crate::defender::auth::ANSWER_MAX;
 use crate::defender::auth::{
     AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
 };
-use crate::defender::limiter::Limiter;
+use crate::defender::limiter::{Endpoint, Limiter};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, ActionType, MachineId};
 
@@ -396,18 +396,19 @@ impl Api {
     pub async fn offboard(&self, machine_id: &MachineId, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
         let path = format!("/api/machines/{machine_id}/offboard");
-        self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
     }
 
     /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
     pub async fn get_machine(&self, machine_id: &str) -> CallResult {
-        self.call(reqwest::Method::GET, &format!("/api/machines/{machine_id}"), None, true, ANSWER_MAX).await
+        let path = format!("/api/machines/{machine_id}");
+        self.call(Endpoint::GetMachine, reqwest::Method::GET, &path, None, true, ANSWER_MAX).await
     }
 
     /// [`PROBE`]: the cheapest read there is, its answer as it came (a 404 is not tried again, nor read as an
     /// empty list): what `check` asks to see that the API host answers and takes the token.
     pub async fn probe(&self) -> CallResult {
-        self.call(reqwest::Method::GET, PROBE, None, false, ANSWER_MAX).await
+        self.call(Endpoint::ListMachines, reqwest::Method::GET, PROBE, None, false, ANSWER_MAX).await
     }
 
     /// One page of the inventory, `GET /api/machines`, narrowed by `query`; `read` reads the body in place (a
@@ -417,13 +418,13 @@ impl Api {
         query: &MachineQuery,
         read: impl FnOnce(&[u8]) -> Result<R, String>,
     ) -> (u32, Result<R, Failure>) {
-        self.list_page("/api/machines", query.filter().as_deref(), query.page, read).await
+        self.list_page(Endpoint::ListMachines, "/api/machines", query.filter().as_deref(), query.page, read).await
     }
 
     /// One page of the machine actions, `GET /api/machineactions`, narrowed by `query`. The `u32` counts the
     /// HTTP calls.
     pub async fn list_actions(&self, query: &ActionQuery) -> (u32, Result<Vec<MachineAction>, Failure>) {
-        self.list_page("/api/machineactions", query.filter().as_deref(), query.page, |body| {
+        self.list_page(Endpoint::ListActions, "/api/machineactions", query.filter().as_deref(), query.page, |body| {
             serde_json::from_slice::<ListPage<MachineAction>>(body).map(|p| p.value).map_err(|e| e.to_string())
         })
         .await
@@ -434,14 +435,14 @@ impl Api {
     pub async fn cancel_action(&self, action_id: &str, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
         let path = format!("/api/machineactions/{action_id}/cancel");
-        self.call(reqwest::Method::POST, &path, Some(&body), false, ANSWER_MAX).await
+        self.call(Endpoint::CancelAction, reqwest::Method::POST, &path, Some(&body), false, ANSWER_MAX).await
     }
 
     /// `POST /api/machines/{id}/tags`: adds a tag to one machine, or removes it (`Machine.ReadWrite.All`).
     pub async fn tag_machine(&self, machine_id: &str, tag: &str, change: TagChange) -> CallResult {
         let body = serde_json::json!({ "Value": tag, "Action": change.as_str() });
         let path = format!("/api/machines/{machine_id}/tags");
-        self.call(reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Tags, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
     }
 
     /// `POST /api/machines/AddOrRemoveTagForMultipleMachines`: adds a tag to many machines, or removes it,
@@ -451,7 +452,7 @@ impl Api {
         for ids in machine_ids.chunks(TAG_MACHINES_MAX) {
             let body = serde_json::json!({ "Value": tag, "Action": change.as_str(), "MachineIds": ids });
             let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
-            results.push(self.call(reqwest::Method::POST, path, Some(&body), false, ANSWER_MAX).await);
+            results.push(self.call(Endpoint::Tags, reqwest::Method::POST, path, Some(&body), false, ANSWER_MAX).await);
         }
         results
     }
@@ -464,6 +465,7 @@ impl Api {
     /// The `u32` counts the HTTP calls.
     async fn list_page<R>(
         &self,
+        endpoint: Endpoint,
         path: &str,
         filter: Option<&str>,
         page: Page,
@@ -474,7 +476,8 @@ impl Api {
             query.push_str("&$filter=");
             query.push_str(&percent_encode(filter));
         }
-        let CallResult { attempts, answer } = self.call(reqwest::Method::GET, &query, None, true, LIST_PAGE_MAX).await;
+        let CallResult { attempts, answer } =
+            self.call(endpoint, reqwest::Method::GET, &query, None, true, LIST_PAGE_MAX).await;
         let unreadable = |status: u16, message: String| Failure {
             status: Some(status),
             code: "UnreadableAnswer".into(),
@@ -492,8 +495,10 @@ impl Api {
         (attempts, page)
     }
 
+    /// One logical call to `endpoint` (whose ledger paces it) with the retry policy.
     async fn call(
         &self,
+        endpoint: Endpoint,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
@@ -518,7 +523,7 @@ impl Api {
                 return Self::interrupted(attempts);
             }
             let permit = tokio::select! {
-                permit = self.limiter.acquire() => permit,
+                permit = self.limiter.acquire(endpoint) => permit,
                 _ = cancelled => return Self::interrupted(attempts),
             };
             let token = match self.tokens.get().await {

@@ -1,9 +1,26 @@
 //! The one rate limiter every API call of a run goes through.
 //!
-//! The Defender for Endpoint API allows 100 calls a minute and 1,500 an hour (per API, tenant or app: the
-//! documentation does not say), and does not say whether its windows slide. The limiter keeps to the
-//! strictest reading: in *any* window of a quota's period there are never more calls than its limit, for
-//! every quota at once, while never holding a call back longer than the quotas force.
+//! The Defender for Endpoint API allows 100 calls a minute and 1,500 an hour, and does not say whether its
+//! windows slide. The limiter keeps to the strictest reading: in *any* window of a quota's period there are
+//! never more calls than its limit, for every quota of every ledger at once, while never holding a call back
+//! longer than the quotas force.
+//!
+//! # Ledgers: one per API, or one for the app
+//!
+//! Each API's page states its own limits ("rate limitations for this API are 100 calls per minute and 1500
+//! calls per hour"), which reads as one budget per API; whether different APIs share one is stated nowhere.
+//! Under [`QuotaScope::Api`] (the default) the limiter keeps one ledger per [`Endpoint`], each with every
+//! quota: a list's pre-flight reads and `run --wait`'s tracking then take nothing from the offboards' hour.
+//! Under [`QuotaScope::App`] every call passes one ledger. Each ledger is exact on its own (below).
+//!
+//! **The safe fallback.** A 429 under `Api` that starts a throttling spell is one the ledgers cannot explain:
+//! the call's ledger had room for it in every window. The service counts otherwise (per app), or another
+//! client spends the same quota; either way the limiter switches to `App` for the rest of the run: the
+//! ledgers are merged into one, every call in flight and every release kept, so the merged ledger is as
+//! exact as the single one would have been. If throttling spells keep coming under `App`, another client
+//! is spending the quota: each spell lowers the run's own share of every quota by [`SHARE_STEP`] percent
+//! (down to [`SHARE_MIN`]), and a spell of quiet as long as the longest quota's period raises it back one
+//! step. Neither changes the throttling below: one 429 per pause, whatever the scope.
 //!
 //! # How
 //!
@@ -67,11 +84,60 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::settings::Rate;
+use crate::settings::{QuotaScope, Rate};
 
 /// The longest pause the pool's own backoff sets after 429s in a row (a `Retry-After` may ask for more): one
 /// call every five minutes while the service keeps throttling.
 pub const THROTTLE_PAUSE_MAX: Duration = Duration::from_secs(300);
+/// How much of every quota a run gives up (percent) at each throttling spell under [`QuotaScope::App`], and
+/// takes back after a quiet spell.
+pub const SHARE_STEP: u32 = 10;
+/// The least share of the quotas a run lowers itself to (percent).
+pub const SHARE_MIN: u32 = 10;
+
+/// An API the tool calls, each with its own page, and its own quotas under [`QuotaScope::Api`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `POST /api/machines/{id}/offboard`.
+    Offboard,
+    /// `GET /api/machines`.
+    ListMachines,
+    /// `GET /api/machines/{id}`.
+    GetMachine,
+    /// `GET /api/machineactions`.
+    ListActions,
+    /// `POST /api/machineactions/{id}/cancel`.
+    CancelAction,
+    /// `POST /api/machines/{id}/tags` and `POST /api/machines/AddOrRemoveTagForMultipleMachines`: one budget
+    /// for both (sharing one is the safe side).
+    Tags,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Offboard,
+        Endpoint::ListMachines,
+        Endpoint::GetMachine,
+        Endpoint::ListActions,
+        Endpoint::CancelAction,
+        Endpoint::Tags,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Offboard => "offboard",
+            Endpoint::ListMachines => "list machines",
+            Endpoint::GetMachine => "get machine",
+            Endpoint::ListActions => "list actions",
+            Endpoint::CancelAction => "cancel action",
+            Endpoint::Tags => "tags",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Paces every API call of a run; share it as `Arc<Limiter>`.
 pub struct Limiter {
@@ -83,7 +149,18 @@ pub struct Limiter {
 }
 
 struct State {
-    gates: Gates,
+    /// The quotas as configured (each ledger keeps `share` percent of them).
+    rates: Vec<Rate>,
+    scope: QuotaScope,
+    /// One per [`Endpoint`] under [`QuotaScope::Api`] (in [`Endpoint::ALL`]'s order), one under `App`.
+    ledgers: Vec<Gates>,
+    /// The scope was switched from `Api` to `App` by a 429 the per-API ledgers could not explain.
+    switched: bool,
+    /// The percentage of every quota this run allows itself, and the least it came to.
+    share: u32,
+    lowest_share: u32,
+    /// When the share last changed: a quiet spell as long as the longest period from then raises it.
+    share_changed: Instant,
     pause: Option<Instant>,
     acquired: u64,
     waited: Duration,
@@ -115,12 +192,26 @@ pub struct LimiterStats {
     pub waited: Duration,
     /// Calls to [`Limiter::pause_until`] that set or lengthened a pause.
     pub pauses: u64,
+    /// How the quotas are counted now, and whether a 429 switched the run from `Api` to `App`.
+    pub scope: QuotaScope,
+    pub switched: bool,
+    /// The percentage of the quotas the run allows itself now, and the least it came to (100: never lowered).
+    pub share: u32,
+    pub lowest_share: u32,
+}
+
+/// What changed in the limiter's view of the quotas, for the log.
+enum Verdict {
+    Switched,
+    Lowered(u32),
+    Raised(u32),
 }
 
 /// The right to send one call. Finish it when the answer comes back; dropping it counts as finishing.
 #[must_use = "a permit holds a slot in every quota until it is finished or dropped"]
 pub struct Permit {
     limiter: Arc<Limiter>,
+    endpoint: Endpoint,
     /// The throttling round it was taken in.
     round: u64,
     /// It is the one call out while the pool is throttled.
@@ -128,12 +219,24 @@ pub struct Permit {
 }
 
 impl Limiter {
-    /// A limiter keeping to every quota in `rates` at once; no rates means no limit (pauses still apply).
-    pub fn new(rates: &[Rate]) -> Arc<Limiter> {
+    /// A limiter keeping to every quota in `rates` at once, counted as `scope` says; no rates means no limit
+    /// (pauses still apply).
+    pub fn new(rates: &[Rate], scope: QuotaScope) -> Arc<Limiter> {
+        let ledgers = match scope {
+            QuotaScope::Api => Endpoint::ALL.iter().map(|_| Gates::new(rates, 100)).collect(),
+            QuotaScope::App => vec![Gates::new(rates, 100)],
+        };
+        let origin = Instant::now();
         Arc::new(Limiter {
-            origin: Instant::now(),
+            origin,
             state: Mutex::new(State {
-                gates: Gates::new(rates),
+                rates: rates.to_vec(),
+                scope,
+                ledgers,
+                switched: false,
+                share: 100,
+                lowest_share: 100,
+                share_changed: origin,
                 pause: None,
                 acquired: 0,
                 waited: Duration::ZERO,
@@ -144,10 +247,11 @@ impl Limiter {
         })
     }
 
-    /// Waits until every quota has room and no pause is in force, then takes a slot in every quota.
+    /// Waits until every quota of `endpoint`'s ledger has room and no pause is in force, then takes a slot
+    /// in every quota of it.
     ///
     /// Cancel-safe: dropping the future while it waits holds nothing.
-    pub async fn acquire(self: &Arc<Self>) -> Permit {
+    pub async fn acquire(self: &Arc<Self>, endpoint: Endpoint) -> Permit {
         let asked = Instant::now();
         loop {
             // Registered before looking at the state, so a finish between the look and the wait still wakes us.
@@ -162,16 +266,19 @@ impl Limiter {
                     Some(until) => Some(until),
                     // Throttled, and the probe is out: its finish wakes us.
                     None if throttled && state.throttle.probe_out => None,
-                    None => match state.gates.try_start(self.nanos(now)) {
-                        Ok(()) => {
-                            state.acquired += 1;
-                            state.waited += now.saturating_duration_since(asked);
-                            state.throttle.probe_out |= throttled;
-                            let round = state.throttle.round;
-                            return Permit { limiter: Arc::clone(self), round, probe: throttled };
+                    None => {
+                        let at = self.nanos(now);
+                        match state.ledger(endpoint).try_start(at) {
+                            Ok(()) => {
+                                state.acquired += 1;
+                                state.waited += now.saturating_duration_since(asked);
+                                state.throttle.probe_out |= throttled;
+                                let round = state.throttle.round;
+                                return Permit { limiter: Arc::clone(self), endpoint, round, probe: throttled };
+                            }
+                            Err(wake) => wake.map(|at| self.origin + Duration::from_nanos(at)),
                         }
-                        Err(wake) => wake.map(|at| self.origin + Duration::from_nanos(at)),
-                    },
+                    }
                 }
             };
             match wake {
@@ -203,17 +310,21 @@ impl Limiter {
         LimiterStats {
             acquired: state.acquired,
             throttled_in_a_row: state.throttle.in_a_row,
-            in_flight: state.gates.in_flight,
+            in_flight: state.ledgers.iter().map(|l| l.in_flight).sum(),
             waited: state.waited,
             pauses: state.pauses,
+            scope: state.scope,
+            switched: state.switched,
+            share: state.share,
+            lowest_share: state.lowest_share,
         }
     }
 
-    fn finish(&self, probe: bool) {
+    fn finish(&self, endpoint: Endpoint, probe: bool) {
         {
             let mut state = self.lock();
             let now = self.nanos(Instant::now());
-            state.gates.finish(now);
+            state.ledger(endpoint).finish(now);
             if probe {
                 state.throttle.probe_out = false;
             }
@@ -222,25 +333,60 @@ impl Limiter {
     }
 
     /// A call taken in `round` was answered 429: see [`Permit::throttled`].
-    fn throttled(&self, round: u64, retry_after: Option<Duration>, delay: Duration) -> Duration {
-        let mut state = self.lock();
-        let throttle = &mut state.throttle;
-        if round == throttle.round {
-            throttle.in_a_row = throttle.in_a_row.saturating_add(1);
-            throttle.round += 1;
+    fn throttled(&self, round: u64, endpoint: Endpoint, retry_after: Option<Duration>, delay: Duration) -> Duration {
+        let (pause, verdict) = {
+            let mut state = self.lock();
+            let mut verdict = None;
+            if round == state.throttle.round {
+                // A 429 to a call the ledger sent with room in every window, at the start of a spell: the
+                // ledgers cannot explain it.
+                if state.throttle.in_a_row == 0 {
+                    verdict = state.unexplained_429(Instant::now());
+                }
+                state.throttle.in_a_row = state.throttle.in_a_row.saturating_add(1);
+                state.throttle.round += 1;
+            }
+            let pause = throttle_pause(state.throttle.in_a_row.max(1), retry_after, delay);
+            state.pause_until(Instant::now() + pause);
+            (pause, verdict)
+        };
+        match verdict {
+            Some(Verdict::Switched) => tracing::warn!(
+                api = endpoint.as_str(),
+                "the service answered 429 although this API's own budget had room in every window: it counts the \
+                 quotas per app, or another client spends them; every call now counts against one budget (quota \
+                 scope app) for the rest of the run"
+            ),
+            Some(Verdict::Lowered(share)) => tracing::warn!(
+                share_percent = share,
+                "429s keep coming with the app's budget kept: another client spends the same quota; this run now \
+                 allows itself {share}% of every quota"
+            ),
+            _ => {}
         }
-        let pause = throttle_pause(throttle.in_a_row.max(1), retry_after, delay);
-        state.pause_until(Instant::now() + pause);
         pause
     }
 
     /// A call taken in `round` was answered with anything but 429: see [`Permit::answered`].
     fn answered(&self, round: u64) {
         let mut state = self.lock();
-        if round == state.throttle.round && state.throttle.in_a_row > 0 {
+        if round != state.throttle.round {
+            return;
+        }
+        let raised = state.raise_share(Instant::now());
+        if state.throttle.in_a_row > 0 {
             state.throttle.in_a_row = 0;
             drop(state);
             // Waiters held back for the probe may all go now.
+            self.finished.notify_waiters();
+        } else {
+            drop(state);
+        }
+        if let Some(Verdict::Raised(share)) = raised {
+            tracing::info!(
+                share_percent = share,
+                "no 429 for a full period: this run now allows itself {share}% of every quota"
+            );
             self.finished.notify_waiters();
         }
     }
@@ -263,6 +409,54 @@ impl State {
             self.pauses += 1;
         }
     }
+
+    /// The ledger `endpoint`'s calls pass now.
+    fn ledger(&mut self, endpoint: Endpoint) -> &mut Gates {
+        let index = match self.scope {
+            QuotaScope::Api => endpoint.index(),
+            QuotaScope::App => 0,
+        };
+        &mut self.ledgers[index]
+    }
+
+    /// A 429 starts a spell though the call's ledger had room: switch to one budget (`Api`), or give up a
+    /// step of every quota (`App`: another client spends it).
+    fn unexplained_429(&mut self, now: Instant) -> Option<Verdict> {
+        match self.scope {
+            QuotaScope::Api => {
+                let merged = Gates::merge(&self.rates, self.share, std::mem::take(&mut self.ledgers));
+                self.ledgers = vec![merged];
+                self.scope = QuotaScope::App;
+                self.switched = true;
+                self.share_changed = now;
+                Some(Verdict::Switched)
+            }
+            QuotaScope::App if self.share > SHARE_MIN => {
+                self.set_share(self.share.saturating_sub(SHARE_STEP).max(SHARE_MIN), now);
+                self.lowest_share = self.lowest_share.min(self.share);
+                Some(Verdict::Lowered(self.share))
+            }
+            QuotaScope::App => None,
+        }
+    }
+
+    /// After a quiet spell as long as the longest period, one step of the quotas back.
+    fn raise_share(&mut self, now: Instant) -> Option<Verdict> {
+        let quiet = self.rates.iter().map(|r| r.period).max().unwrap_or_default();
+        if self.share >= 100 || now.saturating_duration_since(self.share_changed) < quiet {
+            return None;
+        }
+        self.set_share((self.share + SHARE_STEP).min(100), now);
+        Some(Verdict::Raised(self.share))
+    }
+
+    fn set_share(&mut self, share: u32, now: Instant) {
+        self.share = share;
+        self.share_changed = now;
+        for ledger in &mut self.ledgers {
+            ledger.set_share(&self.rates, share);
+        }
+    }
 }
 
 /// The pause after the `n`th 429 in a row across the pool: `delay * 2^(n-1)`, at most [`THROTTLE_PAUSE_MAX`],
@@ -276,9 +470,11 @@ impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.lock();
         f.debug_struct("Limiter")
-            .field("rates", &state.gates.rates())
+            .field("rates", &state.rates)
+            .field("scope", &state.scope)
+            .field("share", &state.share)
             .field("pause", &state.pause)
-            .field("in_flight", &state.gates.in_flight)
+            .field("in_flight", &state.ledgers.iter().map(|l| l.in_flight).sum::<u64>())
             .finish()
     }
 }
@@ -290,9 +486,11 @@ impl Permit {
     }
 
     /// The call was answered 429: pauses the pool (longer with each 429 in a row across the pool, from
-    /// `delay`, and at least `retry_after`) and returns the pause. Call it before [`Permit::finish`].
+    /// `delay`, and at least `retry_after`) and returns the pause. Call it before [`Permit::finish`]. The
+    /// first 429 of a spell is one the ledgers could not explain: under [`QuotaScope::Api`] it switches the
+    /// limiter to `App`, under `App` it lowers the run's share of the quotas.
     pub fn throttled(&self, retry_after: Option<Duration>, delay: Duration) -> Duration {
-        self.limiter.throttled(self.round, retry_after, delay)
+        self.limiter.throttled(self.round, self.endpoint, retry_after, delay)
     }
 
     /// The call was answered with anything but 429: the pool is no longer throttled (unless the call was
@@ -304,7 +502,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.finish(self.probe);
+        self.limiter.finish(self.endpoint, self.probe);
     }
 }
 
@@ -314,6 +512,31 @@ impl std::fmt::Debug for Permit {
     }
 }
 
+/// How `scope` counts the quotas, in a few words for a plan or a summary.
+pub fn describe_scope(scope: QuotaScope) -> &'static str {
+    match scope {
+        QuotaScope::Api => "counted per API",
+        QuotaScope::App => "counted per app",
+    }
+}
+
+/// How the quotas were counted over a run, on one line: the scope, the switch, the share given up.
+pub fn describe_quotas(stats: &LimiterStats) -> String {
+    let mut line = describe_scope(stats.scope).to_string();
+    if stats.switched {
+        line.push_str(" (switched from per API after a 429 the per-API budget could not explain)");
+    }
+    if stats.lowest_share < 100 {
+        line.push_str(&format!(
+            "; another client spent up to {}% of them: this run lowered its rate to {}% at the least, {}% at the end",
+            100 - stats.lowest_share,
+            stats.lowest_share,
+            stats.share
+        ));
+    }
+    line
+}
+
 /// The earliest time `calls` calls can all have completed when each takes `latency`, at most `concurrency`
 /// run at once, under `rates` with the hold rule of [`Limiter`]: each call starts at the first instant a
 /// worker is free and every quota has room.
@@ -321,7 +544,7 @@ impl std::fmt::Debug for Permit {
 /// It runs the limiter's own gates over simulated time, so it is what the limiter does with that many
 /// workers calling `acquire`, waiting `latency` and finishing. O(calls × quotas).
 pub fn earliest_schedule(rates: &[Rate], calls: u64, concurrency: usize, latency: Duration) -> Duration {
-    simulate(Gates::new(rates), 0, 0, calls, concurrency, latency)
+    simulate(Gates::new(rates, 100), 0, 0, calls, concurrency, latency)
 }
 
 /// When calls made from now on can all be done, by the limiter's own schedule (see [`Limiter::schedule`]).
@@ -335,21 +558,25 @@ pub struct Schedule {
 }
 
 impl Limiter {
-    /// When `calls` more calls, each taking `latency`, at most `concurrency` at once, can all be done from
-    /// now: the limiter's gates run over simulated time from their state now, the calls already in its
-    /// windows (the pre-flight's reads, say) and any pause included. So a plan shows the schedule the run
-    /// will follow, and says when the longest quota pushes the last calls into its next window.
-    pub fn schedule(&self, calls: u64, concurrency: usize, latency: Duration) -> Schedule {
+    /// When `calls` more calls to `endpoint`, each taking `latency`, at most `concurrency` at once, can all be
+    /// done from now: the gates of the ledger they pass run over simulated time from their state now, the
+    /// calls already in its windows (under [`QuotaScope::App`], the pre-flight's reads, say) and any pause
+    /// included. So a plan shows the schedule the run will follow, and says when the longest quota pushes
+    /// the last calls into its next window.
+    pub fn schedule(&self, endpoint: Endpoint, calls: u64, concurrency: usize, latency: Duration) -> Schedule {
         let (gates, now, paused, in_flight) = {
-            let state = self.lock();
+            let mut state = self.lock();
             let now = Instant::now();
             // Nothing starts before a pause in force ends.
             let start = state.pause.filter(|until| *until > now).unwrap_or(now);
-            let mut gates = Gates::new(&state.gates.rates());
-            for (copy, quota) in gates.quotas.iter_mut().zip(&state.gates.quotas) {
+            let (rates, share) = (state.rates.clone(), state.share);
+            let ledger = state.ledger(endpoint);
+            let mut gates = Gates::new(&rates, share);
+            for (copy, quota) in gates.quotas.iter_mut().zip(&ledger.quotas) {
                 copy.releases = quota.releases.clone();
             }
-            (gates, self.nanos(start), start - now, state.gates.in_flight)
+            let in_flight = ledger.in_flight;
+            (gates, self.nanos(start), start - now, in_flight)
         };
         // The longest quota's room now: the calls past it wait for releases of the calls in its window.
         let spilled = gates.quotas.iter().max_by_key(|q| q.period).and_then(|q| {
@@ -424,10 +651,25 @@ fn simulate(
 /// measured, within these).
 pub const ESTIMATE_LATENCY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(2));
 
-/// How long `rates` and `concurrency` make `calls` calls take from a fresh start, at best, when a call
-/// takes `latency` (clamped to [`ESTIMATE_LATENCY`]).
-pub fn estimate(rates: &[Rate], calls: u64, concurrency: usize, latency: Duration) -> Duration {
-    earliest_schedule(rates, calls, concurrency, latency.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1))
+/// How long `rates` and `concurrency` make `calls` offboard calls take, at best, when a call takes `latency`
+/// (clamped to [`ESTIMATE_LATENCY`]), after `reads` calls of other APIs made at the start (a run's
+/// pre-flight): under [`QuotaScope::App`] they are in the offboards' windows, under `Api` they are not.
+pub fn estimate(
+    rates: &[Rate],
+    scope: QuotaScope,
+    reads: u64,
+    calls: u64,
+    concurrency: usize,
+    latency: Duration,
+) -> Duration {
+    let latency = to_nanos(latency.clamp(ESTIMATE_LATENCY.0, ESTIMATE_LATENCY.1));
+    let mut gates = Gates::new(rates, 100);
+    if scope == QuotaScope::App {
+        for quota in &mut gates.quotas {
+            quota.releases.extend(std::iter::repeat_n(latency + quota.period, reads as usize));
+        }
+    }
+    simulate(gates, 0, 0, calls, concurrency, Duration::from_nanos(latency))
 }
 
 /// The instant every GCRA judges: the one the limiter read for the decision at hand.
@@ -468,24 +710,51 @@ struct QuotaGate {
 }
 
 impl Gates {
-    fn new(rates: &[Rate]) -> Gates {
+    /// `share` percent of every quota in `rates` (at least one call each).
+    fn new(rates: &[Rate], share: u32) -> Gates {
         let clock = Arc::new(AtomicU64::new(0));
         let quotas = rates
             .iter()
-            .map(|rate| QuotaGate {
-                rate: *rate,
-                // A limit of 0 would block forever; settings reject it, and here it is taken as 1.
-                limit: u64::from(rate.limit.max(1)),
-                period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
-                releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
-                gcra: RateLimiter::direct_with_clock(gcra_quota(rate), DecisionClock(Arc::clone(&clock))),
+            .map(|rate| {
+                let kept = shared(rate, share);
+                QuotaGate {
+                    rate: *rate,
+                    limit: u64::from(kept.limit),
+                    period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
+                    releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
+                    gcra: RateLimiter::direct_with_clock(gcra_quota(&kept), DecisionClock(Arc::clone(&clock))),
+                }
             })
             .collect();
         Gates { clock, quotas, in_flight: 0, gcra_refusals: 0 }
     }
 
-    fn rates(&self) -> Vec<Rate> {
-        self.quotas.iter().map(|q| q.rate).collect()
+    /// One ledger holding every call of `ledgers`: their calls in flight and their releases, quota by quota.
+    /// Its GCRAs start afresh: counting only the calls from now on, they are looser than the ledger, which
+    /// counts them all, so they still never refuse what it admits.
+    fn merge(rates: &[Rate], share: u32, ledgers: Vec<Gates>) -> Gates {
+        let mut merged = Gates::new(rates, share);
+        for ledger in ledgers {
+            merged.in_flight += ledger.in_flight;
+            merged.gcra_refusals += ledger.gcra_refusals;
+            for (into, from) in merged.quotas.iter_mut().zip(ledger.quotas) {
+                into.releases.extend(from.releases);
+            }
+        }
+        for quota in &mut merged.quotas {
+            quota.releases.make_contiguous().sort_unstable();
+        }
+        merged
+    }
+
+    /// Keeps `share` percent of every quota from now on: the ledger's limits, and fresh GCRAs at them (see
+    /// [`Gates::merge`] for why a fresh GCRA is safe).
+    fn set_share(&mut self, rates: &[Rate], share: u32) {
+        for (quota, rate) in self.quotas.iter_mut().zip(rates) {
+            let kept = shared(rate, share);
+            quota.limit = u64::from(kept.limit);
+            quota.gcra = RateLimiter::direct_with_clock(gcra_quota(&kept), DecisionClock(Arc::clone(&self.clock)));
+        }
     }
 
     /// Starts a call at `now` if every quota has room, taking a slot in each. Otherwise returns the instant
@@ -497,10 +766,13 @@ impl Gates {
             while quota.releases.front().is_some_and(|&release| release <= now) {
                 quota.releases.pop_front();
             }
-            if self.in_flight + quota.releases.len() as u64 >= quota.limit {
+            let held = self.in_flight + quota.releases.len() as u64;
+            if held >= quota.limit {
                 full = true;
-                // Every full quota must gain room, and each does so no earlier than its oldest release.
-                if let Some(&release) = quota.releases.front() {
+                // Every full quota must gain room, and each does so no earlier than the release that brings
+                // it under its limit (its oldest, unless a merge or a lowered share left it over-full).
+                let first = (held - quota.limit) as usize;
+                if let Some(&release) = quota.releases.get(first).or(quota.releases.back()) {
                     wake = Some(wake.map_or(release, |w| w.max(release)));
                 }
             }
@@ -532,6 +804,12 @@ impl Gates {
     }
 }
 
+/// `share` percent of `rate`'s limit (rounded down, at least one call) over the same period.
+fn shared(rate: &Rate, share: u32) -> Rate {
+    let limit = (u64::from(rate.limit.max(1)) * u64::from(share.min(100)) / 100).max(1);
+    Rate { limit: limit as u32, period: rate.period }
+}
+
 /// rate `limit / period` with burst `limit` (governor rounds `period / limit` down to whole nanoseconds).
 fn gcra_quota(rate: &Rate) -> Quota {
     let burst = std::num::NonZeroU32::new(rate.limit.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
@@ -547,6 +825,8 @@ fn to_nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OFFBOARD: Endpoint = Endpoint::Offboard;
 
     const MINUTE: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
@@ -605,7 +885,7 @@ mod tests {
                     if n >= latencies.len() {
                         return done;
                     }
-                    let permit = limiter.acquire().await;
+                    let permit = limiter.acquire(OFFBOARD).await;
                     let sent = Instant::now();
                     if !latencies[n].is_zero() {
                         tokio::time::sleep(latencies[n]).await;
@@ -624,7 +904,7 @@ mod tests {
     }
 
     fn gcra_refusals(limiter: &Limiter) -> u64 {
-        limiter.lock().gates.gcra_refusals
+        limiter.lock().ledgers.iter().map(|l| l.gcra_refusals).sum()
     }
 
     #[test]
@@ -647,26 +927,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_schedule_counts_the_calls_already_in_the_windows() {
         let rates = [rate(100, MINUTE), rate(1500, HOUR)];
-        let limiter = Limiter::new(&rates);
-        let fresh = limiter.schedule(1500, 4, ms(100));
+        let limiter = Limiter::new(&rates, QuotaScope::App);
+        let fresh = limiter.schedule(OFFBOARD, 1500, 4, ms(100));
         assert_eq!(fresh.spilled, None);
         assert!(fresh.done < Duration::from_secs(15 * 60), "{fresh:?}");
         assert_eq!(fresh.done, earliest_schedule(&rates, 1500, 4, ms(100)));
         // Three reads, as the pre-flight makes.
         run(&limiter, 3, 1, |_| ms(100)).await;
-        let after_reads = limiter.schedule(1500, 4, ms(100));
+        let after_reads = limiter.schedule(OFFBOARD, 1500, 4, ms(100));
         assert_eq!(after_reads.spilled, Some((rates[1], 3)), "{after_reads:?}");
         assert!(after_reads.done > Duration::from_secs(59 * 60), "{after_reads:?}");
         // A pause in force delays the whole schedule.
-        let paused = Limiter::new(&rates);
+        let paused = Limiter::new(&rates, QuotaScope::App);
         paused.pause_until(Instant::now() + Duration::from_secs(30));
-        assert_eq!(paused.schedule(10, 10, ms(100)).done, Duration::from_secs(30) + ms(100));
+        assert_eq!(paused.schedule(OFFBOARD, 10, 10, ms(100)).done, Duration::from_secs(30) + ms(100));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hundred_calls_start_at_once() {
         let rates = [rate(100, MINUTE), rate(1500, HOUR)];
-        let limiter = Limiter::new(&rates);
+        let limiter = Limiter::new(&rates, QuotaScope::App);
         let t0 = Instant::now();
         let calls = run(&limiter, 100, 100, |_| ms(300)).await;
         assert!(calls.iter().all(|c| c.sent == t0));
@@ -678,7 +958,7 @@ mod tests {
     async fn the_101st_waits_one_period_after_the_first_answer() {
         let rates = [rate(100, MINUTE), rate(1500, HOUR)];
         for latency in [Duration::ZERO, ms(250)] {
-            let limiter = Limiter::new(&rates);
+            let limiter = Limiter::new(&rates, QuotaScope::App);
             let t0 = Instant::now();
             let calls = run(&limiter, 150, 150, |_| latency).await;
             assert!(calls[..100].iter().all(|c| c.sent == t0));
@@ -693,7 +973,7 @@ mod tests {
     async fn the_hourly_quota_binds_long_runs() {
         // Defaults scaled by 1/100: 100/600ms and 1500/36s.
         let rates = [rate(100, ms(600)), rate(1500, ms(36_000))];
-        let limiter = Limiter::new(&rates);
+        let limiter = Limiter::new(&rates, QuotaScope::App);
         let t0 = Instant::now();
         let calls = run(&limiter, 3000, 8, |n| ms(5 + (n as u64 * 7) % 20)).await;
         assert_within(&calls, &rates);
@@ -709,7 +989,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn several_quotas_hold_together_under_random_latency() {
         let rates = [rate(10, ms(100)), rate(25, ms(1000)), rate(40, ms(3000))];
-        let limiter = Limiter::new(&rates);
+        let limiter = Limiter::new(&rates, QuotaScope::App);
         let mut rng = fastrand::Rng::with_seed(7);
         let latencies: Vec<Duration> = (0..300).map(|_| ms(rng.u64(0..400))).collect();
         let calls = run(&limiter, 300, 12, |n| latencies[n]).await;
@@ -732,7 +1012,7 @@ mod tests {
             (&[], 50, 4, 25),
         ];
         for &(rates, calls, workers, latency) in cases {
-            let limiter = Limiter::new(rates);
+            let limiter = Limiter::new(rates, QuotaScope::App);
             let t0 = Instant::now();
             let done = run(&limiter, calls, workers, |_| ms(latency)).await;
             let end = done.iter().map(|c| c.answered).max().unwrap() - t0;
@@ -771,7 +1051,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn workers_bound_concurrency() {
-        let limiter = Limiter::new(&[]);
+        let limiter = Limiter::new(&[], QuotaScope::App);
         let calls = run(&limiter, 12, 3, |_| ms(100)).await;
         for c in &calls {
             let overlapping = calls.iter().filter(|o| o.sent <= c.sent && c.sent < o.answered).count();
@@ -782,7 +1062,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_rates_means_no_limit() {
-        let limiter = Limiter::new(&[]);
+        let limiter = Limiter::new(&[], QuotaScope::App);
         let t0 = Instant::now();
         let permits: Vec<Permit> = acquire_many(&limiter, 1000).await;
         assert_eq!(Instant::now(), t0);
@@ -794,14 +1074,14 @@ mod tests {
     async fn acquire_many(limiter: &Arc<Limiter>, n: usize) -> Vec<Permit> {
         let mut permits = Vec::with_capacity(n);
         for _ in 0..n {
-            permits.push(limiter.acquire().await);
+            permits.push(limiter.acquire(OFFBOARD).await);
         }
         permits
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_everyone_and_is_never_shortened() {
-        let limiter = Limiter::new(&[rate(100, MINUTE)]);
+        let limiter = Limiter::new(&[rate(100, MINUTE)], QuotaScope::App);
         let t0 = Instant::now();
         limiter.pause_until(t0 + ms(5000));
         limiter.pause_until(t0 + ms(2000));
@@ -811,7 +1091,7 @@ mod tests {
             .map(|_| {
                 let limiter = Arc::clone(&limiter);
                 tokio::spawn(async move {
-                    let permit = limiter.acquire().await;
+                    let permit = limiter.acquire(OFFBOARD).await;
                     let at = Instant::now();
                     permit.finish();
                     at
@@ -830,34 +1110,34 @@ mod tests {
         // A pause in the past does nothing.
         limiter.pause_until(t0);
         let before = Instant::now();
-        limiter.acquire().await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
         assert_eq!(Instant::now(), before);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_and_a_full_window_combine() {
-        let limiter = Limiter::new(&[rate(2, ms(1000))]);
+        let limiter = Limiter::new(&[rate(2, ms(1000))], QuotaScope::App);
         let t0 = Instant::now();
-        limiter.acquire().await.finish();
-        limiter.acquire().await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
         // The window frees at 1000ms; a pause to 400ms ends first, so the window decides.
         limiter.pause_until(t0 + ms(400));
-        limiter.acquire().await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
         assert_eq!(Instant::now(), t0 + ms(1000));
         // Now a pause beyond the window's next release decides.
         limiter.pause_until(t0 + ms(2500));
-        limiter.acquire().await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
         assert_eq!(Instant::now(), t0 + ms(2500));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_permit_holds_its_slot_from_the_drop() {
-        let limiter = Limiter::new(&[rate(1, ms(1000))]);
+        let limiter = Limiter::new(&[rate(1, ms(1000))], QuotaScope::App);
         let t0 = Instant::now();
-        let permit = limiter.acquire().await;
+        let permit = limiter.acquire(OFFBOARD).await;
         let limiter2 = Arc::clone(&limiter);
         let waiter = tokio::spawn(async move {
-            limiter2.acquire().await.finish();
+            limiter2.acquire(OFFBOARD).await.finish();
             Instant::now()
         });
         tokio::time::sleep(ms(300)).await;
@@ -868,12 +1148,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_acquire_holds_nothing() {
-        let limiter = Limiter::new(&[rate(1, ms(1000))]);
+        let limiter = Limiter::new(&[rate(1, ms(1000))], QuotaScope::App);
         let t0 = Instant::now();
-        limiter.acquire().await.finish();
-        assert!(tokio::time::timeout(ms(500), limiter.acquire()).await.is_err());
+        limiter.acquire(OFFBOARD).await.finish();
+        assert!(tokio::time::timeout(ms(500), limiter.acquire(OFFBOARD)).await.is_err());
         assert_eq!(limiter.stats().in_flight, 0);
-        limiter.acquire().await.finish();
+        limiter.acquire(OFFBOARD).await.finish();
         assert_eq!(Instant::now(), t0 + ms(1000));
     }
 
@@ -881,7 +1161,7 @@ mod tests {
     async fn a_throttled_pool_sends_one_probe_at_a_time_and_pauses_longer_each_time() {
         // A service that answers 429 with `Retry-After: 0` (taken as 1s) to every call sent in its first 100s;
         // 4 workers, calls of 100ms, 40 calls to make in all.
-        let limiter = Limiter::new(&[rate(100, MINUTE)]);
+        let limiter = Limiter::new(&[rate(100, MINUTE)], QuotaScope::App);
         let t0 = Instant::now();
         let recovers = t0 + Duration::from_secs(100);
         let log = Arc::new(Mutex::new(Vec::<(Duration, bool)>::new()));
@@ -891,7 +1171,7 @@ mod tests {
                 let (limiter, log, done) = (Arc::clone(&limiter), Arc::clone(&log), Arc::clone(&done));
                 tokio::spawn(async move {
                     while done.load(Ordering::SeqCst) < 40 {
-                        let permit = limiter.acquire().await;
+                        let permit = limiter.acquire(OFFBOARD).await;
                         let sent = Instant::now();
                         tokio::time::sleep(ms(100)).await;
                         let throttled = sent < recovers;
@@ -927,20 +1207,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn only_an_answer_to_a_call_sent_after_the_last_429_ends_the_throttling() {
-        let limiter = Limiter::new(&[]);
-        let early = limiter.acquire().await;
-        let first = limiter.acquire().await;
+        let limiter = Limiter::new(&[], QuotaScope::App);
+        let early = limiter.acquire(OFFBOARD).await;
+        let first = limiter.acquire(OFFBOARD).await;
         assert_eq!(first.throttled(None, ms(10)), ms(10));
         // Sent before that 429: a 200 does not end the throttling, and a 429 does not lengthen it.
         early.answered();
         assert_eq!(limiter.stats().throttled_in_a_row, 1);
         drop((early, first));
-        let probe = limiter.acquire().await;
+        let probe = limiter.acquire(OFFBOARD).await;
         // While the probe is out, nobody else gets a permit.
-        assert!(tokio::time::timeout(ms(1000), limiter.acquire()).await.is_err());
+        assert!(tokio::time::timeout(ms(1000), limiter.acquire(OFFBOARD)).await.is_err());
         assert_eq!(probe.throttled(None, ms(10)), ms(20));
         drop(probe);
-        let probe = limiter.acquire().await;
+        let probe = limiter.acquire(OFFBOARD).await;
         probe.answered();
         assert_eq!(limiter.stats().throttled_in_a_row, 0);
         // Not throttled any more: everyone goes, the probe still out.
@@ -961,14 +1241,14 @@ mod tests {
     #[test]
     fn the_gcra_alone_refuses_a_burst_beyond_the_limit() {
         // Proves the steady-rate gate is wired with the right quota: burst = limit, then limit/period.
-        let gates = Gates::new(&[rate(3, ms(300))]);
+        let gates = Gates::new(&[rate(3, ms(300))], 100);
         gates.clock.store(0, Ordering::Relaxed);
         let gcra = &gates.quotas[0].gcra;
         assert!((0..3).all(|_| gcra.check().is_ok()));
         let refused = gcra.check().unwrap_err();
         assert_eq!(refused.earliest_possible(), Nanos::new(to_nanos(ms(100))));
         // With the ledger in front, the same burst is refused by the ledger, never the GCRA.
-        let mut gates = Gates::new(&[rate(3, ms(300))]);
+        let mut gates = Gates::new(&[rate(3, ms(300))], 100);
         assert!((0..3).all(|_| gates.try_start(0).is_ok()));
         assert_eq!(gates.try_start(0), Err(None));
         gates.finish(to_nanos(ms(10)));

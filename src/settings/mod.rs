@@ -78,6 +78,39 @@ impl fmt::Display for Rate {
     }
 }
 
+/// How the service counts the quotas, as the limiter assumes it (`run.quota_scope`, `--quota-scope`).
+///
+/// Each API's page states its own limits, which reads as one budget per API (`Api`, the default); `App`
+/// counts every call of the app registration against one budget (today's safe reading). A run under `Api`
+/// switches to `App` on a 429 its per-API budget cannot explain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuotaScope {
+    #[default]
+    Api,
+    App,
+}
+
+impl QuotaScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaScope::Api => "api",
+            QuotaScope::App => "app",
+        }
+    }
+}
+
+impl FromStr for QuotaScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "api" => Ok(QuotaScope::Api),
+            "app" => Ok(QuotaScope::App),
+            _ => Err("api (one budget per API, as documented) or app (one budget for every call)".into()),
+        }
+    }
+}
+
 /// A secret value: its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -155,6 +188,10 @@ pub struct SettingsArgs {
     /// A quota N/PERIOD; repeat for several. Replaces the configured list. [config: run.rate] [default: 100/1m, 1500/1h]
     #[arg(long = "rate", value_name = "N/PERIOD")]
     pub rates: Vec<String>,
+    /// How the service counts the quotas: api (one budget per API, as documented; a 429 that budget cannot
+    /// explain switches the run to app) or app (one budget for every call). [config: run.quota_scope] [default: api]
+    #[arg(long, value_name = "SCOPE")]
+    pub quota_scope: Option<String>,
     /// Calls at most per machine before it counts as failed. [config: run.max_attempts] [default: 6]
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<String>,
@@ -187,6 +224,8 @@ pub struct Settings {
     pub comment: Option<String>,
     pub concurrency: usize,
     pub rates: Vec<Rate>,
+    /// How the service counts `rates` (`run.quota_scope`).
+    pub quota_scope: QuotaScope,
     pub max_attempts: u32,
     pub retry_delay: Duration,
     /// The tag `run` adds to the machines it offboarded (`run.tag`; `run --tag` overrides it).
@@ -313,7 +352,7 @@ const CONFIG_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("api", &["cloud", "base_url", "timeout"]),
-    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay", "tag"]),
+    ("run", &["comment", "concurrency", "rate", "quota_scope", "max_attempts", "retry_delay", "tag"]),
 ];
 
 /// Values read from a config file, still unvalidated strings keyed by `section.key`.
@@ -470,6 +509,10 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         .iter()
         .map(|r| r.parse::<Rate>().map_err(|why| bad("run.rate", r, &why)))
         .collect::<Result<Vec<_>>>()?;
+    let quota_scope = match pick(&args.quota_scope, "run.quota_scope")? {
+        Some(v) => v.parse::<QuotaScope>().map_err(|allowed| bad("run.quota_scope", &v, &allowed))?,
+        None => QuotaScope::default(),
+    };
     let max_attempts = match pick(&args.max_attempts, "run.max_attempts")? {
         Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
         None => DEFAULT_MAX_ATTEMPTS,
@@ -496,6 +539,7 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         comment,
         concurrency,
         rates,
+        quota_scope,
         max_attempts,
         retry_delay,
         tag: file.string("run.tag")?,
@@ -858,7 +902,23 @@ mod tests {
         assert_eq!(s.rates.len(), 2);
         assert_eq!(s.rates[1], Rate { limit: 1500, period: Duration::from_secs(3600) });
         assert_eq!(s.concurrency, 4);
+        assert_eq!(s.quota_scope, QuotaScope::Api);
         assert!(s.credentials().is_err());
+    }
+
+    #[test]
+    fn the_quota_scope_is_api_or_app_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[run]\nquota_scope = \"app\"\n").unwrap();
+        let from_file = resolve(&SettingsArgs { config: Some(path.clone()), ..Default::default() }, &no_env).unwrap();
+        assert_eq!(from_file.quota_scope, QuotaScope::App);
+        let args = SettingsArgs { config: Some(path), quota_scope: Some("API".into()), ..Default::default() };
+        assert_eq!(resolve(&args, &no_env).unwrap().quota_scope, QuotaScope::Api);
+        let e = resolve(&SettingsArgs { quota_scope: Some("tenant".into()), ..Default::default() }, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.quota_scope") && e.contains("tenant") && e.contains("api"), "{e}");
     }
 
     #[test]

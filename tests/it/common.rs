@@ -206,7 +206,7 @@ pub fn demo_api(
     };
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let tokens = std::sync::Arc::new(mde_offboard::defender::auth::TokenCache::new(http.clone(), credentials));
-    let limiter = mde_offboard::defender::limiter::Limiter::new(&[]);
+    let limiter = mde_offboard::defender::limiter::Limiter::new(&[], mde_offboard::settings::QuotaScope::App);
     (mde_offboard::defender::api::Api::new(http, &sim.base_url(), tokens.clone(), limiter, policy), tokens)
 }
 

@@ -64,7 +64,19 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         .map(|(outcome, n)| format!("{n} {}", outcome.as_str()))
         .collect();
     let rates = job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let took = crate::defender::limiter::estimate(&job.settings.rates, would, job.settings.concurrency, round_trip);
+    // A real run's pre-flight makes the reads this dry run made: under one budget for the app, they are in
+    // the offboards' windows.
+    let scope = api.limiter().stats().scope;
+    let reads = api.counters.calls.load(Ordering::Relaxed);
+    let took = crate::defender::limiter::estimate(
+        &job.settings.rates,
+        scope,
+        reads,
+        would,
+        job.settings.concurrency,
+        round_trip,
+    );
+    let rates = format!("{rates}, {}", crate::defender::limiter::describe_scope(scope));
     crate::ui::output::stdout(&format!(
         "Dry run: nothing was offboarded. A real run would submit {would} offboard call(s), which the quotas ({rates}) \
          make take about {} at best, and skip {} row(s){}.\n",
@@ -87,6 +99,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         stopped: None,
         account: token.account().map(str::to_owned),
         tags: None,
+        quotas: api.limiter().stats(),
     })
 }
 

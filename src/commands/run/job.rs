@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::commands::tag::TagSummary;
+use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
 use crate::files::write_atomically;
@@ -85,6 +86,8 @@ pub struct Summary {
     pub account: Option<String>,
     /// How the tags of `--tag` went, when the run tagged.
     pub tags: Option<TagSummary>,
+    /// How the quotas were counted in the end: the scope, whether a 429 switched it, the share kept.
+    pub quotas: LimiterStats,
 }
 
 impl Summary {
@@ -125,6 +128,7 @@ impl Summary {
             out += &format!("Signed in as: {account}\n");
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
+        out += &format!("Quotas: {}\n", crate::defender::limiter::describe_quotas(&self.quotas));
         if let Some(tags) = &self.tags {
             out += &tags.render(&self.results);
         }
@@ -156,6 +160,14 @@ impl Summary {
             counts: BTreeMap<&'static str, u64>,
             api_calls: u64,
             throttled_429: u64,
+            /// How the quotas were counted at the end (`api` or `app`), and whether a 429 switched the run
+            /// from `api` to `app`.
+            quota_scope: &'static str,
+            quota_scope_switched: bool,
+            /// The most of the quotas the run found another client spending (percent), and the share of
+            /// them it kept at the end.
+            quota_taken_percent: u32,
+            quota_share_percent: u32,
             results: String,
             /// `--tag`: machines tagged and not (absent when the run did not tag).
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +188,10 @@ impl Summary {
             counts: Outcome::ALL.iter().map(|o| (o.as_str(), self.counts.get(o).copied().unwrap_or(0))).collect(),
             api_calls: self.calls,
             throttled_429: self.throttled,
+            quota_scope: self.quotas.scope.as_str(),
+            quota_scope_switched: self.quotas.switched,
+            quota_taken_percent: 100 - self.quotas.lowest_share.min(100),
+            quota_share_percent: self.quotas.share,
             results: self.results.display().to_string(),
             tagged: self.tags.as_ref().map(|t| t.tagged),
             not_tagged: self.tags.as_ref().map(|t| t.not_tagged),

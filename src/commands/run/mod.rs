@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::commands::session::Session;
 use crate::defender::api::TagChange;
-use crate::defender::limiter::{self, Limiter};
+use crate::defender::limiter::{self, Endpoint, Limiter};
 use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
@@ -229,7 +229,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         crate::commands::tag::check_value(tag)?;
     }
     let credentials = if tag.is_some() { credentials.tagging() } else { credentials };
-    let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    let session = Session::open(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope))?;
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
     let job = Job {
@@ -351,14 +351,15 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     if to_offboard > 0 {
         // The schedule the limiter will follow, from the calls already in its windows.
         let latency = round_trip.clamp(limiter::ESTIMATE_LATENCY.0, limiter::ESTIMATE_LATENCY.1);
-        let schedule = api.limiter().schedule(to_offboard, job.settings.concurrency, latency);
+        let schedule = api.limiter().schedule(Endpoint::Offboard, to_offboard, job.settings.concurrency, latency);
         let plan = format!(
-            "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}) make this take about {} at best.",
+            "{} {to_offboard} machine(s) in tenant {} through {} (run {}).\nThe API's quotas ({}, {}) make this take about {} at best.",
             if resumed { "Resuming: about to offboard the remaining" } else { "About to offboard" },
             credentials.tenant_id,
             job.settings.api_base,
             identity.run_id,
             job.settings.rates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            limiter::describe_scope(api.limiter().stats().scope),
             humantime::format_duration(Duration::from_secs(schedule.done.as_secs()))
         );
         let plan = match schedule.spilled {
@@ -461,6 +462,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 stopped: None,
                 account,
                 tags: None,
+                quotas: api.limiter().stats(),
             };
             let _ = summary.write_json(&path);
         })));
@@ -656,6 +658,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         stopped: None,
         account,
         tags: None,
+        quotas: api.limiter().stats(),
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {
