@@ -943,6 +943,111 @@ mod tests {
         assert_eq!(paused.schedule(OFFBOARD, 10, 10, ms(100)).done, Duration::from_secs(30) + ms(100));
     }
 
+    /// Per API, the pre-flight's reads are in their own ledgers: a list of exactly the hourly quota still
+    /// goes at the minute quota's pace, and nothing spills into the next hour.
+    #[tokio::test(start_paused = true)]
+    async fn per_api_ledgers_keep_the_reads_out_of_the_offboards_windows() {
+        let rates = [rate(100, MINUTE), rate(1500, HOUR)];
+        let limiter = Limiter::new(&rates, QuotaScope::Api);
+        for endpoint in [Endpoint::ListMachines, Endpoint::ListMachines, Endpoint::ListActions] {
+            limiter.acquire(endpoint).await.finish();
+        }
+        let schedule = limiter.schedule(OFFBOARD, 1500, 4, ms(100));
+        assert_eq!(schedule.spilled, None);
+        assert_eq!(schedule.done, earliest_schedule(&rates, 1500, 4, ms(100)));
+        assert!(schedule.done < 16 * MINUTE, "{schedule:?}");
+        // The estimate says the same, and under one budget for the app says the reads push three machines
+        // into the next hour.
+        assert_eq!(estimate(&rates, QuotaScope::Api, 3, 1500, 4, ms(100)), schedule.done);
+        assert!(estimate(&rates, QuotaScope::App, 3, 1500, 4, ms(100)) > 59 * MINUTE);
+        // A full window of one API holds back only that API.
+        let limiter = Limiter::new(&[rate(5, ms(1000))], QuotaScope::Api);
+        let t0 = Instant::now();
+        let held: Vec<Permit> = acquire_many(&limiter, 5).await;
+        for endpoint in Endpoint::ALL.into_iter().filter(|e| *e != OFFBOARD) {
+            limiter.acquire(endpoint).await.finish();
+        }
+        assert_eq!(Instant::now(), t0);
+        assert_eq!(limiter.stats().in_flight, 5);
+        drop(held);
+    }
+
+    /// The first 429 of a spell under `Api` switches to one ledger holding every call already made: the
+    /// next call waits until the app's window has room, counting the calls of every API.
+    #[tokio::test(start_paused = true)]
+    async fn an_unexplained_429_switches_to_one_budget_that_counts_every_call_made() {
+        let limiter = Limiter::new(&[rate(10, ms(1000))], QuotaScope::Api);
+        let t0 = Instant::now();
+        for endpoint in [OFFBOARD, Endpoint::ListMachines] {
+            for _ in 0..6 {
+                limiter.acquire(endpoint).await.finish();
+            }
+        }
+        let probe = limiter.acquire(Endpoint::GetMachine).await;
+        let in_flight = limiter.acquire(OFFBOARD).await;
+        assert_eq!(probe.throttled(None, ms(1)), ms(1));
+        let stats = limiter.stats();
+        assert_eq!((stats.scope, stats.switched, stats.share, stats.in_flight), (QuotaScope::App, true, 100, 2));
+        // A second 429 of the same moment neither switches again nor lowers the share.
+        assert_eq!(in_flight.throttled(None, ms(1)), ms(1));
+        assert_eq!(limiter.stats().share, 100);
+        drop((probe, in_flight));
+        // 14 calls answered at t0 in one window of 10: nothing starts before they leave it.
+        let permit = limiter.acquire(Endpoint::ListActions).await;
+        assert_eq!(Instant::now(), t0 + ms(1000));
+        permit.answered();
+        drop(permit);
+        assert_eq!(limiter.stats().throttled_in_a_row, 0);
+        assert_eq!(gcra_refusals(&limiter), 0);
+    }
+
+    /// Under `App`, each throttling spell gives up a step of every quota, down to the floor; a quiet spell as
+    /// long as the longest period gives one back.
+    #[tokio::test(start_paused = true)]
+    async fn spells_of_429s_under_one_budget_lower_the_share_and_quiet_raises_it() {
+        let limiter = Limiter::new(&[rate(10, ms(1000)), rate(20, ms(4000))], QuotaScope::App);
+        for spell in 1..=3u32 {
+            let permit = limiter.acquire(OFFBOARD).await;
+            permit.throttled(None, ms(1));
+            drop(permit);
+            // A 429 later in the same spell: the spell already counted.
+            let permit = limiter.acquire(OFFBOARD).await;
+            permit.throttled(None, ms(1));
+            drop(permit);
+            let permit = limiter.acquire(OFFBOARD).await;
+            permit.answered();
+            drop(permit);
+            assert_eq!(limiter.stats().share, 100 - spell * SHARE_STEP);
+        }
+        let stats = limiter.stats();
+        assert_eq!((stats.scope, stats.switched, stats.share, stats.lowest_share), (QuotaScope::App, false, 70, 70));
+        // 70% of 10 a second (and of 20 in 4 s): 7 calls in a window, once the nine above have left.
+        tokio::time::sleep(ms(4000)).await;
+        let t0 = Instant::now();
+        let calls = run(&limiter, 14, 14, |_| ms(10)).await;
+        assert!(calls[..7].iter().all(|c| c.sent == t0));
+        assert!(calls[7].sent >= t0 + ms(1010), "{:?}", calls[7].sent - t0);
+        assert_within(&calls, &[rate(7, ms(1000)), rate(14, ms(4000))]);
+        // Quiet for the longest period: one step back.
+        tokio::time::sleep(ms(4000)).await;
+        let permit = limiter.acquire(OFFBOARD).await;
+        permit.answered();
+        drop(permit);
+        assert_eq!((limiter.stats().share, limiter.stats().lowest_share), (80, 70));
+        assert_eq!(gcra_refusals(&limiter), 0);
+        // Never below the floor.
+        let floor = Limiter::new(&[rate(1000, HOUR)], QuotaScope::App);
+        for _ in 0..20 {
+            let permit = floor.acquire(OFFBOARD).await;
+            permit.throttled(None, ms(1));
+            drop(permit);
+            let permit = floor.acquire(OFFBOARD).await;
+            permit.answered();
+            drop(permit);
+        }
+        assert_eq!(floor.stats().share, SHARE_MIN);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_hundred_calls_start_at_once() {
         let rates = [rate(100, MINUTE), rate(1500, HOUR)];
