@@ -15,6 +15,7 @@ use super::server::Simulator;
 use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
 use crate::SECRET_ENV;
 use crate::error::Error;
+use crate::quota::QuotaScope;
 use crate::rate::Rate;
 
 /// Run a local simulator of the Defender for Endpoint API and its Entra ID sign-in (for demos and tests).
@@ -40,6 +41,14 @@ pub struct SimulateArgs {
     /// Serve without quotas.
     #[arg(long, conflicts_with = "quotas")]
     pub no_quotas: bool,
+    /// How the quotas are counted: api (each API has its own budget, as each API's page states its limits)
+    /// or app (every call of the app registration counts against one budget).
+    #[arg(long, value_name = "SCOPE", default_value = "api", value_parser = parse_scope)]
+    pub quota_scope: QuotaScope,
+    /// Another client of the same app spends the quotas: N calls per PERIOD (service time), evenly spaced,
+    /// counted as offboard calls (per API) or the app's (per app), served while there is room.
+    #[arg(long, value_name = "N/PERIOD", conflicts_with = "no_quotas")]
+    pub background_rate: Option<Rate>,
     /// How much faster than real time the service runs (100 = a minute lasts 0.6 s).
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_scale)]
     pub time_scale: f64,
@@ -154,6 +163,14 @@ pub struct SimulateArgs {
     pub device_code_pending_polls: u32,
 }
 
+fn parse_scope(text: &str) -> Result<QuotaScope, String> {
+    match text.trim() {
+        "api" => Ok(QuotaScope::Api),
+        "app" => Ok(QuotaScope::App),
+        _ => Err("expected api (a budget per API) or app (one budget for every call)".into()),
+    }
+}
+
 fn parse_answer(text: &str) -> Result<DeviceCodeAnswer, String> {
     match text {
         "approve" => Ok(DeviceCodeAnswer::Approve),
@@ -200,6 +217,8 @@ impl SimulateArgs {
             roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
             token_lifetime: self.token_lifetime,
             quotas,
+            quota_scope: self.quota_scope,
+            background_rate: self.background_rate,
             retry_after_http_date: self.retry_after_http_date,
             time_scale: self.time_scale,
             fleet,
@@ -325,6 +344,16 @@ mod tests {
         assert_eq!(config.fleet.len(), 1000);
         assert_eq!(config.lifecycle.action_timeout, Duration::from_secs(3 * 86_400));
         assert_eq!(config.faults.latency, Duration::ZERO);
+        assert_eq!((config.quota_scope, config.background_rate), (QuotaScope::Api, None));
+    }
+
+    #[test]
+    fn the_quota_scope_and_a_background_client() {
+        let config = parse(&["--quota-scope", "app", "--background-rate", "450/1h"]).unwrap().config(None).unwrap();
+        assert_eq!(config.quota_scope, QuotaScope::App);
+        assert_eq!(config.background_rate, Some("450/1h".parse().unwrap()));
+        assert!(parse(&["--quota-scope", "tenant"]).is_err());
+        assert!(parse(&["--background-rate", "450/1h", "--no-quotas"]).is_err());
     }
 
     #[test]

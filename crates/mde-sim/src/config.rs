@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::fleet::Fleet;
 use super::{DEMO_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
 use crate::error::Error;
+use crate::quota::QuotaScope;
 use crate::rate::Rate;
 
 /// The roles (application permissions) the demo app is granted.
@@ -36,8 +37,15 @@ pub struct SimConfig {
     pub roles: Vec<String>,
     /// Token lifetime in service time; `expires_in` shows it divided by `time_scale`.
     pub token_lifetime: Duration,
-    /// Sliding-window quotas, per app registration, over all API routes.
+    /// Sliding-window quotas, kept as `quota_scope` says.
     pub quotas: Vec<Rate>,
+    /// Whether each API has its own budget of `quotas` (the documented reading, the default) or every call
+    /// of the app registration counts against one.
+    pub quota_scope: QuotaScope,
+    /// Another client of the same app registration spending the quotas: this many calls per period (service
+    /// time), evenly spaced, each served when its budget has room (the offboard API's, or the app's). None by
+    /// default.
+    pub background_rate: Option<Rate>,
     /// Send `Retry-After` as an HTTP-date instead of seconds.
     pub retry_after_http_date: bool,
     /// How much faster than real time the service runs: 1.0 is real time, 100.0 is 100 times faster.
@@ -142,6 +150,8 @@ impl Default for SimConfig {
             roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             quotas: SimConfig::default_quotas(),
+            quota_scope: QuotaScope::default(),
+            background_rate: None,
             retry_after_http_date: false,
             time_scale: 1.0,
             fleet: Fleet::generate(1000, 1),

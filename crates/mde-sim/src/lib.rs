@@ -37,6 +37,7 @@ pub use config::{
 pub use device_code::{DEVICE_CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use error::Error;
 pub use fleet::{Fleet, SimMachine};
+pub use quota::QuotaScope;
 pub use rate::{DEFAULT_RATES, Rate};
 pub use server::Simulator;
 pub use stats::{OffboardCount, SimStats, WindowStats};

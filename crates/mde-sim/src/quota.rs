@@ -1,13 +1,18 @@
-//! Sliding-window quotas: at most `limit` calls in any window of `period` (scaled to real time).
+//! Sliding-window quotas: at most `limit` calls in any window of `period` (scaled to real time), kept per
+//! API (each API's page states its own limits: the default) or per app (one budget for every call).
 //!
 //! A call counts when it arrives; a call answered 429 by the quota does not count (it was not served).
 //! Each window keeps the exact arrival instants of the calls it counts, so a call is admitted only if every
 //! window has room, and `Retry-After` is the exact time until the fullest window frees a slot.
 //!
-//! Besides the served calls, each window also tracks *offered* calls (every arrival, 429s included) so a
-//! test can see whether a client ever sent more than a window allows. That log is capped at ten times the
-//! limit to keep memory bounded under a storm: `max_offered` is exact up to that.
+//! Besides the served calls, each window also tracks *offered* calls (every arrival of the client's,
+//! 429s included) so a test can see whether a client ever sent more than a window allows. That log is
+//! capped at ten times the limit to keep memory bounded under a storm: `max_offered` is exact up to that.
+//!
+//! Another client of the same app registration (`background`) spends the same quota: its calls count as
+//! offboard calls (per API) or as the app's (per app), served when there is room, and never offered.
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -15,6 +20,30 @@ use super::stats::WindowStats;
 use crate::rate::Rate;
 
 const OFFERED_CAP_FACTOR: usize = 10;
+
+/// How the service counts its quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// One budget per API (each API's page states its limits): the documented reading.
+    #[default]
+    Api,
+    /// One budget for every call of the app registration.
+    App,
+}
+
+impl QuotaScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaScope::Api => "api",
+            QuotaScope::App => "app",
+        }
+    }
+}
+
+/// The budget the background client's calls count against under [`QuotaScope::Api`].
+pub(crate) const BACKGROUND_API: &str = "offboard";
+/// The one budget's name under [`QuotaScope::App`].
+const APP: &str = "app";
 
 #[derive(Debug)]
 struct Window {
@@ -27,71 +56,158 @@ struct Window {
     max_offered: u32,
 }
 
-#[derive(Debug)]
+impl Window {
+    fn expire(&mut self, now: Instant) {
+        while self.served.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.period) {
+            self.served.pop_front();
+        }
+        while self.offered.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.period) {
+            self.offered.pop_front();
+        }
+    }
+
+    /// How long until a call arriving at `now` has room (zero: now).
+    fn wait(&self, now: Instant) -> Duration {
+        if self.served.len() >= self.rate.limit as usize {
+            // Expired calls are gone, so the oldest one left frees the next slot.
+            (self.served[0] + self.period).saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn serve(&mut self, now: Instant) {
+        self.served.push_back(now);
+        self.max_served = self.max_served.max(self.served.len() as u32);
+    }
+
+    fn stats(&self) -> WindowStats {
+        WindowStats {
+            quota: self.rate.to_string(),
+            limit: self.rate.limit,
+            period_ms: self.period.as_millis() as u64,
+            max_seen: self.max_served,
+            max_offered: self.max_offered,
+        }
+    }
+}
+
 pub(crate) struct Quotas {
-    windows: Vec<Window>,
+    scope: QuotaScope,
+    rates: Vec<Rate>,
+    /// Turns a service period into real time.
+    real: Box<dyn Fn(Duration) -> Duration + Send>,
+    /// The windows of each budget (an API's name, or [`APP`]), made at its first call.
+    budgets: BTreeMap<&'static str, Vec<Window>>,
+    /// The background client's calls served, and refused (the quota was full).
+    pub(crate) background_served: u64,
+    pub(crate) background_refused: u64,
 }
 
 impl Quotas {
     /// `real` turns a service period into real time.
-    pub(crate) fn new(rates: &[Rate], real: impl Fn(Duration) -> Duration) -> Quotas {
-        let windows = rates
-            .iter()
-            .map(|&rate| Window {
-                rate,
-                period: real(rate.period),
-                // Grown as calls come: a limit of billions must not allocate up front.
-                served: VecDeque::with_capacity((rate.limit as usize).min(4096)),
-                offered: VecDeque::new(),
-                max_served: 0,
-                max_offered: 0,
-            })
-            .collect();
-        Quotas { windows }
+    pub(crate) fn new(
+        rates: &[Rate],
+        scope: QuotaScope,
+        real: impl Fn(Duration) -> Duration + Send + 'static,
+    ) -> Quotas {
+        Quotas {
+            scope,
+            rates: rates.to_vec(),
+            real: Box::new(real),
+            budgets: BTreeMap::new(),
+            background_served: 0,
+            background_refused: 0,
+        }
     }
 
-    /// Counts a call arriving at `now`, or says how long until every window has room.
-    pub(crate) fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+    /// The windows a call to `api` counts in.
+    fn windows(&mut self, api: &'static str) -> &mut Vec<Window> {
+        let key = match self.scope {
+            QuotaScope::Api => api,
+            QuotaScope::App => APP,
+        };
+        let (rates, real) = (&self.rates, &self.real);
+        self.budgets.entry(key).or_insert_with(|| {
+            rates
+                .iter()
+                .map(|&rate| Window {
+                    rate,
+                    period: real(rate.period),
+                    // Grown as calls come: a limit of billions must not allocate up front.
+                    served: VecDeque::with_capacity((rate.limit as usize).min(4096)),
+                    offered: VecDeque::new(),
+                    max_served: 0,
+                    max_offered: 0,
+                })
+                .collect()
+        })
+    }
+
+    /// Counts a call to `api` arriving at `now`, or says how long until every window of its budget has room.
+    pub(crate) fn admit(&mut self, api: &'static str, now: Instant) -> Result<(), Duration> {
+        let windows = self.windows(api);
         let mut wait = Duration::ZERO;
-        for w in &mut self.windows {
-            while w.served.front().is_some_and(|&t| now.saturating_duration_since(t) >= w.period) {
-                w.served.pop_front();
-            }
-            while w.offered.front().is_some_and(|&t| now.saturating_duration_since(t) >= w.period) {
-                w.offered.pop_front();
-            }
+        for w in windows.iter_mut() {
+            w.expire(now);
             if w.offered.len() >= w.rate.limit as usize * OFFERED_CAP_FACTOR {
                 w.offered.pop_front();
             }
             w.offered.push_back(now);
             w.max_offered = w.max_offered.max(w.offered.len() as u32);
-            if w.served.len() >= w.rate.limit as usize {
-                // Expired calls are gone, so the oldest one left frees the next slot.
-                let oldest = w.served[0];
-                wait = wait.max((oldest + w.period).saturating_duration_since(now));
-            }
+            wait = wait.max(w.wait(now));
         }
         if !wait.is_zero() {
             return Err(wait);
         }
-        for w in &mut self.windows {
-            w.served.push_back(now);
-            w.max_served = w.max_served.max(w.served.len() as u32);
-        }
+        windows.iter_mut().for_each(|w| w.serve(now));
         Ok(())
     }
 
+    /// A call of the background client at `now`: served if its budget has room, else refused (its 429).
+    pub(crate) fn background(&mut self, now: Instant) {
+        let windows = self.windows(BACKGROUND_API);
+        windows.iter_mut().for_each(|w| w.expire(now));
+        if windows.iter().all(|w| w.wait(now).is_zero()) {
+            windows.iter_mut().for_each(|w| w.serve(now));
+            self.background_served += 1;
+        } else {
+            self.background_refused += 1;
+        }
+    }
+
+    /// Per quota, the busiest window over every budget.
     pub(crate) fn stats(&self) -> Vec<WindowStats> {
-        self.windows
+        let mut most: Vec<WindowStats> = self
+            .rates
             .iter()
-            .map(|w| WindowStats {
-                quota: w.rate.to_string(),
-                limit: w.rate.limit,
-                period_ms: w.period.as_millis() as u64,
-                max_seen: w.max_served,
-                max_offered: w.max_offered,
+            .map(|rate| WindowStats {
+                quota: rate.to_string(),
+                limit: rate.limit,
+                period_ms: (self.real)(rate.period).as_millis() as u64,
+                max_seen: 0,
+                max_offered: 0,
             })
+            .collect();
+        for windows in self.budgets.values() {
+            for (into, w) in most.iter_mut().zip(windows) {
+                into.max_seen = into.max_seen.max(w.max_served);
+                into.max_offered = into.max_offered.max(w.max_offered);
+            }
+        }
+        most
+    }
+
+    /// The busiest window of each quota, by budget (an API's name, or `app`).
+    pub(crate) fn stats_by_budget(&self) -> BTreeMap<String, Vec<WindowStats>> {
+        self.budgets
+            .iter()
+            .map(|(name, windows)| (name.to_string(), windows.iter().map(Window::stats).collect()))
             .collect()
+    }
+
+    pub(crate) fn scope(&self) -> QuotaScope {
+        self.scope
     }
 }
 
@@ -105,17 +221,17 @@ mod tests {
 
     #[test]
     fn every_window_binds_and_waits_are_exact() {
-        let mut q = Quotas::new(&[rate("3/1s"), rate("5/10s")], |d| d);
+        let mut q = Quotas::new(&[rate("3/1s"), rate("5/10s")], QuotaScope::App, |d| d);
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(q.admit(t0 + Duration::from_millis(i * 100)), Ok(()));
+            assert_eq!(q.admit("offboard", t0 + Duration::from_millis(i * 100)), Ok(()));
         }
         // The per-second window is full until the first call is a second old.
-        assert_eq!(q.admit(t0 + Duration::from_millis(500)), Err(Duration::from_millis(500)));
-        assert_eq!(q.admit(t0 + Duration::from_millis(1000)), Ok(()));
-        assert_eq!(q.admit(t0 + Duration::from_millis(1100)), Ok(()));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(500)), Err(Duration::from_millis(500)));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(1000)), Ok(()));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(1100)), Ok(()));
         // Five calls in ten seconds: the ten-second window now binds.
-        assert_eq!(q.admit(t0 + Duration::from_millis(2500)), Err(Duration::from_millis(7500)));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(2500)), Err(Duration::from_millis(7500)));
         let stats = q.stats();
         assert_eq!((stats[0].max_seen, stats[1].max_seen), (3, 5));
         assert_eq!(stats[1].max_offered, 7);
@@ -124,10 +240,42 @@ mod tests {
 
     #[test]
     fn scaled_periods() {
-        let mut q = Quotas::new(&[rate("1/1m")], |d| d / 100);
+        let mut q = Quotas::new(&[rate("1/1m")], QuotaScope::App, |d| d / 100);
         let t0 = Instant::now();
-        assert_eq!(q.admit(t0), Ok(()));
-        assert_eq!(q.admit(t0 + Duration::from_millis(100)), Err(Duration::from_millis(500)));
-        assert_eq!(q.admit(t0 + Duration::from_millis(600)), Ok(()));
+        assert_eq!(q.admit("offboard", t0), Ok(()));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(100)), Err(Duration::from_millis(500)));
+        assert_eq!(q.admit("offboard", t0 + Duration::from_millis(600)), Ok(()));
+    }
+
+    #[test]
+    fn per_api_each_api_has_its_own_budget_and_per_app_they_share_one() {
+        let t0 = Instant::now();
+        let mut per_api = Quotas::new(&[rate("2/1s")], QuotaScope::Api, |d| d);
+        let mut per_app = Quotas::new(&[rate("2/1s")], QuotaScope::App, |d| d);
+        for q in [&mut per_api, &mut per_app] {
+            assert_eq!(q.admit("list machines", t0), Ok(()));
+            assert_eq!(q.admit("offboard", t0), Ok(()));
+        }
+        assert_eq!(per_api.admit("offboard", t0), Ok(()));
+        assert_eq!(per_api.admit("offboard", t0), Err(Duration::from_secs(1)));
+        assert_eq!(per_app.admit("offboard", t0), Err(Duration::from_secs(1)));
+        let by_budget = per_api.stats_by_budget();
+        assert_eq!((by_budget["offboard"][0].max_seen, by_budget["list machines"][0].max_seen), (2, 1));
+        assert_eq!(per_app.stats_by_budget().keys().collect::<Vec<_>>(), ["app"]);
+    }
+
+    #[test]
+    fn the_background_client_spends_the_offboards_budget_when_it_has_room() {
+        let t0 = Instant::now();
+        let mut q = Quotas::new(&[rate("3/1s")], QuotaScope::Api, |d| d);
+        q.background(t0);
+        assert_eq!(q.admit("list machines", t0), Ok(()));
+        assert_eq!(q.admit("offboard", t0), Ok(()));
+        assert_eq!(q.admit("offboard", t0), Ok(()));
+        assert_eq!(q.admit("offboard", t0), Err(Duration::from_secs(1)));
+        q.background(t0);
+        assert_eq!((q.background_served, q.background_refused), (1, 1));
+        // Its calls are served, never offered: a client's overshoot is its own.
+        assert_eq!((q.stats()[0].max_seen, q.stats()[0].max_offered), (3, 3));
     }
 }

@@ -44,6 +44,7 @@ use super::quota::Quotas;
 use super::stats::{Counters, DROPPED, SimStats};
 use super::token::{self, Grant, Tokens, Version};
 use crate::error::Error;
+use crate::rate::Rate;
 
 /// Route templates, as `SimStats::calls` names them.
 pub(crate) mod route {
@@ -59,6 +60,18 @@ pub(crate) mod route {
     pub const TAG: &str = "POST /api/machines/{id}/tags";
     pub const TAG_MANY: &str = "POST /api/machines/AddOrRemoveTagForMultipleMachines";
     pub const UNMATCHED: &str = "unmatched";
+}
+
+/// The budget (one per API) each route's calls count against when the quotas are kept per API.
+pub(crate) mod budget {
+    pub const OFFBOARD: &str = super::super::quota::BACKGROUND_API;
+    pub const GET_MACHINE: &str = "get machine";
+    pub const LIST_MACHINES: &str = "list machines";
+    pub const GET_ACTION: &str = "get action";
+    pub const LIST_ACTIONS: &str = "list actions";
+    pub const CANCEL: &str = "cancel action";
+    /// One machine's tags and many machines' tags: one budget.
+    pub const TAGS: &str = "tags";
 }
 
 /// The simulator's state, shared by every connection.
@@ -104,7 +117,7 @@ impl Simulator {
             tokens: Tokens::default(),
             device: device_code::Flows::default(),
             counters: Mutex::new(Counters::default()),
-            quotas: Mutex::new(Quotas::new(&config.quotas, |d| clock.real(d))),
+            quotas: Mutex::new(Quotas::new(&config.quotas, config.quota_scope, move |d| clock.real(d))),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
             actions: Mutex::new(
                 Actions::new(config.faults.seed, config.lifecycle.clone(), clock)
@@ -118,6 +131,9 @@ impl Simulator {
             config,
         });
         let (stop, stopped) = watch::channel(false);
+        if let Some(rate) = shared.config.background_rate {
+            tokio::spawn(background_client(shared.clone(), rate, stopped.clone()));
+        }
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
         Ok(Simulator { addr, shared, stop, task })
     }
@@ -161,6 +177,19 @@ impl Simulator {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// Another client of the same app: `rate.limit` calls every `rate.period` (service time), evenly spaced,
+/// until the simulator stops. A tick missed under load is made up at once, so the rate holds.
+async fn background_client(shared: Arc<Shared>, rate: Rate, mut stopped: watch::Receiver<bool>) {
+    let every = (shared.clock.real(rate.period) / rate.limit.max(1)).max(Duration::from_micros(100));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = ticks.tick() => shared.quotas.lock().expect("quota lock").background(Instant::now()),
+        }
     }
 }
 
@@ -414,7 +443,13 @@ impl Shared {
     fn stats(&self) -> SimStats {
         let now = Instant::now();
         let mut stats = self.counters.lock().expect("counters lock").snapshot();
-        stats.max_in_window = self.quotas.lock().expect("quota lock").stats();
+        {
+            let quotas = self.quotas.lock().expect("quota lock");
+            stats.max_in_window = quotas.stats();
+            stats.max_in_window_by_budget = quotas.stats_by_budget();
+            stats.quota_scope = quotas.scope().as_str().to_string();
+            (stats.background_served, stats.background_refused) = (quotas.background_served, quotas.background_refused);
+        }
         let actions = self.actions.lock().expect("actions lock");
         stats.actions_by_status = actions.count_by_status(now).into_iter().map(|(s, n)| (s.to_string(), n)).collect();
         stats.time_scale = self.config.time_scale;
@@ -451,7 +486,14 @@ impl Shared {
     /// Token, quota and faults: the gate of every API call. `offboard` lets a drop come after the action.
     // An `Outcome` moves once per call; boxing it would allocate on every answer.
     #[allow(clippy::result_large_err)]
-    fn admit(&self, headers: &HeaderMap, method: &str, uri: &Uri, offboard: bool) -> Result<Admitted, Outcome> {
+    fn admit(
+        &self,
+        api: &'static str,
+        headers: &HeaderMap,
+        method: &str,
+        uri: &Uri,
+        offboard: bool,
+    ) -> Result<Admitted, Outcome> {
         let now = Instant::now();
         let grant =
             self.tokens.check(headers, now).map_err(|why| answer(StatusCode::UNAUTHORIZED, "Unauthorized", why))?;
@@ -464,7 +506,7 @@ impl Shared {
             self.counters.lock().expect("counters lock").quota_rejections += 1;
             return Err(self.too_many_requests(spent_for, "Rate limit is exceeded. Try again later."));
         }
-        let quota = self.quotas.lock().expect("quota lock").admit(now);
+        let quota = self.quotas.lock().expect("quota lock").admit(api, now);
         if let Err(wait) = quota {
             self.counters.lock().expect("counters lock").quota_rejections += 1;
             return Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."));
@@ -544,7 +586,7 @@ impl Shared {
         if let Some(misanswer) = misanswer.filter(|m| m.replaces_the_call()) {
             return Outcome::Answer(misanswers::response(misanswer));
         }
-        let admitted = match self.admit(headers, "POST", uri, true) {
+        let admitted = match self.admit(budget::OFFBOARD, headers, "POST", uri, true) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
@@ -632,8 +674,8 @@ impl Shared {
 
     /// Admits a read call: the gate, then the read permission.
     #[allow(clippy::result_large_err)]
-    fn admit_read(&self, headers: &HeaderMap, uri: &Uri) -> Result<Admitted, Outcome> {
-        let admitted = self.admit(headers, "GET", uri, false)?;
+    fn admit_read(&self, api: &'static str, headers: &HeaderMap, uri: &Uri) -> Result<Admitted, Outcome> {
+        let admitted = self.admit(api, headers, "GET", uri, false)?;
         if !admitted.grant.can_read {
             return Err(answer(
                 StatusCode::FORBIDDEN,
@@ -645,7 +687,7 @@ impl Shared {
     }
 
     fn machine(&self, id: &str, headers: &HeaderMap, uri: &Uri) -> Outcome {
-        let admitted = match self.admit_read(headers, uri) {
+        let admitted = match self.admit_read(budget::GET_MACHINE, headers, uri) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
@@ -670,7 +712,7 @@ impl Shared {
         if let Some(misanswer) = &self.config.misanswers.lists {
             return Outcome::Answer(misanswers::response(misanswer));
         }
-        if let Err(outcome) = self.admit_read(headers, uri) {
+        if let Err(outcome) = self.admit_read(budget::LIST_MACHINES, headers, uri) {
             return outcome;
         }
         let q = match list_query(uri.query(), MACHINE_FIELDS) {
@@ -704,7 +746,7 @@ impl Shared {
     }
 
     fn action(&self, id: &str, headers: &HeaderMap, uri: &Uri) -> Outcome {
-        if let Err(outcome) = self.admit_read(headers, uri) {
+        if let Err(outcome) = self.admit_read(budget::GET_ACTION, headers, uri) {
             return outcome;
         }
         let now = Instant::now();
@@ -721,7 +763,7 @@ impl Shared {
     /// Cancels an open action: the permission of its type (`Machine.Offboard` for an offboard), a body with
     /// a `Comment`; 404 for an unknown action, 400 for a final one.
     fn cancel(&self, id: &str, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
-        let admitted = match self.admit(headers, "POST", uri, false) {
+        let admitted = match self.admit(budget::CANCEL, headers, "POST", uri, false) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
@@ -755,7 +797,7 @@ impl Shared {
     /// [`TAG_MACHINES_MAX`]). Needs `Machine.ReadWrite.All`; the body's `Value` and `Action` (`Add` or
     /// `Remove`, names case-sensitive). Answers the machines as they are now: one entity, or a collection.
     fn tag(&self, id: Option<&str>, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Outcome {
-        let admitted = match self.admit(headers, "POST", uri, false) {
+        let admitted = match self.admit(budget::TAGS, headers, "POST", uri, false) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
@@ -805,7 +847,7 @@ impl Shared {
         if let Some(misanswer) = &self.config.misanswers.lists {
             return Outcome::Answer(misanswers::response(misanswer));
         }
-        if let Err(outcome) = self.admit_read(headers, uri) {
+        if let Err(outcome) = self.admit_read(budget::LIST_ACTIONS, headers, uri) {
             return outcome;
         }
         let q = match list_query(uri.query(), ACTION_FIELDS) {

@@ -30,8 +30,19 @@ pub struct SimStats {
     pub actions_created: u64,
     /// Offboard calls per machine id (lowercase, as called, known or not).
     pub offboard_calls: BTreeMap<String, OffboardCount>,
-    /// Per quota, the most calls served in any one window.
+    /// Per quota, the most calls served in any one window of any budget.
     pub max_in_window: Vec<WindowStats>,
+    /// How the quotas are counted (`api` or `app`), and the busiest windows of each budget (an API's name,
+    /// or `app`).
+    #[serde(default)]
+    pub quota_scope: String,
+    #[serde(default)]
+    pub max_in_window_by_budget: BTreeMap<String, Vec<WindowStats>>,
+    /// The background client's calls served, and refused because the quota was full.
+    #[serde(default)]
+    pub background_served: u64,
+    #[serde(default)]
+    pub background_refused: u64,
     /// Faults injected, by kind.
     pub faults: FaultCounts,
     /// Offboard actions by current status.
