@@ -123,15 +123,25 @@ pub async fn fleet_with_quota(
     rate: &str,
     faults: mde_sim::Faults,
 ) -> (tempfile::TempDir, Simulator, PathBuf, Vec<String>) {
+    fleet_counting(n, seed, rate, |config| config.faults = faults).await
+}
+
+/// As [`fleet_with_quota`], the simulator's config then changed by `edit` (its quota scope, say).
+pub async fn fleet_counting(
+    n: usize,
+    seed: u64,
+    rate: &str,
+    edit: impl FnOnce(&mut mde_sim::SimConfig),
+) -> (tempfile::TempDir, Simulator, PathBuf, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let config = mde_sim::SimConfig {
+    let mut config = mde_sim::SimConfig {
         fleet: mde_sim::Fleet::generate(n, seed),
         quotas: vec![rate.parse().unwrap()],
         forbidden_groups: Vec::new(),
         unsupported_platforms: Vec::new(),
-        faults,
         ..mde_sim::SimConfig::default()
     };
+    edit(&mut config);
     let ids: Vec<String> = config.fleet.ids().map(str::to_owned).collect();
     let sim = Simulator::start(config).await.unwrap();
     let mut text = String::from("MachineId\n");

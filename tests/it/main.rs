@@ -13,6 +13,7 @@ mod legacy_type;
 mod locks;
 mod preflight;
 mod promises;
+mod quota_scope;
 mod real_time;
 mod resume_safety;
 mod run;
