@@ -3,6 +3,7 @@
 mod answers;
 mod api;
 mod bad_inputs;
+mod choose;
 mod common;
 mod faults;
 mod identity;

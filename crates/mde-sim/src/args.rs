@@ -31,6 +31,10 @@ pub struct SimulateArgs {
     /// Seed of the generated fleet.
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "fleet")]
     pub fleet_seed: u64,
+    /// Share (0 to 1) of the generated fleet's Active machines that are live, reported within the last day
+    /// (by default none reported in the last two days, as on a decommissioning list).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, conflicts_with = "fleet")]
+    pub live_share: f64,
     /// Fleet CSV file (header id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName) instead of a generated fleet.
     #[arg(long, value_name = "FILE.csv")]
     pub fleet: Option<PathBuf>,
@@ -147,7 +151,10 @@ impl SimulateArgs {
     pub fn config(&self, secret: Option<String>) -> Result<SimConfig, Error> {
         let fleet = match &self.fleet {
             Some(path) => Fleet::from_csv(path)?,
-            None => Fleet::generate(self.fleet_size, self.fleet_seed),
+            None if !(0.0..=1.0).contains(&self.live_share) => {
+                return Err(Error::Simulator(format!("live share {} must be between 0 and 1", self.live_share)));
+            }
+            None => Fleet::generate_live(self.fleet_size, self.fleet_seed, self.live_share),
         };
         let forbidden_groups = if self.no_forbidden_groups {
             Vec::new()

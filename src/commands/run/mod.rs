@@ -10,6 +10,7 @@ pub mod inventory;
 mod job;
 mod offboard;
 pub mod dry_run;
+pub mod guard;
 pub mod preflight;
 mod resume;
 
@@ -82,6 +83,22 @@ pub struct RunArgs {
     /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// Do not offboard a machine that reported within DURATION (its row is `protected`); the API's lastSeen is
+    /// the last full report, about daily. [config: run.active_within] [default: 48h]
+    #[arg(long, value_name = "DURATION", conflicts_with = "allow_active")]
+    pub active_within: Option<String>,
+    /// Offboard machines however recently they reported (a migration to another product offboards live
+    /// machines on purpose).
+    #[arg(long)]
+    pub allow_active: bool,
+    /// Do not offboard machines carrying this tag; repeat for several (replaces run.protect_tags). Needs the
+    /// pre-flight.
+    #[arg(long = "protect-tag", value_name = "TAG")]
+    pub protect_tags: Vec<String>,
+    /// Do not offboard machines in this device group; repeat for several (replaces run.protect_groups). Needs
+    /// the pre-flight.
+    #[arg(long = "protect-group", value_name = "GROUP")]
+    pub protect_groups: Vec<String>,
     /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
     /// before the first API call.
     #[arg(skip)]
@@ -176,6 +193,14 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
             scan.id_column.as_deref().unwrap_or("")
         )));
     }
+    let guard = resolve_guard(&args, &settings)?;
+    if !options.preflight && guard.protects_by_name() {
+        return Err(Error::Usage(format!(
+            "the guard protects {}, which it can only see through the pre-flight's read of the inventory; drop \
+             --no-preflight (or the protect settings); nothing was done",
+            guard.describe()
+        )));
+    }
     if let Some(max) = args.max_machines
         && scan.valid > max
     {
@@ -206,9 +231,34 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
         preflight: options,
+        guard,
         summary_json: args.summary_json.clone(),
     };
     Ok((job, session))
+}
+
+/// The guard of live machines: the flags over the settings (a flag list replaces the configured one).
+fn resolve_guard(args: &RunArgs, settings: &Settings) -> Result<guard::Guard> {
+    let active_within = match &args.active_within {
+        _ if args.allow_active => None,
+        Some(text) => Some(
+            crate::settings::parse_active_within(text)
+                .map_err(|allowed| Error::Usage(format!("--active-within `{text}` is not allowed: {allowed}")))?,
+        ),
+        None => Some(settings.active_within),
+    };
+    let list = |flags: &[String], configured: &[String], flag: &str| -> Result<Vec<String>> {
+        if let Some(empty) = flags.iter().find(|f| f.trim().is_empty()) {
+            return Err(Error::Usage(format!("{flag} `{empty}` is empty; name a tag or group")));
+        }
+        Ok(if flags.is_empty() { configured.to_vec() } else { flags.to_vec() })
+    };
+    Ok(guard::Guard {
+        active_within,
+        tags: list(&args.protect_tags, &settings.protect_tags, "--protect-tag")?,
+        groups: list(&args.protect_groups, &settings.protect_groups, "--protect-group")?,
+        now: SystemTime::now(),
+    })
 }
 
 /// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
@@ -273,6 +323,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     };
     if let Some(screen) = &screen {
         crate::ui::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
+        crate::ui::output::notice("plan", &screen.protected_line());
+    } else {
+        crate::ui::output::notice(
+            "plan",
+            "Guard: off. Without the pre-flight (--no-preflight) the guard cannot see the machines: live machines \
+             are offboarded like any other.",
+        );
     }
     let to_offboard = match &mut resume {
         // Exactly the machines this session will call for: the input screened as the run will screen it,
