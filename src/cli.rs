@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::commands::check::{self, CheckArgs};
 use crate::commands::demo::{self, DemoArgs};
 use crate::commands::run::{self, RunArgs};
+use crate::commands::select::{self, SelectArgs};
 use crate::commands::simulate::{self, SimulateArgs};
 use crate::commands::track::{self, TrackArgs, WaitArgs};
 use crate::error::{Error, exit_code};
@@ -48,6 +49,9 @@ pub enum Command {
     /// Offboard every machine listed in a CSV file.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
+    /// Choose the machines to offboard from the inventory (stale, by health, platform, group, tag, name, or
+    /// duplicate records) and write them as a CSV that `run` reads. Never offboards.
+    Select(SelectArgs),
     /// Follow the offboard actions of a results file until they are final, updating the file.
     #[command(after_help = EXIT_CODES)]
     Track(TrackArgs),
@@ -140,6 +144,12 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
             output::stdout(&summary.render());
             Ok(summary.exit_code())
+        }
+        Command::Select(args) => {
+            let settings = resolve_settings(&args.settings)?;
+            let selection = select::select(args, settings, shutdown).await?;
+            output::stdout(&selection.render());
+            Ok(exit_code::OK)
         }
         Command::Check(args) => check::check(&args, &|k| std::env::var(k).ok()).await,
         Command::Demo(args) => {

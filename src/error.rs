@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// `select` could not read the inventory to its end (nothing was written).
+    #[error("select: {0}")]
+    Select(String),
+
     #[error("simulator: {0}")]
     Simulator(String),
 

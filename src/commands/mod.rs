@@ -4,6 +4,7 @@
 pub mod check;
 pub mod demo;
 pub mod run;
+pub mod select;
 pub mod session;
 pub mod simulate;
 pub mod track;

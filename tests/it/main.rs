@@ -15,6 +15,7 @@ mod promises;
 mod real_time;
 mod resume_safety;
 mod run;
+mod select;
 mod secrets;
 mod settings;
 mod signals;

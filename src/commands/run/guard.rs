@@ -125,7 +125,7 @@ impl Guard {
                 (
                     format!(
                         "it reported {ago} ago (lastSeen {last_seen}), within {} (run.active_within)",
-                        written(within)
+                        crate::ui::output::short_duration(within)
                     ),
                     "if it is really retired, pass --allow-active (or a shorter --active-within) to offboard it".into(),
                 )
@@ -148,7 +148,7 @@ impl Guard {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         match self.active_within {
-            Some(within) => parts.push(format!("machines seen within {}", written(within))),
+            Some(within) => parts.push(format!("machines seen within {}", crate::ui::output::short_duration(within))),
             None => parts.push("not live machines (--allow-active)".into()),
         }
         if !self.tags.is_empty() {
@@ -161,21 +161,11 @@ impl Guard {
     }
 }
 
-/// A duration as a person writes it: whole hours as `48h`, else as humantime does.
-fn written(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs > 0 && secs.is_multiple_of(3600) && d.subsec_nanos() == 0 {
-        format!("{}h", secs / 3600)
-    } else {
-        humantime::format_duration(d).to_string()
-    }
-}
-
 /// One line for the plan: how many machines the guard kept, and why.
 pub fn kept_line(kept: &Kept, guard: &Guard) -> String {
     let mut why = Vec::new();
     if kept.active > 0 {
-        let within = written(guard.active_within.unwrap_or_default());
+        let within = crate::ui::output::short_duration(guard.active_within.unwrap_or_default());
         why.push(format!("{} reported within {within}", kept.active));
     }
     if kept.tag > 0 {
