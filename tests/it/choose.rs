@@ -291,3 +291,43 @@ async fn tagged_and_grouped_machines_are_protected_and_need_the_preflight() {
     assert!(out.stderr.contains("Guard: off"), "{}", out.stderr);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nightly_list_that_grows_is_a_new_run_each_night_and_resume_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Fleet::generate(12, 21);
+    let ids: Vec<String> = fleet.ids().map(str::to_owned).collect();
+    let sim = simulator(fleet, 1.0).await;
+    let list = dir.path().join("retired.csv");
+    std::fs::write(&list, id_list(&ids[..6])).unwrap();
+    let list = list.to_str().unwrap();
+    let night = ["run", list, "--yes", "--rate", "1000/1s", "--output", "results-{date}.csv"];
+    let out = mde_in(&sim, dir.path(), &night, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_string();
+    let first = dir.path().join(format!("results-{today}.csv"));
+    assert_eq!(Results::read(&first).rows.len(), 6);
+
+    // The list grows: resuming last night's results is refused, saying what to do instead.
+    std::fs::write(dir.path().join("retired.csv"), id_list(&ids)).unwrap();
+    let resume = ["run", list, "--yes", "--resume", "--output", first.to_str().unwrap()];
+    let out = mde_in(&sim, dir.path(), &resume, "").await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("a new run each night") && out.stderr.contains("{date}"), "{}", out.stderr);
+
+    // The next night's run repeats the list harmlessly: the open actions cost no call.
+    let before = sim.stats().total(OFFBOARD);
+    let next = ["run", list, "--yes", "--rate", "1000/1s", "--output", "next-{run_id}.csv"];
+    let out = mde_in(&sim, dir.path(), &next, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(sim.stats().total(OFFBOARD) - before, 6, "only the new machines are called");
+    let written: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("next-") && n.ends_with(".csv"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let second = Results::read(&dir.path().join(&written[0]));
+    assert_eq!(second.rows.iter().filter(|r| r["outcome"] == "already_pending").count(), 6);
+    sim.shutdown().await;
+}

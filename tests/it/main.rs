@@ -10,6 +10,7 @@ mod identity;
 mod incomplete_reads;
 mod legacy_type;
 mod locks;
+mod platforms;
 mod preflight;
 mod promises;
 mod real_time;

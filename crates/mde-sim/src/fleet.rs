@@ -189,7 +189,8 @@ impl Fleet {
     }
 
     /// Reads a CSV file with the header `id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName`
-    /// (any column order; other columns are ignored).
+    /// (any column order; other columns are ignored), and optionally `version` (the OS version, e.g. `13.6`
+    /// for macOS or `1607` for Windows 10: see [`crate::SimConfig::minimum_versions`]).
     pub fn from_csv(path: &Path) -> Result<Fleet, Error> {
         let fail = |message: String| Error::Input { path: path.to_owned(), message };
         let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
@@ -204,6 +205,7 @@ impl Fleet {
                 ))
             })?;
         }
+        let version_column = headers.iter().position(|h| h.trim() == "version");
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut machines = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::new();
@@ -239,7 +241,7 @@ impl Fleet {
             let group_id = *groups.entry(group.clone()).or_insert(next_id);
             let h = mix(0, &[id.as_bytes()]);
             let first_seen = last_seen - Duration::from_secs(86_400 * (30 + h % 870));
-            machines.push(SimMachine::new(
+            let mut machine = SimMachine::new(
                 id,
                 name.into(),
                 os.into(),
@@ -248,7 +250,11 @@ impl Fleet {
                 group,
                 group_id,
                 rfc3339(first_seen),
-            ));
+            );
+            if let Some(version) = version_column.and_then(|i| record.get(i)).map(str::trim) {
+                machine.version = Some(version.to_string()).filter(|v| !v.is_empty());
+            }
+            machines.push(machine);
         }
         Fleet::from_machines(machines).map_err(fail)
     }
@@ -324,7 +330,12 @@ impl SimMachine {
             first_seen,
             last_seen,
             os_processor: "x64".into(),
-            version: windows.then(|| ["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
+            // Versions the service offboards (see `DEFAULT_MINIMUM_VERSIONS`): older ones come from a fleet file.
+            version: match os_platform.as_str() {
+                _ if windows => Some(["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
+                "macOS" => Some(["14.7", "15.3", "15.5", "26.1"][(h >> 8) as usize % 4].to_string()),
+                _ => None,
+            },
             last_ip_address: format!("10.{}.{}.{}", (h >> 16) % 32, (h >> 24) % 256, 1 + (h >> 32) % 254),
             last_external_ip_address: format!("203.0.113.{}", 1 + (h >> 40) % 254),
             agent_version: format!("10.8{}.{}", (h >> 48) % 10, 20_000 + (h >> 52) % 9_000),

@@ -30,7 +30,7 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig};
+pub use config::{Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig, version_key};
 pub use error::Error;
 pub use fleet::{Fleet, SimMachine};
 pub use rate::{DEFAULT_RATES, Rate};

@@ -584,11 +584,12 @@ impl Shared {
                 ),
             );
         }
-        if self.config.unsupported_platforms.iter().any(|p| p.eq_ignore_ascii_case(&machine.os_platform)) {
+        if self.config.refuses_platform(&machine.os_platform, machine.version.as_deref()) {
+            let version = machine.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
             return answer(
                 StatusCode::BAD_REQUEST,
                 "OsPlatformNotSupported",
-                &format!("Offboarding is not supported on OS platform {}.", machine.os_platform),
+                &format!("Offboarding is not supported on OS platform {}{version}.", machine.os_platform),
             );
         }
         let now = Instant::now();

@@ -173,7 +173,10 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
-    let output = args.output.clone().unwrap_or_else(|| {
+    let run_id = journal::new_run_id(SystemTime::now());
+    // `{date}` and `{run_id}` in --output: a new results file for each night's run of a list that changes.
+    let output = args.output.as_deref().map(|path| journal::expand_output(path, &run_id, SystemTime::now()));
+    let output = output.unwrap_or_else(|| {
         let input = match &source {
             Source::Path(p) => Some(p.as_path()),
             Source::Stdin => None,
@@ -226,7 +229,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         output,
         overwrite: args.overwrite,
         resume: args.resume,
-        run_id: journal::new_run_id(SystemTime::now()),
+        run_id,
         lock_dir: lock::state_dir(),
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
