@@ -17,8 +17,8 @@ use crate::ui::output;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending or duplicate (a dry run: would_submit too; with --wait and
-       track: and every action Succeeded)
+  0    every row ended submitted, already_pending, already_offboarded or duplicate (a dry run: would_submit
+       too; with --wait and track: and every action Succeeded); protected rows exit 3
   1    the run could not run, and nothing was offboarded (settings, sign-in, a missing permission, the
        pre-flight, input or output, or another run holds the lock or the results file)
   2    usage error, or a confirmation was needed and could not be asked
