@@ -33,7 +33,7 @@ use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
 use crate::domain::MachineId;
 use crate::error::{Error, Result};
-use crate::files::extsort::{Frozen, Ref, Sorter, Store, record};
+use crate::files::extsort::{Ref, Sorter, Store, record};
 use crate::settings::{Settings, SettingsArgs};
 
 /// The header of the output: `MachineId` first, which `run` finds as it is.
@@ -555,12 +555,12 @@ impl Chooser {
                 continue;
             }
             last = Some(chosen.id);
-            let mut fields = get(&store, chosen.fields).map_err(temp)?;
+            let mut fields = store.get(chosen.fields).map_err(temp)?;
             fields.resize(7, String::new());
             let (kind, reason) = if chosen.reason.is_none() {
                 (conditions.clone(), conditions.clone())
             } else {
-                let reason = get(&store, chosen.reason).map_err(temp)?.into_iter().next().unwrap_or_default();
+                let reason = store.get(chosen.reason).map_err(temp)?.into_iter().next().unwrap_or_default();
                 ("duplicate".to_string(), reason)
             };
             fields.push(reason);
@@ -610,10 +610,6 @@ impl Chooser {
         }
         Ok(())
     }
-}
-
-fn get(store: &Frozen, at: Ref) -> std::io::Result<Vec<String>> {
-    store.get(at)
 }
 
 fn millis(t: SystemTime) -> u64 {

@@ -391,8 +391,10 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
     };
     let names = |key: &'static str| -> Result<Vec<String>> {
         let list = file.strings(key)?.unwrap_or_default();
-        match list.iter().find(|v| v.trim().is_empty()) {
-            Some(v) => Err(bad(key, v, "a list of non-empty names")),
+        match list.iter().find(|v| v.trim().is_empty() || v.contains(char::is_control)) {
+            Some(v) => {
+                Err(bad(key, &v.escape_debug().to_string(), "a list of non-empty names without control characters"))
+            }
             None => Ok(list),
         }
     };

@@ -251,8 +251,11 @@ fn resolve_guard(args: &RunArgs, settings: &Settings) -> Result<guard::Guard> {
         None => Some(settings.active_within),
     };
     let list = |flags: &[String], configured: &[String], flag: &str| -> Result<Vec<String>> {
-        if let Some(empty) = flags.iter().find(|f| f.trim().is_empty()) {
-            return Err(Error::Usage(format!("{flag} `{empty}` is empty; name a tag or group")));
+        if let Some(bad) = flags.iter().find(|f| f.trim().is_empty() || f.contains(char::is_control)) {
+            let bad = bad.escape_debug();
+            return Err(Error::Usage(format!(
+                "{flag} `{bad}` is empty or holds control characters; name a tag or group"
+            )));
         }
         Ok(if flags.is_empty() { configured.to_vec() } else { flags.to_vec() })
     };
