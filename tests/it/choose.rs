@@ -282,6 +282,9 @@ async fn tagged_and_grouped_machines_are_protected_and_need_the_preflight() {
     let args = ["run", input, "--yes", "--no-preflight", "--config", config.to_str().unwrap()];
     let out = mde(&sim, &args, "").await;
     assert_eq!(out.code, 2, "a configured group too\n{}", out.stderr);
+    let args = ["run", input, "--yes", "--no-preflight", "--active-within", "3d"];
+    let out = mde(&sim, &args, "").await;
+    assert_eq!(out.code, 2, "--active-within asked for too\n{}", out.stderr);
     assert_eq!(sim.stats().requests, before, "no call");
 
     // And a run without the pre-flight says that the guard is off.

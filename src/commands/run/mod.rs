@@ -197,7 +197,9 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         )));
     }
     let guard = resolve_guard(&args, &settings)?;
-    if !options.preflight && guard.protects_by_name() {
+    // The guard sees the machines through the pre-flight alone: a protect setting asked for (a tag, a group,
+    // or --active-within on the command line) cannot be kept without it.
+    if !options.preflight && (guard.protects_by_name() || args.active_within.is_some()) {
         return Err(Error::Usage(format!(
             "the guard protects {}, which it can only see through the pre-flight's read of the inventory; drop \
              --no-preflight (or the protect settings); nothing was done",
