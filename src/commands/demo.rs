@@ -110,6 +110,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         preflight: Default::default(),
         guard: Default::default(),
         summary_json: None,
+        tag: None,
         settings,
     };
     let summary = run::execute(job, &mut session, shutdown).await;

@@ -29,6 +29,7 @@ use crate::commands::run::inventory::{MAX_PAGES, PAGE_SIZE};
 use crate::commands::run::preflight::READ_ROLES;
 use crate::commands::session::Session;
 use crate::defender::api::{ListPage, MachineQuery, Page};
+use crate::defender::auth::Permissions;
 use crate::defender::limiter::Limiter;
 use crate::defender::timestamp;
 use crate::domain::MachineId;
@@ -431,17 +432,19 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// Reading the inventory needs `Machine.Read.All` or `Machine.ReadWrite.All`.
-fn check_roles(roles: &[String]) -> Result<()> {
-    if roles.iter().any(|r| READ_ROLES.iter().any(|w| r.trim().eq_ignore_ascii_case(w))) {
+/// Reading the inventory needs `Machine.Read.All` or `Machine.ReadWrite.All` (application or delegated).
+fn check_roles(permissions: &Permissions) -> Result<()> {
+    if READ_ROLES.iter().any(|r| permissions.has(r)) {
         return Ok(());
     }
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
     Err(Error::Permission(format!(
-        "select reads the device inventory, which needs the application permission {} or {}, and the token carries \
-         {granted}; grant it to the app registration (API permissions > APIs my organization uses > \
-         WindowsDefenderATP > Application permissions) and give admin consent",
-        READ_ROLES[0], READ_ROLES[1]
+        "select reads the device inventory, which needs the {kind} permission {} or {}, and the token carries \
+         {}; {}",
+        READ_ROLES[0],
+        READ_ROLES[1],
+        permissions.granted(),
+        permissions.how_to_grant(),
+        kind = permissions.kind_word(),
     )))
 }
 

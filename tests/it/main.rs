@@ -1,10 +1,12 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
+mod after_run;
 mod answers;
 mod api;
 mod bad_inputs;
 mod choose;
 mod common;
+mod device_code;
 mod faults;
 mod identity;
 mod incomplete_reads;
