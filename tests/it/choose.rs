@@ -207,6 +207,20 @@ async fn live_machines_are_protected_unless_allowed() {
         }
     }
 
+    // A shorter --active-within protects fewer: one second, none.
+    let out =
+        mde_in(&sim, dir.path(), &["run", input, "--dry-run", "--active-within", "1s", "-o", "short.csv"], "").await;
+    assert!(out.stdout.contains("Protected: none"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("would submit {} offboard", ids.len())), "{}", out.stdout);
+    // So does run.active_within in the config file; the flag wins over it.
+    let config = write_file(dir.path(), "c.toml", "[run]\nactive_within = \"1s\"\n");
+    let config = config.to_str().unwrap();
+    let out = mde_in(&sim, dir.path(), &["run", input, "--dry-run", "--config", config, "-o", "c1.csv"], "").await;
+    assert!(out.stdout.contains("Protected: none"), "{}", out.stdout);
+    let args = ["run", input, "--dry-run", "--config", config, "--active-within", "2d", "-o", "c2.csv"];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert!(out.stdout.contains(&format!("Protected: {} machine(s)", live.len())), "{}", out.stdout);
+
     // A real run keeps them: no call, and the plan counts them.
     let out = mde_in(&sim, dir.path(), &["run", input, "--yes", "--rate", "1000/1s"], "").await;
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
@@ -234,10 +248,6 @@ async fn live_machines_are_protected_unless_allowed() {
     let all = Results::read(&dir.path().join("all.csv"));
     assert_eq!(all.rows.iter().filter(|r| r["outcome"] == "submitted").count(), live.len());
 
-    // A shorter --active-within protects fewer: one second, none.
-    let out =
-        mde_in(&sim, dir.path(), &["run", input, "--dry-run", "--active-within", "1s", "-o", "short.csv"], "").await;
-    assert!(out.stdout.contains("Protected: none"), "{}", out.stdout);
     sim.shutdown().await;
 }
 
@@ -273,6 +283,11 @@ async fn tagged_and_grouped_machines_are_protected_and_need_the_preflight() {
         }
     }
     assert!(out.stdout.contains(&format!("Protected: {kept} machine(s)")), "{}", out.stdout);
+    // --protect-group alone, on the command line.
+    let out = mde_in(&sim, dir.path(), &["run", input, "--dry-run", "--protect-group", "Lab", "-o", "g.csv"], "").await;
+    let labs = ids.iter().filter(|id| lab(fleet.get(id).unwrap())).count();
+    assert!(out.stdout.contains(&format!("Protected: {labs} machine(s)")), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("{labs} are in a protected device group")), "{}", out.stdout);
 
     // Without the pre-flight the guard sees nothing: refused, before any call.
     let before = sim.stats().requests;
