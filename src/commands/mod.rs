@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod report;
 pub mod run;
+pub mod select;
 pub mod session;
 pub mod simulate;
 pub mod tag;

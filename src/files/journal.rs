@@ -50,6 +50,9 @@ pub struct RunIdentity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_comment: Option<String>,
     pub started_at: String,
+    /// The person who signed in (device code sign-in); `None` for an app's sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl RunIdentity {
@@ -57,7 +60,9 @@ impl RunIdentity {
     pub fn mismatch(&self, earlier: &RunIdentity) -> Option<String> {
         let differs = |what: &str, was: &str, now: &str| Some(format!("it was written for {what} {was}, not {now}"));
         let new_run = "to offboard this list, start a new run (without --resume) with another --output, or with \
-                       --overwrite to replace these results";
+                       --overwrite to replace these results; --resume only continues the same list. A list that \
+                       changes from one night to the next is a new run each night with its own results file (e.g. \
+                       --output results-{date}.csv): machines already offboarded or pending cost no call";
         if self.input != earlier.input {
             return differs("input", &earlier.input, &self.input);
         }
@@ -89,6 +94,14 @@ impl RunIdentity {
             return differs("comment", &format!("{:?}", earlier.comment), &format!("{:?}", self.comment));
         }
         None
+    }
+}
+
+/// Fills `{run_id}` and `{date}` (UTC, YYYY-MM-DD) into a results path (`--output results-{date}.csv`).
+pub fn expand_output(path: &Path, run_id: &str, now: SystemTime) -> PathBuf {
+    match path.to_str() {
+        Some(text) if text.contains('{') => PathBuf::from(expand_comment(text, run_id, now)),
+        _ => path.to_owned(),
     }
 }
 
@@ -319,6 +332,7 @@ mod tests {
             comment: "bye {run_id} {date}".into(),
             resolved_comment: Some("bye r1 2026-11-29".into()),
             started_at: "2026-11-29T00:00:00Z".into(),
+            account: None,
         }
     }
 

@@ -99,8 +99,12 @@ async fn approved_the_run_offboards_in_the_persons_name_and_says_who() {
 async fn a_persons_run_with_a_tag_asks_for_the_tag_permission_and_tags() {
     let scopes = ["Machine.Offboard", "Machine.Read.All", "Machine.ReadWrite.All"].map(String::from).to_vec();
     let (dir, sim) = start(3, DeviceCode { scopes, ..DeviceCode::default() }, |_| {}).await;
-    let out = as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--tag", "retired"], &[]).await;
+    let out =
+        as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--tag", "retired", "--report", "r.md"], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // The report names the person, as the summary does.
+    let report = std::fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(report.contains("Signed in as") && report.contains(DEMO_ACCOUNT), "{report}");
     assert!(out.stdout.contains("Tagged 3 machine(s) with `retired`"), "{}", out.stdout);
     let out = as_person(&sim, dir.path(), &["tag", "m.results.csv", "--value", "retired", "--remove"], &[]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);

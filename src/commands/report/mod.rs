@@ -149,6 +149,8 @@ pub struct Identity {
     pub started_at: Option<String>,
     pub input: Option<String>,
     pub input_rows: Option<u64>,
+    /// The person who signed in (device code sign-in); `None` for an app.
+    pub account: Option<String>,
 }
 
 impl Identity {
@@ -166,6 +168,7 @@ impl Identity {
                     started_at: Some(i.started_at),
                     input: Some(i.input),
                     input_rows: Some(i.input_rows),
+                    account: i.account,
                 }
             }
             Err(_) => Identity::default(),
@@ -342,6 +345,9 @@ impl Report {
             ("Input", i.input.clone().unwrap_or_else(none)),
             ("Started", i.started_at.clone().unwrap_or_else(none)),
         ];
+        if let Some(account) = &i.account {
+            lines.insert(3, ("Signed in as", account.clone()));
+        }
         let ended = match (self.facts.ended_at, self.written_at) {
             (Some(at), _) => format!("{}", humantime::format_rfc3339_seconds(at)),
             (None, Some(at)) => {
