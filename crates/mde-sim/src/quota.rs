@@ -10,7 +10,10 @@
 //! capped at ten times the limit to keep memory bounded under a storm: `max_offered` is exact up to that.
 //!
 //! Another client of the same app registration (`background`) spends the same quota: its calls count as
-//! offboard calls (per API) or as the app's (per app), served when there is room, and never offered.
+//! offboard calls (per API) or as the app's (per app), and are never offered. It is at least as quick as any
+//! client: a call it makes when the budget is full waits, and takes the first slot that frees, before any
+//! call of ours (it retries the moment there is room). So it gets its share whatever our client does, as
+//! long as its rate is within the quota; calls it could not place within one period are dropped.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -99,8 +102,10 @@ pub(crate) struct Quotas {
     real: Box<dyn Fn(Duration) -> Duration + Send>,
     /// The windows of each budget (an API's name, or [`APP`]), made at its first call.
     budgets: BTreeMap<&'static str, Vec<Window>>,
-    /// The background client's calls served, and refused (the quota was full).
+    /// The background client's calls served, waiting for room, and dropped (they waited longer than the
+    /// quota's limit allows: its rate is above the quota).
     pub(crate) background_served: u64,
+    background_waiting: u64,
     pub(crate) background_refused: u64,
 }
 
@@ -117,6 +122,7 @@ impl Quotas {
             real: Box::new(real),
             budgets: BTreeMap::new(),
             background_served: 0,
+            background_waiting: 0,
             background_refused: 0,
         }
     }
@@ -146,6 +152,10 @@ impl Quotas {
 
     /// Counts a call to `api` arriving at `now`, or says how long until every window of its budget has room.
     pub(crate) fn admit(&mut self, api: &'static str, now: Instant) -> Result<(), Duration> {
+        if self.scope == QuotaScope::App || api == BACKGROUND_API {
+            // The background client's waiting calls take the room first.
+            self.place_background(now);
+        }
         let windows = self.windows(api);
         let mut wait = Duration::ZERO;
         for w in windows.iter_mut() {
@@ -164,16 +174,33 @@ impl Quotas {
         Ok(())
     }
 
-    /// A call of the background client at `now`: served if its budget has room, else refused (its 429).
+    /// A call of the background client at `now`: served now if its budget has room, else it waits for the
+    /// first slot that frees (dropped if as many as the smallest limit wait already).
     pub(crate) fn background(&mut self, now: Instant) {
+        let most = self.rates.iter().map(|r| u64::from(r.limit)).min().unwrap_or(0);
+        if self.background_waiting >= most {
+            self.background_refused += 1;
+        } else {
+            self.background_waiting += 1;
+        }
+        self.place_background(now);
+    }
+
+    /// Serves the background client's waiting calls while its budget has room.
+    fn place_background(&mut self, now: Instant) {
+        if self.background_waiting == 0 {
+            return;
+        }
+        let waiting = self.background_waiting;
         let windows = self.windows(BACKGROUND_API);
         windows.iter_mut().for_each(|w| w.expire(now));
-        if windows.iter().all(|w| w.wait(now).is_zero()) {
+        let mut placed = 0;
+        while placed < waiting && windows.iter().all(|w| w.wait(now).is_zero()) {
             windows.iter_mut().for_each(|w| w.serve(now));
-            self.background_served += 1;
-        } else {
-            self.background_refused += 1;
+            placed += 1;
         }
+        self.background_waiting -= placed;
+        self.background_served += placed;
     }
 
     /// Per quota, the busiest window over every budget.
@@ -265,17 +292,26 @@ mod tests {
     }
 
     #[test]
-    fn the_background_client_spends_the_offboards_budget_when_it_has_room() {
+    fn the_background_client_spends_the_offboards_budget_and_takes_freed_room_first() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut q = Quotas::new(&[rate("3/1s")], QuotaScope::Api, |d| d);
         q.background(t0);
         assert_eq!(q.admit("list machines", t0), Ok(()));
         assert_eq!(q.admit("offboard", t0), Ok(()));
         assert_eq!(q.admit("offboard", t0), Ok(()));
         assert_eq!(q.admit("offboard", t0), Err(Duration::from_secs(1)));
-        q.background(t0);
-        assert_eq!((q.background_served, q.background_refused), (1, 1));
+        // Full: its next call waits, and takes the first slot that frees before ours.
+        q.background(t0 + ms(500));
+        assert_eq!((q.background_served, q.background_waiting), (1, 1));
+        assert_eq!(q.admit("offboard", t0 + ms(1000)), Ok(()));
+        assert_eq!((q.background_served, q.background_waiting), (2, 0));
         // Its calls are served, never offered: a client's overshoot is its own.
         assert_eq!((q.stats()[0].max_seen, q.stats()[0].max_offered), (3, 3));
+        // More waiting than the limit: dropped.
+        for _ in 0..5 {
+            q.background(t0 + ms(1100));
+        }
+        assert_eq!((q.background_waiting, q.background_refused), (3, 1));
     }
 }

@@ -434,6 +434,11 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             humantime::format_duration(Duration::from_secs(schedule.done.as_secs()))
         );
         let plan = match schedule.spilled {
+            // Per API, the reads are in budgets of their own: only the offboards fill theirs.
+            Some((rate, late)) if api.limiter().stats().scope == crate::settings::QuotaScope::Api => format!(
+                "{plan}\nThese are more than the quota {rate} allows the offboard API in one period: the last {late} \
+                 machine(s) wait for its next window."
+            ),
             Some((rate, late)) => format!(
                 "{plan}\nThe calls already made (the pre-flight's reads) and these are more than the quota {rate} allows \
                  in one period: the last {late} machine(s) wait for its next window."
