@@ -92,7 +92,7 @@ fn main() {
 /// (offboards + reads, counted by the simulator), as if the reads could overlap like the offboards (they
 /// run one after the other: a few latencies, 15 ms here, that the ratio counts against the tool). Both
 /// sides count every call against one budget (`--quota-scope app`), the strictest reading, so the reads
-/// are in the offboards' windows; figure 5 ([`scopes`]) runs the default, a budget per API.
+/// are in the offboards' windows; figure 6 ([`scopes`]) runs the default, a budget per API.
 fn pacing(dir: &Path, runs: usize) {
     let rates: Vec<Rate> = ["100/600ms", "1500/36s"].iter().map(|r| r.parse().unwrap()).collect();
     let latency = Duration::from_millis(5);
@@ -144,7 +144,7 @@ fn pacing(dir: &Path, runs: usize) {
     }
 }
 
-/// Figure 5: how the quotas are counted, for 1,500 and 1,700 machines with the pre-flight on (the default),
+/// Figure 6: how the quotas are counted, for 1,500 and 1,700 machines with the pre-flight on (the default),
 /// the documented quotas 100 times faster as in figure 1, the client at its defaults (a budget per API).
 ///
 /// - **per API**: the simulator counts per API too. The earliest schedule is the offboards' alone (the
