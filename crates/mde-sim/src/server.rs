@@ -1,7 +1,7 @@
 //! The HTTP side: the accept loop, the routes, and what every API call goes through.
 //!
 //! Every API call passes the same gate, in the service's order: the bearer token (401), the quota (429,
-//! counted on arrival), then faults (which still count against the quota), then the route's own checks.
+//! counted on arrival against the call's API's budget, or the app's: see [`super::quota`]), then faults (which still count against the quota), then the route's own checks.
 //! Each route's logic is synchronous and holds each lock briefly; only added latency and dropping a
 //! connection await.
 //!
