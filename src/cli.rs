@@ -1,8 +1,9 @@
 //! The command line: parse, set up logging, dispatch, and turn the outcome into an exit code.
 
+use std::ffi::OsString;
 use std::future::Future;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::check::{self, CheckArgs};
 use crate::commands::demo::{self, DemoArgs};
@@ -14,30 +15,38 @@ use crate::settings;
 use crate::ui::logging::{self, LogFormat};
 use crate::ui::output;
 
-const EXIT_CODES: &str = "\
+/// The exit codes, for every help that needs them. Each line fits 78 columns, so clap, which wraps help to
+/// the terminal, never breaks one (a test renders the help at 80 and 120 columns).
+pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending or duplicate (a dry run: would_submit too; with --wait and
-       track: and every action Succeeded)
-  1    the run could not run, and nothing was offboarded (settings, sign-in, a missing permission, the
-       pre-flight, input or output, or another run holds the lock or the results file)
+  0    every row ended submitted, already_pending or duplicate (a dry run:
+       would_submit too; with --wait and track: and every action Succeeded)
+  1    the run could not run, and nothing was offboarded (settings, sign-in,
+       a missing permission, the pre-flight, input or output, or another run
+       holds the lock or the results file)
   2    usage error, or a confirmation was needed and could not be asked
-  3    the run finished but some rows did not end well (see the results file); with --wait and track, also an
-       action that ended Failed, TimeOut or Cancelled, or was still open when the wait ended
-  4    stopped part way (an output failure, sign-in refused for good, the API refusing the token): the
-       results so far are valid; --resume continues
+  3    the run finished but some rows did not end well (see the results
+       file); with --wait and track, also an action that ended Failed,
+       TimeOut or Cancelled, or was still open when the wait ended
+  4    stopped part way (an output failure, sign-in refused for good, the
+       API refusing the token): the results so far are valid; --resume
+       continues
   130  interrupted (Ctrl-C or SIGTERM)";
+
+/// The heading of the options every command takes, apart from each command's own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(name = "mde-offboard", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// More log detail on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
     /// Log line format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = GLOBAL)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -64,15 +73,17 @@ pub enum Command {
 pub struct RunCommand {
     #[command(flatten)]
     pub run: RunArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Tracking after the run")]
     pub wait: WaitArgs,
 }
 
 /// The whole program, argv to exit code.
 pub fn main() -> u8 {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
+            let e = plain_usage(e, &args);
             let _ = e.print();
             return if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
         }
@@ -136,7 +147,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
         Command::Track(args) => {
-            let settings = resolve_settings(&args.settings)?;
+            let settings = resolve_settings(&args.settings())?;
             let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
             output::stdout(&summary.render());
             Ok(summary.exit_code())
@@ -152,6 +163,25 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             Ok(exit_code::OK)
         }
     }
+}
+
+/// clap's usage line in an error lists the flags it saw, those set by environment variables included
+/// (`--tenant-id <ID>` from MDE_TENANT_ID): give the plain usage of the command instead.
+fn plain_usage(mut e: clap::Error, args: &[OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    if e.get(ContextKind::Usage).is_none() {
+        return e;
+    }
+    let mut cli = Cli::command();
+    cli.build();
+    // Only global flags come before the subcommand, and no value of theirs is a subcommand's name.
+    let name = args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| cli.find_subcommand(a).is_some());
+    let usage = match name.and_then(|name| cli.find_subcommand_mut(name)) {
+        Some(command) => command.render_usage(),
+        None => cli.render_usage(),
+    };
+    e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+    e
 }
 
 /// Settings from the flags, the environment and the config file, with their warnings logged.

@@ -99,9 +99,10 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The flags that feed [`Settings`]; flattened into every subcommand that talks to the API.
+/// The flags of sign-in and the API: flattened into every subcommand that talks to the service.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct SettingsArgs {
+#[command(next_help_heading = "Sign-in and API")]
+pub struct ApiArgs {
     /// TOML config file (see config.example.toml).
     #[arg(long, value_name = "FILE", env = "MDE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -138,21 +139,51 @@ pub struct SettingsArgs {
     /// Time limit for one API call, e.g. 30s. [config: api.timeout] [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// A quota N/PERIOD; repeat for several. Replaces the configured list. [config: run.rate] [default: 100/1m, 1500/1h]
+    #[arg(long = "rate", value_name = "N/PERIOD")]
+    pub rates: Vec<String>,
+}
+
+/// The flags only an offboarding run uses (`run`'s own; `track` and `check` do not show them).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RunSettingsArgs {
     /// Comment recorded with each offboard action (required by the API). [config: run.comment]
     #[arg(long, env = "MDE_COMMENT", value_name = "TEXT")]
     pub comment: Option<String>,
     /// Machines worked on at once. [config: run.concurrency] [default: 4]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<String>,
-    /// A quota N/PERIOD; repeat for several. Replaces the configured list. [config: run.rate] [default: 100/1m, 1500/1h]
-    #[arg(long = "rate", value_name = "N/PERIOD")]
-    pub rates: Vec<String>,
-    /// Calls at most per machine before it counts as failed. [config: run.max_attempts] [default: 6]
+}
+
+/// The flags of retrying a call: for the commands that make many (`run`, `track`).
+#[derive(clap::Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Sign-in and API")]
+pub struct RetryArgs {
+    /// Attempts at most of one call (a run then counts the machine as failed). [config: run.max_attempts] [default: 6]
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<String>,
     /// First wait before retrying a 5xx or a dropped connection; doubles each time, with jitter. [config: run.retry_delay] [default: 1s]
     #[arg(long, value_name = "DURATION")]
     pub retry_delay: Option<String>,
+}
+
+/// Every flag that feeds [`Settings`]: what `run` flattens. A command that does not offboard flattens
+/// [`ApiArgs`] (and [`RetryArgs`] if it makes many calls) and resolves with the rest left to the config file
+/// or the defaults.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub run: RunSettingsArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+impl From<ApiArgs> for SettingsArgs {
+    fn from(api: ApiArgs) -> Self {
+        SettingsArgs { api, ..Default::default() }
+    }
 }
 
 /// Everything resolved and validated.
@@ -302,6 +333,7 @@ impl FileValues {
 
 /// Resolves `args`, the environment (through `env`) and the config file into [`Settings`].
 pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    let SettingsArgs { api: args, run, retry } = args;
     let file = match &args.config {
         Some(path) => FileValues::load(path)?,
         None => FileValues::default(),
@@ -337,13 +369,13 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         Some(v) => parse_duration("api.timeout", &v)?,
         None => DEFAULT_TIMEOUT,
     };
-    let comment = pick(&args.comment, "run.comment")?;
+    let comment = pick(&run.comment, "run.comment")?;
     if let Some(c) = &comment
         && c.trim().is_empty()
     {
         return Err(bad("run.comment", c, "a non-empty text (the API requires a comment)"));
     }
-    let concurrency = match pick(&args.concurrency, "run.concurrency")? {
+    let concurrency = match pick(&run.concurrency, "run.concurrency")? {
         Some(v) => parse_number("run.concurrency", &v, 1, 256)? as usize,
         None => DEFAULT_CONCURRENCY,
     };
@@ -356,11 +388,11 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         .iter()
         .map(|r| r.parse::<Rate>().map_err(|why| bad("run.rate", r, &why)))
         .collect::<Result<Vec<_>>>()?;
-    let max_attempts = match pick(&args.max_attempts, "run.max_attempts")? {
+    let max_attempts = match pick(&retry.max_attempts, "run.max_attempts")? {
         Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
         None => DEFAULT_MAX_ATTEMPTS,
     };
-    let retry_delay = match pick(&args.retry_delay, "run.retry_delay")? {
+    let retry_delay = match pick(&retry.retry_delay, "run.retry_delay")? {
         Some(v) => parse_duration("run.retry_delay", &v)?,
         None => DEFAULT_RETRY_DELAY,
     };
@@ -439,7 +471,7 @@ impl Settings {
 }
 
 fn resolve_secret(
-    args: &SettingsArgs,
+    args: &ApiArgs,
     file: &FileValues,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
@@ -471,7 +503,7 @@ fn resolve_secret(
 /// The certificate (with its key) and the ready access token, if given. Precedence when several credentials
 /// are given: an access token, then a certificate, then a secret; the ones not used get a warning.
 fn resolve_identity(
-    args: &SettingsArgs,
+    args: &ApiArgs,
     file: &FileValues,
     env: &dyn Fn(&str) -> Option<String>,
     secret_source: Option<&str>,
@@ -703,9 +735,8 @@ mod tests {
         std::fs::write(&path, "[run]\nconcurrency = 9\nrate = [\"5/1s\", \"50/1m\"]\ncomment = \"from file\"\n")
             .unwrap();
         let args = SettingsArgs {
-            config: Some(path),
-            comment: Some("from flag".into()),
-            rates: vec!["7/1s".into()],
+            api: ApiArgs { config: Some(path), rates: vec!["7/1s".into()], ..Default::default() },
+            run: RunSettingsArgs { comment: Some("from flag".into()), ..Default::default() },
             ..Default::default()
         };
         let s = resolve(&args, &no_env).unwrap();
@@ -719,18 +750,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[run]\nconcurency = 9\n").unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let msg = resolve(&args.clone().into(), &no_env).unwrap_err().to_string();
         assert!(msg.contains("run.concurency") && msg.contains(&path.display().to_string()), "{msg}");
     }
 
     #[test]
     fn wrong_value_names_key_value_and_allowed() {
-        let args = SettingsArgs { concurrency: Some("0".into()), ..Default::default() };
+        let args = SettingsArgs {
+            run: RunSettingsArgs { concurrency: Some("0".into()), ..Default::default() },
+            ..Default::default()
+        };
         let msg = resolve(&args, &no_env).unwrap_err().to_string();
         assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
-        let args = SettingsArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
-        assert!(resolve(&args, &no_env).unwrap_err().to_string().contains("api.base_url"));
+        let args = ApiArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
+        assert!(resolve(&args.into(), &no_env).unwrap_err().to_string().contains("api.base_url"));
     }
 
     /// Before: `--retry-delay 500000000000y` was taken, and a run hung on its first retry.
@@ -739,14 +773,18 @@ mod tests {
         for (timeout, retry_delay) in [(Some("500000000000y"), None), (None, Some("500000000000y")), (None, Some("2h"))]
         {
             let args = SettingsArgs {
-                timeout: timeout.map(Into::into),
-                retry_delay: retry_delay.map(Into::into),
+                api: ApiArgs { timeout: timeout.map(Into::into), ..Default::default() },
+                retry: RetryArgs { retry_delay: retry_delay.map(Into::into), ..Default::default() },
                 ..Default::default()
             };
             let msg = resolve(&args, &no_env).unwrap_err().to_string();
             assert!(msg.contains("at most 1h"), "{msg}");
         }
-        let args = SettingsArgs { timeout: Some("1h".into()), retry_delay: Some("30s".into()), ..Default::default() };
+        let args = SettingsArgs {
+            api: ApiArgs { timeout: Some("1h".into()), ..Default::default() },
+            retry: RetryArgs { retry_delay: Some("30s".into()), ..Default::default() },
+            ..Default::default()
+        };
         assert!(resolve(&args, &no_env).is_ok());
     }
 
@@ -766,8 +804,11 @@ mod tests {
             "ftp://127.0.0.1",
             "http://",
         ] {
-            let args = SettingsArgs { authority: Some(refused.into()), ..Default::default() };
-            let msg = resolve(&args, &no_env).err().unwrap_or_else(|| panic!("{refused} was accepted")).to_string();
+            let args = ApiArgs { authority: Some(refused.into()), ..Default::default() };
+            let msg = resolve(&args.clone().into(), &no_env)
+                .err()
+                .unwrap_or_else(|| panic!("{refused} was accepted"))
+                .to_string();
             assert!(msg.contains("auth.authority"), "{refused}: {msg}");
         }
         for accepted in [
@@ -777,8 +818,8 @@ mod tests {
             "http://[::1]:7",
             "https://login.microsoftonline.us/",
         ] {
-            let args = SettingsArgs { authority: Some(accepted.into()), ..Default::default() };
-            assert!(resolve(&args, &no_env).is_ok(), "{accepted} was refused");
+            let args = ApiArgs { authority: Some(accepted.into()), ..Default::default() };
+            assert!(resolve(&args.clone().into(), &no_env).is_ok(), "{accepted} was refused");
         }
     }
 
@@ -795,21 +836,21 @@ mod tests {
 
     #[test]
     fn cloud_sets_hosts_and_explicit_settings_win() {
-        let args = SettingsArgs { cloud: Some("gcc-high".into()), ..Default::default() };
-        let s = resolve(&args, &no_env).unwrap();
+        let args = ApiArgs { cloud: Some("gcc-high".into()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!(s.api_base, "https://api-gov.securitycenter.microsoft.us");
         assert_eq!(s.authority, "https://login.microsoftonline.us");
         assert_eq!(s.scope, "https://api-gov.securitycenter.microsoft.us/.default");
-        let args = SettingsArgs {
+        let args = ApiArgs {
             cloud: Some("eu".into()),
             api_base: Some("http://127.0.0.1:9".into()),
             authority: Some("http://127.0.0.1:8".into()),
             ..Default::default()
         };
-        let s = resolve(&args, &no_env).unwrap();
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!((s.api_base.as_str(), s.authority.as_str()), ("http://127.0.0.1:9", "http://127.0.0.1:8"));
         assert_eq!(s.scope, DEFAULT_SCOPE);
-        let msg = resolve(&SettingsArgs { cloud: Some("mars".into()), ..Default::default() }, &no_env)
+        let msg = resolve(&ApiArgs { cloud: Some("mars".into()), ..Default::default() }.into(), &no_env)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("api.cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
@@ -819,7 +860,7 @@ mod tests {
     fn certificate_wins_over_a_secret_and_needs_its_key() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let env = |k: &str| (k == SECRET_ENV).then(|| "s3cr3t".to_string());
-        let args = SettingsArgs {
+        let args = ApiArgs {
             tenant_id: Some("contoso.onmicrosoft.com".into()),
             client_id: Some("6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70".into()),
             certificate: Some(data.join("test-app.cert.pem")),
@@ -827,17 +868,17 @@ mod tests {
             assertion: Some("rs256".into()),
             ..Default::default()
         };
-        let s = resolve(&args, &env).unwrap();
+        let s = resolve(&args.clone().into(), &env).unwrap();
         let c = s.credentials().unwrap();
         assert!(matches!(&c.credential, Credential::Certificate(cert) if cert.alg() == AssertionAlg::Rs256));
         assert!(s.warnings.iter().any(|w| w.contains("certificate") && w.contains(SECRET_ENV)), "{:?}", s.warnings);
-        let no_key = SettingsArgs { private_key: None, ..args.clone() };
-        assert!(resolve(&no_key, &env).unwrap_err().to_string().contains("auth.private_key"));
-        let wrong_key = SettingsArgs { private_key: Some(data.join("wrong.key.pem")), ..args.clone() };
-        let msg = resolve(&wrong_key, &env).unwrap_err().to_string();
+        let no_key = ApiArgs { private_key: None, ..args.clone() };
+        assert!(resolve(&no_key.clone().into(), &env).unwrap_err().to_string().contains("auth.private_key"));
+        let wrong_key = ApiArgs { private_key: Some(data.join("wrong.key.pem")), ..args.clone() };
+        let msg = resolve(&wrong_key.clone().into(), &env).unwrap_err().to_string();
         assert!(msg.contains("does not belong") && !msg.contains("PRIVATE KEY"), "{msg}");
-        let bad_alg = SettingsArgs { assertion: Some("hs256".into()), ..args };
-        assert!(resolve(&bad_alg, &env).unwrap_err().to_string().contains("auth.assertion"));
+        let bad_alg = ApiArgs { assertion: Some("hs256".into()), ..args };
+        assert!(resolve(&bad_alg.clone().into(), &env).unwrap_err().to_string().contains("auth.assertion"));
     }
 
     #[test]
@@ -862,11 +903,11 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[auth]\nclient_secret = \"abc\"\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let s = resolve(&args, &no_env).unwrap();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!(s.warnings.len(), 1);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(resolve(&args, &no_env).unwrap().warnings.is_empty());
+        assert!(resolve(&args.clone().into(), &no_env).unwrap().warnings.is_empty());
     }
 }
 
@@ -878,8 +919,8 @@ mod example_config {
     #[test]
     fn example_config_loads_and_documents_every_key() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let s = resolve(&args, &|_| None).unwrap();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &|_| None).unwrap();
         assert_eq!(s.rates.len(), 2);
         let text = std::fs::read_to_string(path).unwrap();
         for (section, keys) in CONFIG_KEYS {

@@ -5,6 +5,7 @@ mod api;
 mod bad_inputs;
 mod common;
 mod faults;
+mod first_hour;
 mod identity;
 mod incomplete_reads;
 mod legacy_type;

@@ -30,7 +30,10 @@ mod stats;
 mod token;
 
 pub use args::{SimulateArgs, simulate};
-pub use config::{Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig};
+pub use config::{
+    DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride,
+    SimConfig,
+};
 pub use error::Error;
 pub use fleet::{Fleet, SimMachine};
 pub use rate::{DEFAULT_RATES, Rate};
