@@ -7,6 +7,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::check::{self, CheckArgs};
 use crate::commands::demo::{self, DemoArgs};
+use crate::commands::docs::{self, CompletionsArgs, ManpageArgs};
 use crate::commands::run::{self, RunArgs};
 use crate::commands::simulate::{self, SimulateArgs};
 use crate::commands::track::{self, TrackArgs, WaitArgs};
@@ -66,6 +67,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the built-in simulator of the Defender for Endpoint API and Entra ID sign-in.
     Simulate(SimulateArgs),
+    /// Print the shell completions: bash, zsh, fish, powershell or elvish (see the README to install them).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one per command with --dir.
+    Manpage(ManpageArgs),
 }
 
 /// `run`, and the tracking that may follow it.
@@ -160,6 +165,14 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         }
         Command::Simulate(args) => {
             simulate::simulate(args, shutdown).await?;
+            Ok(exit_code::OK)
+        }
+        Command::Completions(args) => {
+            docs::completions(&args, Cli::command());
+            Ok(exit_code::OK)
+        }
+        Command::Manpage(args) => {
+            docs::manpage(&args, Cli::command())?;
             Ok(exit_code::OK)
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod docs;
 pub mod run;
 pub mod session;
 pub mod simulate;

@@ -114,3 +114,40 @@ fn simulate_help_shows_list_defaults_as_they_are_written() {
         assert!(help.contains(&format!("[default: {default}]")), "no `[default: {default}]` in:\n{help}");
     }
 }
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let marks = [
+        ("bash", "complete -F _mde__offboard"),
+        ("zsh", "#compdef mde-offboard"),
+        ("fish", "complete -c mde-offboard"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[mde-offboard]"),
+    ];
+    for (shell, mark) in marks {
+        let out = bare(&["completions", shell], &[]);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains(mark), "{shell}: no `{mark}` in:\n{}", out.stdout);
+        // The subcommands and their own flags are completed.
+        assert!(out.stdout.contains("by-name") && out.stdout.contains("wait-timeout"), "{shell}:\n{}", out.stdout);
+    }
+    let out = bare(&["completions", "tcsh"], &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+#[test]
+fn the_manual_page_is_generated() {
+    let out = bare(&["manpage"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(".TH mde-offboard 1"), "{}", out.stdout);
+    for text in ["run", "track", "check", "completions", "Exit codes"] {
+        assert!(out.stdout.contains(text), "the page lacks {text}:\n{}", out.stdout);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(&["manpage", "--dir", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for page in ["mde-offboard.1", "mde-offboard-run.1", "mde-offboard-track.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}:\n{text}");
+    }
+}
