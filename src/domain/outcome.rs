@@ -88,9 +88,14 @@ pub mod message {
         "names the same machine as an earlier row; offboarded once"
     }
 
-    /// An `invalid_id` row.
-    pub fn not_a_machine_id() -> &'static str {
-        "not a machine id (40 hexadecimal characters)"
+    /// An `invalid_id` row, whose cell was `raw`.
+    pub fn not_a_machine_id(raw: &str) -> &'static str {
+        if crate::domain::aad_device_id(raw).is_some() {
+            "not a machine id (40 hexadecimal characters) but a GUID, as Entra device ids are; to list those, \
+             pass --by-aad-device-id"
+        } else {
+            "not a machine id (40 hexadecimal characters)"
+        }
     }
 
     /// A `failed` row: a name, in a run without the pre-flight that resolves names.

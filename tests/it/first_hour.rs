@@ -1,9 +1,12 @@
 //! The first hour of a new user (issue 18): help that reads at any width and shows each command its own
 //! flags, completions and a manual page, the lists people really have, and errors that say what to do next.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::Output;
+use mde_sim::{Fleet, SimConfig, Simulator};
+
+use crate::common::{Output, Results, mde_in, write_file};
 
 /// `mde-offboard ARGS` with nothing from the caller's environment but `env`.
 fn bare(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -150,4 +153,183 @@ fn the_manual_page_is_generated() {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".TH"), "{page}:\n{text}");
     }
+}
+
+/// A fleet file of machines `(id, name, Entra device id)`, all offboardable, for [`Fleet::from_csv`].
+fn fleet_of(dir: &Path, machines: &[(&str, &str, &str)]) -> Fleet {
+    let mut text = String::from("id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName,aadDeviceId\n");
+    for (id, name, aad) in machines {
+        text += &format!("{id},{name},Windows11,Active,2026-11-28T21:39:19Z,Workstations,{aad}\n");
+    }
+    Fleet::from_csv(&write_file(dir, "fleet.csv", &text)).unwrap()
+}
+
+const ID1: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+const ID2: &str = "2f6cd0e8f524eee8013d3043f529813c95e1dd18";
+const ID3: &str = "3a7de1f9a635fff9124e4154a63a924da6f2ee29";
+const AAD1: &str = "6b1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a71";
+const AAD_SHARED: &str = "7c2a1d3f-a4c5-4e68-9f2b-3d4e5f6a7b82";
+
+/// Three machines: ws-1 with AAD1, ws-2 and ws-3 carrying the same Entra device id (a reimaged device).
+async fn three_machines(dir: &Path) -> Simulator {
+    let fleet = fleet_of(
+        dir,
+        &[(ID1, "ws-1.contoso.local", AAD1), (ID2, "ws-2.contoso.local", AAD_SHARED), (ID3, "ws-3", AAD_SHARED)],
+    );
+    Simulator::start(SimConfig { fleet, ..SimConfig::default() }).await.unwrap()
+}
+
+/// A dry run of `text` (written to `name`) with `args`: its exit, and its results when it wrote them.
+async fn dry_run(sim: &Simulator, dir: &Path, name: &str, text: &str, args: &[&str]) -> (Output, Option<Results>) {
+    let input = write_file(dir, name, text);
+    let output = dir.join(format!("{name}.out.csv"));
+    let mut all = vec!["run", input.to_str().unwrap(), "--dry-run", "--overwrite", "-o", output.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = mde_in(sim, dir, &all, "").await;
+    let results = output.exists().then(|| Results::read(&output));
+    (out, results)
+}
+
+fn outcomes(results: &Results) -> Vec<(String, String)> {
+    results.rows.iter().map(|r| (r["outcome"].clone(), r["machine_id"].clone())).collect()
+}
+
+fn pair(outcome: &str, id: &str) -> (String, String) {
+    (outcome.to_string(), id.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_list_of_names_works_with_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    let (out, results) = dry_run(&sim, dir.path(), "names.txt", "ws-1\nWS-3\nnosuch\n", &["--by-name"]).await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let results = results.expect("results");
+    assert_eq!(outcomes(&results), [pair("would_submit", ID1), pair("would_submit", ID3), pair("not_found", "")]);
+    assert_eq!(results.line(1)["computer_dns_name"], "ws-1.contoso.local", "the first line is a name, not a header");
+    // Without --by-name it says what to pass.
+    let (out, _) = dry_run(&sim, dir.path(), "names.txt", "ws-1\nWS-3\n", &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("plain list of computer names") && out.stderr.contains("--by-name"), "{}", out.stderr);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usual_name_columns_of_exports_are_read_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    for header in ["ComputerName", "Computer Name", "Hostname", "DNS Name"] {
+        let (out, results) = dry_run(&sim, dir.path(), "n.csv", &format!("Owner,{header}\nme,ws-1\n"), &[]).await;
+        assert_eq!(out.code, 0, "{header}: {}\n{}", out.stdout, out.stderr);
+        assert_eq!(outcomes(&results.unwrap()), [pair("would_submit", ID1)], "{header}");
+    }
+    // A column that only looks like names: the error says how to read it by name.
+    let (out, _) = dry_run(&sim, dir.path(), "n.csv", "Owner,Asset Name\nme,ws-1\n", &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("--by-name --id-column \"Asset Name\""), "{}", out.stderr);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_device_ids_are_resolved_through_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    let unknown = "8d3b2e4a-b5d6-4f79-a03c-4e5f6a7b8c93";
+    let rows = format!("{}\n{AAD_SHARED}\n{unknown}\nnot-a-guid\n{{{}}}\n", AAD1.to_uppercase(), AAD1);
+    let expected = [
+        pair("would_submit", ID1),
+        pair("ambiguous", ""),
+        pair("not_found", ""),
+        pair("invalid_id", "not-a-guid"),
+        pair("duplicate", AAD1),
+    ];
+    for header in ["AzureADDeviceId", "aadDeviceId", "Entra Device ID", "Azure AD Device ID"] {
+        let text = format!("Device name,{header}\n{}", rows.lines().map(|r| format!("x,{r}\n")).collect::<String>());
+        let (out, results) = dry_run(&sim, dir.path(), "aad.csv", &text, &[]).await;
+        assert_eq!(out.code, 3, "{header}: {}\n{}", out.stdout, out.stderr);
+        let results = results.unwrap();
+        let got = outcomes(&results);
+        assert_eq!(got[..4], expected[..4], "{header}");
+        assert_eq!(got[4].0, "duplicate", "{header}");
+        let ambiguous = results.line(3);
+        assert!(ambiguous["error_message"].contains(ID2) && ambiguous["error_message"].contains(ID3), "{ambiguous:?}");
+    }
+    // A plain list with --by-aad-device-id.
+    let (out, results) = dry_run(&sim, dir.path(), "aad.txt", &rows, &["--by-aad-device-id"]).await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&results.unwrap())[..4], expected[..4]);
+    // Without the flag, a GUID where an id was expected says what to pass: as a plain list, and in an id column.
+    let (out, _) = dry_run(&sim, dir.path(), "aad.txt", &rows, &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("--by-aad-device-id"), "{}", out.stderr);
+    let (out, results) = dry_run(&sim, dir.path(), "ids.csv", &format!("MachineId\n{AAD1}\n"), &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let row = results.unwrap().line(2).clone();
+    assert_eq!(row["outcome"], "invalid_id");
+    assert!(row["error_message"].contains("--by-aad-device-id"), "{row:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semicolon_and_tab_separated_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    for (text, args) in [
+        (format!("Device Name;MachineId\n\"a;b\";{ID1}\n"), &[][..]),
+        (format!("Device Name\tMachineId\nws-1\t{ID1}\n"), &[][..]),
+        (format!("Owner|MachineId\nme|{ID1}\n"), &["--delimiter", "|"][..]),
+        (format!("Owner;Device Name\tMachineId\nme;x\t{ID1}\n"), &["--delimiter", "tab"][..]),
+    ] {
+        let (out, results) = dry_run(&sim, dir.path(), "sep.csv", &text, args).await;
+        assert_eq!(out.code, 0, "{text:?}: {}\n{}", out.stdout, out.stderr);
+        assert_eq!(outcomes(&results.unwrap()), [pair("would_submit", ID1)], "{text:?}");
+    }
+    // A separator other than the one given is named, with the flag that reads it.
+    let (out, _) =
+        dry_run(&sim, dir.path(), "sep.csv", &format!("Owner;MachineId\nme;{ID1}\n"), &["--delimiter", ","]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("separated by `;`; pass --delimiter ';'"), "{}", out.stderr);
+    let out = bare(&["run", "x.csv", "--delimiter", "ab"], &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--delimiter"), "{}", out.stderr);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_without_rows_signs_in_to_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    let input = write_file(dir.path(), "empty.csv", "MachineId\n\n");
+    for args in [&["--yes"][..], &["--dry-run"]] {
+        let mut all = vec!["run", input.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = mde_in(&sim, dir.path(), &all, "").await;
+        assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("no machines in the input"), "{}", out.stderr);
+    }
+    assert_eq!(sim.stats().requests, 0, "nothing is signed in to or called");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_id_is_echoed_cut_and_a_huge_field_stops_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    let long = "x".repeat(5000);
+    let (out, results) = dry_run(&sim, dir.path(), "long.csv", &format!("MachineId\n{long}\n{ID1}\n"), &[]).await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let row = results.unwrap().line(2).clone();
+    assert_eq!(row["outcome"], "invalid_id");
+    assert!(row["machine_id"].starts_with(&"x".repeat(100)), "{row:?}");
+    assert!(row["machine_id"].len() < 160 && row["machine_id"].contains("cut: 5000 characters"), "{row:?}");
+
+    let before = sim.stats().requests;
+    let huge = "y".repeat(mde_offboard::input::FIELD_MAX + 1);
+    let (out, results) = dry_run(&sim, dir.path(), "huge.csv", &format!("MachineId\n{ID1}\n{huge}\n"), &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("line 3") && out.stderr.contains("not a machine list"), "{}", out.stderr);
+    assert!(out.stderr.len() < 1000, "the field is not echoed");
+    assert!(results.is_none());
+    assert_eq!(sim.stats().requests, before, "no call");
+    sim.shutdown().await;
 }

@@ -169,7 +169,8 @@ impl Fleet {
     }
 
     /// Reads a CSV file with the header `id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName`
-    /// (any column order; other columns are ignored).
+    /// (any column order; other columns are ignored), and optionally `aadDeviceId` (a machine joined to Entra
+    /// ID: its device id).
     pub fn from_csv(path: &Path) -> Result<Fleet, Error> {
         let fail = |message: String| Error::Input { path: path.to_owned(), message };
         let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
@@ -184,6 +185,7 @@ impl Fleet {
                 ))
             })?;
         }
+        let aad_column = headers.iter().position(|h| h.trim() == "aadDeviceId");
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut machines = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::new();
@@ -219,7 +221,7 @@ impl Fleet {
             let group_id = *groups.entry(group.clone()).or_insert(next_id);
             let h = mix(0, &[id.as_bytes()]);
             let first_seen = last_seen - Duration::from_secs(86_400 * (30 + h % 870));
-            machines.push(SimMachine::new(
+            let mut machine = SimMachine::new(
                 id,
                 name.into(),
                 os.into(),
@@ -228,7 +230,11 @@ impl Fleet {
                 group,
                 group_id,
                 rfc3339(first_seen),
-            ));
+            );
+            let aad = aad_column.and_then(|c| record.get(c)).map(str::trim).filter(|a| !a.is_empty());
+            machine.aad_device_id = aad.map(str::to_owned);
+            machine.is_aad_joined = aad.is_some();
+            machines.push(machine);
         }
         Fleet::from_machines(machines).map_err(fail)
     }

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
-use crate::input::{self, RowKind, Source};
+use crate::input::{self, Lookup, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 use preflight::Screened;
@@ -78,10 +78,19 @@ pub struct RunArgs {
     /// already pending machines cost no offboard call).
     #[arg(long, conflicts_with = "dry_run")]
     pub no_preflight: bool,
-    /// The input lists computer names (computerDnsName, DeviceName, Name column): resolve them to ids through
-    /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
+    /// The input lists computer names (computerDnsName, DeviceName, ComputerName, Hostname, DNS Name, Name
+    /// column, or one name a line): resolve them to ids through the inventory. A name that matches several
+    /// machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// The input lists Entra (Azure AD) device ids (AzureADDeviceId, aadDeviceId, Entra Device ID column, or
+    /// one a line): resolve them to ids through the inventory, like names.
+    #[arg(long, conflicts_with_all = ["no_preflight", "by_name"])]
+    pub by_aad_device_id: bool,
+    /// Field separator of the input: one character (`;`, `|`) or `tab`. [default: what the first line shows:
+    /// `,`, `;` or a tab]
+    #[arg(long, value_name = "CHAR", value_parser = input::parse_delimiter)]
+    pub delimiter: Option<u8>,
     /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
     /// before the first API call.
     #[arg(skip)]
@@ -168,10 +177,21 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     // And every other file it writes, before any network: found after the offboards, a file the run cannot
     // write would leave it unable to say what it did.
     preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
-    let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
+    let lookup = match (args.by_name, args.by_aad_device_id) {
+        (true, _) => Some(Lookup::Name),
+        (_, true) => Some(Lookup::AadDeviceId),
+        _ => None,
+    };
+    let format = input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter };
+    let scan = input::scan_format(source, &format)?;
+    if scan.rows == 0 {
+        // Nothing to sign in for.
+        return Err(scan_error(&scan, "no machines in the input: it has a header and no rows; nothing was done"));
+    }
     if scan.by_name && !options.preflight {
+        let what = if scan.lookup == Lookup::AadDeviceId { "Entra device ids" } else { "computer names" };
         return Err(Error::Usage(format!(
-            "{} lists computer names (column `{}`), which are resolved through the pre-flight; drop --no-preflight",
+            "{} lists {what} (column `{}`), which are resolved through the pre-flight; drop --no-preflight",
             scan.source.display(),
             scan.id_column.as_deref().unwrap_or("")
         )));
@@ -209,6 +229,11 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         summary_json: args.summary_json.clone(),
     };
     Ok((job, session))
+}
+
+/// An error about the scanned input.
+fn scan_error(scan: &input::Scan, message: &str) -> Error {
+    Error::Input { path: PathBuf::from(scan.source.display()), message: message.into() }
 }
 
 /// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
@@ -444,8 +469,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             RowKind::Valid(id) => id,
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
+                let why = message::not_a_machine_id(&row.raw);
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
-                result.error_message = Some(message::not_a_machine_id().into());
+                result.error_message = Some(why.into());
                 if row_tx.send(result).await.is_err() {
                     stop = Some(writer_gone());
                     break;
