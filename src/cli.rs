@@ -101,7 +101,11 @@ pub fn main() -> u8 {
             return exit_code::CANNOT_RUN;
         }
     };
-    let code = match runtime.block_on(dispatch(cli.command, shutdown_signal())) {
+    let stopping = match cli.command {
+        Command::Simulate(_) => "stopping the simulator (interrupt again to exit at once)",
+        _ => "interrupted: finishing the calls in flight (interrupt again to exit at once)",
+    };
+    let code = match runtime.block_on(dispatch(cli.command, shutdown_signal(stopping))) {
         Ok(code) => code,
         Err(e) => {
             output::error(&e.to_string());
@@ -206,11 +210,12 @@ fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings,
     Ok(settings)
 }
 
-/// Resolves on the first Ctrl-C (or SIGTERM on Unix): the run stops dispatching and drains. A second one
-/// exits at once; every row written so far is already on disk.
-async fn shutdown_signal() {
+/// Resolves on the first Ctrl-C (or SIGTERM on Unix), saying `stopping`: the run stops dispatching and
+/// drains (the simulator stops serving). A second one exits at once; every row written so far is already
+/// on disk.
+async fn shutdown_signal(stopping: &'static str) {
     signal().await;
-    output::notice("interrupt", "interrupted: finishing the calls in flight (interrupt again to exit at once)");
+    output::notice("interrupt", stopping);
     tokio::spawn(async {
         signal().await;
         output::notice("interrupt", "interrupted again: exiting now");

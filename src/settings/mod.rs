@@ -29,6 +29,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The tenant and client ids of config.example.toml, to be replaced.
+const PLACEHOLDER_GUID: &str = "00000000-0000-0000-0000-000000000000";
 /// The environment variable that normally holds the client secret (never a flag: flags show in `ps`).
 pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
 /// The environment variable that may hold a ready access token (used as is, never renewed).
@@ -103,38 +105,38 @@ impl fmt::Debug for Secret {
 #[derive(clap::Args, Clone, Debug, Default)]
 #[command(next_help_heading = "Sign-in and API")]
 pub struct ApiArgs {
-    /// TOML config file (see config.example.toml).
-    #[arg(long, value_name = "FILE", env = "MDE_CONFIG")]
+    /// TOML config file (see config.example.toml). [env: MDE_CONFIG]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Entra ID tenant (directory) id. [config: auth.tenant_id]
-    #[arg(long, env = "MDE_TENANT_ID", value_name = "ID")]
+    /// Entra ID tenant (directory) id. [config: auth.tenant_id] [env: MDE_TENANT_ID]
+    #[arg(long, value_name = "ID")]
     pub tenant_id: Option<String>,
-    /// Application (client) id of the app registration. [config: auth.client_id]
-    #[arg(long, env = "MDE_CLIENT_ID", value_name = "ID")]
+    /// Application (client) id of the app registration. [config: auth.client_id] [env: MDE_CLIENT_ID]
+    #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// File holding the client secret; otherwise it is read from MDE_CLIENT_SECRET. [config: auth.client_secret_file]
     #[arg(long, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
-    /// PEM file with the app's certificate: sign in with it instead of a secret. [config: auth.certificate]
-    #[arg(long, env = "MDE_CERTIFICATE", value_name = "FILE")]
+    /// PEM file with the app's certificate: sign in with it instead of a secret. [config: auth.certificate] [env: MDE_CERTIFICATE]
+    #[arg(long, value_name = "FILE")]
     pub certificate: Option<PathBuf>,
-    /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key]
-    #[arg(long, env = "MDE_PRIVATE_KEY", value_name = "FILE")]
+    /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key] [env: MDE_PRIVATE_KEY]
+    #[arg(long, value_name = "FILE")]
     pub private_key: Option<PathBuf>,
     /// Client assertion form for certificate sign-in: ps256, or the older rs256. [config: auth.assertion] [default: ps256]
     #[arg(long, value_name = "ALG")]
     pub assertion: Option<String>,
-    /// Cloud: commercial, us, eu, uk, au, swa, ina, gcc, gcc-high, dod; sets API host, sign-in host and scope. [config: api.cloud] [default: commercial]
-    #[arg(long, env = "MDE_CLOUD", value_name = "NAME")]
+    /// Cloud: commercial, us, eu, uk, au, swa, ina, gcc, gcc-high, dod; sets API host, sign-in host and scope. [config: api.cloud] [env: MDE_CLOUD] [default: commercial]
+    #[arg(long, value_name = "NAME")]
     pub cloud: Option<String>,
-    /// Entra ID sign-in host. [config: auth.authority] [default: the cloud's, https://login.microsoftonline.com]
-    #[arg(long, env = "MDE_AUTHORITY", value_name = "URL")]
+    /// Entra ID sign-in host. [config: auth.authority] [env: MDE_AUTHORITY] [default: the cloud's, https://login.microsoftonline.com]
+    #[arg(long, value_name = "URL")]
     pub authority: Option<String>,
-    /// OAuth scope of the API. [config: auth.scope] [default: the cloud's, https://api.securitycenter.microsoft.com/.default]
-    #[arg(long, env = "MDE_SCOPE", value_name = "SCOPE")]
+    /// OAuth scope of the API. [config: auth.scope] [env: MDE_SCOPE] [default: the cloud's, https://api.securitycenter.microsoft.com/.default]
+    #[arg(long, value_name = "SCOPE")]
     pub scope: Option<String>,
-    /// Defender for Endpoint API host. [config: api.base_url] [default: the cloud's, https://api.security.microsoft.com]
-    #[arg(long = "api-base", env = "MDE_API_BASE", value_name = "URL")]
+    /// Defender for Endpoint API host. [config: api.base_url] [env: MDE_API_BASE] [default: the cloud's, https://api.security.microsoft.com]
+    #[arg(long = "api-base", value_name = "URL")]
     pub api_base: Option<String>,
     /// Time limit for one API call, e.g. 30s. [config: api.timeout] [default: 30s]
     #[arg(long, value_name = "DURATION")]
@@ -147,8 +149,8 @@ pub struct ApiArgs {
 /// The flags only an offboarding run uses (`run`'s own; `track` and `check` do not show them).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RunSettingsArgs {
-    /// Comment recorded with each offboard action (required by the API). [config: run.comment]
-    #[arg(long, env = "MDE_COMMENT", value_name = "TEXT")]
+    /// Comment recorded with each offboard action (required by the API). [config: run.comment] [env: MDE_COMMENT]
+    #[arg(long, value_name = "TEXT")]
     pub comment: Option<String>,
     /// Machines worked on at once. [config: run.concurrency] [default: 4]
     #[arg(long, value_name = "N")]
@@ -275,8 +277,15 @@ impl FileValues {
     fn load(path: &Path) -> Result<Self> {
         let fail = |message: String| Error::ConfigFile { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {}", e.message())))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map(|span| {
+                let before = text.get(..span.start).unwrap_or(&text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            fail(format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()))
+        })?;
         let mut values = Vec::new();
         for (section, body) in table {
             let Some((_, keys)) = CONFIG_KEYS.iter().find(|(name, _)| *name == section) else {
@@ -331,8 +340,71 @@ impl FileValues {
     }
 }
 
-/// Resolves `args`, the environment (through `env`) and the config file into [`Settings`].
+/// The environment variables that stand in for a flag not given. Read here, not by clap, so that what came
+/// from a flag can be told from what came from the environment (clap's usage line in an error, and a bad
+/// value's exit code, depend on it).
+fn with_env(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> SettingsArgs {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut filled = args.clone();
+    let (api, run) = (&mut filled.api, &mut filled.run);
+    let fill = |slot: &mut Option<String>, name: &str| {
+        if slot.is_none() {
+            *slot = var(name);
+        }
+    };
+    fill(&mut api.tenant_id, "MDE_TENANT_ID");
+    fill(&mut api.client_id, "MDE_CLIENT_ID");
+    fill(&mut api.cloud, "MDE_CLOUD");
+    fill(&mut api.authority, "MDE_AUTHORITY");
+    fill(&mut api.scope, "MDE_SCOPE");
+    fill(&mut api.api_base, "MDE_API_BASE");
+    fill(&mut run.comment, "MDE_COMMENT");
+    for (slot, name) in [
+        (&mut api.config, "MDE_CONFIG"),
+        (&mut api.certificate, "MDE_CERTIFICATE"),
+        (&mut api.private_key, "MDE_PRIVATE_KEY"),
+    ] {
+        if slot.is_none() {
+            *slot = var(name).map(PathBuf::from);
+        }
+    }
+    filled
+}
+
+/// A bad value given as a flag is a usage error naming the flag (exit 2); from the environment or the
+/// config file it stays an error of the setting, named by its key. Files named by a flag that cannot be read
+/// are not usage errors: the value is fine, the file is not.
+fn as_flag_error(e: Error, flags: &SettingsArgs) -> Error {
+    let Error::Setting { key, message } = e else { return e };
+    let (api, run, retry) = (&flags.api, &flags.run, &flags.retry);
+    let given = match key {
+        "auth.tenant_id" => api.tenant_id.is_some().then_some("--tenant-id"),
+        "auth.client_id" => api.client_id.is_some().then_some("--client-id"),
+        "auth.assertion" => api.assertion.is_some().then_some("--assertion"),
+        "api.cloud" => api.cloud.is_some().then_some("--cloud"),
+        "auth.authority" => api.authority.is_some().then_some("--authority"),
+        "auth.scope" => api.scope.is_some().then_some("--scope"),
+        "api.base_url" => api.api_base.is_some().then_some("--api-base"),
+        "api.timeout" => api.timeout.is_some().then_some("--timeout"),
+        "run.rate" => (!api.rates.is_empty()).then_some("--rate"),
+        "run.comment" => run.comment.is_some().then_some("--comment"),
+        "run.concurrency" => run.concurrency.is_some().then_some("--concurrency"),
+        "run.max_attempts" => retry.max_attempts.is_some().then_some("--max-attempts"),
+        "run.retry_delay" => retry.retry_delay.is_some().then_some("--retry-delay"),
+        _ => None,
+    };
+    match given {
+        Some(flag) => Error::Usage(format!("invalid value for {flag}: {message}")),
+        None => Error::Setting { key, message },
+    }
+}
+
+/// Resolves `args` (the flags), the environment (through `env`) and the config file into [`Settings`].
 pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    resolve_filled(&with_env(args, env), env).map_err(|e| as_flag_error(e, args))
+}
+
+fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
     let SettingsArgs { api: args, run, retry } = args;
     let file = match &args.config {
         Some(path) => FileValues::load(path)?,
@@ -419,8 +491,21 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
 }
 
 impl Settings {
-    /// What signing in needs, or an error naming the first thing missing.
+    /// What signing in needs, or an error naming everything missing (and any all-zero placeholder id of
+    /// config.example.toml: signing in with it could only fail).
     pub fn credentials(&self) -> Result<Credentials> {
+        let placeholder = |key: &'static str, value: &Option<String>, what: &str| {
+            (value.as_deref() == Some(PLACEHOLDER_GUID)).then(|| Error::Setting {
+                key,
+                message: format!(
+                    "is the all-zero placeholder of config.example.toml; replace the placeholder {what} with your own"
+                ),
+            })
+        };
+        let placeholders = [
+            placeholder("auth.tenant_id", &self.tenant_id, "tenant id (Entra ID > Overview > Tenant ID)"),
+            placeholder("auth.client_id", &self.client_id, "client id (the app registration's Application ID)"),
+        ];
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
         if let Some(token) = &self.access_token {
             // The token names its tenant and app; settings, when given, say the same for messages and the lock.
@@ -438,27 +523,36 @@ impl Settings {
             });
         }
         let credential = match (&self.certificate, &self.client_secret) {
-            (Some(certificate), _) => Credential::Certificate(certificate.clone()),
-            (None, Some(secret)) => Credential::Secret(secret.clone()),
-            (None, None) => {
-                return Err(missing(
-                    "auth.client_secret",
-                    "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
-                     --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
-                ));
-            }
+            (Some(certificate), _) => Ok(Credential::Certificate(certificate.clone())),
+            (None, Some(secret)) => Ok(Credential::Secret(secret.clone())),
+            (None, None) => Err(missing(
+                "auth.client_secret",
+                "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
+                 --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
+            )),
         };
-        Ok(Credentials {
-            tenant_id: self.tenant_id.clone().ok_or_else(|| {
-                missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
-            })?,
-            client_id: self.client_id.clone().ok_or_else(|| {
-                missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
-            })?,
-            credential,
-            authority: self.authority.clone(),
-            scope: self.scope.clone(),
-        })
+        let tenant_id = self.tenant_id.clone().ok_or_else(|| {
+            missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
+        });
+        let client_id = self.client_id.clone().ok_or_else(|| {
+            missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
+        });
+        match (tenant_id, client_id, credential) {
+            (Ok(tenant_id), Ok(client_id), Ok(credential)) if placeholders.iter().all(Option::is_none) => {
+                Ok(Credentials {
+                    tenant_id,
+                    client_id,
+                    credential,
+                    authority: self.authority.clone(),
+                    scope: self.scope.clone(),
+                })
+            }
+            (tenant_id, client_id, credential) => {
+                let missing = [tenant_id.err(), client_id.err(), credential.err()];
+                let errors = placeholders.into_iter().chain(missing).flatten();
+                Err(Error::all(errors).expect("one of them failed"))
+            }
+        }
     }
 
     /// The comment an offboard needs, or an error saying how to give one.
@@ -762,9 +856,9 @@ mod tests {
             ..Default::default()
         };
         let msg = resolve(&args, &no_env).unwrap_err().to_string();
-        assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
+        assert!(msg.contains("--concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
         let args = ApiArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
-        assert!(resolve(&args.into(), &no_env).unwrap_err().to_string().contains("api.base_url"));
+        assert!(resolve(&args.into(), &no_env).unwrap_err().to_string().contains("--api-base"));
     }
 
     /// Before: `--retry-delay 500000000000y` was taken, and a run hung on its first retry.
@@ -809,7 +903,7 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{refused} was accepted"))
                 .to_string();
-            assert!(msg.contains("auth.authority"), "{refused}: {msg}");
+            assert!(msg.contains("--authority"), "{refused}: {msg}");
         }
         for accepted in [
             "http://127.0.0.1:9",
@@ -853,7 +947,7 @@ mod tests {
         let msg = resolve(&ApiArgs { cloud: Some("mars".into()), ..Default::default() }.into(), &no_env)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("api.cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
+        assert!(msg.contains("--cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
     }
 
     #[test]
@@ -878,7 +972,7 @@ mod tests {
         let msg = resolve(&wrong_key.clone().into(), &env).unwrap_err().to_string();
         assert!(msg.contains("does not belong") && !msg.contains("PRIVATE KEY"), "{msg}");
         let bad_alg = ApiArgs { assertion: Some("hs256".into()), ..args };
-        assert!(resolve(&bad_alg.clone().into(), &env).unwrap_err().to_string().contains("auth.assertion"));
+        assert!(resolve(&bad_alg.clone().into(), &env).unwrap_err().to_string().contains("--assertion"));
     }
 
     #[test]

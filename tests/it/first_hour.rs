@@ -333,3 +333,147 @@ async fn an_invalid_id_is_echoed_cut_and_a_huge_field_stops_before_any_call() {
     assert_eq!(sim.stats().requests, before, "no call");
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_cannot_be_used_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = three_machines(dir.path()).await;
+    let input = write_file(dir.path(), "m.csv", &format!("MachineId\n{ID1}\n"));
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec!["run", input.to_str().unwrap(), "--yes"];
+        args.extend_from_slice(extra);
+        let (sim, dir) = (&sim, dir.path());
+        async move { mde_in(sim, dir, &args, "").await }
+    };
+    let out = run(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The results of this list: --resume continues them.
+    let out = run(&[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("earlier run of this list: pass --resume"), "{}", out.stderr);
+    // Another list's results: no --resume.
+    let other = write_file(dir.path(), "other.csv", &format!("MachineId\n{ID2}\n"));
+    let out = mde_in(&sim, dir.path(), &["run", other.to_str().unwrap(), "--yes", "-o", "m.results.csv"], "").await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("pass --overwrite") && !out.stderr.contains("--resume"), "{}", out.stderr);
+    // A missing folder is named, not the probe's temporary file.
+    let out = run(&["-o", "no/such/r.csv"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("the folder no/such does not exist") && !out.stderr.contains(".tmp"), "{}", out.stderr);
+    // A directory is said at once, with or without --overwrite.
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    for extra in [&["-o", "d"][..], &["-o", "d", "--overwrite"]] {
+        let out = run(extra).await;
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains("is a directory"), "{}", out.stderr);
+    }
+    sim.shutdown().await;
+}
+
+/// Runs `run m.csv --yes ARGS` (m.csv: one id) with the environment of `env` only (no sign-in settings).
+fn run_bare(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    write_file(dir, "m.csv", &format!("MachineId\n{ID1}\n"));
+    let input = dir.join("m.csv");
+    let mut all = vec!["run", input.to_str().unwrap(), "--yes"];
+    all.extend_from_slice(args);
+    let state = dir.to_str().unwrap();
+    let env: Vec<(&str, &str)> = env.iter().copied().chain([("MDE_STATE_DIR", state)]).collect();
+    bare(&all, &env)
+}
+
+#[test]
+fn every_missing_setting_is_said_in_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bare(dir.path(), &[], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for key in ["auth.tenant_id", "auth.client_id", "auth.client_secret", "run.comment"] {
+        assert!(out.stderr.contains(key), "{key} is not said:\n{}", out.stderr);
+    }
+    assert_eq!(out.stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{}", out.stderr);
+    let out = bare(&["check"], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for key in ["auth.tenant_id", "auth.client_id", "auth.client_secret"] {
+        assert!(out.stdout.contains(key), "{key} is not said:\n{}", out.stdout);
+    }
+}
+
+#[test]
+fn the_placeholder_ids_of_the_example_config_are_refused_before_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    // The sign-in host is a closed port: the refusal must come before any attempt to reach it.
+    let env = [("MDE_CLIENT_SECRET", "s3cret"), ("MDE_AUTHORITY", "http://127.0.0.1:9")];
+    let out = run_bare(dir.path(), &["--config", example.to_str().unwrap()], &env);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for said in ["replace the placeholder tenant id", "replace the placeholder client id"] {
+        assert!(out.stderr.contains(said), "{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("sign-in"), "it tried to sign in:\n{}", out.stderr);
+}
+
+#[test]
+fn a_bad_value_names_the_flag_or_the_config_key_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("MDE_TENANT_ID", "contoso.onmicrosoft.com"), ("MDE_CLIENT_ID", mde_sim::DEMO_CLIENT_ID)];
+    let env: Vec<(&str, &str)> = env.into_iter().chain([("MDE_CLIENT_SECRET", "s"), ("MDE_COMMENT", "c")]).collect();
+    for (flag, value, key) in [
+        ("--concurrency", "0", "run.concurrency"),
+        ("--timeout", "soon", "api.timeout"),
+        ("--max-attempts", "0", "run.max_attempts"),
+        ("--cloud", "mars", "api.cloud"),
+    ] {
+        let out = run_bare(dir.path(), &[flag, value], &env);
+        assert_eq!(out.code, 2, "{flag}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("invalid value for {flag}: `{value}`")), "{}", out.stderr);
+        let (section, name) = key.split_once('.').unwrap();
+        let config = write_file(dir.path(), "c.toml", &format!("[{section}]\n{name} = \"{value}\"\n"));
+        let out = run_bare(dir.path(), &["--config", config.to_str().unwrap()], &env);
+        assert_eq!(out.code, 1, "{key}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("`{key}`")) && !out.stderr.contains(flag), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn invalid_toml_says_the_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "c.toml", "[run]\nconcurrency = 4\ncomment = \"unclosed\n");
+    let out = run_bare(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not valid TOML at line 3, column"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_says_it_uses_its_built_in_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mde-offboard"));
+        command.args(["demo", "--time-scale", "1000", "-o", "d.csv"]).current_dir(dir.path()).env_clear();
+        tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("the demo's built-in sample list") && !stderr.contains("samples/machines.csv"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_says_it_is_stopping() {
+    use std::io::BufRead;
+    for signal in ["-INT", "-TERM"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mde-offboard"))
+            .args(["simulate", "--listen", "127.0.0.1:0", "--fleet-size", "5"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+        crate::common::kill(&child, signal);
+        let out = crate::common::wait(child).await;
+        assert_eq!(out.code, 0, "{signal}: {}", out.stderr);
+        assert!(out.stderr.contains("stopping the simulator"), "{signal}: {}", out.stderr);
+        assert!(!out.stderr.contains("calls in flight"), "{signal}: {}", out.stderr);
+    }
+}

@@ -158,11 +158,16 @@ pub async fn command(
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
-    let credentials = settings.credentials()?;
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
-    // A dry run sends no offboard, so it needs no comment.
-    let comment_template =
-        if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
+    // A dry run sends no offboard, so it needs no comment. Whatever is missing is said at once.
+    let comment =
+        if options.dry_run { Ok(settings.comment.clone().unwrap_or_default()) } else { settings.require_comment() };
+    let (credentials, comment_template) = match (settings.credentials(), comment) {
+        (Ok(credentials), Ok(comment)) => (credentials, comment),
+        (credentials, comment) => {
+            return Err(Error::all([credentials.err(), comment.err()].into_iter().flatten()).expect("one failed"));
+        }
+    };
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let output = args.output.clone().unwrap_or_else(|| {
@@ -173,7 +178,12 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         if options.dry_run { dry_run::default_output(input) } else { results::default_path(input) }
     });
     // A resume continues an existing file; either way the directory must take new files.
-    results::check_writable(&output, args.overwrite || args.resume)?;
+    results::check_writable(&output, args.overwrite || args.resume).map_err(|e| match e {
+        Error::Output { path, .. } if !options.dry_run && !args.overwrite && is_results_of(&path, &source) => {
+            Error::Output { path, message: RESUMABLE.into() }
+        }
+        e => e,
+    })?;
     // And every other file it writes, before any network: found after the offboards, a file the run cannot
     // write would leave it unable to say what it did.
     preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
@@ -229,6 +239,16 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         summary_json: args.summary_json.clone(),
     };
     Ok((job, session))
+}
+
+const RESUMABLE: &str = "already exists, the results of an earlier run of this list: pass --resume to continue \
+                         it (finished rows are kept, the rest done or retried), --overwrite to replace it, or \
+                         --output to write elsewhere";
+
+/// Whether `path` is the results file of an earlier run of `source` (its journal says so).
+fn is_results_of(path: &std::path::Path, source: &Source) -> bool {
+    path.is_file()
+        && journal::read(&journal::path_for(path), |_, _| false).is_ok_and(|j| j.identity.input == source.display())
 }
 
 /// An error about the scanned input.
