@@ -105,7 +105,18 @@ pub fn main() -> u8 {
         Command::Simulate(_) => "stopping the simulator (interrupt again to exit at once)",
         _ => "interrupted: finishing the calls in flight (interrupt again to exit at once)",
     };
-    let code = match runtime.block_on(dispatch(cli.command, shutdown_signal(stopping))) {
+    let work = async {
+        let mut shutdown = Box::pin(shutdown_signal(stopping));
+        // Listen from now on, not from when the command first waits on it: a signal sent as soon as the
+        // simulator says where it listens must stop it, not kill it.
+        std::future::poll_fn(|cx| {
+            let _ = shutdown.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        dispatch(cli.command, shutdown).await
+    };
+    let code = match runtime.block_on(work) {
         Ok(code) => code,
         Err(e) => {
             output::error(&e.to_string());

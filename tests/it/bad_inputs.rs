@@ -256,9 +256,9 @@ async fn absurd_periods_and_durations_are_refused_before_any_call() {
         args
     };
     let cases: Vec<(Vec<&str>, i32, &[&str])> = vec![
-        // A setting (flag or config file): exit 1, as every bad setting.
-        (run(&["--rate", "1/600y"]), 1, &["`run.rate`", "1/600y", "longer than a day"]),
-        (run(&["--rate", "100/1m", "--rate", "1500/500000000000y"]), 1, &["longer than a day"]),
+        // A flag: a usage error naming it (from the config file: exit 1, naming the key).
+        (run(&["--rate", "1/600y"]), 2, &["--rate", "1/600y", "longer than a day"]),
+        (run(&["--rate", "100/1m", "--rate", "1500/500000000000y"]), 2, &["longer than a day"]),
         // A flag clap checks: exit 2.
         (run(&["--wait", "--wait-timeout", "500000000000y"]), 2, &["--wait-timeout", "30 days"]),
         (run(&["--wait", "--poll-interval", "600y"]), 2, &["--poll-interval", "30 days"]),
