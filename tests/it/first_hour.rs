@@ -253,6 +253,8 @@ async fn entra_device_ids_are_resolved_through_the_inventory() {
         assert_eq!(got[4].0, "duplicate", "{header}");
         let ambiguous = results.line(3);
         assert!(ambiguous["error_message"].contains(ID2) && ambiguous["error_message"].contains(ID3), "{ambiguous:?}");
+        assert!(ambiguous["error_message"].contains("this Entra device id names 2 machines"), "{ambiguous:?}");
+        assert!(results.line(4)["error_message"].contains("has this Entra device id"), "{:?}", results.line(4));
     }
     // A plain list with --by-aad-device-id.
     let (out, results) = dry_run(&sim, dir.path(), "aad.txt", &rows, &["--by-aad-device-id"]).await;
