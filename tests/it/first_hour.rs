@@ -260,6 +260,12 @@ async fn entra_device_ids_are_resolved_through_the_inventory() {
     let (out, results) = dry_run(&sim, dir.path(), "aad.txt", &rows, &["--by-aad-device-id"]).await;
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(outcomes(&results.unwrap())[..4], expected[..4]);
+    // A real run offboards the machine the id names, once, and guesses none of the others.
+    let input = write_file(dir.path(), "real.txt", &format!("{AAD1}\n{AAD_SHARED}\n"));
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes", "--by-aad-device-id"], "").await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let calls = sim.stats().offboard_calls;
+    assert_eq!(calls.keys().collect::<Vec<_>>(), [ID1], "{calls:?}");
     // Without the flag, a GUID where an id was expected says what to pass: as a plain list, and in an id column.
     let (out, _) = dry_run(&sim, dir.path(), "aad.txt", &rows, &[]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
