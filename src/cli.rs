@@ -5,11 +5,14 @@ use std::future::Future;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::commands::cancel::{self, CancelArgs};
 use crate::commands::check::{self, CheckArgs};
 use crate::commands::demo::{self, DemoArgs};
 use crate::commands::docs::{self, CompletionsArgs, ManpageArgs};
+use crate::commands::report::{self, ReportArgs, RunFacts};
 use crate::commands::run::{self, RunArgs};
 use crate::commands::simulate::{self, SimulateArgs};
+use crate::commands::tag::{self, TagArgs};
 use crate::commands::track::{self, TrackArgs, WaitArgs};
 use crate::error::{Error, exit_code};
 use crate::settings;
@@ -61,6 +64,13 @@ pub enum Command {
     /// Follow the offboard actions of a results file until they are final, updating the file.
     #[command(after_help = EXIT_CODES)]
     Track(TrackArgs),
+    /// Cancel the offboard actions of a results file that are still open (Pending, InProgress).
+    #[command(after_help = EXIT_CODES)]
+    Cancel(CancelArgs),
+    /// Add a tag to the machines a run offboarded (or remove it), 500 a call.
+    Tag(TagArgs),
+    /// Write a results file as a report: one self-contained HTML page, or Markdown for a change ticket.
+    Report(ReportArgs),
     /// Check the settings, the sign-in, the token's roles and the API host: run it first.
     Check(CheckArgs),
     /// See the whole job work against the built-in simulator: no tenant needed.
@@ -105,7 +115,9 @@ pub fn main() -> u8 {
         Command::Simulate(_) => "stopping the simulator (interrupt again to exit at once)",
         _ => "interrupted: finishing the calls in flight (interrupt again to exit at once)",
     };
-    let work = async {
+    // On a worker thread of the runtime, not on this one: the tasks of a run wake the dispatcher for every
+    // machine, and waking a task on a worker is cheap where waking a parked thread is a system call.
+    let command = runtime.spawn(async move {
         let mut shutdown = Box::pin(shutdown_signal(stopping));
         // Listen from now on, not from when the command first waits on it: a signal sent as soon as the
         // simulator says where it listens must stop it, not kill it.
@@ -115,8 +127,8 @@ pub fn main() -> u8 {
         })
         .await;
         dispatch(cli.command, shutdown).await
-    };
-    let code = match runtime.block_on(work) {
+    });
+    let code = match runtime.block_on(command).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(code) => code,
         Err(e) => {
             output::error(&e.to_string());
@@ -133,6 +145,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         Command::Run(RunCommand { run: mut args, wait }) => {
             args.wait = wait.wait;
             let settings = resolve_settings(&args.settings)?;
+            let report_to = args.report.clone();
             // The run and the tracking after it both stop on the one signal.
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let signal = async move {
@@ -146,7 +159,17 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             let work = async {
                 // The run and the tracking after it spend one quota: one session (sign-in, limiter, lock) serves both.
                 let (summary, session) = run::command(args, settings.clone(), stopped(stop_rx.clone())).await?;
+                let mut facts = RunFacts {
+                    ended_at: Some(std::time::SystemTime::now()),
+                    exit_code: Some(summary.exit_code()),
+                    ended_by: Some(if summary.interrupted { "run (interrupted)" } else { "run" }.into()),
+                    calls: Some(summary.calls),
+                    tags: summary.tags.as_ref().map(tag::TagSummary::brief),
+                };
                 if !wait.wait || summary.interrupted {
+                    if let Some(out) = &report_to {
+                        report::refresh(&summary.results, out, &facts);
+                    }
                     return Ok(summary.exit_code());
                 }
                 let (results, options) = (&summary.results, wait.options());
@@ -157,8 +180,25 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                     .map_err(|e| match e {
                         Error::Interrupted | Error::Stopped(_) | Error::TrackingStopped { .. } => e,
                         e => Error::TrackingStopped { results: results.clone(), source: Box::new(e) },
-                    })?;
+                    });
+                let tracked = match tracked {
+                    Ok(tracked) => tracked,
+                    Err(e) => {
+                        if let Some(out) = &report_to {
+                            facts.exit_code = Some(e.exit_code());
+                            report::refresh(results, out, &facts);
+                        }
+                        return Err(e);
+                    }
+                };
                 output::stdout(&tracked.render());
+                if let Some(out) = &report_to {
+                    facts.ended_at = Some(std::time::SystemTime::now());
+                    facts.exit_code = Some(tracked.exit_code());
+                    facts.ended_by = Some("run --wait (tracked the actions after the run)".into());
+                    facts.calls = Some(summary.calls + tracked.calls);
+                    report::refresh(results, out, &facts);
+                }
                 Ok(tracked.exit_code())
             };
             tokio::select! {
@@ -170,8 +210,25 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             let settings = resolve_settings(&args.settings())?;
             let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
             output::stdout(&summary.render());
+            if let Some(out) = &args.report {
+                let facts = RunFacts {
+                    ended_at: Some(std::time::SystemTime::now()),
+                    ended_by: Some("track (the run's own exit code is not known here: derived from the rows)".into()),
+                    ..RunFacts::default()
+                };
+                report::refresh(&args.results, out, &facts);
+            }
             Ok(summary.exit_code())
         }
+        Command::Cancel(args) => {
+            let settings = resolve_settings(&args.settings())?;
+            cancel::command(args, settings, shutdown).await
+        }
+        Command::Tag(args) => {
+            let settings = resolve_settings(&args.settings())?;
+            tag::command(args, settings, shutdown).await
+        }
+        Command::Report(args) => report::command(&args),
         Command::Check(args) => check::check(&args, &|k| std::env::var(k).ok()).await,
         Command::Demo(args) => {
             // The demo's input holds bad rows on purpose: it succeeded when it ran to the end.

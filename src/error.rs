@@ -42,6 +42,15 @@ pub enum Error {
     #[error("output {}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
+    /// A file the command writes could not be written; the system's (or the CSV writer's) error is kept.
+    #[error("output {}: cannot {action}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("sign-in failed: {0}")]
     Auth(#[source] AuthError),
 
@@ -97,6 +106,17 @@ pub enum Error {
     TrackingStopped { results: PathBuf, source: Box<Error> },
 }
 
+impl Error {
+    /// [`Error::Write`]: `action` (a verb and what it acts on, "write a row") failed on `path`.
+    pub fn write(
+        path: impl Into<PathBuf>,
+        action: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Write { path: path.into(), action: action.into(), source: source.into() }
+    }
+}
+
 impl From<AuthError> for Error {
     /// A sign-in that failed, or tokens the API refuses.
     fn from(e: AuthError) -> Self {
@@ -142,6 +162,36 @@ pub enum AuthError {
          API permissions were granted admin consent in this tenant"
     )]
     ApiRefusesToken { refused: u32 },
+    /// A person's sign-in could not be renewed: Entra ID refused the refresh token (revoked, expired, a
+    /// password change). Never a new prompt mid-run: the command stops as a failed sign-in.
+    #[error(
+        "the sign-in could not be renewed, as Entra ID refused the refresh token ({why}); a person must sign in again with --device-code"
+    )]
+    RefreshRefused {
+        #[source]
+        why: Box<AuthError>,
+    },
+    /// The person declined the sign-in request at the device code page.
+    #[error(
+        "the sign-in was declined at {page}: nothing was done; run again and approve the request, or ask whoever manages the app registration why the account may not use it"
+    )]
+    DeviceCodeDeclined { page: String },
+    /// Nobody entered the code in time.
+    #[error(
+        "the code was not entered within {within}, and it has expired: nothing was done; run again and enter the new code"
+    )]
+    DeviceCodeExpired { within: String },
+    /// Entra ID did not know the device code it was polled with.
+    #[error("Entra ID did not recognise the device code (bad_verification_code): nothing was done; run again")]
+    DeviceCodeUnknown,
+    /// A person's sign-in needs a code entered, and nobody is at a terminal to enter it.
+    #[error(
+        "signing in as a person needs a new code entered in a browser, and there is no terminal (stdin) to show it on; sign in once at a terminal with --token-cache FILE, then run with --yes --token-cache FILE"
+    )]
+    NeedsPerson,
+    /// The token cache file could not be read, written, or is not safe to use.
+    #[error("token cache {}: {message}", path.display())]
+    TokenCache { path: PathBuf, message: String },
 }
 
 impl Error {

@@ -1,6 +1,6 @@
 //! `mde-offboard check`: the first thing to run against a tenant. It validates the settings, signs in,
-//! compares the token's roles with what each kind of run needs, makes one cheap read call, and says in plain
-//! words what is wrong. It changes nothing in the tenant.
+//! compares the token's roles (or, for a person, the account's scopes) with what each kind of run needs,
+//! makes one cheap read call, and says in plain words what is wrong. It changes nothing in the tenant.
 //!
 //! Exit 0 when a default `run` (pre-flight on) would be allowed: signed in, `Machine.Offboard` and a read role
 //! granted (the pre-flight reads the inventory and the open actions), the API host answers and accepts the
@@ -15,6 +15,7 @@ use crate::commands::run::Options;
 use crate::commands::run::preflight::{self, OFFBOARD_ROLE, READ_ROLES};
 use crate::commands::session::Session;
 use crate::defender::api::{PROBE, RetryPolicy};
+use crate::defender::auth::PermissionKind;
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
 use crate::settings::{self, ApiArgs};
@@ -57,7 +58,7 @@ impl Report {
 }
 
 /// Runs the check and prints the report; the exit code says whether a default run would be allowed.
-pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Error> {
+pub async fn check(args: &CheckArgs, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<u8, Error> {
     let mut r = Report { text: "mde-offboard check\n".into(), problems: Vec::new(), notes: Vec::new() };
     let settings = match settings::resolve(&args.settings.clone().into(), env) {
         Ok(settings) => settings,
@@ -90,6 +91,12 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     // makes one call.
     let policy = RetryPolicy { max_attempts: 2, retry_delay: Duration::from_millis(200) };
     let session = Session::with_policy(&settings, credentials, Limiter::new(&settings.rates), policy)?;
+    // A person's sign-in without a terminal would wait for a code nobody enters: reported, never waited for.
+    if let Err(e) = session.require_person(true) {
+        r.line("sign-in", "NOT POSSIBLE here");
+        r.problems.push(e.to_string());
+        return Ok(r.finish());
+    }
     let started = Instant::now();
     // The roles are reported, not enforced: the report says what each kind of run would be allowed.
     let token = match session.sign_in(|_| Ok(())).await {
@@ -114,17 +121,24 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         .unwrap_or_default();
     r.line("sign-in", format!("ok in {} ms{expiry}", sign_in.as_millis()));
 
-    let roles = token.roles.clone();
-    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
+    let granted = token.permissions().clone();
+    let delegated = granted.kind == PermissionKind::Delegated;
+    let has = |name: &str| granted.has(name);
     let read_role = READ_ROLES.iter().find(|r| has(r));
-    if roles.is_empty() {
-        r.line("roles", "none found in the token");
+    let kind = granted.kind_word();
+    if delegated {
+        let account = token.account().unwrap_or("(the token names no account)");
+        r.line("account", account.chars().filter(|c| !c.is_control()).collect::<String>());
+    }
+    let label = if delegated { "scopes (delegated)" } else { "roles" };
+    if granted.names.is_empty() {
+        r.line(label, "none found in the token");
     } else {
-        r.line("roles", roles.join(", "));
+        r.line(label, granted.names.join(", "));
     }
     // Judged as `run` judges them: a default run, and one with --no-preflight.
-    let default_run = preflight::check_permissions(&roles, &Options::default(), false);
-    let bare_run = preflight::check_permissions(&roles, &Options { preflight: false, ..Options::default() }, false);
+    let default_run = preflight::check_permissions(&granted, &Options::default(), false);
+    let bare_run = preflight::check_permissions(&granted, &Options { preflight: false, ..Options::default() }, false);
     let cost = "unknown machines and open actions then cost an offboard call each";
     r.line(
         "real run",
@@ -153,10 +167,9 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             None => format!("NOT allowed: needs {} or {}", READ_ROLES[0], READ_ROLES[1]),
         },
     );
-    let grant = "add it in the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
-                 Application permissions) and grant admin consent; then sign in again";
+    let grant = format!("{}; then sign in again", granted.how_to_grant());
     if !has(OFFBOARD_ROLE) {
-        r.problems.push(format!("the token does not hold {OFFBOARD_ROLE}: {grant}"));
+        r.problems.push(format!("the token does not hold the {kind} permission {OFFBOARD_ROLE}: {grant}"));
     } else if default_run.is_err() {
         r.problems.push(format!(
             "a default run reads the inventory and the open actions first (the pre-flight), which needs {} or {}, and \
@@ -164,6 +177,16 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
              --wait, `track` or --dry-run",
             READ_ROLES[0], READ_ROLES[1]
         ));
+    }
+    if delegated {
+        r.notes.push(
+            "signed in as a person: besides these scopes the account needs a Defender for Endpoint role that may \
+             offboard (the \"Active remediation actions\" permission, e.g. Security Administrator or a custom role \
+             with it) and access to the machines' device groups. The scopes allow the calls; the role and the \
+             device groups decide each machine: a 403 on a machine means its device group is outside the \
+             account's reach"
+                .into(),
+        );
     }
     let started = Instant::now();
     let answer = session.api().probe().await.answer;

@@ -110,6 +110,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         preflight: Default::default(),
         summary_json: None,
+        tag: None,
         settings,
     };
     let summary = run::execute(job, &mut session, shutdown).await;

@@ -6,15 +6,16 @@
 //! needs (a run locks, then reads its results file, then signs in). Whatever follows a command on the same
 //! quota (`run --wait`'s tracking) is handed the same session: one sign-in, one limiter, one lock.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::defender::api::{Api, RetryPolicy};
-use crate::defender::auth::{Token, TokenCache};
+use crate::defender::auth::{Permissions, Token, TokenCache, token_file};
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, Result};
 use crate::files::lock::RunLock;
-use crate::settings::{Credentials, Settings};
+use crate::settings::{Credential, Credentials, Settings};
 
 pub struct Session {
     api: Arc<Api>,
@@ -38,6 +39,11 @@ impl Session {
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
     ) -> Result<Session> {
+        let mut credentials = credentials;
+        if let Credential::DeviceCode(person) = &mut credentials.credential {
+            // The code is shown on stderr; whoever typed the command is at stdin's terminal.
+            person.person = std::io::stdin().is_terminal();
+        }
         let http = crate::defender::http_client(settings)?;
         let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
         let api = Arc::new(Api::new(http, &settings.api_base, tokens.clone(), limiter, policy));
@@ -55,12 +61,45 @@ impl Session {
         Ok(())
     }
 
-    /// Signs in (or takes the token already had) and refuses, with `needs`, a token whose roles do not
-    /// allow what the command will do: before any API call.
-    pub async fn sign_in(&self, needs: impl FnOnce(&[String]) -> Result<()>) -> Result<Token> {
+    /// Signs in (or takes the token already had) and refuses, with `needs`, a token whose permissions (an
+    /// app's roles, a person's scopes) do not allow what the command will do: before any API call.
+    pub async fn sign_in(&self, needs: impl FnOnce(&Permissions) -> Result<()>) -> Result<Token> {
         let token = self.tokens.get().await.map_err(Error::Auth)?;
-        needs(&token.roles)?;
+        needs(token.permissions())?;
         Ok(token)
+    }
+
+    /// A person's sign-in (device code) needs the person, to enter a code: without a terminal it is
+    /// refused, before any network, unless `unattended` (`--yes`, or a command that changes nothing) and
+    /// a token cache holds a refresh token for this tenant and app. A scheduled job never waits for a code.
+    pub fn require_person(&self, unattended: bool) -> Result<()> {
+        let credentials = self.credentials();
+        let Credential::DeviceCode(person) = &credentials.credential else { return Ok(()) };
+        if person.person {
+            return Ok(());
+        }
+        let cached = match &person.token_cache {
+            Some(path) => token_file::load(path, credentials).map_err(Error::Auth)?.is_some(),
+            None => false,
+        };
+        if unattended && cached {
+            return Ok(());
+        }
+        let how = match (&person.token_cache, cached) {
+            (Some(path), true) => format!("pass --yes to sign in with the refresh token kept in {}", path.display()),
+            (Some(path), false) => format!(
+                "{} holds no refresh token for this tenant and app yet: sign in once at a terminal with the same \
+                 --token-cache, then run with --yes",
+                path.display()
+            ),
+            (None, _) => {
+                "sign in once at a terminal with --token-cache FILE, then run with --yes --token-cache FILE".into()
+            }
+        };
+        Err(Error::Usage(format!(
+            "signing in as a person (--device-code) needs someone to enter a code, and there is no terminal (stdin) \
+             to ask on; {how}. A scheduled job is better served by an app registration with a secret or certificate"
+        )))
     }
 
     /// Who the session signs in as.

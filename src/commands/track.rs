@@ -100,6 +100,9 @@ pub struct TrackArgs {
     /// Actions asked for per page (the API takes up to 10000).
     #[arg(long, hide = true, default_value_t = PAGE_MAX, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub page_size: u64,
+    /// Write (or refresh) the report when tracking ends: HTML, or Markdown for a .md name.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub settings: ApiArgs,
     #[command(flatten)]
@@ -691,12 +694,24 @@ pub async fn track_file(
 
     let mut session = match session {
         Some(session) => session,
-        None => Session::open(settings, settings.credentials()?, Limiter::new(&settings.rates))?,
+        None => {
+            let session =
+                Session::open(settings, settings.credentials()?.needing(false, true), Limiter::new(&settings.rates))?;
+            // Tracking changes nothing: a token cache's refresh token is enough without a terminal.
+            session.require_person(true)?;
+            session
+        }
     };
     // Tracking spends the same quota as a run: one at a time per tenant (by its id) and app.
     let run_id = crate::files::journal::new_run_id(SystemTime::now());
     session.lock(&lock::state_dir(), &run_id).await?;
-    session.sign_in(|_| Ok(())).await?;
+    tokio::pin!(shutdown);
+    // A person's sign-in may wait minutes for a code: a signal ends it at once.
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Err(Error::Interrupted),
+        signed = session.sign_in(|_| Ok(())) => { signed?; }
+    }
     let api = session.api();
     // The calls tracking makes (a session handed over by a run has made the run's).
     let calls_before = api.counters.calls.load(Ordering::Relaxed);
@@ -705,7 +720,6 @@ pub async fn track_file(
     let (mut passes, mut complete_passes, mut pages_read) = (0, 0, 0);
     let mut unread: Option<String> = None;
     let mut interrupted = false;
-    tokio::pin!(shutdown);
     loop {
         let pass_started = Instant::now();
         let result = tokio::select! {

@@ -281,18 +281,20 @@ pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("the body is empty".into());
     }
-    let value: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(_) => return Err(format!("the body is not JSON: {}", snippet(body))),
-    };
-    if let Ok(ErrorBody { error }) = serde_json::from_value::<ErrorBody>(value.clone()) {
+    // Read straight into the types, not through a `serde_json::Value` (a map built, cloned and dropped for
+    // every call): what is not an error body is read as an action, and only a body that is neither is
+    // checked for being JSON at all.
+    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
         let code = error.code.unwrap_or_default();
         let message = error.message.unwrap_or_default();
         return Err(format!("the body is an error, {}", one_line(&format!("{code}: {message}"))));
     }
-    match serde_json::from_value::<MachineAction>(value) {
+    match serde_json::from_slice::<MachineAction>(body) {
         Ok(action) if action.id.as_deref().is_some_and(|id| !id.trim().is_empty()) => Ok(action),
         Ok(_) => Err("the JSON holds no action id".into()),
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
+            Err(format!("the body is not JSON: {}", snippet(body)))
+        }
         Err(e) => Err(format!("the JSON is not a MachineAction ({e})")),
     }
 }
@@ -807,6 +809,7 @@ mod tests {
         assert_eq!(action.id.as_deref(), Some("a1"));
         for (body, why) in [
             (&br#"{"error":{"code":"X","message":"went\nwrong"}}"#[..], "an error, X: went wrong"),
+            (br#"{"id":"a1","error":{"code":"X"}}"#, "an error, X"),
             (b"<html>\n<p>hi</p></html>", "not JSON: <html> <p>hi</p></html>"),
             (b"  \n", "empty"),
             (br#"{"status":"Pending"}"#, "no action id"),

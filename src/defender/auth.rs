@@ -1,5 +1,10 @@
-//! Sign-in with Entra ID (client credentials: a secret or a certificate assertion) and the one token cache
-//! every worker shares.
+//! Sign-in with Entra ID (client credentials: a secret or a certificate assertion; or a person, with the
+//! device code flow, [`device_code`]) and the one token cache every worker shares.
+//!
+//! A person's sign-in asks for a code once per process (or not at all with a token cache,
+//! [`token_file`]): every renewal after it redeems the refresh token, and a refresh token refused after
+//! the first sign-in stops the command as a failed sign-in, never a new prompt mid-run. The device code
+//! and the refresh token are as secret as the access token.
 //!
 //! The token is fetched once, renewed ahead of expiry and once after a 401, and only one renewal runs at a
 //! time: workers that find it stale wait for the renewal in progress instead of starting their own. A ready
@@ -18,7 +23,79 @@ use tokio::time::Instant;
 
 pub use crate::error::AuthError;
 use crate::settings::jwt::claim;
-use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials};
+use crate::settings::{ACCESS_TOKEN_ENV, Credential, Credentials, DeviceCodeSignIn, Secret};
+
+pub mod device_code;
+pub mod token_file;
+
+/// Whose permissions a token carries: an app's (`roles`) or a person's (`scp`, delegated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PermissionKind {
+    Application,
+    Delegated,
+}
+
+/// What a token lets its bearer do, read from its claims (without checking the signature: only to explain
+/// and to refuse early; the API decides).
+#[derive(Clone, Debug)]
+pub struct Permissions {
+    pub kind: PermissionKind,
+    /// The `roles` of an app token, or the `scp` of a delegated one.
+    pub names: Vec<String>,
+    /// The person a delegated token names (`upn`, else `preferred_username` or `unique_name`).
+    pub account: Option<String>,
+}
+
+impl Permissions {
+    /// An app's permissions (tests and ready tokens without claims).
+    pub fn application(names: Vec<String>) -> Self {
+        Permissions { kind: PermissionKind::Application, names, account: None }
+    }
+
+    /// From a JWT access token: `scp` makes it delegated.
+    pub fn of(jwt: &str) -> Self {
+        match claim(jwt, "scp") {
+            Some(scp) => Permissions {
+                kind: PermissionKind::Delegated,
+                names: scp.split_whitespace().map(str::to_owned).collect(),
+                account: ["upn", "preferred_username", "unique_name"].iter().find_map(|c| claim(jwt, c)),
+            },
+            None => Permissions::application(roles_of(jwt)),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.trim().eq_ignore_ascii_case(name))
+    }
+
+    /// The names, or `none`.
+    pub fn granted(&self) -> String {
+        if self.names.is_empty() { "none".into() } else { self.names.join(", ") }
+    }
+
+    /// `application` or `delegated`, as the app registration's pages say.
+    pub fn kind_word(&self) -> &'static str {
+        match self.kind {
+            PermissionKind::Application => "application",
+            PermissionKind::Delegated => "delegated",
+        }
+    }
+
+    /// How to get a permission that is missing.
+    pub fn how_to_grant(&self) -> &'static str {
+        match self.kind {
+            PermissionKind::Application => {
+                "grant it to the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
+                 Application permissions) and give admin consent"
+            }
+            PermissionKind::Delegated => {
+                "add it to the public client app registration (API permissions > APIs my organization uses > \
+                 WindowsDefenderATP > Delegated permissions), consent to it, and sign in again (deleting the \
+                 --token-cache file, if one is used)"
+            }
+        }
+    }
+}
 
 /// How long before expiry a token is renewed, at most; short-lived tokens renew at a fifth of their life.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
@@ -40,8 +117,8 @@ pub struct Token {
     value: Arc<str>,
     /// When to stop using it (a little before it really expires).
     renew_at: Instant,
-    /// The application permissions the token carries (its `roles` claim).
-    pub roles: Arc<[String]>,
+    /// The permissions the token carries (`roles`, or a person's `scp`), and whose they are.
+    permissions: Arc<Permissions>,
     /// Fetched to replace a token the API refused (401).
     replaced_a_refused_one: bool,
     /// The API answered a call made with it (anything but 401); shared by every copy.
@@ -64,6 +141,16 @@ impl Token {
         self.replaced_a_refused_one && !self.accepted.load(Ordering::Relaxed)
     }
 
+    /// What the token lets its bearer do.
+    pub fn permissions(&self) -> &Permissions {
+        &self.permissions
+    }
+
+    /// The person who signed in (a delegated token), for the summary.
+    pub fn account(&self) -> Option<&str> {
+        self.permissions.account.as_deref()
+    }
+
     /// The tenant id the token names (its `tid` claim): a tenant's GUID, however it was named at sign-in.
     pub fn tenant_id(&self) -> Option<String> {
         claim(&self.value, "tid")
@@ -76,7 +163,7 @@ impl Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("roles", &self.roles).finish_non_exhaustive()
+        f.debug_struct("Token").field("permissions", &self.permissions).finish_non_exhaustive()
     }
 }
 
@@ -98,6 +185,8 @@ pub struct TokenCache {
     /// Held while a renewal runs, so only one runs at a time.
     renewal: tokio::sync::Mutex<()>,
     issued: std::sync::atomic::AtomicU64,
+    /// A person's refresh token (device code sign-in), in memory; also in the token cache file when given.
+    refresh: Mutex<Option<Secret>>,
 }
 
 impl TokenCache {
@@ -118,12 +207,18 @@ impl TokenCache {
             current: Mutex::new(None),
             renewal: tokio::sync::Mutex::new(()),
             issued: Default::default(),
+            refresh: Mutex::new(None),
         }
     }
 
     /// The token endpoint (v2).
     pub fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.credentials.authority, self.credentials.tenant_id)
+        self.endpoint("token")
+    }
+
+    /// An endpoint of the tenant's v2 sign-in: `token`, `devicecode`.
+    fn endpoint(&self, name: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/{name}", self.credentials.authority, self.credentials.tenant_id)
     }
 
     /// How many tokens were fetched so far.
@@ -182,7 +277,7 @@ impl TokenCache {
             return Err(AuthError::TokenExpired { env: ACCESS_TOKEN_ENV, why: format!("expired {ago} ago") });
         }
         Ok(Token {
-            roles: roles_of(value).into(),
+            permissions: Permissions::of(value).into(),
             value: value.into(),
             // Never renewed: the API's 401 says when it is no longer good.
             renew_at: Instant::now() + Duration::from_secs(100 * 365 * 86_400),
@@ -208,20 +303,51 @@ impl TokenCache {
                     certificate.assertion(&c.client_id, url).map_err(AuthError::Certificate)?,
                 ));
             }
-            Credential::AccessToken(_) => unreachable!("a ready access token is never fetched"),
+            Credential::AccessToken(_) | Credential::DeviceCode(_) => {
+                unreachable!("a ready access token is never fetched, and a person's sign-in has its own forms")
+            }
         }
         Ok(form)
     }
 
     /// A new token from the token endpoint; `after_refusal` when it replaces one the API refused.
     async fn fetch(&self, after_refusal: bool) -> Result<Token, AuthError> {
-        let url = self.token_url();
+        let token = match &self.credentials.credential {
+            Credential::DeviceCode(person) => self.fetch_for_person(person).await?,
+            _ => {
+                let url = self.token_url();
+                match self.post(&url, &|| self.form(&url)).await? {
+                    Posted::Token(token, _) => token,
+                    Posted::Refused { status, body } => return Err(refusal(status, &body)),
+                }
+            }
+        };
+        Ok(self.keep(token, after_refusal))
+    }
+
+    /// Makes `token` the current one.
+    fn keep(&self, mut token: Token, after_refusal: bool) -> Token {
+        token.replaced_a_refused_one = after_refusal;
+        self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(permissions = ?token.permissions, "signed in");
+        *self.current.lock().unwrap() = Some(token.clone());
+        token
+    }
+
+    /// Posts a form to a sign-in endpoint (a fresh form each attempt: a certificate's assertion is new each
+    /// time), retrying what passes (5xx, a dropped connection): a token, or the endpoint's refusal.
+    async fn post(
+        &self,
+        url: &str,
+        form: &(dyn Fn() -> Result<Vec<(&'static str, String)>, AuthError> + Sync),
+    ) -> Result<Posted, AuthError> {
+        let url = url.to_string();
         let mut last = String::new();
         for attempt in 1..=SIGN_IN_ATTEMPTS {
             if attempt > 1 {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
-            let form = self.form(&url)?;
+            let form = form()?;
             let sent_at = Instant::now();
             let answer = match self.http.post(&url).form(&form).send().await {
                 Ok(answer) => answer,
@@ -254,28 +380,107 @@ impl TokenCache {
                 }
             };
             if status.is_success() {
-                let mut token = parse_token(&body, sent_at).map_err(|why| AuthError::BadAnswer {
+                let token = parse_token(&body, sent_at).map_err(|why| AuthError::BadAnswer {
                     url: url.clone(),
                     message: format!(
                         "HTTP {status}{}, {why}",
                         content_type.map(|t| format!(" ({t})")).unwrap_or_default()
                     ),
                 })?;
-                token.replaced_a_refused_one = after_refusal;
-                self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(roles = ?token.roles, "signed in");
-                *self.current.lock().unwrap() = Some(token.clone());
-                return Ok(token);
+                return Ok(Posted::Token(token, refresh_token_of(&body)));
             }
             if status.is_server_error() {
                 last = format!("HTTP {status}");
                 tracing::warn!(attempt, "sign-in endpoint answered {status}");
                 continue;
             }
-            return Err(refusal(status.as_u16(), &body));
+            return Ok(Posted::Refused { status: status.as_u16(), body });
         }
         Err(AuthError::Unreachable { url, message: last })
     }
+
+    /// A person's token: redeemed with the refresh token had (in memory, else from the token cache file),
+    /// or, at the first sign-in of the process only, with a device code the person enters.
+    async fn fetch_for_person(&self, person: &DeviceCodeSignIn) -> Result<Token, AuthError> {
+        let first = self.tokens_fetched() == 0;
+        let mut refresh = self.refresh.lock().unwrap().clone();
+        if refresh.is_none()
+            && first
+            && let Some(path) = &person.token_cache
+        {
+            refresh = token_file::load(path, &self.credentials)?;
+        }
+        if let Some(refresh_token) = refresh {
+            let url = self.token_url();
+            let form = || {
+                Ok(vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("client_id", self.credentials.client_id.clone()),
+                    ("refresh_token", refresh_token.expose().to_string()),
+                    ("scope", person.scope()),
+                ])
+            };
+            match self.post(&url, &form).await? {
+                Posted::Token(token, renewed) => {
+                    self.hold_refresh_token(person, renewed.or(Some(refresh_token)), token.account());
+                    return Ok(token);
+                }
+                Posted::Refused { status, body } => {
+                    let refused = refusal(status, &body);
+                    tracing::warn!("the refresh token was refused: {refused}");
+                    *self.refresh.lock().unwrap() = None;
+                    if let Some(path) = &person.token_cache {
+                        token_file::forget(path);
+                    }
+                    if !(first && person.person) {
+                        return Err(AuthError::RefreshRefused { why: Box::new(refused) });
+                    }
+                    crate::ui::output::notice(
+                        "sign_in",
+                        "The refresh token kept in the token cache was refused: sign in again with a new code.",
+                    );
+                }
+            }
+        } else if !first {
+            return Err(AuthError::RefreshRefused {
+                why: Box::new(AuthError::BadAnswer {
+                    url: self.token_url(),
+                    message: "the sign-in gave no refresh token (offline_access was not granted)".into(),
+                }),
+            });
+        }
+        if !person.person {
+            return Err(AuthError::NeedsPerson);
+        }
+        let (token, refresh_token) = device_code::sign_in(self, person).await?;
+        self.hold_refresh_token(person, refresh_token, token.account());
+        Ok(token)
+    }
+
+    /// Keeps a person's (new) refresh token in memory, and in the token cache file when one is given.
+    fn hold_refresh_token(&self, person: &DeviceCodeSignIn, refresh_token: Option<Secret>, account: Option<&str>) {
+        if let (Some(path), Some(refresh_token)) = (&person.token_cache, &refresh_token)
+            && let Err(e) = token_file::save(path, &self.credentials, account, refresh_token)
+        {
+            // The run goes on (its tokens are in memory); the next command asks for a code again.
+            tracing::warn!("{e}");
+        }
+        *self.refresh.lock().unwrap() = refresh_token;
+    }
+}
+
+/// What a sign-in endpoint answered.
+enum Posted {
+    /// A token, and the refresh token that came with it.
+    Token(Token, Option<Secret>),
+    /// A 4xx: the endpoint's error answer, still to be read.
+    Refused { status: u16, body: bytes::Bytes },
+}
+
+/// The `refresh_token` of a token answer, if any.
+fn refresh_token_of(body: &[u8]) -> Option<Secret> {
+    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    answer["refresh_token"].as_str().map(str::trim).filter(|t| !t.is_empty()).map(Secret::new)
 }
 
 /// A token from a 2xx answer of the token endpoint, or what is wrong with the answer, in a few words that
@@ -318,7 +523,7 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
     .map_or(Duration::from_secs(3599), |secs| Duration::from_secs(secs).min(TOKEN_LIFETIME_MAX));
     let ahead = RENEW_AHEAD.min(lifetime / 5);
     Ok(Token {
-        roles: roles_of(value).into(),
+        permissions: Permissions::of(value).into(),
         value: value.into(),
         // Counted from when the request was sent: the service's clock started no earlier. Kept at least
         // TOKEN_KEPT_MIN whatever `expires_in` says; a 401 renews it sooner.
@@ -383,6 +588,15 @@ fn refusal(status: u16, body: &[u8]) -> AuthError {
         Some(90038) => "the tenant is in another national cloud; use that cloud's sign-in host (--authority)",
         Some(500011) => "Defender for Endpoint is not provisioned in this tenant or its permissions were not consented",
         Some(70011) => "the scope is not valid; check --scope (it must end in /.default)",
+        Some(7000218) => {
+            "the app registration is not a public client: turn on \"Allow public client flows\" (Authentication > Advanced settings) for device code sign-in, or sign in with a secret or certificate"
+        }
+        Some(65001) => {
+            "the delegated permissions were not consented for this app: consent to them (API permissions > Grant admin consent), then sign in again"
+        }
+        Some(50173) | Some(70008) | Some(700082) => {
+            "the sign-in has expired or was revoked (a password change, or an admin revoking sessions): sign in again with --device-code"
+        }
         Some(901002) => "the v2 endpoint was sent a `resource`; use --scope instead",
         Some(700027) => {
             "the certificate assertion was rejected: the certificate is not registered on the app, or the private key is not the certificate's; upload this certificate (Certificates & secrets) or give the key and certificate that are registered"

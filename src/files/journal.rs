@@ -294,7 +294,7 @@ fn end_of_last_line(file: &mut File, len: u64) -> std::io::Result<Option<u64>> {
 }
 
 fn fail(path: &Path, what: &str, e: std::io::Error) -> Error {
-    Error::Output { path: path.to_owned(), message: format!("cannot {what} the run journal: {e}") }
+    Error::write(path, format!("{what} the run journal"), e)
 }
 
 /// A new run id: the UTC start time and a random suffix, e.g. `20261129T090429Z-3f9a`.

@@ -49,10 +49,7 @@ impl RunLock {
     /// Takes the lock for `tenant` + `client` in `dir` (ids compared ignoring case and surrounding spaces), or
     /// says who holds it. `tenant` is the tenant's id: see [`TokenCache::tenant_id`](crate::defender::auth::TokenCache::tenant_id).
     pub fn acquire(dir: &Path, tenant: &str, client: &str, run_id: &str) -> Result<RunLock> {
-        let fail = |path: &Path, e: std::io::Error| Error::Output {
-            path: path.to_owned(),
-            message: format!("cannot use the run lock file: {e}"),
-        };
+        let fail = |path: &Path, e: std::io::Error| Error::write(path, "use the run lock file", e);
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
         let safe = |s: &str| {
             let s = s.trim().to_ascii_lowercase();
@@ -120,10 +117,7 @@ impl ResultsLock {
         let mut name = results.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".lock");
         let path = results.with_file_name(name);
-        let fail = |e: std::io::Error| Error::Output {
-            path: results.to_owned(),
-            message: format!("cannot use its lock file {}: {e}", path.display()),
-        };
+        let fail = |e: std::io::Error| Error::write(results, format!("use its lock file {}", path.display()), e);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(fail)?;
         match file.try_lock() {
             Ok(()) => Ok(ResultsLock { file, path, results: results.to_owned() }),

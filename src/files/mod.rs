@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` through a temporary file beside it and a rename, so readers never see half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot write it: {e}") };
+    let fail = |e: std::io::Error| Error::write(path, "write it", e);
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     let tmp = path.with_file_name(name);

@@ -176,8 +176,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 impl ResultsWriter {
     /// Creates the file (refusing an existing one unless `overwrite`) and writes the header.
     pub fn create(path: &Path, overwrite: bool) -> Result<Self> {
-        let fail =
-            |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot create it: {e}") };
+        let fail = |e: std::io::Error| Error::write(path, "create it", e);
         let mut options = OpenOptions::new();
         options.write(true);
         if overwrite {
@@ -196,7 +195,7 @@ impl ResultsWriter {
             }
         })?;
         let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
-        csv.write_record(COLUMNS).map_err(|e| Error::Output { path: path.to_owned(), message: e.to_string() })?;
+        csv.write_record(COLUMNS).map_err(|e| Error::write(path, "write the header", e))?;
         let mut writer = ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() };
         writer.flush()?;
         Ok(writer)
@@ -204,10 +203,7 @@ impl ResultsWriter {
 
     /// Opens an existing results file to append rows: a resume, once [`cut_torn_row`] has cut a torn last row.
     pub fn append(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::Output { path: path.to_owned(), message: format!("cannot open it: {e}") })?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, "open it", e))?;
         let csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
         Ok(ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() })
     }
@@ -216,43 +212,44 @@ impl ResultsWriter {
         &self.path
     }
 
-    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written. The
-    /// error message goes on one line (an HTML error page has many): line breaks become spaces.
+    /// Writes one row and hands it to the operating system at once, so a crash loses nothing written.
     pub fn write(&mut self, row: &ResultRow) -> Result<()> {
-        let row = match &row.error_message {
-            Some(message) if message.contains(['\r', '\n']) => {
-                Cow::Owned(ResultRow { error_message: Some(message.replace(['\r', '\n'], " ")), ..row.clone() })
-            }
-            _ => Cow::Borrowed(row),
-        };
-        self.csv
-            .serialize(&*row)
-            .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write a row: {e}") })?;
+        self.write_all(std::slice::from_ref(row))
+    }
+
+    /// Writes `rows` and hands them to the operating system at once, in one write: the rows a writer finds
+    /// waiting together cost one system call, and none waits for a later one. The error message goes on
+    /// one line (an HTML error page has many): line breaks become spaces.
+    pub fn write_all(&mut self, rows: &[ResultRow]) -> Result<()> {
+        for row in rows {
+            let row = match &row.error_message {
+                Some(message) if message.contains(['\r', '\n']) => {
+                    Cow::Owned(ResultRow { error_message: Some(message.replace(['\r', '\n'], " ")), ..row.clone() })
+                }
+                _ => Cow::Borrowed(row),
+            };
+            self.csv.serialize(&*row).map_err(|e| Error::write(&self.path, "write a row", e))?;
+        }
         self.flush()?;
         if self.last_sync.elapsed() >= SYNC_EVERY {
             self.last_sync = Instant::now();
-            self.csv
-                .get_ref()
-                .get_ref()
-                .sync_data()
-                .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot sync: {e}") })?;
+            self.csv.get_ref().get_ref().sync_data().map_err(|e| Error::write(&self.path, "sync", e))?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.csv.flush().map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot write: {e}") })
+        self.csv.flush().map_err(|e| Error::write(&self.path, "write", e))
     }
 
     /// Flushes and syncs to disk.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
-        let file =
-            self.csv.into_inner().map_err(|e| Error::Output { path: self.path.clone(), message: e.to_string() })?;
+        let file = self.csv.into_inner().map_err(|e| Error::write(&self.path, "write", e.into_error()))?;
         file.into_inner()
-            .map_err(|e| Error::Output { path: self.path.clone(), message: e.to_string() })?
+            .map_err(|e| Error::write(&self.path, "write", e.into_error()))?
             .sync_all()
-            .map_err(|e| Error::Output { path: self.path.clone(), message: format!("cannot sync: {e}") })
+            .map_err(|e| Error::write(&self.path, "sync", e))
     }
 }
 
@@ -328,7 +325,7 @@ impl LineSet {
 /// field (an HTML error message from an older version, a multi-line invalid cell) holds line breaks of its
 /// own, and a row torn after one of them would leave an open quote that swallows every row appended later.
 pub fn cut_torn_row(path: &Path) -> Result<u64> {
-    let fail = |e: std::io::Error| Error::Output { path: path.to_owned(), message: format!("cannot repair it: {e}") };
+    let fail = |e: std::io::Error| Error::write(path, "repair it", e);
     let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(fail)?;
     let len = file.metadata().map_err(fail)?.len();
     let Some(keep) = end_of_complete_records(&mut file).map_err(fail)? else {
@@ -520,18 +517,16 @@ impl Rewrite {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        let temp = tempfile::Builder::new().prefix(".mde-offboard-").suffix(".tmp").tempfile_in(dir).map_err(|e| {
-            Error::Output { path: path.to_owned(), message: format!("cannot create a temporary file beside it: {e}") }
-        })?;
+        let temp = tempfile::Builder::new()
+            .prefix(".mde-offboard-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::write(path, "create a temporary file beside it", e))?;
         // Flexible: rows pass through as wide as they were read.
         let csv = csv::WriterBuilder::new().flexible(true).from_writer(BufWriter::new(temp));
         let mut rewrite = Rewrite { path: path.to_owned(), csv };
         rewrite.write(headers)?;
         Ok(rewrite)
-    }
-
-    fn error(&self, message: String) -> Error {
-        Error::Output { path: self.path.clone(), message }
     }
 
     /// Writes one row of the replacement.
@@ -540,23 +535,23 @@ impl Rewrite {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        self.csv.write_record(record).map_err(|e| self.error(format!("cannot write its replacement: {e}")))
+        self.csv.write_record(record).map_err(|e| Error::write(&self.path, "write its replacement", e))
     }
 
     /// Puts the replacement in the file's place.
     pub fn commit(self) -> Result<()> {
-        let fail = |message: String| Error::Output { path: self.path.clone(), message };
+        let fail = |action: &str, e: std::io::Error| Error::write(&self.path, action, e);
         let temp = self
             .csv
             .into_inner()
-            .map_err(|e| fail(format!("cannot write its replacement: {}", e.error())))?
+            .map_err(|e| fail("write its replacement", e.into_error()))?
             .into_inner()
-            .map_err(|e| fail(format!("cannot write its replacement: {}", e.error())))?;
-        temp.as_file().sync_all().map_err(|e| fail(format!("cannot sync its replacement: {e}")))?;
+            .map_err(|e| fail("write its replacement", e.into_error()))?;
+        temp.as_file().sync_all().map_err(|e| fail("sync its replacement", e))?;
         if let Ok(meta) = std::fs::metadata(&self.path) {
             let _ = std::fs::set_permissions(temp.path(), meta.permissions());
         }
-        temp.persist(&self.path).map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
+        temp.persist(&self.path).map_err(|e| fail("replace it", e.error))?;
         Ok(())
     }
 }

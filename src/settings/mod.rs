@@ -123,6 +123,14 @@ pub struct ApiArgs {
     /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key] [env: MDE_PRIVATE_KEY]
     #[arg(long, value_name = "FILE")]
     pub private_key: Option<PathBuf>,
+    /// Sign in as a person (delegated permission) with the device code flow: no secret or certificate; the
+    /// app registration must allow public client flows. [config: auth.flow = "device_code"]
+    #[arg(long)]
+    pub device_code: bool,
+    /// With --device-code: keep the refresh token in FILE (created owner-only; refused if others can read
+    /// it), so later commands sign in without a new code. [config: auth.token_cache] [env: MDE_TOKEN_CACHE]
+    #[arg(long, value_name = "FILE")]
+    pub token_cache: Option<PathBuf>,
     /// Client assertion form for certificate sign-in: ps256, or the older rs256. [config: auth.assertion] [default: ps256]
     #[arg(long, value_name = "ALG")]
     pub assertion: Option<String>,
@@ -200,6 +208,10 @@ pub struct Settings {
     pub certificate: Option<ClientCertificate>,
     /// A ready access token from MDE_ACCESS_TOKEN (preferred over both).
     pub access_token: Option<Secret>,
+    /// Sign in as a person with the device code flow (`--device-code`): preferred over everything above.
+    pub device_code: bool,
+    /// Where the refresh token of a device code sign-in is kept between commands (`--token-cache`).
+    pub token_cache: Option<PathBuf>,
     pub cloud: Cloud,
     pub authority: String,
     pub scope: String,
@@ -210,6 +222,8 @@ pub struct Settings {
     pub rates: Vec<Rate>,
     pub max_attempts: u32,
     pub retry_delay: Duration,
+    /// The tag `run` adds to the machines it offboarded (`run.tag`; `run --tag` overrides it).
+    pub tag: Option<String>,
     /// Things a user should hear about but that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -231,6 +245,44 @@ pub enum Credential {
     Certificate(ClientCertificate),
     /// A token obtained elsewhere: used until the API refuses it, never renewed.
     AccessToken(Secret),
+    /// A person signs in (delegated permission) with the device code flow; no secret exists.
+    DeviceCode(DeviceCodeSignIn),
+}
+
+/// A delegated permission of the Defender for Endpoint API (Microsoft's documentation): what the person's
+/// token is asked for.
+pub const DELEGATED_OFFBOARD: &str = "Machine.Offboard";
+pub const DELEGATED_READ: &str = "Machine.Read.All";
+
+/// Sign-in as a person with the device code flow: what to ask for, and where the refresh token is kept.
+#[derive(Clone, Debug)]
+pub struct DeviceCodeSignIn {
+    /// The API's resource (the scope without `/.default`): the prefix of each delegated scope.
+    pub resource: String,
+    /// Ask for `Machine.Offboard` (commands that only read do not).
+    pub offboard: bool,
+    /// Ask for `Machine.Read.All` (the pre-flight, a dry run, tracking).
+    pub read: bool,
+    /// `--token-cache FILE`.
+    pub token_cache: Option<PathBuf>,
+    /// A person is at a terminal to enter the code; set by the command (never by settings).
+    pub person: bool,
+}
+
+impl DeviceCodeSignIn {
+    /// The scopes asked for: the delegated permissions the command needs, and `offline_access` (a refresh
+    /// token, so a run of hours never asks the person again).
+    pub fn scope(&self) -> String {
+        let mut scopes = Vec::new();
+        if self.offboard {
+            scopes.push(format!("{}/{DELEGATED_OFFBOARD}", self.resource));
+        }
+        if self.read || !self.offboard {
+            scopes.push(format!("{}/{DELEGATED_READ}", self.resource));
+        }
+        scopes.push("offline_access".into());
+        scopes.join(" ")
+    }
 }
 
 impl Credential {
@@ -242,7 +294,21 @@ impl Credential {
                 format!("certificate (x5t#S256 {}, {} assertion)", c.thumbprint(), c.alg().as_str().to_uppercase())
             }
             Credential::AccessToken(_) => format!("access token from {ACCESS_TOKEN_ENV}"),
+            Credential::DeviceCode(d) => match &d.token_cache {
+                Some(path) => format!("a person, device code sign-in (refresh token kept in {})", path.display()),
+                None => "a person, device code sign-in (tokens kept in memory only)".into(),
+            },
         }
+    }
+}
+
+impl Credentials {
+    /// Narrows what a person's sign-in asks for to what the command needs; nothing for an app's sign-in.
+    pub fn needing(mut self, offboard: bool, read: bool) -> Self {
+        if let Credential::DeviceCode(d) = &mut self.credential {
+            (d.offboard, d.read) = (offboard, read);
+        }
+        self
     }
 }
 
@@ -260,10 +326,12 @@ const CONFIG_KEYS: &[(&str, &[&str])] = &[
             "assertion",
             "authority",
             "scope",
+            "flow",
+            "token_cache",
         ],
     ),
     ("api", &["cloud", "base_url", "timeout"]),
-    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay"]),
+    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay", "tag"]),
 ];
 
 /// Values read from a config file, still unvalidated strings keyed by `section.key`.
@@ -363,6 +431,7 @@ fn with_env(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Settin
         (&mut api.config, "MDE_CONFIG"),
         (&mut api.certificate, "MDE_CERTIFICATE"),
         (&mut api.private_key, "MDE_PRIVATE_KEY"),
+        (&mut api.token_cache, "MDE_TOKEN_CACHE"),
     ] {
         if slot.is_none() {
             *slot = var(name).map(PathBuf::from);
@@ -436,6 +505,37 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
         return Err(bad("auth.scope", &scope, "a scope URL such as https://api.securitycenter.microsoft.com/.default"));
     }
+    let device_code = match (args.device_code, file.string("auth.flow")?) {
+        (true, _) => true,
+        (false, None) => false,
+        (false, Some(flow)) => match flow.trim() {
+            "device_code" => true,
+            "client_credentials" => false,
+            _ => return Err(bad("auth.flow", &flow, "client_credentials (an app signs in) or device_code (a person)")),
+        },
+    };
+    let token_cache = args.token_cache.clone().or(file.string("auth.token_cache")?.map(PathBuf::from));
+    if let Some(path) = &token_cache {
+        check_token_cache(path, device_code)?;
+    }
+    if device_code {
+        if !scope.ends_with("/.default") {
+            return Err(bad(
+                "auth.scope",
+                &scope,
+                "with device code sign-in, the API's .default scope (the delegated scopes are made from it)",
+            ));
+        }
+        for (unused, given) in [
+            ("the client secret", client_secret.is_some()),
+            ("the certificate", certificate.is_some()),
+            (ACCESS_TOKEN_ENV, access_token.is_some()),
+        ] {
+            if given {
+                warnings.push(format!("signing in as a person (--device-code): {unused} is not used"));
+            }
+        }
+    }
     let api_base = check_url("api.base_url", &pick(&args.api_base, "api.base_url")?.unwrap_or(cloud.api_base.into()))?;
     let timeout = match pick(&args.timeout, "api.timeout")? {
         Some(v) => parse_duration("api.timeout", &v)?,
@@ -476,6 +576,8 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         secret_source,
         certificate,
         access_token,
+        device_code,
+        token_cache,
         cloud,
         authority,
         scope,
@@ -486,6 +588,7 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         rates,
         max_attempts,
         retry_delay,
+        tag: file.string("run.tag")?,
         warnings,
     })
 }
@@ -507,6 +610,27 @@ impl Settings {
             placeholder("auth.client_id", &self.client_id, "client id (the app registration's Application ID)"),
         ];
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
+        if self.device_code {
+            let public =
+                "the Application (client) ID of a public client app registration (README: Sign in as a person)";
+            return Ok(Credentials {
+                tenant_id: self.tenant_id.clone().ok_or_else(|| {
+                    missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
+                })?,
+                client_id: self.client_id.clone().ok_or_else(|| {
+                    missing("auth.client_id", &format!("set --client-id, MDE_CLIENT_ID or auth.client_id to {public}"))
+                })?,
+                credential: Credential::DeviceCode(DeviceCodeSignIn {
+                    resource: self.scope.trim_end_matches("/.default").to_string(),
+                    offboard: true,
+                    read: true,
+                    token_cache: self.token_cache.clone(),
+                    person: false,
+                }),
+                authority: self.authority.clone(),
+                scope: self.scope.clone(),
+            });
+        }
         if let Some(token) = &self.access_token {
             // The token names its tenant and app; settings, when given, say the same for messages and the lock.
             let claim = |name: &str| jwt::claim(token.expose(), name);
@@ -694,14 +818,40 @@ fn check_secret(value: &str, source: &'static str) -> Result<Secret> {
     Err(Error::Setting { key: source, message: message.into() })
 }
 
+/// A token cache is for a person's sign-in, and holds a refresh token: one that others can read is refused
+/// (before any network), never used.
+fn check_token_cache(path: &Path, device_code: bool) -> Result<()> {
+    if !device_code {
+        return Err(Error::Setting {
+            key: "auth.token_cache",
+            message: format!(
+                "{} is given, but a token cache is only for signing in as a person: add --device-code (auth.flow = \"device_code\") or drop it",
+                path.display()
+            ),
+        });
+    }
+    if path.exists() && readable_by_others(path) {
+        return Err(Error::Setting {
+            key: "auth.token_cache",
+            message: format!(
+                "{} can be read by other users, and it holds a refresh token: restrict it (chmod 600 {}) or delete it and sign in again",
+                path.display(),
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether users other than the owner may read `path` (its group or others have read permission).
 #[cfg(unix)]
-fn readable_by_others(path: &Path) -> bool {
+pub fn readable_by_others(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map(|m| m.permissions().mode() & 0o044 != 0).unwrap_or(false)
 }
 
 #[cfg(not(unix))]
-fn readable_by_others(_path: &Path) -> bool {
+pub fn readable_by_others(_path: &Path) -> bool {
     // Windows ACLs are not mode bits; the file's owner is expected to restrict it.
     false
 }
@@ -987,6 +1137,30 @@ mod tests {
         assert_eq!((c.tenant_id.as_str(), c.client_id.as_str()), ("0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00", "app-guid"));
         assert!(matches!(&c.credential, Credential::AccessToken(t) if t.expose() == token));
         assert!(!format!("{s:?}{c:?}").contains(&payload));
+    }
+
+    #[test]
+    fn device_code_needs_no_secret_and_asks_for_what_the_command_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let ids = "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70\"\n";
+        std::fs::write(&path, format!("[auth]\n{ids}flow = \"device_code\"\n")).unwrap();
+        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let c = resolve(&args, &no_env).unwrap().credentials().unwrap();
+        let Credential::DeviceCode(person) = &c.credential else { panic!("{:?}", c.credential) };
+        let api = "https://api.securitycenter.microsoft.com";
+        assert_eq!(person.scope(), format!("{api}/Machine.Offboard {api}/Machine.Read.All offline_access"));
+        let Credential::DeviceCode(reader) = c.clone().needing(false, true).credential else { unreachable!() };
+        assert_eq!(reader.scope(), format!("{api}/Machine.Read.All offline_access"));
+        let Credential::DeviceCode(bare) = c.needing(true, false).credential else { unreachable!() };
+        assert_eq!(bare.scope(), format!("{api}/Machine.Offboard offline_access"));
+
+        std::fs::write(&path, format!("[auth]\n{ids}flow = \"password\"\n")).unwrap();
+        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        assert!(msg.contains("auth.flow") && msg.contains("device_code"), "{msg}");
+        // A token cache is only for a person's sign-in.
+        let cache = SettingsArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() };
+        assert!(resolve(&cache, &no_env).unwrap_err().to_string().contains("--device-code"));
     }
 
     #[cfg(unix)]

@@ -43,6 +43,12 @@ pub fn notice(kind: &str, text: &str) {
     write_stderr(style, "INFO", kind, text);
 }
 
+/// What a person must see to go on (the device code to enter), shown even with `-q`: a line of text on
+/// stderr, or an event with `kind` and `message` in JSON.
+pub fn for_person(kind: &str, text: &str) {
+    write_stderr(style(), "INFO", kind, text);
+}
+
 /// A fatal error, always shown: `error: ...` as text, an ERROR event in JSON.
 pub fn error(text: &str) {
     write_stderr(style(), "ERROR", "error", text);
@@ -73,4 +79,18 @@ fn write_stderr(style: Style, level: &str, kind: &str, text: &str) {
 /// Writes to stderr, above the progress bar if one is shown.
 fn raw_stderr(text: &str) {
     let _ = crate::ui::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
+}
+
+/// `text` safe to show on a terminal: control characters (an escape sequence in a name or a message from
+/// the service) are shown as `\u{..}` escapes; line breaks and tabs stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

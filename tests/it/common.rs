@@ -209,3 +209,17 @@ pub fn demo_api(
     let limiter = mde_offboard::defender::limiter::Limiter::new(&[]);
     (mde_offboard::defender::api::Api::new(http, &sim.base_url(), tokens.clone(), limiter, policy), tokens)
 }
+
+/// Starts `cmd` with a pseudo-terminal as its stdin (a person is at the keyboard), stdout and stderr still
+/// piped; the terminal's master side must outlive the child (closing it hangs the child up).
+#[cfg(target_os = "linux")]
+pub fn spawn_at_terminal(mut cmd: Command) -> (std::process::Child, std::fs::File) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    let opened =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(opened, 0, "openpty");
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    cmd.stdin(slave);
+    (cmd.spawn().expect("the binary starts"), std::fs::File::from(master))
+}

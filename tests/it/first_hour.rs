@@ -41,7 +41,7 @@ fn section<'a>(help: &'a str, heading: &str) -> Vec<&'a str> {
 #[test]
 fn the_exit_codes_block_survives_80_and_120_columns() {
     let words = |text: &str| text.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    for args in [&[][..], &["run"], &["track"]] {
+    for args in [&[][..], &["run"], &["track"], &["cancel"]] {
         for columns in [80, 120] {
             let help = help(args, columns);
             let block: Vec<&str> = help.lines().skip_while(|l| *l != "Exit codes:").collect();
@@ -68,6 +68,8 @@ fn each_command_shows_only_the_flags_it_uses() {
         ("run", &["--comment", "--concurrency", "--max-attempts", "--retry-delay"][..], &[][..]),
         ("track", &retries[..], &["--comment", "--concurrency"][..]),
         ("check", &[][..], &["--comment", "--concurrency", "--max-attempts", "--retry-delay"][..]),
+        ("cancel", &["--comment", "--max-attempts"][..], &["--concurrency"][..]),
+        ("tag", &["--max-attempts"][..], &["--comment", "--concurrency"][..]),
     ];
     for (command, shown, not_shown) in cases {
         let help = help(&[command], 120);

@@ -1,9 +1,11 @@
 //! Integration tests: one crate, so one link step. Each module drives the simulator over loopback HTTP.
 
+mod after_run;
 mod answers;
 mod api;
 mod bad_inputs;
 mod common;
+mod device_code;
 mod faults;
 mod first_hour;
 mod identity;

@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswers,
-    RetryAfterOverride, SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults,
+    Lifecycle, Misanswers, RetryAfterOverride, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;
@@ -145,6 +145,27 @@ pub struct SimulateArgs {
     /// Send this Retry-After on every 429 instead of the exact wait (`absent`: no header), e.g. 0 or soon.
     #[arg(long, value_name = "TEXT", conflicts_with = "retry_after_http_date")]
     pub retry_after: Option<String>,
+    /// Device code sign-in: the account the person signs in with (tokens' upn, actions' requestor).
+    #[arg(long, value_name = "UPN", default_value = crate::DEMO_ACCOUNT)]
+    pub account: String,
+    /// Device code sign-in: the delegated permissions consented (a token's scp holds those requested).
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = DEFAULT_ROLES.map(String::from))]
+    pub delegated_scopes: Vec<String>,
+    /// Device code sign-in: what the person does with the code: approve, decline or ignore (it expires).
+    #[arg(long, value_name = "ANSWER", default_value = "approve", value_parser = parse_answer)]
+    pub device_code_answer: DeviceCodeAnswer,
+    /// Device code sign-in: polls answered authorization_pending before the person's answer.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub device_code_pending_polls: u32,
+}
+
+fn parse_answer(text: &str) -> Result<DeviceCodeAnswer, String> {
+    match text {
+        "approve" => Ok(DeviceCodeAnswer::Approve),
+        "decline" => Ok(DeviceCodeAnswer::Decline),
+        "ignore" => Ok(DeviceCodeAnswer::Ignore),
+        _ => Err("expected approve, decline or ignore".into()),
+    }
 }
 
 impl SimulateArgs {
@@ -223,6 +244,13 @@ impl SimulateArgs {
                 text => RetryAfterOverride::Text(text.to_string()),
             }),
             quota_spent_for: Duration::ZERO,
+            device_code: DeviceCode {
+                account: self.account.clone(),
+                scopes: self.delegated_scopes.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                answer: self.device_code_answer,
+                pending_polls: self.device_code_pending_polls,
+                ..DeviceCode::default()
+            },
         };
         config.validate()?;
         Ok(config)
@@ -235,11 +263,13 @@ pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) ->
     let config = args.config(secret)?;
     let demo_secret = config.client_secret == DEMO_CLIENT_SECRET;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
+    let account = config.device_code.account.clone();
     let sim = Simulator::start(config).await?;
     let mut line = format!("simulator listening on {} (tenant {tenant}, client {client}", sim.base_url());
     if demo_secret {
         line.push_str(&format!("; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"));
     }
+    line.push_str(&format!("; --device-code signs in as {account}"));
     line.push(')');
     // One line, flushed: scripts wait for it to learn the address.
     let mut stdout = std::io::stdout();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fleet::Fleet;
-use super::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
+use super::{DEMO_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID};
 use crate::error::Error;
 use crate::rate::Rate;
 
@@ -72,6 +72,54 @@ pub struct SimConfig {
     /// For this long after the simulator starts (real time), the quota is spent by another client of the
     /// same app: every API call is answered 429 (a quota rejection), `Retry-After` saying the time left.
     pub quota_spent_for: Duration,
+    /// Sign-in as a person (the device code flow, delegated tokens, refresh tokens).
+    pub device_code: DeviceCode,
+}
+
+/// The device code flow of the app registration as a public client, and the person who signs in.
+#[derive(Clone, Debug)]
+pub struct DeviceCode {
+    /// "Allow public client flows" is on: without it, the device code grant answers AADSTS7000218.
+    pub public_client: bool,
+    /// The account the person signs in with: the tokens' `upn`, and the `requestor` of their actions.
+    pub account: String,
+    /// The delegated permissions consented for the app: a token's `scp` holds those requested among them.
+    pub scopes: Vec<String>,
+    /// What the person does with the code.
+    pub answer: DeviceCodeAnswer,
+    /// Polls answered `authorization_pending` before the answer (after any `slow_down`s).
+    pub pending_polls: u32,
+    /// The first polls answered `slow_down` (each adds 5 s of service time to the interval).
+    pub slow_down_polls: u32,
+    /// The `interval` the code's answer asks for, service time (sent divided by `time_scale`, a fraction
+    /// when that is below a second). A poll sooner than it is answered `slow_down` and counted.
+    pub interval: Duration,
+    /// How long a code can be approved, service time (Entra ID: 15 minutes).
+    pub code_lifetime: Duration,
+}
+
+/// What the person does with a device code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceCodeAnswer {
+    Approve,
+    Decline,
+    /// Nothing: the code expires.
+    Ignore,
+}
+
+impl Default for DeviceCode {
+    fn default() -> Self {
+        DeviceCode {
+            public_client: true,
+            account: DEMO_ACCOUNT.into(),
+            scopes: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
+            answer: DeviceCodeAnswer::Approve,
+            pending_polls: 2,
+            slow_down_polls: 0,
+            interval: Duration::from_secs(5),
+            code_lifetime: Duration::from_secs(900),
+        }
+    }
 }
 
 /// A `Retry-After` the client cannot take at its word.
@@ -110,6 +158,7 @@ impl Default for SimConfig {
             token_expires_in: None,
             retry_after_override: None,
             quota_spent_for: Duration::ZERO,
+            device_code: DeviceCode::default(),
         }
     }
 }
@@ -125,6 +174,9 @@ impl SimConfig {
         let fail = |m: String| Err(Error::Simulator(m));
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return fail(format!("time scale {} must be a number above 0", self.time_scale));
+        }
+        if self.device_code.code_lifetime.is_zero() {
+            return fail("device code lifetime must be above zero".into());
         }
         if self.token_lifetime.is_zero() {
             return fail("token lifetime must be above zero".into());

@@ -18,6 +18,7 @@ mod actions;
 mod args;
 pub(crate) mod clock;
 mod config;
+mod device_code;
 mod error;
 mod faults;
 mod fleet;
@@ -31,9 +32,10 @@ mod token;
 
 pub use args::{SimulateArgs, simulate};
 pub use config::{
-    DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride,
-    SimConfig,
+    DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer,
+    Misanswers, RetryAfterOverride, SimConfig,
 };
+pub use device_code::{DEVICE_CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use error::Error;
 pub use fleet::{Fleet, SimMachine};
 pub use rate::{DEFAULT_RATES, Rate};
@@ -49,3 +51,5 @@ pub const DEMO_TENANT_ID: &str = "0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00";
 pub const DEMO_CLIENT_ID: &str = "6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70";
 /// The demo app's secret. Not a real secret: it only opens the simulator.
 pub const DEMO_CLIENT_SECRET: &str = "sim~DemoSecret.NotReal_0123456789";
+/// The demo person who signs in with the device code flow. Not a real account.
+pub const DEMO_ACCOUNT: &str = "analyst@contoso.onmicrosoft.com";

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::actions::{Actions, CancelError};
 use super::clock::{Clock, parse_rfc3339, random_guid};
 use super::config::{Faults, RetryAfterOverride, SimConfig};
+use super::device_code;
 use super::faults::{Fault, FaultState};
 use super::fleet::{Fleet, SimMachine};
 use super::misanswers;
@@ -48,6 +49,7 @@ use crate::error::Error;
 pub(crate) mod route {
     pub const TOKEN_V2: &str = "POST /{tenant}/oauth2/v2.0/token";
     pub const TOKEN_V1: &str = "POST /{tenant}/oauth2/token";
+    pub const DEVICE_CODE: &str = "POST /{tenant}/oauth2/v2.0/devicecode";
     pub const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
     pub const MACHINE: &str = "GET /api/machines/{id}";
     pub const MACHINES: &str = "GET /api/machines";
@@ -64,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     pub(crate) clock: Clock,
     pub(crate) tokens: Tokens,
+    /// Device codes handed out and refresh tokens issued.
+    pub(crate) device: device_code::Flows,
     pub(crate) counters: Mutex<Counters>,
     fleet: Fleet,
     quotas: Mutex<Quotas>,
@@ -98,6 +102,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             clock,
             tokens: Tokens::default(),
+            device: device_code::Flows::default(),
             counters: Mutex::new(Counters::default()),
             quotas: Mutex::new(Quotas::new(&config.quotas, |d| clock.real(d))),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
@@ -144,6 +149,12 @@ impl Simulator {
     /// answered 401, and new tokens are issued as usual.
     pub fn revoke_tokens(&self) {
         self.shared.tokens.revoke_all();
+    }
+
+    /// Revokes every refresh token issued so far (a password reset, an admin's "revoke sessions"):
+    /// redeeming one is answered `invalid_grant`; access tokens already issued live on.
+    pub fn revoke_refresh_tokens(&self) {
+        self.shared.device.revoke_refresh_tokens();
     }
 
     /// Stops accepting, closes open connections and waits for the server task.
@@ -206,6 +217,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
         .route("/{tenant}/oauth2/token", post(token_v1))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code_start))
         .route("/sim/stats", get(stats))
         .route("/api/machines", get(list_machines))
         .route("/api/machines/{id}", get(get_machine))
@@ -237,6 +249,16 @@ async fn token_v1(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> R
         None => token::issue(&sim, Version::V1, &tenant, &body),
     };
     sim.count(route::TOKEN_V1, answer.status().as_u16());
+    answer
+}
+
+async fn device_code_start(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let form = super::query::decode_pairs(&String::from_utf8_lossy(&body)).into_iter().collect();
+    let answer = match device_code::start(&sim, &tenant, &form) {
+        Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
+        Err(refusal) => refusal.into_response(),
+    };
+    sim.count(route::DEVICE_CODE, answer.status().as_u16());
     answer
 }
 
@@ -587,7 +609,7 @@ impl Shared {
             let context = format!("{}/api/$metadata#MachineActions/$entity", self.base_url);
             serde_json::to_vec(&Entity {
                 context: &context,
-                value: actions.create_view(machine, &self.config.client_id, &comment, now),
+                value: actions.create_view(machine, admitted.grant.requestor(&self.config.client_id), &comment, now),
             })
         };
         {
@@ -713,7 +735,7 @@ impl Shared {
         };
         let now = Instant::now();
         let mut actions = self.actions.lock().expect("actions lock");
-        match actions.cancel(id, &self.config.client_id, &comment, now) {
+        match actions.cancel(id, admitted.grant.requestor(&self.config.client_id), &comment, now) {
             Err(CancelError::NotFound) => {
                 answer(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("Machine action {id} was not found."))
             }

@@ -19,6 +19,14 @@ pub struct SimStats {
     /// 429 answers sent because a quota window was full.
     pub quota_rejections: u64,
     pub tokens_issued: u64,
+    /// Polls of the token endpoint with a device code, and those sooner than the interval asked for.
+    #[serde(default)]
+    pub device_code_polls: u64,
+    #[serde(default)]
+    pub polls_too_fast: u64,
+    /// Refresh tokens presented (redeemed or refused).
+    #[serde(default)]
+    pub refresh_grants: u64,
     pub actions_created: u64,
     /// Offboard calls per machine id (lowercase, as called, known or not).
     pub offboard_calls: BTreeMap<String, OffboardCount>,
@@ -75,6 +83,9 @@ pub(crate) struct Counters {
     pub(crate) throttled: u64,
     pub(crate) quota_rejections: u64,
     pub(crate) tokens_issued: u64,
+    pub(crate) device_code_polls: u64,
+    pub(crate) polls_too_fast: u64,
+    pub(crate) refresh_grants: u64,
     pub(crate) actions_created: u64,
     offboard: HashMap<String, OffboardCount>,
     pub(crate) faults: FaultCounts,
@@ -110,6 +121,9 @@ impl Counters {
             throttled: self.throttled,
             quota_rejections: self.quota_rejections,
             tokens_issued: self.tokens_issued,
+            device_code_polls: self.device_code_polls,
+            polls_too_fast: self.polls_too_fast,
+            refresh_grants: self.refresh_grants,
             actions_created: self.actions_created,
             offboard_calls: self.offboard.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             faults: self.faults,

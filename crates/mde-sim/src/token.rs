@@ -23,7 +23,7 @@ use super::server::Shared;
 
 /// Resources (v1) and scope prefixes (v2) of the Defender for Endpoint API (Microsoft's documentation;
 /// `fc780465-…` is the WindowsDefenderATP app id).
-const RESOURCES: [&str; 6] = [
+pub(crate) const RESOURCES: [&str; 6] = [
     "https://api.securitycenter.microsoft.com",
     "https://api.security.microsoft.com",
     "https://securitycenter.onmicrosoft.com/windowsatpservice",
@@ -35,13 +35,34 @@ const RESOURCES: [&str; 6] = [
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// What a token lets its bearer do.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Grant {
     pub(crate) can_offboard: bool,
     pub(crate) can_read: bool,
     /// `Machine.ReadWrite.All`: tags.
     pub(crate) can_write: bool,
-    expires: Instant,
+    /// The person a delegated token names: the `requestor` of what it does (an app token's is the app).
+    pub(crate) account: Option<std::sync::Arc<str>>,
+    pub(crate) expires: Instant,
+}
+
+impl Grant {
+    /// Who an action taken with this token is requested by: the person, or (an app token) the app.
+    pub(crate) fn requestor<'a>(&'a self, app: &'a str) -> &'a str {
+        self.account.as_deref().unwrap_or(app)
+    }
+
+    /// What a token with these permissions (`roles` or `scp`) may do, until `expires`.
+    pub(crate) fn of(permissions: &[String], account: Option<&str>, expires: Instant) -> Grant {
+        let has = |p: &str| permissions.iter().any(|r| r == p);
+        Grant {
+            can_offboard: has("Machine.Offboard"),
+            can_read: has("Machine.Read.All") || has("Machine.ReadWrite.All"),
+            can_write: has("Machine.ReadWrite.All"),
+            account: account.map(Into::into),
+            expires,
+        }
+    }
 }
 
 /// Tokens issued and not yet purged.
@@ -59,7 +80,7 @@ impl Tokens {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err("Authorization header must be 'Bearer <token>'"),
         };
-        let grant = *self.issued.read().expect("token map lock").get(token).ok_or("Invalid token")?;
+        let grant = self.issued.read().expect("token map lock").get(token).cloned().ok_or("Invalid token")?;
         if now >= grant.expires {
             return Err("Token has expired");
         }
@@ -71,7 +92,7 @@ impl Tokens {
         self.issued.write().expect("token map lock").clear();
     }
 
-    fn insert(&self, token: String, grant: Grant, now: Instant) {
+    pub(crate) fn insert(&self, token: String, grant: Grant, now: Instant) {
         let mut issued = self.issued.write().expect("token map lock");
         if issued.len() >= 4096 {
             issued.retain(|_, g| g.expires > now);
@@ -87,14 +108,14 @@ pub(crate) enum Version {
 }
 
 /// An Entra ID error answer.
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     error: &'static str,
     code: u32,
     description: String,
 }
 
-fn refuse(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> Refusal {
     Refusal { status, error, code, description: description.into() }
 }
 
@@ -126,14 +147,12 @@ pub(crate) fn issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -
     }
 }
 
-fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Result<Value, Refusal> {
-    let config = &sim.config;
-    let bad_request = StatusCode::BAD_REQUEST;
-    let unauthorized = StatusCode::UNAUTHORIZED;
+/// AADSTS90002 unless `tenant` names the tenant that exists (by its id or a domain).
+pub(crate) fn known_tenant(sim: &Shared, tenant: &str) -> Result<(), Refusal> {
     let known = |name: &String| tenant.eq_ignore_ascii_case(name);
-    if !known(&config.tenant_id) && !config.tenant_domains.iter().any(known) {
+    if !known(&sim.config.tenant_id) && !sim.config.tenant_domains.iter().any(known) {
         return Err(refuse(
-            bad_request,
+            StatusCode::BAD_REQUEST,
             "invalid_request",
             90002,
             format!(
@@ -141,6 +160,14 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
             ),
         ));
     }
+    Ok(())
+}
+
+fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Result<Value, Refusal> {
+    let config = &sim.config;
+    let bad_request = StatusCode::BAD_REQUEST;
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    known_tenant(sim, tenant)?;
     let form: HashMap<String, String> = decode_pairs(&String::from_utf8_lossy(body)).into_iter().collect();
     let field = |name: &'static str| {
         form.get(name).map(String::as_str).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -153,6 +180,9 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
         })
     };
     let grant_type = field("grant_type")?;
+    if version == Version::V2 && super::device_code::handles(grant_type) {
+        return super::device_code::grant(sim, grant_type, &form);
+    }
     if grant_type != "client_credentials" {
         return Err(refuse(
             bad_request,
@@ -254,43 +284,14 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
         }
     };
 
-    let now = Instant::now();
-    let real_lifetime = sim.clock.real(config.token_lifetime);
-    let expires_in = (config.token_lifetime.as_secs_f64() / config.time_scale).floor().max(1.0) as u64;
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims = json!({
-        "aud": resource,
-        "iss": format!("https://sts.windows.net/{}/", config.tenant_id),
-        "iat": unix,
-        "nbf": unix,
-        "exp": unix + expires_in,
+    let mut claims = json!({
         "appid": config.client_id,
         "appidacr": if via_certificate { "2" } else { "1" },
-        "idp": format!("https://sts.windows.net/{}/", config.tenant_id),
         "oid": random_guid(),
         "roles": config.roles,
-        // The tenant's id, as Entra ID writes it (lowercase), however the request named the tenant.
-        "tid": config.tenant_id.to_ascii_lowercase(),
-        "uti": random_guid(),
-        "ver": "1.0",
     });
-    let header = json!({"typ": "JWT", "alg": "RS256", "kid": "simulator"});
-    let signature: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
-    let token = format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        URL_SAFE_NO_PAD.encode(signature)
-    );
-    let has = |role: &str| config.roles.iter().any(|r| r == role);
-    let grant = Grant {
-        can_offboard: has("Machine.Offboard"),
-        can_read: has("Machine.Read.All") || has("Machine.ReadWrite.All"),
-        can_write: has("Machine.ReadWrite.All"),
-        expires: now + real_lifetime,
-    };
-    sim.tokens.insert(token.clone(), grant, now);
-    sim.counters.lock().expect("counters lock").tokens_issued += 1;
+    let grant = Grant::of(&config.roles, None, Instant::now());
+    let (token, expires_in, unix) = mint(sim, resource, &mut claims, grant);
     let shown_expires_in = config.token_expires_in.clone().unwrap_or_else(|| match version {
         Version::V2 => json!(expires_in),
         Version::V1 => json!(expires_in.to_string()),
@@ -312,6 +313,44 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
             "access_token": token,
         }),
     })
+}
+
+/// A new access token for `resource` with the usual claims and `claims`, issued (the API takes it) with
+/// `grant` until its scaled lifetime ends: the token, its `expires_in` (seconds, real time) and the time
+/// of issue (Unix seconds).
+pub(crate) fn mint(sim: &Shared, resource: &str, claims: &mut Value, mut grant: Grant) -> (String, u64, u64) {
+    let config = &sim.config;
+    let now = Instant::now();
+    let real_lifetime = sim.clock.real(config.token_lifetime);
+    let expires_in = (config.token_lifetime.as_secs_f64() / config.time_scale).floor().max(1.0) as u64;
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let usual = json!({
+        "aud": resource,
+        "iss": format!("https://sts.windows.net/{}/", config.tenant_id),
+        "iat": unix,
+        "nbf": unix,
+        "exp": unix + expires_in,
+        "idp": format!("https://sts.windows.net/{}/", config.tenant_id),
+        // The tenant's id, as Entra ID writes it (lowercase), however the request named the tenant.
+        "tid": config.tenant_id.to_ascii_lowercase(),
+        "uti": random_guid(),
+        "ver": "1.0",
+    });
+    if let (Some(claims), Value::Object(usual)) = (claims.as_object_mut(), usual) {
+        claims.extend(usual);
+    }
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": "simulator"});
+    let signature: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+    let token = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    );
+    grant.expires = now + real_lifetime;
+    sim.tokens.insert(token.clone(), grant, now);
+    sim.counters.lock().expect("counters lock").tokens_issued += 1;
+    (token, expires_in, unix)
 }
 
 /// The certificate registered on the app, with the thumbprints an assertion header may carry.

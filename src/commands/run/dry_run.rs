@@ -34,12 +34,17 @@ pub fn default_output(input: Option<&Path>) -> PathBuf {
 pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
-    session.sign_in(|roles| check_permissions(roles, &job.preflight, job.scan.by_name)).await?;
+    tokio::pin!(shutdown);
+    let token = tokio::select! {
+        biased;
+        _ = &mut shutdown => return Err(Error::Interrupted),
+        token = session.sign_in(|granted| check_permissions(granted, &job.preflight, job.scan.by_name)) => token?,
+    };
     let round_trip = started.elapsed();
     let api = session.api();
     let screen = tokio::select! {
         biased;
-        _ = shutdown => return Err(Error::Interrupted),
+        _ = &mut shutdown => return Err(Error::Interrupted),
         screen = load(&job, api) => screen?,
     };
     let screen = screen.expect("a dry run always reads");
@@ -50,7 +55,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
     let output = job.output.clone();
     let (counts, written) = tokio::task::spawn_blocking(move || write_dry_run(rows, screen, writer))
         .await
-        .map_err(|e| Error::Output { path: output.clone(), message: e.to_string() })??;
+        .map_err(|e| Error::write(&output, "write it (the writer stopped)", e))??;
 
     let would = counts.get(&Outcome::WouldSubmit).copied().unwrap_or(0);
     let skipped: Vec<String> = counts
@@ -80,6 +85,8 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         interrupted: false,
         resumed: false,
         stopped: None,
+        account: token.account().map(str::to_owned),
+        tags: None,
     })
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::commands::tag::TagSummary;
 use crate::domain::Outcome;
 use crate::error::{Result, exit_code};
 use crate::files::write_atomically;
@@ -58,6 +59,8 @@ pub struct Job {
     /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
     /// still write what was done so far.
     pub summary_json: Option<PathBuf>,
+    /// The tag added after the offboards (`--tag`, `run.tag`), as written: `{run_id}` and `{date}` unfilled.
+    pub tag: Option<String>,
 }
 
 /// What a run did.
@@ -78,6 +81,10 @@ pub struct Summary {
     /// Why the run stopped part way, other than a signal (an output failure, sign-in refused for good, the
     /// token refused on every call, ...): the rows written are valid, and `--resume` continues.
     pub stopped: Option<String>,
+    /// The person who signed in (device code sign-in); none when an app signed in.
+    pub account: Option<String>,
+    /// How the tags of `--tag` went, when the run tagged.
+    pub tags: Option<TagSummary>,
 }
 
 impl Summary {
@@ -113,7 +120,14 @@ impl Summary {
                 out += &format!("  {:<16} {n}\n", outcome.as_str());
             }
         }
+        if let Some(account) = &self.account {
+            let account: String = account.chars().filter(|c| !c.is_control()).collect();
+            out += &format!("Signed in as: {account}\n");
+        }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
+        if let Some(tags) = &self.tags {
+            out += &tags.render(&self.results);
+        }
         out += &format!("Results: {}\n", self.results.display());
         if let Some(why) = &self.stopped {
             out += &format!("Stopped because: {why}\n");
@@ -134,6 +148,8 @@ impl Summary {
             resumed: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             stopped: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            account: Option<&'a str>,
             started_at: String,
             duration_seconds: f64,
             rows: u64,
@@ -141,6 +157,11 @@ impl Summary {
             api_calls: u64,
             throttled_429: u64,
             results: String,
+            /// `--tag`: machines tagged and not (absent when the run did not tag).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tagged: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            not_tagged: Option<u64>,
         }
         let json = Json {
             run_id: &self.run_id,
@@ -148,6 +169,7 @@ impl Summary {
             interrupted: self.interrupted,
             resumed: self.resumed,
             stopped: self.stopped.as_deref(),
+            account: self.account.as_deref(),
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             duration_seconds: self.duration.as_secs_f64(),
             rows: self.rows,
@@ -155,6 +177,8 @@ impl Summary {
             api_calls: self.calls,
             throttled_429: self.throttled,
             results: self.results.display().to_string(),
+            tagged: self.tags.as_ref().map(|t| t.tagged),
+            not_tagged: self.tags.as_ref().map(|t| t.not_tagged),
         };
         write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
     }

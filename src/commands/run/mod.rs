@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
+use crate::defender::api::TagChange;
 use crate::defender::limiter::{self, Limiter};
 use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
@@ -41,6 +42,11 @@ use preflight::Screened;
 
 /// Rows buffered between the reader and the workers, and between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
+/// Rows the reader hands over at once: one wake of the dispatcher (and of the reader's thread) for each
+/// batch, not for each row. The input is on disk already, so a batch waits for nothing but reading it.
+const READ_BATCH: usize = 128;
+/// At most this many rows, of those waiting, go to the results file in one write.
+const WRITE_BATCH: usize = 256;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug)]
@@ -91,6 +97,13 @@ pub struct RunArgs {
     /// `,`, `;` or a tab]
     #[arg(long, value_name = "CHAR", value_parser = input::parse_delimiter)]
     pub delimiter: Option<u8>,
+    /// After the offboards, add this tag to every machine whose row ended submitted or already_pending
+    /// (`{run_id}` and `{date}` filled in), 500 a call; needs Machine.ReadWrite.All. [config: run.tag]
+    #[arg(long, value_name = "VALUE", conflicts_with = "dry_run")]
+    pub tag: Option<String>,
+    /// Write the report at the end of the run, also when interrupted: HTML, or Markdown for a .md name.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
     /// before the first API call.
     #[arg(skip)]
@@ -128,11 +141,27 @@ pub async fn command(
     let summary_json = args.summary_json.clone();
     let (job, mut session) = prepare(args, settings)?;
     let run_id = job.run_id.clone();
+    let tag = job.tag.clone();
     let result = execute(job, &mut session, shutdown).await;
     // From here on this function writes the summary JSON itself.
     set_exit_now(None);
     match result {
         Ok(mut summary) => {
+            // Tags follow a run that went to its end; an interrupted one is tagged later (`mde-offboard tag`).
+            if let Some(template) = tag
+                && !summary.interrupted
+                && summary.stopped.is_none()
+            {
+                let value = journal::expand_comment(&template, &summary.run_id, SystemTime::now());
+                let api = session.api();
+                let calls_before = api.counters.calls.load(Ordering::Relaxed);
+                match crate::commands::tag::tag_results(api, &summary.results, &value, TagChange::Add).await {
+                    Ok(tags) => summary.tags = Some(tags),
+                    // The offboards stand: a tagging that could not read the results is told, never the run's end.
+                    Err(e) => crate::ui::output::error(&format!("the machines were not tagged: {e}")),
+                }
+                summary.calls += api.counters.calls.load(Ordering::Relaxed) - calls_before;
+            }
             if let Some(path) = &summary_json
                 && let Err(e) = summary.write_json(path)
             {
@@ -168,6 +197,9 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
             return Err(Error::all([credentials.err(), comment.err()].into_iter().flatten()).expect("one failed"));
         }
     };
+    // A person's sign-in asks only for what this run does (a resume may look up the machines in doubt).
+    let by_name = args.by_name || args.by_aad_device_id;
+    let credentials = credentials.needing(!options.dry_run, options.reads(by_name) || options.wait || args.resume);
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let output = args.output.clone().unwrap_or_else(|| {
@@ -223,8 +255,15 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
                 .into(),
         ));
     }
+    let tag = if options.dry_run { None } else { args.tag.clone().or_else(|| settings.tag.clone()) };
+    if let Some(tag) = &tag {
+        crate::commands::tag::check_value(tag)?;
+    }
     let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
+    // A dry run changes nothing, as `--yes` says for a real one.
+    session.require_person(args.yes || options.dry_run)?;
     let job = Job {
+        tag,
         settings,
         comment_template,
         scan,
@@ -261,7 +300,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
-    session.lock(&job.lock_dir, &job.run_id).await?;
+    // (Signing in to learn it may wait for a person to enter a code: a signal ends that at once.)
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Err(Error::Interrupted),
+        locked = session.lock(&job.lock_dir, &job.run_id) => locked?,
+    }
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
@@ -297,18 +342,24 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let comment = identity.comment_sent();
 
     // Until the first offboard, a signal ends the run at once: nothing has been done.
-    tokio::pin!(shutdown);
     // Sign in before anything else: a wrong secret or tenant is reported before any machine is touched.
     // And the permissions, before any API call.
     let in_doubt = resume.as_ref().map_or(0, |earlier| earlier.in_doubt.len());
-    let needs = |roles: &[String]| {
-        preflight::check_permissions(roles, &job.preflight, job.scan.by_name)?;
-        resume::check_lookup_permission(roles, in_doubt)
+    let needs = |granted: &crate::defender::auth::Permissions| {
+        preflight::check_permissions(granted, &job.preflight, job.scan.by_name)?;
+        if job.tag.is_some() {
+            crate::commands::tag::check_permission(
+                granted,
+                "--tag (run.tag) tags the machines after the offboards, which",
+            )?;
+        }
+        resume::check_lookup_permission(granted, in_doubt)
     };
-    tokio::select! {
+    let token = tokio::select! {
         token = session.sign_in(needs) => token?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
+    let account = token.account().map(str::to_owned);
     let round_trip = started.elapsed();
     let api = session.api().clone();
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
@@ -401,7 +452,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
-    let (item_tx, mut item_rx) = mpsc::channel::<Result<Screened>>(CHANNEL_DEPTH);
+    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Result<Screened>>>(CHANNEL_DEPTH / READ_BATCH);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
     // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
     // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
@@ -414,11 +465,22 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         let mut screen = screen.take();
         // Rows are read and screened here, off the runtime: both read files.
         tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(READ_BATCH);
             for row in rows {
                 let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
-                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(item).is_err() {
+                let failed = item.is_err();
+                batch.push(item);
+                if batch.len() < READ_BATCH && !failed {
+                    continue;
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                // A row that could not be read ends the input: it goes with the rows before it.
+                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(full).is_err() || failed {
                     break;
                 }
+            }
+            if !batch.is_empty() && !cancelled.load(Ordering::Relaxed) {
+                let _ = item_tx.blocking_send(batch);
             }
         })
     };
@@ -426,6 +488,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), live.clone()));
     if let Some(path) = job.summary_json.clone() {
         let (api, run_id, results, live) = (api.clone(), identity.run_id.clone(), job.output.clone(), live.clone());
+        let account = account.clone();
         set_exit_now(Some(Box::new(move || {
             // This session's rows: what the writer has put in the file so far.
             let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
@@ -441,6 +504,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 interrupted: true,
                 resumed,
                 stopped: None,
+                account,
+                tags: None,
             };
             let _ = summary.write_json(&path);
         })));
@@ -455,16 +520,25 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
+    let mut batch = Vec::new().into_iter();
     loop {
-        let item = tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                interrupted = true;
-                break;
+        let Some(item) = batch.next() else {
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    interrupted = true;
+                    break;
+                }
+                next = item_rx.recv() => next,
+            };
+            match next {
+                Some(next) => {
+                    batch = next.into_iter();
+                    continue;
+                }
+                None => break,
             }
-            item = item_rx.recv() => item,
         };
-        let Some(item) = item else { break };
         let screened = match item {
             Ok(screened) => screened,
             Err(e) => {
@@ -626,6 +700,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         interrupted,
         resumed,
         stopped: None,
+        account,
+        tags: None,
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {
@@ -684,14 +760,19 @@ async fn write_rows(
     progress: Progress,
     counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
 ) -> Option<Error> {
-    while let Some(row) = rows.recv().await {
-        if let Err(e) = writer.write(&row) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rows.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if let Err(e) = writer.write_all(&batch) {
             return Some(e);
         }
         if let Ok(mut counts) = counts.lock() {
-            *counts.entry(row.outcome).or_insert(0) += 1;
+            for row in &batch {
+                *counts.entry(row.outcome).or_insert(0) += 1;
+            }
         }
-        progress.row_done(row.outcome.is_ok());
+        for row in batch.drain(..) {
+            progress.row_done(row.outcome.is_ok());
+        }
     }
     writer.finish().err()
 }

@@ -8,7 +8,7 @@
 //! machines is `ambiguous` and never guessed. Only reads that saw every page decide `not_found`: reads that
 //! could not finish (a failed call, a repeated page, an HTML 404) stop the run before any offboard.
 //!
-//! Permissions come from the token's `roles` claim and are checked right after sign-in, before any API call:
+//! Permissions come from the token's `roles` claim (an app's) or `scp` claim (a person's) and are checked right after sign-in, before any API call:
 //! a refusal names the missing permission and what to do.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use std::path::Path;
 use super::job::{Job, Options};
 use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine};
 use crate::defender::api::Api;
+use crate::defender::auth::Permissions;
 use crate::domain::{Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::results::ResultRow;
@@ -28,14 +29,14 @@ pub const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
 
 /// Refuses, before any API call, a command that needs a permission the token does not carry: the run's
 /// (offboarding, the pre-flight's reads) and the tracking that follows it with `--wait`.
-pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> Result<()> {
-    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
-    let grant = "grant it to the app registration (API permissions > APIs my organization uses > WindowsDefenderATP > \
-                 Application permissions) and give admin consent";
+pub fn check_permissions(permissions: &Permissions, options: &Options, by_name: bool) -> Result<()> {
+    let has = |name: &str| permissions.has(name);
+    let granted = permissions.granted();
+    let grant = permissions.how_to_grant();
+    let kind = permissions.kind_word();
     if !options.dry_run && !has(OFFBOARD_ROLE) {
         return Err(Error::Permission(format!(
-            "offboarding needs the application permission {OFFBOARD_ROLE}, and the token carries {granted}; {grant}. \
+            "offboarding needs the {kind} permission {OFFBOARD_ROLE}, and the token carries {granted}; {grant}. \
              --dry-run audits the list with read permission only"
         )));
     }
@@ -57,7 +58,7 @@ pub fn check_permissions(roles: &[String], options: &Options, by_name: bool) -> 
         return Ok(());
     }
     let mut message = format!(
-        "{}, which needs the application permission {} or {}, and the token carries {granted}; {grant}",
+        "{}, which needs the {kind} permission {} or {}, and the token carries {granted}; {grant}",
         needs.join(", and "),
         READ_ROLES[0],
         READ_ROLES[1]
@@ -89,10 +90,11 @@ pub fn check_files(results: &Path, options: &Options, resume: bool, summary: Opt
         // Opened as the run will open it, without changing it. A resume whose journal is missing is refused
         // by the resume itself, with what to do.
         let opened = if continues {
-            std::fs::OpenOptions::new().read(true).append(true).open(results).map_err(|e| Error::Output {
-                path: results.to_owned(),
-                message: format!("cannot append to it: {e}"),
-            })?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(results)
+                .map_err(|e| Error::write(results, "append to it", e))?;
             journal.exists().then(|| std::fs::OpenOptions::new().read(true).append(true).open(&journal))
         } else {
             journal.exists().then(|| std::fs::OpenOptions::new().write(true).open(&journal))
@@ -334,7 +336,11 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
 mod tests {
     use super::*;
 
-    fn roles(r: &[&str]) -> Vec<String> {
+    fn roles(r: &[&str]) -> Permissions {
+        Permissions::application(names(r))
+    }
+
+    fn names(r: &[&str]) -> Vec<String> {
         r.iter().map(|s| s.to_string()).collect()
     }
 
@@ -356,7 +362,7 @@ mod tests {
         assert!(e.contains("dry run") && !e.contains("--no-preflight"), "{e}");
         let e = check_permissions(&roles(&["Machine.Read.All"]), &real, false).unwrap_err().to_string();
         assert!(e.contains("Machine.Offboard") && e.contains("--dry-run"), "{e}");
-        let e = check_permissions(&[], &dry, false).unwrap_err().to_string();
+        let e = check_permissions(&roles(&[]), &dry, false).unwrap_err().to_string();
         assert!(e.contains("carries none"), "{e}");
 
         // --wait's tracking reads the actions: without the pre-flight too.
@@ -370,5 +376,22 @@ mod tests {
             .to_string();
         assert!(e.contains("pre-flight reads") && e.contains("and --wait tracks"), "{e}");
         assert!(e.contains("drop --wait and pass --no-preflight"), "{e}");
+    }
+
+    /// A person's token carries its permissions in `scp`: the same checks, in the words of delegated
+    /// permissions.
+    #[test]
+    fn a_delegated_token_is_judged_by_its_scopes() {
+        use crate::defender::auth::PermissionKind;
+        let person = |n: &[&str]| Permissions {
+            kind: PermissionKind::Delegated,
+            names: names(n),
+            account: Some("a@contoso".into()),
+        };
+        assert!(
+            check_permissions(&person(&["Machine.Offboard", "Machine.Read.All"]), &Options::default(), false).is_ok()
+        );
+        let e = check_permissions(&person(&["Machine.Offboard"]), &Options::default(), false).unwrap_err().to_string();
+        assert!(e.contains("delegated permission Machine.Read.All") && e.contains("Delegated permissions"), "{e}");
     }
 }

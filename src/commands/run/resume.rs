@@ -11,6 +11,7 @@ use super::Job;
 use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
 use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
+use crate::defender::auth::Permissions;
 use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
@@ -107,15 +108,14 @@ pub(super) fn machine_of(screened: &Screened) -> Cow<'_, str> {
 
 /// Looking up machines in doubt reads the machine actions: without a read role the resume could only call
 /// them blindly (or never), so it stops before any API call.
-pub(super) fn check_lookup_permission(roles: &[String], in_doubt: usize) -> Result<()> {
-    let has = |role: &str| roles.iter().any(|r| r.trim().eq_ignore_ascii_case(role));
-    if in_doubt == 0 || preflight::READ_ROLES.iter().any(|r| has(r)) {
+pub(super) fn check_lookup_permission(permissions: &Permissions, in_doubt: usize) -> Result<()> {
+    if in_doubt == 0 || preflight::READ_ROLES.iter().any(|r| permissions.has(r)) {
         return Ok(());
     }
-    let granted = if roles.is_empty() { "none".to_string() } else { roles.join(", ") };
+    let (granted, kind) = (permissions.granted(), permissions.kind_word());
     Err(Error::Permission(format!(
         "{in_doubt} machine(s) may have been offboarded by an earlier call whose answer was lost; the resume looks \
-         them up among the machine actions before calling them again, which needs the application permission {} \
+         them up among the machine actions before calling them again, which needs the {kind} permission {} \
          or {}, and the token carries {granted}. Grant one, then run --resume again; nothing was called",
         preflight::READ_ROLES[0],
         preflight::READ_ROLES[1]
