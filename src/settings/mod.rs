@@ -1145,7 +1145,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         let ids = "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70\"\n";
         std::fs::write(&path, format!("[auth]\n{ids}flow = \"device_code\"\n")).unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let args: SettingsArgs = ApiArgs { config: Some(path.clone()), ..Default::default() }.into();
         let c = resolve(&args, &no_env).unwrap().credentials().unwrap();
         let Credential::DeviceCode(person) = &c.credential else { panic!("{:?}", c.credential) };
         let api = "https://api.securitycenter.microsoft.com";
@@ -1159,7 +1159,7 @@ mod tests {
         let msg = resolve(&args, &no_env).unwrap_err().to_string();
         assert!(msg.contains("auth.flow") && msg.contains("device_code"), "{msg}");
         // A token cache is only for a person's sign-in.
-        let cache = SettingsArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() };
+        let cache: SettingsArgs = ApiArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() }.into();
         assert!(resolve(&cache, &no_env).unwrap_err().to_string().contains("--device-code"));
     }
 
