@@ -59,8 +59,8 @@ pub fn is_tagged_outcome(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Submitted | Outcome::AlreadyPending)
 }
 
-/// Refuses, before any call, a token without [`WRITE_ROLE`]; `why` says what needed it. (A person's sign-in,
-/// `--device-code`, does not ask for it: its scopes are the offboard and the reads.)
+/// Refuses, before any call, a token without [`WRITE_ROLE`]; `why` says what needed it. (A person's sign-in
+/// asks for it when the command tags: [`Credentials::tagging`](crate::settings::Credentials::tagging).)
 pub fn check_permission(permissions: &Permissions, why: &str) -> Result<()> {
     if permissions.has(WRITE_ROLE) {
         return Ok(());
@@ -217,7 +217,7 @@ pub async fn command(args: TagArgs, settings: Settings, shutdown: impl Future<Ou
         .unwrap_or_else(|_| crate::files::journal::new_run_id(std::time::SystemTime::now()));
     let value = crate::files::journal::expand_comment(&args.value, &run_id, std::time::SystemTime::now());
     let change = if args.remove { TagChange::Remove } else { TagChange::Add };
-    let credentials = settings.credentials()?.needing(false, false);
+    let credentials = settings.credentials()?.needing(false, false).tagging();
     let mut session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
     // Tagging is safe to repeat: a token cache's refresh token is enough without a terminal.
     session.require_person(true)?;

@@ -50,6 +50,9 @@ pub struct RunIdentity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_comment: Option<String>,
     pub started_at: String,
+    /// The person who signed in (device code sign-in); `None` for an app's sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl RunIdentity {
@@ -319,6 +322,7 @@ mod tests {
             comment: "bye {run_id} {date}".into(),
             resolved_comment: Some("bye r1 2026-11-29".into()),
             started_at: "2026-11-29T00:00:00Z".into(),
+            account: None,
         }
     }
 

@@ -253,6 +253,8 @@ pub enum Credential {
 /// token is asked for.
 pub const DELEGATED_OFFBOARD: &str = "Machine.Offboard";
 pub const DELEGATED_READ: &str = "Machine.Read.All";
+/// Tags need it, as the application permission of the same name.
+pub const DELEGATED_WRITE: &str = "Machine.ReadWrite.All";
 
 /// Sign-in as a person with the device code flow: what to ask for, and where the refresh token is kept.
 #[derive(Clone, Debug)]
@@ -263,6 +265,8 @@ pub struct DeviceCodeSignIn {
     pub offboard: bool,
     /// Ask for `Machine.Read.All` (the pre-flight, a dry run, tracking).
     pub read: bool,
+    /// Ask for `Machine.ReadWrite.All` (tags: `run --tag`, `tag`).
+    pub write: bool,
     /// `--token-cache FILE`.
     pub token_cache: Option<PathBuf>,
     /// A person is at a terminal to enter the code; set by the command (never by settings).
@@ -277,8 +281,11 @@ impl DeviceCodeSignIn {
         if self.offboard {
             scopes.push(format!("{}/{DELEGATED_OFFBOARD}", self.resource));
         }
-        if self.read || !self.offboard {
+        if self.read || !(self.offboard || self.write) {
             scopes.push(format!("{}/{DELEGATED_READ}", self.resource));
+        }
+        if self.write {
+            scopes.push(format!("{}/{DELEGATED_WRITE}", self.resource));
         }
         scopes.push("offline_access".into());
         scopes.join(" ")
@@ -307,6 +314,14 @@ impl Credentials {
     pub fn needing(mut self, offboard: bool, read: bool) -> Self {
         if let Credential::DeviceCode(d) = &mut self.credential {
             (d.offboard, d.read) = (offboard, read);
+        }
+        self
+    }
+
+    /// A person's sign-in also asks for the permission tags need (`run --tag`, `tag`); nothing for an app's.
+    pub fn tagging(mut self) -> Self {
+        if let Credential::DeviceCode(d) = &mut self.credential {
+            d.write = true;
         }
         self
     }
@@ -624,6 +639,7 @@ impl Settings {
                     resource: self.scope.trim_end_matches("/.default").to_string(),
                     offboard: true,
                     read: true,
+                    write: false,
                     token_cache: self.token_cache.clone(),
                     person: false,
                 }),

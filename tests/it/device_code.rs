@@ -93,6 +93,24 @@ async fn approved_the_run_offboards_in_the_persons_name_and_says_who() {
     sim.shutdown().await;
 }
 
+/// A person's run with `--tag` asks for the permission tags need, and tags (before: refused before the first
+/// offboard, the person's sign-in never asking for Machine.ReadWrite.All).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_run_with_a_tag_asks_for_the_tag_permission_and_tags() {
+    let scopes = ["Machine.Offboard", "Machine.Read.All", "Machine.ReadWrite.All"].map(String::from).to_vec();
+    let (dir, sim) = start(3, DeviceCode { scopes, ..DeviceCode::default() }, |_| {}).await;
+    let out =
+        as_person(&sim, dir.path(), &["run", "m.csv", "--yes", "--tag", "retired", "--report", "r.md"], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The report names the person, as the summary does.
+    let report = std::fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(report.contains("Signed in as") && report.contains(DEMO_ACCOUNT), "{report}");
+    assert!(out.stdout.contains("Tagged 3 machine(s) with `retired`"), "{}", out.stdout);
+    let out = as_person(&sim, dir.path(), &["tag", "m.results.csv", "--value", "retired", "--remove"], &[]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declined_never_entered_or_not_a_public_client_nothing_is_done_and_the_message_says_why() {
     let declined = DeviceCode { answer: DeviceCodeAnswer::Decline, ..DeviceCode::default() };
@@ -278,6 +296,7 @@ async fn a_persons_token_is_renewed_with_the_refresh_token_before_it_expires() {
             resource: DEFAULT_SCOPE.trim_end_matches("/.default").into(),
             offboard: true,
             read: true,
+            write: false,
             token_cache: None,
             person: true,
         }),

@@ -100,7 +100,7 @@ pub struct RunFacts {
 /// rename): a reader never sees half a report, and a failure leaves an earlier one in place.
 pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Result<()> {
     let report = Report::read(results, facts.clone())?;
-    let fail = |e: std::io::Error| Error::Output { path: out.to_owned(), message: format!("cannot write it: {e}") };
+    let fail = |e: std::io::Error| Error::write(out, "write it", e);
     let dir = match out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -113,8 +113,8 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
     };
     // A failed write names the report's path ([`put`] does not know it); a failed read names the results'.
     written.map_err(|e| match e {
-        Error::Output { path, message } if path.as_os_str() == REPORT => {
-            Error::Output { path: out.to_owned(), message }
+        Error::Write { path, action, source } if path.as_os_str() == REPORT => {
+            Error::Write { path: out.to_owned(), action, source }
         }
         e => e,
     })?;
@@ -149,6 +149,8 @@ pub struct Identity {
     pub started_at: Option<String>,
     pub input: Option<String>,
     pub input_rows: Option<u64>,
+    /// The person who signed in (device code sign-in); `None` for an app.
+    pub account: Option<String>,
 }
 
 impl Identity {
@@ -166,6 +168,7 @@ impl Identity {
                     started_at: Some(i.started_at),
                     input: Some(i.input),
                     input_rows: Some(i.input_rows),
+                    account: i.account,
                 }
             }
             Err(_) => Identity::default(),
@@ -342,6 +345,9 @@ impl Report {
             ("Input", i.input.clone().unwrap_or_else(none)),
             ("Started", i.started_at.clone().unwrap_or_else(none)),
         ];
+        if let Some(account) = &i.account {
+            lines.insert(3, ("Signed in as", account.clone()));
+        }
         let ended = match (self.facts.ended_at, self.written_at) {
             (Some(at), _) => format!("{}", humantime::format_rfc3339_seconds(at)),
             (None, Some(at)) => {
@@ -397,8 +403,7 @@ const REPORT: &str = "<report>";
 
 /// Writes `text` to `out`.
 pub(crate) fn put(out: &mut impl Write, text: &str) -> Result<()> {
-    out.write_all(text.as_bytes())
-        .map_err(|e| Error::Output { path: PathBuf::from(REPORT), message: format!("cannot write it: {e}") })
+    out.write_all(text.as_bytes()).map_err(|e| Error::write(REPORT, "write it", e))
 }
 
 #[cfg(test)]

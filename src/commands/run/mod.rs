@@ -259,6 +259,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     if let Some(tag) = &tag {
         crate::commands::tag::check_value(tag)?;
     }
+    let credentials = if tag.is_some() { credentials.tagging() } else { credentials };
     let session = Session::open(&settings, credentials, Limiter::new(&settings.rates))?;
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
@@ -327,6 +328,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         comment: job.comment_template.clone(),
         resolved_comment: Some(journal::expand_comment(&job.comment_template, &job.run_id, started_at)),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+        account: None,
     };
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
@@ -360,6 +362,10 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let account = token.account().map(str::to_owned);
+    if !resumed {
+        // Kept in the journal, so a report of the results file names who offboarded.
+        identity.account = account.clone();
+    }
     let round_trip = started.elapsed();
     let api = session.api().clone();
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
