@@ -6,6 +6,7 @@
 //! cargo bench --bench proof -- memory        # peak RSS for 10k, 100k and 1M rows (fleets as large)
 //! cargo bench --bench proof -- memory-found  # peak RSS for 1M rows against an inventory of 30k
 //! cargo bench --bench proof -- economy       # API calls per machine
+//! cargo bench --bench proof -- select        # select's reads at 10k and 100k, memory of --duplicates at 1M
 //! cargo bench --bench proof -- all           # everything (about 25 minutes on 2 cores)
 //! ```
 //!
@@ -59,6 +60,7 @@ fn main() {
         "memory-found" => memory_found(dir.path(), runs.unwrap_or(3)),
         "memory-track" => memory_track(dir.path(), runs.unwrap_or(3)),
         "economy" => economy(dir.path()),
+        "select" => select(dir.path(), runs.unwrap_or(3)),
         "all" => {
             // Memory first: see `harness_peak_rss`.
             memory(dir.path(), runs.unwrap_or(3));
@@ -67,9 +69,12 @@ fn main() {
             speed(dir.path(), runs.unwrap_or(5));
             pacing(dir.path(), runs.unwrap_or(3));
             economy(dir.path());
+            select(dir.path(), runs.unwrap_or(3));
         }
         other => {
-            eprintln!("unknown figure `{other}`: pacing, speed, memory, memory-found, memory-track, economy or all");
+            eprintln!(
+                "unknown figure `{other}`: pacing, speed, memory, memory-found, memory-track, economy, select or all"
+            );
             std::process::exit(2);
         }
     }
@@ -552,6 +557,59 @@ fn memory_track(dir: &Path, runs: usize) {
         }
         println!("| {n} | {:.1} MiB |", median(&rss));
     }
+}
+
+/// Figure 5: what `mde-offboard select` costs. Reads: a tenant of 10,000 and of 100,000 machines (80% of
+/// the Active ones live, as a tenant looks: `simulate --live-share 0.8`), `select --inactive-for 30d` (the
+/// API's `$filter` narrows the pages) and `select --duplicates` (the whole inventory); the inventory list
+/// calls the simulator counted, and the machines chosen. Memory: peak RSS of `select --duplicates` over a
+/// tenant of 1,000,000 machines (median of `runs`), simulator without quotas.
+fn select(dir: &Path, runs: usize) {
+    println!(
+        "
+## Select: inventory reads, and the memory of --duplicates"
+    );
+    println!("| tenant | condition | inventory list calls | machines chosen |");
+    println!("|---:|---|---:|---:|");
+    for n in [10_000usize, 100_000] {
+        for condition in [&["--inactive-for", "30d"][..], &["--duplicates"]] {
+            let sim = SimProcess::start(n, &["--no-quotas", "--live-share", "0.8"]);
+            let out = select_run(&sim, dir, condition);
+            assert_eq!(out.code, 0, "select exited {}; stderr in {}", out.code, dir.join("client.stderr").display());
+            let calls = sim.stats().total("GET /api/machines");
+            let chosen = std::fs::read_to_string(&out.output).expect("the output").lines().count() - 1;
+            println!("| {n} | `{}` | {calls} | {chosen} |", condition.join(" "));
+        }
+    }
+    let n = 1_000_000;
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let sim = SimProcess::start(n, &["--no-quotas", "--live-share", "0.8"]);
+        let out = select_run(&sim, dir, &["--duplicates"]);
+        assert_eq!(out.code, 0, "select exited {}; stderr in {}", out.code, dir.join("client.stderr").display());
+        rss.push(out.max_rss_kib as f64 / 1024.0);
+    }
+    println!(
+        "
+| tenant | `select --duplicates`, peak RSS (median of {runs}) |"
+    );
+    println!("|---:|---:|");
+    println!("| {n} | {:.1} MiB |", median(&rss));
+    println!("(floor of these figures, the harness's own peak RSS: {:.1} MiB)", harness_peak_rss_kib() as f64 / 1024.0);
+}
+
+/// Runs `mde-offboard select CONDITION --output FILE -q` against `sim` and measures it with wait4.
+fn select_run(sim: &SimProcess, dir: &Path, condition: &[&str]) -> ClientRun {
+    let output = dir.join("selected.csv");
+    let started = Instant::now();
+    let mut command = client_command(sim, dir);
+    command.arg("select").args(condition).args(["--overwrite", "-q", "--output"]).arg(&output);
+    #[allow(clippy::zombie_processes)]
+    let child = command.spawn().expect("the client starts");
+    let (code, usage) = wait4(&child);
+    let wall = started.elapsed();
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
 }
 
 fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {

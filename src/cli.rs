@@ -11,6 +11,7 @@ use crate::commands::demo::{self, DemoArgs};
 use crate::commands::docs::{self, CompletionsArgs, ManpageArgs};
 use crate::commands::report::{self, ReportArgs, RunFacts};
 use crate::commands::run::{self, RunArgs};
+use crate::commands::select::{self, SelectArgs};
 use crate::commands::simulate::{self, SimulateArgs};
 use crate::commands::tag::{self, TagArgs};
 use crate::commands::track::{self, TrackArgs, WaitArgs};
@@ -23,8 +24,9 @@ use crate::ui::output;
 /// the terminal, never breaks one (a test renders the help at 80 and 120 columns).
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending or duplicate (a dry run:
-       would_submit too; with --wait and track: and every action Succeeded)
+  0    every row ended submitted, already_pending, already_offboarded or
+       duplicate (a dry run: would_submit too; with --wait and track: and
+       every action Succeeded); protected rows exit 3
   1    the run could not run, and nothing was offboarded (settings, sign-in,
        a missing permission, the pre-flight, input or output, or another run
        holds the lock or the results file)
@@ -61,6 +63,9 @@ pub enum Command {
     /// Offboard every machine listed in a CSV file.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
+    /// Choose the machines to offboard from the inventory (stale, by health, platform, group, tag, name, or
+    /// duplicate records) and write them as a CSV that `run` reads. Never offboards.
+    Select(SelectArgs),
     /// Follow the offboard actions of a results file until they are final, updating the file.
     #[command(after_help = EXIT_CODES)]
     Track(TrackArgs),
@@ -219,6 +224,12 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 report::refresh(&args.results, out, &facts);
             }
             Ok(summary.exit_code())
+        }
+        Command::Select(args) => {
+            let settings = resolve_settings(&args.settings)?;
+            let selection = select::select(args, settings, shutdown).await?;
+            output::stdout(&selection.render());
+            Ok(exit_code::OK)
         }
         Command::Cancel(args) => {
             let settings = resolve_settings(&args.settings())?;

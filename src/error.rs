@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 /// Exit codes, documented in README and `--help`.
 pub mod exit_code {
-    /// Every row ended `submitted`, `already_pending` or `duplicate` (a dry run: `would_submit` too).
+    /// Every row ended `submitted`, `already_pending`, `already_offboarded` or `duplicate` (a dry run:
+    /// `would_submit` too).
     pub const OK: u8 = 0;
     /// The run could not run: settings, sign-in, a missing permission, the pre-flight's reads, input or output.
     pub const CANNOT_RUN: u8 = 1;
@@ -73,6 +74,10 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+
+    /// `select` could not read the inventory to its end (nothing was written).
+    #[error("select: {0}")]
+    Select(String),
 
     #[error("simulator: {0}")]
     Simulator(String),

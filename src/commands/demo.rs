@@ -109,6 +109,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         confirm: false,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         preflight: Default::default(),
+        guard: Default::default(),
         summary_json: None,
         tag: None,
         settings,

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod docs;
 pub mod report;
 pub mod run;
+pub mod select;
 pub mod session;
 pub mod simulate;
 pub mod tag;

@@ -184,16 +184,37 @@ pub struct MachineQuery {
     pub page: Page,
     /// Only machines whose last full report (`lastSeen`, about daily) is older than this.
     pub seen_before: Option<SystemTime>,
+    /// Only machines in this health state (`healthStatus`: `Active`, `Inactive`, ...).
+    pub health: Option<String>,
+    /// Only machines on one of these platforms (`osPlatform`); none: any.
+    pub os: Vec<String>,
 }
 
 impl MachineQuery {
     /// Every machine, a page at a time.
     pub fn all(page: Page) -> Self {
-        MachineQuery { page, seen_before: None }
+        MachineQuery { page, seen_before: None, health: None, os: Vec::new() }
     }
 
-    fn filter(&self) -> Option<String> {
-        self.seen_before.map(|at| format!("lastSeen lt {}", timestamp::format(at)))
+    /// The `$filter` the query sends, if it narrows the list (what `select` reports it asked for).
+    pub fn filter(&self) -> Option<String> {
+        let quoted = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut clauses = Vec::new();
+        if let Some(at) = self.seen_before {
+            clauses.push(format!("lastSeen lt {}", timestamp::format(at)));
+        }
+        if let Some(health) = &self.health {
+            clauses.push(format!("healthStatus eq {}", quoted(health)));
+        }
+        match self.os.as_slice() {
+            [] => {}
+            [one] => clauses.push(format!("osPlatform eq {}", quoted(one))),
+            many => {
+                let any: Vec<String> = many.iter().map(|os| format!("osPlatform eq {}", quoted(os))).collect();
+                clauses.push(format!("({})", any.join(" or ")));
+            }
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" and "))
     }
 }
 
@@ -784,6 +805,21 @@ mod tests {
             MachineQuery { seen_before: Some(at), ..MachineQuery::all(page) }.filter().as_deref(),
             Some("lastSeen lt 2023-11-14T22:13:20.0000000Z")
         );
+        let narrowed = MachineQuery {
+            seen_before: Some(at),
+            health: Some("Inactive".into()),
+            os: vec!["Windows10".into(), "o'macOS".into()],
+            ..MachineQuery::all(page)
+        };
+        assert_eq!(
+            narrowed.filter().as_deref(),
+            Some(
+                "lastSeen lt 2023-11-14T22:13:20.0000000Z and healthStatus eq 'Inactive' and (osPlatform eq \
+                 'Windows10' or osPlatform eq 'o''macOS')"
+            )
+        );
+        let one = MachineQuery { os: vec!["Linux".into()], ..MachineQuery::all(page) };
+        assert_eq!(one.filter().as_deref(), Some("osPlatform eq 'Linux'"));
         let offboards = ActionQuery::offboards(page);
         assert_eq!(offboards.filter().as_deref(), Some(OFFBOARD_TYPE_FILTER));
         assert_eq!(

@@ -13,6 +13,11 @@ pub enum Outcome {
     WouldSubmit,
     /// An open offboard action already exists for the machine.
     AlreadyPending,
+    /// The machine's latest offboard action `Succeeded` and it has not reported since: no call.
+    AlreadyOffboarded,
+    /// The guard kept the machine: it reported recently (`run.active_within`), or carries a protected tag or
+    /// sits in a protected device group. No call.
+    Protected,
     NotFound,
     /// A computer name (input by name) that matches several machines: never guessed.
     Ambiguous,
@@ -26,10 +31,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Submitted,
         Outcome::WouldSubmit,
         Outcome::AlreadyPending,
+        Outcome::AlreadyOffboarded,
+        Outcome::Protected,
         Outcome::NotFound,
         Outcome::Ambiguous,
         Outcome::Forbidden,
@@ -44,6 +51,8 @@ impl Outcome {
             Outcome::Submitted => "submitted",
             Outcome::WouldSubmit => "would_submit",
             Outcome::AlreadyPending => "already_pending",
+            Outcome::AlreadyOffboarded => "already_offboarded",
+            Outcome::Protected => "protected",
             Outcome::NotFound => "not_found",
             Outcome::Ambiguous => "ambiguous",
             Outcome::Forbidden => "forbidden",
@@ -69,9 +78,17 @@ impl Outcome {
         matches!(self, Outcome::Submitted | Outcome::AlreadyPending)
     }
 
-    /// Whether this outcome leaves the exit code at 0.
+    /// Whether this outcome leaves the exit code at 0. A `protected` row does not: the list asked for a
+    /// machine the guard kept, which someone should look at.
     pub fn is_ok(self) -> bool {
-        matches!(self, Outcome::Submitted | Outcome::WouldSubmit | Outcome::AlreadyPending | Outcome::Duplicate)
+        matches!(
+            self,
+            Outcome::Submitted
+                | Outcome::WouldSubmit
+                | Outcome::AlreadyPending
+                | Outcome::AlreadyOffboarded
+                | Outcome::Duplicate
+        )
     }
 }
 
@@ -128,6 +145,24 @@ pub mod message {
         } else {
             "an offboard action is already open (pre-flight): no offboard call was made"
         }
+    }
+
+    /// An `already_offboarded` row: the machine's offboard action `Succeeded` at `done`, and the machine last
+    /// reported at `seen` (before it).
+    pub fn offboarded_earlier(dry_run: bool, done: &str, seen: &str) -> String {
+        let seen = if seen.is_empty() { "unknown" } else { seen };
+        let not_called = if dry_run { "" } else { ": no offboard call was made" };
+        format!(
+            "offboarded earlier: its offboard action succeeded at {done} and it has not reported since (last seen \
+             {seen}){not_called}"
+        )
+    }
+
+    /// A `protected` row: `why` the guard kept it (it reported recently, or its tag or group), and `how` to
+    /// offboard it anyway.
+    pub fn protected(dry_run: bool, why: &str, how: &str) -> String {
+        let not_called = if dry_run { "a real run would not offboard it" } else { "not offboarded" };
+        format!("{why}: {not_called}; {how}")
     }
 
     /// An `ambiguous` row: a name (or Entra device id) `written` that `count` machines have, `listed` the

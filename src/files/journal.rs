@@ -60,7 +60,9 @@ impl RunIdentity {
     pub fn mismatch(&self, earlier: &RunIdentity) -> Option<String> {
         let differs = |what: &str, was: &str, now: &str| Some(format!("it was written for {what} {was}, not {now}"));
         let new_run = "to offboard this list, start a new run (without --resume) with another --output, or with \
-                       --overwrite to replace these results";
+                       --overwrite to replace these results; --resume only continues the same list. A list that \
+                       changes from one night to the next is a new run each night with its own results file (e.g. \
+                       --output results-{date}.csv): machines already offboarded or pending cost no call";
         if self.input != earlier.input {
             return differs("input", &earlier.input, &self.input);
         }
@@ -92,6 +94,14 @@ impl RunIdentity {
             return differs("comment", &format!("{:?}", earlier.comment), &format!("{:?}", self.comment));
         }
         None
+    }
+}
+
+/// Fills `{run_id}` and `{date}` (UTC, YYYY-MM-DD) into a results path (`--output results-{date}.csv`).
+pub fn expand_output(path: &Path, run_id: &str, now: SystemTime) -> PathBuf {
+    match path.to_str() {
+        Some(text) if text.contains('{') => PathBuf::from(expand_comment(text, run_id, now)),
+        _ => path.to_owned(),
     }
 }
 

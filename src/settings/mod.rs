@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The tenant and client ids of config.example.toml, to be replaced.
 const PLACEHOLDER_GUID: &str = "00000000-0000-0000-0000-000000000000";
+/// How recently a machine may have reported and still be offboarded: two of the API's `lastSeen` reports,
+/// which come about daily.
+pub const DEFAULT_ACTIVE_WITHIN: Duration = Duration::from_secs(48 * 3600);
 /// The environment variable that normally holds the client secret (never a flag: flags show in `ps`).
 pub const SECRET_ENV: &str = "MDE_CLIENT_SECRET";
 /// The environment variable that may hold a ready access token (used as is, never renewed).
@@ -222,6 +225,11 @@ pub struct Settings {
     pub rates: Vec<Rate>,
     pub max_attempts: u32,
     pub retry_delay: Duration,
+    /// The guard of live machines (`run`): machines seen within this long are `protected`.
+    pub active_within: Duration,
+    /// Machines with one of these tags, or in one of these device groups, are `protected`.
+    pub protect_tags: Vec<String>,
+    pub protect_groups: Vec<String>,
     /// The tag `run` adds to the machines it offboarded (`run.tag`; `run --tag` overrides it).
     pub tag: Option<String>,
     /// Things a user should hear about but that do not stop the run.
@@ -346,7 +354,20 @@ const CONFIG_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("api", &["cloud", "base_url", "timeout"]),
-    ("run", &["comment", "concurrency", "rate", "max_attempts", "retry_delay", "tag"]),
+    (
+        "run",
+        &[
+            "comment",
+            "concurrency",
+            "rate",
+            "max_attempts",
+            "retry_delay",
+            "tag",
+            "active_within",
+            "protect_tags",
+            "protect_groups",
+        ],
+    ),
 ];
 
 /// Values read from a config file, still unvalidated strings keyed by `section.key`.
@@ -584,6 +605,21 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         None => DEFAULT_RETRY_DELAY,
     };
 
+    let active_within = match file.string("run.active_within")? {
+        Some(v) => parse_active_within(&v).map_err(|allowed| bad("run.active_within", &v, &allowed))?,
+        None => DEFAULT_ACTIVE_WITHIN,
+    };
+    let names = |key: &'static str| -> Result<Vec<String>> {
+        let list = file.strings(key)?.unwrap_or_default();
+        match list.iter().find(|v| v.trim().is_empty() || v.contains(char::is_control)) {
+            Some(v) => {
+                Err(bad(key, &v.escape_debug().to_string(), "a list of non-empty names without control characters"))
+            }
+            None => Ok(list),
+        }
+    };
+    let (protect_tags, protect_groups) = (names("run.protect_tags")?, names("run.protect_groups")?);
+
     Ok(Settings {
         tenant_id,
         client_id,
@@ -603,6 +639,9 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         rates,
         max_attempts,
         retry_delay,
+        active_within,
+        protect_tags,
+        protect_groups,
         tag: file.string("run.tag")?,
         warnings,
     })
@@ -874,6 +913,16 @@ pub fn readable_by_others(_path: &Path) -> bool {
 
 fn bad(key: &'static str, value: &str, allowed: &str) -> Error {
     Error::Setting { key, message: format!("`{value}` is not allowed: {allowed}") }
+}
+
+/// How recently a machine may have reported and still be offboarded (`run.active_within`,
+/// `--active-within`): a duration above zero, at most a year; what is allowed when it is not.
+pub fn parse_active_within(value: &str) -> std::result::Result<Duration, String> {
+    const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if !d.is_zero() && d <= YEAR => Ok(d),
+        _ => Err("a duration above zero and at most a year, such as 48h, 3d or 30m".into()),
+    }
 }
 
 /// The longest call timeout or retry delay taken: longer ones mean nothing for an API call, and

@@ -81,6 +81,18 @@ fn raw_stderr(text: &str) {
     let _ = crate::ui::progress::LogWriter.write_all(text.as_bytes()).and_then(|()| std::io::stderr().flush());
 }
 
+/// A duration as a person writes it on a command line: whole days as `30d`, whole hours as `48h`, else as
+/// humantime writes it.
+pub fn short_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        _ if d.subsec_nanos() != 0 || secs == 0 => humantime::format_duration(d).to_string(),
+        _ if secs.is_multiple_of(86_400) && secs >= 3 * 86_400 => format!("{}d", secs / 86_400),
+        _ if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// `text` safe to show on a terminal: control characters (an escape sequence in a name or a message from
 /// the service) are shown as `\u{..}` escapes; line breaks and tabs stay.
 pub fn printable(text: &str) -> String {

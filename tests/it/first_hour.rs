@@ -157,11 +157,12 @@ fn the_manual_page_is_generated() {
     }
 }
 
-/// A fleet file of machines `(id, name, Entra device id)`, all offboardable, for [`Fleet::from_csv`].
+/// A fleet file of machines `(id, name, Entra device id)`, all offboardable (none reported recently), for
+/// [`Fleet::from_csv`].
 fn fleet_of(dir: &Path, machines: &[(&str, &str, &str)]) -> Fleet {
     let mut text = String::from("id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName,aadDeviceId\n");
     for (id, name, aad) in machines {
-        text += &format!("{id},{name},Windows11,Active,2026-11-28T21:39:19Z,Workstations,{aad}\n");
+        text += &format!("{id},{name},Windows11,Active,2025-01-01T00:00:00Z,Workstations,{aad}\n");
     }
     Fleet::from_csv(&write_file(dir, "fleet.csv", &text)).unwrap()
 }

@@ -295,6 +295,16 @@ impl Actions {
         }
     }
 
+    /// When the machine's latest offboard action succeeded (service time), if it did.
+    pub(crate) fn succeeded_at(&self, machine_id: &str, now: Instant) -> Option<SystemTime> {
+        let last = *self.by_machine.get(machine_id)?.last()?;
+        let action = &self.list[last];
+        match self.status(action, now) {
+            ("Succeeded", changed) => Some(action.created_at + changed),
+            _ => None,
+        }
+    }
+
     /// How many actions are in each status now.
     pub(crate) fn count_by_status(&self, now: Instant) -> Vec<(&'static str, u64)> {
         let mut counts: Vec<(&'static str, u64)> = Vec::new();

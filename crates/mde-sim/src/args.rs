@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::config::{
-    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults,
-    Lifecycle, Misanswers, RetryAfterOverride, SimConfig,
+    DEFAULT_FORBIDDEN_GROUPS, DEFAULT_MINIMUM_VERSIONS, DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode,
+    DeviceCodeAnswer, Faults, Lifecycle, Misanswers, RetryAfterOverride, SimConfig,
 };
 use super::fleet::Fleet;
 use super::server::Simulator;
@@ -36,6 +36,10 @@ pub struct SimulateArgs {
     /// Seed of the generated fleet.
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "fleet")]
     pub fleet_seed: u64,
+    /// Share (0 to 1) of the generated fleet's Active machines that are live, reported within the last day
+    /// (by default none reported in the last two days, as on a decommissioning list).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, conflicts_with = "fleet")]
+    pub live_share: f64,
     /// Fleet CSV file (header id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName) instead of a generated fleet.
     #[arg(long, value_name = "FILE.csv")]
     pub fleet: Option<PathBuf>,
@@ -66,6 +70,10 @@ pub struct SimulateArgs {
     /// OS platforms whose offboard answers 400 OsPlatformNotSupported.
     #[arg(long, value_name = "A,B", value_delimiter = ',', default_value = PLATFORMS.as_str())]
     pub unsupported_platforms: Vec<String>,
+    /// The oldest version of a platform the service offboards, PLATFORM=VERSION (older: 400
+    /// OsPlatformNotSupported); repeat for several. Replaces the defaults macOS=14 and Windows10=1703.
+    #[arg(long = "minimum-version", value_name = "PLATFORM=VERSION")]
+    pub minimum_versions: Vec<String>,
     /// Roles (application permissions) in issued tokens.
     #[arg(long, value_name = "A,B", value_delimiter = ',', default_value = ROLES.as_str())]
     pub roles: Vec<String>,
@@ -173,7 +181,10 @@ impl SimulateArgs {
     pub fn config(&self, secret: Option<String>) -> Result<SimConfig, Error> {
         let fleet = match &self.fleet {
             Some(path) => Fleet::from_csv(path)?,
-            None => Fleet::generate(self.fleet_size, self.fleet_seed),
+            None if !(0.0..=1.0).contains(&self.live_share) => {
+                return Err(Error::Simulator(format!("live share {} must be between 0 and 1", self.live_share)));
+            }
+            None => Fleet::generate_live(self.fleet_size, self.fleet_seed, self.live_share),
         };
         let forbidden_groups = if self.no_forbidden_groups {
             Vec::new()
@@ -196,6 +207,21 @@ impl SimulateArgs {
             ),
             None => None,
         };
+        let minimum_versions = if self.minimum_versions.is_empty() {
+            DEFAULT_MINIMUM_VERSIONS.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect()
+        } else {
+            self.minimum_versions
+                .iter()
+                .map(|pair| match pair.split_once('=') {
+                    Some((p, v)) if !p.trim().is_empty() && !crate::config::version_key(v).is_empty() => {
+                        Ok((p.trim().to_string(), v.trim().to_string()))
+                    }
+                    _ => Err(Error::Simulator(format!(
+                        "--minimum-version `{pair}` is not PLATFORM=VERSION, e.g. macOS=14"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, Error>>()?
+        };
         let config = SimConfig {
             listen: self.listen,
             tenant_id: self.tenant_id.clone(),
@@ -211,6 +237,7 @@ impl SimulateArgs {
             forbidden_groups,
             forbidden_ids: self.forbid_ids.clone(),
             unsupported_platforms: self.unsupported_platforms.clone(),
+            minimum_versions,
             lifecycle: Lifecycle {
                 pending_for: self.pending_for,
                 in_progress_for: self.in_progress_for,

@@ -14,8 +14,14 @@ pub const DEFAULT_ROLES: [&str; 2] = ["Machine.Offboard", "Machine.Read.All"];
 /// The device group the demo app has no access to.
 pub const DEFAULT_FORBIDDEN_GROUPS: [&str; 1] = ["Tier0 Servers"];
 /// Platforms the simulated service refuses to offboard (400 `OsPlatformNotSupported`): the ones Microsoft's
-/// documentation leaves out of the supported list.
+/// documentation leaves out of the supported list. The offboard page revised in 2026 lists Windows 10 1703+,
+/// Windows 11, Windows Server 2012 R2 and later, macOS 14 and later and the supported Linux distributions:
+/// `Linux`, `macOS` and `WindowsServer2012R2` are offboarded (older versions: [`DEFAULT_MINIMUM_VERSIONS`]).
 pub const DEFAULT_UNSUPPORTED_PLATFORMS: [&str; 4] = ["Windows7", "Windows8", "Windows8Blue", "WindowsServer2008R2"];
+/// The oldest version of a platform the service offboards (the same page): macOS 14, Windows 10 1703. A
+/// machine of the platform whose `version` is older answers 400 `OsPlatformNotSupported`; one whose version
+/// is not known is offboarded.
+pub const DEFAULT_MINIMUM_VERSIONS: [(&str, &str); 2] = [("macOS", "14"), ("Windows10", "1703")];
 /// Entra ID's usual token lifetime for client credentials, as `expires_in` shows it.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
 
@@ -49,6 +55,9 @@ pub struct SimConfig {
     pub forbidden_ids: Vec<String>,
     /// OS platforms whose offboard answers 400 `OsPlatformNotSupported`.
     pub unsupported_platforms: Vec<String>,
+    /// (platform, oldest version): machines of the platform with an older `version` answer 400
+    /// `OsPlatformNotSupported` too (see [`version_key`]).
+    pub minimum_versions: Vec<(String, String)>,
     pub lifecycle: Lifecycle,
     pub faults: Faults,
     /// The app's secret has expired: sign-in answers AADSTS7000222.
@@ -148,6 +157,7 @@ impl Default for SimConfig {
             forbidden_groups: DEFAULT_FORBIDDEN_GROUPS.iter().map(|g| g.to_string()).collect(),
             forbidden_ids: Vec::new(),
             unsupported_platforms: DEFAULT_UNSUPPORTED_PLATFORMS.iter().map(|p| p.to_string()).collect(),
+            minimum_versions: DEFAULT_MINIMUM_VERSIONS.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect(),
             lifecycle: Lifecycle::default(),
             faults: Faults::default(),
             secret_expired: false,
@@ -163,7 +173,31 @@ impl Default for SimConfig {
     }
 }
 
+/// A version as a sortable key: dotted numbers (`14.7.1`, `1703`) part by part; Windows 10's half-year
+/// names (`21H2`) as the month they came (`2109`), after the numbered `1703`...`2004`.
+pub fn version_key(version: &str) -> Vec<u64> {
+    let version = version.trim();
+    if let Some((year, half)) = version.to_ascii_uppercase().split_once('H')
+        && let (Ok(year), Ok(half)) = (year.parse::<u64>(), half.parse::<u64>())
+    {
+        return vec![year * 100 + half * 6 - 3];
+    }
+    version.split('.').map_while(|part| part.trim().parse::<u64>().ok()).collect()
+}
+
 impl SimConfig {
+    /// Whether the service refuses to offboard a machine of `platform` at `version` (400
+    /// `OsPlatformNotSupported`).
+    pub fn refuses_platform(&self, platform: &str, version: Option<&str>) -> bool {
+        if self.unsupported_platforms.iter().any(|p| p.eq_ignore_ascii_case(platform)) {
+            return true;
+        }
+        let Some(version) = version.map(version_key).filter(|v| !v.is_empty()) else { return false };
+        self.minimum_versions
+            .iter()
+            .any(|(p, oldest)| p.eq_ignore_ascii_case(platform) && version < version_key(oldest))
+    }
+
     /// The documented quotas: 100 calls a minute and 1,500 an hour.
     pub fn default_quotas() -> Vec<Rate> {
         crate::rate::DEFAULT_RATES.iter().map(|r| r.parse().expect("default rates parse")).collect()
@@ -339,5 +373,37 @@ impl Misanswers {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_follow_the_revised_documentation() {
+        assert!(version_key("13.6") < version_key("14"));
+        assert!(version_key("14.0.1") >= version_key("14"));
+        assert!(version_key("1607") < version_key("1703"));
+        assert!(version_key("20H2") > version_key("2004") && version_key("22H2") > version_key("21H2"));
+        let sim = SimConfig::default();
+        for (platform, version) in [
+            ("macOS", Some("14.7")),
+            ("macOS", Some("26.1")),
+            ("macOS", None),
+            ("Linux", None),
+            ("Windows10", Some("1703")),
+            ("Windows10", Some("22H2")),
+            ("Windows11", Some("23H2")),
+            ("WindowsServer2012R2", None),
+            ("WindowsServer2016", Some("1607")),
+        ] {
+            assert!(!sim.refuses_platform(platform, version), "{platform} {version:?} is offboarded");
+        }
+        for (platform, version) in
+            [("macOS", Some("13.6")), ("macos", Some("12")), ("Windows10", Some("1607")), ("Windows7", None)]
+        {
+            assert!(sim.refuses_platform(platform, version), "{platform} {version:?} is refused");
+        }
     }
 }

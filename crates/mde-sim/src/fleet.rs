@@ -3,6 +3,11 @@
 //! Invariants: ids are 40 lowercase hex characters and unique; the list keeps its order (the paging order
 //! of `GET /api/machines`); a computer name may belong to several machines (reimaged devices), as in the
 //! real inventory.
+//!
+//! Generated fleets stand for the machines a decommissioning list names: by default none has reported in
+//! the last two days (the API's `lastSeen` is the last full report, about daily; an `Active` machine has
+//! reported within 7 days, here 2.5 to 6.5 days ago, as a machine switched off last week). A share of live
+//! machines, reported within the last day, is [`Fleet::generate_live`]'s: a whole tenant looks that way.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,8 +90,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `n` machines, the same for the same `seed`, except that times are relative to now (to the hour).
+    /// `n` machines, the same for the same `seed`, except that times are relative to now (to the hour); none
+    /// reported in the last two days (see the module's comment).
     pub fn generate(n: usize, seed: u64) -> Fleet {
+        Fleet::generate_live(n, seed, 0.0)
+    }
+
+    /// As [`Fleet::generate`], with `live_share` of the `Active` machines live (reported within the last day),
+    /// and the new record of every reimaged device live when the share is above 0: a tenant's inventory
+    /// rather than a decommissioning list. The same seed gives the same machines whatever the share; only
+    /// their `lastSeen` differs.
+    pub fn generate_live(n: usize, seed: u64, live_share: f64) -> Fleet {
         let mut rng = fastrand::Rng::with_seed(seed);
         let now = SystemTime::now();
         let hour = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() / 3600 * 3600;
@@ -140,10 +154,16 @@ impl Fleet {
             if reimage_of.is_some() {
                 health = "Active".into();
             }
+            // Drawn the same whatever the share, so that the rest of the fleet stays the same.
+            let live = live_share > 0.0
+                && (reimage_of.is_some() || super::clock::unit(mix(seed, &[id.as_bytes()])) < live_share);
             let seen_ago = match health.as_str() {
                 "Inactive" => 86_400 * rng.u64(8..150),
-                "Active" => rng.u64(60..86_400),
-                _ => rng.u64(3600..86_400 * 6),
+                "Active" if live => rng.u64(60..86_400),
+                // 2.5 to 6.5 days ago.
+                "Active" => 216_000 + rng.u64(60..86_400) * 4,
+                // 2.5 to 5.5 days ago.
+                _ => 216_000 + rng.u64(3600..86_400 * 6) / 2,
             };
             let last_seen = now - Duration::from_secs(seen_ago);
             let first_seen = last_seen - Duration::from_secs(86_400 * rng.u64(30..900));
@@ -170,7 +190,8 @@ impl Fleet {
 
     /// Reads a CSV file with the header `id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName`
     /// (any column order; other columns are ignored), and optionally `aadDeviceId` (a machine joined to Entra
-    /// ID: its device id).
+    /// ID: its device id) and `version` (the OS version, e.g. `13.6` for macOS or `1607` for Windows 10: see
+    /// [`crate::SimConfig::minimum_versions`]).
     pub fn from_csv(path: &Path) -> Result<Fleet, Error> {
         let fail = |message: String| Error::Input { path: path.to_owned(), message };
         let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
@@ -186,6 +207,7 @@ impl Fleet {
             })?;
         }
         let aad_column = headers.iter().position(|h| h.trim() == "aadDeviceId");
+        let version_column = headers.iter().position(|h| h.trim() == "version");
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut machines = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::new();
@@ -234,6 +256,9 @@ impl Fleet {
             let aad = aad_column.and_then(|c| record.get(c)).map(str::trim).filter(|a| !a.is_empty());
             machine.aad_device_id = aad.map(str::to_owned);
             machine.is_aad_joined = aad.is_some();
+            if let Some(version) = version_column.and_then(|i| record.get(i)).map(str::trim) {
+                machine.version = Some(version.to_string()).filter(|v| !v.is_empty());
+            }
             machines.push(machine);
         }
         Fleet::from_machines(machines).map_err(fail)
@@ -310,7 +335,12 @@ impl SimMachine {
             first_seen,
             last_seen,
             os_processor: "x64".into(),
-            version: windows.then(|| ["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
+            // Versions the service offboards (see `DEFAULT_MINIMUM_VERSIONS`): older ones come from a fleet file.
+            version: match os_platform.as_str() {
+                _ if windows => Some(["1809", "21H2", "22H2", "23H2"][(h >> 8) as usize % 4].to_string()),
+                "macOS" => Some(["14.7", "15.3", "15.5", "26.1"][(h >> 8) as usize % 4].to_string()),
+                _ => None,
+            },
             last_ip_address: format!("10.{}.{}.{}", (h >> 16) % 32, (h >> 24) % 256, 1 + (h >> 32) % 254),
             last_external_ip_address: format!("203.0.113.{}", 1 + (h >> 40) % 254),
             agent_version: format!("10.8{}.{}", (h >> 48) % 10, 20_000 + (h >> 52) % 9_000),

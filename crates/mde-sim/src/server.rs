@@ -31,7 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::actions::{Actions, CancelError};
-use super::clock::{Clock, parse_rfc3339, random_guid};
+use super::clock::{Clock, parse_rfc3339, random_guid, rfc3339};
 use super::config::{Faults, RetryAfterOverride, SimConfig};
 use super::device_code;
 use super::faults::{Fault, FaultState};
@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     actions: Mutex<Actions>,
     /// The tags of machines whose tags were changed, by machine id: they replace the fleet's.
     tags: Mutex<HashMap<String, Vec<String>>>,
+    /// Machines that reported since the simulator started ([`Simulator::machine_reports`]): when, in
+    /// service time. Their `lastSeen` is that, and they are `Active`.
+    reports: Mutex<HashMap<String, SystemTime>>,
     forbidden_groups: HashSet<String>,
     forbidden_ids: HashSet<String>,
     base_url: String,
@@ -111,6 +114,7 @@ impl Simulator {
                     .legacy_type(config.legacy_action_type),
             ),
             tags: Mutex::default(),
+            reports: Mutex::default(),
             forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
             forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
             base_url: format!("http://{addr}"),
@@ -143,6 +147,15 @@ impl Simulator {
             tracing::warn!("{e}; shares are drawn in order until they reach 1");
         }
         self.shared.faults.lock().expect("faults lock").set(faults);
+    }
+
+    /// The machine `id` reports now, as a device (re-)onboarded does: its `lastSeen` becomes the service's
+    /// now and it is `Active`, also after an offboard that succeeded. False for an unknown machine.
+    pub fn machine_reports(&self, id: &str) -> bool {
+        let Some(machine) = self.shared.fleet.get(id) else { return false };
+        let now = self.shared.clock.service_time(Instant::now());
+        self.shared.reports.lock().expect("reports lock").insert(machine.id.clone(), now);
+        true
     }
 
     /// Revokes every token issued so far (as a key rollover or an admin would): calls made with them are
@@ -593,11 +606,12 @@ impl Shared {
                 ),
             );
         }
-        if self.config.unsupported_platforms.iter().any(|p| p.eq_ignore_ascii_case(&machine.os_platform)) {
+        if self.config.refuses_platform(&machine.os_platform, machine.version.as_deref()) {
+            let version = machine.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
             return answer(
                 StatusCode::BAD_REQUEST,
                 "OsPlatformNotSupported",
-                &format!("Offboarding is not supported on OS platform {}.", machine.os_platform),
+                &format!("Offboarding is not supported on OS platform {}{version}.", machine.os_platform),
             );
         }
         let now = Instant::now();
@@ -660,8 +674,8 @@ impl Shared {
             }
             Some(machine) => {
                 let context = format!("{}/api/$metadata#Machines/$entity", self.base_url);
-                let tags = self.tags.lock().expect("tags lock");
-                json_answer(StatusCode::OK, &Entity { context: &context, value: tagged(machine, &tags) })
+                let state = self.state();
+                json_answer(StatusCode::OK, &Entity { context: &context, value: state.current(machine) })
             }
         }
     }
@@ -689,9 +703,9 @@ impl Shared {
             None => Box::new(self.fleet.machines().iter()),
         };
         let page_size = q.top.unwrap_or(MAX_TOP);
-        let tags = self.tags.lock().expect("tags lock");
+        let state = self.state();
         let mut value: Vec<Cow<'_, SimMachine>> = candidates
-            .map(|m| tagged(m, &tags))
+            .map(|m| state.current(m))
             .filter(|m| q.filter.matches(&|c| machine_matches(m, c)))
             .skip(q.skip)
             .take(page_size + 1)
@@ -857,6 +871,53 @@ fn machine_matches(m: &SimMachine, c: &Clause) -> bool {
 
 /// Machines one tag call may name (Microsoft's documentation).
 pub const TAG_MACHINES_MAX: usize = 500;
+
+/// How long after its offboarding succeeded a machine that has not reported since turns `Inactive`
+/// (Microsoft's documentation: "Inactive after 7 days"), in service time.
+pub const INACTIVE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What changed machines since the fleet was made, held for one answer (locks taken in this order:
+/// tags, reports, actions).
+struct MachineState<'a> {
+    tags: std::sync::MutexGuard<'a, HashMap<String, Vec<String>>>,
+    reports: std::sync::MutexGuard<'a, HashMap<String, SystemTime>>,
+    actions: std::sync::MutexGuard<'a, Actions>,
+    now: Instant,
+    service_now: SystemTime,
+}
+
+impl Shared {
+    fn state(&self) -> MachineState<'_> {
+        let tags = self.tags.lock().expect("tags lock");
+        let reports = self.reports.lock().expect("reports lock");
+        let actions = self.actions.lock().expect("actions lock");
+        let now = Instant::now();
+        MachineState { tags, reports, actions, now, service_now: self.clock.service_time(now) }
+    }
+}
+
+impl MachineState<'_> {
+    /// `machine` as the API shows it now: its tags as changed; `lastSeen` and `Active` from its latest
+    /// report, if it reported since the fleet was made; and, once an offboard succeeded and it has not
+    /// reported since, it stops reporting (`lastSeen` stays) and turns `Inactive` [`INACTIVE_AFTER`] later.
+    fn current<'a>(&self, machine: &'a SimMachine) -> Cow<'a, SimMachine> {
+        let mut shown = tagged(machine, &self.tags);
+        let reported = self.reports.get(&machine.id).copied();
+        if let Some(at) = reported {
+            let m = shown.to_mut();
+            m.last_seen = rfc3339(at);
+            m.health_status = "Active".into();
+        }
+        if let Some(done) = self.actions.succeeded_at(&machine.id, self.now)
+            && reported.is_none_or(|at| at < done)
+            && self.service_now.duration_since(done).is_ok_and(|since| since >= INACTIVE_AFTER)
+            && shown.health_status != "Inactive"
+        {
+            shown.to_mut().health_status = "Inactive".into();
+        }
+        shown
+    }
+}
 
 /// `machine` with its tags as changed, if they were.
 fn tagged<'a>(machine: &'a SimMachine, tags: &HashMap<String, Vec<String>>) -> Cow<'a, SimMachine> {

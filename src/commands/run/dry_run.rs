@@ -49,6 +49,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
     };
     let screen = screen.expect("a dry run always reads");
     let describe = screen.describe();
+    let protected = screen.protected_line();
 
     let writer = ResultsWriter::create(&job.output, job.overwrite)?;
     let rows = job.scan.rows()?;
@@ -72,7 +73,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         written - would,
         if skipped.is_empty() { String::new() } else { format!(": {}", skipped.join(", ")) }
     ));
-    crate::ui::output::stdout(&format!("Read {describe}.\n"));
+    crate::ui::output::stdout(&format!("Read {describe}.\n{protected}\n"));
     Ok(Summary {
         run_id: job.run_id,
         counts,

@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::guard::{Guard, Kept, Why};
 use crate::defender::api::{ActionQuery, Api, Failure, ListPage, MachineAction, MachineQuery, Page};
+use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
 use crate::input::{Entry, Filter, Key, Keys, Lookup, Scan, normalise_aad_device_id, normalise_name};
@@ -44,12 +46,17 @@ pub const AMBIGUOUS_LISTED: usize = 5;
 /// Inputs of up to this many ids may be read by id instead of in pages (see [`by_id_is_cheaper`]).
 pub const PER_ID_MAX: usize = 2;
 
+/// The statuses of the offboard actions the reads list: the open ones (the machine is `already_pending`)
+/// and `Succeeded` (it may be `already_offboarded`), one paged list each.
+pub const LISTED_STATUSES: [ActionStatus; 3] =
+    [ActionStatus::Pending, ActionStatus::InProgress, ActionStatus::Succeeded];
+
 /// Whether reading `n` ids one by one costs fewer calls than the least the batched reads can cost (one
-/// inventory page and one list per open status): one GET per id, plus, per id, its actions by `machineId`
-/// or the global open lists, whichever is fewer. True for a single id (2 calls against at least 3).
+/// inventory page and one list per listed status): one GET per id, plus, per id, its actions by `machineId`
+/// or the global lists, whichever is fewer. True for a single id (2 calls against at least 4).
 pub fn by_id_is_cheaper(n: usize) -> bool {
-    let batched_floor = 1 + ActionStatus::OPEN.len();
-    n <= PER_ID_MAX && n + n.min(ActionStatus::OPEN.len()) < batched_floor
+    let batched_floor = 1 + LISTED_STATUSES.len();
+    n <= PER_ID_MAX && n + n.min(LISTED_STATUSES.len()) < batched_floor
 }
 
 record! {
@@ -67,6 +74,17 @@ record! {
     struct Named {
         key: Key,
         id: MachineId,
+        facts: Ref,
+    }
+}
+
+record! {
+    /// A `Succeeded` offboard action of a machine: when it last changed (milliseconds since 1970), and where
+    /// its facts are. Sorted by machine, then time: the last of a machine's is its latest.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Done {
+        id: MachineId,
+        updated: u64,
         facts: Ref,
     }
 }
@@ -95,6 +113,11 @@ record! {
         action: Ref,
         /// Machines an ambiguous name may mean.
         pub count: u32,
+        /// The machine's latest `Succeeded` offboard action, when it has not reported since (it is
+        /// `already_offboarded`), or [`Ref::NONE`].
+        done: Ref,
+        /// Why the guard keeps the machine ([`Why::code`]), or 0.
+        guard: u8,
     }
 }
 
@@ -131,9 +154,14 @@ pub struct Machine {
     pub os_platform: String,
     pub health_status: String,
     pub last_seen: String,
+    pub rbac_group_name: String,
+    pub machine_tags: Vec<String>,
 }
 
-/// An open offboard action.
+/// Separates a machine's tags in the pre-flight's store (a control character: no tag holds one that matters).
+const TAG_SEPARATOR: char = '\u{1f}';
+
+/// An open offboard action (or, for [`Joined::done_action`], the succeeded one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenAction {
     pub id: String,
@@ -163,15 +191,20 @@ pub struct Tally {
     pub found: u64,
     /// Of those, machines with an open offboard action.
     pub open: u64,
+    /// Of those, machines offboarded earlier and not reported since (no open action).
+    pub offboarded: u64,
+    /// Of the rest, machines the guard keeps, by reason.
+    pub kept: Kept,
     /// Input by name: names naming no machine, and names naming several.
     pub unknown_names: u64,
     pub ambiguous_names: u64,
 }
 
 impl Tally {
-    /// Offboard calls a real run makes after the reads: machines found with no open action.
+    /// Offboard calls a real run makes after the reads: machines found with no open action, not offboarded
+    /// earlier, and not kept by the guard.
     pub fn to_submit(&self) -> u64 {
-        self.found - self.open
+        self.found - self.open - self.offboarded - self.kept.total()
     }
 }
 
@@ -191,6 +224,10 @@ struct MachineEntry<'a> {
     health_status: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     last_seen: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    rbac_group_name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    machine_tags: Option<Vec<String>>,
 }
 
 /// Why the reads could not finish: what was being read, and the call's failure.
@@ -244,12 +281,14 @@ pub struct Inventory {
     machines: Sorter<Found>,
     names: Sorter<Named>,
     actions: Sorter<Found>,
+    done: Sorter<Done>,
     store: Store,
+    guard: Guard,
     pub reads: Reads,
 }
 
 impl Inventory {
-    fn new(scan: &Scan) -> Result<Inventory, LoadError> {
+    fn new(scan: &Scan, guard: Guard) -> Result<Inventory, LoadError> {
         Ok(Inventory {
             by_name: scan.by_name,
             lookup: scan.lookup,
@@ -259,22 +298,24 @@ impl Inventory {
             machines: Sorter::default(),
             names: Sorter::default(),
             actions: Sorter::default(),
+            done: Sorter::default(),
             store: Store::new()?,
+            guard,
             reads: Reads::default(),
         })
     }
 
     /// Reads what the scanned input asks about (by id for a tiny input of ids, in pages otherwise), and
-    /// joins it with the input.
-    pub async fn load(api: &Api, scan: &Scan) -> Result<Joined, LoadError> {
-        let mut inventory = Inventory::new(scan)?;
+    /// joins it with the input, `guard` judging the machines found.
+    pub async fn load(api: &Api, scan: &Scan, guard: Guard) -> Result<Joined, LoadError> {
+        let mut inventory = Inventory::new(scan, guard)?;
         let wanted = inventory.firsts.len();
         if wanted > 0 {
             if !inventory.by_name && by_id_is_cheaper(wanted as usize) {
                 inventory.read_by_id(api).await?;
             } else {
                 inventory.read_pages(api).await?;
-                inventory.read_open_actions(api).await?;
+                inventory.read_listed_actions(api).await?;
             }
         }
         match tokio::task::spawn_blocking(move || inventory.join()).await {
@@ -312,14 +353,14 @@ impl Inventory {
                 Err(failure) => return Err(ReadError { what: format!("machine {text}"), failure }.into()),
             }
         }
-        // Each machine found: its offboard actions by machineId, when that is fewer calls than the open lists.
-        if found.len() < ActionStatus::OPEN.len() {
+        // Each machine found: its offboard actions by machineId, when that is fewer calls than the lists.
+        if found.len() < LISTED_STATUSES.len() {
             for id in found {
                 let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).of_machine(id);
                 self.pages(api, query, "the machine's offboard actions").await?;
             }
         } else {
-            self.read_open_actions(api).await?;
+            self.read_listed_actions(api).await?;
         }
         Ok(())
     }
@@ -360,11 +401,12 @@ impl Inventory {
         Err(page_cap(WHAT))
     }
 
-    /// The open offboard actions: one paged list per open status.
-    async fn read_open_actions(&mut self, api: &Api) -> Result<(), LoadError> {
-        for status in ActionStatus::OPEN {
+    /// The open and the succeeded offboard actions: one paged list per status in [`LISTED_STATUSES`].
+    async fn read_listed_actions(&mut self, api: &Api) -> Result<(), LoadError> {
+        for status in LISTED_STATUSES {
+            let what = if status.is_open() { "the open offboard actions" } else { "the succeeded offboard actions" };
             let query = ActionQuery::offboards(Page::nth(0, PAGE_SIZE)).in_status(status);
-            self.pages(api, query, "the open offboard actions").await?;
+            self.pages(api, query, what).await?;
         }
         Ok(())
     }
@@ -395,13 +437,14 @@ impl Inventory {
         Err(page_cap(what))
     }
 
-    /// Keeps an open offboard action, unless the input surely does not ask about its machine.
+    /// Keeps an open or a succeeded offboard action, unless the input surely does not ask about its machine.
     fn keep_action(&mut self, action: MachineAction) -> std::io::Result<()> {
         let open = action.status.as_ref().is_some_and(ActionStatus::is_open);
+        let succeeded = action.status == Some(ActionStatus::Succeeded);
         let offboard = action.is_offboard();
         let Some(machine) = action.machine_id.as_deref().and_then(MachineId::parse) else { return Ok(()) };
-        // By name the sieve holds names, not ids: every open action is kept (they are few).
-        if !open || !offboard || (!self.by_name && !self.filter.may_contain(&self.keys.id(&machine))) {
+        // By name the sieve holds names, not ids: every such action is kept.
+        if !(open || succeeded) || !offboard || (!self.by_name && !self.filter.may_contain(&self.keys.id(&machine))) {
             return Ok(());
         }
         let text = |s: Option<&String>| s.map(String::as_str).unwrap_or_default().to_owned();
@@ -412,6 +455,11 @@ impl Inventory {
             text(action.updated_at()),
         ];
         let at = self.store.put(&fields.each_ref().map(String::as_str))?;
+        if succeeded {
+            // Without a readable time it cannot be the latest of anything: the earliest there is.
+            let updated = action.updated_at().and_then(|t| timestamp::parse(t)).map_or(0, millis);
+            return self.done.push(Done { id: machine, updated, facts: at });
+        }
         self.actions.push(Found { id: machine, facts: at })
     }
 
@@ -452,6 +500,8 @@ impl Inventory {
             text(&entry.os_platform),
             text(&entry.health_status),
             text(&entry.last_seen),
+            text(&entry.rbac_group_name),
+            entry.machine_tags.as_deref().unwrap_or_default().join(&TAG_SEPARATOR.to_string()),
         ];
         self.store.put(&fields.each_ref().map(String::as_str))
     }
@@ -462,6 +512,9 @@ impl Inventory {
         let mut tally = Tally { wanted: self.firsts.len(), ..Tally::default() };
         let mut decisions = Sorter::<Decision>::default();
         let actions = first_of_each(self.actions.finish()?, |a| a.id);
+        let done = last_of_each(self.done.finish()?);
+        let mut decide =
+            Decide { actions: Cursor::new(actions), done: Cursor::new(done), store: &store, guard: &self.guard };
         if self.by_name {
             let mut claims = Sorter::<Claim>::default();
             let mut named = Cursor::new(self.names.finish()?);
@@ -495,12 +548,14 @@ impl Inventory {
                                 facts: c.facts,
                                 action: Ref::NONE,
                                 count,
+                                done: Ref::NONE,
+                                guard: 0,
                             })?;
                         }
                     }
                 }
             }
-            decide_claims(claims.finish()?, actions, &mut decisions, &mut tally)?;
+            decide.claims(claims.finish()?, &mut decisions, &mut tally)?;
         } else {
             let mut machines = Cursor::new(first_of_each(self.machines.finish()?, |m| m.id));
             let claims = self
@@ -512,12 +567,12 @@ impl Inventory {
                     Ok(found.map(|m| Claim { id: m.id, line: entry.line, facts: m.facts }))
                 })
                 .filter_map(Result::transpose);
-            decide_claims(claims, actions, &mut decisions, &mut tally)?;
+            decide.claims(claims, &mut decisions, &mut tally)?;
         }
         // Kept in a file of their own, so they can be read again from the first line (see [`Joined::rewind`]).
         let sorted = RecordFile::write(decisions.finish()?)?;
         let decisions = Cursor::new(sorted.read()?);
-        Ok(Joined { sorted, decisions, store, tally, reads: self.reads, by_name: self.by_name })
+        Ok(Joined { sorted, decisions, store, tally, reads: self.reads, by_name: self.by_name, guard: self.guard })
     }
 }
 
@@ -555,38 +610,107 @@ fn first_of_each<R: Record>(
     })
 }
 
-/// The last step of the join: `claims`, sorted by machine, with the open actions, sorted the same way. The
-/// first line naming a machine gets it; a later one (input by name) names it again.
-fn decide_claims(
-    claims: impl Iterator<Item = std::io::Result<Claim>>,
-    actions: impl Iterator<Item = std::io::Result<Found>>,
-    decisions: &mut Sorter<Decision>,
-    tally: &mut Tally,
-) -> std::io::Result<()> {
-    let mut actions = Cursor::new(actions);
-    let mut last: Option<MachineId> = None;
-    for claim in claims {
-        let claim = claim?;
-        let decision = Decision {
-            line: claim.line,
-            index: 0,
-            kind: DecisionKind::Found,
-            machine: claim.id,
-            facts: claim.facts,
-            action: Ref::NONE,
-            count: 1,
-        };
-        if last == Some(claim.id) {
-            decisions.push(Decision { kind: DecisionKind::Claimed, ..decision })?;
-            continue;
+/// The last record of each run of [`Done`] records of the same machine: its latest succeeded offboard.
+fn last_of_each(records: impl Iterator<Item = std::io::Result<Done>>) -> impl Iterator<Item = std::io::Result<Done>> {
+    let mut records = records.peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let record = match records.next()? {
+                Ok(record) => record,
+                Err(e) => return Some(Err(e)),
+            };
+            match records.peek() {
+                Some(Ok(next)) if next.id == record.id => continue,
+                _ => return Some(Ok(record)),
+            }
         }
-        last = Some(claim.id);
-        let action = actions.find(&claim.id, |a| a.id)?.map_or(Ref::NONE, |a| a.facts);
-        tally.found += 1;
-        tally.open += u64::from(!action.is_none());
-        decisions.push(Decision { action, ..decision })?;
+    })
+}
+
+/// Milliseconds since 1970 (0 before it).
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The last step of the join: each machine claimed, with its open action, its latest succeeded offboard and
+/// the guard's verdict.
+struct Decide<'a, A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Result<Done>>> {
+    actions: Cursor<Found, A>,
+    done: Cursor<Done, D>,
+    store: &'a Frozen,
+    guard: &'a Guard,
+}
+
+impl<A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Result<Done>>> Decide<'_, A, D> {
+    /// `claims`, sorted by machine, with the actions, sorted the same way. The first line naming a machine
+    /// gets it; a later one (input by name) names it again. An open action makes it `already_pending`; else a
+    /// succeeded offboard it has not reported since (its `lastSeen` before the action's last update) makes it
+    /// `already_offboarded` (one that reported since came back, re-onboarded); else the guard may keep it.
+    fn claims(
+        &mut self,
+        claims: impl Iterator<Item = std::io::Result<Claim>>,
+        decisions: &mut Sorter<Decision>,
+        tally: &mut Tally,
+    ) -> std::io::Result<()> {
+        let mut last: Option<MachineId> = None;
+        for claim in claims {
+            let claim = claim?;
+            let decision = Decision {
+                line: claim.line,
+                index: 0,
+                kind: DecisionKind::Found,
+                machine: claim.id,
+                facts: claim.facts,
+                action: Ref::NONE,
+                count: 1,
+                done: Ref::NONE,
+                guard: 0,
+            };
+            if last == Some(claim.id) {
+                decisions.push(Decision { kind: DecisionKind::Claimed, ..decision })?;
+                continue;
+            }
+            last = Some(claim.id);
+            tally.found += 1;
+            let action = self.actions.find(&claim.id, |a| a.id)?.map_or(Ref::NONE, |a| a.facts);
+            let done = self.done.find(&claim.id, |d| d.id)?;
+            if !action.is_none() {
+                tally.open += 1;
+                decisions.push(Decision { action, ..decision })?;
+                continue;
+            }
+            let machine = machine_of(self.store.get(claim.facts)?);
+            let seen = timestamp::parse(&machine.last_seen).map(millis);
+            // A machine with no readable lastSeen has shown no report since.
+            if let Some(done) = done.filter(|d| seen.is_none_or(|seen| seen < d.updated)) {
+                tally.offboarded += 1;
+                decisions.push(Decision { done: done.facts, ..decision })?;
+                continue;
+            }
+            let tags = machine.machine_tags.iter().map(String::as_str);
+            let why = self.guard.judge(&machine.last_seen, &machine.rbac_group_name, tags);
+            if let Some(why) = why {
+                tally.kept.add(why);
+            }
+            decisions.push(Decision { guard: why.map_or(0, Why::code), ..decision })?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A machine from its stored fields (see [`Inventory::put_facts`]).
+fn machine_of(fields: Vec<String>) -> Machine {
+    let mut fields = fields.into_iter();
+    let mut next = || fields.next().unwrap_or_default();
+    Machine {
+        id: next(),
+        computer_dns_name: next(),
+        os_platform: next(),
+        health_status: next(),
+        last_seen: next(),
+        rbac_group_name: next(),
+        machine_tags: next().split(TAG_SEPARATOR).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+    }
 }
 
 /// What the reads decided, line by line, in the input's order.
@@ -598,6 +722,7 @@ pub struct Joined {
     pub reads: Reads,
     /// The input was by name.
     pub by_name: bool,
+    guard: Guard,
 }
 
 impl Joined {
@@ -619,15 +744,28 @@ impl Joined {
 
     /// The machine of a decision, as the inventory showed it.
     pub fn machine(&self, decision: &Decision) -> std::io::Result<Machine> {
-        let mut fields = self.store.get(decision.facts)?.into_iter();
+        Ok(machine_of(self.store.get(decision.facts)?))
+    }
+
+    /// The latest succeeded offboard action of a decision's machine, when the machine is
+    /// `already_offboarded`.
+    pub fn done_action(&self, decision: &Decision) -> std::io::Result<Option<OpenAction>> {
+        if decision.done.is_none() {
+            return Ok(None);
+        }
+        let mut fields = self.store.get(decision.done)?.into_iter();
         let mut next = || fields.next().unwrap_or_default();
-        Ok(Machine {
-            id: next(),
-            computer_dns_name: next(),
-            os_platform: next(),
-            health_status: next(),
-            last_seen: next(),
-        })
+        Ok(Some(OpenAction { id: next(), status: next(), created: next(), updated: next() }))
+    }
+
+    /// Why the guard keeps a decision's machine, if it does.
+    pub fn kept(&self, decision: &Decision) -> Option<Why> {
+        Why::from_code(decision.guard)
+    }
+
+    /// What the guard protected.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     /// The open offboard action of a decision's machine, if it has one.
@@ -660,6 +798,8 @@ mod tests {
             os_platform: Some("Windows11".into()),
             health_status: Some("Active".into()),
             last_seen: Some("2026-01-01T00:00:00Z".into()),
+            rbac_group_name: Some("Workstations".into()),
+            machine_tags: Some(vec!["Finance".into()]),
         }
     }
 
@@ -695,7 +835,7 @@ mod tests {
     fn machines_asked_about_are_found_once_with_their_facts_and_actions() {
         let input = format!("MachineId\n{}\n{}\n{}\n{}\n", hex(1), hex(3).to_uppercase(), hex(9), hex(4));
         let scan = scan_reader(input.as_bytes(), None).unwrap();
-        let mut inventory = Inventory::new(&scan).unwrap();
+        let mut inventory = Inventory::new(&scan, Guard::default()).unwrap();
         for n in 0..6 {
             inventory.keep(&entry(&hex(n), &format!("pc-{n}.contoso.local"))).unwrap();
         }
@@ -707,8 +847,9 @@ mod tests {
         inventory.keep_action(action(&hex(4), "Pending", "Isolate")).unwrap();
         inventory.keep_action(action(&hex(5), "Pending", "Offboard")).unwrap();
         let mut joined = inventory.join().unwrap();
-        assert_eq!(joined.tally, Tally { wanted: 4, found: 3, open: 1, ..Tally::default() });
-        assert_eq!(joined.tally.to_submit(), 2);
+        // Machine 1's offboard succeeded after its last report: offboarded already, not to submit.
+        assert_eq!(joined.tally, Tally { wanted: 4, found: 3, open: 1, offboarded: 1, ..Tally::default() });
+        assert_eq!(joined.tally.to_submit(), 1);
         let found = lines(&mut joined, 4);
         assert_eq!(found.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 0, 1], "machine 9 is unknown");
         let m = joined.machine(&found[1][0]).unwrap();
@@ -725,7 +866,7 @@ mod tests {
     fn both_offboard_types_are_offboard_actions_to_the_readers_and_the_filter() {
         let input = format!("MachineId\n{}\n{}\n", hex(1), hex(2));
         let scan = scan_reader(input.as_bytes(), None).unwrap();
-        let mut inventory = Inventory::new(&scan).unwrap();
+        let mut inventory = Inventory::new(&scan, Guard::default()).unwrap();
         inventory.keep(&entry(&hex(1), "pc-1.contoso.local")).unwrap();
         inventory.keep(&entry(&hex(2), "pc-2.contoso.local")).unwrap();
         inventory.keep_action(action(&hex(1), "Pending", "OffboardMachine")).unwrap();
@@ -744,7 +885,7 @@ mod tests {
         let input = "Name\npc-1\npc-2.contoso.local\npc-2\nsrv\npc-3.other.local\nnone\nPC-1.contoso.local\n";
         let scan = scan_reader(input.as_bytes(), None).unwrap();
         assert!(scan.by_name);
-        let mut inventory = Inventory::new(&scan).unwrap();
+        let mut inventory = Inventory::new(&scan, Guard::default()).unwrap();
         inventory.keep(&entry(&hex(1), "PC-1.contoso.local")).unwrap();
         inventory.keep(&entry(&hex(2), "pc-2.contoso.local")).unwrap();
         inventory.keep(&entry(&hex(3), "pc-2.contoso.local")).unwrap(); // reimaged: same name, new id
@@ -769,7 +910,7 @@ mod tests {
         assert!(joined.open_action(&found[0][0]).unwrap().is_some());
         assert_eq!(
             joined.tally,
-            Tally { wanted: 7, found: 1, open: 1, unknown_names: 2, ambiguous_names: 3 },
+            Tally { wanted: 7, found: 1, open: 1, unknown_names: 2, ambiguous_names: 3, ..Tally::default() },
             "machine 7 is named by no line"
         );
     }
@@ -777,7 +918,7 @@ mod tests {
     #[test]
     fn a_name_many_machines_carry_keeps_a_few_and_counts_them_all() {
         let scan = scan_reader(&b"Name\nlab\n"[..], None).unwrap();
-        let mut inventory = Inventory::new(&scan).unwrap();
+        let mut inventory = Inventory::new(&scan, Guard::default()).unwrap();
         for n in 0..7 {
             inventory.keep(&entry(&hex(n + 1), &format!("lab.site{n}.contoso.local"))).unwrap();
         }
@@ -798,7 +939,7 @@ mod tests {
             input.push('\n');
         }
         let scan = scan_reader(input.as_bytes(), None).unwrap();
-        let mut inventory = Inventory::new(&scan).unwrap();
+        let mut inventory = Inventory::new(&scan, Guard::default()).unwrap();
         // The inventory has the even machines, and more that the input does not ask about.
         for n in (0..2 * N).rev().filter(|n| n.is_multiple_of(2)) {
             inventory.keep(&entry(&hex(n + 1), &format!("pc-{n}"))).unwrap();

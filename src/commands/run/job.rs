@@ -56,6 +56,8 @@ pub struct Job {
     pub progress: bool,
     /// Dry run and pre-flight.
     pub preflight: Options,
+    /// What the pre-flight keeps from offboarding (`protected` rows).
+    pub guard: super::guard::Guard,
     /// Where the summary JSON goes (`--summary-json`), so that a second signal, which exits at once, can
     /// still write what was done so far.
     pub summary_json: Option<PathBuf>,

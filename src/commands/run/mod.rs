@@ -10,6 +10,7 @@ pub mod inventory;
 mod job;
 mod offboard;
 pub mod dry_run;
+pub mod guard;
 pub mod preflight;
 mod resume;
 
@@ -97,6 +98,22 @@ pub struct RunArgs {
     /// `,`, `;` or a tab]
     #[arg(long, value_name = "CHAR", value_parser = input::parse_delimiter)]
     pub delimiter: Option<u8>,
+    /// Do not offboard a machine that reported within DURATION (its row is `protected`); the API's lastSeen is
+    /// the last full report, about daily. [config: run.active_within] [default: 48h]
+    #[arg(long, value_name = "DURATION", conflicts_with = "allow_active")]
+    pub active_within: Option<String>,
+    /// Offboard machines however recently they reported (a migration to another product offboards live
+    /// machines on purpose).
+    #[arg(long)]
+    pub allow_active: bool,
+    /// Do not offboard machines carrying this tag; repeat for several (replaces run.protect_tags). Needs the
+    /// pre-flight.
+    #[arg(long = "protect-tag", value_name = "TAG")]
+    pub protect_tags: Vec<String>,
+    /// Do not offboard machines in this device group; repeat for several (replaces run.protect_groups). Needs
+    /// the pre-flight.
+    #[arg(long = "protect-group", value_name = "GROUP")]
+    pub protect_groups: Vec<String>,
     /// After the offboards, add this tag to every machine whose row ended submitted or already_pending
     /// (`{run_id}` and `{date}` filled in), 500 a call; needs Machine.ReadWrite.All. [config: run.tag]
     #[arg(long, value_name = "VALUE", conflicts_with = "dry_run")]
@@ -202,7 +219,10 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     let credentials = credentials.needing(!options.dry_run, options.reads(by_name) || options.wait || args.resume);
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
-    let output = args.output.clone().unwrap_or_else(|| {
+    let run_id = journal::new_run_id(SystemTime::now());
+    // `{date}` and `{run_id}` in --output: a new results file for each night's run of a list that changes.
+    let output = args.output.as_deref().map(|path| journal::expand_output(path, &run_id, SystemTime::now()));
+    let output = output.unwrap_or_else(|| {
         let input = match &source {
             Source::Path(p) => Some(p.as_path()),
             Source::Stdin => None,
@@ -238,6 +258,16 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
             scan.id_column.as_deref().unwrap_or("")
         )));
     }
+    let guard = resolve_guard(&args, &settings)?;
+    // The guard sees the machines through the pre-flight alone: a protect setting asked for (a tag, a group,
+    // or --active-within on the command line) cannot be kept without it.
+    if !options.preflight && (guard.protects_by_name() || args.active_within.is_some()) {
+        return Err(Error::Usage(format!(
+            "the guard protects {}, which it can only see through the pre-flight's read of the inventory; drop \
+             --no-preflight (or the protect settings); nothing was done",
+            guard.describe()
+        )));
+    }
     if let Some(max) = args.max_machines
         && scan.valid > max
     {
@@ -271,11 +301,12 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         output,
         overwrite: args.overwrite,
         resume: args.resume,
-        run_id: journal::new_run_id(SystemTime::now()),
+        run_id,
         lock_dir: lock::state_dir(),
         confirm: !args.yes,
         progress: std::io::stderr().is_terminal(),
         preflight: options,
+        guard,
         summary_json: args.summary_json.clone(),
     };
     Ok((job, session))
@@ -294,6 +325,33 @@ fn is_results_of(path: &std::path::Path, source: &Source) -> bool {
 /// An error about the scanned input.
 fn scan_error(scan: &input::Scan, message: &str) -> Error {
     Error::Input { path: PathBuf::from(scan.source.display()), message: message.into() }
+}
+
+/// The guard of live machines: the flags over the settings (a flag list replaces the configured one).
+fn resolve_guard(args: &RunArgs, settings: &Settings) -> Result<guard::Guard> {
+    let active_within = match &args.active_within {
+        _ if args.allow_active => None,
+        Some(text) => Some(
+            crate::settings::parse_active_within(text)
+                .map_err(|allowed| Error::Usage(format!("--active-within `{text}` is not allowed: {allowed}")))?,
+        ),
+        None => Some(settings.active_within),
+    };
+    let list = |flags: &[String], configured: &[String], flag: &str| -> Result<Vec<String>> {
+        if let Some(bad) = flags.iter().find(|f| f.trim().is_empty() || f.contains(char::is_control)) {
+            let bad = bad.escape_debug();
+            return Err(Error::Usage(format!(
+                "{flag} `{bad}` is empty or holds control characters; name a tag or group"
+            )));
+        }
+        Ok(if flags.is_empty() { configured.to_vec() } else { flags.to_vec() })
+    };
+    Ok(guard::Guard {
+        active_within,
+        tags: list(&args.protect_tags, &settings.protect_tags, "--protect-tag")?,
+        groups: list(&args.protect_groups, &settings.protect_groups, "--protect-group")?,
+        now: SystemTime::now(),
+    })
 }
 
 /// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
@@ -375,6 +433,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     };
     if let Some(screen) = &screen {
         crate::ui::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
+        crate::ui::output::notice("plan", &screen.protected_line());
+    } else {
+        crate::ui::output::notice(
+            "plan",
+            "Guard: off. Without the pre-flight (--no-preflight) the guard cannot see the machines: live machines \
+             are offboarded like any other.",
+        );
     }
     let to_offboard = match &mut resume {
         // Exactly the machines this session will call for: the input screened as the run will screen it,

@@ -3,8 +3,9 @@
 //! Under 1,500 calls an hour every call that is not an offboard is a machine not offboarded, so both read the
 //! inventory and the open offboard actions in batches ([`crate::commands::run::inventory`]: pages + a constant, whatever the
 //! size of the input), through the run's one [`Api`] and so its one limiter. Then each input row is decided
-//! locally ([`Screen`]): `not_found` and `already_pending` rows cost no offboard call, and a dry run writes
-//! `would_submit` where a real run would call. Input by name is resolved here: a name that may mean several
+//! locally ([`Screen`]): `not_found`, `already_pending`, `already_offboarded` (its offboard succeeded and it
+//! has not reported since) and `protected` (kept by the [`super::guard`]) rows cost no offboard call, and a
+//! dry run writes `would_submit` where a real run would call. Input by name is resolved here: a name that may mean several
 //! machines is `ambiguous` and never guessed. Only reads that saw every page decide `not_found`: reads that
 //! could not finish (a failed call, a repeated page, an HTML 404) stop the run before any offboard.
 //!
@@ -281,6 +282,30 @@ impl Screen {
             facts.fill(&mut result);
             return Ok(Screened::Row(result));
         }
+        if let Some(done) = self.joined.done_action(found).map_err(disk)? {
+            let some = |s: String| Some(s).filter(|s| !s.is_empty());
+            let mut result = ResultRow::new(row.line, text, Outcome::AlreadyOffboarded);
+            result.error_message = Some(message::offboarded_earlier(
+                self.dry_run,
+                &done.updated,
+                facts.last_seen.as_deref().unwrap_or(""),
+            ));
+            result.action_id = some(done.id);
+            result.action_status = Some(done.status);
+            result.submitted_at = some(done.created);
+            result.updated_at = some(done.updated);
+            facts.fill(&mut result);
+            return Ok(Screened::Row(result));
+        }
+        if let Some(why) = self.joined.kept(found) {
+            let machine = self.joined.machine(found).map_err(disk)?;
+            let guard = self.joined.guard();
+            let (why, how) = guard.explain(why, &machine.last_seen, &machine.rbac_group_name, &machine.machine_tags);
+            let mut result = ResultRow::new(row.line, text, Outcome::Protected);
+            result.error_message = Some(message::protected(self.dry_run, &why, &how));
+            facts.fill(&mut result);
+            return Ok(Screened::Row(result));
+        }
         if self.dry_run {
             let mut result = ResultRow::new(row.line, text, Outcome::WouldSubmit);
             facts.fill(&mut result);
@@ -289,9 +314,15 @@ impl Screen {
         Ok(Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(found.machine) }, Some(facts)))
     }
 
-    /// How many offboard calls a real run makes after the pre-flight: machines found with no open action.
+    /// How many offboard calls a real run makes after the pre-flight: machines found with no open action,
+    /// not offboarded earlier and not kept by the guard.
     pub fn to_submit(&self) -> u64 {
         self.joined.tally.to_submit()
+    }
+
+    /// The plan's line on the guard: how many machines it keeps, and why.
+    pub fn protected_line(&self) -> String {
+        super::guard::kept_line(&self.joined.tally.kept, self.joined.guard())
     }
 
     /// One line on what the reads cost and found.
@@ -300,7 +331,7 @@ impl Screen {
         let how = if r.by_id {
             format!("{} machine lookup(s) and {} action list call(s)", r.machine_lookups, r.action_pages)
         } else {
-            format!("{} inventory page(s) and {} open-action list call(s)", r.inventory_pages, r.action_pages)
+            format!("{} inventory page(s) and {} action list call(s)", r.inventory_pages, r.action_pages)
         };
         let found = if self.joined.by_name {
             format!(
@@ -310,7 +341,11 @@ impl Screen {
         } else {
             format!("{} of {} asked about in the inventory, {} with an open offboard action", t.found, t.wanted, t.open)
         };
-        format!("{how} ({} HTTP calls): {found}", r.http_calls)
+        let offboarded =
+            if t.offboarded > 0 { format!(", {} offboarded already", t.offboarded) } else { String::new() };
+        let kept = t.kept.total();
+        let kept = if kept > 0 { format!(", {kept} protected") } else { String::new() };
+        format!("{how} ({} HTTP calls): {found}{offboarded}{kept}", r.http_calls)
     }
 }
 
@@ -319,7 +354,8 @@ pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     if !job.preflight.reads(job.scan.by_name) {
         return Ok(None);
     }
-    let joined = Inventory::load(api, &job.scan).await.map_err(|e| {
+    let guard = super::guard::Guard { now: std::time::SystemTime::now(), ..job.guard.clone() };
+    let joined = Inventory::load(api, &job.scan, guard).await.map_err(|e| {
         let next = if job.preflight.dry_run || job.scan.by_name {
             "nothing was done"
         } else {
