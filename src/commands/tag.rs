@@ -31,7 +31,8 @@ pub const WRITE_ROLE: &str = "Machine.ReadWrite.All";
 /// `mde-offboard tag RESULTS.csv --value VALUE [--remove]`.
 #[derive(clap::Args, Debug)]
 pub struct TagArgs {
-    /// Results CSV of a run: its machines whose row ended submitted or already_pending are tagged.
+    /// Results CSV of a run: its machines whose row ended submitted, already_pending or already_offboarded are
+    /// tagged.
     #[arg(value_name = "RESULTS.csv")]
     pub results: PathBuf,
     /// The tag; `{run_id}` and `{date}` are filled in (the run's id from its journal, today's date).
@@ -53,10 +54,10 @@ impl TagArgs {
     }
 }
 
-/// Whether a row with this outcome names a machine to tag: its offboard was requested, or was already under
-/// way.
+/// Whether a row with this outcome names a machine to tag: its offboard was requested, was already under way,
+/// or had already succeeded.
 pub fn is_tagged_outcome(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Submitted | Outcome::AlreadyPending)
+    matches!(outcome, Outcome::Submitted | Outcome::AlreadyPending | Outcome::AlreadyOffboarded)
 }
 
 /// Refuses, before any call, a token without [`WRITE_ROLE`]; `why` says what needed it. (A person's sign-in

@@ -741,8 +741,9 @@ pub async fn track_file(
                 complete_passes += 1;
                 unread = None;
             }
-            // The wait ended during a pass: what an earlier complete pass read stands, as any timeout's.
-            Some(Incomplete::WaitEnded) if complete_passes > 0 => {}
+            // The wait ended during a pass: what an earlier complete pass read stands, as any timeout's, and
+            // so does why an earlier pass could not read (the wait ending is not the cause).
+            Some(Incomplete::WaitEnded) if complete_passes > 0 || unread.is_some() => {}
             Some(why) => {
                 let why = why.to_string();
                 tracing::warn!("a tracking pass could not read every action ({why}); the next pass tries again");

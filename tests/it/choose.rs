@@ -28,6 +28,8 @@ async fn simulator(fleet: Fleet, time_scale: f64) -> Simulator {
         // Service time runs fast: tokens must outlive a run in real time.
         token_lifetime: Duration::from_secs(3600 * 24 * 365 * 100),
         lifecycle: Lifecycle { failed_share: 0.3, timeout_share: 0.0, ..Lifecycle::default() },
+        // Tags too (the second run's machines are tagged after it).
+        roles: ["Machine.Offboard", "Machine.Read.All", "Machine.ReadWrite.All"].map(String::from).to_vec(),
         ..SimConfig::default()
     })
     .await
@@ -118,6 +120,12 @@ async fn a_second_run_does_not_offboard_again_what_the_first_finished() {
     let plan = format!("About to offboard {} machine(s)", ids.len() - done + 1);
     assert!(out.stderr.contains(&plan), "{}", out.stderr);
     assert!(out.stdout.contains("already_offboarded"), "{}", out.stdout);
+
+    // Tagging the run's machines counts the already offboarded ones too: every row of the second run.
+    let out = mde_in(&sim, dir.path(), &["tag", "second.csv", "--value", "retired"], "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let tagged = format!("Tagged {} machine(s) with `retired`", ids.len());
+    assert!(out.stdout.contains(&tagged), "{}", out.stdout);
     sim.shutdown().await;
 }
 

@@ -160,7 +160,7 @@ async fn tracking_that_cannot_read_the_actions_says_so_and_exits_1() {
 
     let file = path.to_str().unwrap();
     let quick = ["--max-attempts", "2", "--retry-delay", "10ms"];
-    for how in [&["--once"][..], &["--poll-interval", "100ms", "--wait-timeout", "500ms"][..]] {
+    for how in [&["--once"][..], &["--poll-interval", "100ms", "--wait-timeout", "5s"][..]] {
         let args: Vec<&str> = ["track", file].iter().chain(how).chain(&quick).copied().collect();
         let out = mde_in(&sim, dir.path(), &args, "").await;
         assert_eq!(out.code, 1, "{how:?}: nothing could be read\n{}\n{}", out.stdout, out.stderr);

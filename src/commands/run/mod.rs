@@ -114,8 +114,9 @@ pub struct RunArgs {
     /// the pre-flight.
     #[arg(long = "protect-group", value_name = "GROUP")]
     pub protect_groups: Vec<String>,
-    /// After the offboards, add this tag to every machine whose row ended submitted or already_pending
-    /// (`{run_id}` and `{date}` filled in), 500 a call; needs Machine.ReadWrite.All. [config: run.tag]
+    /// After the offboards, add this tag to every machine whose row ended submitted, already_pending or
+    /// already_offboarded (`{run_id}` and `{date}` filled in), 500 a call; needs Machine.ReadWrite.All.
+    /// [config: run.tag]
     #[arg(long, value_name = "VALUE", conflicts_with = "dry_run")]
     pub tag: Option<String>,
     /// Write the report at the end of the run, also when interrupted: HTML, or Markdown for a .md name.
