@@ -1,12 +1,14 @@
 //! The command line: parse, set up logging, dispatch, and turn the outcome into an exit code.
 
+use std::ffi::OsString;
 use std::future::Future;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::cancel::{self, CancelArgs};
 use crate::commands::check::{self, CheckArgs};
 use crate::commands::demo::{self, DemoArgs};
+use crate::commands::docs::{self, CompletionsArgs, ManpageArgs};
 use crate::commands::report::{self, ReportArgs, RunFacts};
 use crate::commands::run::{self, RunArgs};
 use crate::commands::select::{self, SelectArgs};
@@ -18,30 +20,39 @@ use crate::settings;
 use crate::ui::logging::{self, LogFormat};
 use crate::ui::output;
 
-const EXIT_CODES: &str = "\
+/// The exit codes, for every help that needs them. Each line fits 78 columns, so clap, which wraps help to
+/// the terminal, never breaks one (a test renders the help at 80 and 120 columns).
+pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    every row ended submitted, already_pending, already_offboarded or duplicate (a dry run: would_submit
-       too; with --wait and track: and every action Succeeded); protected rows exit 3
-  1    the run could not run, and nothing was offboarded (settings, sign-in, a missing permission, the
-       pre-flight, input or output, or another run holds the lock or the results file)
+  0    every row ended submitted, already_pending, already_offboarded or
+       duplicate (a dry run: would_submit too; with --wait and track: and
+       every action Succeeded); protected rows exit 3
+  1    the run could not run, and nothing was offboarded (settings, sign-in,
+       a missing permission, the pre-flight, input or output, or another run
+       holds the lock or the results file)
   2    usage error, or a confirmation was needed and could not be asked
-  3    the run finished but some rows did not end well (see the results file); with --wait and track, also an
-       action that ended Failed, TimeOut or Cancelled, or was still open when the wait ended
-  4    stopped part way (an output failure, sign-in refused for good, the API refusing the token): the
-       results so far are valid; --resume continues
+  3    the run finished but some rows did not end well (see the results
+       file); with --wait and track, also an action that ended Failed,
+       TimeOut or Cancelled, or was still open when the wait ended
+  4    stopped part way (an output failure, sign-in refused for good, the
+       API refusing the token): the results so far are valid; --resume
+       continues
   130  interrupted (Ctrl-C or SIGTERM)";
+
+/// The heading of the options every command takes, apart from each command's own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(name = "mde-offboard", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// More log detail on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
     /// Log line format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, help_heading = GLOBAL)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -71,6 +82,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the built-in simulator of the Defender for Endpoint API and Entra ID sign-in.
     Simulate(SimulateArgs),
+    /// Print the shell completions: bash, zsh, fish, powershell or elvish (see the README to install them).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one per command with --dir.
+    Manpage(ManpageArgs),
 }
 
 /// `run`, and the tracking that may follow it.
@@ -78,15 +93,17 @@ pub enum Command {
 pub struct RunCommand {
     #[command(flatten)]
     pub run: RunArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Tracking after the run")]
     pub wait: WaitArgs,
 }
 
 /// The whole program, argv to exit code.
 pub fn main() -> u8 {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
+            let e = plain_usage(e, &args);
             let _ = e.print();
             return if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
         }
@@ -99,9 +116,23 @@ pub fn main() -> u8 {
             return exit_code::CANNOT_RUN;
         }
     };
+    let stopping = match cli.command {
+        Command::Simulate(_) => "stopping the simulator (interrupt again to exit at once)",
+        _ => "interrupted: finishing the calls in flight (interrupt again to exit at once)",
+    };
     // On a worker thread of the runtime, not on this one: the tasks of a run wake the dispatcher for every
     // machine, and waking a task on a worker is cheap where waking a parked thread is a system call.
-    let command = runtime.spawn(dispatch(cli.command, shutdown_signal()));
+    let command = runtime.spawn(async move {
+        let mut shutdown = Box::pin(shutdown_signal(stopping));
+        // Listen from now on, not from when the command first waits on it: a signal sent as soon as the
+        // simulator says where it listens must stop it, not kill it.
+        std::future::poll_fn(|cx| {
+            let _ = shutdown.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        dispatch(cli.command, shutdown).await
+    });
     let code = match runtime.block_on(command).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(code) => code,
         Err(e) => {
@@ -181,7 +212,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
         Command::Track(args) => {
-            let settings = resolve_settings(&args.settings)?;
+            let settings = resolve_settings(&args.settings())?;
             let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
             output::stdout(&summary.render());
             if let Some(out) = &args.report {
@@ -201,11 +232,11 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             Ok(exit_code::OK)
         }
         Command::Cancel(args) => {
-            let settings = resolve_settings(&args.settings)?;
+            let settings = resolve_settings(&args.settings())?;
             cancel::command(args, settings, shutdown).await
         }
         Command::Tag(args) => {
-            let settings = resolve_settings(&args.settings)?;
+            let settings = resolve_settings(&args.settings())?;
             tag::command(args, settings, shutdown).await
         }
         Command::Report(args) => report::command(&args),
@@ -219,7 +250,34 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             simulate::simulate(args, shutdown).await?;
             Ok(exit_code::OK)
         }
+        Command::Completions(args) => {
+            docs::completions(&args, Cli::command());
+            Ok(exit_code::OK)
+        }
+        Command::Manpage(args) => {
+            docs::manpage(&args, Cli::command())?;
+            Ok(exit_code::OK)
+        }
     }
+}
+
+/// clap's usage line in an error lists the flags it saw, those set by environment variables included
+/// (`--tenant-id <ID>` from MDE_TENANT_ID): give the plain usage of the command instead.
+fn plain_usage(mut e: clap::Error, args: &[OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    if e.get(ContextKind::Usage).is_none() {
+        return e;
+    }
+    let mut cli = Cli::command();
+    cli.build();
+    // Only global flags come before the subcommand, and no value of theirs is a subcommand's name.
+    let name = args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| cli.find_subcommand(a).is_some());
+    let usage = match name.and_then(|name| cli.find_subcommand_mut(name)) {
+        Some(command) => command.render_usage(),
+        None => cli.render_usage(),
+    };
+    e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+    e
 }
 
 /// Settings from the flags, the environment and the config file, with their warnings logged.
@@ -231,11 +289,12 @@ fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings,
     Ok(settings)
 }
 
-/// Resolves on the first Ctrl-C (or SIGTERM on Unix): the run stops dispatching and drains. A second one
-/// exits at once; every row written so far is already on disk.
-async fn shutdown_signal() {
+/// Resolves on the first Ctrl-C (or SIGTERM on Unix), saying `stopping`: the run stops dispatching and
+/// drains (the simulator stops serving). A second one exits at once; every row written so far is already
+/// on disk.
+async fn shutdown_signal(stopping: &'static str) {
     signal().await;
-    output::notice("interrupt", "interrupted: finishing the calls in flight (interrupt again to exit at once)");
+    output::notice("interrupt", stopping);
     tokio::spawn(async {
         signal().await;
         output::notice("interrupt", "interrupted again: exiting now");

@@ -33,6 +33,10 @@ pub enum Error {
     #[error("setting `{key}`: {message}")]
     Setting { key: &'static str, message: String },
 
+    /// Several settings at once (all that is missing, so that one attempt shows everything to fix).
+    #[error("{} settings need fixing: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Settings(Vec<Error>),
+
     #[error("input {}: {message}", path.display())]
     Input { path: PathBuf, message: String },
 
@@ -197,6 +201,22 @@ pub enum AuthError {
 
 impl Error {
     /// The exit code this error ends the process with.
+    /// The errors as one: none, the one, or [`Error::Settings`] holding them all.
+    pub fn all(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
+        let mut errors: Vec<Error> = errors
+            .into_iter()
+            .flat_map(|e| match e {
+                Error::Settings(several) => several,
+                e => vec![e],
+            })
+            .collect();
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(Error::Settings(errors)),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => exit_code::USAGE,

@@ -34,7 +34,7 @@ use crate::error::{Error, Result, exit_code};
 use crate::files::journal;
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{ResultsFile, Rewrite};
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{ApiArgs, RetryArgs, RunSettingsArgs, Settings, SettingsArgs};
 use crate::ui::output::{self, printable};
 
 /// `mde-offboard cancel RESULTS.csv`.
@@ -53,8 +53,21 @@ pub struct CancelArgs {
     /// List the actions that would be cancelled; call nothing, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Comment recorded with each cancellation (required by the API; `{run_id}` and `{date}` are filled in).
+    /// Only from this flag: the offboard comment of run.comment or MDE_COMMENT would say the wrong thing.
+    #[arg(long, value_name = "TEXT", required_unless_present = "dry_run")]
+    pub comment: Option<String>,
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+impl CancelArgs {
+    /// The flags that feed the settings (no run-only flag: the cancel's comment is its own).
+    pub fn settings(&self) -> SettingsArgs {
+        SettingsArgs { run: RunSettingsArgs::default(), api: self.api.clone(), retry: self.retry.clone() }
+    }
 }
 
 /// A row whose action is to be cancelled.
@@ -151,11 +164,12 @@ pub async fn command(args: CancelArgs, settings: Settings, shutdown: impl Future
         output::stdout(&summary.render());
         return Ok(summary.exit_code());
     }
-    let template = settings.comment.clone().ok_or_else(|| Error::Setting {
-        key: "run.comment",
-        message: "cancelling needs a comment (the API records it with the cancellation); pass --comment \
-                  (`{run_id}` and `{date}` are filled in)"
-            .into(),
+    let template = args.comment.clone().ok_or_else(|| {
+        Error::Usage(
+            "cancelling needs a comment (the API records it with the cancellation); pass --comment (`{run_id}` \
+             and `{date}` are filled in)"
+                .into(),
+        )
     })?;
     let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !args.yes && !terminal {

@@ -18,12 +18,12 @@ use crate::defender::api::{PROBE, RetryPolicy};
 use crate::defender::auth::PermissionKind;
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, exit_code};
-use crate::settings::{self, SettingsArgs};
+use crate::settings::{self, ApiArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub settings: ApiArgs,
 }
 
 /// The report, line by line, and whether a default run would be allowed.
@@ -60,7 +60,7 @@ impl Report {
 /// Runs the check and prints the report; the exit code says whether a default run would be allowed.
 pub async fn check(args: &CheckArgs, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<u8, Error> {
     let mut r = Report { text: "mde-offboard check\n".into(), problems: Vec::new(), notes: Vec::new() };
-    let settings = match settings::resolve(&args.settings, env) {
+    let settings = match settings::resolve(&args.settings.clone().into(), env) {
         Ok(settings) => settings,
         Err(e) => {
             r.line("settings", "NOT VALID");

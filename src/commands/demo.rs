@@ -74,8 +74,9 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         "demo",
         &format!(
             "Demo: a simulated Defender for Endpoint tenant at {base}, {}x faster than real time.\n\
-         Offboarding samples/machines.csv; the simulator enforces the real quotas, scaled.\n",
-            args.time_scale
+         Offboarding the demo's built-in sample list ({} rows); the simulator enforces the real quotas, scaled.\n",
+            args.time_scale,
+            SAMPLE_MACHINES.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
         ),
     );
 

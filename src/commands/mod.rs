@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod check;
 pub mod demo;
+pub mod docs;
 pub mod report;
 pub mod run;
 pub mod select;

@@ -23,7 +23,7 @@ use crate::domain::{MachineId, Outcome};
 use crate::error::{Error, Result, exit_code};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::ResultsFile;
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{ApiArgs, RetryArgs, Settings, SettingsArgs};
 
 /// The permission a tag call needs (Microsoft's documentation).
 pub const WRITE_ROLE: &str = "Machine.ReadWrite.All";
@@ -42,7 +42,16 @@ pub struct TagArgs {
     #[arg(long)]
     pub remove: bool,
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+impl TagArgs {
+    /// The flags that feed the settings (tagging uses none of a run's own).
+    pub fn settings(&self) -> SettingsArgs {
+        SettingsArgs { api: self.api.clone(), retry: self.retry.clone(), ..Default::default() }
+    }
 }
 
 /// Whether a row with this outcome names a machine to tag: its offboard was requested, was already under way,

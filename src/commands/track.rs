@@ -46,7 +46,7 @@ use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{LineSet, ResultsFile, Rewrite};
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{ApiArgs, RetryArgs, Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 
 /// The largest `$top` the list endpoint takes (Microsoft's documentation).
@@ -104,10 +104,17 @@ pub struct TrackArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: SettingsArgs,
+    pub settings: ApiArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
 }
 
 impl TrackArgs {
+    /// The flags that feed the settings (tracking offboards nothing: the run's own come from the config).
+    pub fn settings(&self) -> SettingsArgs {
+        SettingsArgs { api: self.settings.clone(), retry: self.retry.clone(), ..Default::default() }
+    }
+
     pub fn options(&self) -> TrackOptions {
         TrackOptions {
             timeout: self.wait_timeout.unwrap_or(DEFAULT_WAIT_TIMEOUT),

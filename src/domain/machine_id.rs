@@ -59,6 +59,16 @@ impl fmt::Debug for MachineId {
     }
 }
 
+/// An Entra (Azure AD) device id as compared: a GUID (8-4-4-4-12 hexadecimal digits, braces allowed) in
+/// lowercase, without braces. `None` if `cell` is not one.
+pub fn aad_device_id(cell: &str) -> Option<String> {
+    let t = cell.trim();
+    let t = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')).unwrap_or(t);
+    let groups: Vec<&str> = t.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
+    (shape && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))).then(|| t.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,5 +9,5 @@ mod machine_id;
 mod outcome;
 
 pub use action::{ActionStatus, ActionType, OFFBOARD_TYPES};
-pub use machine_id::MachineId;
+pub use machine_id::{MachineId, aad_device_id};
 pub use outcome::{Outcome, message};

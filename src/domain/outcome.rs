@@ -105,9 +105,14 @@ pub mod message {
         "names the same machine as an earlier row; offboarded once"
     }
 
-    /// An `invalid_id` row.
-    pub fn not_a_machine_id() -> &'static str {
-        "not a machine id (40 hexadecimal characters)"
+    /// An `invalid_id` row, whose cell was `raw`.
+    pub fn not_a_machine_id(raw: &str) -> &'static str {
+        if crate::domain::aad_device_id(raw).is_some() {
+            "not a machine id (40 hexadecimal characters) but a GUID, as Entra device ids are; to list those, \
+             pass --by-aad-device-id"
+        } else {
+            "not a machine id (40 hexadecimal characters)"
+        }
     }
 
     /// A `failed` row: a name, in a run without the pre-flight that resolves names.
@@ -115,9 +120,13 @@ pub mod message {
         "names are resolved by the pre-flight, which was off"
     }
 
-    /// A `not_found` row: a name no machine has.
-    pub fn no_machine_named() -> &'static str {
-        "no machine in the inventory has this name"
+    /// A `not_found` row: a name (or Entra device id) `written` that no machine has.
+    pub fn no_machine_named(written: &str) -> &'static str {
+        if crate::domain::aad_device_id(written).is_some() {
+            "no machine in the inventory has this Entra device id (aadDeviceId)"
+        } else {
+            "no machine in the inventory has this name"
+        }
     }
 
     /// A `not_found` row found so by the dry run or the pre-flight.
@@ -156,13 +165,14 @@ pub mod message {
         format!("{why}: {not_called}; {how}")
     }
 
-    /// An `ambiguous` row: a name that `count` machines have, `listed` the first of them (each with its name
-    /// and when it was last seen).
-    pub fn names_several(count: usize, listed: &[String]) -> String {
+    /// An `ambiguous` row: a name (or Entra device id) `written` that `count` machines have, `listed` the
+    /// first of them (each with its name and when it was last seen).
+    pub fn names_several(written: &str, count: usize, listed: &[String]) -> String {
         let more = count.saturating_sub(listed.len());
+        let what = if crate::domain::aad_device_id(written).is_some() { "Entra device id" } else { "name" };
         format!(
-            "names {count} machines (a reimaged or renamed device leaves its old record): {}{}; list the one to \
-             offboard by its id",
+            "this {what} names {count} machines (a reimaged or renamed device leaves its old record): {}{}; list \
+             the one to offboard by its id",
             listed.join(", "),
             if more > 0 { format!(" and {more} more") } else { String::new() }
         )

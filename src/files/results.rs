@@ -95,14 +95,13 @@ pub fn default_path(input: Option<&Path>) -> PathBuf {
 
 /// Checks, before any API call, that the results file may be written.
 pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        return Err(Error::Output {
-            path: path.to_owned(),
-            message: "already exists; pass --overwrite to replace it, or --output to write elsewhere".into(),
-        });
-    }
+    let fail = |message: String| Error::Output { path: path.to_owned(), message };
+    // Said at once: no flag makes a directory a file.
     if path.is_dir() {
-        return Err(Error::Output { path: path.to_owned(), message: "is a directory".into() });
+        return Err(fail("is a directory; name a file with --output".into()));
+    }
+    if path.exists() && !overwrite {
+        return Err(fail("already exists; pass --overwrite to replace it, or --output to write elsewhere".into()));
     }
     // The directory must take new files (the results, its journal, the compacted copy): try one now,
     // rather than fail after the first API calls.
@@ -110,9 +109,22 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| Error::Output {
-        path: path.to_owned(),
-        message: format!("cannot write in {}: {e}; choose another place with --output", dir.display()),
+    if !dir.exists() {
+        return Err(fail(format!(
+            "the folder {} does not exist; create it, or choose another place with --output",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(fail(format!("{} is not a folder; choose another place with --output", dir.display())));
+    }
+    // The probe's own name means nothing to the user: only the kind of failure is said.
+    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| {
+        fail(format!(
+            "cannot write in {}: {}; choose another place with --output",
+            dir.display(),
+            std::io::Error::from(e.kind())
+        ))
     })
 }
 
@@ -943,7 +955,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no-such-dir").join("r.csv");
         let msg = check_writable(&missing, false).unwrap_err().to_string();
-        assert!(msg.contains("cannot write in") && msg.contains("--output"), "{msg}");
+        let folder = format!("the folder {} does not exist", missing.parent().unwrap().display());
+        assert!(msg.contains(&folder) && msg.contains("--output") && !msg.contains("at path"), "{msg}");
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        for overwrite in [false, true] {
+            let msg = check_writable(&dir.path().join("d"), overwrite).unwrap_err().to_string();
+            assert!(msg.contains("is a directory"), "{msg}");
+        }
+        std::fs::remove_dir(dir.path().join("d")).unwrap();
         assert!(check_writable(&dir.path().join("r.csv"), false).is_ok());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the probe left a file behind");
     }

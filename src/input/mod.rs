@@ -25,8 +25,17 @@
 //! sent in lowercase.
 //!
 //! Input by name: with `--by-name` (see [`scan_with`]), or when the header has no id column but a computer
-//! name column (`computerDnsName`, `DeviceName`, `Device Name`, `Name`, matched the same way), rows are
-//! [`RowKind::Name`]s: trimmed, lowercased, a trailing dot dropped. The pre-flight resolves them to ids.
+//! name column (`computerDnsName`, `DeviceName`, `ComputerName`, `DNS Name`, `Hostname`, `Name`, matched the
+//! same way), rows are [`RowKind::Name`]s: trimmed, lowercased, a trailing dot dropped. With `--by-name`, a
+//! file of one column whose first row is no known header is a plain list of names. The pre-flight resolves
+//! them to ids. Entra device ids ([`Lookup::AadDeviceId`]: `--by-aad-device-id`, or an `AzureADDeviceId`,
+//! `aadDeviceId`, `Entra Device ID` or `Azure AD Device ID` column with no id column) are resolved the same way,
+//! their rows [`RowKind::Name`]s holding the GUID in lowercase.
+//!
+//! Fields are separated by commas, or by what the first line shows instead (`;` or a tab, as spreadsheets
+//! save CSV in many regions), or by what `--delimiter` says. A field longer than [`FIELD_MAX`] stops the
+//! scan: such a file is not a machine list, and an invalid id is echoed in the results at most
+//! [`ECHO_MAX`] characters long.
 
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
@@ -41,7 +50,36 @@ use crate::files::extsort::{self, Cursor, RecordFile, RecordReader, SharedReader
 /// The header names taken as the id column, most specific first, compared after [`normalise_header`].
 const ID_HEADERS: [&str; 3] = ["machineid", "deviceid", "id"];
 /// The header names taken as a computer name column, most specific first, compared the same way.
-const NAME_HEADERS: [&str; 3] = ["computerdnsname", "devicename", "name"];
+const NAME_HEADERS: [&str; 6] = ["computerdnsname", "devicename", "computername", "dnsname", "hostname", "name"];
+/// The header names taken as an Entra (Azure AD) device id column (Intune and Entra exports).
+const AAD_HEADERS: [&str; 4] = ["azureaddeviceid", "aaddeviceid", "entradeviceid", "entraiddeviceid"];
+/// The longest field read: a longer one means the file is not a machine list (it stops the scan).
+pub const FIELD_MAX: usize = 1 << 20;
+/// The most characters of an invalid id echoed in the results (the rest is cut, and the cell says so).
+pub const ECHO_MAX: usize = 100;
+
+/// What the rows name a machine by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its machine id.
+    #[default]
+    Id,
+    /// Its computer name, resolved through the inventory.
+    Name,
+    /// Its Entra (Azure AD) device id, resolved through the inventory (`aadDeviceId`).
+    AadDeviceId,
+}
+
+/// How to read the input: what the command line says; what it leaves out is read from the file.
+#[derive(Clone, Debug, Default)]
+pub struct Format {
+    /// The column to read (`--id-column`), matched ignoring case, spaces and underscores.
+    pub column: Option<String>,
+    /// What the column holds (`--by-name`, `--by-aad-device-id`); otherwise told by the header.
+    pub lookup: Option<Lookup>,
+    /// The field separator (`--delimiter`); otherwise the first line's (`,`, `;` or a tab).
+    pub delimiter: Option<u8>,
+}
 
 /// Where the machine list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,8 +121,11 @@ pub struct Scan {
     pub duplicates: u64,
     /// The id column's header as written; `None` when the file has no header row.
     pub id_column: Option<String>,
-    /// The column holds computer names, not ids: rows are [`RowKind::Name`].
+    /// The column holds computer names or Entra device ids, not machine ids: rows are [`RowKind::Name`],
+    /// resolved through the inventory.
     pub by_name: bool,
+    /// What the rows name machines by.
+    pub lookup: Lookup,
     /// SHA-256 of the input's bytes as copied for the run (lowercase hex): a resume proves with it that the
     /// list is the one the run began with.
     pub sha256: String,
@@ -184,7 +225,8 @@ pub struct InputRow {
 pub enum RowKind {
     /// A machine id seen for the first time.
     Valid(MachineId),
-    /// A computer name seen for the first time (input by name): trimmed, lowercase, no trailing dot.
+    /// A computer name seen for the first time (input by name): trimmed, lowercase, no trailing dot. Or an
+    /// Entra device id ([`Lookup::AadDeviceId`]): a GUID in lowercase, without braces.
     Name(String),
     /// Not a machine id: never sent.
     Invalid,
@@ -203,22 +245,28 @@ pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
 /// As [`scan`]; `by_name` reads the column as computer names (`column` then names the name column). Without
 /// it, a header with no id column but a name column is read by name too.
 pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<Scan> {
+    let lookup = by_name.then_some(Lookup::Name);
+    scan_format(source, &Format { column: column.map(str::to_owned), lookup, delimiter: None })
+}
+
+/// As [`scan`], read as `format` says.
+pub fn scan_format(source: Source, format: &Format) -> Result<Scan> {
     match &source {
         Source::Path(path) => {
             let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
-            scan_spooled(source, file, column, by_name)
+            scan_spooled(source, file, format)
         }
-        Source::Stdin => scan_spooled(source, io::stdin().lock(), column, by_name),
+        Source::Stdin => scan_spooled(source, io::stdin().lock(), format),
     }
 }
 
 /// [`scan`] of any reader, read once (like standard input, which it is named as): for fuzzing and tests.
 pub fn scan_reader(input: impl Read, id_column: Option<&str>) -> Result<Scan> {
-    scan_spooled(Source::Stdin, input, id_column, false)
+    scan_spooled(Source::Stdin, input, &Format { column: id_column.map(str::to_owned), ..Format::default() })
 }
 
 /// The scan: every byte read is also copied to a temporary file, which the second pass reads.
-fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<Scan> {
+fn scan_spooled(source: Source, input: impl Read, format: &Format) -> Result<Scan> {
     let spool_error = |e: io::Error| source.error(extsort::temp_message("copy the input to", &e));
     let spool = extsort::temp_file().map_err(spool_error)?;
     let mut tee = Tee {
@@ -227,7 +275,7 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_na
         hash: ring::digest::Context::new(&ring::digest::SHA256),
         failed: None,
     };
-    let result = read_all(&source, &mut tee, id_column, by_name);
+    let result = read_all(&source, &mut tee, format);
     if let Some(e) = tee.failed.take() {
         return Err(spool_error(e));
     }
@@ -242,7 +290,8 @@ fn scan_spooled(source: Source, input: impl Read, id_column: Option<&str>, by_na
         invalid: counts.invalid,
         duplicates: counts.duplicates,
         id_column: first.layout.header.clone(),
-        by_name: first.layout.names,
+        by_name: first.layout.lookup != Lookup::Id,
+        lookup: first.layout.lookup,
         sha256,
         source,
         layout: first.layout,
@@ -274,14 +323,16 @@ impl Scan {
     pub fn rows(&self) -> Result<Rows> {
         let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
         let file = SharedReader::new(Arc::clone(&self.spool));
-        let mut reader = RowReader::open(&self.source, file, self.keys.clone())?;
+        let mut reader = RowReader::open(&self.source, file, self.keys.clone(), Some(self.layout.delimiter))?;
         reader.dups = Some(Cursor::new(self.dups.read().map_err(temp_error)?));
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
-        let layout = Layout::decide(&self.source, &first, self.layout.header.as_deref(), self.layout.names)?;
+        let lookup = (self.layout.lookup != Lookup::Id).then_some(self.layout.lookup);
+        let header = if self.layout.headerless { None } else { self.layout.header.as_deref() };
+        let layout = Layout::decide(&self.source, &first, header, lookup, self.layout.delimiter)?;
         if layout.column != self.layout.column
             || layout.headerless != self.layout.headerless
-            || layout.names != self.layout.names
+            || layout.lookup != self.layout.lookup
         {
             return Err(self.changed());
         }
@@ -365,67 +416,113 @@ impl Counts {
     }
 }
 
-/// Where the ids (or names) are: which column, and whether the first row is a header.
+/// Where the ids (or names) are: which column, whether the first row is a header, how fields are separated.
 #[derive(Clone, Debug)]
 struct Layout {
     column: usize,
     header: Option<String>,
     headerless: bool,
-    /// The column holds computer names.
-    names: bool,
+    /// What the column holds.
+    lookup: Lookup,
+    delimiter: u8,
 }
 
 impl Layout {
-    /// Decides from the first non-blank record.
-    fn decide(source: &Source, first: &Record, id_column: Option<&str>, by_name: bool) -> Result<Layout> {
+    /// Decides from the first non-blank record (read with `delimiter`).
+    fn decide(
+        source: &Source,
+        first: &Record,
+        id_column: Option<&str>,
+        lookup: Option<Lookup>,
+        delimiter: u8,
+    ) -> Result<Layout> {
         let at = |message: String| source.error(format!("line {}: {message}", first.line));
-        if by_name {
-            return Layout::decide_names(source, first, id_column);
+        let headers = &first.fields;
+        let layout = |column: usize, lookup: Lookup| Layout::at_header(headers, column, lookup, delimiter);
+        let headerless = |lookup: Lookup| Layout { column: 0, header: None, headerless: true, lookup, delimiter };
+        match lookup {
+            Some(lookup @ (Lookup::Name | Lookup::AadDeviceId)) => {
+                let (known, flag, what) = match lookup {
+                    Lookup::Name => (&NAME_HEADERS[..], "--by-name", "computer name"),
+                    _ => (&AAD_HEADERS[..], "--by-aad-device-id", "Entra device id"),
+                };
+                if let Some(column) = named_or_first(headers, id_column, known) {
+                    return Ok(layout(column, lookup));
+                }
+                // One column and no header it knows: a plain list, one a line.
+                if id_column.is_none() && headers.len() == 1 {
+                    return Ok(headerless(lookup));
+                }
+                let missing = format!(
+                    "no {what} column for {flag}; the header has {{listed}}. Name the column {}, or pass --id-column NAME",
+                    if lookup == Lookup::Name {
+                        "computerDnsName, DeviceName, ComputerName, Hostname or Name"
+                    } else {
+                        "AzureADDeviceId, aadDeviceId or Entra Device ID"
+                    }
+                );
+                return Err(no_column(source, first, id_column, &missing, delimiter));
+            }
+            Some(Lookup::Id) | None => {}
         }
-        let looks_like_id = first.fields.first().is_some_and(|f| MachineId::parse(f).is_some());
+        let looks_like_id = headers.first().is_some_and(|f| MachineId::parse(f).is_some());
         if looks_like_id {
             if let Some(name) = id_column {
                 return Err(at(format!(
                     "--id-column `{name}` was given, but the file has no header row (its first row is already a machine id); drop --id-column"
                 )));
             }
-            return Ok(Layout { column: 0, header: None, headerless: true, names: false });
+            return Ok(headerless(Lookup::Id));
         }
-        let headers = &first.fields;
         if let Some(column) = named_or_first(headers, id_column, &ID_HEADERS) {
-            return Ok(Layout::at_header(headers, column, false));
+            return Ok(layout(column, Lookup::Id));
         }
-        // No id column: a name column is the only usable one, so the input is by name.
-        if id_column.is_none()
-            && let Some(column) = find_header(headers, &NAME_HEADERS)
-        {
-            return Ok(Layout::at_header(headers, column, true));
+        // No id column: an Entra device id or a name column is the only usable one, and says what the rows are.
+        if id_column.is_none() && lookup.is_none() {
+            if let Some(column) = find_header(headers, &AAD_HEADERS) {
+                return Ok(layout(column, Lookup::AadDeviceId));
+            }
+            if let Some(column) = find_header(headers, &NAME_HEADERS) {
+                return Ok(layout(column, Lookup::Name));
+            }
         }
-        Err(no_column(
-            source,
-            first,
-            id_column,
-            "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id (or, to list computer names, computerDnsName, DeviceName or Name), or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)",
-        ))
+        let mut missing = "no machine id column; the header has {listed}. Name the column MachineId, DeviceId or Id (or, to list computer names, computerDnsName, DeviceName or Name), or pass --id-column NAME. A file without a header must start with a machine id (40 hexadecimal characters)".to_string();
+        if let Some(hint) = by_name_hint(headers) {
+            missing = format!("{missing}. {hint}");
+        }
+        Err(no_column(source, first, id_column, &missing, delimiter))
     }
 
-    /// `--by-name`: the first row is a header with a name column (or the one `--id-column` names).
-    fn decide_names(source: &Source, first: &Record, column: Option<&str>) -> Result<Layout> {
-        let headers = &first.fields;
-        match named_or_first(headers, column, &NAME_HEADERS) {
-            Some(column) => Ok(Layout::at_header(headers, column, true)),
-            None => Err(no_column(
-                source,
-                first,
-                column,
-                "no computer name column for --by-name; the header has {listed}. Name the column computerDnsName, DeviceName or Name, or pass --id-column NAME",
-            )),
-        }
+    fn at_header(headers: &[String], column: usize, lookup: Lookup, delimiter: u8) -> Layout {
+        Layout { column, header: Some(headers[column].trim().to_string()), headerless: false, lookup, delimiter }
     }
+}
 
-    fn at_header(headers: &[String], column: usize, names: bool) -> Layout {
-        Layout { column, header: Some(headers[column].trim().to_string()), headerless: false, names }
+/// What to do when the first row has no id column but looks like names: a header that speaks of names or
+/// hosts, a first row that is an Entra device id, or one field that could be a computer name.
+fn by_name_hint(headers: &[String]) -> Option<String> {
+    let named = headers.iter().find(|h| {
+        let h = normalise_header(h);
+        h.contains("name") || h.contains("host")
+    });
+    if let Some(header) = named {
+        return Some(format!(
+            "The column `{}` looks like computer names: pass --by-name --id-column \"{}\"",
+            list_one(header),
+            header.trim()
+        ));
     }
+    if headers.first().is_some_and(|f| normalise_aad_device_id(f).is_some()) {
+        return Some(
+            "The first row is a GUID, as Entra device ids are: to list them, pass --by-aad-device-id".to_string(),
+        );
+    }
+    let looks_like_a_name = |f: &str| {
+        let f = f.trim();
+        !f.is_empty() && f.len() <= 255 && f.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    };
+    (headers.len() == 1 && looks_like_a_name(&headers[0]))
+        .then(|| "If the file is a plain list of computer names, one a line, pass --by-name".to_string())
 }
 
 /// The column `--id-column` names (matched leniently), or else the first of `defaults` the header has.
@@ -441,15 +538,15 @@ fn named_or_first(headers: &[String], named: Option<&str>, defaults: &[&str]) ->
 
 /// The error for a header without the column wanted: `missing` (with `{listed}` for the headers found), or
 /// what `--id-column` named, and a hint when the file looks like it uses another delimiter.
-fn no_column(source: &Source, first: &Record, named: Option<&str>, missing: &str) -> Error {
+fn no_column(source: &Source, first: &Record, named: Option<&str>, missing: &str, delimiter: u8) -> Error {
     let listed = list_headers(&first.fields);
     let mut message = match named {
         Some(name) => format!("no column named `{name}` (from --id-column); the header has {listed}"),
         None => missing.replace("{listed}", &listed),
     };
-    if let Some(hint) = delimiter_hint(&first.fields) {
+    if let Some(hint) = delimiter_hint(&first.fields, delimiter) {
         message.push_str("; ");
-        message.push_str(hint);
+        message.push_str(&hint);
     }
     source.error(format!("line {}: {message}", first.line))
 }
@@ -459,11 +556,20 @@ fn find_header(headers: &[String], wanted: &[&str]) -> Option<usize> {
     wanted.iter().find_map(|wanted| headers.iter().position(|h| normalise_header(h) == *wanted))
 }
 
+/// Longest header shown: a file whose first line is 10 MB long is named, not printed.
+const HEADER_SHOWN: usize = 60;
+
+/// One header as messages show it (without the backquotes), cut to [`HEADER_SHOWN`] characters.
+fn list_one(h: &str) -> String {
+    match h.char_indices().nth(HEADER_SHOWN) {
+        Some((end, _)) => format!("{}...", &h[..end]),
+        None => h.to_string(),
+    }
+}
+
 fn list_headers(headers: &[String]) -> String {
     const SHOWN: usize = 20;
-    /// Longest header shown: a file whose first line is 10 MB long is named, not printed.
-    const WIDTH: usize = 60;
-    let shorten = |h: &String| match h.char_indices().nth(WIDTH) {
+    let shorten = |h: &String| match h.char_indices().nth(HEADER_SHOWN) {
         Some((end, _)) => format!("`{}...` ({} characters)", &h[..end], h.chars().count()),
         None => format!("`{h}`"),
     };
@@ -474,17 +580,57 @@ fn list_headers(headers: &[String]) -> String {
     listed.join(", ")
 }
 
-/// A hint when the header looks separated by something other than commas.
-fn delimiter_hint(headers: &[String]) -> Option<&'static str> {
-    let line = headers.join(",");
-    if line.contains(';') {
-        Some("the header looks separated by `;` (a spreadsheet's regional CSV format); save the file comma-separated")
-    } else if line.contains('\t') {
-        Some("the header looks separated by tabs; save the file comma-separated")
-    } else {
-        None
+/// A hint when the header looks separated by something other than what it was read with (`--delimiter`
+/// was given, or the first line was ambiguous).
+fn delimiter_hint(headers: &[String], delimiter: u8) -> Option<String> {
+    let line = headers.join("");
+    [b',', b';', b'\t', b'|'].into_iter().find(|&d| d != delimiter && line.contains(char::from(d))).map(|d| {
+        format!("the header looks separated by {}; pass --delimiter {}", describe_delimiter(d), flag_delimiter(d))
+    })
+}
+
+/// A delimiter in words, for messages.
+pub fn describe_delimiter(d: u8) -> String {
+    if d == b'\t' { "tabs".into() } else { format!("`{}`", char::from(d)) }
+}
+
+fn flag_delimiter(d: u8) -> String {
+    match d {
+        b'\t' => "tab".into(),
+        b';' => "';'".into(),
+        b'|' => "'|'".into(),
+        d => char::from(d).to_string(),
     }
 }
+
+/// `--delimiter`: one ASCII character, or `tab`.
+pub fn parse_delimiter(text: &str) -> std::result::Result<u8, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        t if t.len() == 1 && t.is_ascii() && !matches!(t.as_bytes()[0], b'"' | b'\n' | b'\r') => Ok(t.as_bytes()[0]),
+        _ => Err("expected one character such as `,`, `;` or `|`, or `tab`".into()),
+    }
+}
+
+/// The separator the first line shows: the most frequent of `,`, `;` and tab outside quotes (a comma when
+/// none is, or on a tie with it).
+fn detect_delimiter(first_line: &[u8]) -> u8 {
+    let mut counts = [0usize; 3];
+    let mut quoted = false;
+    for &b in first_line {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).unwrap_or(0);
+    if counts[best] == 0 { b',' } else { [b',', b';', b'\t'][best] }
+}
+
+pub use crate::domain::aad_device_id as normalise_aad_device_id;
 
 /// Header names compare ignoring case, spaces and underscores: `Device ID`, `machine_id`, `MachineId`.
 fn normalise_header(name: &str) -> String {
@@ -505,13 +651,13 @@ struct Record {
 }
 
 /// Reads the input through once, validating every row and gathering its keys.
-fn read_all(source: &Source, input: impl Read, id_column: Option<&str>, by_name: bool) -> Result<FirstPass> {
+fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstPass> {
     let keys = Keys::default();
-    let mut reader = RowReader::open(source, input, keys.clone())?;
+    let mut reader = RowReader::open(source, input, keys.clone(), format.delimiter)?;
     reader.entries = Some(Sorter::default());
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
-    let layout = Layout::decide(source, &first, id_column, by_name)?;
+    let layout = Layout::decide(source, &first, format.column.as_deref(), format.lookup, reader.delimiter)?;
     if layout.headerless {
         reader.pending = Some(first);
     }
@@ -574,21 +720,26 @@ struct RowReader<R> {
     entries: Option<Sorter<Entry>>,
     /// The second pass: the lines of the duplicates, ascending.
     dups: Option<Cursor<u64, RecordReader<u64>>>,
+    /// The field separator, given or detected from the first line.
+    delimiter: u8,
 }
 
 impl<R: Read> RowReader<R> {
-    fn open(source: &Source, input: R, keys: Keys) -> Result<RowReader<R>> {
+    /// Reads `input`, its fields separated by `delimiter`, or by what its first line shows.
+    fn open(source: &Source, input: R, keys: Keys, delimiter: Option<u8>) -> Result<RowReader<R>> {
         let input = Prepared::new(input).map_err(|e| source.error(format!("cannot read: {e}")))?;
         if input.utf16 {
             return Err(source.error(
                 "is UTF-16 text, not UTF-8 (PowerShell's Out-File default); save it as UTF-8, e.g. Export-Csv -Encoding UTF8 or Out-File -Encoding utf8",
             ));
         }
+        let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(input.first_line()));
         // Records end at `\n` only: a `\r` before it is stripped from the last field. With every record
         // ending in a `\n` (see `Prepared`), a record's first line is simply the reader's line after it
         // minus one, minus the line breaks inside its quoted fields. (The line csv records for the start of
         // a record is counted before the blank lines and the `\n` of a CRLF that precede it.)
         let csv = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
             .terminator(csv::Terminator::Any(b'\n'))
@@ -602,6 +753,7 @@ impl<R: Read> RowReader<R> {
             keys,
             entries: None,
             dups: None,
+            delimiter,
         })
     }
 
@@ -615,6 +767,14 @@ impl<R: Read> RowReader<R> {
             let bytes = self.record.as_slice();
             let breaks_inside = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
             let line = self.csv.position().line().saturating_sub(1 + breaks_inside).max(1);
+            if let Some((column, field)) = self.record.iter().enumerate().find(|(_, f)| f.len() > FIELD_MAX) {
+                return Err(self.source.error(format!(
+                    "line {line}: field {} is {} bytes long, more than a machine list ever holds ({} at most): this is not a machine list; nothing was done",
+                    column + 1,
+                    field.len(),
+                    FIELD_MAX
+                )));
+            }
             if bytes.contains(&0) {
                 return Err(self
                     .source
@@ -659,20 +819,22 @@ impl<R: Read> RowReader<R> {
         };
         let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
         let line = record.line;
-        let (kind, key) = if layout.names {
-            match normalise_name(&raw) {
-                None => (RowKind::Invalid, None),
-                Some(name) => {
-                    let key = self.keys.name(&name);
-                    (RowKind::Name(name), Some(key))
-                }
-            }
-        } else {
-            match MachineId::parse(&raw) {
-                None => (RowKind::Invalid, None),
-                Some(id) => (RowKind::Valid(id), Some(self.keys.id(&id))),
+        let by_name = |name: Option<String>| match name {
+            None => (RowKind::Invalid, None),
+            Some(name) => {
+                let key = self.keys.name(&name);
+                (RowKind::Name(name), Some(key))
             }
         };
+        let (kind, key) = match layout.lookup {
+            Lookup::Name => by_name(normalise_name(&raw)),
+            Lookup::AadDeviceId => by_name(normalise_aad_device_id(&raw)),
+            Lookup::Id => match MachineId::parse(&raw) {
+                None => (RowKind::Invalid, None),
+                Some(id) => (RowKind::Valid(id), Some(self.keys.id(&id))),
+            },
+        };
+        let raw = if kind == RowKind::Invalid { echo(raw) } else { raw };
         let kind = match key {
             Some(key) if !self.first_of(key, line)? => RowKind::Duplicate,
             _ => kind,
@@ -717,6 +879,14 @@ impl<R: Read> RowReader<R> {
     }
 }
 
+/// An invalid cell as the results echo it: whole up to [`ECHO_MAX`] characters, else cut, saying so.
+fn echo(raw: String) -> String {
+    match raw.char_indices().nth(ECHO_MAX) {
+        Some((end, _)) => format!("{}... (cut: {} characters in all)", &raw[..end], raw.chars().count()),
+        None => raw,
+    }
+}
+
 /// The input as the parser should see it: without a UTF-8 byte-order mark (a UTF-16 one is noted) and
 /// ending with a line break, so that every record ends with one.
 struct Prepared<R> {
@@ -746,9 +916,28 @@ impl<R: Read> Prepared<R> {
         if start == [0xEF, 0xBB, 0xBF] {
             start.clear();
         }
+        // And the first line (up to a bound), to see how its fields are separated.
+        let mut chunk = [0u8; 4096];
+        while !utf16 && !start.contains(&b'\n') && start.len() < FIRST_LINE_MAX {
+            match inner.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => start.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
         Ok(Prepared { start, served: 0, inner, utf16, last: None, ended: false })
     }
+
+    /// The first line, as far as it was read ahead.
+    fn first_line(&self) -> &[u8] {
+        let end = self.start.iter().position(|&b| b == b'\n').unwrap_or(self.start.len());
+        &self.start[..end]
+    }
 }
+
+/// How much of the first line is read ahead to see its separator.
+const FIRST_LINE_MAX: usize = 64 * 1024;
 
 impl<R: Read> Read for Prepared<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -1003,11 +1192,20 @@ mod tests {
     }
 
     #[test]
-    fn other_delimiters_get_a_hint() {
-        let message = error(format!("MachineId;Name\n{A};x\n").as_bytes(), None);
-        assert!(message.contains("`;`") && message.contains("comma-separated"), "{message}");
-        let message = error(format!("MachineId\tName\n{A}\tx\n").as_bytes(), None);
-        assert!(message.contains("tabs"), "{message}");
+    fn other_delimiters_are_detected_or_get_a_hint() {
+        for content in [format!("MachineId;Name\n{A};x\n"), format!("Name\tMachineId\nx\t{A}\n")] {
+            let (scan, rows) = read(content.as_bytes(), None).unwrap();
+            assert_eq!((scan.id_column.as_deref(), &rows[0].kind), (Some("MachineId"), &valid(A)), "{content:?}");
+        }
+        // Quoted separators do not count; a comma wins a tie.
+        assert_eq!(detect_delimiter(b"\"a;b;c\",MachineId"), b',');
+        assert_eq!(detect_delimiter(b"Name;Id,x"), b',');
+        assert_eq!(detect_delimiter(b"MachineId"), b',');
+        // Read with another separator than the header's: the hint names the flag that reads it.
+        let (_dir, path) = file(format!("Name;MachineId\nx;{A}\n").as_bytes());
+        let format = Format { delimiter: Some(b','), ..Format::default() };
+        let message = scan_format(Source::Path(path), &format).unwrap_err().to_string();
+        assert!(message.contains("`;`") && message.contains("--delimiter ';'"), "{message}");
     }
 
     #[test]
@@ -1083,7 +1281,7 @@ mod tests {
                 Ok(1)
             }
         }
-        let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), None, false).unwrap();
+        let scan = scan_spooled(Source::Stdin, Trickle(content.as_bytes()), &Format::default()).unwrap();
         assert_eq!((scan.rows, scan.valid, scan.invalid), (3, 2, 1));
         assert_eq!(scan.input_path(), None);
         #[cfg(target_os = "linux")]
@@ -1099,7 +1297,7 @@ mod tests {
         drop(scan);
         assert_eq!(rows.count(), 3);
         assert!(spool.upgrade().is_none(), "closed with the last reader");
-        let message = scan_spooled(Source::Stdin, &b"Owner\nx\n"[..], None, false).unwrap_err().to_string();
+        let message = scan_spooled(Source::Stdin, &b"Owner\nx\n"[..], &Format::default()).unwrap_err().to_string();
         assert!(message.starts_with("input <stdin>: line 1: no machine id column"), "{message}");
     }
 

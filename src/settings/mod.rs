@@ -29,6 +29,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The tenant and client ids of config.example.toml, to be replaced.
+const PLACEHOLDER_GUID: &str = "00000000-0000-0000-0000-000000000000";
 /// How recently a machine may have reported and still be offboarded: two of the API's `lastSeen` reports,
 /// which come about daily.
 pub const DEFAULT_ACTIVE_WITHIN: Duration = Duration::from_secs(48 * 3600);
@@ -135,59 +137,54 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The flags that feed [`Settings`]; flattened into every subcommand that talks to the API.
+/// The flags of sign-in and the API: flattened into every subcommand that talks to the service.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct SettingsArgs {
-    /// TOML config file (see config.example.toml).
-    #[arg(long, value_name = "FILE", env = "MDE_CONFIG")]
+#[command(next_help_heading = "Sign-in and API")]
+pub struct ApiArgs {
+    /// TOML config file (see config.example.toml). [env: MDE_CONFIG]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Entra ID tenant (directory) id. [config: auth.tenant_id]
-    #[arg(long, env = "MDE_TENANT_ID", value_name = "ID")]
+    /// Entra ID tenant (directory) id. [config: auth.tenant_id] [env: MDE_TENANT_ID]
+    #[arg(long, value_name = "ID")]
     pub tenant_id: Option<String>,
-    /// Application (client) id of the app registration. [config: auth.client_id]
-    #[arg(long, env = "MDE_CLIENT_ID", value_name = "ID")]
+    /// Application (client) id of the app registration. [config: auth.client_id] [env: MDE_CLIENT_ID]
+    #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// File holding the client secret; otherwise it is read from MDE_CLIENT_SECRET. [config: auth.client_secret_file]
     #[arg(long, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
-    /// PEM file with the app's certificate: sign in with it instead of a secret. [config: auth.certificate]
-    #[arg(long, env = "MDE_CERTIFICATE", value_name = "FILE")]
+    /// PEM file with the app's certificate: sign in with it instead of a secret. [config: auth.certificate] [env: MDE_CERTIFICATE]
+    #[arg(long, value_name = "FILE")]
     pub certificate: Option<PathBuf>,
-    /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key]
-    #[arg(long, env = "MDE_PRIVATE_KEY", value_name = "FILE")]
+    /// PEM file with the certificate's private key (unencrypted; keep it chmod 600). [config: auth.private_key] [env: MDE_PRIVATE_KEY]
+    #[arg(long, value_name = "FILE")]
     pub private_key: Option<PathBuf>,
     /// Sign in as a person (delegated permission) with the device code flow: no secret or certificate; the
     /// app registration must allow public client flows. [config: auth.flow = "device_code"]
     #[arg(long)]
     pub device_code: bool,
     /// With --device-code: keep the refresh token in FILE (created owner-only; refused if others can read
-    /// it), so later commands sign in without a new code. [config: auth.token_cache]
-    #[arg(long, env = "MDE_TOKEN_CACHE", value_name = "FILE")]
+    /// it), so later commands sign in without a new code. [config: auth.token_cache] [env: MDE_TOKEN_CACHE]
+    #[arg(long, value_name = "FILE")]
     pub token_cache: Option<PathBuf>,
     /// Client assertion form for certificate sign-in: ps256, or the older rs256. [config: auth.assertion] [default: ps256]
     #[arg(long, value_name = "ALG")]
     pub assertion: Option<String>,
-    /// Cloud: commercial, us, eu, uk, au, swa, ina, gcc, gcc-high, dod; sets API host, sign-in host and scope. [config: api.cloud] [default: commercial]
-    #[arg(long, env = "MDE_CLOUD", value_name = "NAME")]
+    /// Cloud: commercial, us, eu, uk, au, swa, ina, gcc, gcc-high, dod; sets API host, sign-in host and scope. [config: api.cloud] [env: MDE_CLOUD] [default: commercial]
+    #[arg(long, value_name = "NAME")]
     pub cloud: Option<String>,
-    /// Entra ID sign-in host. [config: auth.authority] [default: the cloud's, https://login.microsoftonline.com]
-    #[arg(long, env = "MDE_AUTHORITY", value_name = "URL")]
+    /// Entra ID sign-in host. [config: auth.authority] [env: MDE_AUTHORITY] [default: the cloud's, https://login.microsoftonline.com]
+    #[arg(long, value_name = "URL")]
     pub authority: Option<String>,
-    /// OAuth scope of the API. [config: auth.scope] [default: the cloud's, https://api.securitycenter.microsoft.com/.default]
-    #[arg(long, env = "MDE_SCOPE", value_name = "SCOPE")]
+    /// OAuth scope of the API. [config: auth.scope] [env: MDE_SCOPE] [default: the cloud's, https://api.securitycenter.microsoft.com/.default]
+    #[arg(long, value_name = "SCOPE")]
     pub scope: Option<String>,
-    /// Defender for Endpoint API host. [config: api.base_url] [default: the cloud's, https://api.security.microsoft.com]
-    #[arg(long = "api-base", env = "MDE_API_BASE", value_name = "URL")]
+    /// Defender for Endpoint API host. [config: api.base_url] [env: MDE_API_BASE] [default: the cloud's, https://api.security.microsoft.com]
+    #[arg(long = "api-base", value_name = "URL")]
     pub api_base: Option<String>,
     /// Time limit for one API call, e.g. 30s. [config: api.timeout] [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// Comment recorded with each offboard action (required by the API). [config: run.comment]
-    #[arg(long, env = "MDE_COMMENT", value_name = "TEXT")]
-    pub comment: Option<String>,
-    /// Machines worked on at once. [config: run.concurrency] [default: 4]
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<String>,
     /// A quota N/PERIOD; repeat for several. Replaces the configured list. [config: run.rate] [default: 100/1m, 1500/1h]
     #[arg(long = "rate", value_name = "N/PERIOD")]
     pub rates: Vec<String>,
@@ -195,12 +192,48 @@ pub struct SettingsArgs {
     /// explain switches the run to app) or app (one budget for every call). [config: run.quota_scope] [default: api]
     #[arg(long, value_name = "SCOPE")]
     pub quota_scope: Option<String>,
-    /// Calls at most per machine before it counts as failed. [config: run.max_attempts] [default: 6]
+}
+
+/// The flags only an offboarding run uses (`run`'s own; `track` and `check` do not show them).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RunSettingsArgs {
+    /// Comment recorded with each offboard action (required by the API). [config: run.comment] [env: MDE_COMMENT]
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Machines worked on at once. [config: run.concurrency] [default: 4]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<String>,
+}
+
+/// The flags of retrying a call: for the commands that make many (`run`, `track`).
+#[derive(clap::Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Sign-in and API")]
+pub struct RetryArgs {
+    /// Attempts at most of one call (a run then counts the machine as failed). [config: run.max_attempts] [default: 6]
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<String>,
     /// First wait before retrying a 5xx or a dropped connection; doubles each time, with jitter. [config: run.retry_delay] [default: 1s]
     #[arg(long, value_name = "DURATION")]
     pub retry_delay: Option<String>,
+}
+
+/// Every flag that feeds [`Settings`]: what `run` flattens. A command that does not offboard flattens
+/// [`ApiArgs`] (and [`RetryArgs`] if it makes many calls) and resolves with the rest left to the config file
+/// or the defaults.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub run: RunSettingsArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+impl From<ApiArgs> for SettingsArgs {
+    fn from(api: ApiArgs) -> Self {
+        SettingsArgs { api, ..Default::default() }
+    }
 }
 
 /// Everything resolved and validated.
@@ -388,8 +421,15 @@ impl FileValues {
     fn load(path: &Path) -> Result<Self> {
         let fail = |message: String| Error::ConfigFile { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {}", e.message())))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map(|span| {
+                let before = text.get(..span.start).unwrap_or(&text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            fail(format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()))
+        })?;
         let mut values = Vec::new();
         for (section, body) in table {
             let Some((_, keys)) = CONFIG_KEYS.iter().find(|(name, _)| *name == section) else {
@@ -444,8 +484,74 @@ impl FileValues {
     }
 }
 
-/// Resolves `args`, the environment (through `env`) and the config file into [`Settings`].
+/// The environment variables that stand in for a flag not given. Read here, not by clap, so that what came
+/// from a flag can be told from what came from the environment (clap's usage line in an error, and a bad
+/// value's exit code, depend on it).
+fn with_env(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> SettingsArgs {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut filled = args.clone();
+    let (api, run) = (&mut filled.api, &mut filled.run);
+    let fill = |slot: &mut Option<String>, name: &str| {
+        if slot.is_none() {
+            *slot = var(name);
+        }
+    };
+    fill(&mut api.tenant_id, "MDE_TENANT_ID");
+    fill(&mut api.client_id, "MDE_CLIENT_ID");
+    fill(&mut api.cloud, "MDE_CLOUD");
+    fill(&mut api.authority, "MDE_AUTHORITY");
+    fill(&mut api.scope, "MDE_SCOPE");
+    fill(&mut api.api_base, "MDE_API_BASE");
+    fill(&mut run.comment, "MDE_COMMENT");
+    for (slot, name) in [
+        (&mut api.config, "MDE_CONFIG"),
+        (&mut api.certificate, "MDE_CERTIFICATE"),
+        (&mut api.private_key, "MDE_PRIVATE_KEY"),
+        (&mut api.token_cache, "MDE_TOKEN_CACHE"),
+    ] {
+        if slot.is_none() {
+            *slot = var(name).map(PathBuf::from);
+        }
+    }
+    filled
+}
+
+/// A bad value given as a flag is a usage error naming the flag (exit 2); from the environment or the
+/// config file it stays an error of the setting, named by its key. Files named by a flag that cannot be read
+/// are not usage errors: the value is fine, the file is not.
+fn as_flag_error(e: Error, flags: &SettingsArgs) -> Error {
+    let Error::Setting { key, message } = e else { return e };
+    let (api, run, retry) = (&flags.api, &flags.run, &flags.retry);
+    let given = match key {
+        "auth.tenant_id" => api.tenant_id.is_some().then_some("--tenant-id"),
+        "auth.client_id" => api.client_id.is_some().then_some("--client-id"),
+        "auth.assertion" => api.assertion.is_some().then_some("--assertion"),
+        "api.cloud" => api.cloud.is_some().then_some("--cloud"),
+        "auth.authority" => api.authority.is_some().then_some("--authority"),
+        "auth.scope" => api.scope.is_some().then_some("--scope"),
+        "api.base_url" => api.api_base.is_some().then_some("--api-base"),
+        "api.timeout" => api.timeout.is_some().then_some("--timeout"),
+        "run.rate" => (!api.rates.is_empty()).then_some("--rate"),
+        "run.quota_scope" => api.quota_scope.is_some().then_some("--quota-scope"),
+        "run.comment" => run.comment.is_some().then_some("--comment"),
+        "run.concurrency" => run.concurrency.is_some().then_some("--concurrency"),
+        "run.max_attempts" => retry.max_attempts.is_some().then_some("--max-attempts"),
+        "run.retry_delay" => retry.retry_delay.is_some().then_some("--retry-delay"),
+        _ => None,
+    };
+    match given {
+        Some(flag) => Error::Usage(format!("invalid value for {flag}: {message}")),
+        None => Error::Setting { key, message },
+    }
+}
+
+/// Resolves `args` (the flags), the environment (through `env`) and the config file into [`Settings`].
 pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    resolve_filled(&with_env(args, env), env).map_err(|e| as_flag_error(e, args))
+}
+
+fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    let SettingsArgs { api: args, run, retry } = args;
     let file = match &args.config {
         Some(path) => FileValues::load(path)?,
         None => FileValues::default(),
@@ -512,13 +618,13 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         Some(v) => parse_duration("api.timeout", &v)?,
         None => DEFAULT_TIMEOUT,
     };
-    let comment = pick(&args.comment, "run.comment")?;
+    let comment = pick(&run.comment, "run.comment")?;
     if let Some(c) = &comment
         && c.trim().is_empty()
     {
         return Err(bad("run.comment", c, "a non-empty text (the API requires a comment)"));
     }
-    let concurrency = match pick(&args.concurrency, "run.concurrency")? {
+    let concurrency = match pick(&run.concurrency, "run.concurrency")? {
         Some(v) => parse_number("run.concurrency", &v, 1, 256)? as usize,
         None => DEFAULT_CONCURRENCY,
     };
@@ -535,11 +641,11 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
         Some(v) => v.parse::<QuotaScope>().map_err(|allowed| bad("run.quota_scope", &v, &allowed))?,
         None => QuotaScope::default(),
     };
-    let max_attempts = match pick(&args.max_attempts, "run.max_attempts")? {
+    let max_attempts = match pick(&retry.max_attempts, "run.max_attempts")? {
         Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
         None => DEFAULT_MAX_ATTEMPTS,
     };
-    let retry_delay = match pick(&args.retry_delay, "run.retry_delay")? {
+    let retry_delay = match pick(&retry.retry_delay, "run.retry_delay")? {
         Some(v) => parse_duration("run.retry_delay", &v)?,
         None => DEFAULT_RETRY_DELAY,
     };
@@ -588,8 +694,21 @@ pub fn resolve(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> Res
 }
 
 impl Settings {
-    /// What signing in needs, or an error naming the first thing missing.
+    /// What signing in needs, or an error naming everything missing (and any all-zero placeholder id of
+    /// config.example.toml: signing in with it could only fail).
     pub fn credentials(&self) -> Result<Credentials> {
+        let placeholder = |key: &'static str, value: &Option<String>, what: &str| {
+            (value.as_deref() == Some(PLACEHOLDER_GUID)).then(|| Error::Setting {
+                key,
+                message: format!(
+                    "is the all-zero placeholder of config.example.toml; replace the placeholder {what} with your own"
+                ),
+            })
+        };
+        let placeholders = [
+            placeholder("auth.tenant_id", &self.tenant_id, "tenant id (Entra ID > Overview > Tenant ID)"),
+            placeholder("auth.client_id", &self.client_id, "client id (the app registration's Application ID)"),
+        ];
         let missing = |key: &'static str, how: &str| Error::Setting { key, message: format!("is required; {how}") };
         if self.device_code {
             let public =
@@ -629,27 +748,36 @@ impl Settings {
             });
         }
         let credential = match (&self.certificate, &self.client_secret) {
-            (Some(certificate), _) => Credential::Certificate(certificate.clone()),
-            (None, Some(secret)) => Credential::Secret(secret.clone()),
-            (None, None) => {
-                return Err(missing(
-                    "auth.client_secret",
-                    "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
-                     --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
-                ));
-            }
+            (Some(certificate), _) => Ok(Credential::Certificate(certificate.clone())),
+            (None, Some(secret)) => Ok(Credential::Secret(secret.clone())),
+            (None, None) => Err(missing(
+                "auth.client_secret",
+                "put the client secret in the MDE_CLIENT_SECRET environment variable or a file named by \
+                 --client-secret-file, or sign in with a certificate (--certificate and --private-key)",
+            )),
         };
-        Ok(Credentials {
-            tenant_id: self.tenant_id.clone().ok_or_else(|| {
-                missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
-            })?,
-            client_id: self.client_id.clone().ok_or_else(|| {
-                missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
-            })?,
-            credential,
-            authority: self.authority.clone(),
-            scope: self.scope.clone(),
-        })
+        let tenant_id = self.tenant_id.clone().ok_or_else(|| {
+            missing("auth.tenant_id", "set --tenant-id, MDE_TENANT_ID or auth.tenant_id in the config file")
+        });
+        let client_id = self.client_id.clone().ok_or_else(|| {
+            missing("auth.client_id", "set --client-id, MDE_CLIENT_ID or auth.client_id in the config file")
+        });
+        match (tenant_id, client_id, credential) {
+            (Ok(tenant_id), Ok(client_id), Ok(credential)) if placeholders.iter().all(Option::is_none) => {
+                Ok(Credentials {
+                    tenant_id,
+                    client_id,
+                    credential,
+                    authority: self.authority.clone(),
+                    scope: self.scope.clone(),
+                })
+            }
+            (tenant_id, client_id, credential) => {
+                let missing = [tenant_id.err(), client_id.err(), credential.err()];
+                let errors = placeholders.into_iter().chain(missing).flatten();
+                Err(Error::all(errors).expect("one of them failed"))
+            }
+        }
     }
 
     /// The comment an offboard needs, or an error saying how to give one.
@@ -662,7 +790,7 @@ impl Settings {
 }
 
 fn resolve_secret(
-    args: &SettingsArgs,
+    args: &ApiArgs,
     file: &FileValues,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
@@ -694,7 +822,7 @@ fn resolve_secret(
 /// The certificate (with its key) and the ready access token, if given. Precedence when several credentials
 /// are given: an access token, then a certificate, then a secret; the ones not used get a warning.
 fn resolve_identity(
-    args: &SettingsArgs,
+    args: &ApiArgs,
     file: &FileValues,
     env: &dyn Fn(&str) -> Option<String>,
     secret_source: Option<&str>,
@@ -961,14 +1089,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[run]\nquota_scope = \"app\"\n").unwrap();
-        let from_file = resolve(&SettingsArgs { config: Some(path.clone()), ..Default::default() }, &no_env).unwrap();
-        assert_eq!(from_file.quota_scope, QuotaScope::App);
-        let args = SettingsArgs { config: Some(path), quota_scope: Some("API".into()), ..Default::default() };
-        assert_eq!(resolve(&args, &no_env).unwrap().quota_scope, QuotaScope::Api);
-        let e = resolve(&SettingsArgs { quota_scope: Some("tenant".into()), ..Default::default() }, &no_env)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("run.quota_scope") && e.contains("tenant") && e.contains("api"), "{e}");
+        let api = |config: Option<PathBuf>, quota_scope: Option<&str>| {
+            SettingsArgs::from(ApiArgs { config, quota_scope: quota_scope.map(String::from), ..Default::default() })
+        };
+        assert_eq!(resolve(&api(Some(path.clone()), None), &no_env).unwrap().quota_scope, QuotaScope::App);
+        assert_eq!(resolve(&api(Some(path.clone()), Some("API")), &no_env).unwrap().quota_scope, QuotaScope::Api);
+        let e = resolve(&api(None, Some("tenant")), &no_env).unwrap_err().to_string();
+        assert!(e.contains("--quota-scope") && e.contains("tenant") && e.contains("api"), "{e}");
+        std::fs::write(&path, "[run]\nquota_scope = \"tenant\"\n").unwrap();
+        let e = resolve(&api(Some(path), None), &no_env).unwrap_err().to_string();
+        assert!(e.contains("run.quota_scope") && e.contains("tenant"), "{e}");
     }
 
     #[test]
@@ -978,9 +1108,8 @@ mod tests {
         std::fs::write(&path, "[run]\nconcurrency = 9\nrate = [\"5/1s\", \"50/1m\"]\ncomment = \"from file\"\n")
             .unwrap();
         let args = SettingsArgs {
-            config: Some(path),
-            comment: Some("from flag".into()),
-            rates: vec!["7/1s".into()],
+            api: ApiArgs { config: Some(path), rates: vec!["7/1s".into()], ..Default::default() },
+            run: RunSettingsArgs { comment: Some("from flag".into()), ..Default::default() },
             ..Default::default()
         };
         let s = resolve(&args, &no_env).unwrap();
@@ -994,18 +1123,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[run]\nconcurency = 9\n").unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let msg = resolve(&args, &no_env).unwrap_err().to_string();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let msg = resolve(&args.clone().into(), &no_env).unwrap_err().to_string();
         assert!(msg.contains("run.concurency") && msg.contains(&path.display().to_string()), "{msg}");
     }
 
     #[test]
     fn wrong_value_names_key_value_and_allowed() {
-        let args = SettingsArgs { concurrency: Some("0".into()), ..Default::default() };
+        let args = SettingsArgs {
+            run: RunSettingsArgs { concurrency: Some("0".into()), ..Default::default() },
+            ..Default::default()
+        };
         let msg = resolve(&args, &no_env).unwrap_err().to_string();
-        assert!(msg.contains("run.concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
-        let args = SettingsArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
-        assert!(resolve(&args, &no_env).unwrap_err().to_string().contains("api.base_url"));
+        assert!(msg.contains("--concurrency") && msg.contains("`0`") && msg.contains("1 to 256"), "{msg}");
+        let args = ApiArgs { api_base: Some("http://api.example.com".into()), ..Default::default() };
+        assert!(resolve(&args.into(), &no_env).unwrap_err().to_string().contains("--api-base"));
     }
 
     /// Before: `--retry-delay 500000000000y` was taken, and a run hung on its first retry.
@@ -1014,14 +1146,18 @@ mod tests {
         for (timeout, retry_delay) in [(Some("500000000000y"), None), (None, Some("500000000000y")), (None, Some("2h"))]
         {
             let args = SettingsArgs {
-                timeout: timeout.map(Into::into),
-                retry_delay: retry_delay.map(Into::into),
+                api: ApiArgs { timeout: timeout.map(Into::into), ..Default::default() },
+                retry: RetryArgs { retry_delay: retry_delay.map(Into::into), ..Default::default() },
                 ..Default::default()
             };
             let msg = resolve(&args, &no_env).unwrap_err().to_string();
             assert!(msg.contains("at most 1h"), "{msg}");
         }
-        let args = SettingsArgs { timeout: Some("1h".into()), retry_delay: Some("30s".into()), ..Default::default() };
+        let args = SettingsArgs {
+            api: ApiArgs { timeout: Some("1h".into()), ..Default::default() },
+            retry: RetryArgs { retry_delay: Some("30s".into()), ..Default::default() },
+            ..Default::default()
+        };
         assert!(resolve(&args, &no_env).is_ok());
     }
 
@@ -1041,9 +1177,12 @@ mod tests {
             "ftp://127.0.0.1",
             "http://",
         ] {
-            let args = SettingsArgs { authority: Some(refused.into()), ..Default::default() };
-            let msg = resolve(&args, &no_env).err().unwrap_or_else(|| panic!("{refused} was accepted")).to_string();
-            assert!(msg.contains("auth.authority"), "{refused}: {msg}");
+            let args = ApiArgs { authority: Some(refused.into()), ..Default::default() };
+            let msg = resolve(&args.clone().into(), &no_env)
+                .err()
+                .unwrap_or_else(|| panic!("{refused} was accepted"))
+                .to_string();
+            assert!(msg.contains("--authority"), "{refused}: {msg}");
         }
         for accepted in [
             "http://127.0.0.1:9",
@@ -1052,8 +1191,8 @@ mod tests {
             "http://[::1]:7",
             "https://login.microsoftonline.us/",
         ] {
-            let args = SettingsArgs { authority: Some(accepted.into()), ..Default::default() };
-            assert!(resolve(&args, &no_env).is_ok(), "{accepted} was refused");
+            let args = ApiArgs { authority: Some(accepted.into()), ..Default::default() };
+            assert!(resolve(&args.clone().into(), &no_env).is_ok(), "{accepted} was refused");
         }
     }
 
@@ -1070,31 +1209,31 @@ mod tests {
 
     #[test]
     fn cloud_sets_hosts_and_explicit_settings_win() {
-        let args = SettingsArgs { cloud: Some("gcc-high".into()), ..Default::default() };
-        let s = resolve(&args, &no_env).unwrap();
+        let args = ApiArgs { cloud: Some("gcc-high".into()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!(s.api_base, "https://api-gov.securitycenter.microsoft.us");
         assert_eq!(s.authority, "https://login.microsoftonline.us");
         assert_eq!(s.scope, "https://api-gov.securitycenter.microsoft.us/.default");
-        let args = SettingsArgs {
+        let args = ApiArgs {
             cloud: Some("eu".into()),
             api_base: Some("http://127.0.0.1:9".into()),
             authority: Some("http://127.0.0.1:8".into()),
             ..Default::default()
         };
-        let s = resolve(&args, &no_env).unwrap();
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!((s.api_base.as_str(), s.authority.as_str()), ("http://127.0.0.1:9", "http://127.0.0.1:8"));
         assert_eq!(s.scope, DEFAULT_SCOPE);
-        let msg = resolve(&SettingsArgs { cloud: Some("mars".into()), ..Default::default() }, &no_env)
+        let msg = resolve(&ApiArgs { cloud: Some("mars".into()), ..Default::default() }.into(), &no_env)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("api.cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
+        assert!(msg.contains("--cloud") && msg.contains("gcc-high") && msg.contains("`mars`"), "{msg}");
     }
 
     #[test]
     fn certificate_wins_over_a_secret_and_needs_its_key() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let env = |k: &str| (k == SECRET_ENV).then(|| "s3cr3t".to_string());
-        let args = SettingsArgs {
+        let args = ApiArgs {
             tenant_id: Some("contoso.onmicrosoft.com".into()),
             client_id: Some("6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70".into()),
             certificate: Some(data.join("test-app.cert.pem")),
@@ -1102,17 +1241,17 @@ mod tests {
             assertion: Some("rs256".into()),
             ..Default::default()
         };
-        let s = resolve(&args, &env).unwrap();
+        let s = resolve(&args.clone().into(), &env).unwrap();
         let c = s.credentials().unwrap();
         assert!(matches!(&c.credential, Credential::Certificate(cert) if cert.alg() == AssertionAlg::Rs256));
         assert!(s.warnings.iter().any(|w| w.contains("certificate") && w.contains(SECRET_ENV)), "{:?}", s.warnings);
-        let no_key = SettingsArgs { private_key: None, ..args.clone() };
-        assert!(resolve(&no_key, &env).unwrap_err().to_string().contains("auth.private_key"));
-        let wrong_key = SettingsArgs { private_key: Some(data.join("wrong.key.pem")), ..args.clone() };
-        let msg = resolve(&wrong_key, &env).unwrap_err().to_string();
+        let no_key = ApiArgs { private_key: None, ..args.clone() };
+        assert!(resolve(&no_key.clone().into(), &env).unwrap_err().to_string().contains("auth.private_key"));
+        let wrong_key = ApiArgs { private_key: Some(data.join("wrong.key.pem")), ..args.clone() };
+        let msg = resolve(&wrong_key.clone().into(), &env).unwrap_err().to_string();
         assert!(msg.contains("does not belong") && !msg.contains("PRIVATE KEY"), "{msg}");
-        let bad_alg = SettingsArgs { assertion: Some("hs256".into()), ..args };
-        assert!(resolve(&bad_alg, &env).unwrap_err().to_string().contains("auth.assertion"));
+        let bad_alg = ApiArgs { assertion: Some("hs256".into()), ..args };
+        assert!(resolve(&bad_alg.clone().into(), &env).unwrap_err().to_string().contains("--assertion"));
     }
 
     #[test]
@@ -1135,7 +1274,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         let ids = "tenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"6a1f0c2e-93b4-4d57-8e1a-2c3d4e5f6a70\"\n";
         std::fs::write(&path, format!("[auth]\n{ids}flow = \"device_code\"\n")).unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
+        let args: SettingsArgs = ApiArgs { config: Some(path.clone()), ..Default::default() }.into();
         let c = resolve(&args, &no_env).unwrap().credentials().unwrap();
         let Credential::DeviceCode(person) = &c.credential else { panic!("{:?}", c.credential) };
         let api = "https://api.securitycenter.microsoft.com";
@@ -1149,7 +1288,7 @@ mod tests {
         let msg = resolve(&args, &no_env).unwrap_err().to_string();
         assert!(msg.contains("auth.flow") && msg.contains("device_code"), "{msg}");
         // A token cache is only for a person's sign-in.
-        let cache = SettingsArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() };
+        let cache: SettingsArgs = ApiArgs { token_cache: Some(dir.path().join("t.json")), ..Default::default() }.into();
         assert!(resolve(&cache, &no_env).unwrap_err().to_string().contains("--device-code"));
     }
 
@@ -1161,11 +1300,11 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[auth]\nclient_secret = \"abc\"\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let s = resolve(&args, &no_env).unwrap();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &no_env).unwrap();
         assert_eq!(s.warnings.len(), 1);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(resolve(&args, &no_env).unwrap().warnings.is_empty());
+        assert!(resolve(&args.clone().into(), &no_env).unwrap().warnings.is_empty());
     }
 }
 
@@ -1177,8 +1316,8 @@ mod example_config {
     #[test]
     fn example_config_loads_and_documents_every_key() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-        let args = SettingsArgs { config: Some(path.clone()), ..Default::default() };
-        let s = resolve(&args, &|_| None).unwrap();
+        let args = ApiArgs { config: Some(path.clone()), ..Default::default() };
+        let s = resolve(&args.clone().into(), &|_| None).unwrap();
         assert_eq!(s.rates.len(), 2);
         let text = std::fs::read_to_string(path).unwrap();
         for (section, keys) in CONFIG_KEYS {

@@ -105,6 +105,11 @@ async fn cancel_takes_back_the_runs_open_actions_and_nothing_else() {
     let out = mde_in(&sim, dir.path(), &["cancel", path, "--comment", "x"], "").await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(sim.stats().total(CANCEL), 1);
+    // The offboard comment (MDE_COMMENT, set for every test command) is not a cancel's: --comment is needed.
+    let out = mde_in(&sim, dir.path(), &["cancel", path, "--yes"], "").await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--comment"), "{}", out.stderr);
+    assert_eq!(sim.stats().total(CANCEL), 1);
 
     // --only: just the machines listed.
     let only = write_file(dir.path(), "only.csv", &format!("MachineId\n{}\n{}\n", ids[0], ids[1]));

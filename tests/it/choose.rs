@@ -5,18 +5,9 @@ use std::time::Duration;
 
 use mde_sim::{Fleet, Lifecycle, SimConfig, Simulator};
 
-use crate::common::{Results, mde, mde_in, wait_until, write_file};
+use crate::common::{Results, id_list, mde, mde_in, wait_until, write_file};
 
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
-
-fn id_list(ids: &[String]) -> String {
-    let mut text = String::from("MachineId\n");
-    for id in ids {
-        text += id;
-        text += "\n";
-    }
-    text
-}
 
 /// A simulator where every machine may be offboarded, at `time_scale`, with a share of offboards failing.
 async fn simulator(fleet: Fleet, time_scale: f64) -> Simulator {

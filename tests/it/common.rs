@@ -233,3 +233,13 @@ pub fn spawn_at_terminal(mut cmd: Command) -> (std::process::Child, std::fs::Fil
     cmd.stdin(slave);
     (cmd.spawn().expect("the binary starts"), std::fs::File::from(master))
 }
+
+/// An input of `ids` under a `MachineId` header, one a line.
+pub fn id_list<S: AsRef<str>>(ids: &[S]) -> String {
+    let mut text = String::from("MachineId\n");
+    for id in ids {
+        text += id.as_ref();
+        text += "\n";
+    }
+    text
+}

@@ -8,15 +8,11 @@ use std::time::Duration;
 
 use mde_sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
-use crate::common::{Output, Results, command, mde_env, mde_in, write_file};
+use crate::common::{Output, Results, command, id_list, mde_env, mde_in, write_file};
 
 const MACHINES: &str = "GET /api/machines";
 const ACTIONS: &str = "GET /api/machineactions";
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
-
-fn id_list(ids: &[String]) -> String {
-    format!("MachineId\n{}\n", ids.join("\n"))
-}
 
 /// Machines from every page of a 25,000-machine fleet (3 pages of 10,000), the fleet's last among them.
 fn across_pages(fleet: &Fleet) -> Vec<String> {

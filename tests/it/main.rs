@@ -8,6 +8,7 @@ mod choose;
 mod common;
 mod device_code;
 mod faults;
+mod first_hour;
 mod identity;
 mod incomplete_reads;
 mod legacy_type;

@@ -5,7 +5,7 @@
 
 use mde_sim::{Fleet, SimConfig, SimStats, Simulator};
 
-use crate::common::{Results, mde, mde_env, write_file};
+use crate::common::{Results, id_list, mde, mde_env, write_file};
 
 const MACHINES: &str = "GET /api/machines";
 const MACHINE: &str = "GET /api/machines/{id}";
@@ -20,15 +20,6 @@ fn fleet() -> Fleet {
 /// Calls per route made between two snapshots.
 fn delta(before: &SimStats, after: &SimStats, route: &str) -> u64 {
     after.total(route) - before.total(route)
-}
-
-fn id_list(ids: &[&str]) -> String {
-    let mut text = String::from("MachineId\n");
-    for id in ids {
-        text += id;
-        text += "\n";
-    }
-    text
 }
 
 /// Every `step`th machine of the fleet, ending with the fleet's last (so that every page must be read).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use mde_offboard::settings::Rate;
 use mde_sim::{Faults, Fleet, SimConfig, SimStats, Simulator};
 
-use crate::common::{Results, mde, write_file};
+use crate::common::{Results, id_list, mde, write_file};
 
 /// A fleet with one machine of every kind a run meets.
 const FLEET: &str = "\
@@ -42,15 +42,6 @@ fn offboardable(sim_config: &SimConfig) -> Vec<String> {
         })
         .map(str::to_owned)
         .collect()
-}
-
-fn id_list(ids: &[String]) -> String {
-    let mut text = String::from("MachineId\n");
-    for id in ids {
-        text += id;
-        text += "\n";
-    }
-    text
 }
 
 fn no_second_accepted_offboard(stats: &SimStats) {

@@ -1,6 +1,6 @@
 //! Bad settings, through the real binary: each wrong config key, value, flag, environment variable and
 //! secret source is refused with a message naming it (and its value, where it is not a secret), exit 1
-//! (2 for a flag clap does not know), before any call to the service.
+//! (2 for a flag, whose bad value is a usage error), before any call to the service.
 
 use std::path::Path;
 
@@ -62,21 +62,22 @@ async fn every_bad_setting_is_named_before_any_call() {
     }
     refused(&sim, d, &["--config", "missing.toml"], &[], 1, &["missing.toml", "cannot read"]).await;
 
-    // Flags.
-    let flags: [(&[&str], &[&str]); 9] = [
-        (&["--concurrency", "0"], &["`run.concurrency`", "`0`"]),
-        (&["--concurrency", "many"], &["`run.concurrency`", "`many`"]),
-        (&["--rate", "5"], &["`run.rate`", "`5`", "N/PERIOD"]),
-        (&["--rate", "0/1m"], &["`run.rate`", "`0/1m`"]),
-        (&["--timeout", "soon"], &["`api.timeout`", "`soon`"]),
-        (&["--max-attempts", "0"], &["`run.max_attempts`", "`0`"]),
-        (&["--tenant-id", "not a tenant"], &["`auth.tenant_id`", "`not a tenant`"]),
-        (&["--api-base", "http://example.com"], &["`api.base_url`", "`http://example.com`", "https://"]),
-        (&["--client-secret-file", "/nonexistent/secret"], &["`auth.client_secret_file`", "/nonexistent/secret"]),
+    // Flags: a bad value is a usage error naming the flag (a file that cannot be read is not).
+    let flags: [(&[&str], &[&str]); 8] = [
+        (&["--concurrency", "0"], &["--concurrency", "`0`"]),
+        (&["--concurrency", "many"], &["--concurrency", "`many`"]),
+        (&["--rate", "5"], &["--rate", "`5`", "N/PERIOD"]),
+        (&["--rate", "0/1m"], &["--rate", "`0/1m`"]),
+        (&["--timeout", "soon"], &["--timeout", "`soon`"]),
+        (&["--max-attempts", "0"], &["--max-attempts", "`0`"]),
+        (&["--tenant-id", "not a tenant"], &["--tenant-id", "`not a tenant`"]),
+        (&["--api-base", "http://example.com"], &["--api-base", "`http://example.com`", "https://"]),
     ];
     for (args, says) in flags {
-        refused(&sim, d, args, &[], 1, says).await;
+        refused(&sim, d, args, &[], 2, says).await;
     }
+    let secret_file = ["--client-secret-file", "/nonexistent/secret"];
+    refused(&sim, d, &secret_file, &[], 1, &["`auth.client_secret_file`", "/nonexistent/secret"]).await;
     refused(&sim, d, &["--nonsense"], &[], 2, &["--nonsense"]).await;
     refused(&sim, d, &["--concurrency"], &[], 2, &["--concurrency"]).await;
 

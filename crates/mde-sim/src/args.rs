@@ -4,6 +4,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::config::{
@@ -17,6 +18,10 @@ use crate::SECRET_ENV;
 use crate::error::Error;
 use crate::quota::QuotaScope;
 use crate::rate::Rate;
+
+/// The list defaults as they are written on the command line (`A,B`): clap shows several defaults spaced.
+static PLATFORMS: LazyLock<String> = LazyLock::new(|| DEFAULT_UNSUPPORTED_PLATFORMS.join(","));
+static ROLES: LazyLock<String> = LazyLock::new(|| DEFAULT_ROLES.join(","));
 
 /// Run a local simulator of the Defender for Endpoint API and its Entra ID sign-in (for demos and tests).
 ///
@@ -72,14 +77,14 @@ pub struct SimulateArgs {
     #[arg(long = "forbid-id", value_name = "ID")]
     pub forbid_ids: Vec<String>,
     /// OS platforms whose offboard answers 400 OsPlatformNotSupported.
-    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = DEFAULT_UNSUPPORTED_PLATFORMS.map(String::from))]
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_value = PLATFORMS.as_str())]
     pub unsupported_platforms: Vec<String>,
     /// The oldest version of a platform the service offboards, PLATFORM=VERSION (older: 400
     /// OsPlatformNotSupported); repeat for several. Replaces the defaults macOS=14 and Windows10=1703.
     #[arg(long = "minimum-version", value_name = "PLATFORM=VERSION")]
     pub minimum_versions: Vec<String>,
     /// Roles (application permissions) in issued tokens.
-    #[arg(long, value_name = "A,B", value_delimiter = ',', default_values_t = DEFAULT_ROLES.map(String::from))]
+    #[arg(long, value_name = "A,B", value_delimiter = ',', default_value = ROLES.as_str())]
     pub roles: Vec<String>,
     /// Share of offboard actions that end Failed.
     #[arg(long, value_name = "SHARE", default_value_t = 0.05, value_parser = parse_share)]

@@ -189,8 +189,9 @@ impl Fleet {
     }
 
     /// Reads a CSV file with the header `id,computerDnsName,osPlatform,healthStatus,lastSeen,rbacGroupName`
-    /// (any column order; other columns are ignored), and optionally `version` (the OS version, e.g. `13.6`
-    /// for macOS or `1607` for Windows 10: see [`crate::SimConfig::minimum_versions`]).
+    /// (any column order; other columns are ignored), and optionally `aadDeviceId` (a machine joined to Entra
+    /// ID: its device id) and `version` (the OS version, e.g. `13.6` for macOS or `1607` for Windows 10: see
+    /// [`crate::SimConfig::minimum_versions`]).
     pub fn from_csv(path: &Path) -> Result<Fleet, Error> {
         let fail = |message: String| Error::Input { path: path.to_owned(), message };
         let mut reader = csv::Reader::from_path(path).map_err(|e| fail(format!("cannot read the fleet file: {e}")))?;
@@ -205,6 +206,7 @@ impl Fleet {
                 ))
             })?;
         }
+        let aad_column = headers.iter().position(|h| h.trim() == "aadDeviceId");
         let version_column = headers.iter().position(|h| h.trim() == "version");
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut machines = Vec::new();
@@ -251,6 +253,9 @@ impl Fleet {
                 group_id,
                 rfc3339(first_seen),
             );
+            let aad = aad_column.and_then(|c| record.get(c)).map(str::trim).filter(|a| !a.is_empty());
+            machine.aad_device_id = aad.map(str::to_owned);
+            machine.is_aad_joined = aad.is_some();
             if let Some(version) = version_column.and_then(|i| record.get(i)).map(str::trim) {
                 machine.version = Some(version.to_string()).filter(|v| !v.is_empty());
             }

@@ -32,7 +32,8 @@ mod token;
 
 pub use args::{SimulateArgs, simulate};
 pub use config::{
-    DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer, Misanswers, RetryAfterOverride, SimConfig, version_key,
+    DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer,
+    Misanswers, RetryAfterOverride, SimConfig, version_key,
 };
 pub use device_code::{DEVICE_CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use error::Error;

@@ -17,19 +17,28 @@ use base64::Engine;
 use super::{OTHER_ROWS_MAX, QUOTA_PER_HOUR, QUOTA_PER_MINUTE, Report, TABLE, put};
 use crate::error::Result;
 
+/// The entity that stands for `c` in HTML text or a quoted attribute value, if `c` needs one (Markdown,
+/// which passes HTML through, uses the same).
+pub(super) fn entity(c: char) -> Option<&'static str> {
+    Some(match c {
+        '&' => "&amp;",
+        '<' => "&lt;",
+        '>' => "&gt;",
+        '"' => "&quot;",
+        '\'' => "&#39;",
+        _ => return None,
+    })
+}
+
 /// Escapes text for an HTML element's content or a quoted attribute value.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
+        match (entity(c), c) {
+            (Some(entity), _) => out.push_str(entity),
             // Control characters have no place in a page (a NUL is a parse error).
-            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
-            c => out.push(c),
+            (None, c) if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
+            (None, c) => out.push(c),
         }
     }
     out

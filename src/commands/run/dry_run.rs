@@ -131,8 +131,9 @@ fn unscreened_row(row: InputRow) -> ResultRow {
             result
         }
         _ => {
+            let why = message::not_a_machine_id(&row.raw);
             let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
-            result.error_message = Some(message::not_a_machine_id().into());
+            result.error_message = Some(why.into());
             result
         }
     }

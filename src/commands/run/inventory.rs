@@ -33,7 +33,7 @@ use crate::defender::api::{ActionQuery, Api, Failure, ListPage, MachineAction, M
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
-use crate::input::{Entry, Filter, Key, Keys, Scan, normalise_name};
+use crate::input::{Entry, Filter, Key, Keys, Lookup, Scan, normalise_aad_device_id, normalise_name};
 
 /// `$top` of every list call: the most the API allows (Microsoft's documentation).
 pub const PAGE_SIZE: usize = 10_000;
@@ -217,6 +217,8 @@ struct MachineEntry<'a> {
     #[serde(default, borrow)]
     computer_dns_name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
+    aad_device_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     os_platform: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     health_status: Option<Cow<'a, str>>,
@@ -272,6 +274,7 @@ impl From<ReadError> for LoadError {
 /// The reads under way: what they found so far, on its way to disk.
 pub struct Inventory {
     by_name: bool,
+    lookup: Lookup,
     keys: Keys,
     filter: Arc<Filter>,
     firsts: RecordFile<Entry>,
@@ -288,6 +291,7 @@ impl Inventory {
     fn new(scan: &Scan, guard: Guard) -> Result<Inventory, LoadError> {
         Ok(Inventory {
             by_name: scan.by_name,
+            lookup: scan.lookup,
             keys: scan.keys().clone(),
             filter: scan.filter(),
             firsts: scan.firsts().clone(),
@@ -466,8 +470,13 @@ impl Inventory {
         let name = entry.computer_dns_name.as_deref().unwrap_or("");
         let mut facts = Ref::NONE;
         if self.by_name {
-            let Some(normal) = normalise_name(name) else { return Ok(false) };
-            let keys: Vec<Key> = name_keys(&normal).map(|k| self.keys.name(k)).collect();
+            let keys: Vec<Key> = if self.lookup == Lookup::AadDeviceId {
+                let aad = entry.aad_device_id.as_deref().and_then(normalise_aad_device_id);
+                aad.iter().map(|a| self.keys.name(a)).collect()
+            } else {
+                let Some(normal) = normalise_name(name) else { return Ok(false) };
+                name_keys(&normal).map(|k| self.keys.name(k)).collect()
+            };
             for key in keys {
                 if self.filter.may_contain(&key) {
                     if facts.is_none() {
@@ -785,6 +794,7 @@ mod tests {
         MachineEntry {
             id: Cow::Owned(id.into()),
             computer_dns_name: Some(Cow::Owned(name.into())),
+            aad_device_id: None,
             os_platform: Some("Windows11".into()),
             health_status: Some("Active".into()),
             last_seen: Some("2026-01-01T00:00:00Z".into()),

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
-use crate::input::{self, RowKind, Source};
+use crate::input::{self, Lookup, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 use preflight::Screened;
@@ -85,10 +85,19 @@ pub struct RunArgs {
     /// already pending machines cost no offboard call).
     #[arg(long, conflicts_with = "dry_run")]
     pub no_preflight: bool,
-    /// The input lists computer names (computerDnsName, DeviceName, Name column): resolve them to ids through
-    /// the inventory. A name that matches several machines is `ambiguous`, never guessed.
+    /// The input lists computer names (computerDnsName, DeviceName, ComputerName, Hostname, DNS Name, Name
+    /// column, or one name a line): resolve them to ids through the inventory. A name that matches several
+    /// machines is `ambiguous`, never guessed.
     #[arg(long, conflicts_with = "no_preflight")]
     pub by_name: bool,
+    /// The input lists Entra (Azure AD) device ids (AzureADDeviceId, aadDeviceId, Entra Device ID column, or
+    /// one a line): resolve them to ids through the inventory, like names.
+    #[arg(long, conflicts_with_all = ["no_preflight", "by_name"])]
+    pub by_aad_device_id: bool,
+    /// Field separator of the input: one character (`;`, `|`) or `tab`. [default: what the first line shows:
+    /// `,`, `;` or a tab]
+    #[arg(long, value_name = "CHAR", value_parser = input::parse_delimiter)]
+    pub delimiter: Option<u8>,
     /// Do not offboard a machine that reported within DURATION (its row is `protected`); the API's lastSeen is
     /// the last full report, about daily. [config: run.active_within] [default: 48h]
     #[arg(long, value_name = "DURATION", conflicts_with = "allow_active")]
@@ -197,12 +206,18 @@ pub async fn command(
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
+    // A dry run sends no offboard, so it needs no comment. Whatever is missing is said at once.
+    let comment =
+        if options.dry_run { Ok(settings.comment.clone().unwrap_or_default()) } else { settings.require_comment() };
+    let (credentials, comment_template) = match (settings.credentials(), comment) {
+        (Ok(credentials), Ok(comment)) => (credentials, comment),
+        (credentials, comment) => {
+            return Err(Error::all([credentials.err(), comment.err()].into_iter().flatten()).expect("one failed"));
+        }
+    };
     // A person's sign-in asks only for what this run does (a resume may look up the machines in doubt).
-    let credentials =
-        settings.credentials()?.needing(!options.dry_run, options.reads(args.by_name) || options.wait || args.resume);
-    // A dry run sends no offboard, so it needs no comment.
-    let comment_template =
-        if options.dry_run { settings.comment.clone().unwrap_or_default() } else { settings.require_comment()? };
+    let by_name = args.by_name || args.by_aad_device_id;
+    let credentials = credentials.needing(!options.dry_run, options.reads(by_name) || options.wait || args.resume);
     let source = Source::parse(&args.input);
     let from_stdin = matches!(source, Source::Stdin);
     let run_id = journal::new_run_id(SystemTime::now());
@@ -216,14 +231,30 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         if options.dry_run { dry_run::default_output(input) } else { results::default_path(input) }
     });
     // A resume continues an existing file; either way the directory must take new files.
-    results::check_writable(&output, args.overwrite || args.resume)?;
+    results::check_writable(&output, args.overwrite || args.resume).map_err(|e| match e {
+        Error::Output { path, .. } if !options.dry_run && !args.overwrite && is_results_of(&path, &source) => {
+            Error::Output { path, message: RESUMABLE.into() }
+        }
+        e => e,
+    })?;
     // And every other file it writes, before any network: found after the offboards, a file the run cannot
     // write would leave it unable to say what it did.
     preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
-    let scan = input::scan_with(source, args.id_column.as_deref(), args.by_name)?;
+    let lookup = match (args.by_name, args.by_aad_device_id) {
+        (true, _) => Some(Lookup::Name),
+        (_, true) => Some(Lookup::AadDeviceId),
+        _ => None,
+    };
+    let format = input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter };
+    let scan = input::scan_format(source, &format)?;
+    if scan.rows == 0 {
+        // Nothing to sign in for.
+        return Err(scan_error(&scan, "no machines in the input: it has a header and no rows; nothing was done"));
+    }
     if scan.by_name && !options.preflight {
+        let what = if scan.lookup == Lookup::AadDeviceId { "Entra device ids" } else { "computer names" };
         return Err(Error::Usage(format!(
-            "{} lists computer names (column `{}`), which are resolved through the pre-flight; drop --no-preflight",
+            "{} lists {what} (column `{}`), which are resolved through the pre-flight; drop --no-preflight",
             scan.source.display(),
             scan.id_column.as_deref().unwrap_or("")
         )));
@@ -280,6 +311,21 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         summary_json: args.summary_json.clone(),
     };
     Ok((job, session))
+}
+
+const RESUMABLE: &str = "already exists, the results of an earlier run of this list: pass --resume to continue \
+                         it (finished rows are kept, the rest done or retried), --overwrite to replace it, or \
+                         --output to write elsewhere";
+
+/// Whether `path` is the results file of an earlier run of `source` (its journal says so).
+fn is_results_of(path: &std::path::Path, source: &Source) -> bool {
+    path.is_file()
+        && journal::read(&journal::path_for(path), |_, _| false).is_ok_and(|j| j.identity.input == source.display())
+}
+
+/// An error about the scanned input.
+fn scan_error(scan: &input::Scan, message: &str) -> Error {
+    Error::Input { path: PathBuf::from(scan.source.display()), message: message.into() }
 }
 
 /// The guard of live machines: the flags over the settings (a flag list replaces the configured one).
@@ -596,8 +642,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             RowKind::Valid(id) => id,
             RowKind::Name(_) => unreachable!("preflight::screen resolves every name"),
             RowKind::Invalid => {
+                let why = message::not_a_machine_id(&row.raw);
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
-                result.error_message = Some(message::not_a_machine_id().into());
+                result.error_message = Some(why.into());
                 if row_tx.send(result).await.is_err() {
                     stop = Some(writer_gone());
                     break;

@@ -230,7 +230,7 @@ impl Screen {
         result.computer_dns_name = Some(written.clone());
         match decisions {
             [] => {
-                result.error_message = Some(message::no_machine_named().into());
+                result.error_message = Some(message::no_machine_named(&written).into());
                 Ok(Screened::Row(result))
             }
             [one] if one.kind == DecisionKind::Claimed => {
@@ -250,7 +250,7 @@ impl Screen {
                     let seen = if m.last_seen.is_empty() { "unknown" } else { &m.last_seen };
                     listed.push(format!("{} ({}, last seen {seen})", m.id, m.computer_dns_name));
                 }
-                result.error_message = Some(message::names_several(count, &listed));
+                result.error_message = Some(message::names_several(&written, count, &listed));
                 Ok(Screened::Row(result))
             }
         }
