@@ -1030,3 +1030,51 @@ async fn simulate_serves_until_shutdown() {
         Simulator::start(SimConfig { time_scale: 0.0, ..config() }).await.err().expect("time scale 0 is refused");
     assert!(error.to_string().contains("time scale"), "{error}");
 }
+
+#[tokio::test]
+async fn several_tenants_each_with_its_own_fleet_tokens_and_quotas() {
+    let first = SimConfig { quotas: vec!["2/1h".parse().unwrap()], ..config() };
+    let mut tenants = mde_sim::tenant_series(first, 3, |k| Fleet::generate(300, 3 + k as u64)).unwrap();
+    tenants[2].consented = false;
+    let (a, b) = (tenants[0].tenant_id.clone(), tenants[1].tenant_id.clone());
+    let (a_machine, b_machine) = (tenants[0].fleet.machines()[0].id.clone(), tenants[1].fleet.machines()[0].id.clone());
+    let sim = Simulator::start_tenants(tenants).await.unwrap();
+    let http = reqwest::Client::new();
+    let token = |body: Value| body["access_token"].as_str().expect("access_token").to_string();
+    let (status, body) = sign_in_tenant(&http, &sim, &a, "oauth2/v2.0/token", &demo_form()).await;
+    assert_eq!(status, 200, "{body}");
+    let a_token = token(body);
+    // The second tenant by its domain, as today's tenant_domains; its token names it by id.
+    let (status, body) =
+        sign_in_tenant(&http, &sim, "TENANT2.onmicrosoft.com", "oauth2/v2.0/token", &demo_form()).await;
+    assert_eq!(status, 200, "{body}");
+    let b_token = token(body);
+    assert_eq!(claims(&b_token)["tid"], b.to_ascii_lowercase());
+    // The third has not consented to the app.
+    let (status, body) =
+        sign_in_tenant(&http, &sim, "tenant3.onmicrosoft.com", "oauth2/v2.0/token", &demo_form()).await;
+    assert_eq!((status, aadsts(&body).1), (400, 700016), "{body}");
+    let (status, body) =
+        sign_in_tenant(&http, &sim, "tenant4.onmicrosoft.com", "oauth2/v2.0/token", &demo_form()).await;
+    assert_eq!((status, aadsts(&body).1), (400, 90002), "{body}");
+
+    let get = |path: String, token: String| {
+        let request = http.get(format!("{}{path}", sim.base_url())).bearer_auth(token);
+        async move { read(request.send().await.expect("answer")).await }
+    };
+    // Each token reads its own tenant's fleet only.
+    assert_eq!(get(format!("/api/machines/{a_machine}"), a_token.clone()).await.0, 200);
+    assert_eq!(get(format!("/api/machines/{b_machine}"), b_token.clone()).await.0, 200);
+    let (status, body) = get(format!("/api/machines/{b_machine}"), a_token.clone()).await;
+    assert_eq!((status, api_code(&body)), (404, "ResourceNotFound"), "{body}");
+    assert_eq!(get(format!("/api/machines/{a_machine}"), b_token.clone()).await.0, 404);
+    // Each tenant its own quota of 2 calls an hour (one budget would have refused the third call above).
+    assert_eq!(get(format!("/api/machines/{a_machine}"), a_token).await.0, 429);
+    assert_eq!(get(format!("/api/machines/{b_machine}"), b_token).await.0, 429);
+    let count = |tenant: &str, status| sim.tenant_stats(tenant).unwrap().count("GET /api/machines/{id}", status);
+    assert_eq!((count(&a, "200"), count(&a, "404"), count(&a, "429")), (1, 1, 1));
+    assert_eq!((count("tenant2.onmicrosoft.com", "200"), count(&b, "404"), count(&b, "429")), (1, 1, 1));
+    assert_eq!(sim.stats().count("GET /api/machines/{id}", "200"), 1, "the first tenant's stats");
+    let stats: Value = get(format!("/sim/stats?tenant={b}"), String::new()).await.1;
+    assert_eq!(stats["calls"]["GET /api/machines/{id}"]["429"], 1, "{stats}");
+}

@@ -153,6 +153,11 @@ pub struct SimulateArgs {
     /// A domain name of the tenant, accepted in place of its id at sign-in; repeat for several.
     #[arg(long = "tenant-domain", value_name = "DOMAIN")]
     pub tenant_domains: Vec<String>,
+    /// Serve N tenants behind the one address: the first is --tenant-id's; tenant K (2..N) has the first's
+    /// id with its last group counted up by K-1, the domain tenantK.onmicrosoft.com, and a fleet of its own
+    /// (--fleet-seed plus K-1); the same app is consented in each, and each keeps its own quotas.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub tenants: u32,
     /// The app registration that exists.
     #[arg(long, value_name = "ID", default_value = DEMO_CLIENT_ID)]
     pub client_id: String,
@@ -244,6 +249,7 @@ impl SimulateArgs {
             tenant_id: self.tenant_id.clone(),
             tenant_domains: self.tenant_domains.clone(),
             client_id: self.client_id.clone(),
+            consented: true,
             client_secret: secret.unwrap_or_else(|| DEMO_CLIENT_SECRET.to_string()),
             roles: self.roles.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
             token_lifetime: self.token_lifetime,
@@ -303,6 +309,20 @@ impl SimulateArgs {
     }
 }
 
+impl SimulateArgs {
+    /// The tenants `--tenants` asks for, the first being `first` (see [`crate::config::tenant_series`]).
+    pub fn tenant_configs(&self, first: SimConfig) -> Result<Vec<SimConfig>, Error> {
+        if self.tenants > 1 && self.fleet.is_some() {
+            return Err(Error::Simulator(
+                "--tenants gives each tenant a generated fleet: leave out --fleet, or serve one tenant".into(),
+            ));
+        }
+        crate::config::tenant_series(first, self.tenants as usize, |k| {
+            Fleet::generate_live(self.fleet_size, self.fleet_seed.wrapping_add(k as u64), self.live_share)
+        })
+    }
+}
+
 /// Starts the simulator from the flags, prints where it listens, and serves until `shutdown` resolves.
 pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let secret = std::env::var(SECRET_ENV).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
@@ -310,8 +330,14 @@ pub async fn simulate(args: SimulateArgs, shutdown: impl Future<Output = ()>) ->
     let demo_secret = config.client_secret == DEMO_CLIENT_SECRET;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
     let account = config.device_code.account.clone();
-    let sim = Simulator::start(config).await?;
-    let mut line = format!("simulator listening on {} (tenant {tenant}, client {client}", sim.base_url());
+    let configs = args.tenant_configs(config)?;
+    let count = configs.len();
+    let sim = Simulator::start_tenants(configs).await?;
+    let tenants = match count {
+        1 => format!("tenant {tenant}"),
+        n => format!("{n} tenants from {tenant}, domains tenant2.onmicrosoft.com to tenant{n}.onmicrosoft.com"),
+    };
+    let mut line = format!("simulator listening on {} ({tenants}, client {client}", sim.base_url());
     if demo_secret {
         line.push_str(&format!("; demo client secret {DEMO_CLIENT_SECRET}, not a real secret"));
     }
@@ -386,6 +412,27 @@ mod tests {
         assert_eq!(config.background_rate, Some("450/1h".parse().unwrap()));
         assert!(parse(&["--quota-scope", "tenant"]).is_err());
         assert!(parse(&["--background-rate", "450/1h", "--no-quotas"]).is_err());
+    }
+
+    #[test]
+    fn several_tenants_are_numbered_from_the_first() {
+        let args =
+            parse(&["--tenants", "3", "--fleet-size", "5", "--tenant-domain", "contoso.onmicrosoft.com"]).unwrap();
+        let tenants = args.tenant_configs(args.config(None).unwrap()).unwrap();
+        let ids: Vec<&str> = tenants.iter().map(|t| t.tenant_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [DEMO_TENANT_ID, "0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d01", "0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d02"]
+        );
+        assert_eq!(tenants[0].tenant_domains, ["contoso.onmicrosoft.com"]);
+        assert_eq!(tenants[2].tenant_domains, ["tenant3.onmicrosoft.com"]);
+        assert!(tenants.iter().all(|t| t.fleet.len() == 5 && t.client_id == DEMO_CLIENT_ID));
+        assert_ne!(tenants[0].fleet.machines()[0].id, tenants[1].fleet.machines()[0].id, "a fleet each");
+        assert!(parse(&["--tenants", "0"]).is_err());
+        let args = parse(&["--tenants", "2", "--tenant-id", "contoso"]).unwrap();
+        assert!(args.tenant_configs(args.config(None).unwrap()).is_err(), "not a GUID to number from");
+        let args = parse(&["--tenants", "2", "--fleet", "x.csv"]).unwrap();
+        assert!(args.tenant_configs(SimConfig::default()).is_err(), "a fleet file serves one tenant");
     }
 
     #[test]

@@ -31,13 +31,16 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
 pub struct SimConfig {
     /// Where to listen; port 0 picks a free port (see [`super::Simulator::addr`]).
     pub listen: SocketAddr,
-    /// The only tenant that exists (compared case-insensitively).
+    /// The tenant (compared case-insensitively); [`super::Simulator::start_tenants`] serves several.
     pub tenant_id: String,
     /// Domain names of the tenant (`contoso.onmicrosoft.com`), accepted in place of its id at sign-in, as
     /// Entra ID does; tokens name the tenant by its id (`tid`) whatever it was called. None by default.
     pub tenant_domains: Vec<String>,
     /// The only app registration that exists.
     pub client_id: String,
+    /// The app has been consented in the tenant (its service principal exists there). Without consent,
+    /// sign-in answers AADSTS700016 as Entra ID does for an app the tenant does not know. True by default.
+    pub consented: bool,
     pub client_secret: String,
     /// The `roles` claim of issued tokens.
     pub roles: Vec<String>,
@@ -155,6 +158,7 @@ impl Default for SimConfig {
             tenant_id: DEMO_TENANT_ID.into(),
             tenant_domains: Vec::new(),
             client_id: DEMO_CLIENT_ID.into(),
+            consented: true,
             client_secret: DEMO_CLIENT_SECRET.into(),
             roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
@@ -181,6 +185,36 @@ impl Default for SimConfig {
             device_code: DeviceCode::default(),
         }
     }
+}
+
+/// `n` tenants like `first`: tenant K (counting from 0) has `first`'s id with its last group (12 hex
+/// digits) counted up by K, the domain `tenant{K+1}.onmicrosoft.com` and the fleet `fleet(K)`; the first is
+/// `first` itself. Everything else (app, roles, quotas, faults) is `first`'s.
+pub fn tenant_series(first: SimConfig, n: usize, fleet: impl Fn(usize) -> Fleet) -> Result<Vec<SimConfig>, Error> {
+    if n <= 1 {
+        return Ok(vec![first]);
+    }
+    let numbered = match first.tenant_id.rsplit_once('-') {
+        Some((head, last)) if last.len() == 12 => u64::from_str_radix(last, 16).ok().map(|n| (head.to_string(), n)),
+        _ => None,
+    };
+    let Some((head, base)) = numbered else {
+        return Err(Error::Simulator(format!(
+            "tenant id `{}` is not a GUID: several tenants are numbered from it",
+            first.tenant_id
+        )));
+    };
+    let mut configs = Vec::with_capacity(n);
+    for k in 1..n {
+        configs.push(SimConfig {
+            tenant_id: format!("{head}-{:012x}", (base + k as u64) & 0xffff_ffff_ffff),
+            tenant_domains: vec![format!("tenant{}.onmicrosoft.com", k + 1)],
+            fleet: fleet(k),
+            ..first.clone()
+        });
+    }
+    configs.insert(0, first);
+    Ok(configs)
 }
 
 /// A version as a sortable key: dotted numbers (`14.7.1`, `1703`) part by part; Windows 10's half-year

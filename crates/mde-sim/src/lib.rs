@@ -33,7 +33,7 @@ mod token;
 pub use args::{SimulateArgs, simulate};
 pub use config::{
     DEFAULT_ROLES, DEFAULT_UNSUPPORTED_PLATFORMS, DeviceCode, DeviceCodeAnswer, Faults, Lifecycle, Misanswer,
-    Misanswers, RetryAfterOverride, SimConfig, version_key,
+    Misanswers, RetryAfterOverride, SimConfig, tenant_series, version_key,
 };
 pub use device_code::{DEVICE_CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use error::Error;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -96,26 +96,109 @@ pub(crate) struct Shared {
     base_url: String,
 }
 
+/// The tenants the simulator serves, each its own [`Shared`] (fleet, app, tokens, quotas, actions, faults),
+/// behind one address as Entra ID and the API are. A request goes to the tenant its path names (sign-in,
+/// by id or domain) or its bearer token was issued by (`tid`, the API); one that names no tenant served goes
+/// to the first, which refuses it as the service would (AADSTS90002, 401).
+struct Tenants {
+    list: Vec<Arc<Shared>>,
+    /// Tenant ids and domains, lowercase, to their index in `list`.
+    by_name: HashMap<String, usize>,
+}
+
+impl Tenants {
+    fn first(&self) -> &Arc<Shared> {
+        &self.list[0]
+    }
+
+    fn find(&self, name: &str) -> Option<&Arc<Shared>> {
+        self.by_name.get(&name.trim().to_ascii_lowercase()).map(|&i| &self.list[i])
+    }
+
+    /// The tenant a request is for. With one tenant, that one without a look at the request.
+    fn route<B>(&self, request: &Request<B>) -> &Arc<Shared> {
+        if self.list.len() == 1 {
+            return self.first();
+        }
+        let path = request.uri().path();
+        let name = if path.starts_with("/api/") {
+            token::tenant_of(request.headers())
+        } else if path == "/sim/stats" {
+            let query = request.uri().query().unwrap_or_default();
+            super::query::decode_pairs(query).into_iter().find(|(k, _)| k == "tenant").map(|(_, v)| v)
+        } else {
+            path.trim_start_matches('/').split('/').next().map(str::to_string)
+        };
+        name.and_then(|name| self.find(&name)).unwrap_or(self.first())
+    }
+}
+
 /// A running simulator. Dropping it stops it too; [`Simulator::shutdown`] also waits for the stop.
 pub struct Simulator {
     addr: SocketAddr,
+    tenants: Arc<Tenants>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Simulator {
-    /// Binds `config.listen` and serves in a spawned task.
-    pub async fn start(mut config: SimConfig) -> Result<Simulator, Error> {
-        config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::Simulator(format!("cannot listen on {}: {e}", config.listen)))?;
+    /// Binds `config.listen` and serves one tenant in a spawned task.
+    pub async fn start(config: SimConfig) -> Result<Simulator, Error> {
+        Simulator::start_tenants(vec![config]).await
+    }
+
+    /// Serves several tenants behind one address, each as its own config says (its fleet, app
+    /// registration, roles, quotas, faults). The first config's `listen` and `time_scale` hold for all;
+    /// tenant ids and domains must differ.
+    pub async fn start_tenants(configs: Vec<SimConfig>) -> Result<Simulator, Error> {
+        let Some(first) = configs.first() else {
+            return Err(Error::Simulator("the simulator needs at least one tenant".into()));
+        };
+        let (listen, time_scale) = (first.listen, first.time_scale);
+        let mut by_name = HashMap::new();
+        for (i, config) in configs.iter().enumerate() {
+            config.validate()?;
+            for name in std::iter::once(&config.tenant_id).chain(&config.tenant_domains) {
+                if by_name.insert(name.trim().to_ascii_lowercase(), i).is_some() {
+                    return Err(Error::Simulator(format!("tenant `{name}` is named twice")));
+                }
+            }
+        }
+        let listener =
+            TcpListener::bind(listen).await.map_err(|e| Error::Simulator(format!("cannot listen on {listen}: {e}")))?;
         let addr =
             listener.local_addr().map_err(|e| Error::Simulator(format!("cannot read the listening address: {e}")))?;
-        let clock = Clock::new(config.time_scale);
+        let clock = Clock::new(time_scale);
+        let base_url = format!("http://{addr}");
+        let list: Vec<Arc<Shared>> =
+            configs.into_iter().map(|config| Arc::new(Shared::new(config, clock, base_url.clone()))).collect();
+        let tenants = Arc::new(Tenants { list, by_name });
+        let shared = tenants.first().clone();
+        let (stop, stopped) = watch::channel(false);
+        for tenant in &tenants.list {
+            if let Some(rate) = tenant.config.background_rate {
+                tokio::spawn(background_client(tenant.clone(), rate, stopped.clone()));
+            }
+        }
+        let task = tokio::spawn(accept_loop(listener, tenants.clone(), stopped));
+        Ok(Simulator { addr, tenants, shared, stop, task })
+    }
+
+    /// The stats of the tenant named `tenant` (its id or a domain), as `GET /sim/stats?tenant=` gives them.
+    pub fn tenant_stats(&self, tenant: &str) -> Option<SimStats> {
+        self.tenants.find(tenant).map(|t| t.stats())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Shared {
+    fn new(mut config: SimConfig, clock: Clock, base_url: String) -> Shared {
         let fleet = std::mem::take(&mut config.fleet);
-        let shared = Arc::new(Shared {
+        Shared {
             clock,
             tokens: Tokens::default(),
             device: device_code::Flows::default(),
@@ -130,28 +213,20 @@ impl Simulator {
             reports: Mutex::default(),
             forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
             forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
-            base_url: format!("http://{addr}"),
+            base_url,
             fleet,
             config,
-        });
-        let (stop, stopped) = watch::channel(false);
-        if let Some(rate) = shared.config.background_rate {
-            tokio::spawn(background_client(shared.clone(), rate, stopped.clone()));
         }
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
-        Ok(Simulator { addr, shared, stop, task })
     }
+}
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
+impl Simulator {
     /// `http://127.0.0.1:PORT`: both the sign-in authority and the API base.
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }
 
-    /// The same data as `GET /sim/stats`.
+    /// The same data as `GET /sim/stats`: the first tenant's.
     pub fn stats(&self) -> SimStats {
         self.shared.stats()
     }
@@ -210,8 +285,8 @@ async fn background_client(shared: Arc<Shared>, rate: Rate, mut stopped: watch::
 #[derive(Clone, Default)]
 struct ConnectionKill(Arc<Notify>);
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let router = router(shared.clone());
+async fn accept_loop(listener: TcpListener, tenants: Arc<Tenants>, mut stopped: watch::Receiver<bool>) {
+    let router = router();
     loop {
         let stream = tokio::select! {
             _ = stopped.changed() => break,
@@ -228,14 +303,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let mut stopped = stopped.clone();
-        let shared = shared.clone();
+        let tenants = tenants.clone();
         tokio::spawn(async move {
             let kill = ConnectionKill::default();
             let handle = kill.clone();
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                let shared = tenants.route(&request).clone();
                 if request.uri().path() != "/sim/stats" {
                     shared.counters.lock().expect("counters lock").requests += 1;
                 }
+                request.extensions_mut().insert(shared);
                 request.extensions_mut().insert(handle.clone());
                 hyper::service::Service::call(&service, request)
             });
@@ -255,7 +332,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+/// The routes; each handler finds its tenant's [`Shared`] in the request (put there by the accept loop).
+fn router() -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
         .route("/{tenant}/oauth2/token", post(token_v1))
@@ -270,13 +348,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/machineactions/{id}", get(get_action))
         .route("/api/machineactions/{id}/cancel", post(cancel_action))
         .fallback(unmatched)
-        .with_state(shared)
 }
 
-type Sim = State<Arc<Shared>>;
+type Sim = Extension<Arc<Shared>>;
 type Kill = Extension<ConnectionKill>;
 
-async fn token_v2(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn token_v2(Extension(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
     let answer = match &sim.config.misanswers.token {
         Some(misanswer) => misanswers::response(misanswer),
         None => token::issue(&sim, Version::V2, &tenant, &body),
@@ -285,7 +362,7 @@ async fn token_v2(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> R
     answer
 }
 
-async fn token_v1(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn token_v1(Extension(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
     let answer = match &sim.config.misanswers.token {
         Some(misanswer) => misanswers::response(misanswer),
         None => token::issue(&sim, Version::V1, &tenant, &body),
@@ -294,7 +371,7 @@ async fn token_v1(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> R
     answer
 }
 
-async fn device_code_start(State(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn device_code_start(Extension(sim): Sim, Path(tenant): Path<String>, body: Bytes) -> Response {
     let form = super::query::decode_pairs(&String::from_utf8_lossy(&body)).into_iter().collect();
     let answer = match device_code::start(&sim, &tenant, &form) {
         Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
@@ -304,11 +381,11 @@ async fn device_code_start(State(sim): Sim, Path(tenant): Path<String>, body: By
     answer
 }
 
-async fn stats(State(sim): Sim) -> Response {
+async fn stats(Extension(sim): Sim) -> Response {
     axum::Json(sim.stats()).into_response()
 }
 
-async fn unmatched(State(sim): Sim, uri: Uri) -> Response {
+async fn unmatched(Extension(sim): Sim, uri: Uri) -> Response {
     sim.count(route::UNMATCHED, 404);
     if sim.faults.lock().expect("faults lock").faults().html_not_found {
         let page =
@@ -319,7 +396,7 @@ async fn unmatched(State(sim): Sim, uri: Uri) -> Response {
 }
 
 async fn offboard(
-    State(sim): Sim,
+    Extension(sim): Sim,
     Extension(kill): Kill,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -331,7 +408,7 @@ async fn offboard(
 }
 
 async fn get_machine(
-    State(sim): Sim,
+    Extension(sim): Sim,
     Extension(kill): Kill,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -341,13 +418,13 @@ async fn get_machine(
     sim.finish(route::MACHINE, outcome, kill).await
 }
 
-async fn list_machines(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
+async fn list_machines(Extension(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
     let outcome = sim.machines(&headers, &uri);
     sim.finish(route::MACHINES, outcome, kill).await
 }
 
 async fn get_action(
-    State(sim): Sim,
+    Extension(sim): Sim,
     Extension(kill): Kill,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -358,7 +435,7 @@ async fn get_action(
 }
 
 async fn cancel_action(
-    State(sim): Sim,
+    Extension(sim): Sim,
     Extension(kill): Kill,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -370,7 +447,7 @@ async fn cancel_action(
 }
 
 async fn tag_machine(
-    State(sim): Sim,
+    Extension(sim): Sim,
     Extension(kill): Kill,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -381,12 +458,18 @@ async fn tag_machine(
     sim.finish(route::TAG, outcome, kill).await
 }
 
-async fn tag_machines(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+async fn tag_machines(
+    Extension(sim): Sim,
+    Extension(kill): Kill,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let outcome = sim.tag(None, &headers, &uri, &body);
     sim.finish(route::TAG_MANY, outcome, kill).await
 }
 
-async fn list_actions(State(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
+async fn list_actions(Extension(sim): Sim, Extension(kill): Kill, headers: HeaderMap, uri: Uri) -> Response {
     let outcome = sim.actions(&headers, &uri);
     sim.finish(route::ACTIONS, outcome, kill).await
 }

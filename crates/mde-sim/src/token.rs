@@ -101,6 +101,16 @@ impl Tokens {
     }
 }
 
+/// The tenant (`tid`) a bearer token names, read without checking it: only to find the tenant that then
+/// checks it against the tokens it issued.
+pub(crate) fn tenant_of(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (_, token) = value.split_once(' ')?;
+    let payload = token.trim().split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims.get("tid")?.as_str().map(str::to_string)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Version {
     V1,
@@ -192,7 +202,7 @@ fn try_issue(sim: &Shared, version: Version, tenant: &str, body: &[u8]) -> Resul
         ));
     }
     let client_id = field("client_id")?;
-    if !client_id.eq_ignore_ascii_case(&config.client_id) {
+    if !client_id.eq_ignore_ascii_case(&config.client_id) || !config.consented {
         return Err(refuse(
             bad_request,
             "unauthorized_client",
