@@ -180,7 +180,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 let (results, options) = (&summary.results, wait.options());
                 // The offboards are done: a tracking that cannot go on stops part way (exit 4), never "could
                 // not run" (exit 1).
-                let tracked = track::track_file(results, &settings, Some(session), options, stopped(stop_rx.clone()))
+                let tracked = track::track_file(results, &settings, session, options, stopped(stop_rx.clone()))
                     .await
                     .map_err(|e| match e {
                         Error::Interrupted | Error::Stopped(_) | Error::TrackingStopped { .. } => e,

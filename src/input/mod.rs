@@ -37,6 +37,8 @@
 //! scan: such a file is not a machine list, and an invalid id is echoed in the results at most
 //! [`ECHO_MAX`] characters long.
 
+pub mod tenants;
+
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufWriter, Read, Write};
@@ -126,6 +128,9 @@ pub struct Scan {
     pub by_name: bool,
     /// What the rows name machines by.
     pub lookup: Lookup,
+    /// The header's tenant column (`TenantId`, `Tenant`) as written: the list names several tenants (see
+    /// [`tenants`]).
+    pub tenant_column: Option<String>,
     /// SHA-256 of the input's bytes as copied for the run (lowercase hex): a resume proves with it that the
     /// list is the one the run began with.
     pub sha256: String,
@@ -292,6 +297,7 @@ fn scan_spooled(source: Source, input: impl Read, format: &Format) -> Result<Sca
         id_column: first.layout.header.clone(),
         by_name: first.layout.lookup != Lookup::Id,
         lookup: first.layout.lookup,
+        tenant_column: first.tenant_column.clone(),
         sha256,
         source,
         layout: first.layout,
@@ -658,6 +664,7 @@ fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstP
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
     let layout = Layout::decide(source, &first, format.column.as_deref(), format.lookup, reader.delimiter)?;
+    let tenant_column = (!layout.headerless).then(|| tenants::header_of(&first.fields)).flatten();
     if layout.headerless {
         reader.pending = Some(first);
     }
@@ -670,12 +677,13 @@ fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstP
         }
     }
     let entries = reader.entries.take().unwrap_or_default();
-    Ok(FirstPass { layout, counts, keys, filter, entries })
+    Ok(FirstPass { layout, counts, keys, filter, entries, tenant_column })
 }
 
 /// What the scan's pass gathered, before its keys are sorted.
 struct FirstPass {
     layout: Layout,
+    tenant_column: Option<String>,
     /// Every row with an id or a name counted valid, so far.
     counts: Counts,
     keys: Keys,

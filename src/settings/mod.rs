@@ -27,6 +27,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.security.microsoft.com";
 pub const DEFAULT_RATES: [&str; 2] = ["100/1m", "1500/1h"];
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// A list of several tenants: tenants run at once (`run.tenant_concurrency`), each with its own quotas.
+pub const DEFAULT_TENANT_CONCURRENCY: usize = 8;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The tenant and client ids of config.example.toml, to be replaced.
@@ -262,6 +264,8 @@ pub struct Settings {
     pub rates: Vec<Rate>,
     /// How the service counts `rates` (`run.quota_scope`).
     pub quota_scope: QuotaScope,
+    /// A list of several tenants: how many tenants run at once (`run.tenant_concurrency`).
+    pub tenant_concurrency: usize,
     pub max_attempts: u32,
     pub retry_delay: Duration,
     /// The guard of live machines (`run`): machines seen within this long are `protected`.
@@ -400,6 +404,7 @@ const CONFIG_KEYS: &[(&str, &[&str])] = &[
             "concurrency",
             "rate",
             "quota_scope",
+            "tenant_concurrency",
             "max_attempts",
             "retry_delay",
             "tag",
@@ -641,6 +646,10 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         Some(v) => v.parse::<QuotaScope>().map_err(|allowed| bad("run.quota_scope", &v, &allowed))?,
         None => QuotaScope::default(),
     };
+    let tenant_concurrency = match file.string("run.tenant_concurrency")? {
+        Some(v) => parse_number("run.tenant_concurrency", &v, 1, 1024)? as usize,
+        None => DEFAULT_TENANT_CONCURRENCY,
+    };
     let max_attempts = match pick(&retry.max_attempts, "run.max_attempts")? {
         Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
         None => DEFAULT_MAX_ATTEMPTS,
@@ -683,6 +692,7 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         concurrency,
         rates,
         quota_scope,
+        tenant_concurrency,
         max_attempts,
         retry_delay,
         active_within,

@@ -26,6 +26,7 @@ mod settings;
 mod signals;
 mod sim;
 mod temp_files;
+mod tenants;
 mod throttling;
 mod track;
 mod truth;

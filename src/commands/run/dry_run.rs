@@ -101,6 +101,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         account: token.account().map(str::to_owned),
         tags: None,
         quotas: api.limiter().stats(),
+        tenants: Vec::new(),
     })
 }
 

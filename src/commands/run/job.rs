@@ -90,6 +90,32 @@ pub struct Summary {
     pub tags: Option<TagSummary>,
     /// How the quotas were counted in the end: the scope, whether a 429 switched it, the share kept.
     pub quotas: LimiterStats,
+    /// A list of several tenants: each tenant's share, in the order the list first names them (empty for
+    /// one tenant).
+    pub tenants: Vec<TenantSummary>,
+}
+
+/// One tenant's share of a run of several tenants.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TenantSummary {
+    /// As the list names it (a GUID or a domain), lowercase.
+    pub tenant: String,
+    pub rows: u64,
+    #[serde(serialize_with = "outcome_counts")]
+    pub counts: BTreeMap<Outcome, u64>,
+    pub api_calls: u64,
+    pub throttled_429: u64,
+    /// Why the tenant's rows were not worked on (sign-in refused, consent or a role missing, its lock
+    /// held) or why it stopped part way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts by outcome, every outcome named (0 for none), as the summary JSON gives them.
+fn outcome_counts<S: serde::Serializer>(counts: &BTreeMap<Outcome, u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let all: BTreeMap<&str, u64> =
+        Outcome::ALL.iter().map(|o| (o.as_str(), counts.get(o).copied().unwrap_or(0))).collect();
+    serde::Serialize::serialize(&all, s)
 }
 
 impl Summary {
@@ -128,6 +154,17 @@ impl Summary {
         if let Some(account) = &self.account {
             let account: String = account.chars().filter(|c| !c.is_control()).collect();
             out += &format!("Signed in as: {account}\n");
+        }
+        for tenant in &self.tenants {
+            let counts: Vec<String> = Outcome::ALL
+                .iter()
+                .filter_map(|o| tenant.counts.get(o).filter(|n| **n > 0).map(|n| format!("{} {n}", o.as_str())))
+                .collect();
+            out += &format!("  tenant {}: {} rows: {}\n", tenant.tenant, tenant.rows, counts.join(", "));
+            if let Some(error) = &tenant.error {
+                let error: String = error.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+                out += &format!("    {error}\n");
+            }
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
         out += &format!("Quotas: {}\n", crate::defender::limiter::describe_quotas(&self.quotas));
@@ -176,6 +213,9 @@ impl Summary {
             tagged: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
             not_tagged: Option<u64>,
+            /// A list of several tenants: each tenant's rows, counts and calls.
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            tenants: &'a [TenantSummary],
         }
         let json = Json {
             run_id: &self.run_id,
@@ -197,6 +237,7 @@ impl Summary {
             results: self.results.display().to_string(),
             tagged: self.tags.as_ref().map(|t| t.tagged),
             not_tagged: self.tags.as_ref().map(|t| t.not_tagged),
+            tenants: &self.tenants,
         };
         write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
     }

@@ -13,8 +13,9 @@ pub mod dry_run;
 pub mod guard;
 pub mod preflight;
 mod resume;
+mod tenants;
 
-pub use job::{Job, Options, Summary};
+pub use job::{Job, Options, Summary, TenantSummary};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -50,7 +51,7 @@ const READ_BATCH: usize = 128;
 const WRITE_BATCH: usize = 256;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
     /// CSV file listing the machines (a MachineId / Device ID / id column, or one id per line); `-` reads stdin.
     #[arg(value_name = "INPUT")]
@@ -151,11 +152,20 @@ fn set_exit_now(hook: Option<Box<dyn FnOnce() + Send>>) {
 
 /// `mde-offboard run`: job, run, summary printed (and written as JSON with `--summary-json`). Also returns
 /// the run's session (its sign-in, limiter and lock), for whatever follows on the same quota (`--wait`).
+///
+/// A list with a tenant column (`TenantId`, `Tenant`) is a run of several tenants ([`tenants`]): it has no
+/// one session to return.
 pub async fn command(
     args: RunArgs,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
-) -> Result<(Summary, Session)> {
+) -> Result<(Summary, Option<Session>)> {
+    // A list whose header cannot be read is left to the usual checks, which say what else is wrong too.
+    if let Source::Path(path) = Source::parse(&args.input)
+        && let Ok(Some(column)) = input::tenants::tenant_column(&path, &input_format(&args))
+    {
+        return Ok((tenants::command(args, settings, path, column, shutdown).await?, None));
+    }
     let summary_json = args.summary_json.clone();
     let (job, mut session) = prepare(args, settings)?;
     let run_id = job.run_id.clone();
@@ -165,21 +175,7 @@ pub async fn command(
     set_exit_now(None);
     match result {
         Ok(mut summary) => {
-            // Tags follow a run that went to its end; an interrupted one is tagged later (`mde-offboard tag`).
-            if let Some(template) = tag
-                && !summary.interrupted
-                && summary.stopped.is_none()
-            {
-                let value = journal::expand_comment(&template, &summary.run_id, SystemTime::now());
-                let api = session.api();
-                let calls_before = api.counters.calls.load(Ordering::Relaxed);
-                match crate::commands::tag::tag_results(api, &summary.results, &value, TagChange::Add).await {
-                    Ok(tags) => summary.tags = Some(tags),
-                    // The offboards stand: a tagging that could not read the results is told, never the run's end.
-                    Err(e) => crate::ui::output::error(&format!("the machines were not tagged: {e}")),
-                }
-                summary.calls += api.counters.calls.load(Ordering::Relaxed) - calls_before;
-            }
+            tag_after(&mut summary, &session, tag).await;
             if let Some(path) = &summary_json
                 && let Err(e) = summary.write_json(path)
             {
@@ -187,7 +183,7 @@ pub async fn command(
                 summary.stopped.get_or_insert_with(|| e.to_string());
             }
             crate::ui::output::stdout(&summary.render());
-            Ok((summary, session))
+            Ok((summary, Some(session)))
         }
         Err(e) => {
             if let Some(path) = &summary_json {
@@ -200,6 +196,46 @@ pub async fn command(
             Err(e)
         }
     }
+}
+
+/// Tags the machines of a run that went to its end (`--tag`, `run.tag`), counting the calls in the summary;
+/// an interrupted one is tagged later (`mde-offboard tag`).
+async fn tag_after(summary: &mut Summary, session: &Session, tag: Option<String>) {
+    let Some(template) = tag else { return };
+    if summary.interrupted || summary.stopped.is_some() {
+        return;
+    }
+    let value = journal::expand_comment(&template, &summary.run_id, SystemTime::now());
+    let api = session.api();
+    let calls_before = api.counters.calls.load(Ordering::Relaxed);
+    match crate::commands::tag::tag_results(api, &summary.results, &value, TagChange::Add).await {
+        Ok(tags) => summary.tags = Some(tags),
+        // The offboards stand: a tagging that could not read the results is told, never the run's end.
+        Err(e) => crate::ui::output::error(&format!("the machines were not tagged: {e}")),
+    }
+    summary.calls += api.counters.calls.load(Ordering::Relaxed) - calls_before;
+}
+
+/// How the command line says to read the input.
+fn input_format(args: &RunArgs) -> input::Format {
+    let lookup = match (args.by_name, args.by_aad_device_id) {
+        (true, _) => Some(Lookup::Name),
+        (_, true) => Some(Lookup::AadDeviceId),
+        _ => None,
+    };
+    input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter }
+}
+
+/// Where the results go: `--output` (`{date}` and `{run_id}` filled in), or beside the input.
+fn output_path(args: &RunArgs, source: &Source, run_id: &str) -> PathBuf {
+    let output = args.output.as_deref().map(|path| journal::expand_output(path, run_id, SystemTime::now()));
+    output.unwrap_or_else(|| {
+        let input = match source {
+            Source::Path(p) => Some(p.as_path()),
+            Source::Stdin => None,
+        };
+        if args.dry_run { dry_run::default_output(input) } else { results::default_path(input) }
+    })
 }
 
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
@@ -222,14 +258,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     let from_stdin = matches!(source, Source::Stdin);
     let run_id = journal::new_run_id(SystemTime::now());
     // `{date}` and `{run_id}` in --output: a new results file for each night's run of a list that changes.
-    let output = args.output.as_deref().map(|path| journal::expand_output(path, &run_id, SystemTime::now()));
-    let output = output.unwrap_or_else(|| {
-        let input = match &source {
-            Source::Path(p) => Some(p.as_path()),
-            Source::Stdin => None,
-        };
-        if options.dry_run { dry_run::default_output(input) } else { results::default_path(input) }
-    });
+    let output = output_path(&args, &source, &run_id);
     // A resume continues an existing file; either way the directory must take new files.
     results::check_writable(&output, args.overwrite || args.resume).map_err(|e| match e {
         Error::Output { path, .. } if !options.dry_run && !args.overwrite && is_results_of(&path, &source) => {
@@ -240,13 +269,15 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
     // And every other file it writes, before any network: found after the offboards, a file the run cannot
     // write would leave it unable to say what it did.
     preflight::check_files(&output, &options, args.resume, args.summary_json.as_deref())?;
-    let lookup = match (args.by_name, args.by_aad_device_id) {
-        (true, _) => Some(Lookup::Name),
-        (_, true) => Some(Lookup::AadDeviceId),
-        _ => None,
-    };
-    let format = input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter };
-    let scan = input::scan_format(source, &format)?;
+    let scan = input::scan_format(source, &input_format(&args))?;
+    if let (Some(column), Source::Stdin) = (&scan.tenant_column, &scan.source) {
+        return Err(scan_error(
+            &scan,
+            &format!(
+                "names several tenants (column `{column}`), which a run splits by tenant on disk: save the list to a                  file and give its path; nothing was done"
+            ),
+        ));
+    }
     if scan.rows == 0 {
         // Nothing to sign in for.
         return Err(scan_error(&scan, "no machines in the input: it has a header and no rows; nothing was done"));
@@ -585,6 +616,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 account,
                 tags: None,
                 quotas: api.limiter().stats(),
+                tenants: Vec::new(),
             };
             let _ = summary.write_json(&path);
         })));
@@ -782,6 +814,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         account,
         tags: None,
         quotas: api.limiter().stats(),
+        tenants: Vec::new(),
     };
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {

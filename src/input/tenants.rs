@@ -1,0 +1,212 @@
+//! A list of several tenants' machines: a tenant column (`TenantId` or `Tenant`, a GUID or a domain such as
+//! `contoso.onmicrosoft.com`) beside the id column.
+//!
+//! [`tenant_column`] reads only the header, to tell a list of several tenants from one of a single tenant.
+//! [`partition`] then reads the list once and splits it, on disk, into one file per tenant holding the
+//! header and that tenant's rows, each at the line it has in the list: the rows of the other tenants are
+//! written as empty lines (which a list may hold anywhere). Each tenant's file is then an ordinary machine
+//! list that the single-tenant run reads as it reads any, and the `line` of its results is the line in the
+//! list, with nothing to translate. Memory stays flat in the rows (one write buffer per tenant); the files
+//! together hold the list once, plus one byte per line per tenant. Splitting the same list again writes the
+//! same files, so a resume finds each tenant's list as it began.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Format, Keys, Prepared, RowReader, Source, find_header};
+use crate::error::{Error, Result};
+use crate::files::extsort::SharedReader;
+
+/// The header names taken as the tenant column, compared after [`super::normalise_header`].
+const TENANT_HEADERS: [&str; 2] = ["tenantid", "tenant"];
+/// The write buffer of each tenant's file.
+const BUFFER: usize = 8 << 10;
+
+/// One tenant's share of the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// As the list names it (a GUID or a domain), lowercase.
+    pub tenant: String,
+    /// The tenant's list: the header, its rows at their lines, empty lines between.
+    pub input: PathBuf,
+    /// Its data rows.
+    pub rows: u64,
+}
+
+/// The tenant column of the list's header (as written), if it has one. Reads the first line only.
+pub fn tenant_column(path: &Path, format: &Format) -> Result<Option<String>> {
+    let source = Source::Path(path.to_path_buf());
+    let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
+    let mut reader = RowReader::open(&source, file, Keys::default(), format.delimiter)?;
+    let Some(first) = reader.next_record()? else { return Ok(None) };
+    Ok(header_of(&first.fields))
+}
+
+/// The tenant column among `headers`, as written.
+pub(super) fn header_of(headers: &[String]) -> Option<String> {
+    find_header(headers, &TENANT_HEADERS).map(|column| headers[column].trim().to_string())
+}
+
+/// A tenant as a list or a setting names it: a GUID (braces allowed) or a domain name, lowercase; `None` if
+/// it is neither.
+pub fn normalise_tenant(cell: &str) -> Option<String> {
+    let cell = cell.trim().trim_start_matches('{').trim_end_matches('}').to_ascii_lowercase();
+    let guid = cell.len() == 36
+        && cell
+            .char_indices()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let domain = cell.len() <= 253 && cell.contains('.') && cell.split('.').all(label);
+    (guid || domain).then_some(cell)
+}
+
+/// Splits the list at `path` by its tenant column into one list per tenant in `dir` (created if need be),
+/// in the order the tenants first appear. A row whose tenant cell is empty is `default_tenant`'s (the one
+/// `--tenant-id` names); without one, or with a cell that names no tenant, the list is refused, naming the
+/// line.
+pub fn partition(path: &Path, format: &Format, default_tenant: Option<&str>, dir: &Path) -> Result<Vec<Partition>> {
+    let source = Source::Path(path.to_path_buf());
+    let file = Arc::new(File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?);
+    let mut reader = RowReader::open(&source, SharedReader::new(file.clone()), Keys::default(), format.delimiter)?;
+    // The same bytes the records are parsed from, copied as they are.
+    let mut raw = Prepared::new(SharedReader::new(file)).map_err(|e| source.error(format!("cannot read: {e}")))?;
+    let header = reader.next_record()?.ok_or_else(|| source.error("is empty: it has no header"))?;
+    let column = find_header(&header.fields, &TENANT_HEADERS)
+        .ok_or_else(|| source.error("has no tenant column (TenantId or Tenant)"))?;
+    let default_tenant = default_tenant.and_then(normalise_tenant);
+    let dir_error = |e: std::io::Error| Error::Output { path: dir.to_path_buf(), message: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(dir_error)?;
+
+    let mut consumed = reader.csv.position().byte();
+    let mut head = vec![0u8; consumed as usize];
+    raw.read_exact(&mut head).map_err(|e| source.error(format!("cannot read: {e}")))?;
+    let mut lines = newlines(&head);
+    let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut slice = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        let end = reader.csv.position().byte();
+        slice.resize((end - consumed) as usize, 0);
+        raw.read_exact(&mut slice).map_err(|e| source.error(format!("cannot read: {e}")))?;
+        consumed = end;
+        let cell = record.fields.get(column).map(|c| c.trim()).unwrap_or_default();
+        let tenant = match (cell.is_empty(), &default_tenant) {
+            (true, Some(default)) => default.clone(),
+            (true, None) => {
+                return Err(source.error(format!(
+                    "line {}: the tenant cell is empty; name the row's tenant (a GUID or a domain such as \
+                     contoso.onmicrosoft.com), or give --tenant-id for the rows without one",
+                    record.line
+                )));
+            }
+            (false, _) => normalise_tenant(cell).ok_or_else(|| {
+                source.error(format!(
+                    "line {}: `{}` is not a tenant id (a GUID) or a domain such as contoso.onmicrosoft.com",
+                    record.line,
+                    super::list_one(&cell.escape_debug().to_string())
+                ))
+            })?,
+        };
+        if !tenants.contains_key(&tenant) {
+            let input = dir.join(format!("{tenant}.input.csv"));
+            let mut out = BufWriter::with_capacity(BUFFER, File::create(&input).map_err(dir_error)?);
+            out.write_all(&head).map_err(dir_error)?;
+            tenants.insert(tenant.clone(), Tenant { out, input, lines: newlines(&head), rows: 0 });
+            order.push(tenant.clone());
+        }
+        let out = tenants.get_mut(&tenant).expect("inserted above");
+        // The rows of other tenants before this one, as empty lines: this row keeps its line.
+        let pad = lines - out.lines;
+        std::io::copy(&mut std::io::repeat(b'\n').take(pad), &mut out.out).map_err(dir_error)?;
+        out.out.write_all(&slice).map_err(dir_error)?;
+        lines += newlines(&slice);
+        (out.lines, out.rows) = (lines, out.rows + 1);
+    }
+    let mut partitions = Vec::with_capacity(order.len());
+    for tenant in order {
+        let Tenant { out, input, rows, .. } = tenants.remove(&tenant).expect("every tenant in order");
+        out.into_inner().map_err(|e| dir_error(e.into_error()))?.sync_all().map_err(dir_error)?;
+        partitions.push(Partition { tenant, input, rows });
+    }
+    Ok(partitions)
+}
+
+/// A tenant's list being written.
+struct Tenant {
+    out: BufWriter<File>,
+    input: PathBuf,
+    /// Line breaks written so far.
+    lines: u64,
+    rows: u64,
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0d3e5c1a-7b2f-4e8d-9a61-5f4c3b2a1d00";
+
+    fn lines_of(scan: &crate::input::Scan) -> Vec<(u64, String)> {
+        scan.rows().unwrap().map(|r| r.unwrap()).map(|r| (r.line, r.raw)).collect()
+    }
+
+    #[test]
+    fn tenants_are_guids_or_domains() {
+        assert_eq!(normalise_tenant(" {0D3E5C1A-7B2F-4E8D-9A61-5F4C3B2A1D00} ").as_deref(), Some(A));
+        assert_eq!(normalise_tenant("Contoso.onmicrosoft.com").as_deref(), Some("contoso.onmicrosoft.com"));
+        for bad in ["contoso", "", "../etc", "a..b", "-a.b", "0d3e5c1a7b2f4e8d9a615f4c3b2a1d00", "a/b.c"] {
+            assert_eq!(normalise_tenant(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_tenant_gets_its_rows_at_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.csv");
+        let (m1, m2, m3) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        let text = format!(
+            "\u{feff}MachineId;Tenant Id;Note\r\n{m1};{A};x\r\n\r\n{m2};Contoso.onmicrosoft.com;\"two\nlines\"\n{m3};;y\n{m1};contoso.onmicrosoft.com;z"
+        );
+        std::fs::write(&list, text).unwrap();
+        let format = Format::default();
+        assert_eq!(tenant_column(&list, &format).unwrap().as_deref(), Some("Tenant Id"));
+        let parts = partition(&list, &format, Some(&A.to_uppercase()), &dir.path().join("t")).unwrap();
+        let tenants: Vec<(&str, u64)> = parts.iter().map(|p| (p.tenant.as_str(), p.rows)).collect();
+        assert_eq!(tenants, [(A, 2), ("contoso.onmicrosoft.com", 2)]);
+        let scan = |p: &Partition| crate::input::scan(Source::Path(p.input.clone()), None).unwrap();
+        assert_eq!(lines_of(&scan(&parts[0])), [(2, m1.clone()), (6, m3)]);
+        assert_eq!(lines_of(&scan(&parts[1])), [(4, m2), (7, m1)]);
+        // The same list splits into the same files.
+        let again = partition(&list, &format, Some(A), &dir.path().join("u")).unwrap();
+        for (a, b) in parts.iter().zip(&again) {
+            assert_eq!(std::fs::read(&a.input).unwrap(), std::fs::read(&b.input).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_row_without_a_tenant_needs_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.csv");
+        std::fs::write(&list, format!("MachineId,TenantId\n{},\n", "a".repeat(40))).unwrap();
+        let err = partition(&list, &Format::default(), None, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 2: the tenant cell is empty"), "{err}");
+        std::fs::write(&list, format!("MachineId,TenantId\n{},contoso\n", "a".repeat(40))).unwrap();
+        let err = partition(&list, &Format::default(), None, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 2: `contoso` is not a tenant id"), "{err}");
+        std::fs::write(&list, format!("MachineId\n{}\n", "a".repeat(40))).unwrap();
+        assert_eq!(tenant_column(&list, &Format::default()).unwrap(), None);
+    }
+}

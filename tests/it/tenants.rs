@@ -1,0 +1,148 @@
+//! A list of several tenants in one run: a tenant column, each tenant its own sign-in, quotas, lock and
+//! results, one tenant's failure failing only its rows, and one results file with a `tenant_id` column.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mde_sim::{Fleet, SimConfig, Simulator};
+
+use crate::common::{mde_in, summary_json, write_file};
+
+const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
+
+/// Three tenants of `n` machines each: the demo tenant, `tenant2.onmicrosoft.com`, and
+/// `tenant3.onmicrosoft.com`, which has not consented to the app.
+async fn three_tenants(n: usize) -> (Simulator, Vec<SimConfig>) {
+    let first = SimConfig {
+        fleet: Fleet::generate(n, 31),
+        quotas: vec!["100/1m".parse().unwrap()],
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        ..SimConfig::default()
+    };
+    let mut tenants = mde_sim::tenant_series(first, 3, |k| Fleet::generate(n, 31 + k as u64)).unwrap();
+    tenants[2].consented = false;
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    (sim, tenants)
+}
+
+fn ids(config: &SimConfig) -> Vec<String> {
+    config.fleet.ids().map(str::to_owned).collect()
+}
+
+/// The rows of a results file by line, its header checked to be the results' with `tenant_id` last.
+fn rows(path: &Path) -> HashMap<u64, HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let headers = reader.headers().unwrap().clone();
+    let mut expected: Vec<&str> = mde_offboard::files::results::COLUMNS.to_vec();
+    expected.push("tenant_id");
+    assert_eq!(headers.iter().collect::<Vec<_>>(), expected);
+    let mut rows = HashMap::new();
+    for record in reader.records() {
+        let row: HashMap<String, String> =
+            headers.iter().map(str::to_owned).zip(record.unwrap().iter().map(str::to_owned)).collect();
+        assert!(rows.insert(row["line"].parse().unwrap(), row).is_none(), "one row per line");
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_consent_fails_only_its_rows_and_a_resume_keeps_the_others() {
+    let (sim, tenants) = three_tenants(4).await;
+    let (a, b, c) = (ids(&tenants[0]), ids(&tenants[1]), ids(&tenants[2]));
+    let dir = tempfile::tempdir().unwrap();
+    // Interleaved; the second tenant by its domain; one id twice in the first tenant (a duplicate) and the
+    // same id in the second tenant (not one: duplicates are per tenant, and it is not the second's).
+    let mut text = String::from("MachineId,TenantId\n");
+    for i in 0..4 {
+        text += &format!(
+            "{},{}\n{},Tenant2.onmicrosoft.com\n{},tenant3.onmicrosoft.com\n",
+            a[i], tenants[0].tenant_id, b[i], c[i]
+        );
+    }
+    text += &format!("{},{}\n{},tenant2.onmicrosoft.com\n", a[0], tenants[0].tenant_id, a[1]);
+    let input = write_file(dir.path(), "m.csv", &text);
+    let args = ["run", input.to_str().unwrap(), "--yes", "--summary-json", "s.json"];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 3, "some rows failed: {}\n{}", out.stdout, out.stderr);
+    let results = rows(&dir.path().join("m.results.csv"));
+    assert_eq!(results.len(), 14, "one row per input row");
+    for i in 0..4u64 {
+        let (row_a, row_b, row_c) = (&results[&(2 + 3 * i)], &results[&(3 + 3 * i)], &results[&(4 + 3 * i)]);
+        assert_eq!(
+            (row_a["outcome"].as_str(), row_a["tenant_id"].as_str()),
+            ("submitted", tenants[0].tenant_id.as_str())
+        );
+        assert_eq!((row_b["outcome"].as_str(), row_b["tenant_id"].as_str()), ("submitted", "tenant2.onmicrosoft.com"));
+        assert_eq!((row_c["outcome"].as_str(), row_c["error_code"].as_str()), ("failed", "TenantNotStarted"));
+        assert!(row_c["error_message"].contains("AADSTS700016"), "{row_c:?}");
+        assert_eq!(row_c["machine_id"], c[i as usize]);
+    }
+    assert_eq!(results[&14]["outcome"], "duplicate");
+    assert_eq!(results[&15]["outcome"], "not_found", "the first tenant's machine is not the second's");
+    // Each tenant's machines went to its own tenant, each offboarded once.
+    let offboards = |tenant: &str| sim.tenant_stats(tenant).unwrap().count(OFFBOARD, "201");
+    assert_eq!((offboards(&tenants[0].tenant_id), offboards(&tenants[1].tenant_id)), (4, 4));
+    assert_eq!(sim.tenant_stats(&tenants[2].tenant_id).unwrap().count(OFFBOARD, "201"), 0);
+    // Counts per tenant, in the summary and its JSON.
+    assert!(out.stdout.contains("tenant tenant3.onmicrosoft.com: 4 rows: failed 4"), "{}", out.stdout);
+    let summary = summary_json(dir.path());
+    let per_tenant: Vec<(&str, u64, u64, u64)> = summary["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let n = |o: &str| t["counts"][o].as_u64().unwrap();
+            (t["tenant"].as_str().unwrap(), n("submitted"), n("failed"), t["rows"].as_u64().unwrap())
+        })
+        .collect();
+    let first = tenants[0].tenant_id.to_ascii_lowercase();
+    assert_eq!(
+        per_tenant,
+        [(first.as_str(), 4, 0, 5), ("tenant2.onmicrosoft.com", 4, 0, 5), ("tenant3.onmicrosoft.com", 0, 4, 4)]
+    );
+    assert_eq!(summary["counts"]["submitted"], 8);
+
+    // A resume keeps what is done, tries the tenant that could not start again, and sends nothing twice.
+    let args = ["run", input.to_str().unwrap(), "--yes", "--resume"];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let again = rows(&dir.path().join("m.results.csv"));
+    assert_eq!(again.len(), 14);
+    for (line, row) in &results {
+        assert_eq!(again[line]["outcome"], row["outcome"], "line {line}");
+        assert_eq!(again[line]["action_id"], row["action_id"], "line {line}");
+    }
+    assert_eq!((offboards(&tenants[0].tenant_id), offboards(&tenants[1].tenant_id)), (4, 4));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tenant_cell_is_refused_before_any_call() {
+    let (sim, tenants) = three_tenants(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ids(&tenants[0]);
+    let input = write_file(
+        dir.path(),
+        "m.csv",
+        &format!("MachineId,Tenant\n{},{}\n{},contoso\n", a[0], tenants[0].tenant_id, a[1]),
+    );
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("line 3: `contoso` is not a tenant id"), "{}", out.stderr);
+    assert_eq!(sim.stats().requests, 0, "no call");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_several_tenants_on_stdin_is_refused_before_any_call() {
+    let (sim, tenants) = three_tenants(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ids(&tenants[0]);
+    let text = format!("MachineId,TenantId\n{},{}\n", a[0], tenants[0].tenant_id);
+    let out = mde_in(&sim, dir.path(), &["run", "-", "--yes"], &text).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("names several tenants (column `TenantId`)"), "{}", out.stderr);
+    assert_eq!(sim.stats().requests, 0, "no call");
+    sim.shutdown().await;
+}
