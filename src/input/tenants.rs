@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::{Format, Keys, Prepared, RowReader, Source, find_header};
 use crate::error::{Error, Result};
 use crate::files::extsort::SharedReader;
+pub use crate::settings::tenants::normalise_tenant;
 
 /// The header names taken as the tenant column, compared after [`super::normalise_header`].
 const TENANT_HEADERS: [&str; 2] = ["tenantid", "tenant"];
@@ -48,25 +49,6 @@ pub fn tenant_column(path: &Path, format: &Format) -> Result<Option<String>> {
 /// The tenant column among `headers`, as written.
 pub(super) fn header_of(headers: &[String]) -> Option<String> {
     find_header(headers, &TENANT_HEADERS).map(|column| headers[column].trim().to_string())
-}
-
-/// A tenant as a list or a setting names it: a GUID (braces allowed) or a domain name, lowercase; `None` if
-/// it is neither.
-pub fn normalise_tenant(cell: &str) -> Option<String> {
-    let cell = cell.trim().trim_start_matches('{').trim_end_matches('}').to_ascii_lowercase();
-    let guid = cell.len() == 36
-        && cell
-            .char_indices()
-            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
-    let domain = cell.len() <= 253 && cell.contains('.') && cell.split('.').all(label);
-    (guid || domain).then_some(cell)
 }
 
 /// Splits the list at `path` by its tenant column into one list per tenant in `dir` (created if need be),
@@ -161,15 +143,6 @@ mod tests {
 
     fn lines_of(scan: &crate::input::Scan) -> Vec<(u64, String)> {
         scan.rows().unwrap().map(|r| r.unwrap()).map(|r| (r.line, r.raw)).collect()
-    }
-
-    #[test]
-    fn tenants_are_guids_or_domains() {
-        assert_eq!(normalise_tenant(" {0D3E5C1A-7B2F-4E8D-9A61-5F4C3B2A1D00} ").as_deref(), Some(A));
-        assert_eq!(normalise_tenant("Contoso.onmicrosoft.com").as_deref(), Some("contoso.onmicrosoft.com"));
-        for bad in ["contoso", "", "../etc", "a..b", "-a.b", "0d3e5c1a7b2f4e8d9a615f4c3b2a1d00", "a/b.c"] {
-            assert_eq!(normalise_tenant(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod certificate;
 pub mod cloud;
 pub mod jwt;
+pub mod tenants;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

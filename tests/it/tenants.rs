@@ -146,3 +146,67 @@ async fn a_list_of_several_tenants_on_stdin_is_refused_before_any_call() {
     assert_eq!(sim.stats().requests, 0, "no call");
     sim.shutdown().await;
 }
+
+/// A tenant with an app registration of its own signs in as the tenants file says; without the file, it
+/// cannot (its directory does not know the usual app) and only its rows fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_its_own_app_signs_in_as_the_tenants_file_says() {
+    const OWN_APP: &str = "7b2f0c2e-93b4-4d57-8e1a-2c3d4e5f6a71";
+    const OWN_SECRET: &str = "sim~OwnSecret.NotReal_9876543210";
+    let first = SimConfig {
+        fleet: Fleet::generate(3, 41),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        ..SimConfig::default()
+    };
+    let mut tenants = mde_sim::tenant_series(first, 2, |k| Fleet::generate(3, 41 + k as u64)).unwrap();
+    (tenants[1].client_id, tenants[1].client_secret) = (OWN_APP.into(), OWN_SECRET.into());
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MachineId,Tenant\n");
+    for id in ids(&tenants[0]) {
+        text += &format!("{id},{}\n", tenants[0].tenant_id);
+    }
+    for id in ids(&tenants[1]) {
+        text += &format!("{id},tenant2.onmicrosoft.com\n");
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let results = rows(&dir.path().join("m.results.csv"));
+    let outcomes = |tenant: &str| -> Vec<String> {
+        let mut rows: Vec<_> = results.values().filter(|r| r["tenant_id"] == tenant).collect();
+        rows.sort_by_key(|r| r["line"].parse::<u64>().unwrap());
+        rows.iter().map(|r| r["outcome"].clone()).collect()
+    };
+    assert_eq!(outcomes("tenant2.onmicrosoft.com"), ["failed"; 3]);
+    assert_eq!(outcomes(&tenants[0].tenant_id), ["submitted"; 3]);
+
+    let secret = write_file(dir.path(), "own.secret", OWN_SECRET);
+    #[cfg(unix)]
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&secret).unwrap().permissions(), 0o600);
+    write_file(
+        dir.path(),
+        "tenants.toml",
+        &format!(
+            "[[tenant]]\ntenant = \"tenant2.onmicrosoft.com\"\nclient_id = \"{OWN_APP}\"\nclient_secret_file = \"own.secret\"\n"
+        ),
+    );
+    let tenants_file = dir.path().join("tenants.toml");
+    let args = ["run", input.to_str().unwrap(), "--yes", "--resume", "--tenants", tenants_file.to_str().unwrap()];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains(OWN_SECRET) && !out.stdout.contains(OWN_SECRET));
+    let results = rows(&dir.path().join("m.results.csv"));
+    assert!(results.values().all(|r| r["outcome"] == "submitted"), "{results:?}");
+    assert_eq!(sim.tenant_stats(&tenants[1].tenant_id).unwrap().count(OFFBOARD, "201"), 3);
+    assert_eq!(sim.tenant_stats(&tenants[0].tenant_id).unwrap().count(OFFBOARD, "201"), 3, "sent once");
+    // A tenants file with a list of one tenant is a mistake, said before any call.
+    let single = write_file(dir.path(), "one.csv", &crate::common::id_list(&ids(&tenants[0])));
+    let args = ["run", single.to_str().unwrap(), "--yes", "--tenants", tenants_file.to_str().unwrap()];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("has no tenant column"), "{}", out.stderr);
+    sim.shutdown().await;
+}

@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// [config: run.tag]
     #[arg(long, value_name = "VALUE", conflicts_with = "dry_run")]
     pub tag: Option<String>,
+    /// A list of several tenants (a TenantId or Tenant column) whose tenants sign in with app registrations
+    /// of their own: per tenant, its client id and a secret file or a certificate (see README "Many tenants").
+    #[arg(long, value_name = "FILE.toml")]
+    pub tenants: Option<PathBuf>,
     /// Write the report at the end of the run, also when interrupted: HTML, or Markdown for a .md name.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -241,6 +245,14 @@ fn output_path(args: &RunArgs, source: &Source, run_id: &str) -> PathBuf {
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
+    if let Some(file) = &args.tenants {
+        return Err(Error::Usage(format!(
+            "--tenants {} gives the apps of a list of several tenants, and {} has no tenant column (TenantId or \
+             Tenant); add one, or drop --tenants",
+            file.display(),
+            Source::parse(&args.input).display()
+        )));
+    }
     let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
     // A dry run sends no offboard, so it needs no comment. Whatever is missing is said at once.
     let comment =

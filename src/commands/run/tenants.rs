@@ -12,7 +12,9 @@
 //! atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same files)
 //! and resumes each tenant's run from its own results file.
 //!
-//! The confirmation is asked once, before any API call, with the rows of each tenant.
+//! The confirmation is asked once, before any API call, with the rows of each tenant. A tenant signs in with
+//! the usual settings (one multi-tenant app consented in every tenant), or with its own app registration
+//! when the tenants file (`--tenants FILE.toml`, [`TenantsFile`]) names it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,7 +35,8 @@ use crate::files::lock::ResultsLock;
 use crate::files::results::{self, ResultsFile, Rewrite};
 use crate::input::tenants::{Partition, partition};
 use crate::input::{self, Source};
-use crate::settings::Settings;
+use crate::settings::tenants::TenantsFile;
+use crate::settings::{self, Settings};
 
 /// The error code of the rows of a tenant whose run could not start.
 const NOT_STARTED: &str = "TenantNotStarted";
@@ -63,6 +66,10 @@ pub async fn command(
     let started = Instant::now();
     let started_at = SystemTime::now();
 
+    let apps = match &args.tenants {
+        Some(file) => TenantsFile::load(file)?,
+        None => TenantsFile::default(),
+    };
     let parts = {
         let (path, format, default, dir) =
             (path.clone(), super::input_format(&args), settings.tenant_id.clone(), dir.clone());
@@ -81,6 +88,21 @@ pub async fn command(
         plan.push_str(&format!("\n  tenant {}: {} row(s)", part.tenant, part.rows));
     }
     crate::ui::output::notice("plan", &plan);
+    // Every tenant's settings, before any call: a secret file or certificate that cannot be read stops the run.
+    let mut settings_of = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let mut tenant_settings = if apps.names(&part.tenant) {
+            let resolved = settings::resolve(&apps.args_for(&part.tenant, &args.settings), &|k| std::env::var(k).ok())?;
+            for warning in &resolved.warnings {
+                tracing::warn!("tenant {}: {warning}", part.tenant);
+            }
+            resolved
+        } else {
+            settings.clone()
+        };
+        tenant_settings.tenant_id = Some(part.tenant.clone());
+        settings_of.push(tenant_settings);
+    }
 
     // One signal stops every tenant.
     let (stop, stopped) = watch::channel(false);
@@ -106,9 +128,9 @@ pub async fn command(
 
     let slots = Arc::new(Semaphore::new(settings.tenant_concurrency));
     let mut tasks = Vec::with_capacity(parts.len());
-    for part in parts.iter().cloned() {
+    for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
-        let (args, settings, dir) = (args.clone(), settings.clone(), dir.clone());
+        let (args, dir) = (args.clone(), dir.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -195,7 +217,7 @@ pub fn tenants_dir(output: &Path) -> PathBuf {
 /// One tenant's run, as a run of its own list with the settings signed in to the tenant; its tags too.
 async fn run_tenant(
     mut args: RunArgs,
-    mut settings: Settings,
+    settings: Settings,
     part: &Partition,
     dir: &Path,
     shutdown: impl Future<Output = ()>,
@@ -203,8 +225,7 @@ async fn run_tenant(
     args.input = part.input.display().to_string();
     args.output = Some(dir.join(format!("{}.results.csv", part.tenant)));
     // Confirmed above, for every tenant; the run's summary and report are the merged file's.
-    (args.yes, args.summary_json, args.report) = (true, None, None);
-    settings.tenant_id = Some(part.tenant.clone());
+    (args.yes, args.summary_json, args.report, args.tenants) = (true, None, None, None);
     // Scanning the tenant's list reads a file: off the runtime.
     let prepared = tokio::task::spawn_blocking(move || prepare(args, settings))
         .await
