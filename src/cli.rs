@@ -14,6 +14,7 @@ use crate::commands::run::{self, RunArgs};
 use crate::commands::select::{self, SelectArgs};
 use crate::commands::simulate::{self, SimulateArgs};
 use crate::commands::tag::{self, TagArgs};
+use crate::commands::tenants;
 use crate::commands::track::{self, TrackArgs, WaitArgs};
 use crate::error::{Error, exit_code};
 use crate::settings;
@@ -213,8 +214,14 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         }
         Command::Track(args) => {
             let settings = resolve_settings(&args.settings())?;
-            let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
-            output::stdout(&summary.render());
+            let code = match tenants::tenants_of(&args.results)? {
+                Some(each) => tenants::track(&args, &settings, each, shutdown).await?,
+                None => {
+                    let summary = track::track_file(&args.results, &settings, None, args.options(), shutdown).await?;
+                    output::stdout(&summary.render());
+                    summary.exit_code()
+                }
+            };
             if let Some(out) = &args.report {
                 let facts = RunFacts {
                     ended_at: Some(std::time::SystemTime::now()),
@@ -223,7 +230,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                 };
                 report::refresh(&args.results, out, &facts);
             }
-            Ok(summary.exit_code())
+            Ok(code)
         }
         Command::Select(args) => {
             let settings = resolve_settings(&args.settings)?;
@@ -233,11 +240,17 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
         }
         Command::Cancel(args) => {
             let settings = resolve_settings(&args.settings())?;
-            cancel::command(args, settings, shutdown).await
+            match tenants::tenants_of(&args.results)? {
+                Some(each) => tenants::cancel(&args, &settings, each, shutdown).await,
+                None => cancel::command(args, settings, shutdown).await,
+            }
         }
         Command::Tag(args) => {
             let settings = resolve_settings(&args.settings())?;
-            tag::command(args, settings, shutdown).await
+            match tenants::tenants_of(&args.results)? {
+                Some(each) => tenants::tag(&args, &settings, each, shutdown).await,
+                None => tag::command(args, settings, shutdown).await,
+            }
         }
         Command::Report(args) => report::command(&args),
         Command::Check(args) => check::check(&args, &|k| std::env::var(k).ok()).await,

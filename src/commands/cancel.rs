@@ -38,7 +38,7 @@ use crate::settings::{ApiArgs, RetryArgs, RunSettingsArgs, Settings, SettingsArg
 use crate::ui::output::{self, printable};
 
 /// `mde-offboard cancel RESULTS.csv`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct CancelArgs {
     /// Results CSV of a run: its offboard actions still open are cancelled; updated in place.
     #[arg(value_name = "RESULTS.csv")]

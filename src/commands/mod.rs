@@ -11,4 +11,5 @@ pub mod select;
 pub mod session;
 pub mod simulate;
 pub mod tag;
+pub mod tenants;
 pub mod track;

@@ -29,7 +29,7 @@ use crate::settings::{ApiArgs, RetryArgs, Settings, SettingsArgs};
 pub const WRITE_ROLE: &str = "Machine.ReadWrite.All";
 
 /// `mde-offboard tag RESULTS.csv --value VALUE [--remove]`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct TagArgs {
     /// Results CSV of a run: its machines whose row ended submitted, already_pending or already_offboarded are
     /// tagged.

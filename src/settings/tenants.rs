@@ -135,6 +135,27 @@ impl TenantsFile {
         args
     }
 
+    /// The file again, its paths absolute as they were resolved (ids and paths only: it never holds a
+    /// secret), to be read back by [`TenantsFile::load`] from anywhere.
+    pub fn to_toml(&self) -> String {
+        let quote = |text: &str| serde_json::to_string(text).expect("a string serialises");
+        let path = |p: &Path| {
+            let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            quote(&p.to_string_lossy())
+        };
+        let mut out = String::from("# The apps of a run's tenants file, as the run resolved them.\n");
+        for (tenant, app) in &self.apps {
+            out += &format!("\n[[tenant]]\ntenant = {}\nclient_id = {}\n", quote(tenant), quote(&app.client_id));
+            if let Some(file) = &app.client_secret_file {
+                out += &format!("client_secret_file = {}\n", path(file));
+            }
+            if let Some((certificate, key)) = &app.certificate {
+                out += &format!("certificate = {}\nprivate_key = {}\n", path(certificate), path(key));
+            }
+        }
+        out
+    }
+
     /// Whether the file gives `tenant` an app of its own.
     pub fn names(&self, tenant: &str) -> bool {
         normalise_tenant(tenant).is_some_and(|t| self.apps.contains_key(&t))
@@ -179,6 +200,15 @@ mod tests {
         let other = file.args_for("fabrikam.onmicrosoft.com", &base);
         assert_eq!((other.api.client_id, other.api.client_secret_file), (None, None), "the usual settings");
         assert!(file.names("CONTOSO.onmicrosoft.com") && !file.names("fabrikam.onmicrosoft.com"));
+        // Kept with absolute paths, it reads back the same from anywhere.
+        let kept = tempfile::tempdir().unwrap();
+        std::fs::write(kept.path().join("apps.toml"), file.to_toml()).unwrap();
+        let again = TenantsFile::load(&kept.path().join("apps.toml")).unwrap();
+        assert_eq!(
+            again.args_for("contoso.onmicrosoft.com", &base).api.client_secret_file,
+            Some(dir.path().join("c.secret"))
+        );
+        assert_eq!(format!("{:?}", again.apps), format!("{:?}", file.apps));
     }
 
     #[test]

@@ -210,3 +210,54 @@ async fn a_tenant_with_its_own_app_signs_in_as_the_tenants_file_says() {
     assert!(out.stderr.contains("has no tenant column"), "{}", out.stderr);
     sim.shutdown().await;
 }
+
+/// `track`, `cancel` and `report` given the one results file of several tenants: each tenant's actions are
+/// read and cancelled in its own tenant, and the one file says so; the tenant that could not start keeps
+/// its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_cancel_and_report_work_on_each_tenants_rows() {
+    let (sim, tenants) = three_tenants(3).await;
+    let (a, b, c) = (ids(&tenants[0]), ids(&tenants[1]), ids(&tenants[2]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("TenantId;MachineId\n");
+    for i in 0..3 {
+        text += &format!(
+            "tenant2.onmicrosoft.com;{}\n{};{}\ntenant3.onmicrosoft.com;{}\n",
+            b[i], tenants[0].tenant_id, a[i], c[i]
+        );
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let results = dir.path().join("m.results.csv");
+    let path = results.to_str().unwrap();
+
+    let out = mde_in(&sim, dir.path(), &["track", path, "--once"], "").await;
+    assert_eq!(out.code, 3, "actions still open: {}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("Tenant tenant2.onmicrosoft.com:"), "{}", out.stdout);
+    let tracked = rows(&results);
+    assert_eq!(tracked.len(), 9);
+    for row in tracked.values() {
+        let expected = if row["tenant_id"] == "tenant3.onmicrosoft.com" { "" } else { "Pending" };
+        assert_eq!(row["action_status"], expected, "{row:?}");
+    }
+    let reads =
+        |tenant: &str| sim.tenant_stats(tenant).unwrap().calls.keys().filter(|r| r.contains("machineactions")).count();
+    assert!(reads(&tenants[0].tenant_id) > 0 && reads(&tenants[1].tenant_id) > 0, "each tenant read its own");
+
+    let out = mde_in(&sim, dir.path(), &["cancel", path, "--comment", "wrong list", "--yes"], "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let cancelled = rows(&results);
+    assert_eq!(cancelled.len(), 9);
+    for row in cancelled.values() {
+        let expected = if row["tenant_id"] == "tenant3.onmicrosoft.com" { "" } else { "Cancelled" };
+        assert_eq!(row["action_status"], expected, "{row:?}");
+    }
+    let cancels = |tenant: &str| sim.tenant_stats(tenant).unwrap().count("POST /api/machineactions/{id}/cancel", "200");
+    assert_eq!((cancels(&tenants[0].tenant_id), cancels(&tenants[1].tenant_id)), (3, 3));
+
+    let out = mde_in(&sim, dir.path(), &["report", path, "--markdown", "r.md"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(dir.path().join("r.md").is_file());
+    sim.shutdown().await;
+}

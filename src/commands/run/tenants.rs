@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare, tag_after};
+use crate::commands::tenants::{keep_apps, settings_for, tenant_results, tenants_dir};
 use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
@@ -35,8 +36,8 @@ use crate::files::lock::ResultsLock;
 use crate::files::results::{self, ResultsFile, Rewrite};
 use crate::input::tenants::{Partition, partition};
 use crate::input::{self, Source};
+use crate::settings::Settings;
 use crate::settings::tenants::TenantsFile;
-use crate::settings::{self, Settings};
 
 /// The error code of the rows of a tenant whose run could not start.
 const NOT_STARTED: &str = "TenantNotStarted";
@@ -89,20 +90,9 @@ pub async fn command(
     }
     crate::ui::output::notice("plan", &plan);
     // Every tenant's settings, before any call: a secret file or certificate that cannot be read stops the run.
-    let mut settings_of = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let mut tenant_settings = if apps.names(&part.tenant) {
-            let resolved = settings::resolve(&apps.args_for(&part.tenant, &args.settings), &|k| std::env::var(k).ok())?;
-            for warning in &resolved.warnings {
-                tracing::warn!("tenant {}: {warning}", part.tenant);
-            }
-            resolved
-        } else {
-            settings.clone()
-        };
-        tenant_settings.tenant_id = Some(part.tenant.clone());
-        settings_of.push(tenant_settings);
-    }
+    let settings_of: Vec<Settings> =
+        parts.iter().map(|p| settings_for(&p.tenant, &args.settings, &settings, &apps)).collect::<Result<_>>()?;
+    keep_apps(&dir, args.tenants.is_some().then_some(&apps))?;
 
     // One signal stops every tenant.
     let (stop, stopped) = watch::channel(false);
@@ -209,11 +199,6 @@ pub async fn command(
     Ok(summary)
 }
 
-/// Where the tenants' lists and results go: `<results stem>.tenants/` beside the results file.
-pub fn tenants_dir(output: &Path) -> PathBuf {
-    output.with_extension("tenants")
-}
-
 /// One tenant's run, as a run of its own list with the settings signed in to the tenant; its tags too.
 async fn run_tenant(
     mut args: RunArgs,
@@ -223,7 +208,7 @@ async fn run_tenant(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary> {
     args.input = part.input.display().to_string();
-    args.output = Some(dir.join(format!("{}.results.csv", part.tenant)));
+    args.output = Some(tenant_results(dir, &part.tenant));
     // Confirmed above, for every tenant; the run's summary and report are the merged file's.
     (args.yes, args.summary_json, args.report, args.tenants) = (true, None, None, None);
     // Scanning the tenant's list reads a file: off the runtime.
@@ -254,7 +239,7 @@ fn merge(output: &Path, format: &input::Format, ran: &[(Partition, Result<Summar
     let results_of = |part: &Partition, result: &Result<Summary>| match result {
         Ok(summary) => Some(summary.results.clone()),
         // Interrupted before its first offboard, or refused: whatever an earlier session wrote stands.
-        Err(_) => Some(tenants_dir(output).join(format!("{}.results.csv", part.tenant))).filter(|p| p.is_file()),
+        Err(_) => Some(tenant_results(&tenants_dir(output), &part.tenant)).filter(|p| p.is_file()),
     };
     let mut headers: Option<csv::StringRecord> = None;
     for (part, result) in ran {
