@@ -152,6 +152,7 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
             args.wait = wait.wait;
             let settings = resolve_settings(&args.settings)?;
             let report_to = args.report.clone();
+            let settings_args = args.settings.clone();
             // The run and the tracking after it both stop on the one signal.
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let signal = async move {
@@ -179,6 +180,21 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                     return Ok(summary.exit_code());
                 }
                 let (results, options) = (&summary.results, wait.options());
+                // A run of several tenants has no one session: each tenant's results are tracked in their own.
+                if session.is_none()
+                    && let Some(each) = tenants::tenants_of(results)?
+                {
+                    let stopped = stopped(stop_rx.clone());
+                    let tracked = tenants::track_results(results, each, &settings_args, &settings, options, stopped);
+                    // The rows of a tenant that could not start are not tracked: the run's code counts them.
+                    let code = tenants::worst([tracked.await?, summary.exit_code()]);
+                    if let Some(out) = &report_to {
+                        (facts.ended_at, facts.exit_code) = (Some(std::time::SystemTime::now()), Some(code));
+                        facts.ended_by = Some("run --wait (tracked the actions after the run)".into());
+                        report::refresh(results, out, &facts);
+                    }
+                    return Ok(code);
+                }
                 // The offboards are done: a tracking that cannot go on stops part way (exit 4), never "could
                 // not run" (exit 1).
                 let tracked = track::track_file(results, &settings, session, options, stopped(stop_rx.clone()))

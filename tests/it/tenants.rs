@@ -261,3 +261,46 @@ async fn track_cancel_and_report_work_on_each_tenants_rows() {
     assert!(dir.path().join("r.md").is_file());
     sim.shutdown().await;
 }
+
+/// `run --wait` of several tenants tracks each tenant's actions in its own tenant until they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_tracks_each_tenant_to_the_end() {
+    let lifecycle = mde_sim::Lifecycle {
+        pending_for: std::time::Duration::from_millis(300),
+        in_progress_for: std::time::Duration::from_millis(300),
+        failed_share: 0.0,
+        timeout_share: 0.0,
+        ..mde_sim::Lifecycle::default()
+    };
+    let first = SimConfig {
+        fleet: Fleet::generate(2, 51),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        lifecycle,
+        ..SimConfig::default()
+    };
+    let mut tenants = mde_sim::tenant_series(first, 3, |k| Fleet::generate(2, 51 + k as u64)).unwrap();
+    tenants[2].consented = false;
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MachineId,TenantId\n");
+    for (k, tenant) in tenants.iter().enumerate() {
+        for id in ids(tenant) {
+            text += &format!("{id},tenant{}.onmicrosoft.com\n", k + 1);
+        }
+    }
+    text = text.replace("tenant1.onmicrosoft.com", &tenants[0].tenant_id);
+    let input = write_file(dir.path(), "m.csv", &text);
+    let args = ["run", input.to_str().unwrap(), "--yes", "--wait", "--poll-interval", "100ms", "--report", "r.md"];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 3, "the third tenant's rows failed: {}\n{}", out.stdout, out.stderr);
+    let results = rows(&dir.path().join("m.results.csv"));
+    assert_eq!(results.len(), 6);
+    for row in results.values() {
+        let expected = if row["tenant_id"] == "tenant3.onmicrosoft.com" { "" } else { "Succeeded" };
+        assert_eq!(row["action_status"], expected, "{row:?}");
+    }
+    assert!(dir.path().join("r.md").is_file());
+    sim.shutdown().await;
+}

@@ -50,14 +50,6 @@ pub async fn command(
     column: String,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary> {
-    if args.wait {
-        return Err(Error::Usage(format!(
-            "--wait follows one tenant's run; {} lists several tenants (column `{column}`): run `track` on each \
-             tenant's results in {} after the run",
-            path.display(),
-            tenants_dir(&output_path(&args, &Source::Path(path.clone()), "run")).display()
-        )));
-    }
     let run_id = journal::new_run_id(SystemTime::now());
     let source = Source::Path(path.clone());
     let output = output_path(&args, &source, &run_id);
