@@ -46,6 +46,7 @@ use crate::error::{Error, Result, exit_code};
 use crate::files::extsort::{Cursor, Frozen, Ref, Sorter, Store, record};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{LineSet, ResultsFile, Rewrite};
+use crate::files::sync::off_runtime;
 use crate::settings::{ApiArgs, RetryArgs, Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 
@@ -664,22 +665,26 @@ pub async fn track_file(
     // Tracking rewrites the file: never while another command writes it, whatever its state directory.
     let _results_lock = ResultsLock::acquire(path)?;
     let mut file = Tracked::open(path)?;
-    let (mut tracked, mut open, mut succeeded, mut ended_otherwise) = (0u64, 0u64, 0u64, 0u64);
-    for row in file.rows()? {
-        let (i, row) = row?;
-        if !file.is_tracked(&row) {
-            continue;
+    // The whole file is read: off the runtime.
+    let (tracked, open, succeeded, ended_otherwise) = off_runtime(|| {
+        let (mut tracked, mut open, mut succeeded, mut ended_otherwise) = (0u64, 0u64, 0u64, 0u64);
+        for row in file.rows()? {
+            let (i, row) = row?;
+            if !file.is_tracked(&row) {
+                continue;
+            }
+            tracked += 1;
+            let status = &row[file.col.action_status];
+            if file.is_open(i, &row) {
+                open += 1;
+            } else if is_succeeded(status) {
+                succeeded += 1;
+            } else {
+                ended_otherwise += 1;
+            }
         }
-        tracked += 1;
-        let status = &row[file.col.action_status];
-        if file.is_open(i, &row) {
-            open += 1;
-        } else if is_succeeded(status) {
-            succeeded += 1;
-        } else {
-            ended_otherwise += 1;
-        }
-    }
+        Ok::<_, Error>((tracked, open, succeeded, ended_otherwise))
+    })?;
     let progress = Progress::new(tracked, std::io::stderr().is_terminal());
     for ok in std::iter::repeat_n(true, succeeded as usize).chain(std::iter::repeat_n(false, ended_otherwise as usize))
     {
@@ -687,7 +692,7 @@ pub async fn track_file(
     }
     if open == 0 {
         progress.finish();
-        let mut summary = file.summary()?;
+        let mut summary = off_runtime(|| file.summary())?;
         summary.duration = started.elapsed();
         return Ok(summary);
     }
@@ -768,7 +773,7 @@ pub async fn track_file(
         }
     }
     progress.finish();
-    let mut summary = file.summary()?;
+    let mut summary = off_runtime(|| file.summary())?;
     summary.passes = passes;
     summary.calls = api.counters.calls.load(Ordering::Relaxed) - calls_before;
     summary.duration = started.elapsed();
@@ -830,7 +835,8 @@ async fn pass(
     deadline: Instant,
     progress: &Progress,
 ) -> Result<PassEnd> {
-    let open = file.open_rows()?;
+    // Reading, sorting and rewriting the file: off the runtime (another tenant's calls go on meanwhile).
+    let open = off_runtime(|| file.open_rows())?;
     if open.count == 0 {
         return Ok(PassEnd { still_open: 0, pages: 0, incomplete: None });
     }
@@ -891,7 +897,11 @@ async fn pass(
         skip += page_size;
     };
     // Nothing read: nothing to apply (and no row to give up on).
-    let still_open = if pages == 0 { open.count } else { file.update(open, listed, incomplete.is_none(), progress)? };
+    let still_open = if pages == 0 {
+        open.count
+    } else {
+        off_runtime(|| file.update(open, listed, incomplete.is_none(), progress))?
+    };
     Ok(PassEnd { still_open, pages, incomplete })
 }
 

@@ -17,17 +17,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::MachineId;
 use crate::error::{Error, Result};
 use crate::files::results;
-
-/// How often intents are synced to disk (they are flushed to the OS at once, which a kill -9 cannot lose;
-/// the sync guards against power loss).
-const SYNC_EVERY: Duration = Duration::from_secs(1);
+use crate::files::sync::Synced;
 
 /// What a run was for; a resume must be for the same.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -137,7 +134,9 @@ pub fn path_for(results: &Path) -> PathBuf {
 /// An open journal; workers record intents through it.
 pub struct Journal {
     path: PathBuf,
-    state: Mutex<(File, Instant)>,
+    file: Mutex<File>,
+    /// Intents reach the OS at once; the sync thread syncs them to disk about once a second.
+    synced: Synced,
 }
 
 impl Journal {
@@ -146,7 +145,8 @@ impl Journal {
         let mut file = File::create(path).map_err(|e| fail(path, "create", e))?;
         let header = serde_json::to_string(identity).expect("the identity serialises");
         writeln!(file, "{header}").and_then(|_| file.sync_all()).map_err(|e| fail(path, "write", e))?;
-        Ok(Journal { path: path.to_owned(), state: Mutex::new((file, Instant::now())) })
+        let synced = Synced::new(&file).map_err(|e| fail(path, "open", e))?;
+        Ok(Journal { path: path.to_owned(), file: Mutex::new(file), synced })
     }
 
     /// Reopens an existing journal to append further intents, after cutting a torn last line (else the
@@ -163,54 +163,49 @@ impl Journal {
             // Only the identity, which the resume has read whole, without its line break.
             None => file.write_all(b"\n").map_err(|e| fail(path, "repair", e))?,
         }
-        Ok(Journal { path: path.to_owned(), state: Mutex::new((file, Instant::now())) })
+        let synced = Synced::new(&file).map_err(|e| fail(path, "open", e))?;
+        Ok(Journal { path: path.to_owned(), file: Mutex::new(file), synced })
     }
 
     /// Records that `machine_id` (input line `line`) is about to be called. Returns once the OS has it.
     pub fn intent(&self, line: u64, machine_id: &MachineId) -> Result<()> {
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let record = format!("{line},{machine_id},{now_ms}\n");
-        let mut state = self.state.lock().unwrap();
-        let (file, last_sync) = &mut *state;
-        file.write_all(record.as_bytes()).map_err(|e| fail(&self.path, "write", e))?;
-        if last_sync.elapsed() >= SYNC_EVERY {
-            file.sync_data().map_err(|e| fail(&self.path, "sync", e))?;
-            *last_sync = Instant::now();
-        }
-        Ok(())
+        self.file.lock().unwrap().write_all(record.as_bytes()).map_err(|e| fail(&self.path, "write", e))?;
+        self.synced.written().map_err(|e| fail(&self.path, "sync", e))
     }
 
     /// The run is complete: keep the identity line, and the intents of the machines whose last row in
     /// `results` says their call may have gone through (a later `--resume` looks those up before calling
     /// again, and retries the other failed rows).
     pub fn complete(self, identity: &RunIdentity, results: &Path) -> Result<()> {
-        let (file, _) = self.state.into_inner().unwrap();
-        drop(file);
+        let Journal { path, file, synced } = self;
+        // Every handle on the journal closed before it is replaced.
+        drop((synced, file));
         let in_doubt = results::in_doubt_lines(results)?;
-        let tmp = self.path.with_extension("journal.tmp");
+        let tmp = path.with_extension("journal.tmp");
         let header = serde_json::to_string(identity).expect("the identity serialises");
         let mut out = BufWriter::new(File::create(&tmp).map_err(|e| fail(&tmp, "create", e))?);
         writeln!(out, "{header}").map_err(|e| fail(&tmp, "write", e))?;
-        let mut earlier = BufReader::new(File::open(&self.path).map_err(|e| fail(&self.path, "open", e))?);
-        skip_line(&mut earlier).map_err(|e| fail(&self.path, "read", e))?;
+        let mut earlier = BufReader::new(File::open(&path).map_err(|e| fail(&path, "open", e))?);
+        skip_line(&mut earlier).map_err(|e| fail(&path, "read", e))?;
         let mut written = Ok(());
         read_intents(earlier, |line, machine_id, at_ms| {
             if in_doubt.contains(line) && written.is_ok() {
                 written = writeln!(out, "{line},{machine_id},{at_ms}");
             }
         })
-        .map_err(|e| fail(&self.path, "read", e))?;
+        .map_err(|e| fail(&path, "read", e))?;
         written
             .and_then(|_| out.into_inner().map_err(|e| e.into_error()))
             .and_then(|file| file.sync_all())
             .map_err(|e| fail(&tmp, "write", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| fail(&self.path, "replace", e))
+        std::fs::rename(&tmp, &path).map_err(|e| fail(&path, "replace", e))
     }
 
     /// Flushes intents to disk (at the end of a run, or on interrupt).
     pub fn sync(&self) {
-        let state = self.state.lock().unwrap();
-        let _ = state.0.sync_data();
+        let _ = self.file.lock().unwrap().sync_data();
     }
 }
 

@@ -5,6 +5,7 @@ pub mod extsort;
 pub mod journal;
 pub mod lock;
 pub mod results;
+pub mod sync;
 
 use std::io::Write;
 use std::path::Path;

@@ -14,12 +14,12 @@ use std::fs::{File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
+use crate::files::sync::Synced;
 
 /// One row of the results CSV; the field order is the column order.
 #[derive(Clone, Debug, Serialize)]
@@ -166,12 +166,10 @@ pub fn count_rows(path: &Path) -> Result<u64> {
 pub struct ResultsWriter {
     path: PathBuf,
     csv: csv::Writer<BufWriter<File>>,
-    last_sync: Instant,
+    /// Each row reaches the OS at once (a kill -9 loses nothing); the sync thread syncs them to disk about
+    /// once a second, which bounds what a power loss could take.
+    synced: Synced,
 }
-
-/// How often written rows are synced to disk. Each row reaches the OS at once (a kill -9 loses nothing);
-/// the periodic sync bounds what a power loss could take.
-const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl ResultsWriter {
     /// Creates the file (refusing an existing one unless `overwrite`) and writes the header.
@@ -194,9 +192,10 @@ impl ResultsWriter {
                 fail(e)
             }
         })?;
+        let synced = Synced::new(&file).map_err(fail)?;
         let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
         csv.write_record(COLUMNS).map_err(|e| Error::write(path, "write the header", e))?;
-        let mut writer = ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() };
+        let mut writer = ResultsWriter { path: path.to_owned(), csv, synced };
         writer.flush()?;
         Ok(writer)
     }
@@ -204,8 +203,9 @@ impl ResultsWriter {
     /// Opens an existing results file to append rows: a resume, once [`cut_torn_row`] has cut a torn last row.
     pub fn append(path: &Path) -> Result<Self> {
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, "open it", e))?;
+        let synced = Synced::new(&file).map_err(|e| Error::write(path, "open it", e))?;
         let csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
-        Ok(ResultsWriter { path: path.to_owned(), csv, last_sync: Instant::now() })
+        Ok(ResultsWriter { path: path.to_owned(), csv, synced })
     }
 
     pub fn path(&self) -> &Path {
@@ -231,11 +231,7 @@ impl ResultsWriter {
             self.csv.serialize(&*row).map_err(|e| Error::write(&self.path, "write a row", e))?;
         }
         self.flush()?;
-        if self.last_sync.elapsed() >= SYNC_EVERY {
-            self.last_sync = Instant::now();
-            self.csv.get_ref().get_ref().sync_data().map_err(|e| Error::write(&self.path, "sync", e))?;
-        }
-        Ok(())
+        self.synced.written().map_err(|e| Error::write(&self.path, "sync", e))
     }
 
     fn flush(&mut self) -> Result<()> {

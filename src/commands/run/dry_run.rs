@@ -119,7 +119,7 @@ fn write_dry_run(rows: crate::input::Rows, mut screen: Screen, mut writer: Resul
         written += 1;
         *counts.entry(result.outcome).or_insert(0) += 1;
     }
-    writer.finish()?;
+    crate::files::sync::off_runtime(|| writer.finish())?;
     Ok((counts, written))
 }
 

@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::files::journal::{self, Journal, RunIdentity};
 use crate::files::lock::{self, ResultsLock};
 use crate::files::results::{self, Finished, ResultRow, ResultsWriter};
+use crate::files::sync::off_runtime;
 use crate::input::{self, Lookup, RowKind, Source};
 use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
@@ -435,7 +436,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
 
     // A resume continues the earlier run: same identity (and run id, so the comment stays the same).
     let mut resume = if job.resume && job.output.exists() {
-        Some(resume::read_earlier(&job, &journal_path, &identity)?)
+        // Reads the earlier results and journal whole: off the runtime.
+        Some(off_runtime(|| resume::read_earlier(&job, &journal_path, &identity))?)
     } else {
         None
     };
@@ -548,13 +550,15 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
 
     // The journal before the results file: a kill between the two leaves no results file without one.
     // What the file holds before this session's rows (a resume appends to it).
-    let rows_before = if resumed { results::count_rows(&job.output)? } else { 0 };
-    let (journal, writer) = if resumed {
-        (Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)
-    } else {
-        let journal = Journal::create(&journal_path, &identity)?;
-        (journal, ResultsWriter::create(&job.output, job.overwrite)?)
-    };
+    // (Reading the file, and creating the files with their first syncs, off the runtime.)
+    let (rows_before, journal, writer) = off_runtime(|| {
+        Ok::<_, Error>(if resumed {
+            (results::count_rows(&job.output)?, Journal::reopen(&journal_path)?, ResultsWriter::append(&job.output)?)
+        } else {
+            let journal = Journal::create(&journal_path, &identity)?;
+            (0, journal, ResultsWriter::create(&job.output, job.overwrite)?)
+        })
+    })?;
     let (done, in_doubt) = match resume {
         Some(r) => (r.done, r.in_doubt),
         None => (Finished::default(), HashMap::new()),
@@ -809,7 +813,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         status.abort();
     }
     progress.finish();
-    journal.sync();
+    off_runtime(|| journal.sync());
 
     let mut summary = Summary {
         run_id: identity.run_id.clone(),
@@ -835,7 +839,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         return Ok(summary);
     }
     // The file must hold every row written, or the summary would claim rows nobody can read.
-    let end = (|| {
+    // Reading the file whole, compacting it and the journal: off the runtime.
+    let end = off_runtime(|| {
         results::verify(&job.output, rows_before + rows_written)?;
         let complete = !interrupted;
         // A resumed results file holds rows from several sessions: count (and, when complete, compact) it,
@@ -845,7 +850,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             journal.complete(&identity, &job.output)?;
         }
         Ok::<_, Error>(counts)
-    })();
+    });
     match end {
         Ok(counts) => {
             summary.rows = counts.values().sum();
@@ -899,7 +904,7 @@ async fn write_rows(
             progress.row_done(row.outcome.is_ok());
         }
     }
-    writer.finish().err()
+    off_runtime(|| writer.finish()).err()
 }
 
 fn log_row(row: &ResultRow) {
