@@ -304,3 +304,39 @@ async fn run_wait_tracks_each_tenant_to_the_end() {
     assert!(dir.path().join("r.md").is_file());
     sim.shutdown().await;
 }
+
+/// A dry run of several tenants reads each tenant in its own session and writes one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reads_each_tenant() {
+    let (sim, tenants) = three_tenants(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MachineId,TenantId\n");
+    for (k, tenant) in tenants.iter().enumerate() {
+        for id in ids(tenant) {
+            text += &format!("{id},tenant{}.onmicrosoft.com\n", k + 1);
+        }
+    }
+    text = text.replace("tenant1.onmicrosoft.com", &tenants[0].tenant_id);
+    let input = write_file(dir.path(), "m.csv", &text);
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--dry-run", "-o", "plan.csv"], "").await;
+    assert_eq!(out.code, 3, "the third tenant could not sign in: {}\n{}", out.stdout, out.stderr);
+    let mut reader = csv::Reader::from_path(dir.path().join("plan.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(headers.iter().last(), Some("tenant_id"));
+    let (outcome, tenant) = (headers.iter().position(|h| h == "outcome").unwrap(), headers.len() - 1);
+    let rows: Vec<(String, String)> =
+        reader.records().map(|r| r.unwrap()).map(|r| (r[tenant].to_string(), r[outcome].to_string())).collect();
+    assert_eq!(rows.len(), 6);
+    for (tenant, outcome) in &rows {
+        let expected = if tenant == "tenant3.onmicrosoft.com" { "failed" } else { "would_submit" };
+        assert_eq!(outcome, expected, "{rows:?}");
+    }
+    for tenant in &tenants[..2] {
+        assert_eq!(
+            sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"),
+            0,
+            "a dry run offboards nothing"
+        );
+    }
+    sim.shutdown().await;
+}
