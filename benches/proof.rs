@@ -8,6 +8,7 @@
 //! cargo bench --bench proof -- economy       # API calls per machine
 //! cargo bench --bench proof -- select        # select's reads at 10k and 100k, memory of --duplicates at 1M
 //! cargo bench --bench proof -- scopes        # 1,500 and 1,700 machines: per API, per app, a background client
+//! cargo bench --bench proof -- tenants       # 100 tenants of 1,500 machines in one run, against one tenant
 //! cargo bench --bench proof -- all           # everything (about 25 minutes on 2 cores)
 //! ```
 //!
@@ -63,6 +64,7 @@ fn main() {
         "economy" => economy(dir.path()),
         "select" => select(dir.path(), runs.unwrap_or(3)),
         "scopes" => scopes(dir.path(), runs.unwrap_or(1)),
+        "tenants" => tenants(dir.path(), runs.unwrap_or(1)),
         "all" => {
             // Memory first: see `harness_peak_rss`.
             memory(dir.path(), runs.unwrap_or(3));
@@ -73,11 +75,12 @@ fn main() {
             economy(dir.path());
             select(dir.path(), runs.unwrap_or(3));
             scopes(dir.path(), runs.unwrap_or(1));
+            tenants(dir.path(), runs.unwrap_or(1));
         }
         other => {
             eprintln!(
-                "unknown figure `{other}`: pacing, speed, memory, memory-found, memory-track, economy, select, scopes \
-                 or all"
+                "unknown figure `{other}`: pacing, speed, memory, memory-found, memory-track, economy, select, scopes, \
+                 tenants or all"
             );
             std::process::exit(2);
         }
@@ -221,6 +224,87 @@ fn scopes(dir: &Path, runs: usize) {
     println!(
         "(targets: per API at most 1.03; per app, at most 4 429s (the calls in flight at the switch); background, at most 1.15)"
     );
+}
+
+/// Figure 7: many tenants in one run. 100 tenants of 1,500 machines each (a list of 150,000 rows with a
+/// `TenantId` column), the simulator serving them behind one address (`simulate --tenants 100`), each with
+/// the documented quotas 100 times faster, counted per API, 5 ms of latency; the client at its defaults
+/// (pre-flight on, concurrency 4 per tenant) with `run.tenant_concurrency = 100`. Against one tenant's
+/// 1,500 machines run alone on the same simulator: the wall over one tenant's earliest schedule for its
+/// offboards (target: at most 1.05), the 429s of every tenant (target: none), the client's peak RSS (target:
+/// flat) and CPU per machine (target: within 10% of one tenant's).
+fn tenants(dir: &Path, runs: usize) {
+    const TENANTS: usize = 100;
+    const N: usize = 1500;
+    let rates: Vec<Rate> = ["100/600ms", "1500/36s"].iter().map(|r| r.parse().unwrap()).collect();
+    let ideal = earliest_schedule(&rates, N as u64, 4, Duration::from_millis(5));
+    println!(
+        "\n## Many tenants: {TENANTS} tenants of {N} machines, quotas 100/600ms + 1500/36s per tenant and API (100x faster), latency 5 ms, concurrency 4 per tenant"
+    );
+    println!(
+        "| run | machines | 429s | one tenant's earliest schedule | wall (median of {runs}) | ratio | client CPU per machine | peak RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let config = dir.join("tenants-config.toml");
+    std::fs::write(&config, format!("[run]\ntenant_concurrency = {TENANTS}\n")).unwrap();
+    let config = config.to_str().expect("a UTF-8 path").to_string();
+    let single = id_file(dir, N);
+    let many = tenants_file(dir, TENANTS, N);
+    let sim_args = ["--time-scale", "100", "--latency", "5ms", "--token-lifetime", "2h"];
+    let mut cpu_one = 0.0;
+    for (name, input, tenants) in [("one tenant", &single, 1usize), ("100 tenants", &many, TENANTS)] {
+        let (mut walls, mut cpus, mut rss, mut throttled) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for _ in 0..runs {
+            let mut args = sim_args.to_vec();
+            let count = tenants.to_string();
+            args.extend(["--tenants", count.as_str()]);
+            let sim = SimProcess::start(N, &args);
+            let run_args = ["--rate", "100/600ms", "--rate", "1500/36s", "--concurrency", "4", "--config", &config];
+            let out = client(&sim, input, dir, &run_args);
+            out.check(tenants * N);
+            throttled += (0..tenants).map(|k| sim.tenant_stats(&tenant_name(k)).throttled).sum::<u64>();
+            walls.push(out.wall);
+            cpus.push(out.cpu.as_secs_f64() / (tenants * N) as f64);
+            rss.push(out.max_rss_kib as f64 / 1024.0);
+        }
+        let cpu = median(&cpus);
+        if tenants == 1 {
+            cpu_one = cpu;
+        }
+        println!(
+            "| {name} | {} | {throttled} | {:.2} s | {:.2} s | **{:.3}** | {:.1} µs ({:.2}x one tenant's) | {:.1} MiB |",
+            tenants * N,
+            ideal.as_secs_f64(),
+            median_duration(&walls).as_secs_f64(),
+            median_duration(&walls).as_secs_f64() / ideal.as_secs_f64(),
+            cpu * 1e6,
+            cpu / cpu_one,
+            median(&rss)
+        );
+    }
+    println!("(targets: ratio at most 1.05, zero 429s, memory flat, CPU per machine within 10% of one tenant's)");
+}
+
+/// How the list names tenant `k` (from 0): the first by the simulator's tenant id, the others by domain.
+fn tenant_name(k: usize) -> String {
+    if k == 0 { sim::DEMO_TENANT_ID.to_string() } else { format!("tenant{}.onmicrosoft.com", k + 1) }
+}
+
+/// A list of `tenants` tenants' `n` machines each (the fleets `simulate --tenants` generates), a
+/// `TenantId` column beside the ids, the tenants interleaved row by row as an export of many tenants is.
+fn tenants_file(dir: &Path, tenants: usize, n: usize) -> PathBuf {
+    let path = dir.join(format!("tenants-{tenants}x{n}.csv"));
+    let fleets: Vec<Vec<String>> =
+        (0..tenants).map(|k| Fleet::generate(n, FLEET_SEED + k as u64).ids().map(str::to_owned).collect()).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(out, "MachineId,TenantId").unwrap();
+    for i in 0..n {
+        for (k, fleet) in fleets.iter().enumerate() {
+            writeln!(out, "{},{}", fleet[i], tenant_name(k)).unwrap();
+        }
+    }
+    out.flush().unwrap();
+    path
 }
 
 /// Calls the simulator answered on routes containing `part`, whatever their status.
@@ -562,9 +646,18 @@ impl SimProcess {
 
     /// `GET /sim/stats`, over a bare socket.
     fn stats(&self) -> SimStats {
+        self.stats_at("/sim/stats")
+    }
+
+    /// `GET /sim/stats?tenant=TENANT`: one tenant's.
+    fn tenant_stats(&self, tenant: &str) -> SimStats {
+        self.stats_at(&format!("/sim/stats?tenant={tenant}"))
+    }
+
+    fn stats_at(&self, path: &str) -> SimStats {
         let host = self.url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(host).expect("the simulator answers");
-        write!(stream, "GET /sim/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).unwrap();
         let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &answer[i + 4..]).expect("a body");

@@ -322,7 +322,7 @@ async fn a_dry_run_reads_each_tenant() {
     assert_eq!(out.code, 3, "the third tenant could not sign in: {}\n{}", out.stdout, out.stderr);
     let mut reader = csv::Reader::from_path(dir.path().join("plan.csv")).unwrap();
     let headers = reader.headers().unwrap().clone();
-    assert_eq!(headers.iter().last(), Some("tenant_id"));
+    assert_eq!(headers.iter().next_back(), Some("tenant_id"));
     let (outcome, tenant) = (headers.iter().position(|h| h == "outcome").unwrap(), headers.len() - 1);
     let rows: Vec<(String, String)> =
         reader.records().map(|r| r.unwrap()).map(|r| (r[tenant].to_string(), r[outcome].to_string())).collect();
