@@ -340,3 +340,30 @@ async fn a_dry_run_reads_each_tenant() {
     }
     sim.shutdown().await;
 }
+
+/// What every tenant needs is said once, before any call: a missing client id is the run's error (exit 1),
+/// not a failed row in every tenant; a confirmation that cannot be asked, before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_every_tenant_needs_stops_the_run_before_any_call() {
+    let (sim, tenants) = three_tenants(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ids(&tenants[0]);
+    let input = write_file(dir.path(), "m.csv", &format!("MachineId,TenantId\n{},tenant2.onmicrosoft.com\n", a[0]));
+    let out = crate::common::mde_env(
+        &sim,
+        dir.path(),
+        &["run", input.to_str().unwrap(), "--yes"],
+        "",
+        &[("MDE_CLIENT_ID", "")],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("client"), "{}", out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "m.csv", &format!("MachineId,TenantId\n{},tenant2.onmicrosoft.com\n", a[0]));
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap()], "").await;
+    assert_eq!(out.code, 2, "no terminal to confirm on: {}", out.stderr);
+    assert!(!dir.path().join("m.results.tenants").exists(), "nothing written");
+    assert_eq!(sim.stats().requests + sim.tenant_stats("tenant2.onmicrosoft.com").unwrap().requests, 0, "no call");
+    sim.shutdown().await;
+}

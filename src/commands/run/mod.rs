@@ -287,7 +287,9 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         return Err(scan_error(
             &scan,
             &format!(
-                "names several tenants (column `{column}`), which a run splits by tenant on disk: save the list to a                  file and give its path; nothing was done"
+                "names several tenants (column `{}`), which a run splits by tenant on disk: save the list to a file \
+                 and give its path; nothing was done",
+                column.escape_debug()
             ),
         ));
     }

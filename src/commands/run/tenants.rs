@@ -59,6 +59,17 @@ pub async fn command(
     let started = Instant::now();
     let started_at = SystemTime::now();
 
+    // What every tenant needs, said once before anything is written: a comment, and a terminal to confirm on.
+    if !args.dry_run {
+        settings.require_comment()?;
+        if !args.yes && !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            return Err(Error::Usage(
+                "offboarding needs a confirmation, and there is no terminal to ask on; pass --yes to confirm on \
+                 the command line"
+                    .into(),
+            ));
+        }
+    }
     let apps = match &args.tenants {
         Some(file) => TenantsFile::load(file)?,
         None => TenantsFile::default(),
@@ -72,8 +83,9 @@ pub async fn command(
     };
     let total: u64 = parts.iter().map(|p| p.rows).sum();
     let mut plan = format!(
-        "{} lists {total} row(s) of {} tenant(s) (column `{column}`), each run on its own (at most {} at once):",
+        "{} lists {total} row(s) of {} tenant(s) (column `{}`), each run on its own (at most {} at once):",
         path.display(),
+        column.escape_debug(),
         parts.len(),
         settings.tenant_concurrency
     );
@@ -82,21 +94,18 @@ pub async fn command(
     }
     crate::ui::output::notice("plan", &plan);
     // Every tenant's settings, before any call: a secret file or certificate that cannot be read stops the run.
+    // (And who each signs in as: a client id or secret missing is the run's error, not each tenant's.)
     let settings_of: Vec<Settings> =
         parts.iter().map(|p| settings_for(&p.tenant, &args.settings, &settings, &apps)).collect::<Result<_>>()?;
+    for tenant_settings in &settings_of {
+        tenant_settings.credentials()?;
+    }
     keep_apps(&dir, args.tenants.is_some().then_some(&apps))?;
 
     // One signal stops every tenant.
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     if !args.dry_run && !args.yes {
-        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-            return Err(Error::Usage(
-                "offboarding needs a confirmation, and there is no terminal to ask on; pass --yes to confirm on \
-                 the command line"
-                    .into(),
-            ));
-        }
         crate::ui::output::prompt(&format!(
             "Type {total} to offboard the machines of these {total} row(s) in {} tenant(s), anything else to stop: ",
             parts.len()
