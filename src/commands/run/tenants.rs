@@ -62,7 +62,8 @@ pub async fn command(
     // What every tenant needs, said once before anything is written: a comment, and a terminal to confirm on.
     if !args.dry_run {
         settings.require_comment()?;
-        if !args.yes && !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !args.yes && !terminal {
             return Err(Error::Usage(
                 "offboarding needs a confirmation, and there is no terminal to ask on; pass --yes to confirm on \
                  the command line"
