@@ -395,20 +395,9 @@ fn baseline_run(sim: &SimProcess, input: &Path, concurrency: usize, dir: &Path) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("baseline.stderr")).expect("a stderr file"));
-    let started = Instant::now();
-    #[allow(clippy::zombie_processes)]
-    let child = command.spawn().expect("the baseline starts");
-    let (code, usage) = wait4(&child);
-    let wall = started.elapsed();
-    assert_eq!(code, 0, "the baseline exited {code}; stderr in {}", dir.join("baseline.stderr").display());
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    ClientRun {
-        wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss as u64,
-        code,
-        output: dir.join("baseline.stderr"),
-    }
+    let run = measured(command, dir.join("baseline.stderr"));
+    assert_eq!(run.code, 0, "the baseline exited {}; stderr in {}", run.code, dir.join("baseline.stderr").display());
+    run
 }
 
 /// A bare client: reads the ids of `input` (one column under a header), signs in once (client credentials),
@@ -727,16 +716,14 @@ fn memory_track(dir: &Path, runs: usize) {
             out.check_code(n, 0);
             let mut command = client_command(&sim, dir);
             command.arg("track").arg(&out.output).args(["--once", "-q", &format!("--rate={UNREACHED_RATE}")]);
-            #[allow(clippy::zombie_processes)]
-            let child = command.spawn().expect("the client starts");
-            let (code, usage) = wait4(&child);
+            let ClientRun { code, max_rss_kib, .. } = measured(command, out.output.clone());
             // 3: the fleet's inactive machines never start their action.
             assert!(
                 matches!(code, 0 | 3),
                 "track --once exited {code}; stderr in {}",
                 dir.join("client.stderr").display()
             );
-            rss.push(usage.ru_maxrss as f64 / 1024.0);
+            rss.push(max_rss_kib as f64 / 1024.0);
         }
         println!("| {n} | {:.1} MiB |", median(&rss));
     }
@@ -784,15 +771,9 @@ fn select(dir: &Path, runs: usize) {
 /// Runs `mde-offboard select CONDITION --output FILE -q` against `sim` and measures it with wait4.
 fn select_run(sim: &SimProcess, dir: &Path, condition: &[&str]) -> ClientRun {
     let output = dir.join("selected.csv");
-    let started = Instant::now();
     let mut command = client_command(sim, dir);
     command.arg("select").args(condition).args(["--overwrite", "-q", "--output"]).arg(&output);
-    #[allow(clippy::zombie_processes)]
-    let child = command.spawn().expect("the client starts");
-    let (code, usage) = wait4(&child);
-    let wall = started.elapsed();
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    ClientRun { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64, code, output }
+    measured(command, output)
 }
 
 fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {
@@ -804,9 +785,15 @@ fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {
 /// Runs `mde-offboard run INPUT --yes -q` against `sim` and measures it with wait4.
 fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
     let output = dir.join("results.csv");
-    let started = Instant::now();
     let mut command = client_command(sim, dir);
     command.arg("run").arg(input).args(["--yes", "--overwrite", "-q", "--output"]).arg(&output).args(extra);
+    measured(command, output)
+}
+
+/// Starts `command` and reaps it with `wait4`: its wall time, and its own CPU time and peak RSS; `output` is
+/// what it writes.
+fn measured(mut command: Command, output: PathBuf) -> ClientRun {
+    let started = Instant::now();
     // Reaped by `wait4`, which std's `Child` does not know of.
     #[allow(clippy::zombie_processes)]
     let child = command.spawn().expect("the client starts");
