@@ -412,3 +412,35 @@ async fn killed_part_way_a_resume_finishes_every_tenant_sending_nothing_twice() 
     }
     sim.shutdown().await;
 }
+
+/// `tag` given the one results file tags each tenant's machines in its own tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_tags_each_tenants_machines_in_its_tenant() {
+    const TAG_MANY: &str = "POST /api/machines/AddOrRemoveTagForMultipleMachines";
+    let roles = ["Machine.Offboard", "Machine.Read.All", "Machine.ReadWrite.All"].map(String::from).to_vec();
+    let first = SimConfig {
+        fleet: Fleet::generate(3, 71),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        roles,
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, 2, |k| Fleet::generate(3, 71 + k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MachineId,TenantId\n");
+    for (a, b) in ids(&tenants[0]).iter().zip(ids(&tenants[1])) {
+        text += &format!("{a},{}\n{b},tenant2.onmicrosoft.com\n", tenants[0].tenant_id);
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = mde_in(&sim, dir.path(), &["tag", "m.results.csv", "--value", "retired"], "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for tenant in &tenants {
+        let stats = sim.tenant_stats(&tenant.tenant_id).unwrap();
+        assert_eq!(stats.count(TAG_MANY, "200"), 1, "{:?}", stats.calls);
+    }
+    sim.shutdown().await;
+}
