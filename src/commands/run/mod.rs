@@ -613,30 +613,21 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     };
     let live: Arc<Mutex<BTreeMap<Outcome, u64>>> = Arc::default();
     let writer_task = tokio::spawn(write_rows(writer, row_rx, progress.clone(), live.clone()));
+    let session_summary = SessionSummary {
+        run_id: identity.run_id.clone(),
+        started,
+        started_at,
+        results: job.output.clone(),
+        resumed,
+        account,
+        api: api.clone(),
+    };
     if let Some(path) = job.summary_json.clone() {
-        let (api, run_id, results, live) = (api.clone(), identity.run_id.clone(), job.output.clone(), live.clone());
-        let account = account.clone();
+        let (session_summary, live) = (session_summary.clone(), live.clone());
         set_exit_now(Some(Box::new(move || {
             // This session's rows: what the writer has put in the file so far.
             let counts = live.lock().map(|c| c.clone()).unwrap_or_default();
-            let summary = Summary {
-                run_id,
-                rows: counts.values().sum(),
-                counts,
-                started_at,
-                duration: started.elapsed(),
-                calls: api.counters.calls.load(Ordering::Relaxed),
-                throttled: api.counters.throttled.load(Ordering::Relaxed),
-                results,
-                interrupted: true,
-                resumed,
-                stopped: None,
-                account,
-                tags: None,
-                quotas: api.limiter().stats(),
-                tenants: Vec::new(),
-            };
-            let _ = summary.write_json(&path);
+            let _ = session_summary.of(counts, true).write_json(&path);
         })));
     }
 
@@ -817,23 +808,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     progress.finish();
     off_runtime(|| journal.sync());
 
-    let mut summary = Summary {
-        run_id: identity.run_id.clone(),
-        rows: rows_written,
-        counts: counts.clone(),
-        duration: started.elapsed(),
-        started_at,
-        calls: api.counters.calls.load(Ordering::Relaxed),
-        throttled: api.counters.throttled.load(Ordering::Relaxed),
-        results: job.output.clone(),
-        interrupted,
-        resumed,
-        stopped: None,
-        account,
-        tags: None,
-        quotas: api.limiter().stats(),
-        tenants: Vec::new(),
-    };
+    let mut summary = session_summary.of(counts.clone(), interrupted);
     // A failed write stops the run with the rows so far; so does anything that stopped dispatch.
     if let Some(e) = write_error.or(stop) {
         summary.stopped = Some(e.to_string());
@@ -916,5 +891,41 @@ fn log_row(row: &ResultRow) {
         tracing::warn!(line = row.line, machine = %row.machine_id, outcome, code, attempts = row.attempts, "machine done");
     } else {
         tracing::info!(line = row.line, machine = %row.machine_id, outcome, code, attempts = row.attempts, "machine done");
+    }
+}
+
+/// What this session's summary holds besides its counts: the summary at the end and a second signal's are
+/// made alike.
+#[derive(Clone)]
+struct SessionSummary {
+    run_id: String,
+    started: Instant,
+    started_at: SystemTime,
+    results: PathBuf,
+    resumed: bool,
+    account: Option<String>,
+    api: Arc<crate::defender::api::Api>,
+}
+
+impl SessionSummary {
+    /// The summary of this session with `counts` (the rows the writer put in the file), as of now.
+    fn of(&self, counts: BTreeMap<Outcome, u64>, interrupted: bool) -> Summary {
+        Summary {
+            run_id: self.run_id.clone(),
+            rows: counts.values().sum(),
+            counts,
+            started_at: self.started_at,
+            duration: self.started.elapsed(),
+            calls: self.api.counters.calls.load(Ordering::Relaxed),
+            throttled: self.api.counters.throttled.load(Ordering::Relaxed),
+            results: self.results.clone(),
+            interrupted,
+            resumed: self.resumed,
+            stopped: None,
+            account: self.account.clone(),
+            tags: None,
+            quotas: self.api.limiter().stats(),
+            tenants: Vec::new(),
+        }
     }
 }
