@@ -814,6 +814,9 @@ fn client_command(sim: &SimProcess, dir: &Path) -> Command {
         .env("MDE_AUTHORITY", &sim.url)
         .env("MDE_API_BASE", &sim.url)
         .env("MDE_COMMENT", "benchmark")
+        // Locks of its own: without HOME they would go to the shared temp directory, where two harnesses
+        // running at once would refuse each other's runs.
+        .env("MDE_STATE_DIR", dir.join("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"));
