@@ -81,6 +81,9 @@ pub struct Format {
     pub lookup: Option<Lookup>,
     /// The field separator (`--delimiter`); otherwise the first line's (`,`, `;` or a tab).
     pub delimiter: Option<u8>,
+    /// The list is one tenant's share of a list of several ([`tenants::partition`]): each record's first
+    /// field is its line in that list, which its rows keep.
+    pub numbered: bool,
 }
 
 /// Where the machine list comes from.
@@ -135,6 +138,8 @@ pub struct Scan {
     /// list is the one the run began with.
     pub sha256: String,
     layout: Layout,
+    /// Each record's first field is its line ([`Format::numbered`]).
+    numbered: bool,
     keys: Keys,
     /// The first row of each distinct key, sorted by key.
     firsts: RecordFile<Entry>,
@@ -251,7 +256,7 @@ pub fn scan(source: Source, id_column: Option<&str>) -> Result<Scan> {
 /// it, a header with no id column but a name column is read by name too.
 pub fn scan_with(source: Source, column: Option<&str>, by_name: bool) -> Result<Scan> {
     let lookup = by_name.then_some(Lookup::Name);
-    scan_format(source, &Format { column: column.map(str::to_owned), lookup, delimiter: None })
+    scan_format(source, &Format { column: column.map(str::to_owned), lookup, ..Format::default() })
 }
 
 /// As [`scan`], read as `format` says.
@@ -301,6 +306,7 @@ fn scan_spooled(source: Source, input: impl Read, format: &Format) -> Result<Sca
         sha256,
         source,
         layout: first.layout,
+        numbered: format.numbered,
         keys: first.keys,
         firsts,
         dups,
@@ -330,6 +336,7 @@ impl Scan {
         let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
         let file = SharedReader::new(Arc::clone(&self.spool));
         let mut reader = RowReader::open(&self.source, file, self.keys.clone(), Some(self.layout.delimiter))?;
+        reader.numbered = self.numbered;
         reader.dups = Some(Cursor::new(self.dups.read().map_err(temp_error)?));
         // Decide the layout the same way the scan did, and insist it came out the same.
         let first = reader.next_record()?.ok_or_else(|| self.changed())?;
@@ -402,6 +409,9 @@ impl Iterator for Rows {
 }
 
 const CHANGED: &str = "changed since it was checked at the start of the run; run again";
+/// A tenant's share of a list ([`Format::numbered`]) whose record does not start with its line.
+const NOT_NUMBERED: &str = "does not start with the row's line in the list of several tenants, as the run's split \
+                            of that list does; run the list itself again";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Counts {
@@ -660,6 +670,7 @@ struct Record {
 fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstPass> {
     let keys = Keys::default();
     let mut reader = RowReader::open(source, input, keys.clone(), format.delimiter)?;
+    reader.numbered = format.numbered;
     reader.entries = Some(Sorter::default());
     let first =
         reader.next_record()?.ok_or_else(|| source.error("is empty: it has neither a header nor a machine id"))?;
@@ -723,6 +734,10 @@ struct RowReader<R> {
     pending: Option<Record>,
     /// The line of the last record returned: lines only go up.
     last_line: u64,
+    /// Each record's first field is its line ([`Format::numbered`]), taken out of its fields.
+    numbered: bool,
+    /// Where the last record returned starts (after the blank records before it; not after blank lines).
+    start: u64,
     keys: Keys,
     /// The scan: every row's key and line, to sort.
     entries: Option<Sorter<Entry>>,
@@ -758,6 +773,8 @@ impl<R: Read> RowReader<R> {
             record: csv::ByteRecord::new(),
             pending: None,
             last_line: 0,
+            numbered: false,
+            start: 0,
             keys,
             entries: None,
             dups: None,
@@ -768,6 +785,7 @@ impl<R: Read> RowReader<R> {
     /// The next record with at least one non-blank field.
     fn next_record(&mut self) -> Result<Option<Record>> {
         loop {
+            self.start = self.csv.position().byte();
             let more = self.csv.read_byte_record(&mut self.record).map_err(|e| self.csv_error(e))?;
             if !more {
                 return Ok(None);
@@ -800,6 +818,16 @@ impl<R: Read> RowReader<R> {
             {
                 last.pop();
             }
+            let line = match self.numbered {
+                true => match fields.first().and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > self.last_line) {
+                    Some(n) => {
+                        fields.remove(0);
+                        n
+                    }
+                    None => return Err(self.source.error(format!("line {line}: {NOT_NUMBERED}"))),
+                },
+                false => line,
+            };
             if fields.iter().all(|f| f.trim().is_empty()) {
                 continue;
             }

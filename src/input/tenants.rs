@@ -3,12 +3,14 @@
 //!
 //! [`tenant_column`] reads only the header, to tell a list of several tenants from one of a single tenant.
 //! [`partition`] then reads the list once and splits it, on disk, into one file per tenant holding the
-//! header and that tenant's rows, each at the line it has in the list: the rows of the other tenants are
-//! written as empty lines (which a list may hold anywhere). Each tenant's file is then an ordinary machine
-//! list that the single-tenant run reads as it reads any, and the `line` of its results is the line in the
-//! list, with nothing to translate. Memory stays flat in the rows (one write buffer per tenant); the files
-//! together hold the list once, plus one byte per line per tenant. Splitting the same list again writes the
-//! same files, so a resume finds each tenant's list as it began.
+//! header and that tenant's rows only, each record as written in the list with its line in the list put
+//! before it as a first field (the blank lines and records between rows left out). The single-tenant run
+//! reads such a file as it reads any list, told that it is numbered ([`super::Format::numbered`]): it takes
+//! each row's line from that field, so the `line` of the results, the duplicates and a resume are the
+//! lines of the list, with nothing to translate. Memory stays flat in the rows (one write buffer per
+//! tenant); the files together hold the list once, plus the line numbers: a tenant reads its own rows,
+//! not the list's. Splitting the same list again writes the same files, so a resume finds each tenant's
+//! list as it began.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,10 +33,12 @@ const BUFFER: usize = 8 << 10;
 pub struct Partition {
     /// As the list names it (a GUID or a domain), lowercase.
     pub tenant: String,
-    /// The tenant's list: the header, its rows at their lines, empty lines between.
+    /// The tenant's list: the header and its rows, each after its line in the list ([`super::Format::numbered`]).
     pub input: PathBuf,
     /// Its data rows.
     pub rows: u64,
+    /// The fields' separator, as the list was read: the tenant's list is read with it.
+    pub delimiter: u8,
 }
 
 /// The tenant column of the list's header (as written), if it has one. Reads the first line only.
@@ -68,18 +72,31 @@ pub fn partition(path: &Path, format: &Format, default_tenant: Option<&str>, dir
     let dir_error = |e: std::io::Error| Error::Output { path: dir.to_path_buf(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(dir_error)?;
 
-    let mut consumed = reader.csv.position().byte();
-    let mut head = vec![0u8; consumed as usize];
-    raw.read_exact(&mut head).map_err(|e| source.error(format!("cannot read: {e}")))?;
-    let mut lines = newlines(&head);
+    let delimiter = reader.delimiter;
+    // The bytes of the record just read, as written in the list (the blank lines and records before it left
+    // out), ending with a line break.
+    let mut consumed = 0;
+    let mut take = |reader: &RowReader<SharedReader>, slice: &mut Vec<u8>| -> Result<()> {
+        let (start, end) = (reader.start, reader.csv.position().byte());
+        let read_error = |e: std::io::Error| source.error(format!("cannot read: {e}"));
+        std::io::copy(&mut (&mut raw).take(start - consumed), &mut std::io::sink()).map_err(read_error)?;
+        slice.resize((end - start) as usize, 0);
+        raw.read_exact(slice).map_err(read_error)?;
+        consumed = end;
+        slice.drain(..slice.iter().take_while(|&&b| b == b'\n').count());
+        if slice.last() != Some(&b'\n') {
+            slice.push(b'\n');
+        }
+        Ok(())
+    };
+    let mut head = Vec::new();
+    take(&reader, &mut head)?;
+    let head = [format!("{}{}", header.line, char::from(delimiter)).as_bytes(), &head].concat();
     let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
     let mut order = Vec::new();
     let mut slice = Vec::new();
     while let Some(record) = reader.next_record()? {
-        let end = reader.csv.position().byte();
-        slice.resize((end - consumed) as usize, 0);
-        raw.read_exact(&mut slice).map_err(|e| source.error(format!("cannot read: {e}")))?;
-        consumed = end;
+        take(&reader, &mut slice)?;
         let cell = record.fields.get(column).map(|c| c.trim()).unwrap_or_default();
         let tenant = match (cell.is_empty(), &default_tenant) {
             (true, Some(default)) => default.clone(),
@@ -102,22 +119,20 @@ pub fn partition(path: &Path, format: &Format, default_tenant: Option<&str>, dir
             let input = dir.join(format!("{tenant}.input.csv"));
             let mut out = BufWriter::with_capacity(BUFFER, File::create(&input).map_err(dir_error)?);
             out.write_all(&head).map_err(dir_error)?;
-            tenants.insert(tenant.clone(), Tenant { out, input, lines: newlines(&head), rows: 0 });
+            tenants.insert(tenant.clone(), Tenant { out, input, rows: 0 });
             order.push(tenant.clone());
         }
         let out = tenants.get_mut(&tenant).expect("inserted above");
-        // The rows of other tenants before this one, as empty lines: this row keeps its line.
-        let pad = lines - out.lines;
-        std::io::copy(&mut std::io::repeat(b'\n').take(pad), &mut out.out).map_err(dir_error)?;
+        // The row as written, after its line in the list.
+        write!(out.out, "{}{}", record.line, char::from(delimiter)).map_err(dir_error)?;
         out.out.write_all(&slice).map_err(dir_error)?;
-        lines += newlines(&slice);
-        (out.lines, out.rows) = (lines, out.rows + 1);
+        out.rows += 1;
     }
     let mut partitions = Vec::with_capacity(order.len());
     for tenant in order {
-        let Tenant { out, input, rows, .. } = tenants.remove(&tenant).expect("every tenant in order");
+        let Tenant { out, input, rows } = tenants.remove(&tenant).expect("every tenant in order");
         out.into_inner().map_err(|e| dir_error(e.into_error()))?.sync_all().map_err(dir_error)?;
-        partitions.push(Partition { tenant, input, rows });
+        partitions.push(Partition { tenant, input, rows, delimiter });
     }
     Ok(partitions)
 }
@@ -126,13 +141,7 @@ pub fn partition(path: &Path, format: &Format, default_tenant: Option<&str>, dir
 struct Tenant {
     out: BufWriter<File>,
     input: PathBuf,
-    /// Line breaks written so far.
-    lines: u64,
     rows: u64,
-}
-
-fn newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 #[cfg(test)]
@@ -159,9 +168,24 @@ mod tests {
         let parts = partition(&list, &format, Some(&A.to_uppercase()), &dir.path().join("t")).unwrap();
         let tenants: Vec<(&str, u64)> = parts.iter().map(|p| (p.tenant.as_str(), p.rows)).collect();
         assert_eq!(tenants, [(A, 2), ("contoso.onmicrosoft.com", 2)]);
-        let scan = |p: &Partition| crate::input::scan(Source::Path(p.input.clone()), None).unwrap();
+        // Each holds its own rows as written, each after its line in the list.
+        let text = |p: &Partition| std::fs::read_to_string(&p.input).unwrap();
+        assert_eq!(text(&parts[0]), format!("1;MachineId;Tenant Id;Note\r\n2;{m1};{A};x\r\n6;{m3};;y\n"));
+        assert_eq!(
+            text(&parts[1]),
+            format!(
+                "1;MachineId;Tenant Id;Note\r\n4;{m2};Contoso.onmicrosoft.com;\"two\nlines\"\n7;{m1};contoso.onmicrosoft.com;z\n"
+            )
+        );
+        let numbered = Format { numbered: true, delimiter: Some(parts[0].delimiter), ..Format::default() };
+        let scan = |p: &Partition| crate::input::scan_format(Source::Path(p.input.clone()), &numbered).unwrap();
         assert_eq!(lines_of(&scan(&parts[0])), [(2, m1.clone()), (6, m3)]);
-        assert_eq!(lines_of(&scan(&parts[1])), [(4, m2), (7, m1)]);
+        assert_eq!(lines_of(&scan(&parts[1])), [(4, m2), (7, m1.clone())]);
+        // Its lines are the list's: a row repeating an id is the duplicate of its tenant's first.
+        assert_eq!(scan(&parts[1]).duplicates, 0);
+        // Read as an ordinary list, a tenant's list is refused for what it is not.
+        let wrong = crate::input::scan_format(Source::Path(dir.path().join("list.csv")), &numbered).unwrap_err();
+        assert!(wrong.to_string().contains("line 1: does not start with the row's line"), "{wrong}");
         // The same list splits into the same files.
         let again = partition(&list, &format, Some(A), &dir.path().join("u")).unwrap();
         for (a, b) in parts.iter().zip(&again) {

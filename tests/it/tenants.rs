@@ -444,3 +444,47 @@ async fn tag_tags_each_tenants_machines_in_its_tenant() {
     }
     sim.shutdown().await;
 }
+
+/// Each tenant's share of the list holds its own rows only, with their lines in the list: a tenant whose
+/// rows come late in a long list reads a file of its rows, not of the list, and its results (and its
+/// duplicates, and the one file) keep the list's lines, blank lines and quoted line breaks counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_share_holds_its_rows_only_and_keeps_their_lines() {
+    let (sim, tenants) = three_tenants(2).await;
+    let (a, b) = (ids(&tenants[0]), ids(&tenants[1]));
+    let dir = tempfile::tempdir().unwrap();
+    // 600 rows of the first tenant (its two machines, then invalid ids), a blank line, a note over two
+    // lines, then the second tenant's two machines and one of them again.
+    let mut text = String::from("MachineId;TenantId;Note\r\n");
+    let invalid = (2..600).map(|i| format!("not-an-id-{i}"));
+    for id in a.iter().take(2).cloned().chain(invalid) {
+        text += &format!("{id};{};\r\n", tenants[0].tenant_id);
+    }
+    text += "\r\n";
+    text += &format!("{};tenant2.onmicrosoft.com;\"two\nlines\"\r\n", b[0]);
+    text += &format!("{};tenant2.onmicrosoft.com;\r\n{};TENANT2.onmicrosoft.com;\r\n", b[1], b[0]);
+    let input = write_file(dir.path(), "m.csv", &text);
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
+    assert_eq!(out.code, 3, "the invalid rows: {}\n{}", out.stdout, out.stderr);
+    let share = dir.path().join("m.results.tenants").join("tenant2.onmicrosoft.com.input.csv");
+    let size = std::fs::metadata(&share).unwrap().len();
+    assert!(size < 300, "the second tenant's share is its 3 rows and the header, not the list: {size} bytes");
+    let results = rows(&dir.path().join("m.results.csv"));
+    assert_eq!(results.len(), 603, "one row per input row");
+    let at = |line: u64| (results[&line]["outcome"].as_str(), results[&line]["tenant_id"].as_str());
+    assert_eq!(at(2), ("submitted", tenants[0].tenant_id.as_str()));
+    assert_eq!(at(601), ("invalid_id", tenants[0].tenant_id.as_str()));
+    assert_eq!(at(603), ("submitted", "tenant2.onmicrosoft.com"));
+    assert_eq!(results[&603]["machine_id"], b[0]);
+    assert_eq!(at(605), ("submitted", "tenant2.onmicrosoft.com"));
+    assert_eq!(at(606), ("duplicate", "tenant2.onmicrosoft.com"));
+    let tenant_results = dir.path().join("m.results.tenants").join("tenant2.onmicrosoft.com.results.csv");
+    let mut lines: Vec<String> = csv::Reader::from_path(&tenant_results)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().get(0).unwrap().to_string())
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["603", "605", "606"], "the tenant's own results keep the list's lines");
+    sim.shutdown().await;
+}

@@ -132,6 +132,10 @@ pub struct RunArgs {
     /// before the first API call.
     #[arg(skip)]
     pub wait: bool,
+    /// The input is one tenant's share of a list of several, each record after its line in the list
+    /// ([`input::Format::numbered`]): a run of several tenants runs each tenant's share so.
+    #[arg(skip)]
+    pub tenant_share: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -228,7 +232,7 @@ fn input_format(args: &RunArgs) -> input::Format {
         (_, true) => Some(Lookup::AadDeviceId),
         _ => None,
     };
-    input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter }
+    input::Format { column: args.id_column.clone(), lookup, delimiter: args.delimiter, numbered: args.tenant_share }
 }
 
 /// Where the results go: `--output` (`{date}` and `{run_id}` filled in), or beside the input.

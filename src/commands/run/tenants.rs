@@ -1,16 +1,15 @@
 //! `run` of a list of several tenants: a tenant column (`TenantId`, `Tenant`) beside the id column.
 //!
-//! The list is split on disk by tenant ([`input::tenants::partition`]: each tenant's rows at their lines,
-//! memory flat), into `<results stem>.tenants/` beside the results file. Each tenant is then an ordinary
-//! single-tenant run of its own list, with everything a run has of its own: its sign-in (the same app
-//! registration, or the one the settings give, signed in to that tenant), limiter and quotas, lock,
-//! pre-flight reads, journal and results file (`<tenant>.results.csv`, with the kill -9 safety and the
-//! `--resume` of any run). Tenants run in parallel, at most `run.tenant_concurrency` at once. A tenant that
-//! cannot start (sign-in refused, consent or a role missing, its lock held) fails only its own rows:
-//! `failed`, with the reason. At the end (an interrupted run too) the tenants' results are merged, in the
-//! order the list names the tenants, into the one results file with a `tenant_id` column, replaced
-//! atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same files)
-//! and resumes each tenant's run from its own results file.
+//! The list is split on disk by tenant ([`input::tenants::partition`]: each tenant's rows only, with their lines in the
+//! list, memory flat), into `<results stem>.tenants/` beside the results file. Each tenant is then an ordinary
+//! single-tenant run of its own list, with everything a run has of its own: its sign-in (the same app registration, or
+//! the one the settings give, signed in to that tenant), limiter and quotas, lock, pre-flight reads, journal and
+//! results file (`<tenant>.results.csv`, with the kill -9 safety and the `--resume` of any run). Tenants run in
+//! parallel, at most `run.tenant_concurrency` at once. A tenant that cannot start (sign-in refused, consent or a role
+//! missing, its lock held) fails only its own rows: `failed`, with the reason. At the end (an interrupted run too) the
+//! tenants' results are merged, in the order the list names the tenants, into the one results file with a `tenant_id`
+//! column, replaced atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same
+//! files) and resumes each tenant's run from its own results file.
 //!
 //! The confirmation is asked once, before any API call, with the rows of each tenant. A tenant signs in with
 //! the usual settings (one multi-tenant app consented in every tenant), or with its own app registration
@@ -210,6 +209,7 @@ async fn run_tenant(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary> {
     args.input = part.input.display().to_string();
+    (args.tenant_share, args.delimiter) = (true, Some(part.delimiter));
     args.output = Some(tenant_results(dir, &part.tenant));
     // Confirmed above, for every tenant; the run's summary and report are the merged file's.
     (args.yes, args.summary_json, args.report, args.tenants) = (true, None, None, None);
@@ -283,7 +283,8 @@ fn merge(output: &Path, format: &input::Format, ran: &[(Partition, Result<Summar
             (None, Err(e)) => {
                 let why = format!("the run in tenant {} could not start: {e}", part.tenant);
                 let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-                let scan = input::scan_format(Source::Path(part.input.clone()), format)?;
+                let format = input::Format { numbered: true, delimiter: Some(part.delimiter), ..format.clone() };
+                let scan = input::scan_format(Source::Path(part.input.clone()), &format)?;
                 for row in scan.rows()? {
                     let row = row?;
                     let cells: Vec<String> = headers
