@@ -38,6 +38,11 @@ pub const THROTTLED_IN_A_ROW_MAX: u32 = 20;
 /// Most bytes read of a list page: `$top` is at most 10,000 (Microsoft's documentation), and a machine entry
 /// with its IP addresses, tags and metadata is a few KiB; 10,000 entries of up to 13 KiB each fit.
 pub const LIST_PAGE_MAX: usize = 128 << 20;
+/// List pages read at once in the process, whatever the tenants or commands: a page of 10,000 machines is
+/// megabytes, held whole while it is read (a run reads one page at a time; a run of many tenants, one per
+/// tenant otherwise).
+const PAGES_AT_ONCE: usize = 4;
+static PAGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PAGES_AT_ONCE);
 /// Calls in a row answered 401 with a token just renewed after which the API is taken to refuse the token.
 pub const REFUSED_IN_A_ROW_MAX: u32 = 3;
 /// Renewals one call may ask for (one per token it had refused): a bound, whatever other workers do.
@@ -555,9 +560,22 @@ impl Api {
                     return CallResult { attempts, answer: Err(failure) };
                 }
             };
+            // A list page (an answer of megabytes) waits for its turn among the process's pages; after the
+            // quota's permit (a wait for the quota holds no other tenant's page back) and before it is sent
+            // (its timeout runs from there).
+            let page = match limit > ANSWER_MAX {
+                true => Some(PAGES.acquire().await.expect("the semaphore is never closed")),
+                false => None,
+            };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
+            if page.is_some() {
+                // Reading it grows the connection's read buffer to hyper's most, some 400 KB, which a pooled
+                // connection would keep for the rest of the run (for each tenant of a run of many): such a
+                // connection is not kept.
+                request = request.header(reqwest::header::CONNECTION, "close");
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -598,6 +616,8 @@ impl Api {
                 }
                 Err(e) => Err(e),
             };
+            // Read: the caller parses it before its task yields ([`Api::list_page`]).
+            drop(page);
             // The pool learns of the answer before the permit goes: a 429 pauses it (and a wait for the probe
             // ends only once the probe's verdict is in), any other answer ends its throttling.
             let pool_pause = match &answer {

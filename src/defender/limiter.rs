@@ -721,7 +721,8 @@ impl Gates {
                     rate: *rate,
                     limit: u64::from(kept.limit),
                     period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
-                    releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
+                    // Grows with the calls: most of a run's ledgers (one per API) see few.
+                    releases: VecDeque::new(),
                     gcra: RateLimiter::direct_with_clock(gcra_quota(&kept), DecisionClock(Arc::clone(&clock))),
                 }
             })

@@ -27,6 +27,8 @@ pub const BUDGET: usize = 4 << 20;
 const FAN_IN: usize = 64;
 /// Read buffer of each run being merged.
 const RUN_BUFFER: usize = 32 << 10;
+/// Records a [`Sorter`] makes room for first.
+const GROW_FROM: usize = 1024;
 
 /// The message for a temporary file that could not be used (`doing`: "write", "read", ...): where, why,
 /// and what to do.
@@ -196,8 +198,12 @@ pub struct RecordReader<R> {
 
 impl<R: Record> RecordReader<R> {
     fn new(file: Arc<File>) -> Self {
+        RecordReader::with_buffer(file, RUN_BUFFER)
+    }
+
+    fn with_buffer(file: Arc<File>, buffer: usize) -> Self {
         RecordReader {
-            input: BufReader::with_capacity(RUN_BUFFER, SharedReader::new(file)),
+            input: BufReader::with_capacity(buffer, SharedReader::new(file)),
             bytes: vec![0u8; R::SIZE],
             _record: PhantomData,
         }
@@ -236,8 +242,11 @@ impl<R: Record> Sorter<R> {
     }
 
     pub fn push(&mut self, record: R) -> io::Result<()> {
-        if self.buffer.capacity() == 0 {
-            self.buffer.reserve_exact(self.capacity);
+        if self.buffer.len() == self.buffer.capacity() {
+            // Room grows with the records, doubling up to the budget: a sorter of a few records (each of
+            // many tenants' runs has several) holds about their size, not the budget.
+            let more = self.buffer.len().max(GROW_FROM).min(self.capacity - self.buffer.len());
+            self.buffer.reserve_exact(more);
         }
         self.buffer.push(record);
         if self.buffer.len() >= self.capacity { self.spill() } else { Ok(()) }
@@ -395,7 +404,9 @@ impl<R: Record> RecordFile<R> {
 
     /// The records from the first, with a reader of their own.
     pub fn read(&self) -> io::Result<RecordReader<R>> {
-        Ok(RecordReader::new(Arc::clone(&self.file)))
+        // A buffer no larger than the file: a small one (a tenant's, or the duplicates of most lists) is small.
+        let buffer = usize::try_from(self.len).unwrap_or(usize::MAX).saturating_mul(R::SIZE).clamp(R::SIZE, RUN_BUFFER);
+        Ok(RecordReader::with_buffer(Arc::clone(&self.file), buffer))
     }
 }
 
@@ -518,6 +529,24 @@ mod tests {
             key: u64,
             n: u64,
         }
+    }
+
+    #[test]
+    fn a_sorter_holds_room_for_its_records_not_its_budget() {
+        let mut sorter = Sorter::<u64>::default();
+        for n in (0..10u64).rev() {
+            sorter.push(n).unwrap();
+        }
+        assert!(sorter.buffer.capacity() <= GROW_FROM, "{}", sorter.buffer.capacity());
+        // It grows, doubling, up to its budget, and spills there.
+        let mut sorter = Sorter::<u64>::with_budget(3000 * 8);
+        for n in (0..5000u64).rev() {
+            sorter.push(n).unwrap();
+            assert!(sorter.buffer.capacity() <= 3000);
+        }
+        assert_eq!(sorter.runs.len(), 1);
+        let all: Vec<u64> = sorter.finish().unwrap().map(Result::unwrap).collect();
+        assert_eq!(all, (0..5000).collect::<Vec<_>>());
     }
 
     fn sorted(budget: usize, input: &[Pair]) -> Vec<Pair> {

@@ -14,8 +14,9 @@
 //! probability about n² / 2⁶⁵, and the second would then be reported `duplicate`, the safe direction), with
 //! the row's line. From that it keeps two files: the first line of each distinct key, sorted by key
 //! ([`Scan::firsts`], what the pre-flight joins with the inventory), and the lines of the duplicates, in
-//! order, which the second pass reads alongside the rows. Besides, a fixed 1 MiB [`Filter`] of the keys
-//! lets the pre-flight drop most inventory entries the input does not ask about before they reach the disk.
+//! order, which the second pass reads alongside the rows. Besides, a [`Filter`] of the keys (at most 1 MiB,
+//! sized to them) lets the pre-flight drop most inventory entries the input does not ask about before they
+//! reach the disk.
 
 //! What the file may look like: a header naming the id column (`MachineId`, `Device ID`, `DeviceId`,
 //! `machine_id`, `Id`, matched ignoring case, spaces and underscores, or the name given with
@@ -182,16 +183,20 @@ impl Keys {
         key
     }
 
-    fn bit(&self, key: &Key) -> usize {
-        (self.hasher.hash_one(key) % FILTER_BITS as u64) as usize
+    fn bit(&self, key: &Key, bits: usize) -> usize {
+        (self.hasher.hash_one(key) % bits as u64) as usize
     }
 }
 
-/// Bits of a [`Filter`]: 1 MiB.
+/// Bits of a [`Filter`] at most: 1 MiB.
 const FILTER_BITS: usize = 1 << 23;
+/// Bits of a [`Filter`] per key it holds, up to [`FILTER_BITS`]: about 3% of other keys pass.
+const FILTER_BITS_PER_KEY: usize = 32;
 
-/// A fixed-size sieve of the input's keys (one bit each, a Bloom filter with one hash): a key it does not
-/// hold is surely not in the input; one it holds may be (at a million keys, 11% of other keys pass).
+/// A sieve of the input's keys (one bit each, a Bloom filter with one hash), sized to them (a list of
+/// 1,500 ids takes 8 KiB, as each tenant of a list of many has): a key it does not hold is surely not in the
+/// input; one it holds may be (about 3% of other keys pass, 11% at a million keys, where the filter is
+/// 1 MiB at most).
 pub struct Filter {
     keys: Keys,
     bits: Vec<u64>,
@@ -200,23 +205,25 @@ pub struct Filter {
 impl std::fmt::Debug for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
-        write!(f, "Filter({set} of {FILTER_BITS} bits set)")
+        write!(f, "Filter({set} of {} bits set)", self.bits.len() * 64)
     }
 }
 
 impl Filter {
-    fn new(keys: Keys) -> Filter {
-        Filter { keys, bits: vec![0; FILTER_BITS / 64] }
+    /// A filter for up to `keys` keys.
+    fn new(keys: Keys, n: u64) -> Filter {
+        let bits = (n as usize).saturating_mul(FILTER_BITS_PER_KEY).next_power_of_two().clamp(1 << 16, FILTER_BITS);
+        Filter { keys, bits: vec![0; bits / 64] }
     }
 
     fn insert(&mut self, key: &Key) {
-        let bit = self.keys.bit(key);
+        let bit = self.keys.bit(key, self.bits.len() * 64);
         self.bits[bit / 64] |= 1 << (bit % 64);
     }
 
     /// Whether the input may have `key`.
     pub fn may_contain(&self, key: &Key) -> bool {
-        let bit = self.keys.bit(key);
+        let bit = self.keys.bit(key, self.bits.len() * 64);
         self.bits[bit / 64] & (1 << (bit % 64)) != 0
     }
 }
@@ -293,7 +300,7 @@ fn scan_spooled(source: Source, input: impl Read, format: &Format) -> Result<Sca
     tee.copy.flush().map_err(spool_error)?;
     let sha256 = tee.hash.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let temp_error = |e: io::Error| source.error(extsort::temp_message("write", &e));
-    let (counts, firsts, dups) = first.finish().map_err(temp_error)?;
+    let (counts, firsts, dups, filter) = first.finish().map_err(temp_error)?;
     Ok(Scan {
         rows: counts.rows,
         valid: counts.valid,
@@ -310,7 +317,7 @@ fn scan_spooled(source: Source, input: impl Read, format: &Format) -> Result<Sca
         keys: first.keys,
         firsts,
         dups,
-        filter: Arc::new(first.filter),
+        filter: Arc::new(filter),
         spool: Arc::new(spool),
     })
 }
@@ -680,15 +687,11 @@ fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstP
         reader.pending = Some(first);
     }
     let mut counts = Counts::default();
-    let mut filter = Filter::new(keys.clone());
-    while let Some((row, key)) = reader.next_keyed_row(&layout)? {
+    while let Some((row, _)) = reader.next_keyed_row(&layout)? {
         counts.count(&row.kind);
-        if let Some(key) = key {
-            filter.insert(&key);
-        }
     }
     let entries = reader.entries.take().unwrap_or_default();
-    Ok(FirstPass { layout, counts, keys, filter, entries, tenant_column })
+    Ok(FirstPass { layout, counts, keys, entries, tenant_column })
 }
 
 /// What the scan's pass gathered, before its keys are sorted.
@@ -698,21 +701,23 @@ struct FirstPass {
     /// Every row with an id or a name counted valid, so far.
     counts: Counts,
     keys: Keys,
-    filter: Filter,
     entries: Sorter<Entry>,
 }
 
 impl FirstPass {
-    /// Sorts the keys: the first row of each distinct key, and the lines of the others (the duplicates).
-    fn finish(&mut self) -> io::Result<(Counts, RecordFile<Entry>, RecordFile<u64>)> {
+    /// Sorts the keys: the first row of each distinct key, and the lines of the others (the duplicates);
+    /// and sieves the keys.
+    fn finish(&mut self) -> io::Result<(Counts, RecordFile<Entry>, RecordFile<u64>, Filter)> {
         let sorted = std::mem::take(&mut self.entries).finish()?;
         let mut dups = Sorter::<u64>::default();
+        let mut filter = Filter::new(self.keys.clone(), self.counts.valid);
         let mut last: Option<Key> = None;
         let firsts = RecordFile::write(sorted.filter_map(|entry| match entry {
             Err(e) => Some(Err(e)),
             Ok(entry) if last == Some(entry.key) => dups.push(entry.line).err().map(Err),
             Ok(entry) => {
                 last = Some(entry.key);
+                filter.insert(&entry.key);
                 Some(Ok(entry))
             }
         }))?;
@@ -720,7 +725,7 @@ impl FirstPass {
         let mut counts = self.counts;
         counts.duplicates += counts.valid - firsts.len();
         counts.valid = firsts.len();
-        Ok((counts, firsts, dups))
+        Ok((counts, firsts, dups, filter))
     }
 }
 
@@ -1044,6 +1049,22 @@ mod tests {
         let rows = scan.rows()?.collect::<Result<Vec<_>>>()?;
         assert_eq!(rows.len() as u64, scan.rows);
         Ok((scan, rows))
+    }
+
+    #[test]
+    fn the_filter_is_sized_to_the_keys_and_holds_each() {
+        let (scan, _) = read(format!("MachineId\n{A}\n{B}\n{A}\n").as_bytes(), None).unwrap();
+        let filter = scan.filter();
+        // 64 Kbit for a few keys (a tenant's), where every list had 8 Mbit.
+        assert_eq!(filter.bits.len() * 64, 1 << 16);
+        let keys = scan.keys();
+        for id in [A, B] {
+            assert!(filter.may_contain(&keys.id(&MachineId::parse(id).unwrap())));
+        }
+        let other = (0..1000u32).filter(|n| filter.may_contain(&keys.name(&n.to_string()))).count();
+        assert!(other < 50, "{other} of 1,000 other keys pass");
+        // A large list's is 1 MiB at most.
+        assert_eq!(Filter::new(Keys::default(), 10_000_000).bits.len() * 64, FILTER_BITS);
     }
 
     fn error(content: &[u8], id_column: Option<&str>) -> String {

@@ -43,11 +43,16 @@ use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 use preflight::Screened;
 
-/// Rows buffered between the reader and the workers, and between the workers and the writer.
+/// Rows buffered between the workers and the writer.
 const CHANNEL_DEPTH: usize = 1024;
 /// Rows the reader hands over at once: one wake of the dispatcher (and of the reader's thread) for each
-/// batch, not for each row. The input is on disk already, so a batch waits for nothing but reading it.
+/// batch, not for each row. The input is on disk already, so a batch waits for nothing but reading it. At
+/// most [`READ_BATCH_PER_WORKER`] per machine the run calls at once: a paced run (each tenant of a run of
+/// many) holds the rows it will soon call, not a thousand.
 const READ_BATCH: usize = 128;
+const READ_BATCH_PER_WORKER: usize = 8;
+/// Batches read ahead of the dispatcher.
+const READ_AHEAD: usize = 2;
 /// At most this many rows, of those waiting, go to the results file in one write.
 const WRITE_BATCH: usize = 256;
 /// After an interrupt, calls in flight get their timeout and this much more to finish.
@@ -583,7 +588,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let span = tracing::info_span!("run", run_id = %identity.run_id);
 
     let cancelled = Arc::new(AtomicBool::new(false));
-    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Result<Screened>>>(CHANNEL_DEPTH / READ_BATCH);
+    let (item_tx, mut item_rx) = mpsc::channel::<Vec<Result<Screened>>>(READ_AHEAD);
+    let read_batch = READ_BATCH.min(READ_BATCH_PER_WORKER * job.settings.concurrency).max(1);
     let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
     // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
     // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
@@ -596,15 +602,15 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         let mut screen = screen.take();
         // Rows are read and screened here, off the runtime: both read files.
         tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(READ_BATCH);
+            let mut batch = Vec::with_capacity(read_batch);
             for row in rows {
                 let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
                 let failed = item.is_err();
                 batch.push(item);
-                if batch.len() < READ_BATCH && !failed {
+                if batch.len() < read_batch && !failed {
                     continue;
                 }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(read_batch));
                 // A row that could not be read ends the input: it goes with the rows before it.
                 if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(full).is_err() || failed {
                     break;
@@ -871,7 +877,8 @@ async fn write_rows(
     progress: Progress,
     counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
 ) -> Option<Error> {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows to the most rows that came at once (a paced run's few).
+    let mut batch = Vec::new();
     while rows.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         if let Err(e) = writer.write_all(&batch) {
             return Some(e);
