@@ -29,6 +29,8 @@ const FAN_IN: usize = 64;
 const RUN_BUFFER: usize = 32 << 10;
 /// Records a [`Sorter`] makes room for first.
 const GROW_FROM: usize = 1024;
+/// Bytes of records past which a [`Sorter`] makes room for its whole budget.
+const GROW_TO: usize = 256 << 10;
 
 /// The message for a temporary file that could not be used (`doing`: "write", "read", ...): where, why,
 /// and what to do.
@@ -243,10 +245,13 @@ impl<R: Record> Sorter<R> {
 
     pub fn push(&mut self, record: R) -> io::Result<()> {
         if self.buffer.len() == self.buffer.capacity() {
-            // Room grows with the records, doubling up to the budget: a sorter of a few records (each of
-            // many tenants' runs has several) holds about their size, not the budget.
-            let more = self.buffer.len().max(GROW_FROM).min(self.capacity - self.buffer.len());
-            self.buffer.reserve_exact(more);
+            // Room grows with the records, doubling: a sorter of a few records (each of many tenants' runs
+            // has several) holds about their size, not the budget. Past [`GROW_TO`] it takes the whole budget
+            // at once, as one block whose pages are touched as records come, rather than leaving the
+            // allocator a trail of freed halves.
+            let len = self.buffer.len();
+            let more = if len * size_of::<R>() >= GROW_TO { self.capacity - len } else { len.max(GROW_FROM) };
+            self.buffer.reserve_exact(more.min(self.capacity - len));
         }
         self.buffer.push(record);
         if self.buffer.len() >= self.capacity { self.spill() } else { Ok(()) }
