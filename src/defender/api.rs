@@ -137,6 +137,11 @@ pub struct MachineAction {
     /// Some of Microsoft's pages spell it this way: read both.
     #[serde(default)]
     pub last_update_time_utc: Option<String>,
+    /// Not an action's field: whether the JSON has an `error` member (other than `null`), so that
+    /// [`read_action`] reads an action's answer in one pass and leaves anything with an error to the
+    /// careful reading.
+    #[serde(default, rename = "error")]
+    pub(crate) error_member: Option<serde::de::IgnoredAny>,
 }
 
 impl MachineAction {
@@ -303,8 +308,16 @@ pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
         return Err("the body is empty".into());
     }
     // Read straight into the types, not through a `serde_json::Value` (a map built, cloned and dropped for
-    // every call): what is not an error body is read as an action, and only a body that is neither is
-    // checked for being JSON at all.
+    // every call). The usual answer, an action with an id and no `error` member, in one pass: the reading
+    // below would take it as that action too (no error body without an `error` object).
+    if let Ok(action) = serde_json::from_slice::<MachineAction>(body)
+        && action.error_member.is_none()
+        && action.id.as_deref().is_some_and(|id| !id.trim().is_empty())
+    {
+        return Ok(action);
+    }
+    // Anything else: what is an error body is one, what is not is read as an action, and only a body that
+    // is neither is checked for being JSON at all.
     if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
         let code = error.code.unwrap_or_default();
         let message = error.message.unwrap_or_default();
@@ -330,6 +343,22 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect()
 }
 
+/// `path` (an absolute path, with its query if any) under `base` (a URL without query or fragment): what
+/// reading the text of both, joined, gives.
+fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    match url.path().trim_end_matches('/') {
+        "" => url.set_path(path),
+        prefix => url.set_path(&format!("{prefix}{path}")),
+    }
+    url.set_query(query);
+    url
+}
+
 /// Counters for the summary.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -340,6 +369,10 @@ pub struct Counters {
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    /// `base` read as a URL once: each call's URL is a copy with its path and query set, not the whole
+    /// text read again (host and all) for every call. `None` when `base` is not a URL to put paths under
+    /// (settings refuse that before any call): the text then goes to the client as it is.
+    base_url: Option<reqwest::Url>,
     tokens: Arc<TokenCache>,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
@@ -368,9 +401,14 @@ impl Api {
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
     ) -> Self {
+        let base = base.trim_end_matches('/').to_string();
+        let base_url = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base() && url.query().is_none() && url.fragment().is_none());
         Api {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base,
+            base_url,
             tokens,
             limiter,
             policy,
@@ -526,7 +564,7 @@ impl Api {
         retry_404: bool,
         limit: usize,
     ) -> CallResult {
-        let url = format!("{}{}", self.base, path);
+        let url = self.url(path);
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
         let mut throttled = 0u32; // 429s in a row
@@ -557,7 +595,11 @@ impl Api {
             };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
-            let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
+            let request = match &url {
+                Some(url) => self.http.request(method.clone(), url.clone()),
+                None => self.http.request(method.clone(), format!("{}{path}", self.base)),
+            };
+            let mut request = request.header("Authorization", token.bearer());
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -578,7 +620,7 @@ impl Api {
                             message: format!(
                                 "the API answered {status}, redirecting to {}; redirects are not followed and \
                                  nothing was sent there: check --api-base (or --cloud)",
-                                location_host(response.headers(), &url)
+                                location_host(response.headers(), &format!("{}{path}", self.base))
                             ),
                         }))
                     } else {
@@ -700,6 +742,12 @@ impl Api {
                 }
             }
         }
+    }
+
+    /// The URL of `path` (an absolute path, with its query if any) under the base: what
+    /// `reqwest::Url::parse(base + path)` gives, made from the base read once.
+    fn url(&self, path: &str) -> Option<reqwest::Url> {
+        self.base_url.as_ref().map(|base| url_under(base, path))
     }
 
     /// A call ends in a 401 to a token just renewed: one more in a row, and at [`REFUSED_IN_A_ROW_MAX`] the
@@ -845,9 +893,30 @@ mod tests {
     }
 
     #[test]
+    fn a_url_under_the_base_is_the_url_of_the_joined_text() {
+        let filter = percent_encode("machineId eq 'ab' and (type eq 'Offboard')");
+        for base in ["http://127.0.0.1:8080", "https://api.securitycenter.microsoft.com", "https://h.example/prefix/v1"]
+        {
+            for path in [
+                "/api/machines/0123456789abcdef0123456789abcdef01234567/offboard".to_string(),
+                "/api/machines?$top=1".to_string(),
+                format!("/api/machineactions?$top=100&$skip=0&$filter={filter}"),
+                "/api/machines/o'brien x/tags".to_string(),
+            ] {
+                let expected = reqwest::Url::parse(&format!("{base}{path}")).unwrap();
+                assert_eq!(url_under(&reqwest::Url::parse(base).unwrap(), &path), expected, "{base} {path}");
+            }
+        }
+    }
+
+    #[test]
     fn only_an_action_with_an_id_is_an_action() {
         let action = read_action(br#"{"id":"a1","type":"Offboard","status":"Pending"}"#).unwrap();
         assert_eq!(action.id.as_deref(), Some("a1"));
+        // An `error` member that is not an error object does not make an error body.
+        for body in [&br#"{"id":"a1","error":null}"#[..], br#"{"error":"x","id":"a1"}"#] {
+            assert_eq!(read_action(body).unwrap().id.as_deref(), Some("a1"));
+        }
         for (body, why) in [
             (&br#"{"error":{"code":"X","message":"went\nwrong"}}"#[..], "an error, X: went wrong"),
             (br#"{"id":"a1","error":{"code":"X"}}"#, "an error, X"),
