@@ -17,7 +17,7 @@ mod tenants;
 
 pub use job::{Job, Options, Summary, TenantSummary};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -561,10 +561,12 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             (0, journal, ResultsWriter::create(&job.output, job.overwrite)?)
         })
     })?;
-    let (done, in_doubt) = match resume {
+    let (finished, in_doubt) = match resume {
         Some(r) => (r.done, r.in_doubt),
         None => (Finished::default(), HashMap::new()),
     };
+    // The lines earlier sessions finished, if any (a first session has none to look up for each row).
+    let done = (!finished.is_empty()).then_some(&finished);
     let progress = Progress::new(job.scan.rows, job.progress);
     let status = progress.is_shown().then(|| {
         let (api, progress) = (api.clone(), progress.clone());
@@ -640,6 +642,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
+    // The lines of the next machines whose intents are on record already, in the order they are called
+    // (see [`intents_ahead`]).
+    let mut recorded: VecDeque<u64> = VecDeque::new();
     let mut batch = Vec::new().into_iter();
     loop {
         let Some(item) = batch.next() else {
@@ -666,7 +671,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 break;
             }
         };
-        if done.contains(screened.line(), &resume::machine_of(&screened)) {
+        if done.is_some_and(|done| done.contains(screened.line(), &resume::machine_of(&screened))) {
             continue;
         }
         let (row, facts) = match screened {
@@ -718,10 +723,20 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             break;
         }
         let earlier_intent = in_doubt.get(&row.line).and_then(|intents| journal::earliest(intents, &machine));
-        // The intent is on record before the first call, so a crash can never leave an unknown call behind.
-        if let Err(e) = journal.intent(row.line, &machine) {
-            stop = Some(e);
-            break;
+        // The intent is on record before the first call, so a crash can never leave an unknown call behind:
+        // this machine's, and with it those of the next ones already read, in one write.
+        if recorded.front() == Some(&row.line) {
+            recorded.pop_front();
+        } else {
+            recorded.clear();
+            let ahead = intents_ahead(batch.as_slice(), done, job.settings.concurrency);
+            let written =
+                journal.intents(std::iter::once((row.line, &machine)).chain(ahead.iter().map(|(l, m)| (*l, m))));
+            if let Err(e) = written {
+                stop = Some(e);
+                break;
+            }
+            recorded.extend(ahead.iter().map(|(line, _)| *line));
         }
         in_flight.lock().expect("never poisoned").insert(row.line, machine);
         let api = api.clone();
@@ -818,13 +833,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // The file must hold every row written, or the summary would claim rows nobody can read.
     // Reading the file whole, compacting it and the journal: off the runtime.
     let end = off_runtime(|| {
-        results::verify(&job.output, rows_before + rows_written)?;
+        let in_doubt = results::verify(&job.output, rows_before + rows_written)?;
         let complete = !interrupted;
         // A resumed results file holds rows from several sessions: count (and, when complete, compact) it,
         // so it ends with exactly one row per input row.
         let counts = if resumed { results::tally(&job.output, complete)? } else { counts };
         if complete {
-            journal.complete(&identity, &job.output)?;
+            journal.complete(&identity, &in_doubt)?;
         }
         Ok::<_, Error>(counts)
     });
@@ -837,6 +852,31 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
     summary.duration = started.elapsed();
     Ok(summary)
+}
+
+/// The machines among `next` (the rows read and not yet dispatched) that the dispatcher will call, in
+/// order, up to `most` less one: their intents go on record with the machine about to be called, in one
+/// write. Should the run stop before it calls them, `--resume` looks them up before calling (an intent
+/// without a row is a call that may have gone through): a lookup each, never an offboard twice.
+fn intents_ahead(next: &[Result<Screened>], done: Option<&Finished>, most: usize) -> Vec<(u64, MachineId)> {
+    let mut ahead = Vec::new();
+    for item in next {
+        if ahead.len() + 1 >= most {
+            break;
+        }
+        match item {
+            Ok(Screened::Pass(row, _)) => match &row.kind {
+                RowKind::Valid(id) if !done.is_some_and(|done| done.contains(row.line, &id.to_string())) => {
+                    ahead.push((row.line, *id))
+                }
+                _ => {}
+            },
+            Ok(Screened::Row(_)) => {}
+            // Dispatch stops at a row that could not be read: nothing after it is called.
+            Err(_) => break,
+        }
+    }
+    ahead
 }
 
 /// Whether the answer typed back is the number of machines.
