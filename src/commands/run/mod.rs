@@ -969,3 +969,43 @@ impl SessionSummary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::InputRow;
+
+    fn id(n: u8) -> MachineId {
+        MachineId::parse(&format!("{n:02x}").repeat(20)).expect("hex")
+    }
+
+    fn pass(line: u64, kind: RowKind) -> Result<Screened> {
+        Ok(Screened::Pass(InputRow { line, raw: String::new(), kind }, None))
+    }
+
+    #[test]
+    fn intents_go_ahead_for_the_machines_the_dispatcher_will_call_and_no_further() {
+        let mut done = Finished::default();
+        done.insert(4, &id(4).to_string());
+        let next = vec![
+            pass(2, RowKind::Valid(id(2))),
+            pass(3, RowKind::Invalid),
+            pass(4, RowKind::Valid(id(4))),
+            Ok(Screened::Row(ResultRow::new(5, id(5).to_string(), Outcome::NotFound))),
+            pass(6, RowKind::Duplicate),
+            pass(7, RowKind::Valid(id(7))),
+            pass(8, RowKind::Valid(id(8))),
+            Err(Error::Usage("a row that cannot be read".into())),
+            pass(10, RowKind::Valid(id(10))),
+        ];
+        let lines = |ahead: Vec<(u64, MachineId)>| ahead.into_iter().map(|(line, _)| line).collect::<Vec<_>>();
+        // Line 4 is done (an earlier session), lines 3, 5 and 6 are never called, nothing after the
+        // unreadable row is.
+        assert_eq!(lines(intents_ahead(&next, Some(&done), 64)), [2, 7, 8]);
+        assert_eq!(lines(intents_ahead(&next, None, 64)), [2, 4, 7, 8]);
+        // With the machine about to be called, at most `most` in one write.
+        assert_eq!(lines(intents_ahead(&next, None, 3)), [2, 4]);
+        assert_eq!(lines(intents_ahead(&next, None, 1)), Vec::<u64>::new());
+        assert_eq!(intents_ahead(&next, None, 2), [(2, id(2))]);
+    }
+}
