@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
 pub use crate::defender::auth::ANSWER_MAX;
@@ -359,6 +360,21 @@ fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
     url
 }
 
+/// A call's JSON body, as sent.
+fn json_body(value: &serde_json::Value) -> bytes::Bytes {
+    serde_json::to_vec(value).expect("a JSON value serialises").into()
+}
+
+/// The body of an action call, `{"Comment": ...}`, made once: every offboard of a run sends the same.
+#[derive(Clone, Debug)]
+pub struct CommentBody(bytes::Bytes);
+
+impl CommentBody {
+    pub fn new(comment: &str) -> Self {
+        CommentBody(json_body(&serde_json::json!({ "Comment": comment })))
+    }
+}
+
 /// Counters for the summary.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -453,9 +469,13 @@ impl Api {
 
     /// `POST /api/machines/{id}/offboard` with the required `Comment`.
     pub async fn offboard(&self, machine_id: &MachineId, comment: &str) -> CallResult {
-        let body = serde_json::json!({ "Comment": comment });
+        self.offboard_with(machine_id, &CommentBody::new(comment)).await
+    }
+
+    /// [`Api::offboard`] with its body made once for every machine of a run.
+    pub async fn offboard_with(&self, machine_id: &MachineId, body: &CommentBody) -> CallResult {
         let path = format!("/api/machines/{machine_id}/offboard");
-        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body.0), true, ANSWER_MAX).await
     }
 
     /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
@@ -494,14 +514,15 @@ impl Api {
     pub async fn cancel_action(&self, action_id: &str, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
         let path = format!("/api/machineactions/{action_id}/cancel");
-        self.call(Endpoint::CancelAction, reqwest::Method::POST, &path, Some(&body), false, ANSWER_MAX).await
+        self.call(Endpoint::CancelAction, reqwest::Method::POST, &path, Some(&json_body(&body)), false, ANSWER_MAX)
+            .await
     }
 
     /// `POST /api/machines/{id}/tags`: adds a tag to one machine, or removes it (`Machine.ReadWrite.All`).
     pub async fn tag_machine(&self, machine_id: &str, tag: &str, change: TagChange) -> CallResult {
         let body = serde_json::json!({ "Value": tag, "Action": change.as_str() });
         let path = format!("/api/machines/{machine_id}/tags");
-        self.call(Endpoint::Tags, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Tags, reqwest::Method::POST, &path, Some(&json_body(&body)), true, ANSWER_MAX).await
     }
 
     /// `POST /api/machines/AddOrRemoveTagForMultipleMachines`: adds a tag to many machines, or removes it,
@@ -511,6 +532,7 @@ impl Api {
         for ids in machine_ids.chunks(TAG_MACHINES_MAX) {
             let body = serde_json::json!({ "Value": tag, "Action": change.as_str(), "MachineIds": ids });
             let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
+            let body = json_body(&body);
             results.push(self.call(Endpoint::Tags, reqwest::Method::POST, path, Some(&body), false, ANSWER_MAX).await);
         }
         results
@@ -560,7 +582,7 @@ impl Api {
         endpoint: Endpoint,
         method: reqwest::Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&bytes::Bytes>,
         retry_404: bool,
         limit: usize,
     ) -> CallResult {
@@ -599,9 +621,14 @@ impl Api {
                 Some(url) => self.http.request(method.clone(), url.clone()),
                 None => self.http.request(method.clone(), format!("{}{path}", self.base)),
             };
-            let mut request = request.header("Authorization", token.bearer());
+            let mut request = match token.authorization() {
+                Some(authorization) => request.header(reqwest::header::AUTHORIZATION, authorization.clone()),
+                None => request.header(reqwest::header::AUTHORIZATION, token.bearer()),
+            };
             if let Some(body) = body {
-                request = request.json(body);
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone());
             }
             let sent = request.send().await;
             let answer = match sent {

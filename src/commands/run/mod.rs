@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
-use crate::defender::api::TagChange;
+use crate::defender::api::{CommentBody, TagChange};
 use crate::defender::limiter::{self, Endpoint, Limiter};
 use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
@@ -634,6 +634,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
 
     let slots = Arc::new(Semaphore::new(job.settings.concurrency));
+    let body = Arc::new(CommentBody::new(&comment));
     let comment: Arc<str> = comment.into();
     // Why dispatch stopped before the input's end, other than a signal.
     let mut stop: Option<Error> = None;
@@ -740,7 +741,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         }
         in_flight.lock().expect("never poisoned").insert(row.line, machine);
         let api = api.clone();
-        let comment = comment.clone();
+        let (comment, body) = (comment.clone(), body.clone());
         // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
         // writer waiting.
         let row_tx = row_tx.downgrade();
@@ -749,8 +750,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             async move {
                 let line = row.line;
                 let mut result = match earlier_intent {
-                    Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, at).await,
-                    None => offboard::offboard_one(&api, line, machine, &comment).await,
+                    Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
+                    None => offboard::offboard_one(&api, line, machine, &body).await,
                 };
                 if let Some(facts) = facts {
                     facts.fill(&mut result);
