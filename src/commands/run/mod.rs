@@ -1,9 +1,10 @@
 //! `mde-offboard run`: the offboarding pipeline.
 //!
 //! reader (blocking thread) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
-//! owned semaphore permits) -> one writer task. Every input row ends in exactly one results row: invalid
-//! and duplicate rows go straight to the writer, every valid id gets one offboard call sequence, and a
-//! per-machine failure is a row, never an aborted run. On shutdown the dispatcher stops taking machines,
+//! owned semaphore permits) -> `concurrency` worker tasks (one call sequence at a time each) -> one writer
+//! task. Every input row ends in exactly one results row: invalid and duplicate rows go straight to the
+//! writer, every valid id gets one offboard call sequence, and a per-machine failure is a row, never an
+//! aborted run. On shutdown the dispatcher stops taking machines,
 //! waits for those in flight, and the writer flushes.
 
 pub mod inventory;
@@ -643,6 +644,44 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
+    // The workers, as many as the slots: each takes the next machine given a slot, makes its call
+    // sequence and sends its row, until the queue closes.
+    let (work_tx, work_rx) = mpsc::channel::<Work>(job.settings.concurrency);
+    let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+    for _ in 0..job.settings.concurrency {
+        let (api, comment, body, work_rx) = (api.clone(), comment.clone(), body.clone(), work_rx.clone());
+        // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
+        // writer waiting.
+        let row_tx = row_tx.downgrade();
+        let in_flight = in_flight.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    let next = work_rx.lock().await.recv().await;
+                    let Some(Work { line, machine, facts, earlier_intent, slot }) = next else { break };
+                    let mut result = match earlier_intent {
+                        Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
+                        None => offboard::offboard_one(&api, line, machine, &body).await,
+                    };
+                    if let Some(facts) = facts {
+                        facts.fill(&mut result);
+                    }
+                    log_row(&result);
+                    // Upgraded under the lock, before the dispatcher can give up on this machine and drop
+                    // the last strong sender.
+                    let sender = {
+                        let mut in_flight = in_flight.lock().expect("never poisoned");
+                        in_flight.remove(&line).and_then(|_| row_tx.upgrade())
+                    };
+                    if let Some(sender) = sender {
+                        let _ = sender.send(result).await;
+                    }
+                    drop(slot);
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
     // The lines of the next machines whose intents are on record already, in the order they are called
     // (see [`intents_ahead`]).
     let mut recorded: VecDeque<u64> = VecDeque::new();
@@ -740,37 +779,11 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             recorded.extend(ahead.iter().map(|(line, _)| *line));
         }
         in_flight.lock().expect("never poisoned").insert(row.line, machine);
-        let api = api.clone();
-        let (comment, body) = (comment.clone(), body.clone());
-        // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
-        // writer waiting.
-        let row_tx = row_tx.downgrade();
-        let in_flight = in_flight.clone();
-        tokio::spawn(
-            async move {
-                let line = row.line;
-                let mut result = match earlier_intent {
-                    Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
-                    None => offboard::offboard_one(&api, line, machine, &body).await,
-                };
-                if let Some(facts) = facts {
-                    facts.fill(&mut result);
-                }
-                log_row(&result);
-                // Upgraded under the lock, before the dispatcher can give up on this machine and drop the
-                // last strong sender.
-                let sender = {
-                    let mut in_flight = in_flight.lock().expect("never poisoned");
-                    in_flight.remove(&line).and_then(|_| row_tx.upgrade())
-                };
-                if let Some(sender) = sender {
-                    let _ = sender.send(result).await;
-                }
-                drop(slot);
-            }
-            .instrument(span.clone()),
-        );
+        // Never waits: a machine goes only with a slot, and the queue holds as many as there are slots.
+        let work = Work { line: row.line, machine, facts, earlier_intent, slot };
+        work_tx.send(work).await.unwrap_or_else(|_| unreachable!("the workers take machines until the queue closes"));
     }
+    drop(work_tx);
     if let Some(e) = api.fatal() {
         stop.get_or_insert_with(|| Error::from(e.clone()));
     }
@@ -853,6 +866,17 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
     summary.duration = started.elapsed();
     Ok(summary)
+}
+
+/// A machine handed to a worker, with the slot it holds until its row is sent.
+struct Work {
+    line: u64,
+    machine: MachineId,
+    /// What the pre-flight read of it, for its row.
+    facts: Option<preflight::Facts>,
+    /// When an earlier session was first about to call it (a resume looks it up first).
+    earlier_intent: Option<u64>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The machines among `next` (the rows read and not yet dispatched) that the dispatcher will call, in
