@@ -149,10 +149,9 @@ pub fn main() -> u8 {
 async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
     match command {
         Command::Run(RunCommand { run: mut args, wait }) => {
-            args.wait = wait.wait;
+            args.wait = wait.wait.then(|| wait.options());
             let settings = resolve_settings(&args.settings)?;
             let report_to = args.report.clone();
-            let settings_args = args.settings.clone();
             // The run and the tracking after it both stop on the one signal.
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let signal = async move {
@@ -180,14 +179,10 @@ async fn dispatch(command: Command, shutdown: impl Future<Output = ()>) -> Resul
                     return Ok(summary.exit_code());
                 }
                 let (results, options) = (&summary.results, wait.options());
-                // A run of several tenants has no one session: each tenant's results are tracked in their own.
-                if session.is_none()
-                    && let Some(each) = tenants::tenants_of(results)?
-                {
-                    let stopped = stopped(stop_rx.clone());
-                    let tracked = tenants::track_results(results, each, &settings_args, &settings, options, stopped);
+                // A run of several tenants tracked each tenant right after its run, in its own session.
+                if let Some(tracked) = summary.tracking {
                     // The rows of a tenant that could not start are not tracked: the run's code counts them.
-                    let code = tenants::worst([tracked.await?, summary.exit_code()]);
+                    let code = tenants::worst([tracked, summary.exit_code()]);
                     if let Some(out) = &report_to {
                         (facts.ended_at, facts.exit_code) = (Some(std::time::SystemTime::now()), Some(code));
                         facts.ended_by = Some("run --wait (tracked the actions after the run)".into());

@@ -206,7 +206,11 @@ pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
 }
 
 /// Says how each tenant's command went (`render` for one that ran) and gives the most serious exit code.
-fn each_said<T>(done: Vec<(String, Result<T>)>, render: impl Fn(&T) -> Option<String>, code: impl Fn(&T) -> u8) -> u8 {
+pub fn each_said<T>(
+    done: Vec<(String, Result<T>)>,
+    render: impl Fn(&T) -> Option<String>,
+    code: impl Fn(&T) -> u8,
+) -> u8 {
     let mut codes = Vec::with_capacity(done.len());
     for (tenant, result) in done {
         match result {

@@ -1078,3 +1078,24 @@ async fn several_tenants_each_with_its_own_fleet_tokens_and_quotas() {
     let stats: Value = get(format!("/sim/stats?tenant={b}"), String::new()).await.1;
     assert_eq!(stats["calls"]["GET /api/machines/{id}"]["429"], 1, "{stats}");
 }
+
+#[tokio::test]
+async fn stats_say_when_the_first_and_the_last_action_were_created() {
+    let api = Api::start(config()).await;
+    let stats = api.sim.stats();
+    assert_eq!((stats.first_action_ms, stats.last_action_ms), (None, None));
+    let a = api.machine(|m| m.health_status == "Active" && m.os_platform == "Windows11");
+    let b = api.machine(|m| m.health_status == "Active" && m.os_platform == "Windows11" && m.id != a.id);
+    assert_eq!(api.offboard(&a.id).await.0, 201);
+    let after_first = api.sim.stats();
+    assert_eq!(after_first.first_action_ms, after_first.last_action_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // A refused call creates nothing: the span is of actions created.
+    assert_eq!(api.offboard(&a.id).await.0, 400);
+    assert_eq!(api.sim.stats().last_action_ms, after_first.last_action_ms);
+    assert_eq!(api.offboard(&b.id).await.0, 201);
+    let stats = api.sim.stats();
+    let (first, last) = (stats.first_action_ms.unwrap(), stats.last_action_ms.unwrap());
+    assert_eq!(Some(first), after_first.first_action_ms);
+    assert!(last >= first + 50, "{first} ms to {last} ms, with 50 ms between");
+}

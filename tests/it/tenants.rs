@@ -305,6 +305,74 @@ async fn run_wait_tracks_each_tenant_to_the_end() {
     sim.shutdown().await;
 }
 
+/// `run --wait` of several tenants tracks each tenant right after its own run, in the run's session: the
+/// same sign-in, and the same limiter, which counts the calls the run made. Under one budget per app of 8
+/// calls in 2 s, the run's own calls (the pre-flight's reads and the offboards) leave little of the window,
+/// and a tracking that counted afresh would spend it again and meet 429s. (Before, each tenant was tracked
+/// after every tenant's run, in a session of its own: a second sign-in and a limiter that had counted
+/// nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_tracks_each_tenant_in_its_runs_session_and_quota() {
+    let lifecycle = mde_sim::Lifecycle {
+        pending_for: std::time::Duration::from_millis(300),
+        in_progress_for: std::time::Duration::from_millis(300),
+        failed_share: 0.0,
+        timeout_share: 0.0,
+        ..mde_sim::Lifecycle::default()
+    };
+    // Machines that report (an Inactive one's action would wait for it to report, past the test).
+    let active = |seed: u64| {
+        (seed..)
+            .map(|s| Fleet::generate(2, s))
+            .find(|f| f.machines().iter().all(|m| m.health_status == "Active"))
+            .expect("a fleet of active machines")
+    };
+    let first = SimConfig {
+        fleet: active(61),
+        quotas: vec!["8/2s".parse().unwrap()],
+        quota_scope: mde_sim::QuotaScope::App,
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        lifecycle,
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, 2, |k| active(1000 * k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MachineId,TenantId\n");
+    for (k, tenant) in tenants.iter().enumerate() {
+        let name = if k == 0 { tenant.tenant_id.clone() } else { format!("tenant{}.onmicrosoft.com", k + 1) };
+        for id in ids(tenant) {
+            text += &format!("{id},{name}\n");
+        }
+    }
+    let input = write_file(dir.path(), "m.csv", &text);
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "--yes",
+        "--rate",
+        "8/2s",
+        "--quota-scope",
+        "app",
+        "--wait",
+        "--poll-interval",
+        "100ms",
+    ];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for row in rows(&dir.path().join("m.results.csv")).values() {
+        assert_eq!(row["action_status"], "Succeeded", "{row:?}");
+    }
+    for (k, tenant) in tenants.iter().enumerate() {
+        let stats = sim.tenant_stats(&tenant.tenant_id).unwrap();
+        assert_eq!(stats.tokens_issued, 1, "tenant {}: one sign-in for the run and its tracking", k + 1);
+        assert_eq!(stats.throttled, 0, "tenant {}: {:?}", k + 1, stats.calls);
+        assert!(stats.total("GET /api/machineactions") > 3, "tenant {}: tracked after the pre-flight's lists", k + 1);
+    }
+    sim.shutdown().await;
+}
+
 /// A dry run of several tenants reads each tenant in its own session and writes one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_reads_each_tenant() {

@@ -753,7 +753,7 @@ impl Shared {
         };
         {
             let mut counters = self.counters.lock().expect("counters lock");
-            counters.actions_created += 1;
+            counters.action_created(self.clock.real_elapsed(now));
             counters.offboard(key).accepted += 1;
         }
         match created {

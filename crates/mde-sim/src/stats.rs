@@ -2,6 +2,7 @@
 //! busiest window of each quota. Served as JSON at `GET /sim/stats` and by [`super::Simulator::stats`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,12 @@ pub struct SimStats {
     #[serde(default)]
     pub refresh_grants: u64,
     pub actions_created: u64,
+    /// Real milliseconds from the simulator's start to the first and to the last offboard action created
+    /// (none yet: absent): how long a client's offboards took, as the service saw them.
+    #[serde(default)]
+    pub first_action_ms: Option<u64>,
+    #[serde(default)]
+    pub last_action_ms: Option<u64>,
     /// Offboard calls per machine id (lowercase, as called, known or not).
     pub offboard_calls: BTreeMap<String, OffboardCount>,
     /// Per quota, the most calls served in any one window of any budget.
@@ -98,6 +105,8 @@ pub(crate) struct Counters {
     pub(crate) polls_too_fast: u64,
     pub(crate) refresh_grants: u64,
     pub(crate) actions_created: u64,
+    /// See [`SimStats::first_action_ms`].
+    actions_span_ms: Option<(u64, u64)>,
     offboard: HashMap<String, OffboardCount>,
     pub(crate) faults: FaultCounts,
 }
@@ -120,6 +129,14 @@ impl Counters {
         self.offboard.get_mut(machine_id).expect("inserted above")
     }
 
+    /// An offboard action was created `since_start` after the simulator started.
+    pub(crate) fn action_created(&mut self, since_start: Duration) {
+        self.actions_created += 1;
+        let ms = since_start.as_millis() as u64;
+        let (first, _) = self.actions_span_ms.unwrap_or((ms, ms));
+        self.actions_span_ms = Some((first.min(ms), ms));
+    }
+
     pub(crate) fn snapshot(&self) -> SimStats {
         let mut calls: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (&(route, status), &n) in &self.calls {
@@ -136,6 +153,8 @@ impl Counters {
             polls_too_fast: self.polls_too_fast,
             refresh_grants: self.refresh_grants,
             actions_created: self.actions_created,
+            first_action_ms: self.actions_span_ms.map(|(first, _)| first),
+            last_action_ms: self.actions_span_ms.map(|(_, last)| last),
             offboard_calls: self.offboard.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             faults: self.faults,
             ..SimStats::default()

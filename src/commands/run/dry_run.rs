@@ -102,6 +102,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         tags: None,
         quotas: api.limiter().stats(),
         tenants: Vec::new(),
+        tracking: None,
     })
 }
 

@@ -93,6 +93,9 @@ pub struct Summary {
     /// A list of several tenants: each tenant's share, in the order the list first names them (empty for
     /// one tenant).
     pub tenants: Vec<TenantSummary>,
+    /// A run of several tenants with `--wait`: the most serious exit code of the tenants' tracking (each
+    /// tenant tracked in its own session right after its run). `None` otherwise.
+    pub tracking: Option<u8>,
 }
 
 /// One tenant's share of a run of several tenants.

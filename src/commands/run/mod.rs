@@ -129,10 +129,10 @@ pub struct RunArgs {
     /// Write the report at the end of the run, also when interrupted: HTML, or Markdown for a .md name.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Tracking follows the run (`--wait`, parsed with the tracking's options): its permission is checked
-    /// before the first API call.
+    /// Tracking follows the run (`--wait`, parsed with the tracking's options), as these options say: its
+    /// permission is checked before the first API call.
     #[arg(skip)]
-    pub wait: bool,
+    pub wait: Option<crate::commands::track::TrackOptions>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -255,7 +255,7 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
             Source::parse(&args.input).display()
         )));
     }
-    let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait };
+    let options = Options { dry_run: args.dry_run, preflight: !args.no_preflight, wait: args.wait.is_some() };
     // A dry run sends no offboard, so it needs no comment. Whatever is missing is said at once.
     let comment =
         if options.dry_run { Ok(settings.comment.clone().unwrap_or_default()) } else { settings.require_comment() };
@@ -991,6 +991,7 @@ impl SessionSummary {
             tags: None,
             quotas: self.api.limiter().stats(),
             tenants: Vec::new(),
+            tracking: None,
         }
     }
 }

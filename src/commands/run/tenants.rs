@@ -10,7 +10,8 @@
 //! `failed`, with the reason. At the end (an interrupted run too) the tenants' results are merged, in the
 //! order the list names the tenants, into the one results file with a `tenant_id` column, replaced
 //! atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same files)
-//! and resumes each tenant's run from its own results file.
+//! and resumes each tenant's run from its own results file. With `--wait`, each tenant's tracking follows
+//! its own run in the run's session (sign-in, limiter, lock), before the merge.
 //!
 //! The confirmation is asked once, before any API call, with the rows of each tenant. A tenant signs in with
 //! the usual settings (one multi-tenant app consented in every tenant), or with its own app registration
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare, tag_after};
 use crate::commands::tenants::{keep_apps, settings_for, tenant_results, tenants_dir};
+use crate::commands::track::{TrackSummary, track_file};
 use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
@@ -126,12 +128,9 @@ pub async fn command(
         tasks.push(tokio::spawn(async move {
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
-                _ = stopped.wait_for(|s| *s) => return (part, Err(Error::Interrupted)),
+                _ = stopped.wait_for(|s| *s) => return (part, (Err(Error::Interrupted), None)),
             };
-            let signal = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let result = run_tenant(args, settings, &part, &dir, signal).await;
+            let result = run_tenant(args, settings, &part, &dir, stopped).await;
             (part, result)
         }));
     }
@@ -145,6 +144,8 @@ pub async fn command(
         }
     };
     let interrupted = *stop.borrow();
+    let (ran, tracked): (Vec<_>, Vec<_>) =
+        ran.into_iter().map(|(part, (run, tracked))| ((part.clone(), run), (part.tenant, tracked))).unzip();
 
     let merged = {
         let (output, format) = (output.clone(), super::input_format(&args));
@@ -169,6 +170,7 @@ pub async fn command(
         tags: None,
         quotas: LimiterStats { scope: settings.quota_scope, share: 100, lowest_share: 100, ..Default::default() },
         tenants,
+        tracking: None,
     };
     for tenant in &summary.tenants {
         summary.rows += tenant.rows;
@@ -198,31 +200,62 @@ pub async fn command(
         summary.stopped.get_or_insert_with(|| e.to_string());
     }
     crate::ui::output::stdout(&summary.render());
+    // Each tenant's tracking, as `track` says it, after the run's summary.
+    if args.wait.is_some() {
+        let tracked = tracked.into_iter().filter_map(|(tenant, tracked)| Some((tenant, tracked?))).collect();
+        summary.tracking = Some(crate::commands::tenants::each_said(tracked, |t| Some(t.render()), |t| t.exit_code()));
+    }
     Ok(summary)
 }
 
-/// One tenant's run, as a run of its own list with the settings signed in to the tenant; its tags too.
+/// One tenant's run, as a run of its own list with the settings signed in to the tenant; its tags too. With
+/// `--wait`, its tracking follows at once, in the run's session (the same sign-in, limiter and lock: the
+/// quota the run spent is counted), while other tenants may still be offboarding. A tracking that cannot go
+/// on stops part way, as after a run of one tenant: the offboards stand. Both stop on `stopped`.
 async fn run_tenant(
     mut args: RunArgs,
     settings: Settings,
     part: &Partition,
     dir: &Path,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Summary> {
+    stopped: watch::Receiver<bool>,
+) -> (Result<Summary>, Option<Result<TrackSummary>>) {
+    let signal = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let results = tenant_results(dir, &part.tenant);
     args.input = part.input.display().to_string();
-    args.output = Some(tenant_results(dir, &part.tenant));
+    args.output = Some(results.clone());
     // Confirmed above, for every tenant; the run's summary and report are the merged file's.
     (args.yes, args.summary_json, args.report, args.tenants) = (true, None, None, None);
+    let wait = args.wait;
     // Scanning the tenant's list reads a file: off the runtime.
+    let tracking_settings = settings.clone();
     let prepared = tokio::task::spawn_blocking(move || prepare(args, settings))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let (mut job, mut session) = prepared?;
+    let (mut job, mut session) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => return (Err(e), None),
+    };
     job.progress = false;
     let tag = job.tag.clone();
-    let mut summary = execute(job, &mut session, shutdown).await?;
+    let mut summary = match execute(job, &mut session, signal(stopped.clone())).await {
+        Ok(summary) => summary,
+        Err(e) => return (Err(e), None),
+    };
     tag_after(&mut summary, &session, tag).await;
-    Ok(summary)
+    let tracked = match wait {
+        Some(options) if !summary.interrupted => {
+            Some(track_file(&results, &tracking_settings, Some(session), options, signal(stopped)).await.map_err(|e| {
+                match e {
+                    Error::Interrupted | Error::Stopped(_) | Error::TrackingStopped { .. } => e,
+                    e => Error::TrackingStopped { results: results.clone(), source: Box::new(e) },
+                }
+            }))
+        }
+        _ => None,
+    };
+    (Ok(summary), tracked)
 }
 
 /// Waits for every task, in order.
