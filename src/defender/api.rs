@@ -302,6 +302,100 @@ pub struct ListPage<T> {
     pub value: Vec<T>,
 }
 
+/// Reads a page of an OData collection as [`ListPage`] does (an object whose `value` must be there), but
+/// hands each entry of `value` to `each` as soon as it is parsed instead of collecting them: the entries of
+/// a page of 10,000 machines are never held all at once. Returns how many there were, or why the body is
+/// not a page (the entries before a fault were handed over already).
+pub fn each_in_page<'de, T: Deserialize<'de>>(body: &'de [u8], each: impl FnMut(T)) -> Result<usize, String> {
+    use serde::de::DeserializeSeed;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let count = page::EachInPage::new(each).deserialize(&mut json).map_err(|e| e.to_string())?;
+    json.end().map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+/// The visitors of [`each_in_page`].
+mod page {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::Deserialize;
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// The page object: `value` read entry by entry, every other member skipped.
+    pub struct EachInPage<T, F> {
+        each: F,
+        entry: PhantomData<fn() -> T>,
+    }
+
+    impl<T, F> EachInPage<T, F> {
+        pub fn new(each: F) -> Self {
+            EachInPage { each, entry: PhantomData }
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>, F: FnMut(T)> DeserializeSeed<'de> for EachInPage<T, F> {
+        type Value = usize;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>, F: FnMut(T)> Visitor<'de> for EachInPage<T, F> {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a page of a collection (an object with a `value` array)")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<usize, A::Error> {
+            let mut count = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if key != "value" {
+                    map.next_value::<IgnoredAny>()?;
+                } else if count.is_some() {
+                    return Err(de::Error::duplicate_field("value"));
+                } else {
+                    count = Some(map.next_value_seed(Entries { each: &mut self.each, entry: PhantomData })?);
+                }
+            }
+            count.ok_or_else(|| de::Error::missing_field("value"))
+        }
+    }
+
+    /// The `value` array: each entry handed over as it is parsed.
+    struct Entries<'f, T, F> {
+        each: &'f mut F,
+        entry: PhantomData<fn() -> T>,
+    }
+
+    impl<'de, T: Deserialize<'de>, F: FnMut(T)> DeserializeSeed<'de> for Entries<'_, T, F> {
+        type Value = usize;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>, F: FnMut(T)> Visitor<'de> for Entries<'_, T, F> {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of entries")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while let Some(entry) = seq.next_element::<T>()? {
+                (self.each)(entry);
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+}
+
 /// The MachineAction an action call answered, if its answer shows one: JSON with a non-empty `id`. Otherwise
 /// why not, in a few words on one line (the call may or may not have created an action).
 pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
@@ -873,6 +967,36 @@ mod tests {
     fn filters_are_percent_encoded() {
         assert_eq!(percent_encode("type eq 'Offboard'"), "type%20eq%20%27Offboard%27");
         assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
+    }
+
+    /// A page read entry by entry reads what the whole page's parse reads, and refuses what it refuses.
+    #[test]
+    fn a_page_read_entry_by_entry_reads_as_the_whole_page_does() {
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct Entry {
+            id: String,
+        }
+        let body =
+            br#"{"@odata.context":"x","value":[{"id":"a","more":[1,{"b":2}]},{"id":"b"}],"@odata.nextLink":"y"}"#;
+        let mut seen = Vec::new();
+        assert_eq!(each_in_page(body, |e: Entry| seen.push(e.id)), Ok(2));
+        assert_eq!(seen, ["a", "b"]);
+        let whole: ListPage<Entry> = serde_json::from_slice(body).unwrap();
+        assert_eq!(whole.value.into_iter().map(|e| e.id).collect::<Vec<_>>(), seen);
+        assert_eq!(each_in_page(br#" {"value":[]} "#, |_: Entry| panic!("no entry")), Ok(0));
+        for refused in [
+            &br#"{"error":{"code":"X"}}"#[..],
+            br#"{"value":[],"value":[]}"#,
+            br#"{"value":{"id":"a"}}"#,
+            br#"[{"id":"a"}]"#,
+            br#"{"value":[{"id":"a"}]} trailing"#,
+            br#"{"value":[{"id":"a"},"#,
+            b"<html></html>",
+        ] {
+            let whole = serde_json::from_slice::<ListPage<Entry>>(refused).is_err();
+            let streamed = each_in_page(refused, |_: Entry| {}).is_err();
+            assert!(whole && streamed, "{}", String::from_utf8_lossy(refused));
+        }
     }
 
     #[test]

@@ -704,7 +704,8 @@ struct QuotaGate {
     limit: u64,
     period: u64,
     /// When the calls answered lately stop counting (answer + period), oldest first. With `in_flight` it
-    /// never holds more than `limit` entries once expired ones are dropped.
+    /// never holds more than `limit` entries once expired ones are dropped. Grown as the calls come (not
+    /// reserved up front): of a ledger per API, most see a few reads or none.
     releases: VecDeque<u64>,
     gcra: Gcra,
 }
@@ -721,7 +722,7 @@ impl Gates {
                     rate: *rate,
                     limit: u64::from(kept.limit),
                     period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
-                    releases: VecDeque::with_capacity(rate.limit.min(4096) as usize),
+                    releases: VecDeque::new(),
                     gcra: RateLimiter::direct_with_clock(gcra_quota(&kept), DecisionClock(Arc::clone(&clock))),
                 }
             })

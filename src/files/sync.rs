@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How often files written as the run goes are synced to disk.
@@ -33,11 +33,48 @@ struct Entry {
     error: Mutex<Option<io::Error>>,
 }
 
-/// The files the sync thread looks after.
-static FILES: OnceLock<Mutex<Vec<Weak<Entry>>>> = OnceLock::new();
+/// The files the sync thread looks after, and whether it runs.
+static FILES: Registry = Registry::new();
+
+/// The files of one sync thread, and whether that thread was started.
+struct Registry {
+    state: Mutex<State>,
+}
+
+struct State {
+    files: Vec<Weak<Entry>>,
+    started: bool,
+}
+
+impl Registry {
+    const fn new() -> Registry {
+        Registry { state: Mutex::new(State { files: Vec::new(), started: false }) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `entry`, starting the thread with `start` first when none was started. A start that failed is
+    /// the caller's error and leaves no thread marked started: the next file tries again, so no file is
+    /// ever handed to a thread that does not run.
+    fn add(
+        &'static self,
+        entry: &Arc<Entry>,
+        start: impl FnOnce(&'static Registry) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut state = self.state();
+        if !state.started {
+            start(self)?;
+            state.started = true;
+        }
+        state.files.push(Arc::downgrade(entry));
+        Ok(())
+    }
+}
 
 impl Synced {
-    /// Hands `file` to the sync thread (started with the first file).
+    /// Hands `file` to the sync thread (started with the first file; if that start failed, with the next).
     pub fn new(file: &File) -> io::Result<Synced> {
         let entry = Arc::new(Entry {
             file: file.try_clone()?,
@@ -45,13 +82,7 @@ impl Synced {
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
         });
-        let mut started = Ok(());
-        let files = FILES.get_or_init(|| {
-            started = std::thread::Builder::new().name("mde-offboard-sync".into()).spawn(sync_thread).map(drop);
-            Mutex::default()
-        });
-        started?;
-        files.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&entry));
+        FILES.add(&entry, spawn)?;
         Ok(Synced { entry })
     }
 
@@ -67,15 +98,19 @@ impl Synced {
     }
 }
 
+/// Starts the sync thread of `files`.
+fn spawn(files: &'static Registry) -> io::Result<()> {
+    std::thread::Builder::new().name("mde-offboard-sync".into()).spawn(move || sync_thread(files)).map(drop)
+}
+
 /// Every [`SYNC_EVERY`], syncs the files written since; forgets the files dropped.
-fn sync_thread() {
+fn sync_thread(files: &'static Registry) {
     loop {
         std::thread::sleep(SYNC_EVERY);
-        let Some(files) = FILES.get() else { continue };
         let live: Vec<Arc<Entry>> = {
-            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
-            files.retain(|f| f.strong_count() > 0);
-            files.iter().filter_map(Weak::upgrade).collect()
+            let mut state = files.state();
+            state.files.retain(|f| f.strong_count() > 0);
+            state.files.iter().filter_map(Weak::upgrade).collect()
         };
         for entry in live {
             if entry.dirty.swap(false, Ordering::Relaxed)
@@ -111,6 +146,41 @@ mod tests {
         synced.written().unwrap();
         let deadline = std::time::Instant::now() + 10 * SYNC_EVERY;
         while synced.entry.dirty.load(Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A sync thread that could not be started is the first file's error, and the next file starts it:
+    /// before, the first file's failed start left every later file with no thread to sync it.
+    #[test]
+    fn a_failed_start_is_the_callers_error_and_the_next_file_starts_the_thread() {
+        let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
+        let entry = |file: &File| {
+            Arc::new(Entry {
+                file: file.try_clone().unwrap(),
+                dirty: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+                error: Mutex::new(None),
+            })
+        };
+        let (first, second, third) =
+            (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let first = entry(&first);
+        let refused = registry.add(&first, |_| Err(io::Error::other("no thread for you")));
+        assert_eq!(refused.unwrap_err().to_string(), "no thread for you");
+        assert!(registry.state().files.is_empty(), "a file no thread looks after is not listed");
+
+        let second = entry(&second);
+        registry.add(&second, spawn).unwrap();
+        // Started once: a third file joins the running thread.
+        let third = entry(&third);
+        registry.add(&third, |_| panic!("the thread runs already")).unwrap();
+        for entry in [&second, &third] {
+            entry.dirty.store(true, Ordering::Relaxed);
+        }
+        let deadline = std::time::Instant::now() + 10 * SYNC_EVERY;
+        while second.dirty.load(Ordering::Relaxed) || third.dirty.load(Ordering::Relaxed) {
             assert!(std::time::Instant::now() < deadline, "never synced");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -330,6 +330,20 @@ fn mde_in_offline(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A results file that is not there is the report's input: the message names it as such (not as a file the
+/// command writes) and says what to give instead; no report is written.
+#[test]
+fn a_report_of_a_missing_results_file_names_it_as_its_input_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mde_in_offline(dir.path(), &["report", "missing.csv", "--html", "r.html"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("input missing.csv"), "{stderr}");
+    assert!(!stderr.contains("output missing.csv"), "{stderr}");
+    assert!(stderr.contains("check the path") && stderr.contains("results file"), "{stderr}");
+    assert!(!dir.path().join("r.html").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_html_report_holds_the_counts_and_rows_of_the_results_file() {
     let (dir, results) = run_with_markup().await;

@@ -262,16 +262,21 @@ async fn track_cancel_and_report_work_on_each_tenants_rows() {
     sim.shutdown().await;
 }
 
-/// `run --wait` of several tenants tracks each tenant's actions in its own tenant until they end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_wait_tracks_each_tenant_to_the_end() {
-    let lifecycle = mde_sim::Lifecycle {
+/// Actions that succeed 600 ms after they are created.
+fn quick_lifecycle() -> mde_sim::Lifecycle {
+    mde_sim::Lifecycle {
         pending_for: std::time::Duration::from_millis(300),
         in_progress_for: std::time::Duration::from_millis(300),
         failed_share: 0.0,
         timeout_share: 0.0,
         ..mde_sim::Lifecycle::default()
-    };
+    }
+}
+
+/// `run --wait` of several tenants tracks each tenant's actions in its own tenant until they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_tracks_each_tenant_to_the_end() {
+    let lifecycle = quick_lifecycle();
     let first = SimConfig {
         fleet: Fleet::generate(2, 51),
         quotas: Vec::new(),
@@ -313,13 +318,7 @@ async fn run_wait_tracks_each_tenant_to_the_end() {
 /// nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_wait_tracks_each_tenant_in_its_runs_session_and_quota() {
-    let lifecycle = mde_sim::Lifecycle {
-        pending_for: std::time::Duration::from_millis(300),
-        in_progress_for: std::time::Duration::from_millis(300),
-        failed_share: 0.0,
-        timeout_share: 0.0,
-        ..mde_sim::Lifecycle::default()
-    };
+    let lifecycle = quick_lifecycle();
     // Machines that report (an Inactive one's action would wait for it to report, past the test).
     let active = |seed: u64| {
         (seed..)

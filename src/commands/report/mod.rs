@@ -99,7 +99,7 @@ pub struct RunFacts {
 /// Writes the report of `results` to `out` in `format`, atomically (a temporary file beside it, then a
 /// rename): a reader never sees half a report, and a failure leaves an earlier one in place.
 pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Result<()> {
-    let report = Report::read(results, facts.clone())?;
+    let report = Report::read(results, facts.clone()).map_err(|e| as_input(results, e))?;
     let fail = |e: std::io::Error| Error::write(out, "write it", e);
     let dir = match out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -111,12 +111,13 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
         Format::Html => html::write(&report, &mut writer),
         Format::Markdown => markdown::write(&report, &mut writer),
     };
-    // A failed write names the report's path ([`put`] does not know it); a failed read names the results'.
+    // A failed write names the report's path ([`put`] does not know it); a failed read names the results',
+    // the report's input.
     written.map_err(|e| match e {
         Error::Write { path, action, source } if path.as_os_str() == REPORT => {
             Error::Write { path: out.to_owned(), action, source }
         }
-        e => e,
+        e => as_input(results, e),
     })?;
     let temp = writer.into_inner().map_err(|e| fail(e.into_error()))?;
     temp.as_file().sync_all().map_err(fail)?;
@@ -128,6 +129,25 @@ pub fn write(results: &Path, out: &Path, format: Format, facts: &RunFacts) -> Re
     }
     temp.persist(out).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+/// An error of the results file, which the results file's reader words as a file the command writes: to the
+/// report it is the input, named so; one that cannot be opened says what to give instead.
+fn as_input(results: &Path, e: Error) -> Error {
+    match e {
+        Error::Output { path, message } if path == results => {
+            let message = if std::fs::metadata(&path).is_err() {
+                format!(
+                    "{message}; check the path: a report reads the results file a run wrote (by default \
+                     <input>.results.csv beside the run's input, or the run's --output)"
+                )
+            } else {
+                message
+            };
+            Error::Input { path, message }
+        }
+        e => e,
+    }
 }
 
 /// Writes the report asked for at the end of a command (`run --report`, `track --report`): a failure is

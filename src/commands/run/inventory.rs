@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::guard::{Guard, Kept, Why};
-use crate::defender::api::{ActionQuery, Api, Failure, ListPage, MachineAction, MachineQuery, Page};
+use crate::defender::api::{ActionQuery, Api, Failure, MachineAction, MachineQuery, Page, each_in_page};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
@@ -373,14 +373,19 @@ impl Inventory {
             let mut disk = None;
             let (attempts, answer) = api
                 .list_machines(&MachineQuery::all(Page::nth(page, PAGE_SIZE)), |body| {
-                    let entries =
-                        serde_json::from_slice::<ListPage<MachineEntry>>(body).map_err(|e| e.to_string())?.value;
-                    let first = entries.first().map(|e| e.id.to_string());
-                    let repeated = first.as_ref().is_some_and(|f| first_ids.contains(f));
-                    if !repeated {
-                        disk = entries.iter().map(|entry| self.keep(entry)).find_map(Result::err);
-                    }
-                    Ok((entries.len(), first, repeated))
+                    // Entry by entry as the page is parsed: its 10,000 entries are never held at once.
+                    let (mut first, mut repeated) = (None::<String>, false);
+                    let len = each_in_page(body, |entry: MachineEntry| {
+                        if first.is_none() {
+                            let id = entry.id.to_string();
+                            repeated = first_ids.contains(&id);
+                            first = Some(id);
+                        }
+                        if !repeated && disk.is_none() {
+                            disk = self.keep(&entry).err();
+                        }
+                    })?;
+                    Ok((len, first, repeated))
                 })
                 .await;
             self.reads.inventory_pages += 1;
