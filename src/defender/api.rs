@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
 pub use crate::defender::auth::ANSWER_MAX;
@@ -142,6 +143,11 @@ pub struct MachineAction {
     /// Some of Microsoft's pages spell it this way: read both.
     #[serde(default)]
     pub last_update_time_utc: Option<String>,
+    /// Not an action's field: whether the JSON has an `error` member (other than `null`), so that
+    /// [`read_action`] reads an action's answer in one pass and leaves anything with an error to the
+    /// careful reading.
+    #[serde(default, rename = "error")]
+    pub(crate) error_member: Option<serde::de::IgnoredAny>,
 }
 
 impl MachineAction {
@@ -402,8 +408,16 @@ pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
         return Err("the body is empty".into());
     }
     // Read straight into the types, not through a `serde_json::Value` (a map built, cloned and dropped for
-    // every call): what is not an error body is read as an action, and only a body that is neither is
-    // checked for being JSON at all.
+    // every call). The usual answer, an action with an id and no `error` member, in one pass: the reading
+    // below would take it as that action too (no error body without an `error` object).
+    if let Ok(action) = serde_json::from_slice::<MachineAction>(body)
+        && action.error_member.is_none()
+        && action.id.as_deref().is_some_and(|id| !id.trim().is_empty())
+    {
+        return Ok(action);
+    }
+    // Anything else: what is an error body is one, what is not is read as an action, and only a body that
+    // is neither is checked for being JSON at all.
     if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
         let code = error.code.unwrap_or_default();
         let message = error.message.unwrap_or_default();
@@ -429,6 +443,37 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect()
 }
 
+/// `path` (an absolute path, with its query if any) under `base` (a URL without query or fragment): what
+/// reading the text of both, joined, gives.
+fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    match url.path().trim_end_matches('/') {
+        "" => url.set_path(path),
+        prefix => url.set_path(&format!("{prefix}{path}")),
+    }
+    url.set_query(query);
+    url
+}
+
+/// A call's JSON body, as sent.
+fn json_body(value: &serde_json::Value) -> bytes::Bytes {
+    serde_json::to_vec(value).expect("a JSON value serialises").into()
+}
+
+/// The body of an action call, `{"Comment": ...}`, made once: every offboard of a run sends the same.
+#[derive(Clone, Debug)]
+pub struct CommentBody(bytes::Bytes);
+
+impl CommentBody {
+    pub fn new(comment: &str) -> Self {
+        CommentBody(json_body(&serde_json::json!({ "Comment": comment })))
+    }
+}
+
 /// Counters for the summary.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -439,6 +484,10 @@ pub struct Counters {
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    /// `base` read as a URL once: each call's URL is a copy with its path and query set, not the whole
+    /// text read again (host and all) for every call. `None` when `base` is not a URL to put paths under
+    /// (settings refuse that before any call): the text then goes to the client as it is.
+    base_url: Option<reqwest::Url>,
     tokens: Arc<TokenCache>,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
@@ -467,9 +516,14 @@ impl Api {
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
     ) -> Self {
+        let base = base.trim_end_matches('/').to_string();
+        let base_url = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base() && url.query().is_none() && url.fragment().is_none());
         Api {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base,
+            base_url,
             tokens,
             limiter,
             policy,
@@ -514,9 +568,13 @@ impl Api {
 
     /// `POST /api/machines/{id}/offboard` with the required `Comment`.
     pub async fn offboard(&self, machine_id: &MachineId, comment: &str) -> CallResult {
-        let body = serde_json::json!({ "Comment": comment });
+        self.offboard_with(machine_id, &CommentBody::new(comment)).await
+    }
+
+    /// [`Api::offboard`] with its body made once for every machine of a run.
+    pub async fn offboard_with(&self, machine_id: &MachineId, body: &CommentBody) -> CallResult {
         let path = format!("/api/machines/{machine_id}/offboard");
-        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body.0), true, ANSWER_MAX).await
     }
 
     /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
@@ -555,14 +613,15 @@ impl Api {
     pub async fn cancel_action(&self, action_id: &str, comment: &str) -> CallResult {
         let body = serde_json::json!({ "Comment": comment });
         let path = format!("/api/machineactions/{action_id}/cancel");
-        self.call(Endpoint::CancelAction, reqwest::Method::POST, &path, Some(&body), false, ANSWER_MAX).await
+        self.call(Endpoint::CancelAction, reqwest::Method::POST, &path, Some(&json_body(&body)), false, ANSWER_MAX)
+            .await
     }
 
     /// `POST /api/machines/{id}/tags`: adds a tag to one machine, or removes it (`Machine.ReadWrite.All`).
     pub async fn tag_machine(&self, machine_id: &str, tag: &str, change: TagChange) -> CallResult {
         let body = serde_json::json!({ "Value": tag, "Action": change.as_str() });
         let path = format!("/api/machines/{machine_id}/tags");
-        self.call(Endpoint::Tags, reqwest::Method::POST, &path, Some(&body), true, ANSWER_MAX).await
+        self.call(Endpoint::Tags, reqwest::Method::POST, &path, Some(&json_body(&body)), true, ANSWER_MAX).await
     }
 
     /// `POST /api/machines/AddOrRemoveTagForMultipleMachines`: adds a tag to many machines, or removes it,
@@ -572,6 +631,7 @@ impl Api {
         for ids in machine_ids.chunks(TAG_MACHINES_MAX) {
             let body = serde_json::json!({ "Value": tag, "Action": change.as_str(), "MachineIds": ids });
             let path = "/api/machines/AddOrRemoveTagForMultipleMachines";
+            let body = json_body(&body);
             results.push(self.call(Endpoint::Tags, reqwest::Method::POST, path, Some(&body), false, ANSWER_MAX).await);
         }
         results
@@ -621,11 +681,11 @@ impl Api {
         endpoint: Endpoint,
         method: reqwest::Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&bytes::Bytes>,
         retry_404: bool,
         limit: usize,
     ) -> CallResult {
-        let url = format!("{}{}", self.base, path);
+        let url = self.url(path);
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
         let mut throttled = 0u32; // 429s in a row
@@ -663,7 +723,14 @@ impl Api {
             };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
-            let mut request = self.http.request(method.clone(), &url).header("Authorization", token.bearer());
+            let request = match &url {
+                Some(url) => self.http.request(method.clone(), url.clone()),
+                None => self.http.request(method.clone(), format!("{}{path}", self.base)),
+            };
+            let mut request = match token.authorization() {
+                Some(authorization) => request.header(reqwest::header::AUTHORIZATION, authorization.clone()),
+                None => request.header(reqwest::header::AUTHORIZATION, token.bearer()),
+            };
             if page.is_some() {
                 // Reading it grows the connection's read buffer to hyper's most, some 400 KB, which a pooled
                 // connection would keep for the rest of the run (for each tenant of a run of many): such a
@@ -671,7 +738,9 @@ impl Api {
                 request = request.header(reqwest::header::CONNECTION, "close");
             }
             if let Some(body) = body {
-                request = request.json(body);
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone());
             }
             let sent = request.send().await;
             let answer = match sent {
@@ -690,7 +759,7 @@ impl Api {
                             message: format!(
                                 "the API answered {status}, redirecting to {}; redirects are not followed and \
                                  nothing was sent there: check --api-base (or --cloud)",
-                                location_host(response.headers(), &url)
+                                location_host(response.headers(), &format!("{}{path}", self.base))
                             ),
                         }))
                     } else {
@@ -814,6 +883,12 @@ impl Api {
                 }
             }
         }
+    }
+
+    /// The URL of `path` (an absolute path, with its query if any) under the base: what
+    /// `reqwest::Url::parse(base + path)` gives, made from the base read once.
+    fn url(&self, path: &str) -> Option<reqwest::Url> {
+        self.base_url.as_ref().map(|base| url_under(base, path))
     }
 
     /// A call ends in a 401 to a token just renewed: one more in a row, and at [`REFUSED_IN_A_ROW_MAX`] the
@@ -989,9 +1064,30 @@ mod tests {
     }
 
     #[test]
+    fn a_url_under_the_base_is_the_url_of_the_joined_text() {
+        let filter = percent_encode("machineId eq 'ab' and (type eq 'Offboard')");
+        for base in ["http://127.0.0.1:8080", "https://api.securitycenter.microsoft.com", "https://h.example/prefix/v1"]
+        {
+            for path in [
+                "/api/machines/0123456789abcdef0123456789abcdef01234567/offboard".to_string(),
+                "/api/machines?$top=1".to_string(),
+                format!("/api/machineactions?$top=100&$skip=0&$filter={filter}"),
+                "/api/machines/o'brien x/tags".to_string(),
+            ] {
+                let expected = reqwest::Url::parse(&format!("{base}{path}")).unwrap();
+                assert_eq!(url_under(&reqwest::Url::parse(base).unwrap(), &path), expected, "{base} {path}");
+            }
+        }
+    }
+
+    #[test]
     fn only_an_action_with_an_id_is_an_action() {
         let action = read_action(br#"{"id":"a1","type":"Offboard","status":"Pending"}"#).unwrap();
         assert_eq!(action.id.as_deref(), Some("a1"));
+        // An `error` member that is not an error object does not make an error body.
+        for body in [&br#"{"id":"a1","error":null}"#[..], br#"{"error":"x","id":"a1"}"#] {
+            assert_eq!(read_action(body).unwrap().id.as_deref(), Some("a1"));
+        }
         for (body, why) in [
             (&br#"{"error":{"code":"X","message":"went\nwrong"}}"#[..], "an error, X: went wrong"),
             (br#"{"id":"a1","error":{"code":"X"}}"#, "an error, X"),

@@ -111,10 +111,20 @@ const SIGN_IN_ATTEMPTS: u32 = 3;
 /// KiB; anything this large is not what was asked for.
 pub const ANSWER_MAX: usize = 1 << 20;
 
+/// `Authorization: Bearer <value>`, if `value` can be a header value.
+fn authorization(value: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut header = reqwest::header::HeaderValue::from_str(&format!("Bearer {value}")).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
 /// An access token. `Debug` hides the value.
 #[derive(Clone)]
 pub struct Token {
     value: Arc<str>,
+    /// `Bearer <value>` as a header, made once for every call that sends the token (marked sensitive);
+    /// `None` when the value cannot be a header (the call then fails as the client reads it).
+    authorization: Option<reqwest::header::HeaderValue>,
     /// When to stop using it (a little before it really expires).
     renew_at: Instant,
     /// The permissions the token carries (`roles`, or a person's `scp`), and whose they are.
@@ -128,6 +138,11 @@ pub struct Token {
 impl Token {
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.value)
+    }
+
+    /// [`Token::bearer`] as an `Authorization` header value, when it can be one.
+    pub fn authorization(&self) -> Option<&reqwest::header::HeaderValue> {
+        self.authorization.as_ref()
     }
 
     /// The API answered a call made with this token with something other than 401.
@@ -278,6 +293,7 @@ impl TokenCache {
         }
         Ok(Token {
             permissions: Permissions::of(value).into(),
+            authorization: authorization(value),
             value: value.into(),
             // Never renewed: the API's 401 says when it is no longer good.
             renew_at: Instant::now() + Duration::from_secs(100 * 365 * 86_400),
@@ -524,6 +540,7 @@ fn parse_token(body: &[u8], sent_at: Instant) -> Result<Token, String> {
     let ahead = RENEW_AHEAD.min(lifetime / 5);
     Ok(Token {
         permissions: Permissions::of(value).into(),
+        authorization: authorization(value),
         value: value.into(),
         // Counted from when the request was sent: the service's clock started no earlier. Kept at least
         // TOKEN_KEPT_MIN whatever `expires_in` says; a 401 renews it sooner.

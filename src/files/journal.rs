@@ -169,20 +169,32 @@ impl Journal {
 
     /// Records that `machine_id` (input line `line`) is about to be called. Returns once the OS has it.
     pub fn intent(&self, line: u64, machine_id: &MachineId) -> Result<()> {
+        self.intents([(line, machine_id)])
+    }
+
+    /// Records that each machine of `intents` (input line, machine) is about to be called, in one write
+    /// (one system call for a run's next machines, not one each). Returns once the OS has them all. A
+    /// machine recorded and then never called (the run stopped first) is looked up on `--resume` like one
+    /// whose answer was lost: a lookup more, never an offboard twice.
+    pub fn intents<'a>(&self, intents: impl IntoIterator<Item = (u64, &'a MachineId)>) -> Result<()> {
+        use std::fmt::Write as _;
         let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-        let record = format!("{line},{machine_id},{now_ms}\n");
-        self.file.lock().unwrap().write_all(record.as_bytes()).map_err(|e| fail(&self.path, "write", e))?;
+        let mut records = String::new();
+        for (line, machine_id) in intents {
+            writeln!(records, "{line},{machine_id},{now_ms}").expect("a String takes any text");
+        }
+        self.file.lock().unwrap().write_all(records.as_bytes()).map_err(|e| fail(&self.path, "write", e))?;
         self.synced.written().map_err(|e| fail(&self.path, "sync", e))
     }
 
-    /// The run is complete: keep the identity line, and the intents of the machines whose last row in
-    /// `results` says their call may have gone through (a later `--resume` looks those up before calling
-    /// again, and retries the other failed rows).
-    pub fn complete(self, identity: &RunIdentity, results: &Path) -> Result<()> {
+    /// The run is complete: keep the identity line, and the intents of the machines whose last row in the
+    /// results says their call may have gone through, `in_doubt` ([`results::in_doubt_lines`], or as
+    /// [`results::verify`] read them): a later `--resume` looks those up before calling again, and retries
+    /// the other failed rows.
+    pub fn complete(self, identity: &RunIdentity, in_doubt: &results::LineSet) -> Result<()> {
         let Journal { path, file, synced } = self;
         // Every handle on the journal closed before it is replaced.
         drop((synced, file));
-        let in_doubt = results::in_doubt_lines(results)?;
         let tmp = path.with_extension("journal.tmp");
         let header = serde_json::to_string(identity).expect("the identity serialises");
         let mut out = BufWriter::new(File::create(&tmp).map_err(|e| fail(&tmp, "create", e))?);
@@ -434,7 +446,7 @@ mod tests {
         writer.write(&unconfirmed).unwrap();
         writer.finish().unwrap();
 
-        journal.complete(&identity(), &results).unwrap();
+        journal.complete(&identity(), &results::in_doubt_lines(&results).unwrap()).unwrap();
         let earlier = read(&path, |_, _| true).unwrap();
         let mut lines: Vec<u64> = earlier.intents.keys().copied().collect();
         lines.sort();

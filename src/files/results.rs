@@ -132,7 +132,10 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
 /// each a readable CSV record. Something else may have replaced, truncated or deleted the file while the run
 /// was writing it (another program, or a `track` that did not see the lock); then the rows written are not
 /// where the summary would say they are, and the run must not claim them.
-pub fn verify(path: &Path, expected: u64) -> Result<()> {
+///
+/// Returns the lines in doubt ([`in_doubt_lines`]), read in the same pass: what the journal keeps when
+/// the run completes.
+pub fn verify(path: &Path, expected: u64) -> Result<LineSet> {
     let changed = |what: String| Error::Output {
         path: path.to_owned(),
         message: format!(
@@ -142,14 +145,16 @@ pub fn verify(path: &Path, expected: u64) -> Result<()> {
         ),
     };
     let mut found = 0u64;
+    let mut doubt = LineSet::default();
     for row in read_rows(path).map_err(|e| changed(format!("it can no longer be read as results ({e})")))? {
-        row.map_err(|e| changed(format!("it holds a row that cannot be read ({e})")))?;
+        let (line, outcome, record) = row.map_err(|e| changed(format!("it holds a row that cannot be read ({e})")))?;
+        note_doubt(&mut doubt, line, outcome, &record);
         found += 1;
     }
     if found != expected {
         return Err(changed(format!("it holds {found} row(s)")));
     }
-    Ok(())
+    Ok(doubt)
 }
 
 /// The rows of a results file (its header checked, every row read).
@@ -663,16 +668,21 @@ fn in_doubt_lines_of(rows: Rows) -> Result<LineSet> {
     let mut doubt = LineSet::default();
     for row in rows {
         let (line, outcome, record) = row?;
-        let field = |i: usize| record.get(i).unwrap_or("").trim();
-        let status = field(5).parse::<u16>().ok();
-        let attempts = field(6).parse::<u32>().unwrap_or(0);
-        if may_have_gone_through(outcome, status, attempts, field(7)) {
-            doubt.insert(line);
-        } else {
-            doubt.remove(line);
-        }
+        note_doubt(&mut doubt, line, outcome, &record);
     }
     Ok(doubt)
+}
+
+/// Puts `line` in `doubt` or takes it out, by its row (a later row of a line replaces an earlier one).
+fn note_doubt(doubt: &mut LineSet, line: u64, outcome: Outcome, record: &csv::StringRecord) {
+    let field = |i: usize| record.get(i).unwrap_or("").trim();
+    let status = field(5).parse::<u16>().ok();
+    let attempts = field(6).parse::<u32>().unwrap_or(0);
+    if may_have_gone_through(outcome, status, attempts, field(7)) {
+        doubt.insert(line);
+    } else {
+        doubt.remove(line);
+    }
 }
 
 /// Counts the outcomes of a results file where each line's last row counts; with `compact`, rewrites the

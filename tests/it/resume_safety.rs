@@ -342,3 +342,51 @@ async fn done_means_the_same_line_and_the_same_machine() {
     }
     sim.shutdown().await;
 }
+
+/// Intents go to the journal ahead of the calls (one write for the next `--concurrency` machines): a
+/// `kill -9` leaves intents for machines never called, beyond those in flight. The resume looks each of
+/// them up before calling (a lookup, never an offboard twice) and finishes every machine exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_written_ahead_of_a_kill_are_looked_up_and_no_machine_is_offboarded_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(36, closing_at_once());
+    let ids = offboardable(&cfg, 30);
+    let sim = Simulator::start(cfg).await.unwrap();
+    let path = input(dir.path(), &ids);
+    let results_path = dir.path().join("m.results.csv");
+    // One offboard a second and 8 at a time: the first 8 wait in the limiter, and each one done starts
+    // the next, whose write puts the intents of 7 more on record.
+    let args = ["run", path.to_str().unwrap(), "--yes", "--no-preflight", "--concurrency", "8", "--rate", "1/1s"];
+    let mut child = crate::common::command(&sim, dir.path(), &args, &[]).spawn().unwrap();
+    crate::common::wait_until("two rows", || crate::common::rows_in(&results_path) >= 2).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (_, intents) = read_journal(&dir.path().join("m.results.csv.journal"));
+    let recorded: std::collections::BTreeSet<String> =
+        intents.iter().map(|i| i.split(',').nth(1).unwrap().to_string()).collect();
+    let finished: std::collections::BTreeSet<String> =
+        Results::read(&results_path).rows.iter().map(|r| r["machine_id"].clone()).collect();
+    assert!(finished.len() < 8, "killed before the first 8 were done: {finished:?}");
+    let in_doubt: Vec<&String> = recorded.difference(&finished).collect();
+    assert!(
+        in_doubt.len() > 8,
+        "intents on record beyond the 8 machines a run of --concurrency 8 has in flight: {} ({intents:?})",
+        in_doubt.len()
+    );
+    let never_called = in_doubt.iter().filter(|id| calls(&sim, id) == 0).count();
+    assert!(never_called > 0, "some machines on record were never called");
+
+    let args = ["run", path.to_str().unwrap(), "--yes", "--resume", "--no-preflight", "--concurrency", "8"];
+    let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let results = Results::read(&results_path);
+    assert_eq!(results.rows.len(), 30, "one row per input row");
+    assert!(results.rows.iter().all(|r| r["outcome"] == "submitted"), "{:?}", results.rows);
+    // Each machine on record without a row was looked up once, before any call; no other machine was.
+    assert_eq!(sim.stats().total(ACTIONS), in_doubt.len() as u64, "{:?}", sim.stats().calls);
+    for id in &ids {
+        assert_eq!(accepted(&sim, id), 1, "machine {id} offboarded once");
+    }
+    sim.shutdown().await;
+}

@@ -1,9 +1,10 @@
 //! `mde-offboard run`: the offboarding pipeline.
 //!
 //! reader (blocking thread) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
-//! owned semaphore permits) -> one writer task. Every input row ends in exactly one results row: invalid
-//! and duplicate rows go straight to the writer, every valid id gets one offboard call sequence, and a
-//! per-machine failure is a row, never an aborted run. On shutdown the dispatcher stops taking machines,
+//! owned semaphore permits) -> `concurrency` worker tasks (one call sequence at a time each) -> one writer
+//! task. Every input row ends in exactly one results row: invalid and duplicate rows go straight to the
+//! writer, every valid id gets one offboard call sequence, and a per-machine failure is a row, never an
+//! aborted run. On shutdown the dispatcher stops taking machines,
 //! waits for those in flight, and the writer flushes.
 
 pub mod inventory;
@@ -17,7 +18,7 @@ mod tenants;
 
 pub use job::{Job, Options, Summary, TenantSummary};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
-use crate::defender::api::TagChange;
+use crate::defender::api::{CommentBody, TagChange};
 use crate::defender::limiter::{self, Endpoint, Limiter};
 use crate::domain::{MachineId, Outcome, message};
 use crate::error::{Error, Result};
@@ -570,10 +571,12 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             (0, journal, ResultsWriter::create(&job.output, job.overwrite)?)
         })
     })?;
-    let (done, in_doubt) = match resume {
+    let (finished, in_doubt) = match resume {
         Some(r) => (r.done, r.in_doubt),
         None => (Finished::default(), HashMap::new()),
     };
+    // The lines earlier sessions finished, if any (a first session has none to look up for each row).
+    let done = (!finished.is_empty()).then_some(&finished);
     let progress = Progress::new(job.scan.rows, job.progress);
     let status = progress.is_shown().then(|| {
         let (api, progress) = (api.clone(), progress.clone());
@@ -642,6 +645,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
 
     let slots = Arc::new(Semaphore::new(job.settings.concurrency));
+    let body = Arc::new(CommentBody::new(&comment));
     let comment: Arc<str> = comment.into();
     // Why dispatch stopped before the input's end, other than a signal.
     let mut stop: Option<Error> = None;
@@ -650,6 +654,47 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
+    // The workers, as many as the slots: each takes the next machine given a slot, makes its call
+    // sequence and sends its row, until the queue closes.
+    let (work_tx, work_rx) = mpsc::channel::<Work>(job.settings.concurrency);
+    let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+    for _ in 0..job.settings.concurrency {
+        let (api, comment, body, work_rx) = (api.clone(), comment.clone(), body.clone(), work_rx.clone());
+        // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
+        // writer waiting.
+        let row_tx = row_tx.downgrade();
+        let in_flight = in_flight.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    let next = work_rx.lock().await.recv().await;
+                    let Some(Work { line, machine, facts, earlier_intent, slot }) = next else { break };
+                    let mut result = match earlier_intent {
+                        Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
+                        None => offboard::offboard_one(&api, line, machine, &body).await,
+                    };
+                    if let Some(facts) = facts {
+                        facts.fill(&mut result);
+                    }
+                    log_row(&result);
+                    // Upgraded under the lock, before the dispatcher can give up on this machine and drop
+                    // the last strong sender.
+                    let sender = {
+                        let mut in_flight = in_flight.lock().expect("never poisoned");
+                        in_flight.remove(&line).and_then(|_| row_tx.upgrade())
+                    };
+                    if let Some(sender) = sender {
+                        let _ = sender.send(result).await;
+                    }
+                    drop(slot);
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
+    // The lines of the next machines whose intents are on record already, in the order they are called
+    // (see [`intents_ahead`]).
+    let mut recorded: VecDeque<u64> = VecDeque::new();
     let mut batch = Vec::new().into_iter();
     loop {
         let Some(item) = batch.next() else {
@@ -676,7 +721,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 break;
             }
         };
-        if done.contains(screened.line(), &resume::machine_of(&screened)) {
+        if done.is_some_and(|done| done.contains(screened.line(), &resume::machine_of(&screened))) {
             continue;
         }
         let (row, facts) = match screened {
@@ -728,43 +773,27 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             break;
         }
         let earlier_intent = in_doubt.get(&row.line).and_then(|intents| journal::earliest(intents, &machine));
-        // The intent is on record before the first call, so a crash can never leave an unknown call behind.
-        if let Err(e) = journal.intent(row.line, &machine) {
-            stop = Some(e);
-            break;
+        // The intent is on record before the first call, so a crash can never leave an unknown call behind:
+        // this machine's, and with it those of the next ones already read, in one write.
+        if recorded.front() == Some(&row.line) {
+            recorded.pop_front();
+        } else {
+            recorded.clear();
+            let ahead = intents_ahead(batch.as_slice(), done, job.settings.concurrency);
+            let written =
+                journal.intents(std::iter::once((row.line, &machine)).chain(ahead.iter().map(|(l, m)| (*l, m))));
+            if let Err(e) = written {
+                stop = Some(e);
+                break;
+            }
+            recorded.extend(ahead.iter().map(|(line, _)| *line));
         }
         in_flight.lock().expect("never poisoned").insert(row.line, machine);
-        let api = api.clone();
-        let comment = comment.clone();
-        // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
-        // writer waiting.
-        let row_tx = row_tx.downgrade();
-        let in_flight = in_flight.clone();
-        tokio::spawn(
-            async move {
-                let line = row.line;
-                let mut result = match earlier_intent {
-                    Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, at).await,
-                    None => offboard::offboard_one(&api, line, machine, &comment).await,
-                };
-                if let Some(facts) = facts {
-                    facts.fill(&mut result);
-                }
-                log_row(&result);
-                // Upgraded under the lock, before the dispatcher can give up on this machine and drop the
-                // last strong sender.
-                let sender = {
-                    let mut in_flight = in_flight.lock().expect("never poisoned");
-                    in_flight.remove(&line).and_then(|_| row_tx.upgrade())
-                };
-                if let Some(sender) = sender {
-                    let _ = sender.send(result).await;
-                }
-                drop(slot);
-            }
-            .instrument(span.clone()),
-        );
+        // Never waits: a machine goes only with a slot, and the queue holds as many as there are slots.
+        let work = Work { line: row.line, machine, facts, earlier_intent, slot };
+        work_tx.send(work).await.unwrap_or_else(|_| unreachable!("the workers take machines until the queue closes"));
     }
+    drop(work_tx);
     if let Some(e) = api.fatal() {
         stop.get_or_insert_with(|| Error::from(e.clone()));
     }
@@ -828,13 +857,13 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // The file must hold every row written, or the summary would claim rows nobody can read.
     // Reading the file whole, compacting it and the journal: off the runtime.
     let end = off_runtime(|| {
-        results::verify(&job.output, rows_before + rows_written)?;
+        let in_doubt = results::verify(&job.output, rows_before + rows_written)?;
         let complete = !interrupted;
         // A resumed results file holds rows from several sessions: count (and, when complete, compact) it,
         // so it ends with exactly one row per input row.
         let counts = if resumed { results::tally(&job.output, complete)? } else { counts };
         if complete {
-            journal.complete(&identity, &job.output)?;
+            journal.complete(&identity, &in_doubt)?;
         }
         Ok::<_, Error>(counts)
     });
@@ -847,6 +876,42 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     }
     summary.duration = started.elapsed();
     Ok(summary)
+}
+
+/// A machine handed to a worker, with the slot it holds until its row is sent.
+struct Work {
+    line: u64,
+    machine: MachineId,
+    /// What the pre-flight read of it, for its row.
+    facts: Option<preflight::Facts>,
+    /// When an earlier session was first about to call it (a resume looks it up first).
+    earlier_intent: Option<u64>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The machines among `next` (the rows read and not yet dispatched) that the dispatcher will call, in
+/// order, up to `most` less one: their intents go on record with the machine about to be called, in one
+/// write. Should the run stop before it calls them, `--resume` looks them up before calling (an intent
+/// without a row is a call that may have gone through): a lookup each, never an offboard twice.
+fn intents_ahead(next: &[Result<Screened>], done: Option<&Finished>, most: usize) -> Vec<(u64, MachineId)> {
+    let mut ahead = Vec::new();
+    for item in next {
+        if ahead.len() + 1 >= most {
+            break;
+        }
+        match item {
+            Ok(Screened::Pass(row, _)) => match &row.kind {
+                RowKind::Valid(id) if !done.is_some_and(|done| done.contains(row.line, &id.to_string())) => {
+                    ahead.push((row.line, *id))
+                }
+                _ => {}
+            },
+            Ok(Screened::Row(_)) => {}
+            // Dispatch stops at a row that could not be read: nothing after it is called.
+            Err(_) => break,
+        }
+    }
+    ahead
 }
 
 /// Whether the answer typed back is the number of machines.
@@ -939,5 +1004,45 @@ impl SessionSummary {
             tenants: Vec::new(),
             tracking: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::InputRow;
+
+    fn id(n: u8) -> MachineId {
+        MachineId::parse(&format!("{n:02x}").repeat(20)).expect("hex")
+    }
+
+    fn pass(line: u64, kind: RowKind) -> Result<Screened> {
+        Ok(Screened::Pass(InputRow { line, raw: String::new(), kind }, None))
+    }
+
+    #[test]
+    fn intents_go_ahead_for_the_machines_the_dispatcher_will_call_and_no_further() {
+        let mut done = Finished::default();
+        done.insert(4, &id(4).to_string());
+        let next = vec![
+            pass(2, RowKind::Valid(id(2))),
+            pass(3, RowKind::Invalid),
+            pass(4, RowKind::Valid(id(4))),
+            Ok(Screened::Row(ResultRow::new(5, id(5).to_string(), Outcome::NotFound))),
+            pass(6, RowKind::Duplicate),
+            pass(7, RowKind::Valid(id(7))),
+            pass(8, RowKind::Valid(id(8))),
+            Err(Error::Usage("a row that cannot be read".into())),
+            pass(10, RowKind::Valid(id(10))),
+        ];
+        let lines = |ahead: Vec<(u64, MachineId)>| ahead.into_iter().map(|(line, _)| line).collect::<Vec<_>>();
+        // Line 4 is done (an earlier session), lines 3, 5 and 6 are never called, nothing after the
+        // unreadable row is.
+        assert_eq!(lines(intents_ahead(&next, Some(&done), 64)), [2, 7, 8]);
+        assert_eq!(lines(intents_ahead(&next, None, 64)), [2, 4, 7, 8]);
+        // With the machine about to be called, at most `most` in one write.
+        assert_eq!(lines(intents_ahead(&next, None, 3)), [2, 4]);
+        assert_eq!(lines(intents_ahead(&next, None, 1)), Vec::<u64>::new());
+        assert_eq!(intents_ahead(&next, None, 2), [(2, id(2))]);
     }
 }

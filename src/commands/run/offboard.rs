@@ -1,12 +1,12 @@
 //! One machine's offboard call, and what its answer says, as a results row.
 
-use crate::defender::api::{self, Api, CallResult, MachineAction};
+use crate::defender::api::{self, Api, CallResult, CommentBody, MachineAction};
 use crate::domain::{MachineId, Outcome, message};
 use crate::files::results::ResultRow;
 
 /// Offboards one machine and says what happened, as a results row.
-pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, comment: &str) -> ResultRow {
-    let CallResult { attempts, answer } = api.offboard(&machine_id, comment).await;
+pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, comment: &CommentBody) -> ResultRow {
+    let CallResult { attempts, answer } = api.offboard_with(&machine_id, comment).await;
     let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
     row.attempts = attempts;
     match answer {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::Job;
 use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
-use crate::defender::api::{ActionQuery, Api, MachineAction, Page};
+use crate::defender::api::{ActionQuery, Api, CommentBody, MachineAction, Page};
 use crate::defender::auth::Permissions;
 use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::error::{Error, Result};
@@ -130,6 +130,7 @@ pub(super) async fn verify_then_offboard(
     line: u64,
     machine_id: MachineId,
     comment: &str,
+    body: &CommentBody,
     intent_ms: u64,
 ) -> ResultRow {
     let (attempts, lookup) =
@@ -166,7 +167,7 @@ pub(super) async fn verify_then_offboard(
         fill_action(&mut row, action.clone());
         return row;
     }
-    let mut row = offboard_one(api, line, machine_id, comment).await;
+    let mut row = offboard_one(api, line, machine_id, body).await;
     row.attempts += attempts;
     row
 }
