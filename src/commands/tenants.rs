@@ -236,20 +236,8 @@ pub async fn track(
     tenants: Vec<TenantResults>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<u8> {
-    track_results(&args.results, tenants, &args.settings(), settings, args.options(), shutdown).await
-}
-
-/// Tracks each tenant's results of the results file at `path` (`track`, or `run --wait` after a run of
-/// several tenants), as `options` say.
-pub async fn track_results(
-    path: &Path,
-    tenants: Vec<TenantResults>,
-    args: &SettingsArgs,
-    settings: &Settings,
-    options: crate::commands::track::TrackOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<u8> {
-    let done = for_each(path, tenants, args, settings, shutdown, move |t, s, signal| async move {
+    let options = args.options();
+    let done = for_each(&args.results, tenants, &args.settings(), settings, shutdown, move |t, s, signal| async move {
         crate::commands::track::track_file(&t.results, &s, None, options, signal).await
     })
     .await?;

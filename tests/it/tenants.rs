@@ -30,6 +30,28 @@ fn ids(config: &SimConfig) -> Vec<String> {
     config.fleet.ids().map(str::to_owned).collect()
 }
 
+/// A list of every machine of each tenant, tenant after tenant: the first named by its id, tenant K by
+/// its domain `tenantK.onmicrosoft.com`.
+fn grouped_list(tenants: &[SimConfig]) -> String {
+    let mut text = String::from("MachineId,TenantId\n");
+    for (k, tenant) in tenants.iter().enumerate() {
+        let name = if k == 0 { tenant.tenant_id.clone() } else { format!("tenant{}.onmicrosoft.com", k + 1) };
+        for id in ids(tenant) {
+            text += &format!("{id},{name}\n");
+        }
+    }
+    text
+}
+
+/// A list of the first two tenants' machines, row by row in turn (as [`grouped_list`] names them).
+fn paired_list(tenants: &[SimConfig]) -> String {
+    let mut text = String::from("MachineId,TenantId\n");
+    for (a, b) in ids(&tenants[0]).iter().zip(ids(&tenants[1])) {
+        text += &format!("{a},{}\n{b},tenant2.onmicrosoft.com\n", tenants[0].tenant_id);
+    }
+    text
+}
+
 /// The rows of a results file by line, its header checked to be the results' with `tenant_id` last.
 fn rows(path: &Path) -> HashMap<u64, HashMap<String, String>> {
     let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -289,13 +311,7 @@ async fn run_wait_tracks_each_tenant_to_the_end() {
     tenants[2].consented = false;
     let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("MachineId,TenantId\n");
-    for (k, tenant) in tenants.iter().enumerate() {
-        for id in ids(tenant) {
-            text += &format!("{id},tenant{}.onmicrosoft.com\n", k + 1);
-        }
-    }
-    text = text.replace("tenant1.onmicrosoft.com", &tenants[0].tenant_id);
+    let text = grouped_list(&tenants);
     let input = write_file(dir.path(), "m.csv", &text);
     let args = ["run", input.to_str().unwrap(), "--yes", "--wait", "--poll-interval", "100ms", "--report", "r.md"];
     let out = mde_in(&sim, dir.path(), &args, "").await;
@@ -338,13 +354,7 @@ async fn run_wait_tracks_each_tenant_in_its_runs_session_and_quota() {
     let tenants = mde_sim::tenant_series(first, 2, |k| active(1000 * k as u64)).unwrap();
     let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("MachineId,TenantId\n");
-    for (k, tenant) in tenants.iter().enumerate() {
-        let name = if k == 0 { tenant.tenant_id.clone() } else { format!("tenant{}.onmicrosoft.com", k + 1) };
-        for id in ids(tenant) {
-            text += &format!("{id},{name}\n");
-        }
-    }
+    let text = grouped_list(&tenants);
     let input = write_file(dir.path(), "m.csv", &text);
     let args = [
         "run",
@@ -377,13 +387,7 @@ async fn run_wait_tracks_each_tenant_in_its_runs_session_and_quota() {
 async fn a_dry_run_reads_each_tenant() {
     let (sim, tenants) = three_tenants(2).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("MachineId,TenantId\n");
-    for (k, tenant) in tenants.iter().enumerate() {
-        for id in ids(tenant) {
-            text += &format!("{id},tenant{}.onmicrosoft.com\n", k + 1);
-        }
-    }
-    text = text.replace("tenant1.onmicrosoft.com", &tenants[0].tenant_id);
+    let text = grouped_list(&tenants);
     let input = write_file(dir.path(), "m.csv", &text);
     let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--dry-run", "-o", "plan.csv"], "").await;
     assert_eq!(out.code, 3, "the third tenant could not sign in: {}\n{}", out.stdout, out.stderr);
@@ -450,10 +454,7 @@ async fn killed_part_way_a_resume_finishes_every_tenant_sending_nothing_twice() 
     let tenants = mde_sim::tenant_series(first, 2, |k| Fleet::generate(12, 61 + k as u64)).unwrap();
     let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("MachineId,TenantId\n");
-    for (a, b) in ids(&tenants[0]).iter().zip(ids(&tenants[1])) {
-        text += &format!("{a},{}\n{b},tenant2.onmicrosoft.com\n", tenants[0].tenant_id);
-    }
+    let text = paired_list(&tenants);
     let input = write_file(dir.path(), "m.csv", &text);
     let args = ["run", input.to_str().unwrap(), "--yes", "--rate", "5/1s"];
     let mut child = crate::common::command(&sim, dir.path(), &args, &[]).spawn().unwrap();
@@ -496,10 +497,7 @@ async fn tag_tags_each_tenants_machines_in_its_tenant() {
     let tenants = mde_sim::tenant_series(first, 2, |k| Fleet::generate(3, 71 + k as u64)).unwrap();
     let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("MachineId,TenantId\n");
-    for (a, b) in ids(&tenants[0]).iter().zip(ids(&tenants[1])) {
-        text += &format!("{a},{}\n{b},tenant2.onmicrosoft.com\n", tenants[0].tenant_id);
-    }
+    let text = paired_list(&tenants);
     let input = write_file(dir.path(), "m.csv", &text);
     let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--yes"], "").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
