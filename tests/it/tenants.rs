@@ -382,6 +382,19 @@ async fn run_wait_tracks_each_tenant_in_its_runs_session_and_quota() {
     sim.shutdown().await;
 }
 
+/// The plan a run of several tenants prints names how many tenants, and the column it read them from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_names_the_tenants_and_their_column() {
+    let (sim, tenants) = three_tenants(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants[..2]));
+    let out = mde_in(&sim, dir.path(), &["run", input.to_str().unwrap(), "--dry-run"], "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("lists 2 row(s) of 2 tenant(s) (column `TenantId`)"), "{all}");
+    sim.shutdown().await;
+}
+
 /// A dry run of several tenants reads each tenant in its own session and writes one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_reads_each_tenant() {

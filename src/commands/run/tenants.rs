@@ -87,8 +87,8 @@ pub async fn command(
     let mut plan = format!(
         "{} lists {total} row(s) of {} tenant(s) (column `{}`), each run on its own (at most {} at once):",
         path.display(),
-        column.escape_debug(),
         parts.len(),
+        column.escape_debug(),
         settings.tenant_concurrency
     );
     for part in &parts {
