@@ -573,7 +573,10 @@ impl Api {
 
     /// [`Api::offboard`] with its body made once for every machine of a run.
     pub async fn offboard_with(&self, machine_id: &MachineId, body: &CommentBody) -> CallResult {
-        let path = format!("/api/machines/{machine_id}/offboard");
+        let mut path = String::with_capacity(64);
+        path.push_str("/api/machines/");
+        path.push_str(std::str::from_utf8(&machine_id.hex()).expect("hexadecimal digits are ASCII"));
+        path.push_str("/offboard");
         self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body.0), true, ANSWER_MAX).await
     }
 

@@ -7,7 +7,7 @@ use crate::files::results::ResultRow;
 /// Offboards one machine and says what happened, as a results row.
 pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, comment: &CommentBody) -> ResultRow {
     let CallResult { attempts, answer } = api.offboard_with(&machine_id, comment).await;
-    let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
+    let mut row = ResultRow::new(line, machine_id.to_hex(), Outcome::Failed);
     row.attempts = attempts;
     match answer {
         Ok(reply) => {
