@@ -14,6 +14,7 @@
 //! [`REFUSED_IN_A_ROW_MAX`] calls in a row, the API refuses the token: the Api turns fatal and every call
 //! after fails unsent.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -143,11 +144,6 @@ pub struct MachineAction {
     /// Some of Microsoft's pages spell it this way: read both.
     #[serde(default)]
     pub last_update_time_utc: Option<String>,
-    /// Not an action's field: whether the JSON has an `error` member (other than `null`), so that
-    /// [`read_action`] reads an action's answer in one pass and leaves anything with an error to the
-    /// careful reading.
-    #[serde(default, rename = "error")]
-    pub(crate) error_member: Option<serde::de::IgnoredAny>,
 }
 
 impl MachineAction {
@@ -160,6 +156,99 @@ impl MachineAction {
     /// list it came from was filtered by [`OFFBOARD_TYPE_FILTER`]).
     pub fn is_offboard(&self) -> bool {
         self.kind.as_ref().is_none_or(ActionType::is_offboard)
+    }
+}
+
+/// A MachineAction as an action call's answer holds it ([`read_answer`]): the fields of [`MachineAction`],
+/// read and type-checked alike, their text borrowed from the answer (no allocation for a field nobody
+/// keeps). [`ActionAnswer::into_owned`] makes the [`MachineAction`].
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionAnswer<'a> {
+    #[serde(default, borrow)]
+    pub id: Option<Text<'a>>,
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub status: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub machine_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub requestor_comment: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub computer_dns_name: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub creation_date_time_utc: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub last_update_date_time_utc: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub last_update_time_utc: Option<Text<'a>>,
+    /// Not an action's field: whether the JSON has an `error` member (other than `null`), so that
+    /// [`read_answer`] reads an action's answer in one pass and leaves anything with an error to the
+    /// careful reading.
+    #[serde(default, rename = "error")]
+    error_member: Option<serde::de::IgnoredAny>,
+}
+
+/// A JSON string of an answer: borrowed from the answer unless it holds escapes. (A `Cow<str>` inside an
+/// `Option` would always be copied: serde borrows only a `Cow` that is the field itself.)
+#[derive(Debug)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        // What `String` takes (a JSON string and nothing else), as `MachineAction` reads it.
+        deserializer.deserialize_string(Visitor)
+    }
+}
+
+impl ActionAnswer<'_> {
+    /// When the action last changed, under either spelling.
+    pub fn updated_at(&self) -> Option<&str> {
+        self.last_update_date_time_utc.as_deref().or(self.last_update_time_utc.as_deref())
+    }
+
+    pub fn into_owned(self) -> MachineAction {
+        let owned = |text: Option<Text<'_>>| text.map(|text| text.0.into_owned());
+        MachineAction {
+            id: owned(self.id),
+            kind: self.kind.as_deref().map(ActionType::parse),
+            status: self.status.as_deref().map(ActionStatus::parse),
+            machine_id: owned(self.machine_id),
+            requestor_comment: owned(self.requestor_comment),
+            computer_dns_name: owned(self.computer_dns_name),
+            creation_date_time_utc: owned(self.creation_date_time_utc),
+            last_update_date_time_utc: owned(self.last_update_date_time_utc),
+            last_update_time_utc: owned(self.last_update_time_utc),
+        }
     }
 }
 
@@ -404,13 +493,24 @@ mod page {
 /// The MachineAction an action call answered, if its answer shows one: JSON with a non-empty `id`. Otherwise
 /// why not, in a few words on one line (the call may or may not have created an action).
 pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
+    read_answer(body).map(ActionAnswer::into_owned)
+}
+
+/// [`read_action`], its text borrowed from `body`.
+pub fn read_answer(body: &[u8]) -> Result<ActionAnswer<'_>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("the body is empty".into());
     }
     // Read straight into the types, not through a `serde_json::Value` (a map built, cloned and dropped for
     // every call). The usual answer, an action with an id and no `error` member, in one pass: the reading
     // below would take it as that action too (no error body without an `error` object).
-    if let Ok(action) = serde_json::from_slice::<MachineAction>(body)
+    // Read as text when it is text (checked once, whole, not again string by string as reading bytes does):
+    // where every byte is UTF-8 both readings take and refuse the same. A body that is not is read as bytes.
+    let first = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str::<ActionAnswer>(text),
+        Err(_) => serde_json::from_slice::<ActionAnswer>(body),
+    };
+    if let Ok(action) = first
         && action.error_member.is_none()
         && action.id.as_deref().is_some_and(|id| !id.trim().is_empty())
     {
@@ -423,7 +523,7 @@ pub fn read_action(body: &[u8]) -> Result<MachineAction, String> {
         let message = error.message.unwrap_or_default();
         return Err(format!("the body is an error, {}", one_line(&format!("{code}: {message}"))));
     }
-    match serde_json::from_slice::<MachineAction>(body) {
+    match serde_json::from_slice::<ActionAnswer>(body) {
         Ok(action) if action.id.as_deref().is_some_and(|id| !id.trim().is_empty()) => Ok(action),
         Ok(_) => Err("the JSON holds no action id".into()),
         Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
@@ -1103,6 +1203,30 @@ mod tests {
             let e = read_action(body).unwrap_err();
             assert!(e.contains(why) && !e.contains('\n'), "{e}");
         }
+    }
+
+    /// The answer is read in place, as text when it is text: escapes, non-ASCII, fields of the wrong type and
+    /// bytes that are not UTF-8 are read as reading it as bytes into [`MachineAction`] reads them.
+    #[test]
+    fn an_answer_read_in_place_reads_as_the_owned_action() {
+        let action =
+            read_answer(br#"{"id":"a\"1\u00e9","status":"Pending","computerDnsName":"h\u00e9.x","x":[1]}"#).unwrap();
+        assert_eq!(action.id.as_deref(), Some("a\"1é"));
+        assert!(matches!(action.id.as_ref().unwrap().0, Cow::Owned(_)));
+        assert_eq!(action.computer_dns_name.as_deref(), Some("hé.x"));
+        let action = read_answer("{\"id\":\"zé\",\"lastUpdateTimeUtc\":\"t\"}".as_bytes()).unwrap();
+        assert!(matches!(action.id.as_ref().unwrap().0, Cow::Borrowed("zé")));
+        assert_eq!(action.updated_at(), Some("t"));
+        let owned = action.into_owned();
+        assert_eq!((owned.id.as_deref(), owned.updated_at().map(String::as_str)), (Some("zé"), Some("t")));
+        // A field of the wrong type: not an action, as the owned reading says.
+        for body in [&br#"{"id":"a1","machineId":5}"#[..], br#"{"id":"a1","type":null,"requestorComment":[]}"#] {
+            let owned = serde_json::from_slice::<MachineAction>(body).is_ok();
+            assert_eq!(read_answer(body).is_ok(), owned, "{}", String::from_utf8_lossy(body));
+        }
+        // Not UTF-8 where the action's fields are not: read as bytes, as before; in a field: refused.
+        assert_eq!(read_answer(b"{\"id\":\"a1\",\"title\":\"\xff\"}").map(|a| a.id.is_some()), Ok(true));
+        assert!(read_answer(b"{\"id\":\"a\xff\"}").is_err());
     }
 
     #[test]
