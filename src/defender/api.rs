@@ -486,11 +486,13 @@ mod plain {
     }
 
     impl<'a> Cursor<'a> {
+        #[inline]
         fn peek(&self) -> Option<u8> {
             self.text.as_bytes().get(self.at).copied()
         }
 
         /// JSON's whitespace.
+        #[inline]
         fn space(&mut self) {
             while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
                 self.at += 1;
@@ -498,10 +500,12 @@ mod plain {
         }
 
         /// Takes `b` if it is next.
+        #[inline]
         fn eat(&mut self, b: u8) -> Option<()> {
             (self.peek() == Some(b)).then(|| self.at += 1)
         }
 
+        #[inline]
         fn literal(&mut self, word: &str) -> bool {
             let found = self.text.as_bytes()[self.at..].starts_with(word.as_bytes());
             if found {
@@ -511,6 +515,7 @@ mod plain {
         }
 
         /// A string without escapes or control characters: its text.
+        #[inline]
         fn string(&mut self) -> Option<&'a str> {
             const ONES: u64 = u64::from_le_bytes([1; 8]);
             const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
