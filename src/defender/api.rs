@@ -195,6 +195,12 @@ pub struct ActionAnswer<'a> {
 #[derive(Debug)]
 pub struct Text<'a>(pub Cow<'a, str>);
 
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(text: &'a str) -> Self {
+        Text(Cow::Borrowed(text))
+    }
+}
+
 impl std::ops::Deref for Text<'_> {
     type Target = str;
 
@@ -402,10 +408,19 @@ pub struct ListPage<T> {
 /// not a page (the entries before a fault were handed over already).
 pub fn each_in_page<'de, T: Deserialize<'de>>(body: &'de [u8], each: impl FnMut(T)) -> Result<usize, String> {
     use serde::de::DeserializeSeed;
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let count = page::EachInPage::new(each).deserialize(&mut json).map_err(|e| e.to_string())?;
-    json.end().map_err(|e| e.to_string())?;
-    Ok(count)
+    // As text when it is text, as [`read_answer`] reads an answer: one check of the whole page.
+    fn read<'de, R: serde_json::de::Read<'de>, T: Deserialize<'de>>(
+        mut json: serde_json::Deserializer<R>,
+        each: impl FnMut(T),
+    ) -> Result<usize, String> {
+        let count = page::EachInPage::new(each).deserialize(&mut json).map_err(|e| e.to_string())?;
+        json.end().map_err(|e| e.to_string())?;
+        Ok(count)
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => read(serde_json::Deserializer::from_str(text), each),
+        Err(_) => read(serde_json::Deserializer::from_slice(body), each),
+    }
 }
 
 /// An action's answer as the service writes it, read by hand at a fraction of serde's cost (a run reads one
