@@ -530,7 +530,7 @@ mod plain {
         }
 
         /// A string without escapes or control characters: its text.
-        #[inline]
+        #[inline(always)]
         fn string(&mut self) -> Option<&'a str> {
             const ONES: u64 = u64::from_le_bytes([1; 8]);
             const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
