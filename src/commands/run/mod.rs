@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
+use crate::defender::SharedClient;
 use crate::defender::api::{CommentBody, TagChange};
 use crate::defender::limiter::{self, Endpoint, Limiter};
 use crate::domain::{MachineId, Outcome, message};
@@ -256,6 +257,11 @@ fn output_path(args: &RunArgs, source: &Source, run_id: &str) -> PathBuf {
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
+    prepare_on(args, settings, None)
+}
+
+/// As [`prepare`], the session's calls made on `shared` when given (a client the tenants of a run share).
+pub fn prepare_on(args: RunArgs, settings: Settings, shared: Option<SharedClient>) -> Result<(Job, Session)> {
     if let Some(file) = &args.tenants {
         return Err(Error::Usage(format!(
             "--tenants {} gives the apps of a list of several tenants, and {} has no tenant column (TenantId or \
@@ -347,7 +353,11 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         crate::commands::tag::check_value(tag)?;
     }
     let credentials = if tag.is_some() { credentials.tagging() } else { credentials };
-    let session = Session::open(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope))?;
+    let limiter = Limiter::new(&settings.rates, settings.quota_scope);
+    let session = match shared {
+        Some(shared) => Session::open_on(shared, &settings, credentials, limiter),
+        None => Session::open(&settings, credentials, limiter)?,
+    };
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
     let job = Job {

@@ -26,9 +26,10 @@ use std::time::SystemTime;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
-use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare, tag_after};
+use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare_on, tag_after};
 use crate::commands::tenants::{keep_apps, settings_for, tenant_results, tenants_dir};
 use crate::commands::track::{TrackSummary, track_file};
+use crate::defender::SharedClients;
 use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
@@ -120,16 +121,21 @@ pub async fn command(
     }
 
     let slots = Arc::new(Semaphore::new(settings.tenant_concurrency));
+    // One client (connection pool) for every tenant, and one bound on their calls at once: as many
+    // connections as calls in flight.
+    let widest = settings_of.iter().map(|s| s.concurrency).max().unwrap_or(1);
+    let running = settings_of.iter().map(|s| s.concurrency).sum::<usize>().min(widest * settings.tenant_concurrency);
+    let clients = Arc::new(SharedClients::new(running, widest));
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
-        let (args, dir) = (args.clone(), dir.clone());
+        let (args, dir, clients) = (args.clone(), dir.clone(), clients.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
                 _ = stopped.wait_for(|s| *s) => return (part, (Err(Error::Interrupted), None)),
             };
-            let result = run_tenant(args, settings, &part, &dir, stopped).await;
+            let result = run_tenant(args, settings, &clients, &part, &dir, stopped).await;
             (part, result)
         }));
     }
@@ -214,6 +220,7 @@ pub async fn command(
 async fn run_tenant(
     mut args: RunArgs,
     settings: Settings,
+    clients: &SharedClients,
     part: &Partition,
     dir: &Path,
     stopped: watch::Receiver<bool>,
@@ -230,7 +237,11 @@ async fn run_tenant(
     let wait = args.wait;
     // Scanning the tenant's list reads a file: off the runtime.
     let tracking_settings = settings.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(args, settings))
+    let shared = match clients.client(&settings) {
+        Ok(shared) => shared,
+        Err(e) => return (Err(e), None),
+    };
+    let prepared = tokio::task::spawn_blocking(move || prepare_on(args, settings, Some(shared)))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let (mut job, mut session) = match prepared {
