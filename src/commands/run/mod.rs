@@ -52,7 +52,7 @@ const CHANNEL_DEPTH: usize = 1024;
 /// most [`READ_BATCH_PER_WORKER`] per machine the run calls at once: a paced run (each tenant of a run of
 /// many) holds the rows it will soon call, not a thousand.
 const READ_BATCH: usize = 128;
-const READ_BATCH_PER_WORKER: usize = 8;
+const READ_BATCH_PER_WORKER: usize = 2;
 /// Batches read ahead of the dispatcher.
 const READ_AHEAD: usize = 2;
 /// At most this many rows, of those waiting, go to the results file in one write.
