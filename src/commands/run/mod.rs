@@ -1,6 +1,6 @@
 //! `mde-offboard run`: the offboarding pipeline.
 //!
-//! reader (blocking thread) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
+//! reader (a batch at a time on the blocking pool) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
 //! owned semaphore permits) -> `concurrency` worker tasks (one call sequence at a time each) -> one writer
 //! task. Every input row ends in exactly one results row: invalid and duplicate rows go straight to the
 //! writer, every valid id gets one offboard call sequence, and a per-machine failure is a row, never an
@@ -612,25 +612,38 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let reader = {
         let rows = job.scan.rows()?;
         let cancelled = cancelled.clone();
-        let mut screen = screen.take();
-        // Rows are read and screened here, off the runtime: both read files.
-        tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(read_batch);
-            for row in rows {
-                let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
-                let failed = item.is_err();
-                batch.push(item);
-                if batch.len() < read_batch && !failed {
-                    continue;
-                }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(read_batch));
-                // A row that could not be read ends the input: it goes with the rows before it.
-                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(full).is_err() || failed {
+        let screen = screen.take();
+        // Rows are read and screened off the runtime (both read files), a batch at a time on the blocking
+        // pool: no thread is held while the batches wait for the dispatcher (a paced run waits for its
+        // quota most of the time, each tenant of a run of many too).
+        tokio::spawn(async move {
+            let mut state = (rows, screen);
+            loop {
+                let (back, batch, end) = tokio::task::spawn_blocking(move || {
+                    let (mut rows, mut screen) = state;
+                    let mut batch = Vec::with_capacity(read_batch);
+                    let mut end = true;
+                    for row in rows.by_ref() {
+                        let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
+                        let failed = item.is_err();
+                        batch.push(item);
+                        // A row that could not be read ends the input: it goes with the rows before it.
+                        if failed || batch.len() == read_batch {
+                            end = failed;
+                            break;
+                        }
+                    }
+                    ((rows, screen), batch, end)
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                state = back;
+                if cancelled.load(Ordering::Relaxed)
+                    || (!batch.is_empty() && item_tx.send(batch).await.is_err())
+                    || end
+                {
                     break;
                 }
-            }
-            if !batch.is_empty() && !cancelled.load(Ordering::Relaxed) {
-                let _ = item_tx.blocking_send(batch);
             }
         })
     };

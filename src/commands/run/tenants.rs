@@ -5,7 +5,9 @@
 //! single-tenant run of its own list, with everything a run has of its own: its sign-in (the same app registration, or
 //! the one the settings give, signed in to that tenant), limiter and quotas, lock, pre-flight reads, journal and
 //! results file (`<tenant>.results.csv`, with the kill -9 safety and the `--resume` of any run). Tenants run in
-//! parallel, at most `run.tenant_concurrency` at once. A tenant that cannot start (sign-in refused, consent or a role
+//! parallel, at most `run.tenant_concurrency` at once. They share one HTTP client (its connections: each call
+//! carries its own tenant's token) and one bound on their calls at once ([`SharedClients`]), so the run holds
+//! as many connections as calls in flight, not tenants x concurrency. A tenant that cannot start (sign-in refused, consent or a role
 //! missing, its lock held) fails only its own rows: `failed`, with the reason. At the end (an interrupted run too) the
 //! tenants' results are merged, in the order the list names the tenants, into the one results file with a `tenant_id`
 //! column, replaced atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same
