@@ -43,6 +43,10 @@ use crate::input::{self, Source};
 use crate::settings::Settings;
 use crate::settings::tenants::TenantsFile;
 
+/// Tenants' lists scanned at once, whatever the tenants: a scan is file work of a few milliseconds, each on a
+/// thread of the blocking pool (a stack of its own), and the tenants of a run start together.
+static SCANS: Semaphore = Semaphore::const_new(4);
+
 /// The error code of the rows of a tenant whose run could not start.
 const NOT_STARTED: &str = "TenantNotStarted";
 
@@ -243,9 +247,12 @@ async fn run_tenant(
         Ok(shared) => shared,
         Err(e) => return (Err(e), None),
     };
-    let prepared = tokio::task::spawn_blocking(move || prepare_on(args, settings, Some(shared)))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let prepared = {
+        let _scan = SCANS.acquire().await.expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || prepare_on(args, settings, Some(shared)))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    };
     let (mut job, mut session) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => return (Err(e), None),
