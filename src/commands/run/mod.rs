@@ -638,9 +638,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                 state = back;
-                if cancelled.load(Ordering::Relaxed)
-                    || (!batch.is_empty() && item_tx.send(batch).await.is_err())
-                    || end
+                if cancelled.load(Ordering::Relaxed) || (!batch.is_empty() && item_tx.send(batch).await.is_err()) || end
                 {
                     break;
                 }
