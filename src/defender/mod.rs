@@ -48,12 +48,6 @@ fn build_client(setting: &ClientSetting, idle: usize) -> Result<reqwest::Client>
         .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
 }
 
-/// Calls a run of several tenants makes at once over its shared client, at most, whatever the tenants
-/// (more when one tenant's concurrency is more): the tenants' quotas open together, and without a bound every
-/// running tenant's workers would call at once, each call on a connection of its own (some 30 KB of buffers
-/// each). 64 calls at once serve the quotas of some 190 tenants at 200 ms a call.
-pub const RUN_CALLS_AT_ONCE: usize = 64;
-
 /// The HTTP clients of a run of several tenants, one per distinct client setting (in practice one: a tenants
 /// file gives a tenant its own app, not its own timeouts), shared by the tenants' sessions, and the bound on
 /// the calls they make at once. Every tenant calls the same hosts, and a call carries its tenant's token in a
@@ -75,10 +69,11 @@ pub struct SharedClient {
 
 impl SharedClients {
     /// For a run whose tenants, running at once, could make `calls` calls at once (the sum of their
-    /// concurrency), each at most `concurrency`: at most [`RUN_CALLS_AT_ONCE`] of them at once, or
-    /// `concurrency` if more.
-    pub fn new(calls: usize, concurrency: usize) -> Self {
-        let calls = calls.min(RUN_CALLS_AT_ONCE.max(concurrency)).max(1);
+    /// concurrency), each at most `concurrency`: at most `bound` of them at once (`run.calls_at_once`), or
+    /// `concurrency` if more. The tenants' quotas open together, and without a bound every running tenant's
+    /// workers would call at once, each call on a connection of its own (some 30 KB of buffers each).
+    pub fn new(calls: usize, concurrency: usize, bound: usize) -> Self {
+        let calls = calls.min(bound.max(concurrency)).max(1);
         SharedClients {
             calls,
             in_flight: Arc::new(tokio::sync::Semaphore::new(calls)),

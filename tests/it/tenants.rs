@@ -573,6 +573,18 @@ async fn a_tenants_share_holds_its_rows_only_and_keeps_their_lines() {
 /// 64 calls at once and the tenants' sign-ins, and every machine is offboarded, in its own tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenants_share_connections_within_a_bound_of_calls_at_once() {
+    tenants_calls_at_once("", 64).await;
+}
+
+/// `run.calls_at_once` sets that bound: at 12, the same run holds at most 12 connections for its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_calls_at_once_sets_the_bound_of_the_tenants_calls_at_once() {
+    tenants_calls_at_once("calls_at_once = 12\n", 12).await;
+}
+
+/// 20 tenants of 100 machines at concurrency 8, with `extra` in the config's `[run]`: every machine is
+/// offboarded in its own tenant, with at most `bound` connections open for calls (and one per sign-in).
+async fn tenants_calls_at_once(extra: &str, bound: usize) {
     const TENANTS: usize = 20;
     let first = SimConfig {
         fleet: Fleet::generate(100, 41),
@@ -586,7 +598,7 @@ async fn the_tenants_share_connections_within_a_bound_of_calls_at_once() {
     let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
-    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n"));
+    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n{extra}"));
     let args = [
         "run",
         input.to_str().unwrap(),
@@ -603,6 +615,6 @@ async fn the_tenants_share_connections_within_a_bound_of_calls_at_once() {
         assert_eq!(sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"), 100);
     }
     let open = sim.stats().most_connections_open;
-    assert!(open <= (64 + TENANTS + 1) as u64, "{open} connections open at once");
+    assert!(open <= (bound + TENANTS + 1) as u64, "{open} connections open at once");
     sim.shutdown().await;
 }

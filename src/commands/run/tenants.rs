@@ -131,7 +131,7 @@ pub async fn command(
     // connections as calls in flight.
     let widest = settings_of.iter().map(|s| s.concurrency).max().unwrap_or(1);
     let running = settings_of.iter().map(|s| s.concurrency).sum::<usize>().min(widest * settings.tenant_concurrency);
-    let clients = Arc::new(SharedClients::new(running, widest));
+    let clients = Arc::new(SharedClients::new(running, widest, settings.calls_at_once));
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
