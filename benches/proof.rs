@@ -44,6 +44,14 @@ fn main() {
         write_ids(n.parse().expect("a count"), Path::new(path));
         return;
     }
+    if let [hidden, tenants, n, dir] = &args[..]
+        && hidden == TENANTS_COMMAND
+    {
+        // Figure 7's list of `tenants` tenants of `n`, for running the client by hand: its path on stdout.
+        let (tenants, n) = (tenants.parse().expect("a count"), n.parse().expect("a count"));
+        println!("{}", tenants_file(Path::new(dir), 0..tenants, n, None).display());
+        return;
+    }
     if let [hidden, url, input, concurrency] = &args[..]
         && hidden == BASELINE_COMMAND
     {
@@ -988,6 +996,9 @@ fn wait4(child: &Child) -> (i32, libc::rusage) {
 
 /// The hidden subcommand that writes an input file in a child process (see `harness_peak_rss_kib`).
 const IDS_COMMAND: &str = "__write-ids";
+
+/// The hidden subcommand that writes figure 7's list of several tenants (`__write-tenants TENANTS N DIR`).
+const TENANTS_COMMAND: &str = "__write-tenants";
 
 /// A one-column input with the `n` machines of the simulator's fleet of `n`.
 fn id_file(dir: &Path, n: usize) -> PathBuf {

@@ -110,7 +110,13 @@ pub fn main() -> u8 {
         }
     };
     logging::init(cli.verbose, cli.quiet, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A blocking thread idle for a second ends (tokio's default is ten): each tenant of a run of many starts
+    // with file work of its own on the blocking pool, and the threads (their stacks) would outlive it.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             output::error(&format!("cannot start the async runtime: {e}"));

@@ -10,6 +10,9 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
+use crate::defender::SharedClient;
 use crate::defender::api::{Api, RetryPolicy};
 use crate::defender::auth::{Permissions, Token, TokenCache, token_file};
 use crate::defender::limiter::Limiter;
@@ -29,7 +32,20 @@ impl Session {
     /// settings say. No network.
     pub fn open(settings: &Settings, credentials: Credentials, limiter: Arc<Limiter>) -> Result<Session> {
         let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
-        Session::with_policy(settings, credentials, limiter, policy)
+        Ok(Session::assemble(crate::defender::http_client(settings)?, None, settings, credentials, limiter, policy))
+    }
+
+    /// As [`Session::open`], its calls made on `shared`, a client shared with other sessions, within its
+    /// bound on calls in flight (the tenants of a run share their connections:
+    /// [`crate::defender::SharedClients`]); the token, limiter and lock are still the session's own. No network.
+    pub fn open_on(
+        shared: SharedClient,
+        settings: &Settings,
+        credentials: Credentials,
+        limiter: Arc<Limiter>,
+    ) -> Session {
+        let policy = RetryPolicy { max_attempts: settings.max_attempts, retry_delay: settings.retry_delay };
+        Session::assemble(shared.http, Some(shared.in_flight), settings, credentials, limiter, policy)
     }
 
     /// As [`Session::open`], with its own retry policy (`check` makes one call, and retries little).
@@ -39,15 +55,29 @@ impl Session {
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
     ) -> Result<Session> {
+        Ok(Session::assemble(crate::defender::http_client(settings)?, None, settings, credentials, limiter, policy))
+    }
+
+    fn assemble(
+        http: reqwest::Client,
+        in_flight: Option<Arc<Semaphore>>,
+        settings: &Settings,
+        credentials: Credentials,
+        limiter: Arc<Limiter>,
+        policy: RetryPolicy,
+    ) -> Session {
         let mut credentials = credentials;
         if let Credential::DeviceCode(person) = &mut credentials.credential {
             // The code is shown on stderr; whoever typed the command is at stdin's terminal.
             person.person = std::io::stdin().is_terminal();
         }
-        let http = crate::defender::http_client(settings)?;
         let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
-        let api = Arc::new(Api::new(http, &settings.api_base, tokens.clone(), limiter, policy));
-        Ok(Session { api, tokens, lock: None })
+        let mut api = Api::new(http, &settings.api_base, tokens.clone(), limiter, policy);
+        if let Some(in_flight) = in_flight {
+            api = api.sharing(in_flight);
+        }
+        let api = Arc::new(api);
+        Session { api, tokens, lock: None }
     }
 
     /// Takes the run lock of the tenant (by its id: a tenant named by a domain signs in first to learn it)

@@ -832,6 +832,8 @@ pub struct Api {
     /// Set on interrupt: no call starts or is retried after it; waits for the limiter or a backoff end.
     cancelled: AtomicBool,
     cancel: tokio::sync::Notify,
+    /// The bound on calls in flight this API shares with other sessions' (the tenants of a run), if any.
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 enum Step {
@@ -864,7 +866,15 @@ impl Api {
             refused_in_a_row: AtomicU32::new(0),
             cancelled: AtomicBool::new(false),
             cancel: tokio::sync::Notify::new(),
+            in_flight: None,
         }
+    }
+
+    /// Each call waits, after its quota's permit and before it is sent, for one of `in_flight`'s permits,
+    /// held until its answer is read: a bound on calls at once shared with other sessions' APIs.
+    pub fn sharing(mut self, in_flight: Arc<tokio::sync::Semaphore>) -> Self {
+        self.in_flight = Some(in_flight);
+        self
     }
 
     /// Stops every call that has not been sent: they end as `Interrupted` failures. Calls in flight finish.
@@ -1056,6 +1066,10 @@ impl Api {
                 true => Some(PAGES.acquire().await.expect("the semaphore is never closed")),
                 false => None,
             };
+            let in_flight = match &self.in_flight {
+                Some(calls) => Some(calls.acquire().await.expect("the semaphore is never closed")),
+                None => None,
+            };
             attempts += 1;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let request = match &url {
@@ -1115,7 +1129,7 @@ impl Api {
                 Err(e) => Err(e),
             };
             // Read: the caller parses it before its task yields ([`Api::list_page`]).
-            drop(page);
+            drop((page, in_flight));
             // The pool learns of the answer before the permit goes: a 429 pauses it (and a wait for the probe
             // ends only once the probe's verdict is in), any other answer ends its throttling.
             let pool_pause = match &answer {

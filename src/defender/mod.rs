@@ -7,6 +7,7 @@ pub mod auth;
 pub mod limiter;
 pub mod timestamp;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -15,16 +16,83 @@ use crate::settings::Settings;
 /// Builds the HTTP client every call shares: sign-in and API calls alike. It follows no redirect: a 3xx is
 /// reported, and nothing (a token, a client secret, an offboard) is ever sent to the host it names.
 pub fn http_client(settings: &Settings) -> Result<reqwest::Client> {
-    // Plain http is only ever loopback (the simulator; settings refuse it elsewhere): no TLS, so the root
-    // certificates (the system's store is read from disk, tens of milliseconds) are not loaded.
-    let tls = !(settings.api_base.starts_with("http://") && settings.authority.starts_with("http://"));
+    build_client(&ClientSetting::of(settings), settings.concurrency.max(4))
+}
+
+/// What a client is built from, of the settings: the same for every tenant of a run given the same settings.
+#[derive(Clone, Debug, PartialEq)]
+struct ClientSetting {
+    /// Plain http is only ever loopback (the simulator; settings refuse it elsewhere): no TLS, so the root
+    /// certificates (the system's store is read from disk, tens of milliseconds) are not loaded.
+    tls: bool,
+    timeout: Duration,
+}
+
+impl ClientSetting {
+    fn of(settings: &Settings) -> Self {
+        let tls = !(settings.api_base.starts_with("http://") && settings.authority.starts_with("http://"));
+        ClientSetting { tls, timeout: settings.timeout }
+    }
+}
+
+/// A client of `setting` keeping at most `idle` idle connections to a host.
+fn build_client(setting: &ClientSetting, idle: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
-        .tls_built_in_root_certs(tls)
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(settings.concurrency.max(4))
+        .tls_built_in_root_certs(setting.tls)
+        .timeout(setting.timeout)
+        .connect_timeout(setting.timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(idle)
         .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
+}
+
+/// The HTTP clients of a run of several tenants, one per distinct client setting (in practice one: a tenants
+/// file gives a tenant its own app, not its own timeouts), shared by the tenants' sessions, and the bound on
+/// the calls they make at once. Every tenant calls the same hosts, and a call carries its tenant's token in a
+/// header of its own: a connection one tenant's call left idle serves the next call of any tenant, so the run
+/// holds as many connections as calls in flight, not tenants x concurrency.
+pub struct SharedClients {
+    /// The most calls in flight at once, and the idle connections kept per host.
+    calls: usize,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    clients: std::sync::Mutex<Vec<(ClientSetting, reqwest::Client)>>,
+}
+
+/// A client shared by the sessions of a run, and the bound on their calls in flight.
+#[derive(Clone)]
+pub struct SharedClient {
+    pub http: reqwest::Client,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl SharedClients {
+    /// For a run whose tenants, running at once, could make `calls` calls at once (the sum of their
+    /// concurrency), each at most `concurrency`: at most `bound` of them at once (`run.calls_at_once`), or
+    /// `concurrency` if more. The tenants' quotas open together, and without a bound every running tenant's
+    /// workers would call at once, each call on a connection of its own (some 30 KB of buffers each).
+    pub fn new(calls: usize, concurrency: usize, bound: usize) -> Self {
+        let calls = calls.min(bound.max(concurrency)).max(1);
+        SharedClients {
+            calls,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(calls)),
+            clients: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The client for `settings`: the one already built for the same setting, or a new one.
+    pub fn client(&self, settings: &Settings) -> Result<SharedClient> {
+        let setting = ClientSetting::of(settings);
+        let mut clients = self.clients.lock().expect("never poisoned");
+        let http = match clients.iter().find(|(s, _)| *s == setting) {
+            Some((_, client)) => client.clone(),
+            None => {
+                let client = build_client(&setting, self.calls.max(4))?;
+                clients.push((setting, client.clone()));
+                client
+            }
+        };
+        Ok(SharedClient { http, in_flight: self.in_flight.clone() })
+    }
 }

@@ -409,8 +409,14 @@ impl<R: Record> RecordFile<R> {
 
     /// The records from the first, with a reader of their own.
     pub fn read(&self) -> io::Result<RecordReader<R>> {
+        self.read_buffered(RUN_BUFFER)
+    }
+
+    /// As [`RecordFile::read`], the reader's buffer at most `most` bytes (a file read at the pace of calls).
+    pub fn read_buffered(&self, most: usize) -> io::Result<RecordReader<R>> {
         // A buffer no larger than the file: a small one (a tenant's, or the duplicates of most lists) is small.
-        let buffer = usize::try_from(self.len).unwrap_or(usize::MAX).saturating_mul(R::SIZE).clamp(R::SIZE, RUN_BUFFER);
+        let buffer =
+            usize::try_from(self.len).unwrap_or(usize::MAX).saturating_mul(R::SIZE).clamp(R::SIZE, most.max(R::SIZE));
         Ok(RecordReader::with_buffer(Arc::clone(&self.file), buffer))
     }
 }

@@ -566,3 +566,55 @@ async fn a_tenants_share_holds_its_rows_only_and_keeps_their_lines() {
     assert_eq!(lines, ["603", "605", "606"], "the tenant's own results keep the list's lines");
     sim.shutdown().await;
 }
+
+/// The tenants of a run share one HTTP client, and one bound on their calls at once: 20 tenants at
+/// concurrency 8, their calls answered after 50 ms, could make 160 calls at once, each on a connection of
+/// its own (tenants x concurrency, some 30 KB of buffers each); the run holds no more connections than its
+/// 64 calls at once and the tenants' sign-ins, and every machine is offboarded, in its own tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_share_connections_within_a_bound_of_calls_at_once() {
+    tenants_calls_at_once("", 64).await;
+}
+
+/// `run.calls_at_once` sets that bound: at 12, the same run holds at most 12 connections for its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_calls_at_once_sets_the_bound_of_the_tenants_calls_at_once() {
+    tenants_calls_at_once("calls_at_once = 12\n", 12).await;
+}
+
+/// 20 tenants of 100 machines at concurrency 8, with `extra` in the config's `[run]`: every machine is
+/// offboarded in its own tenant, with at most `bound` connections open for calls (and one per sign-in).
+async fn tenants_calls_at_once(extra: &str, bound: usize) {
+    const TENANTS: usize = 20;
+    let first = SimConfig {
+        fleet: Fleet::generate(100, 41),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults: mde_sim::Faults { latency: std::time::Duration::from_millis(50), ..mde_sim::Faults::default() },
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(100, 41 + k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
+    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n{extra}"));
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "--yes",
+        "--no-preflight",
+        "--concurrency",
+        "8",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for tenant in &tenants {
+        assert_eq!(sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"), 100);
+    }
+    let open = sim.stats().most_connections_open;
+    assert!(open <= (bound + TENANTS + 1) as u64, "{open} connections open at once");
+    sim.shutdown().await;
+}

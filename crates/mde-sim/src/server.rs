@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +95,34 @@ pub(crate) struct Shared {
     forbidden_groups: HashSet<String>,
     forbidden_ids: HashSet<String>,
     base_url: String,
+    /// The server's connections, every tenant's alike.
+    connections: Arc<Connections>,
+}
+
+/// The TCP connections the server accepted, and how many are open.
+#[derive(Debug, Default)]
+struct Connections {
+    accepted: AtomicU64,
+    open: AtomicU64,
+    most_open: AtomicU64,
+}
+
+impl Connections {
+    /// One more open, until the guard is dropped.
+    fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most_open.fetch_max(open, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+}
+
+struct OpenConnection(Arc<Connections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The tenants the simulator serves, each its own [`Shared`] (fleet, app, tokens, quotas, actions, faults),
@@ -171,8 +200,11 @@ impl Simulator {
             listener.local_addr().map_err(|e| Error::Simulator(format!("cannot read the listening address: {e}")))?;
         let clock = Clock::new(time_scale);
         let base_url = format!("http://{addr}");
-        let list: Vec<Arc<Shared>> =
-            configs.into_iter().map(|config| Arc::new(Shared::new(config, clock, base_url.clone()))).collect();
+        let connections = Arc::new(Connections::default());
+        let list: Vec<Arc<Shared>> = configs
+            .into_iter()
+            .map(|config| Arc::new(Shared::new(config, clock, base_url.clone(), connections.clone())))
+            .collect();
         let tenants = Arc::new(Tenants { list, by_name });
         let shared = tenants.first().clone();
         let (stop, stopped) = watch::channel(false);
@@ -196,7 +228,7 @@ impl Simulator {
 }
 
 impl Shared {
-    fn new(mut config: SimConfig, clock: Clock, base_url: String) -> Shared {
+    fn new(mut config: SimConfig, clock: Clock, base_url: String, connections: Arc<Connections>) -> Shared {
         let fleet = std::mem::take(&mut config.fleet);
         Shared {
             clock,
@@ -214,6 +246,7 @@ impl Shared {
             forbidden_groups: config.forbidden_groups.iter().map(|g| g.to_lowercase()).collect(),
             forbidden_ids: config.forbidden_ids.iter().map(|i| i.trim().to_ascii_lowercase()).collect(),
             base_url,
+            connections,
             fleet,
             config,
         }
@@ -304,7 +337,9 @@ async fn accept_loop(listener: TcpListener, tenants: Arc<Tenants>, mut stopped: 
         let service = TowerToHyperService::new(router.clone());
         let mut stopped = stopped.clone();
         let tenants = tenants.clone();
+        let open = tenants.first().connections.opened();
         tokio::spawn(async move {
+            let _open = open;
             let kill = ConnectionKill::default();
             let handle = kill.clone();
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -549,6 +584,8 @@ impl Shared {
         let actions = self.actions.lock().expect("actions lock");
         stats.actions_by_status = actions.count_by_status(now).into_iter().map(|(s, n)| (s.to_string(), n)).collect();
         stats.time_scale = self.config.time_scale;
+        stats.connections = self.connections.accepted.load(Ordering::Relaxed);
+        stats.most_connections_open = self.connections.most_open.load(Ordering::Relaxed);
         stats
     }
 

@@ -52,6 +52,12 @@ pub struct SimStats {
     pub background_refused: u64,
     /// Faults injected, by kind.
     pub faults: FaultCounts,
+    /// TCP connections accepted, and the most open at once (this request's own included), all tenants
+    /// together: a connection serves whichever tenant each request is for.
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub most_connections_open: u64,
     /// Offboard actions by current status.
     pub actions_by_status: BTreeMap<String, u64>,
     pub time_scale: f64,

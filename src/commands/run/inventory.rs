@@ -45,6 +45,9 @@ pub const AMBIGUOUS_LISTED: usize = 5;
 
 /// Inputs of up to this many ids may be read by id instead of in pages (see [`by_id_is_cheaper`]).
 pub const PER_ID_MAX: usize = 2;
+/// The read buffer of the decisions, read in the list's order at the pace of the run's calls (for each tenant
+/// of a run of many, while the run lasts): a few kilobytes, not the external sort's 32 KB.
+const DECISIONS_BUFFER: usize = 4 << 10;
 
 /// The statuses of the offboard actions the reads list: the open ones (the machine is `already_pending`)
 /// and `Succeeded` (it may be `already_offboarded`), one paged list each.
@@ -578,7 +581,7 @@ impl Inventory {
         }
         // Kept in a file of their own, so they can be read again from the first line (see [`Joined::rewind`]).
         let sorted = RecordFile::write(decisions.finish()?)?;
-        let decisions = Cursor::new(sorted.read()?);
+        let decisions = Cursor::new(sorted.read_buffered(DECISIONS_BUFFER)?);
         Ok(Joined { sorted, decisions, store, tally, reads: self.reads, by_name: self.by_name, guard: self.guard })
     }
 }
@@ -735,7 +738,7 @@ pub struct Joined {
 impl Joined {
     /// Back to the first line: [`Joined::take`] reads the decisions again from the start.
     pub fn rewind(&mut self) -> std::io::Result<()> {
-        self.decisions = Cursor::new(self.sorted.read()?);
+        self.decisions = Cursor::new(self.sorted.read_buffered(DECISIONS_BUFFER)?);
         Ok(())
     }
 

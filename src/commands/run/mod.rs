@@ -1,6 +1,6 @@
 //! `mde-offboard run`: the offboarding pipeline.
 //!
-//! reader (blocking thread) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
+//! reader (a batch at a time on the blocking pool) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
 //! owned semaphore permits) -> `concurrency` worker tasks (one call sequence at a time each) -> one writer
 //! task. Every input row ends in exactly one results row: invalid and duplicate rows go straight to the
 //! writer, every valid id gets one offboard call sequence, and a per-machine failure is a row, never an
@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::commands::session::Session;
+use crate::defender::SharedClient;
 use crate::defender::api::{CommentBody, TagChange};
 use crate::defender::limiter::{self, Endpoint, Limiter};
 use crate::domain::{MachineId, Outcome, message};
@@ -51,7 +52,7 @@ const CHANNEL_DEPTH: usize = 1024;
 /// most [`READ_BATCH_PER_WORKER`] per machine the run calls at once: a paced run (each tenant of a run of
 /// many) holds the rows it will soon call, not a thousand.
 const READ_BATCH: usize = 128;
-const READ_BATCH_PER_WORKER: usize = 8;
+const READ_BATCH_PER_WORKER: usize = 2;
 /// Batches read ahead of the dispatcher.
 const READ_AHEAD: usize = 2;
 /// At most this many rows, of those waiting, go to the results file in one write.
@@ -256,6 +257,11 @@ fn output_path(args: &RunArgs, source: &Source, run_id: &str) -> PathBuf {
 /// Turns the command line into a [`Job`] and the [`Session`] it runs in, checking everything that can be
 /// checked without the network.
 pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
+    prepare_on(args, settings, None)
+}
+
+/// As [`prepare`], the session's calls made on `shared` when given (a client the tenants of a run share).
+pub fn prepare_on(args: RunArgs, settings: Settings, shared: Option<SharedClient>) -> Result<(Job, Session)> {
     if let Some(file) = &args.tenants {
         return Err(Error::Usage(format!(
             "--tenants {} gives the apps of a list of several tenants, and {} has no tenant column (TenantId or \
@@ -347,7 +353,11 @@ pub fn prepare(args: RunArgs, settings: Settings) -> Result<(Job, Session)> {
         crate::commands::tag::check_value(tag)?;
     }
     let credentials = if tag.is_some() { credentials.tagging() } else { credentials };
-    let session = Session::open(&settings, credentials, Limiter::new(&settings.rates, settings.quota_scope))?;
+    let limiter = Limiter::new(&settings.rates, settings.quota_scope);
+    let session = match shared {
+        Some(shared) => Session::open_on(shared, &settings, credentials, limiter),
+        None => Session::open(&settings, credentials, limiter)?,
+    };
     // A dry run changes nothing, as `--yes` says for a real one.
     session.require_person(args.yes || options.dry_run)?;
     let job = Job {
@@ -602,25 +612,36 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let reader = {
         let rows = job.scan.rows()?;
         let cancelled = cancelled.clone();
-        let mut screen = screen.take();
-        // Rows are read and screened here, off the runtime: both read files.
-        tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(read_batch);
-            for row in rows {
-                let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
-                let failed = item.is_err();
-                batch.push(item);
-                if batch.len() < read_batch && !failed {
-                    continue;
-                }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(read_batch));
-                // A row that could not be read ends the input: it goes with the rows before it.
-                if cancelled.load(Ordering::Relaxed) || item_tx.blocking_send(full).is_err() || failed {
+        let screen = screen.take();
+        // Rows are read and screened off the runtime (both read files), a batch at a time on the blocking
+        // pool: no thread is held while the batches wait for the dispatcher (a paced run waits for its
+        // quota most of the time, each tenant of a run of many too).
+        tokio::spawn(async move {
+            let mut state = (rows, screen);
+            loop {
+                let (back, batch, end) = tokio::task::spawn_blocking(move || {
+                    let (mut rows, mut screen) = state;
+                    let mut batch = Vec::with_capacity(read_batch);
+                    let mut end = true;
+                    for row in rows.by_ref() {
+                        let item = row.and_then(|row| preflight::screen(screen.as_mut(), row));
+                        let failed = item.is_err();
+                        batch.push(item);
+                        // A row that could not be read ends the input: it goes with the rows before it.
+                        if failed || batch.len() == read_batch {
+                            end = failed;
+                            break;
+                        }
+                    }
+                    ((rows, screen), batch, end)
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                state = back;
+                if cancelled.load(Ordering::Relaxed) || (!batch.is_empty() && item_tx.send(batch).await.is_err()) || end
+                {
                     break;
                 }
-            }
-            if !batch.is_empty() && !cancelled.load(Ordering::Relaxed) {
-                let _ = item_tx.blocking_send(batch);
             }
         })
     };

@@ -5,7 +5,9 @@
 //! single-tenant run of its own list, with everything a run has of its own: its sign-in (the same app registration, or
 //! the one the settings give, signed in to that tenant), limiter and quotas, lock, pre-flight reads, journal and
 //! results file (`<tenant>.results.csv`, with the kill -9 safety and the `--resume` of any run). Tenants run in
-//! parallel, at most `run.tenant_concurrency` at once. A tenant that cannot start (sign-in refused, consent or a role
+//! parallel, at most `run.tenant_concurrency` at once. They share one HTTP client (its connections: each call
+//! carries its own tenant's token) and one bound on their calls at once ([`SharedClients`]), so the run holds
+//! as many connections as calls in flight, not tenants x concurrency. A tenant that cannot start (sign-in refused, consent or a role
 //! missing, its lock held) fails only its own rows: `failed`, with the reason. At the end (an interrupted run too) the
 //! tenants' results are merged, in the order the list names the tenants, into the one results file with a `tenant_id`
 //! column, replaced atomically: one row per input row, as for one tenant. `--resume` splits the list again (the same
@@ -26,9 +28,10 @@ use std::time::SystemTime;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
-use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare, tag_after};
+use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare_on, tag_after};
 use crate::commands::tenants::{keep_apps, settings_for, tenant_results, tenants_dir};
 use crate::commands::track::{TrackSummary, track_file};
+use crate::defender::SharedClients;
 use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
@@ -39,6 +42,10 @@ use crate::input::tenants::{Partition, partition};
 use crate::input::{self, Source};
 use crate::settings::Settings;
 use crate::settings::tenants::TenantsFile;
+
+/// Tenants' lists scanned at once, whatever the tenants: a scan is file work of a few milliseconds, each on a
+/// thread of the blocking pool (a stack of its own), and the tenants of a run start together.
+static SCANS: Semaphore = Semaphore::const_new(4);
 
 /// The error code of the rows of a tenant whose run could not start.
 const NOT_STARTED: &str = "TenantNotStarted";
@@ -120,16 +127,21 @@ pub async fn command(
     }
 
     let slots = Arc::new(Semaphore::new(settings.tenant_concurrency));
+    // One client (connection pool) for every tenant, and one bound on their calls at once: as many
+    // connections as calls in flight.
+    let widest = settings_of.iter().map(|s| s.concurrency).max().unwrap_or(1);
+    let running = settings_of.iter().map(|s| s.concurrency).sum::<usize>().min(widest * settings.tenant_concurrency);
+    let clients = Arc::new(SharedClients::new(running, widest, settings.calls_at_once));
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
-        let (args, dir) = (args.clone(), dir.clone());
+        let (args, dir, clients) = (args.clone(), dir.clone(), clients.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
                 _ = stopped.wait_for(|s| *s) => return (part, (Err(Error::Interrupted), None)),
             };
-            let result = run_tenant(args, settings, &part, &dir, stopped).await;
+            let result = run_tenant(args, settings, &clients, &part, &dir, stopped).await;
             (part, result)
         }));
     }
@@ -214,6 +226,7 @@ pub async fn command(
 async fn run_tenant(
     mut args: RunArgs,
     settings: Settings,
+    clients: &SharedClients,
     part: &Partition,
     dir: &Path,
     stopped: watch::Receiver<bool>,
@@ -230,9 +243,16 @@ async fn run_tenant(
     let wait = args.wait;
     // Scanning the tenant's list reads a file: off the runtime.
     let tracking_settings = settings.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(args, settings))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let shared = match clients.client(&settings) {
+        Ok(shared) => shared,
+        Err(e) => return (Err(e), None),
+    };
+    let prepared = {
+        let _scan = SCANS.acquire().await.expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || prepare_on(args, settings, Some(shared)))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    };
     let (mut job, mut session) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => return (Err(e), None),
