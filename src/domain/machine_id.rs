@@ -29,6 +29,23 @@ impl MachineId {
     pub fn as_bytes(&self) -> &[u8; 20] {
         &self.0
     }
+
+    /// The 40 lowercase hexadecimal characters, without the formatting machinery: a run writes each id
+    /// several times (the journal, the call's path, the row).
+    pub fn hex(&self) -> [u8; 40] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 40];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        text
+    }
+
+    /// What `to_string` gives, made straight from [`MachineId::hex`].
+    pub fn to_hex(&self) -> String {
+        String::from_utf8(self.hex().to_vec()).expect("hexadecimal digits are ASCII")
+    }
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -43,13 +60,7 @@ fn hex_value(b: u8) -> Option<u8> {
 /// 40 lowercase hexadecimal characters.
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 40];
-        for (pair, byte) in text.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0xf)];
-        }
-        f.pad(std::str::from_utf8(&text).expect("hexadecimal digits are ASCII"))
+        f.pad(std::str::from_utf8(&self.hex()).expect("hexadecimal digits are ASCII"))
     }
 }
 

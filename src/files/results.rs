@@ -8,7 +8,6 @@
 //! and every command that replaces one does it through [`Rewrite`], atomically. The messages of the rows the
 //! tool decides itself are in [`crate::domain::message`], beside [`Outcome`].
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -134,8 +133,17 @@ pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
 /// where the summary would say they are, and the run must not claim them.
 ///
 /// Returns the lines in doubt ([`in_doubt_lines`]), read in the same pass: what the journal keeps when
-/// the run completes.
-pub fn verify(path: &Path, expected: u64) -> Result<LineSet> {
+/// the run completes. Given what the writer put in a file it wrote whole ([`ResultsWriter::finish`]), a file
+/// that still holds exactly those bytes (its length, then a hash of it) needs no reading as CSV: its rows and
+/// lines in doubt are the writer's. Any other file is read row by row.
+pub fn verify(path: &Path, expected: u64, written: Option<Written>) -> Result<LineSet> {
+    if let Some(written) = written
+        && written.readable
+        && written.rows == expected
+        && written.matches(path)
+    {
+        return Ok(written.doubt);
+    }
     let changed = |what: String| Error::Output {
         path: path.to_owned(),
         message: format!(
@@ -170,10 +178,195 @@ pub fn count_rows(path: &Path) -> Result<u64> {
 /// Owns the results file.
 pub struct ResultsWriter {
     path: PathBuf,
-    csv: csv::Writer<BufWriter<File>>,
+    file: File,
+    /// The bytes of the rows being written (kept for the next rows: no allocation per row).
+    buf: Vec<u8>,
     /// Each row reaches the OS at once (a kill -9 loses nothing); the sync thread syncs them to disk about
     /// once a second, which bounds what a power loss could take.
     synced: Synced,
+    /// What this writer put in the file, when it wrote all of it (it created the file).
+    written: Option<Written>,
+}
+
+/// What a writer put in a file it wrote from its first byte: how long it is, a hash of its bytes, its rows
+/// and the lines whose rows leave them in doubt ([`may_have_gone_through`]). With it, [`verify`] proves the
+/// file unchanged without reading it as CSV again.
+#[derive(Debug)]
+pub struct Written {
+    len: u64,
+    hash: Fingerprint,
+    rows: u64,
+    doubt: LineSet,
+    /// Every row a reader takes as this tool's (a line from 1 to [`MAX_LINE`]).
+    readable: bool,
+}
+
+impl Written {
+    fn add(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        self.hash.add(bytes);
+    }
+
+    /// Notes a row as a reader of the file would see it (see [`note_doubt`]).
+    fn note(&mut self, row: &ResultRow) {
+        self.rows += 1;
+        self.readable &= (1..=MAX_LINE).contains(&row.line);
+        let code = row.error_code.as_deref().unwrap_or("").trim();
+        if may_have_gone_through(row.outcome, row.http_status, row.attempts, code) {
+            self.doubt.insert(row.line);
+        } else {
+            self.doubt.remove(row.line);
+        }
+    }
+
+    /// Whether the file at `path` holds exactly the bytes written: its length, then a hash of it, read a
+    /// block at a time.
+    fn matches(&self, path: &Path) -> bool {
+        let Ok(mut file) = File::open(path) else { return false };
+        if file.metadata().map(|m| m.len()).ok() != Some(self.len) {
+            return false;
+        }
+        let mut hash = Fingerprint::default();
+        let mut block = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            match file.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => {
+                    len += n as u64;
+                    hash.add(&block[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        len == self.len && hash.finish() == self.hash.finish()
+    }
+}
+
+/// A hash of a stream of bytes, the same however the stream is cut into pieces: each 8 bytes are mixed in
+/// by a step that is one-to-one both in the hash so far and in the 8 bytes, so two streams as long that
+/// differ in one 8-byte word always hash apart (the length is compared on its own). Not a defence against
+/// someone forging a file, which whoever can write the file needs no forgery for: a check that the file is
+/// still what the writer wrote, at a fraction of a byte-by-byte hash's cost.
+#[derive(Debug, Default)]
+struct Fingerprint {
+    hash: u64,
+    /// The bytes after the last whole word.
+    tail: [u8; 8],
+    in_tail: usize,
+}
+
+impl Fingerprint {
+    /// An odd multiplier (so multiplying by it is one-to-one) with its bits well spread.
+    const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn add(&mut self, mut bytes: &[u8]) {
+        if self.in_tail > 0 {
+            let take = (8 - self.in_tail).min(bytes.len());
+            self.tail[self.in_tail..self.in_tail + take].copy_from_slice(&bytes[..take]);
+            self.in_tail += take;
+            bytes = &bytes[take..];
+            if self.in_tail < 8 {
+                return;
+            }
+            self.mix(u64::from_le_bytes(self.tail));
+            self.in_tail = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.in_tail = rest.len();
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(23) ^ word).wrapping_mul(Self::MULTIPLIER);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut last = [0u8; 8];
+        last[..self.in_tail].copy_from_slice(&self.tail[..self.in_tail]);
+        (self.hash.rotate_left(23) ^ u64::from_le_bytes(last)).wrapping_mul(Self::MULTIPLIER)
+    }
+}
+
+/// The results file's fields are separated by commas and its records end with `\n`; a field holding a comma,
+/// a quote or a line break is quoted, with its quotes doubled: what the `csv` crate's writer does with its
+/// defaults, byte for byte (a test pins it), written straight from the row.
+fn push_field(out: &mut Vec<u8>, field: &[u8]) {
+    // A fold, not `any`: without an early exit the check runs many bytes at a time.
+    if field.iter().fold(false, |special, &b| special | matches!(b, b',' | b'"' | b'\r' | b'\n')) {
+        out.push(b'"');
+        for &b in field {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field);
+    }
+}
+
+/// `n` in decimal.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// One row as a record of the results file (see [`push_field`]), its error message on one line: line breaks
+/// become spaces (an HTML error page has many).
+fn push_row(out: &mut Vec<u8>, row: &ResultRow) {
+    let optional = |out: &mut Vec<u8>, field: &Option<String>| {
+        if let Some(field) = field {
+            push_field(out, field.as_bytes());
+        }
+        out.push(b',');
+    };
+    push_number(out, row.line);
+    out.push(b',');
+    push_field(out, row.machine_id.as_bytes());
+    out.push(b',');
+    out.extend_from_slice(row.outcome.as_str().as_bytes());
+    out.push(b',');
+    optional(out, &row.action_id);
+    optional(out, &row.action_status);
+    if let Some(status) = row.http_status {
+        push_number(out, status.into());
+    }
+    out.push(b',');
+    push_number(out, row.attempts.into());
+    out.push(b',');
+    optional(out, &row.error_code);
+    match &row.error_message {
+        Some(message) if message.contains(['\r', '\n']) => {
+            push_field(out, message.replace(['\r', '\n'], " ").as_bytes());
+            out.push(b',');
+        }
+        message => optional(out, message),
+    }
+    optional(out, &row.computer_dns_name);
+    optional(out, &row.os_platform);
+    optional(out, &row.health_status);
+    optional(out, &row.last_seen);
+    optional(out, &row.submitted_at);
+    if let Some(updated_at) = &row.updated_at {
+        push_field(out, updated_at.as_bytes());
+    }
+    out.push(b'\n');
 }
 
 impl ResultsWriter {
@@ -198,10 +391,17 @@ impl ResultsWriter {
             }
         })?;
         let synced = Synced::new(&file).map_err(fail)?;
-        let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
-        csv.write_record(COLUMNS).map_err(|e| Error::write(path, "write the header", e))?;
-        let mut writer = ResultsWriter { path: path.to_owned(), csv, synced };
-        writer.flush()?;
+        let written =
+            Written { len: 0, hash: Fingerprint::default(), rows: 0, doubt: LineSet::default(), readable: true };
+        let mut writer = ResultsWriter { path: path.to_owned(), file, buf: Vec::new(), synced, written: Some(written) };
+        for (i, column) in COLUMNS.iter().enumerate() {
+            if i > 0 {
+                writer.buf.push(b',');
+            }
+            push_field(&mut writer.buf, column.as_bytes());
+        }
+        writer.buf.push(b'\n');
+        writer.flush("write the header")?;
         Ok(writer)
     }
 
@@ -209,8 +409,7 @@ impl ResultsWriter {
     pub fn append(path: &Path) -> Result<Self> {
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::write(path, "open it", e))?;
         let synced = Synced::new(&file).map_err(|e| Error::write(path, "open it", e))?;
-        let csv = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
-        Ok(ResultsWriter { path: path.to_owned(), csv, synced })
+        Ok(ResultsWriter { path: path.to_owned(), file, buf: Vec::new(), synced, written: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -227,30 +426,34 @@ impl ResultsWriter {
     /// one line (an HTML error page has many): line breaks become spaces.
     pub fn write_all(&mut self, rows: &[ResultRow]) -> Result<()> {
         for row in rows {
-            let row = match &row.error_message {
-                Some(message) if message.contains(['\r', '\n']) => {
-                    Cow::Owned(ResultRow { error_message: Some(message.replace(['\r', '\n'], " ")), ..row.clone() })
-                }
-                _ => Cow::Borrowed(row),
-            };
-            self.csv.serialize(&*row).map_err(|e| Error::write(&self.path, "write a row", e))?;
+            push_row(&mut self.buf, row);
+            if let Some(written) = &mut self.written {
+                written.note(row);
+            }
         }
-        self.flush()?;
+        self.flush("write a row")?;
         self.synced.written().map_err(|e| Error::write(&self.path, "sync", e))
     }
 
-    fn flush(&mut self) -> Result<()> {
-        self.csv.flush().map_err(|e| Error::write(&self.path, "write", e))
+    /// Hands the bytes waiting to the operating system.
+    fn flush(&mut self, action: &str) -> Result<()> {
+        use std::io::Write;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // How much of it reached the file is unknown: the file is no longer known byte for byte.
+            self.written = None;
+            return Err(Error::write(&self.path, action, e));
+        }
+        if let Some(written) = &mut self.written {
+            written.add(&self.buf);
+        }
+        self.buf.clear();
+        Ok(())
     }
 
-    /// Flushes and syncs to disk.
-    pub fn finish(mut self) -> Result<()> {
-        self.flush()?;
-        let file = self.csv.into_inner().map_err(|e| Error::write(&self.path, "write", e.into_error()))?;
-        file.into_inner()
-            .map_err(|e| Error::write(&self.path, "write", e.into_error()))?
-            .sync_all()
-            .map_err(|e| Error::write(&self.path, "sync", e))
+    /// Syncs to disk. Returns what was written, when this writer wrote the whole file (see [`verify`]).
+    pub fn finish(self) -> Result<Option<Written>> {
+        self.file.sync_all().map_err(|e| Error::write(&self.path, "sync", e))?;
+        Ok(self.written)
     }
 }
 
@@ -842,6 +1045,145 @@ mod tests {
 
         std::fs::write(&path, "line,machine_id").unwrap();
         assert!(cut_torn_row(&path).unwrap_err().to_string().contains("no complete line"));
+    }
+
+    /// The rows are written straight from their fields, as the `csv` crate's writer writes them: quotes,
+    /// commas, line breaks (in any field but the message, which goes on one line), non-ASCII text.
+    #[test]
+    fn rows_are_written_as_the_csv_writer_writes_them() {
+        let tricky = [
+            "",
+            "plain",
+            "a,b",
+            "say \"hi\"",
+            "\"",
+            "x\ny",
+            "cr\rhere",
+            "\r\n",
+            " spaced ",
+            "#hash",
+            "tab\there",
+            "Zürich ☃ 東京, \"ü\"",
+            "'single'",
+            "\\back\\slash",
+        ];
+        let mut rows = vec![ResultRow::new(1, "", Outcome::Submitted)];
+        for (i, text) in tricky.iter().enumerate() {
+            let mut row = ResultRow::new(i as u64 * 977 + 2, *text, Outcome::ALL[i % Outcome::ALL.len()]);
+            let some = |s: &str| Some(s.to_string());
+            (row.action_id, row.action_status, row.http_status) = (some(text), some(text), Some(i as u16 * 100));
+            (row.attempts, row.error_code, row.error_message) = (u32::MAX - i as u32, some(text), some(text));
+            (row.computer_dns_name, row.os_platform, row.health_status) = (some(text), some(text), some(text));
+            (row.last_seen, row.submitted_at, row.updated_at) = (some(text), some(text), some(text));
+            rows.push(row);
+        }
+        rows.push(ResultRow { line: u64::MAX, http_status: Some(0), ..ResultRow::new(0, "z", Outcome::Failed) });
+        let mut expected = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+        expected.write_record(COLUMNS).unwrap();
+        let mut ours = Vec::new();
+        for row in &rows {
+            let mut row = row.clone();
+            row.error_message = row.error_message.map(|m| m.replace(['\r', '\n'], " "));
+            expected.serialize(&row).unwrap();
+            push_row(&mut ours, &row);
+        }
+        let expected = expected.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut w = ResultsWriter::create(&path, false).unwrap();
+        w.write_all(&rows).unwrap();
+        w.finish().unwrap();
+        assert_eq!(String::from_utf8_lossy(&std::fs::read(&path).unwrap()), String::from_utf8_lossy(&expected));
+        assert!(expected.ends_with(&ours));
+    }
+
+    /// The end's check takes a file holding exactly what the writer wrote on the writer's word, and reads
+    /// any other file row by row: a file replaced by one as long, or cut, or gone, is told as before.
+    #[test]
+    fn the_end_check_reads_the_file_unless_it_is_exactly_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let write = |rows: &[ResultRow]| {
+            let mut w = ResultsWriter::create(&path, true).unwrap();
+            for chunk in rows.chunks(2) {
+                w.write_all(chunk).unwrap();
+            }
+            w.finish().unwrap().expect("a new file is known whole")
+        };
+        let mut timed_out = ResultRow::new(3, "b", Outcome::Failed);
+        (timed_out.attempts, timed_out.error_code) = (1, Some(" Timeout ".into()));
+        let mut unconfirmed = ResultRow::new(5, "d", Outcome::Failed);
+        (unconfirmed.attempts, unconfirmed.http_status) = (1, Some(200));
+        unconfirmed.error_code = Some(" UnconfirmedAnswer ".into());
+        let rows = [
+            ResultRow::new(2, "a", Outcome::Submitted),
+            timed_out,
+            ResultRow::new(4, "c", Outcome::NotFound),
+            unconfirmed,
+            ResultRow::new(3, "b", Outcome::Submitted),
+        ];
+        let doubt = verify(&path, 5, Some(write(&rows))).unwrap();
+        let read = in_doubt_lines(&path).unwrap();
+        assert!((1..8).all(|line| doubt.contains(line) == read.contains(line)) && doubt.len() == 1);
+        assert!(doubt.contains(5));
+        // A hash of the file read in blocks is the hash of what was written in batches.
+        assert!(write(&rows).matches(&path));
+        let bytes: Vec<u8> = (0..200u8).collect();
+        let whole = |bytes: &[u8]| {
+            let mut hash = Fingerprint::default();
+            hash.add(bytes);
+            hash.finish()
+        };
+        for cut in [0, 1, 7, 8, 9, 100, 199, 200] {
+            for second in [cut, (cut + 3).min(200), 200] {
+                let mut pieces = Fingerprint::default();
+                for piece in [&bytes[..cut], &bytes[cut..second], &bytes[second..]] {
+                    pieces.add(piece);
+                }
+                assert_eq!(pieces.finish(), whole(&bytes), "{cut} {second}");
+            }
+            // One byte changed, anywhere, changes the hash.
+            if cut < 200 {
+                let mut changed = bytes.clone();
+                changed[cut] ^= 0x20;
+                assert_ne!(whole(&changed), whole(&bytes), "{cut}");
+            }
+        }
+
+        // The same rows, one letter changed: as long, and still readable results (the rows read count).
+        let written = write(&rows);
+        let text = std::fs::read_to_string(&path).unwrap().replace("2,a,", "2,e,");
+        std::fs::write(&path, text).unwrap();
+        assert!(!written.matches(&path));
+        assert_eq!(verify(&path, 5, Some(written)).unwrap().len(), 1);
+        // Cut: the rows read are told.
+        let written = write(&rows);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 40]).unwrap();
+        let e = verify(&path, 5, Some(written)).unwrap_err().to_string();
+        assert!(e.contains("it holds 4 row(s)"), "{e}");
+        // Replaced by something else as long.
+        let written = write(&rows);
+        std::fs::write(&path, "x".repeat(text.len())).unwrap();
+        let e = verify(&path, 5, Some(written)).unwrap_err().to_string();
+        assert!(e.contains("can no longer be read as results"), "{e}");
+        // Gone.
+        let written = write(&rows);
+        std::fs::remove_file(&path).unwrap();
+        let e = verify(&path, 5, Some(written)).unwrap_err().to_string();
+        assert!(e.contains("can no longer be read as results"), "{e}");
+        // Fewer rows written than the run counts: read.
+        let e = verify(
+            &{
+                write(&rows);
+                path.clone()
+            },
+            6,
+            Some(write(&rows)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("it holds 5 row(s)"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,7 @@
 
 pub mod tenants;
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufWriter, Read, Write};
@@ -739,6 +740,8 @@ struct RowReader<R> {
     pending: Option<Record>,
     /// The line of the last record returned: lines only go up.
     last_line: u64,
+    /// Where the fields of the record read last start: 1 in a numbered record, whose first is its line.
+    first_field: usize,
     /// Each record's first field is its line ([`Format::numbered`]), taken out of its fields.
     numbered: bool,
     /// Where the last record returned starts (after the blank records before it; not after blank lines).
@@ -778,6 +781,7 @@ impl<R: Read> RowReader<R> {
             record: csv::ByteRecord::new(),
             pending: None,
             last_line: 0,
+            first_field: 0,
             numbered: false,
             start: 0,
             keys,
@@ -789,6 +793,14 @@ impl<R: Read> RowReader<R> {
 
     /// The next record with at least one non-blank field.
     fn next_record(&mut self) -> Result<Option<Record>> {
+        let Some(line) = self.advance()? else { return Ok(None) };
+        let fields = (0..self.fields()).map(|i| self.field(i).into_owned()).collect();
+        Ok(Some(Record { line, fields }))
+    }
+
+    /// Reads the next record with at least one non-blank field, checked, into `self.record` (its fields as
+    /// [`RowReader::field`] gives them, nothing copied), and returns its line.
+    fn advance(&mut self) -> Result<Option<u64>> {
         loop {
             self.start = self.csv.position().byte();
             let more = self.csv.read_byte_record(&mut self.record).map_err(|e| self.csv_error(e))?;
@@ -817,31 +829,45 @@ impl<R: Read> RowReader<R> {
                     "line {line}: not valid UTF-8 text (in field {column}); save the file as UTF-8 (in Excel: \"CSV UTF-8\")"
                 )));
             }
-            let mut fields: Vec<String> = self.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
-            if let Some(last) = fields.last_mut()
-                && last.ends_with('\r')
-            {
-                last.pop();
-            }
+            self.first_field = 0;
             let line = match self.numbered {
-                true => match fields.first().and_then(|n| n.parse::<u64>().ok()).filter(|&n| n > self.last_line) {
+                true => match self.field(0).parse::<u64>().ok().filter(|&n| n > self.last_line) {
                     Some(n) => {
-                        fields.remove(0);
+                        self.first_field = 1;
                         n
                     }
                     None => return Err(self.source.error(format!("line {line}: {NOT_NUMBERED}"))),
                 },
                 false => line,
             };
-            if fields.iter().all(|f| f.trim().is_empty()) {
+            if (0..self.fields()).all(|i| self.field(i).trim().is_empty()) {
                 continue;
             }
             // A quote left open at the end of the input swallows the last line break, so the count above
             // comes out one short for that record: never let it share its line with the record before.
             let line = line.max(self.last_line + 1);
             self.last_line = line;
-            return Ok(Some(Record { line, fields }));
+            return Ok(Some(line));
         }
+    }
+
+    /// How many fields the record read last has (its line, in a numbered record, is not one).
+    fn fields(&self) -> usize {
+        self.record.len().saturating_sub(self.first_field)
+    }
+
+    /// Field `i` of the record read last (empty past its end): the last field without the `\r` of a CRLF.
+    fn field(&self, i: usize) -> Cow<'_, str> {
+        let at = i + self.first_field;
+        let Some(mut bytes) = self.record.get(at) else { return Cow::Borrowed("") };
+        if at + 1 == self.record.len()
+            && let Some(stripped) = bytes.strip_suffix(b"\r")
+        {
+            bytes = stripped;
+        }
+        // What `from_utf8_lossy` gives, without its slower walk over text that is valid (as every field of a
+        // record that passed the check above is).
+        std::str::from_utf8(bytes).map_or_else(|_| String::from_utf8_lossy(bytes), Cow::Borrowed)
     }
 
     /// The next data row, classified.
@@ -851,15 +877,13 @@ impl<R: Read> RowReader<R> {
 
     /// The next data row, classified, and its key if it has an id or a name.
     fn next_keyed_row(&mut self, layout: &Layout) -> Result<Option<(InputRow, Option<Key>)>> {
-        let record = match self.pending.take() {
-            Some(record) => record,
-            None => match self.next_record()? {
-                Some(record) => record,
+        let (line, raw) = match self.pending.take() {
+            Some(record) => (record.line, record.fields.into_iter().nth(layout.column).unwrap_or_default()),
+            None => match self.advance()? {
+                Some(line) => (line, self.field(layout.column).into_owned()),
                 None => return Ok(None),
             },
         };
-        let raw = record.fields.into_iter().nth(layout.column).unwrap_or_default();
-        let line = record.line;
         let by_name = |name: Option<String>| match name {
             None => (RowKind::Invalid, None),
             Some(name) => {

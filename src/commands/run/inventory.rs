@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::guard::{Guard, Kept, Why};
-use crate::defender::api::{ActionQuery, Api, Failure, MachineAction, MachineQuery, Page, each_in_page};
+use crate::defender::api::{ActionQuery, Api, Failure, MachineAction, MachineQuery, Page, Text, each_in_page};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
@@ -218,19 +218,19 @@ struct MachineEntry<'a> {
     #[serde(default, borrow)]
     id: Cow<'a, str>,
     #[serde(default, borrow)]
-    computer_dns_name: Option<Cow<'a, str>>,
+    computer_dns_name: Option<Text<'a>>,
     #[serde(default, borrow)]
-    aad_device_id: Option<Cow<'a, str>>,
+    aad_device_id: Option<Text<'a>>,
     #[serde(default, borrow)]
-    os_platform: Option<Cow<'a, str>>,
+    os_platform: Option<Text<'a>>,
     #[serde(default, borrow)]
-    health_status: Option<Cow<'a, str>>,
+    health_status: Option<Text<'a>>,
     #[serde(default, borrow)]
-    last_seen: Option<Cow<'a, str>>,
+    last_seen: Option<Text<'a>>,
     #[serde(default, borrow)]
-    rbac_group_name: Option<Cow<'a, str>>,
-    #[serde(default)]
-    machine_tags: Option<Vec<String>>,
+    rbac_group_name: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    machine_tags: Option<Vec<Text<'a>>>,
 }
 
 /// Why the reads could not finish: what was being read, and the call's failure.
@@ -501,17 +501,19 @@ impl Inventory {
     }
 
     fn put_facts(&mut self, id: &MachineId, entry: &MachineEntry) -> std::io::Result<Ref> {
-        let text = |s: &Option<Cow<str>>| s.as_deref().unwrap_or_default().to_owned();
+        let id = id.hex();
+        let tags: Vec<&str> = entry.machine_tags.iter().flatten().map(|tag| &**tag).collect();
+        let tags = tags.join(&TAG_SEPARATOR.to_string());
         let fields = [
-            id.to_string(),
-            text(&entry.computer_dns_name),
-            text(&entry.os_platform),
-            text(&entry.health_status),
-            text(&entry.last_seen),
-            text(&entry.rbac_group_name),
-            entry.machine_tags.as_deref().unwrap_or_default().join(&TAG_SEPARATOR.to_string()),
+            std::str::from_utf8(&id).expect("hexadecimal digits are ASCII"),
+            entry.computer_dns_name.as_deref().unwrap_or_default(),
+            entry.os_platform.as_deref().unwrap_or_default(),
+            entry.health_status.as_deref().unwrap_or_default(),
+            entry.last_seen.as_deref().unwrap_or_default(),
+            entry.rbac_group_name.as_deref().unwrap_or_default(),
+            &tags,
         ];
-        self.store.put(&fields.each_ref().map(String::as_str))
+        self.store.put(&fields)
     }
 
     /// Joins what was read with the input's keys: every step a merge of sorted streams.
@@ -801,7 +803,7 @@ mod tests {
     fn entry(id: &str, name: &str) -> MachineEntry<'static> {
         MachineEntry {
             id: Cow::Owned(id.into()),
-            computer_dns_name: Some(Cow::Owned(name.into())),
+            computer_dns_name: Some(Text(Cow::Owned(name.into()))),
             aad_device_id: None,
             os_platform: Some("Windows11".into()),
             health_status: Some("Active".into()),

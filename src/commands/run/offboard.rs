@@ -1,22 +1,22 @@
 //! One machine's offboard call, and what its answer says, as a results row.
 
-use crate::defender::api::{self, Api, CallResult, CommentBody, MachineAction};
-use crate::domain::{MachineId, Outcome, message};
+use crate::defender::api::{self, ActionAnswer, Api, CallResult, CommentBody, MachineAction};
+use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::files::results::ResultRow;
 
 /// Offboards one machine and says what happened, as a results row.
 pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, comment: &CommentBody) -> ResultRow {
     let CallResult { attempts, answer } = api.offboard_with(&machine_id, comment).await;
-    let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
+    let mut row = ResultRow::new(line, machine_id.to_hex(), Outcome::Failed);
     row.attempts = attempts;
     match answer {
         Ok(reply) => {
             row.http_status = Some(reply.status);
             // Only an answer that shows the action proves it was created.
-            match api::read_action(&reply.body) {
+            match api::read_answer(&reply.body) {
                 Ok(action) => {
                     row.outcome = Outcome::Submitted;
-                    fill_action(&mut row, action);
+                    fill_answer(&mut row, &action);
                 }
                 Err(why) => {
                     row.error_code = Some(api::UNCONFIRMED_ANSWER.into());
@@ -39,6 +39,15 @@ pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, co
         }
     }
     row
+}
+
+/// [`fill_action`] from an answer read in place: only the text the row keeps is copied.
+fn fill_answer(row: &mut ResultRow, action: &ActionAnswer) {
+    row.updated_at = action.updated_at().map(str::to_owned);
+    row.action_id = action.id.as_deref().map(str::to_owned);
+    row.action_status = action.status.as_deref().map(|status| ActionStatus::parse(status).to_string());
+    row.computer_dns_name = action.computer_dns_name.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+    row.submitted_at = action.creation_date_time_utc.as_deref().map(str::to_owned);
 }
 
 pub(super) fn fill_action(row: &mut ResultRow, action: MachineAction) {
