@@ -545,3 +545,62 @@ fn a_report_of_a_million_rows_takes_the_memory_of_ten_thousand() {
     let markdown = std::fs::read_to_string(dir.path().join("l.md")).unwrap();
     assert_eq!(markdown.matches("| not\\_found |").count(), 1 + 10_000, "the count and every row");
 }
+
+/// The one results file of a run of several tenants: the report counts the rows of each tenant (in the
+/// file's order), shows each row's tenant, and says the run was one run per tenant.
+#[test]
+fn a_report_of_several_tenants_counts_each_tenant_and_names_each_rows_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "line,machine_id,outcome,action_id,action_status,http_status,attempts,error_code,error_message,\
+                  computer_dns_name,os_platform,health_status,last_seen,submitted_at,updated_at,tenant_id";
+    let id = |n: u32| format!("{n:040x}");
+    let rows = [
+        format!(
+            "2,{},submitted,a1,Pending,201,1,,,ws-1,Windows11,Active,,2026-11-30T10:00:00Z,,contoso.onmicrosoft.com",
+            id(1)
+        ),
+        format!(
+            "4,{},forbidden,,,403,1,Forbidden,no access,srv-1,WindowsServer2022,Active,,,,contoso.onmicrosoft.com",
+            id(2)
+        ),
+        format!(
+            "3,{},submitted,a3,Pending,201,1,,,ws-3,Windows10,Active,,2026-11-30T10:00:01Z,,fabrikam.onmicrosoft.com",
+            id(3)
+        ),
+    ];
+    let results = write_file(dir.path(), "m.results.csv", &format!("{header}\n{}\n", rows.join("\n")));
+    let out =
+        mde_in_offline(dir.path(), &["report", results.to_str().unwrap(), "--html", "r.html", "--markdown", "r.md"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let markdown = std::fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(markdown.contains("- **Tenant**: 2 tenant(s) (the rows of each below)"), "{markdown}");
+    assert!(
+        markdown.contains("| contoso.onmicrosoft.com | 2 | 1 |\n| fabrikam.onmicrosoft.com | 1 | 0 |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| Tenant | Line | Machine id |"), "{markdown}");
+    assert!(markdown.contains(&format!("| contoso.onmicrosoft.com | 4 | {} |", id(2))), "{markdown}");
+
+    let html = Html::parse_document(&std::fs::read_to_string(dir.path().join("r.html")).unwrap());
+    let tenants: Vec<String> = select(&html, "#tenants td").iter().map(text).collect();
+    assert_eq!(tenants, ["contoso.onmicrosoft.com", "2", "1", "fabrikam.onmicrosoft.com", "1", "0"]);
+    let heads: Vec<String> = select(&html, "#rows th").iter().map(text).collect();
+    assert_eq!(heads[..2], ["Tenant", "Line"]);
+    let first_cells: Vec<String> = select(&html, "#rows tbody tr")
+        .iter()
+        .map(|r| r.select(&Selector::parse("td").unwrap()).next().map(|c| text(&c)).unwrap())
+        .collect();
+    assert_eq!(first_cells, ["contoso.onmicrosoft.com", "contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com"]);
+
+    // A file of one tenant has no tenant column, and its report none either.
+    let single = write_file(
+        dir.path(),
+        "one.results.csv",
+        &format!("{}\n{}\n", &header[..header.len() - 10], &rows[1][..rows[1].len() - 24]),
+    );
+    let out = mde_in_offline(dir.path(), &["report", single.to_str().unwrap(), "--markdown", "one.md"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let markdown = std::fs::read_to_string(dir.path().join("one.md")).unwrap();
+    assert!(markdown.contains("| Line | Machine id |") && !markdown.contains("Tenant |"), "{markdown}");
+}

@@ -280,7 +280,13 @@ async fn track_cancel_and_report_work_on_each_tenants_rows() {
 
     let out = mde_in(&sim, dir.path(), &["report", path, "--markdown", "r.md"], "").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(dir.path().join("r.md").is_file());
+    // The report counts each tenant's rows (cancelled, or never started: tenant3), and takes the run's
+    // comment from the first tenant's journal.
+    let report = std::fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(report.contains("- **Tenant**: 3 tenant(s)"), "{report}");
+    assert!(report.contains("| tenant2.onmicrosoft.com | 3 | 3 |"), "{report}");
+    assert!(report.contains("| tenant3.onmicrosoft.com | 3 | 3 |"), "{report}");
+    assert!(report.contains("- **Comment**: integration test"), "{report}");
     sim.shutdown().await;
 }
 

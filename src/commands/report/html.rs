@@ -197,6 +197,26 @@ pub fn write(report: &Report, out: &mut impl Write) -> Result<()> {
         )?;
     }
 
+    if report.has_tenants() {
+        put(
+            out,
+            "<p></p>\n<table id=\"tenants\">\n<thead><tr><th>Tenant</th><th>Rows</th><th>Did not end well</th></tr></thead>\n<tbody>\n",
+        )?;
+        for t in &report.by_tenant {
+            let class = if t.not_well == 0 { "" } else { " class=\"bad\"" };
+            put(
+                out,
+                &format!(
+                    "<tr{class}><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+                    escape(&t.tenant),
+                    t.rows,
+                    t.not_well
+                ),
+            )?;
+        }
+        put(out, "</tbody>\n</table>\n")?;
+    }
+
     chart(report, out)?;
 
     put(out, "<h2>Machines</h2>\n")?;
@@ -217,6 +237,10 @@ pub fn write(report: &Report, out: &mut impl Write) -> Result<()> {
          <p class=\"note\">Rows that did not end well come first (shaded); click a heading to sort.</p>\n\
          <table id=\"rows\">\n<thead><tr>",
     )?;
+    let tenants = report.has_tenants();
+    if tenants {
+        put(out, "<th data-col=\"tenant_id\">Tenant</th>")?;
+    }
     for (column, heading) in TABLE {
         put(out, &format!("<th data-col=\"{column}\">{}</th>", escape(heading)))?;
     }
@@ -224,6 +248,11 @@ pub fn write(report: &Report, out: &mut impl Write) -> Result<()> {
     let left = report.table_rows(|row| {
         let class = if row.well { "" } else { " class=\"bad\"" };
         let mut line = format!("<tr{class} data-well=\"{}\">", u8::from(row.well));
+        if tenants {
+            line.push_str("<td>");
+            line.push_str(&escape(&row.tenant));
+            line.push_str("</td>");
+        }
         for cell in &row.cells {
             line.push_str("<td>");
             line.push_str(&escape(cell));

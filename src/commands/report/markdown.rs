@@ -48,14 +48,25 @@ pub fn write(report: &Report, out: &mut impl Write) -> Result<()> {
             put(out, &format!("| {} | {n} |\n", escape(status)))?;
         }
     }
+    if report.has_tenants() {
+        put(out, "\n| Tenant | Rows | Did not end well |\n|---|---:|---:|\n")?;
+        for t in &report.by_tenant {
+            put(out, &format!("| {} | {} | {} |\n", escape(&t.tenant), t.rows, t.not_well))?;
+        }
+    }
     put(out, "\n## Rows that did not end well\n\n")?;
     if report.not_well == 0 {
         return put(out, "None.\n");
     }
-    let heading: Vec<&str> = TABLE.iter().map(|(_, h)| *h).collect();
-    put(out, &format!("| {} |\n|{}\n", heading.join(" | "), "---|".repeat(TABLE.len())))?;
+    let tenants = report.has_tenants();
+    let mut heading: Vec<&str> = TABLE.iter().map(|(_, h)| *h).collect();
+    if tenants {
+        heading.insert(0, "Tenant");
+    }
+    put(out, &format!("| {} |\n|{}\n", heading.join(" | "), "---|".repeat(heading.len())))?;
     report.not_well_rows(|row| {
-        let cells: Vec<String> = row.cells.iter().map(|c| escape(c)).collect();
+        let tenant = tenants.then(|| escape(&row.tenant));
+        let cells: Vec<String> = tenant.into_iter().chain(row.cells.iter().map(|c| escape(c))).collect();
         put(out, &format!("| {} |\n", cells.join(" | ")))
     })
 }

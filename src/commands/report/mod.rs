@@ -11,6 +11,11 @@
 //! are kept); the writers then stream the file again, once for the rows that did not end well (every one
 //! of them is in the report) and once for the first [`OTHER_ROWS_MAX`] of the others, and say how many
 //! were left out. Everything that came from the service or the input is escaped where it is written.
+//!
+//! The one results file of a run of several tenants (a `tenant_id` column) is reported with its tenant in
+//! every row and the counts per tenant (as many entries as tenants, in the file's order); the run's lines
+//! then come from the first tenant's journal (each tenant ran a run of its own, in `<results
+//! stem>.tenants/`).
 
 pub mod html;
 pub mod markdown;
@@ -20,6 +25,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::commands::tenants::{TENANT_COLUMN, tenant_results, tenants_dir};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, Outcome};
 use crate::error::{Error, Result, exit_code};
@@ -174,6 +180,18 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The lines a run of several tenants shares, from the journal of its first tenant's `results`: the
+    /// comment, the app and the start (each tenant's run id, tenant and list are its own).
+    fn of_first_tenant(results: &Path) -> Identity {
+        let first = Identity::of(results);
+        Identity {
+            comment: first.comment,
+            client_id: first.client_id,
+            started_at: first.started_at,
+            ..Identity::default()
+        }
+    }
+
     /// From the journal beside `results`, if there is one that reads.
     fn of(results: &Path) -> Identity {
         let path = journal::path_for(results);
@@ -210,10 +228,20 @@ pub const TABLE: [(&str, &str); 10] = [
     ("updated_at", "Updated"),
 ];
 
-/// A results row as the report shows it: the cells of [`TABLE`], empty where the file has none.
+/// A results row as the report shows it: the cells of [`TABLE`], empty where the file has none, and its
+/// tenant (empty in a file of one tenant).
 pub struct Row {
     pub cells: [String; TABLE.len()],
     pub well: bool,
+    pub tenant: String,
+}
+
+/// The rows of one tenant of a results file of several.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TenantCount {
+    pub tenant: String,
+    pub rows: u64,
+    pub not_well: u64,
 }
 
 impl Row {
@@ -246,8 +274,11 @@ pub struct Report {
     pub not_charted: u64,
     /// When the results file was last written.
     pub written_at: Option<SystemTime>,
+    /// A results file of several tenants: the rows per tenant, in the order the file first names them.
+    pub by_tenant: Vec<TenantCount>,
     file: ResultsFile,
     columns: [Option<usize>; TABLE.len()],
+    tenant_column: Option<usize>,
 }
 
 impl Report {
@@ -257,6 +288,7 @@ impl Report {
         file.column("outcome")?;
         file.column("machine_id")?;
         let columns = TABLE.map(|(name, _)| file.headers().iter().position(|h| h == name));
+        let tenant_column = file.headers().iter().position(|h| h == TENANT_COLUMN);
         let mut report = Report {
             results: results.to_owned(),
             identity: Identity::of(results),
@@ -268,8 +300,10 @@ impl Report {
             created_per_minute: BTreeMap::new(),
             not_charted: 0,
             written_at: std::fs::metadata(results).and_then(|m| m.modified()).ok(),
+            by_tenant: Vec::new(),
             file,
             columns,
+            tenant_column,
         };
         for record in report.file.records()? {
             let row = report.row(&record?.cells);
@@ -283,6 +317,9 @@ impl Report {
             if !row.well {
                 report.not_well += 1;
             }
+            if report.has_tenants() {
+                report.count_tenant(&row);
+            }
             if row.get("outcome") == Outcome::Submitted.as_str() {
                 let minute = timestamp::parse(row.get("submitted_at")).and_then(unix_minute);
                 let full = report.created_per_minute.len() >= CHART_MINUTES_MAX;
@@ -294,13 +331,40 @@ impl Report {
                 }
             }
         }
+        if report.has_tenants() && report.identity.run_id.is_none() {
+            report.identity = match report.by_tenant.first() {
+                Some(first) => Identity::of_first_tenant(&tenant_results(&tenants_dir(results), &first.tenant)),
+                None => Identity::default(),
+            };
+        }
         Ok(report)
     }
 
+    /// Whether the file is the one results file of a run of several tenants (it has a `tenant_id` column).
+    pub fn has_tenants(&self) -> bool {
+        self.tenant_column.is_some()
+    }
+
+    /// Counts `row` in its tenant's entry: the file holds each tenant's rows together, so the last entry is
+    /// nearly always the row's.
+    fn count_tenant(&mut self, row: &Row) {
+        let at = match self.by_tenant.iter().rposition(|t| t.tenant == row.tenant) {
+            Some(at) => at,
+            None => {
+                self.by_tenant.push(TenantCount { tenant: row.tenant.clone(), rows: 0, not_well: 0 });
+                self.by_tenant.len() - 1
+            }
+        };
+        let count = &mut self.by_tenant[at];
+        count.rows += 1;
+        count.not_well += u64::from(!row.well);
+    }
+
     fn row(&self, cells: &csv::StringRecord) -> Row {
+        let tenant = self.tenant_column.and_then(|i| cells.get(i)).unwrap_or("").to_string();
         let cells = self.columns.map(|c| c.and_then(|i| cells.get(i)).unwrap_or("").to_string());
         let well = ends_well(&cells[3], &cells[4]);
-        Row { cells, well }
+        Row { cells, well, tenant }
     }
 
     /// Streams the rows that did not end well (all of them) and then the first [`OTHER_ROWS_MAX`] of the
@@ -357,10 +421,22 @@ impl Report {
     pub fn run_lines(&self) -> Vec<(&'static str, String)> {
         let i = &self.identity;
         let none = || "unknown (no journal beside the results file)".to_string();
+        let (run_id, tenant, app) = match self.has_tenants() {
+            false => (
+                i.run_id.clone().unwrap_or_else(none),
+                i.tenant_id.clone().unwrap_or_else(none),
+                i.client_id.clone().unwrap_or_else(none),
+            ),
+            true => (
+                format!("one run per tenant (their journals are in {})", tenants_dir(&self.results).display()),
+                format!("{} tenant(s) (the rows of each below)", self.by_tenant.len()),
+                i.client_id.as_ref().map_or_else(none, |app| format!("{app} (the first tenant's run)")),
+            ),
+        };
         let mut lines = vec![
-            ("Run id", i.run_id.clone().unwrap_or_else(none)),
-            ("Tenant", i.tenant_id.clone().unwrap_or_else(none)),
-            ("App (client id)", i.client_id.clone().unwrap_or_else(none)),
+            ("Run id", run_id),
+            ("Tenant", tenant),
+            ("App (client id)", app),
             ("Comment", i.comment.clone().unwrap_or_else(none)),
             ("Input", i.input.clone().unwrap_or_else(none)),
             ("Started", i.started_at.clone().unwrap_or_else(none)),
