@@ -43,17 +43,30 @@ pub(super) async fn offboard_one(api: &Api, line: u64, machine_id: MachineId, co
 
 /// [`fill_action`] from an answer read in place: only the text the row keeps is copied.
 fn fill_answer(row: &mut ResultRow, action: &ActionAnswer) {
-    row.updated_at = action.updated_at().map(str::to_owned);
-    row.action_id = action.id.as_deref().map(str::to_owned);
-    row.action_status = action.status.as_deref().map(|status| ActionStatus::parse(status).to_string());
-    row.computer_dns_name = action.computer_dns_name.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-    row.submitted_at = action.creation_date_time_utc.as_deref().map(str::to_owned);
+    let status = action.status.as_deref().map(ActionStatus::parse);
+    let (id, name) = (action.id.as_deref(), action.computer_dns_name.as_deref());
+    fill(row, id, status.as_ref(), name, action.creation_date_time_utc.as_deref(), action.updated_at());
 }
 
-pub(super) fn fill_action(row: &mut ResultRow, action: MachineAction) {
-    row.updated_at = action.updated_at().cloned();
-    row.action_id = action.id;
-    row.action_status = action.status.map(|status| status.to_string());
-    row.computer_dns_name = action.computer_dns_name.filter(|s| !s.is_empty());
-    row.submitted_at = action.creation_date_time_utc;
+/// The action's fields a row keeps.
+pub(super) fn fill_action(row: &mut ResultRow, action: &MachineAction) {
+    let (id, name) = (action.id.as_deref(), action.computer_dns_name.as_deref());
+    let updated = action.updated_at().map(String::as_str);
+    fill(row, id, action.status.as_ref(), name, action.creation_date_time_utc.as_deref(), updated);
+}
+
+/// Fills in the action's id, status, machine name (an empty one is none), creation and last update.
+fn fill(
+    row: &mut ResultRow,
+    id: Option<&str>,
+    status: Option<&ActionStatus>,
+    name: Option<&str>,
+    created: Option<&str>,
+    updated: Option<&str>,
+) {
+    row.action_id = id.map(str::to_owned);
+    row.action_status = status.map(|status| status.to_string());
+    row.computer_dns_name = name.filter(|s| !s.is_empty()).map(str::to_owned);
+    row.submitted_at = created.map(str::to_owned);
+    row.updated_at = updated.map(str::to_owned);
 }

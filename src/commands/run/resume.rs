@@ -164,7 +164,7 @@ pub(super) async fn verify_then_offboard(
         row.attempts = attempts;
         row.http_status = Some(200);
         row.error_message = Some(message::found_earlier_action().into());
-        fill_action(&mut row, action.clone());
+        fill_action(&mut row, action);
         return row;
     }
     let mut row = offboard_one(api, line, machine_id, body).await;
