@@ -28,12 +28,13 @@
 //! moment we send it and the moment its answer comes back; the client cannot see when. So a call occupies
 //! its quotas from the instant its [`Permit`] is taken until one full period after its answer came back
 //! ([`Permit::finish`], or the permit's drop). Per quota the ledger holds the number of calls in flight and a
-//! queue of release instants (answer + period). A call may start only when, for every quota,
+//! queue of release instants (answer + period, to the millisecond and rounded up: a slot is never freed
+//! early). A call may start only when, for every quota,
 //! `in_flight + unexpired releases < limit`, and it then takes a slot in every quota at once (one mutex
 //! guards all of them). Since a call's arrival lies inside its held span `[send, answer + period)`, any
 //! window of the period that contains arrivals of `limit + 1` calls would need `limit + 1` held spans to
-//! overlap at the start of the last of them, which the ledger refuses. This is also exactly as fast as the
-//! quotas allow: a call starts at the first instant every quota has room, so 100 calls under 100/1m all
+//! overlap at the start of the last of them, which the ledger refuses. This is also as fast as the quotas
+//! allow (to within that millisecond): a call starts at the first instant every quota has room, so 100 calls under 100/1m all
 //! start at once, and 1,500 calls under 100/1m + 1500/1h take about 15 minutes.
 //!
 //! **The GCRA is the steady-rate gate, built on governor.** Each quota also has a governor GCRA with rate
@@ -341,7 +342,8 @@ impl Limiter {
                 // A 429 to a call the ledger sent with room in every window, at the start of a spell: the
                 // ledgers cannot explain it.
                 if state.throttle.in_a_row == 0 {
-                    verdict = state.unexplained_429(Instant::now());
+                    let now = Instant::now();
+                    verdict = state.unexplained_429(now, self.nanos(now));
                 }
                 state.throttle.in_a_row = state.throttle.in_a_row.saturating_add(1);
                 state.throttle.round += 1;
@@ -420,11 +422,11 @@ impl State {
     }
 
     /// A 429 starts a spell though the call's ledger had room: switch to one budget (`Api`), or give up a
-    /// step of every quota (`App`: another client spends it).
-    fn unexplained_429(&mut self, now: Instant) -> Option<Verdict> {
+    /// step of every quota (`App`: another client spends it). `at` is `now` in the ledgers' nanoseconds.
+    fn unexplained_429(&mut self, now: Instant, at: u64) -> Option<Verdict> {
         match self.scope {
             QuotaScope::Api => {
-                let merged = Gates::merge(&self.rates, self.share, std::mem::take(&mut self.ledgers));
+                let merged = Gates::merge(&self.rates, self.share, std::mem::take(&mut self.ledgers), at);
                 self.ledgers = vec![merged];
                 self.scope = QuotaScope::App;
                 self.switched = true;
@@ -580,7 +582,7 @@ impl Limiter {
         };
         // The longest quota's room now: the calls past it wait for releases of the calls in its window.
         let spilled = gates.quotas.iter().max_by_key(|q| q.period).and_then(|q| {
-            let unexpired = q.releases.iter().filter(|&&release| release > now).count() as u64;
+            let unexpired = q.releases.iter().filter(|&release| release > now).count() as u64;
             let room = q.limit.saturating_sub(unexpired + in_flight);
             (calls > room).then(|| (q.rate, calls - room))
         });
@@ -666,7 +668,9 @@ pub fn estimate(
     let mut gates = Gates::new(rates, 100);
     if scope == QuotaScope::App {
         for quota in &mut gates.quotas {
-            quota.releases.extend(std::iter::repeat_n(latency + quota.period, reads as usize));
+            for _ in 0..reads {
+                quota.releases.push(latency + quota.period, quota.limit as usize);
+            }
         }
     }
     simulate(gates, 0, 0, calls, concurrency, Duration::from_nanos(latency))
@@ -704,10 +708,114 @@ struct QuotaGate {
     limit: u64,
     period: u64,
     /// When the calls answered lately stop counting (answer + period), oldest first. With `in_flight` it
-    /// never holds more than `limit` entries once expired ones are dropped. Grown as the calls come (not
-    /// reserved up front): of a ledger per API, most see a few reads or none.
-    releases: VecDeque<u64>,
+    /// never holds more than `limit` entries once expired ones are dropped.
+    releases: Releases,
     gcra: Gcra,
+}
+
+/// A quota's release instants (nanoseconds since the limiter's origin), oldest first, kept compactly: whole
+/// milliseconds after `base` in a `u32` each (49 days, far more than the longest period), an instant between
+/// two milliseconds rounded *up*. So a call holds its slot at most a millisecond past its period, never less
+/// (the safe side), and instants on whole milliseconds from the origin, which tokio's timer keeps to, are
+/// exact. A tenant of a run of many keeps 1,500 of them for the hour's quota of each API it calls.
+///
+/// Invariants: the offsets never decrease; `base` is the oldest instant pushed since the queue was last
+/// empty, or a later one it was moved up to (by whole milliseconds, so every instant stays what it was).
+/// Grown as the calls come, and only up to the quota's limit (not to the next power of two past it): of a
+/// ledger per API, most see a few reads or none.
+#[derive(Clone, Debug, Default)]
+struct Releases {
+    base: u64,
+    offsets: VecDeque<u32>,
+}
+
+/// The unit of [`Releases`]' offsets: a millisecond.
+const TICK: u64 = 1_000_000;
+
+impl Releases {
+    /// The releases of `instants`, in any order.
+    fn of(mut instants: Vec<u64>) -> Releases {
+        instants.sort_unstable();
+        let mut releases = Releases::default();
+        releases.offsets.reserve_exact(instants.len());
+        for instant in instants {
+            releases.push(instant, usize::MAX);
+        }
+        releases
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn instant(&self, offset: u32) -> u64 {
+        self.base + u64::from(offset) * TICK
+    }
+
+    fn front(&self) -> Option<u64> {
+        self.offsets.front().map(|&o| self.instant(o))
+    }
+
+    fn get(&self, index: usize) -> Option<u64> {
+        self.offsets.get(index).map(|&o| self.instant(o))
+    }
+
+    fn back(&self) -> Option<u64> {
+        self.offsets.back().map(|&o| self.instant(o))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.offsets.iter().map(|&o| self.instant(o))
+    }
+
+    /// Drops the releases at or before `now`: those calls no longer count.
+    fn expire(&mut self, now: u64) {
+        while self.front().is_some_and(|release| release <= now) {
+            self.offsets.pop_front();
+        }
+    }
+
+    /// Adds `release`, held no shorter than asked: rounded up to the next millisecond after `base`, and no
+    /// earlier than the latest release (the queue stays in order). The queue grows to at most `limit` entries
+    /// of room while it holds fewer.
+    ///
+    /// An entry more than the offsets' range (49 days) older than `release` is dropped to make room: it has
+    /// expired by the time `release` is pushed, since a release is at most one period (a day at most) after
+    /// the instant it is pushed at.
+    fn push(&mut self, release: u64, limit: usize) {
+        let Some(back) = self.back() else {
+            self.base = release;
+            self.offsets.push_back(0);
+            return;
+        };
+        let release = release.max(back);
+        let ticks = |base: u64| (release - base).div_ceil(TICK);
+        if ticks(self.base) > u64::from(u32::MAX) {
+            // Move the base up to the oldest release still in range (whole milliseconds: nothing moves).
+            while self.offsets.len() > 1 && self.front().is_some_and(|front| ticks(front) > u64::from(u32::MAX)) {
+                self.offsets.pop_front();
+            }
+            let first = self.offsets.front().copied().unwrap_or(0);
+            self.base = self.instant(first);
+            for offset in &mut self.offsets {
+                *offset -= first;
+            }
+            if ticks(self.base) > u64::from(u32::MAX) {
+                // Only the last release was left, and it too is out of range: long expired.
+                self.offsets.clear();
+                self.base = release;
+                self.offsets.push_back(0);
+                return;
+            }
+        }
+        let (len, capacity) = (self.offsets.len(), self.offsets.capacity());
+        if len == capacity {
+            let grown =
+                if len < limit { capacity.saturating_mul(2).max(4).min(limit) } else { capacity.saturating_mul(2) };
+            self.offsets.reserve_exact(grown.max(len + 1) - len);
+        }
+        self.offsets.push_back(ticks(self.base) as u32);
+    }
 }
 
 impl Gates {
@@ -722,7 +830,7 @@ impl Gates {
                     rate: *rate,
                     limit: u64::from(kept.limit),
                     period: to_nanos(rate.period.min(crate::settings::RATE_PERIOD_MAX)),
-                    releases: VecDeque::new(),
+                    releases: Releases::default(),
                     gcra: RateLimiter::direct_with_clock(gcra_quota(&kept), DecisionClock(Arc::clone(&clock))),
                 }
             })
@@ -733,17 +841,19 @@ impl Gates {
     /// One ledger holding every call of `ledgers`: their calls in flight and their releases, quota by quota.
     /// Its GCRAs start afresh: counting only the calls from now on, they are looser than the ledger, which
     /// counts them all, so they still never refuse what it admits.
-    fn merge(rates: &[Rate], share: u32, ledgers: Vec<Gates>) -> Gates {
+    /// Releases at or before `now` have expired and are left out.
+    fn merge(rates: &[Rate], share: u32, ledgers: Vec<Gates>, now: u64) -> Gates {
         let mut merged = Gates::new(rates, share);
+        let mut releases: Vec<Vec<u64>> = vec![Vec::new(); merged.quotas.len()];
         for ledger in ledgers {
             merged.in_flight += ledger.in_flight;
             merged.gcra_refusals += ledger.gcra_refusals;
-            for (into, from) in merged.quotas.iter_mut().zip(ledger.quotas) {
-                into.releases.extend(from.releases);
+            for (into, from) in releases.iter_mut().zip(ledger.quotas) {
+                into.extend(from.releases.iter().filter(|&release| release > now));
             }
         }
-        for quota in &mut merged.quotas {
-            quota.releases.make_contiguous().sort_unstable();
+        for (quota, releases) in merged.quotas.iter_mut().zip(releases) {
+            quota.releases = Releases::of(releases);
         }
         merged
     }
@@ -764,16 +874,14 @@ impl Gates {
         let mut full = false;
         let mut wake: Option<u64> = None;
         for quota in &mut self.quotas {
-            while quota.releases.front().is_some_and(|&release| release <= now) {
-                quota.releases.pop_front();
-            }
+            quota.releases.expire(now);
             let held = self.in_flight + quota.releases.len() as u64;
             if held >= quota.limit {
                 full = true;
                 // Every full quota must gain room, and each does so no earlier than the release that brings
                 // it under its limit (its oldest, unless a merge or a lowered share left it over-full).
                 let first = (held - quota.limit) as usize;
-                if let Some(&release) = quota.releases.get(first).or(quota.releases.back()) {
+                if let Some(release) = quota.releases.get(first).or(quota.releases.back()) {
                     wake = Some(wake.map_or(release, |w| w.max(release)));
                 }
             }
@@ -800,7 +908,9 @@ impl Gates {
     fn finish(&mut self, now: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
         for quota in &mut self.quotas {
-            quota.releases.push_back(now + quota.period);
+            // The expired ones first: what is left lies within one period of the new release.
+            quota.releases.expire(now);
+            quota.releases.push(now + quota.period, quota.limit as usize);
         }
     }
 }
@@ -1342,6 +1452,93 @@ mod tests {
         assert_eq!(throttle_pause(20, Some(Duration::from_secs(1)), Duration::from_secs(1)), THROTTLE_PAUSE_MAX);
         assert_eq!(throttle_pause(u32::MAX, None, Duration::MAX), THROTTLE_PAUSE_MAX);
         assert_eq!(throttle_pause(30, Some(HOUR), Duration::from_secs(1)), HOUR);
+    }
+
+    const DAY_NANOS: u64 = 86_400 * 1_000_000_000;
+
+    #[test]
+    fn releases_are_kept_to_the_millisecond_rounded_up() {
+        let mut releases = Releases::default();
+        releases.push(5 * TICK + 300, 10);
+        releases.push(7 * TICK + 300, 10);
+        releases.push(9 * TICK + 301, 10);
+        releases.push(9 * TICK + 302, 10);
+        // Whole milliseconds after the first: exact; between two: the next one; never earlier than asked.
+        assert_eq!(
+            releases.iter().collect::<Vec<_>>(),
+            [5 * TICK + 300, 7 * TICK + 300, 10 * TICK + 300, 10 * TICK + 300]
+        );
+        // An instant earlier than the last goes in as the last: the queue stays in order, the slot held longer.
+        releases.push(6 * TICK, 10);
+        assert_eq!(releases.back(), Some(10 * TICK + 300));
+        releases.expire(7 * TICK + 300);
+        assert_eq!(releases.iter().collect::<Vec<_>>(), [10 * TICK + 300; 3]);
+        assert_eq!(Releases::of(vec![3 * TICK, TICK, 2 * TICK]).iter().collect::<Vec<_>>(), [TICK, 2 * TICK, 3 * TICK]);
+    }
+
+    #[test]
+    fn releases_past_the_offsets_range_move_the_base_and_drop_only_expired_ones() {
+        let mut releases = Releases::default();
+        releases.push(0, 10);
+        releases.push(40 * DAY_NANOS, 10);
+        // 60 days after the first: past the u32 milliseconds of the offsets (49.7 days). The first release
+        // has expired (a release is at most a day after the instant it is pushed at); the second stays.
+        releases.push(60 * DAY_NANOS, 10);
+        assert_eq!(releases.iter().collect::<Vec<_>>(), [40 * DAY_NANOS, 60 * DAY_NANOS]);
+        assert_eq!(releases.base, 40 * DAY_NANOS);
+        // Both out of range: only the new one is left.
+        releases.push(200 * DAY_NANOS + 1, 10);
+        assert_eq!(releases.iter().collect::<Vec<_>>(), [200 * DAY_NANOS + 1]);
+    }
+
+    #[test]
+    fn releases_grow_to_the_quota_s_limit_not_past_it() {
+        let mut gates = Gates::new(&[rate(100, MINUTE), rate(1500, HOUR)], 100);
+        for n in 0..1500 {
+            let at = n * to_nanos(ms(610));
+            gates.try_start(at).expect("room");
+            gates.finish(at + 1);
+        }
+        assert_eq!(gates.quotas[1].releases.len(), 1500);
+        assert_eq!(gates.quotas[1].releases.offsets.capacity(), 1500);
+        assert!(gates.quotas[0].releases.offsets.capacity() <= 100);
+    }
+
+    #[test]
+    fn the_compact_ledger_refuses_the_call_that_would_exceed_a_window_across_the_moves_of_its_base() {
+        // Two calls a day for 120 days, each answered 7.3 ms after it starts (releases between milliseconds).
+        // The day's quota always has a release pending, so the offsets pass their range (49.7 days) and the
+        // base moves, twice.
+        let day = Duration::from_secs(86_400);
+        let latency = 7_300_000;
+        let mut gates = Gates::new(&[rate(2, day)], 100);
+        let (mut now, mut calls): (u64, Vec<(u64, u64)>) = (0, Vec::new());
+        while now < 120 * DAY_NANOS {
+            match gates.try_start(now) {
+                Ok(()) => {
+                    calls.push((now, now + latency));
+                    now += latency;
+                    gates.finish(now);
+                }
+                Err(wake) => {
+                    // Held until the answer of the call two back is a day old, to within a millisecond, and
+                    // refused a nanosecond before.
+                    let wake = wake.expect("a full quota has a release pending");
+                    let due = calls[calls.len() - 2].1 + DAY_NANOS;
+                    assert!(wake >= due && wake < due + TICK, "wake {wake}, due {due}");
+                    assert!(gates.try_start(wake - 1).is_err());
+                    now = wake;
+                }
+            }
+        }
+        assert!(gates.quotas[0].releases.base > 50 * DAY_NANOS, "the base never moved");
+        assert!(calls.len() >= 238, "{} calls", calls.len());
+        let t0 = Instant::now();
+        let at = |nanos: u64| t0 + Duration::from_nanos(nanos);
+        let calls: Vec<Call> =
+            calls.iter().map(|&(sent, answered)| Call { sent: at(sent), answered: at(answered) }).collect();
+        assert_within(&calls, &[rate(2, day)]);
+        assert_eq!(gates.gcra_refusals, 0);
     }
 
     #[test]
