@@ -424,8 +424,9 @@ impl ResultsWriter {
     /// Writes `rows` and hands them to the operating system at once, in one write: the rows a writer finds
     /// waiting together cost one system call, and none waits for a later one. The error message goes on
     /// one line (an HTML error page has many): line breaks become spaces.
-    pub fn write_all(&mut self, rows: &[ResultRow]) -> Result<()> {
+    pub fn write_all(&mut self, rows: &[impl std::borrow::Borrow<ResultRow>]) -> Result<()> {
         for row in rows {
+            let row = row.borrow();
             push_row(&mut self.buf, row);
             if let Some(written) = &mut self.written {
                 written.note(row);

@@ -45,7 +45,9 @@ use crate::settings::{Settings, SettingsArgs};
 use crate::ui::progress::Progress;
 use preflight::Screened;
 
-/// Rows buffered between the workers and the writer.
+/// Rows buffered between the workers and the writer. A row goes boxed, as a machine goes to a worker: a
+/// channel allocates its slots in blocks of 32, and a block of pointers is a few hundred bytes where one of
+/// rows is 9 KB, which each tenant of a run of many would hold twice for its whole run.
 const CHANNEL_DEPTH: usize = 1024;
 /// Rows the reader hands over at once: one wake of the dispatcher (and of the reader's thread) for each
 /// batch, not for each row. The input is on disk already, so a batch waits for nothing but reading it. At
@@ -427,16 +429,20 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
     // (Signing in to learn it may wait for a person to enter a code: a signal ends that at once.)
+    //
+    // The steps that run once before the offboards (the lock, the sign-in, the pre-flight, a dry run) are
+    // boxed: an async function's state is as large as its largest step's, and would be held that large for
+    // the whole run (by each tenant of a run of many) though these steps are over in its first second.
     tokio::pin!(shutdown);
     tokio::select! {
         biased;
         _ = &mut shutdown => return Err(Error::Interrupted),
-        locked = session.lock(&job.lock_dir, &job.run_id) => locked?,
+        locked = Box::pin(session.lock(&job.lock_dir, &job.run_id)) => locked?,
     }
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
-        return dry_run::dry_run(job, session, shutdown).await;
+        return Box::pin(dry_run::dry_run(job, session, shutdown)).await;
     }
     let credentials = session.credentials();
     let started = Instant::now();
@@ -484,7 +490,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         resume::check_lookup_permission(granted, in_doubt)
     };
     let token = tokio::select! {
-        token = session.sign_in(needs) => token?,
+        token = Box::pin(session.sign_in(needs)) => token?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let account = token.account().map(str::to_owned);
@@ -496,7 +502,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let api = session.api().clone();
     // The pre-flight's reads share the quotas with the offboards: same Api, same limiter.
     let mut screen = tokio::select! {
-        screen = preflight::load(&job, &api) => screen?,
+        screen = Box::pin(preflight::load(&job, &api)) => screen?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     if let Some(screen) = &screen {
@@ -603,7 +609,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     let cancelled = Arc::new(AtomicBool::new(false));
     let (item_tx, mut item_rx) = mpsc::channel::<Vec<Result<Screened>>>(READ_AHEAD);
     let read_batch = READ_BATCH.min(READ_BATCH_PER_WORKER * job.settings.concurrency).max(1);
-    let (row_tx, row_rx) = mpsc::channel::<ResultRow>(CHANNEL_DEPTH);
+    let (row_tx, row_rx) = mpsc::channel::<Box<ResultRow>>(CHANNEL_DEPTH);
     // The machines whose call sequence has started and whose row is not yet sent. A machine's task takes
     // itself out before it sends its row; after an interrupt's drain bound, the dispatcher takes out those
     // still in and writes their rows itself: either way each machine gets exactly one row.
@@ -677,7 +683,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     };
     // The workers, as many as the slots: each takes the next machine given a slot, makes its call
     // sequence and sends its row, until the queue closes.
-    let (work_tx, work_rx) = mpsc::channel::<Work>(job.settings.concurrency);
+    let (work_tx, work_rx) = mpsc::channel::<Box<Work>>(job.settings.concurrency);
     let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
     for _ in 0..job.settings.concurrency {
         let (api, comment, body, work_rx) = (api.clone(), comment.clone(), body.clone(), work_rx.clone());
@@ -689,7 +695,8 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             async move {
                 loop {
                     let next = work_rx.lock().await.recv().await;
-                    let Some(Work { line, machine, facts, earlier_intent, slot }) = next else { break };
+                    let Some(work) = next else { break };
+                    let Work { line, machine, facts, earlier_intent, slot } = *work;
                     let mut result = match earlier_intent {
                         Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
                         None => offboard::offboard_one(&api, line, machine, &body).await,
@@ -705,7 +712,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                         in_flight.remove(&line).and_then(|_| row_tx.upgrade())
                     };
                     if let Some(sender) = sender {
-                        let _ = sender.send(result).await;
+                        let _ = sender.send(Box::new(result)).await;
                     }
                     drop(slot);
                 }
@@ -747,7 +754,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         }
         let (row, facts) = match screened {
             Screened::Row(result) => {
-                if row_tx.send(result).await.is_err() {
+                if row_tx.send(Box::new(result)).await.is_err() {
                     stop = Some(writer_gone());
                     break;
                 }
@@ -762,7 +769,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 let why = message::not_a_machine_id(&row.raw);
                 let mut result = ResultRow::new(row.line, row.raw, Outcome::InvalidId);
                 result.error_message = Some(why.into());
-                if row_tx.send(result).await.is_err() {
+                if row_tx.send(Box::new(result)).await.is_err() {
                     stop = Some(writer_gone());
                     break;
                 }
@@ -771,7 +778,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
             RowKind::Duplicate => {
                 let mut result = ResultRow::new(row.line, row.raw.trim().to_ascii_lowercase(), Outcome::Duplicate);
                 result.error_message = Some(message::listed_earlier().into());
-                if row_tx.send(result).await.is_err() {
+                if row_tx.send(Box::new(result)).await.is_err() {
                     stop = Some(writer_gone());
                     break;
                 }
@@ -811,7 +818,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         }
         in_flight.lock().expect("never poisoned").insert(row.line, machine);
         // Never waits: a machine goes only with a slot, and the queue holds as many as there are slots.
-        let work = Work { line: row.line, machine, facts, earlier_intent, slot };
+        let work = Box::new(Work { line: row.line, machine, facts, earlier_intent, slot });
         work_tx.send(work).await.unwrap_or_else(|_| unreachable!("the workers take machines until the queue closes"));
     }
     drop(work_tx);
@@ -850,7 +857,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 let mut row = ResultRow::new(line, machine.to_string(), Outcome::Failed);
                 row.error_code = Some("InDoubt".into());
                 row.error_message = Some(message::in_flight_when_stopped().into());
-                let _ = row_tx.send(row).await;
+                let _ = row_tx.send(Box::new(row)).await;
             }
         }
     }
@@ -986,7 +993,7 @@ fn read_answer() -> Result<String> {
 /// ([`ResultsWriter::finish`]).
 async fn write_rows(
     mut writer: ResultsWriter,
-    mut rows: mpsc::Receiver<ResultRow>,
+    mut rows: mpsc::Receiver<Box<ResultRow>>,
     progress: Progress,
     counts: Arc<Mutex<BTreeMap<Outcome, u64>>>,
 ) -> Result<Option<results::Written>> {

@@ -259,20 +259,21 @@ async fn run_tenant(
     };
     job.progress = false;
     let tag = job.tag.clone();
-    let mut summary = match execute(job, &mut session, signal(stopped.clone())).await {
+    // Each step boxed: the task holds only the step under way (see `execute`), not the largest of them.
+    let mut summary = match Box::pin(execute(job, &mut session, signal(stopped.clone()))).await {
         Ok(summary) => summary,
         Err(e) => return (Err(e), None),
     };
-    tag_after(&mut summary, &session, tag).await;
+    Box::pin(tag_after(&mut summary, &session, tag)).await;
     let tracked = match wait {
-        Some(options) if !summary.interrupted => {
-            Some(track_file(&results, &tracking_settings, Some(session), options, signal(stopped)).await.map_err(|e| {
-                match e {
+        Some(options) if !summary.interrupted => Some(
+            Box::pin(track_file(&results, &tracking_settings, Some(session), options, signal(stopped))).await.map_err(
+                |e| match e {
                     Error::Interrupted | Error::Stopped(_) | Error::TrackingStopped { .. } => e,
                     e => Error::TrackingStopped { results: results.clone(), source: Box::new(e) },
-                }
-            }))
-        }
+                },
+            ),
+        ),
         _ => None,
     };
     (Ok(summary), tracked)
