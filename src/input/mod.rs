@@ -1013,6 +1013,10 @@ impl<R: Read> Read for Prepared<R> {
             let n = (self.start.len() - self.served).min(buf.len());
             buf[..n].copy_from_slice(&self.start[self.served..self.served + n]);
             self.served += n;
+            if self.served == self.start.len() {
+                // Served: its room (a few KiB) goes back rather than being held as long as the reader.
+                (self.start, self.served) = (Vec::new(), 0);
+            }
             n
         } else {
             self.inner.read(buf)?

@@ -349,11 +349,21 @@ impl Screen {
     }
 }
 
-/// Reads what the input asks about, if the run reads at all (see [`Options::reads`]).
+/// Pre-flights reading at once in the process, whatever the tenants. Each holds its sorters' room and its
+/// files' buffers until it is done (some 100 KB for a list of 1,500 machines, more for a larger one), and
+/// the tenants of a run of many start together: without a bound every running tenant would hold them at
+/// once, for a peak of memory growing with the tenants. Their list pages already wait their turn among the
+/// process's few (`api::PAGES_AT_ONCE`), so the bound costs a tenant little of its start.
+const PREFLIGHTS_AT_ONCE: usize = 8;
+static PREFLIGHTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PREFLIGHTS_AT_ONCE);
+
+/// Reads what the input asks about, if the run reads at all (see [`Options::reads`]), when its turn among the
+/// process's pre-flights comes.
 pub async fn load(job: &Job, api: &Api) -> Result<Option<Screen>> {
     if !job.preflight.reads(job.scan.by_name) {
         return Ok(None);
     }
+    let _turn = PREFLIGHTS.acquire().await.expect("the semaphore is never closed");
     let guard = super::guard::Guard { now: std::time::SystemTime::now(), ..job.guard.clone() };
     let joined = Inventory::load(api, &job.scan, guard).await.map_err(|e| {
         let next = if job.preflight.dry_run || job.scan.by_name {
