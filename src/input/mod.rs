@@ -191,6 +191,9 @@ impl Keys {
 
 /// Bits of a [`Filter`] at most: 1 MiB.
 const FILTER_BITS: usize = 1 << 23;
+/// The bounds of the buffer a scanned list's rows are read through (see [`Scan::rows`]).
+const ROWS_BUFFER_MIN: usize = 1 << 10;
+const ROWS_BUFFER_MAX: usize = 8 << 10;
 /// Bits of a [`Filter`] per key it holds, up to [`FILTER_BITS`]: about 3% of other keys pass.
 const FILTER_BITS_PER_KEY: usize = 32;
 
@@ -343,7 +346,12 @@ impl Scan {
     pub fn rows(&self) -> Result<Rows> {
         let temp_error = |e: io::Error| self.source.error(extsort::temp_message("read", &e));
         let file = SharedReader::new(Arc::clone(&self.spool));
-        let mut reader = RowReader::open(&self.source, file, self.keys.clone(), Some(self.layout.delimiter))?;
+        // Read through at most a 64th of the list at a time (and at most csv's usual 8 KiB): a paced run holds
+        // its reader as long as it runs, and a tenant of a run of many has a list of its own, of a few pages.
+        let length = self.spool.metadata().map_or(u64::MAX, |m| m.len());
+        let buffer = usize::try_from(length / 64).unwrap_or(usize::MAX).clamp(ROWS_BUFFER_MIN, ROWS_BUFFER_MAX);
+        let mut reader =
+            RowReader::open(&self.source, file, self.keys.clone(), Some(self.layout.delimiter), Some(buffer))?;
         reader.numbered = self.numbered;
         reader.dups = Some(Cursor::new(self.dups.read().map_err(temp_error)?));
         // Decide the layout the same way the scan did, and insist it came out the same.
@@ -677,7 +685,7 @@ struct Record {
 /// Reads the input through once, validating every row and gathering its keys.
 fn read_all(source: &Source, input: impl Read, format: &Format) -> Result<FirstPass> {
     let keys = Keys::default();
-    let mut reader = RowReader::open(source, input, keys.clone(), format.delimiter)?;
+    let mut reader = RowReader::open(source, input, keys.clone(), format.delimiter, None)?;
     reader.numbered = format.numbered;
     reader.entries = Some(Sorter::default());
     let first =
@@ -756,8 +764,15 @@ struct RowReader<R> {
 }
 
 impl<R: Read> RowReader<R> {
-    /// Reads `input`, its fields separated by `delimiter`, or by what its first line shows.
-    fn open(source: &Source, input: R, keys: Keys, delimiter: Option<u8>) -> Result<RowReader<R>> {
+    /// Reads `input`, its fields separated by `delimiter`, or by what its first line shows, through a buffer
+    /// of `buffer` bytes (csv's default without).
+    fn open(
+        source: &Source,
+        input: R,
+        keys: Keys,
+        delimiter: Option<u8>,
+        buffer: Option<usize>,
+    ) -> Result<RowReader<R>> {
         let input = Prepared::new(input).map_err(|e| source.error(format!("cannot read: {e}")))?;
         if input.utf16 {
             return Err(source.error(
@@ -769,7 +784,11 @@ impl<R: Read> RowReader<R> {
         // ending in a `\n` (see `Prepared`), a record's first line is simply the reader's line after it
         // minus one, minus the line breaks inside its quoted fields. (The line csv records for the start of
         // a record is counted before the blank lines and the `\n` of a CRLF that precede it.)
-        let csv = csv::ReaderBuilder::new()
+        let mut csv = csv::ReaderBuilder::new();
+        if let Some(buffer) = buffer {
+            csv.buffer_capacity(buffer);
+        }
+        let csv = csv
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
@@ -1349,6 +1368,19 @@ mod tests {
         use std::os::fd::AsRawFd;
         let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
         link.to_string_lossy().ends_with(" (deleted)")
+    }
+
+    #[test]
+    fn rows_longer_than_the_read_buffer_are_read_whole() {
+        // A short list reads through the least buffer: a row (with its other columns) and a quoted field
+        // with a line break, each longer than it, come out whole, on their lines.
+        let note = "x".repeat(3 * ROWS_BUFFER_MIN);
+        let content = format!("DeviceId,Note\n{A},{note}\n\"{B}\",\"{note}\n{note}\"\n{A},short\n");
+        let scan = scan_reader(content.as_bytes(), None).unwrap();
+        assert_eq!((scan.rows, scan.valid, scan.duplicates), (3, 2, 1));
+        let rows: Vec<InputRow> = scan.rows().unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3, 5]);
+        assert_eq!((&rows[0].kind, &rows[1].kind, &rows[2].kind), (&valid(A), &valid(B), &RowKind::Duplicate));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Partition {
 pub fn tenant_column(path: &Path, format: &Format) -> Result<Option<String>> {
     let source = Source::Path(path.to_path_buf());
     let file = File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?;
-    let mut reader = RowReader::open(&source, file, Keys::default(), format.delimiter)?;
+    let mut reader = RowReader::open(&source, file, Keys::default(), format.delimiter, None)?;
     let Some(first) = reader.next_record()? else { return Ok(None) };
     Ok(header_of(&first.fields))
 }
@@ -62,7 +62,8 @@ pub(super) fn header_of(headers: &[String]) -> Option<String> {
 pub fn partition(path: &Path, format: &Format, default_tenant: Option<&str>, dir: &Path) -> Result<Vec<Partition>> {
     let source = Source::Path(path.to_path_buf());
     let file = Arc::new(File::open(path).map_err(|e| source.error(format!("cannot open: {e}")))?);
-    let mut reader = RowReader::open(&source, SharedReader::new(file.clone()), Keys::default(), format.delimiter)?;
+    let mut reader =
+        RowReader::open(&source, SharedReader::new(file.clone()), Keys::default(), format.delimiter, None)?;
     // The same bytes the records are parsed from, copied as they are.
     let mut raw = Prepared::new(SharedReader::new(file)).map_err(|e| source.error(format!("cannot read: {e}")))?;
     let header = reader.next_record()?.ok_or_else(|| source.error("is empty: it has no header"))?;

@@ -113,7 +113,7 @@ fn write_dry_run(rows: crate::input::Rows, mut screen: Screen, mut writer: Resul
     let mut written = 0;
     for row in rows {
         let result = match super::preflight::screen(Some(&mut screen), row?)? {
-            Screened::Row(result) => result,
+            Screened::Row(result) => *result,
             Screened::Pass(row, _) => unscreened_row(row),
         };
         writer.write(&result)?;

@@ -754,7 +754,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         }
         let (row, facts) = match screened {
             Screened::Row(result) => {
-                if row_tx.send(Box::new(result)).await.is_err() {
+                if row_tx.send(result).await.is_err() {
                     stop = Some(writer_gone());
                     break;
                 }
@@ -1081,7 +1081,7 @@ mod tests {
             pass(2, RowKind::Valid(id(2))),
             pass(3, RowKind::Invalid),
             pass(4, RowKind::Valid(id(4))),
-            Ok(Screened::Row(ResultRow::new(5, id(5).to_string(), Outcome::NotFound))),
+            Ok(Screened::Row(Box::new(ResultRow::new(5, id(5).to_string(), Outcome::NotFound)))),
             pass(6, RowKind::Duplicate),
             pass(7, RowKind::Valid(id(7))),
             pass(8, RowKind::Valid(id(8))),

@@ -161,8 +161,9 @@ impl Facts {
 /// What the pre-flight made of one input row.
 #[derive(Debug)]
 pub enum Screened {
-    /// The row's outcome is known without an offboard call.
-    Row(ResultRow),
+    /// The row's outcome is known without an offboard call. Boxed, as it goes to the writer: the rows read
+    /// ahead of the dispatcher take the room of the smaller variant.
+    Row(Box<ResultRow>),
     /// Goes on as before (a valid id to offboard, now with what the inventory says of it; invalid and
     /// duplicate rows unchanged).
     Pass(InputRow, Option<Facts>),
@@ -184,7 +185,7 @@ pub fn screen(screen: Option<&mut Screen>, row: InputRow) -> Result<Screened> {
             let mut result = ResultRow::new(row.line, "", Outcome::Failed);
             result.computer_dns_name = Some(row.raw.trim().to_string());
             result.error_message = Some(message::names_need_the_preflight().into());
-            Ok(Screened::Row(result))
+            Ok(Screened::Row(Box::new(result)))
         }
         (None, _) => Ok(Screened::Pass(row, None)),
     }
@@ -231,14 +232,14 @@ impl Screen {
         match decisions {
             [] => {
                 result.error_message = Some(message::no_machine_named(&written).into());
-                Ok(Screened::Row(result))
+                Ok(Screened::Row(Box::new(result)))
             }
             [one] if one.kind == DecisionKind::Claimed => {
                 let machine = self.joined.machine(one).map_err(disk)?;
                 let mut result = ResultRow::new(row.line, machine.id.clone(), Outcome::Duplicate);
                 Facts::of(machine).fill(&mut result);
                 result.error_message = Some(message::same_machine_as_earlier_row().into());
-                Ok(Screened::Row(result))
+                Ok(Screened::Row(Box::new(result)))
             }
             [one] if one.kind == DecisionKind::Found => self.decide(row, Some(one), Some(written)),
             candidates => {
@@ -251,7 +252,7 @@ impl Screen {
                     listed.push(format!("{} ({}, last seen {seen})", m.id, m.computer_dns_name));
                 }
                 result.error_message = Some(message::names_several(&written, count, &listed));
-                Ok(Screened::Row(result))
+                Ok(Screened::Row(Box::new(result)))
             }
         }
     }
@@ -266,7 +267,7 @@ impl Screen {
             let mut result = ResultRow::new(row.line, id, Outcome::NotFound);
             result.computer_dns_name = name;
             result.error_message = Some(message::not_in_inventory(self.dry_run).into());
-            return Ok(Screened::Row(result));
+            return Ok(Screened::Row(Box::new(result)));
         };
         let machine = self.joined.machine(found).map_err(disk)?;
         let text = machine.id.clone();
@@ -280,7 +281,7 @@ impl Screen {
             result.updated_at = some(action.updated);
             result.error_message = Some(message::already_open(self.dry_run).into());
             facts.fill(&mut result);
-            return Ok(Screened::Row(result));
+            return Ok(Screened::Row(Box::new(result)));
         }
         if let Some(done) = self.joined.done_action(found).map_err(disk)? {
             let some = |s: String| Some(s).filter(|s| !s.is_empty());
@@ -295,7 +296,7 @@ impl Screen {
             result.submitted_at = some(done.created);
             result.updated_at = some(done.updated);
             facts.fill(&mut result);
-            return Ok(Screened::Row(result));
+            return Ok(Screened::Row(Box::new(result)));
         }
         if let Some(why) = self.joined.kept(found) {
             let machine = self.joined.machine(found).map_err(disk)?;
@@ -304,12 +305,12 @@ impl Screen {
             let mut result = ResultRow::new(row.line, text, Outcome::Protected);
             result.error_message = Some(message::protected(self.dry_run, &why, &how));
             facts.fill(&mut result);
-            return Ok(Screened::Row(result));
+            return Ok(Screened::Row(Box::new(result)));
         }
         if self.dry_run {
             let mut result = ResultRow::new(row.line, text, Outcome::WouldSubmit);
             facts.fill(&mut result);
-            return Ok(Screened::Row(result));
+            return Ok(Screened::Row(Box::new(result)));
         }
         Ok(Screened::Pass(InputRow { line: row.line, raw: row.raw, kind: RowKind::Valid(found.machine) }, Some(facts)))
     }
