@@ -515,8 +515,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         // earlier offboard is still open, so subtracting the finished ones from it counted some twice.)
         Some(earlier) => {
             let (rows, done) = (job.scan.rows()?, std::mem::take(&mut earlier.done));
+            let in_doubt = earlier.in_doubt.clone();
             let counted = tokio::task::spawn_blocking(move || {
-                let calls = resume::count_calls(rows, screen.as_mut(), &done);
+                let calls = resume::count_calls(rows, screen.as_mut(), &done, &in_doubt);
                 (calls, screen, done)
             });
             let (calls, back, done) = tokio::select! {
@@ -742,6 +743,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         if done.is_some_and(|done| done.contains(screened.line(), &resume::machine_of(&screened))) {
             continue;
         }
+        let screened = resume::look_up_if_in_doubt(screened, &in_doubt);
         let (row, facts) = match screened {
             Screened::Row(result) => {
                 if row_tx.send(result).await.is_err() {
