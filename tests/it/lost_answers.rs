@@ -33,7 +33,7 @@ fn accepted(stats: &SimStats) -> HashMap<&str, u64> {
 /// times, and rows saying `failed` for machines the service had offboarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_offboard_is_looked_up_and_never_sent_twice() {
-    let faults = Faults { seed: 3, drop_connection: 1.0, offboard_only: true, ..Faults::default() };
+    let faults = Faults { seed: 3, drop_connection: 1.0, actions_only: true, ..Faults::default() };
     let (dir, sim, input, ids) = fleet_counting(10, 21, "100000/1s", |c| {
         c.faults = faults;
         c.lifecycle = closing_at_once();
@@ -78,7 +78,7 @@ async fn an_answer_slower_than_the_timeout_is_looked_up_not_sent_again() {
         seed: 3,
         slow_share: 1.0,
         slow_latency: Duration::from_secs(2),
-        offboard_only: true,
+        actions_only: true,
         ..Faults::default()
     };
     let (dir, sim, input, ids) = fleet_counting(4, 22, "100000/1s", |c| {

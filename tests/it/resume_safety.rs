@@ -404,7 +404,7 @@ async fn the_preflight_of_a_resume_takes_the_open_action_of_its_own_lost_call_fo
     let path = input(dir.path(), &ids);
     let args = ["run", path.to_str().unwrap(), "--yes", "--resume", "--max-attempts", "1", "--comment", "retire"];
     // The first session: every offboard fails before the service does anything; the journal holds the run.
-    sim.set_faults(Faults { error_503: 1.0, offboard_only: true, ..Faults::default() });
+    sim.set_faults(Faults { error_503: 1.0, actions_only: true, ..Faults::default() });
     let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
     assert_eq!(out.code, 3, "{}", out.stderr);
     sim.set_faults(Faults::default());
