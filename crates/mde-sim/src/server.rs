@@ -591,7 +591,7 @@ impl Shared {
 
     /// Adds the latency fault, records the answer, and answers or drops the connection.
     async fn finish(&self, route: &'static str, outcome: Outcome, kill: ConnectionKill) -> Response {
-        let (latency, slow) = self.faults.lock().expect("faults lock").next_latency();
+        let (latency, slow) = self.faults.lock().expect("faults lock").next_latency(route.starts_with("POST /api/"));
         if slow {
             self.counters.lock().expect("counters lock").faults.slow += 1;
         }

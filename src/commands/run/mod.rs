@@ -521,8 +521,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         // earlier offboard is still open, so subtracting the finished ones from it counted some twice.)
         Some(earlier) => {
             let (rows, done) = (job.scan.rows()?, std::mem::take(&mut earlier.done));
+            let in_doubt = earlier.in_doubt.clone();
             let counted = tokio::task::spawn_blocking(move || {
-                let calls = resume::count_calls(rows, screen.as_mut(), &done);
+                let calls = resume::count_calls(rows, screen.as_mut(), &done, &in_doubt);
                 (calls, screen, done)
             });
             let (calls, back, done) = tokio::select! {
@@ -697,10 +698,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                     let next = work_rx.lock().await.recv().await;
                     let Some(work) = next else { break };
                     let Work { line, machine, facts, earlier_intent, slot } = *work;
-                    let mut result = match earlier_intent {
-                        Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
-                        None => offboard::offboard_one(&api, line, machine, &body).await,
-                    };
+                    let mut result = offboard::offboard_one(&api, line, machine, &comment, &body, earlier_intent).await;
                     if let Some(facts) = facts {
                         facts.fill(&mut result);
                     }
@@ -752,6 +750,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         if done.is_some_and(|done| done.contains(screened.line(), &resume::machine_of(&screened))) {
             continue;
         }
+        let screened = resume::look_up_if_in_doubt(screened, &in_doubt);
         let (row, facts) = match screened {
             Screened::Row(result) => {
                 if row_tx.send(result).await.is_err() {
