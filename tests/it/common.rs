@@ -243,3 +243,15 @@ pub fn id_list<S: AsRef<str>>(ids: &[S]) -> String {
     }
     text
 }
+
+/// Actions that end at once: a second offboard of the same machine is then accepted by the service, so
+/// only the client can prevent it.
+pub fn closing_at_once() -> mde_sim::Lifecycle {
+    mde_sim::Lifecycle {
+        pending_for: std::time::Duration::ZERO,
+        in_progress_for: std::time::Duration::ZERO,
+        failed_share: 0.0,
+        timeout_share: 0.0,
+        action_timeout: std::time::Duration::ZERO,
+    }
+}

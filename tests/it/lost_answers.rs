@@ -5,23 +5,35 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mde_sim::{Faults, Lifecycle, SimStats};
+use mde_sim::{Faults, SimStats};
 
-use crate::common::{Results, fleet_counting, mde};
+use crate::common::{Results, closing_at_once, fleet_counting, mde};
 
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
 const ACTIONS: &str = "GET /api/machineactions";
 
-/// Actions that end at once: a second offboard of the same machine is then accepted by the service, so
-/// only the client can prevent it.
-fn closing_at_once() -> Lifecycle {
-    Lifecycle {
-        pending_for: Duration::ZERO,
-        in_progress_for: Duration::ZERO,
-        failed_share: 0.0,
-        timeout_share: 0.0,
-        action_timeout: Duration::ZERO,
-    }
+/// `n` machines (fleet seed `seed`) whose every offboard, cancel or tag answer comes 2 s after the call was
+/// taken (the reads answer at once), their actions ending at once; `roles` replaces the app's if given.
+async fn slow_offboards(
+    n: usize,
+    seed: u64,
+    roles: &[&str],
+) -> (tempfile::TempDir, mde_sim::Simulator, std::path::PathBuf, Vec<String>) {
+    let faults = Faults {
+        seed: 3,
+        slow_share: 1.0,
+        slow_latency: Duration::from_secs(2),
+        actions_only: true,
+        ..Faults::default()
+    };
+    fleet_counting(n, seed, "100000/1s", |c| {
+        c.faults = faults;
+        c.lifecycle = closing_at_once();
+        if !roles.is_empty() {
+            c.roles = roles.iter().map(|r| r.to_string()).collect();
+        }
+    })
+    .await
 }
 
 fn accepted(stats: &SimStats) -> HashMap<&str, u64> {
@@ -74,18 +86,7 @@ async fn a_dropped_offboard_is_looked_up_and_never_sent_twice() {
 /// time. Now the lookup finds the first call's action: `submitted`, once, and exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_slower_than_the_timeout_is_looked_up_not_sent_again() {
-    let faults = Faults {
-        seed: 3,
-        slow_share: 1.0,
-        slow_latency: Duration::from_secs(2),
-        actions_only: true,
-        ..Faults::default()
-    };
-    let (dir, sim, input, ids) = fleet_counting(4, 22, "100000/1s", |c| {
-        c.faults = faults;
-        c.lifecycle = closing_at_once();
-    })
-    .await;
+    let (dir, sim, input, ids) = slow_offboards(4, 22, &[]).await;
     let args = [
         "run",
         input.to_str().unwrap(),
@@ -113,4 +114,26 @@ async fn an_answer_slower_than_the_timeout_is_looked_up_not_sent_again() {
     }
     assert_eq!(stats.count(OFFBOARD, "201"), 0, "every answer came too late");
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// With only `Machine.Offboard` (and --no-preflight), a lost answer cannot be looked up: the row is
+/// `failed` with `InDoubt` and the machine is not called again, and the plan says so before the first call.
+/// Before: each timed-out machine was called again, and offboarded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_read_role_a_lost_answer_is_in_doubt_and_never_sent_again() {
+    let (dir, sim, input, ids) = slow_offboards(3, 23, &["Machine.Offboard"]).await;
+    let args = ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--timeout", "1s", "--max-attempts", "3"];
+    let out = mde(&sim, &args, "").await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be looked up"), "{}", out.stderr);
+    let stats = sim.stats();
+    for id in &ids {
+        let calls = &stats.offboard_calls[id];
+        assert_eq!((calls.calls, calls.accepted), (1, 1), "machine {id}\n{}", out.stderr);
+    }
+    let results = Results::read(&dir.path().join("m.results.csv"));
+    assert_eq!(results.rows.len(), ids.len());
+    for row in &results.rows {
+        assert_eq!((row["outcome"].as_str(), row["error_code"].as_str()), ("failed", "InDoubt"), "{row:?}");
+    }
 }

@@ -7,22 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use mde_sim::{Faults, Fleet, Lifecycle, SimConfig, Simulator};
 
-use crate::common::{Results, mde_env, post_as_demo_app, write_file};
+use crate::common::{Results, closing_at_once, mde_env, post_as_demo_app, write_file};
 
 const OFFBOARD: &str = "POST /api/machines/{id}/offboard";
 const ACTIONS: &str = "GET /api/machineactions";
-
-/// Actions that end at once: a second offboard of the same machine is then accepted by the service, so
-/// only the client can prevent it.
-fn closing_at_once() -> Lifecycle {
-    Lifecycle {
-        pending_for: Duration::ZERO,
-        in_progress_for: Duration::ZERO,
-        failed_share: 0.0,
-        timeout_share: 0.0,
-        action_timeout: Duration::ZERO,
-    }
-}
 
 fn config(seed: u64, lifecycle: Lifecycle) -> SimConfig {
     SimConfig { fleet: Fleet::generate(60, seed), quotas: Vec::new(), lifecycle, ..SimConfig::default() }
@@ -64,6 +52,16 @@ fn write_journal(path: &Path, header: &serde_json::Value, intents: &[String]) {
         text += "\n";
     }
     std::fs::write(path, text).unwrap();
+}
+
+/// What a session killed before writing any row leaves in `dir`: the journal's `header` and `intents`, and
+/// a results file with its header only. The results file's path.
+fn as_left_by_a_kill(dir: &Path, header: &serde_json::Value, intents: &[String]) -> PathBuf {
+    write_journal(&dir.join("m.results.csv.journal"), header, intents);
+    let results_path = dir.join("m.results.csv");
+    let text = std::fs::read_to_string(&results_path).unwrap();
+    std::fs::write(&results_path, text.lines().next().unwrap().to_string() + "\n").unwrap();
+    results_path
 }
 
 fn accepted(sim: &Simulator, id: &str) -> u64 {
@@ -120,10 +118,7 @@ async fn a_resume_on_another_day_finds_the_actions_sent_under_the_runs_comment()
         assert_eq!(status, 201);
         intents.push(format!("{},{id},{}", i + 2, now_ms() - 86_400_000));
     }
-    write_journal(&journal, &header, &intents);
-    let results_path = dir.path().join("m.results.csv");
-    let text = std::fs::read_to_string(&results_path).unwrap();
-    std::fs::write(&results_path, text.lines().next().unwrap().to_string() + "\n").unwrap();
+    let results_path = as_left_by_a_kill(dir.path(), &header, &intents);
 
     let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -431,10 +426,7 @@ async fn the_preflight_of_a_resume_takes_the_open_action_of_its_own_lost_call_fo
     .await;
     assert_eq!(status, 201);
     intents.push(format!("4,{},{}", ids[2], now_ms()));
-    write_journal(&journal, &header, &intents);
-    let results_path = dir.path().join("m.results.csv");
-    let text = std::fs::read_to_string(&results_path).unwrap();
-    std::fs::write(&results_path, text.lines().next().unwrap().to_string() + "\n").unwrap();
+    let results_path = as_left_by_a_kill(dir.path(), &header, &intents);
 
     let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -494,6 +494,18 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let account = token.account().map(str::to_owned);
+    if !job.preflight.dry_run && !preflight::READ_ROLES.iter().any(|r| token.permissions().has(r)) {
+        crate::ui::output::notice(
+            "plan",
+            &format!(
+                "Without {} or {}, a machine whose answer is lost (a timeout, a dropped connection) cannot be \
+                 looked up: its row is `failed` with `InDoubt`, and it is not called again (--resume needs the \
+                 permission to look it up).",
+                preflight::READ_ROLES[0],
+                preflight::READ_ROLES[1]
+            ),
+        );
+    }
     if !resumed {
         // Kept in the journal, so a report of the results file names who offboarded.
         identity.account = account.clone();

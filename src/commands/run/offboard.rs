@@ -18,11 +18,11 @@ use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::files::results::ResultRow;
 
 /// A machine's offboard actions fit one page: it has a handful at most.
-pub(super) const LOOKUP_PAGE: usize = 100;
+const LOOKUP_PAGE: usize = 100;
 
 /// How far before a call whose answer was lost (or an interrupted call's journal entry) an action found by
 /// the lookup may have been created and still be taken for that call's (clocks differ).
-pub(super) const CLOCK_SKEW: Duration = Duration::from_secs(600);
+const CLOCK_SKEW: Duration = Duration::from_secs(600);
 
 /// Offboards one machine and says what happened, as a results row. `in_doubt_since` (milliseconds since the
 /// epoch) is when an earlier call that may have gone through was made: the machine is looked up first.
