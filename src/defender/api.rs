@@ -423,19 +423,73 @@ pub fn each_in_page<'de, T: Deserialize<'de>>(body: &'de [u8], each: impl FnMut(
     }
 }
 
+/// [`each_in_page`], each entry read by `entry` (a hand reader, see [`plain::Cursor`]) where it can be: a page
+/// of the service's usual shape is read by hand at a fraction of serde's cost. Where `entry` gives up (`None`)
+/// or the page is not of that shape, serde reads the page and hands over the entries after those handed over
+/// already: `entry` must read an entry only where serde reads the same one (its callers test that), and then
+/// the entries handed over, their count and any error are exactly [`each_in_page`]'s.
+pub fn each_in_page_by_hand<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
+    entry: impl FnMut(&mut plain::Cursor<'de>) -> Option<T>,
+    mut each: impl FnMut(T),
+) -> Result<usize, String> {
+    let Ok(text) = std::str::from_utf8(body) else { return each_in_page(body, each) };
+    let mut handed = 0;
+    if plain::page(text, entry, |t| {
+        handed += 1;
+        each(t)
+    }) {
+        return Ok(handed);
+    }
+    let mut skip = handed;
+    each_in_page(body, |t| match skip {
+        0 => each(t),
+        _ => skip -= 1,
+    })
+}
+
 /// An action's answer as the service writes it, read by hand at a fraction of serde's cost (a run reads one
 /// a machine): a JSON object whose strings hold no escapes, whose numbers are integers, nested at most
 /// [`plain::DEPTH_MAX`] deep, whose action fields are strings or `null`, each at most once, and with no
 /// `error` member other than `null`. [`read`](plain::read) gives up (`None`) on anything else, and on
 /// anything that is not JSON, and serde reads it: where it does read an answer, serde reads the same
 /// ([`ActionAnswer`]; a test compares the two on many answers).
-mod plain {
+pub mod plain {
     use std::borrow::Cow;
 
     use super::{ActionAnswer, Text};
 
     /// Deepest nesting read by hand (the answer's own object is 1).
     pub const DEPTH_MAX: usize = 8;
+    /// The nesting of an entry of a page ([`page`]): the page is 1, its `value` array 2.
+    pub const ENTRY_DEPTH: usize = 3;
+
+    /// A page of a collection as the service writes it (see [`super::each_in_page_by_hand`]): an object
+    /// with one `value` array, each of its entries read by `entry` and handed to `each`, every other member
+    /// any value of the subset read by hand. Whether the whole page was read: when not, the entries handed
+    /// over are those before the first one not read by hand.
+    pub fn page<'a, T>(
+        text: &'a str,
+        mut entry: impl FnMut(&mut Cursor<'a>) -> Option<T>,
+        mut each: impl FnMut(T),
+    ) -> bool {
+        let mut at = Cursor::new(text);
+        let mut value = false;
+        let read = at.object(1, |key, at| {
+            if key != "value" {
+                return at.value(1);
+            }
+            if value {
+                return None;
+            }
+            value = true;
+            at.array(|at| {
+                each(entry(at)?);
+                Some(())
+            })
+        });
+        read.is_some() && value && at.end()
+    }
 
     /// The answer in `text`, or `None` to leave it to serde.
     pub fn read(text: &str) -> Option<ActionAnswer<'_>> {
@@ -495,12 +549,19 @@ mod plain {
         (at.at == text.len()).then_some(answer)
     }
 
-    struct Cursor<'a> {
+    /// A place in a JSON text read by hand: each reading takes what it reads, or gives up (`None`, `false`) on
+    /// anything outside the subset read by hand (escapes, fractions, exponents, control characters in
+    /// strings, nesting past [`DEPTH_MAX`]), leaving the text to serde.
+    pub struct Cursor<'a> {
         text: &'a str,
         at: usize,
     }
 
     impl<'a> Cursor<'a> {
+        pub fn new(text: &'a str) -> Self {
+            Cursor { text, at: 0 }
+        }
+
         #[inline]
         fn peek(&self) -> Option<u8> {
             self.text.as_bytes().get(self.at).copied()
@@ -512,6 +573,69 @@ mod plain {
             while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
                 self.at += 1;
             }
+        }
+
+        /// Whether only whitespace is left.
+        pub fn end(&mut self) -> bool {
+            self.space();
+            self.at == self.text.len()
+        }
+
+        /// An object `depth` levels in (from 1), whitespace around it included: `member` reads each member's
+        /// value (any value at most [`DEPTH_MAX`] deep), given its key.
+        pub fn object(&mut self, depth: usize, mut member: impl FnMut(&'a str, &mut Self) -> Option<()>) -> Option<()> {
+            if depth > DEPTH_MAX {
+                return None;
+            }
+            self.space();
+            self.eat(b'{')?;
+            self.space();
+            if self.eat(b'}').is_some() {
+                return Some(());
+            }
+            loop {
+                let key = self.string()?;
+                self.space();
+                self.eat(b':')?;
+                self.space();
+                member(key, self)?;
+                self.space();
+                if self.eat(b',').is_some() {
+                    self.space();
+                    continue;
+                }
+                return self.eat(b'}');
+            }
+        }
+
+        /// An array (at whose `[` the cursor is): `item` reads each item.
+        pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+            self.eat(b'[')?;
+            self.space();
+            if self.eat(b']').is_some() {
+                return Some(());
+            }
+            loop {
+                item(self)?;
+                self.space();
+                if self.eat(b',').is_some() {
+                    self.space();
+                    continue;
+                }
+                return self.eat(b']');
+            }
+        }
+
+        /// A string or `null` (what serde reads as an `Option` of a string).
+        #[inline]
+        pub fn string_or_null(&mut self) -> Option<Option<&'a str>> {
+            if self.null() { Some(None) } else { self.string().map(Some) }
+        }
+
+        /// Takes `null` if it is next.
+        #[inline]
+        pub fn null(&mut self) -> bool {
+            self.literal("null")
         }
 
         /// Takes `b` if it is next.
@@ -531,7 +655,7 @@ mod plain {
 
         /// A string without escapes or control characters: its text.
         #[inline(always)]
-        fn string(&mut self) -> Option<&'a str> {
+        pub fn string(&mut self) -> Option<&'a str> {
             const ONES: u64 = u64::from_le_bytes([1; 8]);
             const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
             // The high bit of each byte of `word` below `n` (at most 0x80), exact up to the first such byte
@@ -569,7 +693,7 @@ mod plain {
         }
 
         /// Any value of the subset read by hand, `depth` levels in.
-        fn value(&mut self, depth: usize) -> Option<()> {
+        pub fn value(&mut self, depth: usize) -> Option<()> {
             match self.peek()? {
                 b'"' => self.string().map(drop),
                 b'-' | b'0'..=b'9' => self.integer(),
