@@ -264,6 +264,9 @@ pub use crate::domain::OFFBOARD_TYPES;
 /// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
 pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";
 
+/// The path [`Api`]'s offboard URLs are made from (see [`offboard_url`]).
+const OFFBOARD_TEMPLATE_PATH: &str = "/api/machines/0000000000000000000000000000000000000000/offboard";
+
 /// The call `check` probes the API with.
 pub const PROBE: &str = "/api/machines?$top=1";
 /// Machines one tag call may name (Microsoft's documentation).
@@ -939,6 +942,32 @@ fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
     url
 }
 
+/// The path of machine `hex`'s offboard call, `/api/machines/{hex}/offboard`, written in place (no allocation).
+fn offboard_path(hex: &[u8; 40]) -> [u8; OFFBOARD_PATH_LEN] {
+    let mut path = [0u8; OFFBOARD_PATH_LEN];
+    let (head, rest) = path.split_at_mut(OFFBOARD_HEAD.len());
+    head.copy_from_slice(OFFBOARD_HEAD.as_bytes());
+    let (id, tail) = rest.split_at_mut(40);
+    id.copy_from_slice(hex);
+    tail.copy_from_slice(OFFBOARD_TAIL.as_bytes());
+    path
+}
+
+const OFFBOARD_HEAD: &str = "/api/machines/";
+const OFFBOARD_TAIL: &str = "/offboard";
+const OFFBOARD_PATH_LEN: usize = OFFBOARD_HEAD.len() + 40 + OFFBOARD_TAIL.len();
+
+/// The URL of machine `hex`'s offboard call made from `template`, the URL of another machine's: its id's
+/// segment replaced. What [`url_under`] gives for the path (an id's hex digits are taken as they are); as
+/// long as the template's text, a copy of it is the one allocation.
+fn offboard_url(template: &reqwest::Url, hex: &str) -> reqwest::Url {
+    let mut url = template.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop().pop().push(hex).push("offboard");
+    }
+    url
+}
+
 /// A call's JSON body, as sent.
 fn json_body(value: &serde_json::Value) -> bytes::Bytes {
     serde_json::to_vec(value).expect("a JSON value serialises").into()
@@ -968,6 +997,9 @@ pub struct Api {
     /// text read again (host and all) for every call. `None` when `base` is not a URL to put paths under
     /// (settings refuse that before any call): the text then goes to the client as it is.
     base_url: Option<reqwest::Url>,
+    /// The URL of an offboard call under `base_url` (of the machine whose id is all zeros): each offboard's
+    /// URL is a copy with the id replaced ([`offboard_url`]).
+    offboard_template: Option<reqwest::Url>,
     tokens: Arc<TokenCache>,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
@@ -1002,10 +1034,12 @@ impl Api {
         let base_url = reqwest::Url::parse(&base)
             .ok()
             .filter(|url| !url.cannot_be_a_base() && url.query().is_none() && url.fragment().is_none());
+        let offboard_template = base_url.as_ref().map(|base| url_under(base, OFFBOARD_TEMPLATE_PATH));
         Api {
             http,
             base,
             base_url,
+            offboard_template,
             tokens,
             limiter,
             policy,
@@ -1063,11 +1097,12 @@ impl Api {
 
     /// [`Api::offboard`] with its body made once for every machine of a run.
     pub async fn offboard_with(&self, machine_id: &MachineId, body: &CommentBody) -> CallResult {
-        let mut path = String::with_capacity(64);
-        path.push_str("/api/machines/");
-        path.push_str(std::str::from_utf8(&machine_id.hex()).expect("hexadecimal digits are ASCII"));
-        path.push_str("/offboard");
-        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body.0), true, ANSWER_MAX).await
+        let hex = machine_id.hex();
+        let path = offboard_path(&hex);
+        let path = std::str::from_utf8(&path).expect("the path is ASCII");
+        let hex = std::str::from_utf8(&hex).expect("hexadecimal digits are ASCII");
+        let url = self.offboard_template.as_ref().map(|template| offboard_url(template, hex));
+        self.call_at(Endpoint::Offboard, reqwest::Method::POST, path, url, Some(&body.0), true, ANSWER_MAX).await
     }
 
     /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
@@ -1178,7 +1213,21 @@ impl Api {
         retry_404: bool,
         limit: usize,
     ) -> CallResult {
-        let url = self.url(path);
+        self.call_at(endpoint, method, path, self.url(path), body, retry_404, limit).await
+    }
+
+    /// [`Api::call`] with the URL of `path` ([`Api::url`]) made already.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_at(
+        &self,
+        endpoint: Endpoint,
+        method: reqwest::Method,
+        path: &str,
+        url: Option<reqwest::Url>,
+        body: Option<&bytes::Bytes>,
+        retry_404: bool,
+        limit: usize,
+    ) -> CallResult {
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
         let mut throttled = 0u32; // 429s in a row
@@ -1558,6 +1607,26 @@ mod tests {
         let any = ActionQuery { offboards: false, ..ActionQuery::offboards(page) };
         assert_eq!(any.clone().filter(), None);
         assert_eq!(any.of_machine("o'brien").filter().as_deref(), Some("machineId eq 'o''brien'"));
+    }
+
+    #[test]
+    fn an_offboard_url_is_the_url_of_its_path_under_the_base() {
+        for base in
+            ["http://127.0.0.1:8080", "https://api.securitycenter.microsoft.com/", "https://h.example/prefix/v1"]
+        {
+            let base = reqwest::Url::parse(base).unwrap();
+            let template = url_under(&base, OFFBOARD_TEMPLATE_PATH);
+            for id in ["0123456789abcdef0123456789abcdef01234567", "ffffffffffffffffffffffffffffffffffffffff"] {
+                let id = MachineId::parse(id).unwrap();
+                let hex = id.hex();
+                let path = offboard_path(&hex);
+                let path = std::str::from_utf8(&path).unwrap();
+                assert_eq!(path, format!("/api/machines/{id}/offboard"));
+                let url = offboard_url(&template, std::str::from_utf8(&hex).unwrap());
+                assert_eq!(url, url_under(&base, path), "{base} {id}");
+                assert_eq!(url.as_str().len(), template.as_str().len());
+            }
+        }
     }
 
     #[test]
