@@ -582,6 +582,7 @@ impl Inventory {
         let id = id.hex();
         let tags: Vec<&str> = entry.machine_tags.iter().flatten().map(|tag| &**tag).collect();
         let tags = tags.join(&TAG_SEPARATOR.to_string());
+        // In the order of [`facts`].
         let fields = [
             std::str::from_utf8(&id).expect("hexadecimal digits are ASCII"),
             entry.computer_dns_name.as_deref().unwrap_or_default(),
@@ -767,16 +768,26 @@ impl<A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Res
                 decisions.push(Decision { action, ..decision })?;
                 continue;
             }
-            let machine = machine_of(self.store.get(claim.facts)?);
-            let seen = timestamp::parse(&machine.last_seen).map(millis);
-            // A machine with no readable lastSeen has shown no report since.
-            if let Some(done) = done.filter(|d| seen.is_none_or(|seen| seen < d.updated)) {
-                tally.offboarded += 1;
-                decisions.push(Decision { done: done.facts, ..decision })?;
-                continue;
-            }
-            let tags = machine.machine_tags.iter().map(String::as_str);
-            let why = self.guard.judge(&machine.last_seen, &machine.rbac_group_name, tags);
+            // The machine's facts read in place: offboarded earlier (the action's facts), or the guard's verdict.
+            let verdict = self.store.get_with(claim.facts, |fields| {
+                let field = |i: usize| fields.get(i).map_or("", |field| &**field);
+                let last_seen = field(facts::LAST_SEEN);
+                let seen = timestamp::parse(last_seen).map(millis);
+                // A machine with no readable lastSeen has shown no report since.
+                if let Some(done) = done.filter(|d| seen.is_none_or(|seen| seen < d.updated)) {
+                    return Err(done.facts);
+                }
+                let tags = field(facts::TAGS).split(TAG_SEPARATOR).filter(|t| !t.is_empty());
+                Ok(self.guard.judge(last_seen, field(facts::RBAC_GROUP_NAME), tags))
+            })?;
+            let why = match verdict {
+                Err(done) => {
+                    tally.offboarded += 1;
+                    decisions.push(Decision { done, ..decision })?;
+                    continue;
+                }
+                Ok(why) => why,
+            };
             if let Some(why) = why {
                 tally.kept.add(why);
             }
@@ -786,18 +797,28 @@ impl<A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Res
     }
 }
 
+/// Where each fact of a machine is among its stored fields (see [`Inventory::put_facts`]).
+mod facts {
+    pub const ID: usize = 0;
+    pub const COMPUTER_DNS_NAME: usize = 1;
+    pub const OS_PLATFORM: usize = 2;
+    pub const HEALTH_STATUS: usize = 3;
+    pub const LAST_SEEN: usize = 4;
+    pub const RBAC_GROUP_NAME: usize = 5;
+    pub const TAGS: usize = 6;
+}
+
 /// A machine from its stored fields (see [`Inventory::put_facts`]).
-fn machine_of(fields: Vec<String>) -> Machine {
-    let mut fields = fields.into_iter();
-    let mut next = || fields.next().unwrap_or_default();
+fn machine_of(fields: &[Cow<str>]) -> Machine {
+    let field = |i: usize| fields.get(i).map_or("", |field| &**field);
     Machine {
-        id: next(),
-        computer_dns_name: next(),
-        os_platform: next(),
-        health_status: next(),
-        last_seen: next(),
-        rbac_group_name: next(),
-        machine_tags: next().split(TAG_SEPARATOR).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        id: field(facts::ID).to_owned(),
+        computer_dns_name: field(facts::COMPUTER_DNS_NAME).to_owned(),
+        os_platform: field(facts::OS_PLATFORM).to_owned(),
+        health_status: field(facts::HEALTH_STATUS).to_owned(),
+        last_seen: field(facts::LAST_SEEN).to_owned(),
+        rbac_group_name: field(facts::RBAC_GROUP_NAME).to_owned(),
+        machine_tags: field(facts::TAGS).split(TAG_SEPARATOR).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
     }
 }
 
@@ -832,7 +853,7 @@ impl Joined {
 
     /// The machine of a decision, as the inventory showed it.
     pub fn machine(&self, decision: &Decision) -> std::io::Result<Machine> {
-        Ok(machine_of(self.store.get(decision.facts)?))
+        self.store.get_with(decision.facts, machine_of)
     }
 
     /// The latest succeeded offboard action of a decision's machine, when the machine is
