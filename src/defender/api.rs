@@ -4,7 +4,10 @@
 //! Policy: a 429 pauses the whole pool (see [`Limiter`]'s throttling: at least `Retry-After`, seconds or an
 //! HTTP-date, and longer with each 429 in a row across the pool, whatever `Retry-After` says) and the call is
 //! tried again, until [`THROTTLED_IN_A_ROW_MAX`] 429s in a row for the call; 5xx, timeouts and dropped
-//! connections back off exponentially with jitter, up to `max_attempts` calls; a 401 renews the token (once per token refused,
+//! connections back off exponentially with jitter, up to `max_attempts` calls, except an offboard whose call may
+//! have reached the service (a timeout, a connection closed after sending: [`Failure::answer_lost`]), which is
+//! never sent again here: its caller looks for the action first (`commands::run::offboard`); a 401 renews the
+//! token (once per token refused,
 //! see [`TokenCache::renew`]), unless the token was itself just renewed; a 404 may be tried once more (the
 //! service has been seen answering 404 for machines that exist); every other 4xx is final.
 //!
@@ -24,7 +27,8 @@ use serde::Deserialize;
 
 pub use crate::defender::auth::ANSWER_MAX;
 use crate::defender::auth::{
-    AuthError, BodyError, TokenCache, describe_transport, location_host, read_capped, size, transport_kind,
+    AuthError, BodyError, CONNECTION_CLOSED, TIMEOUT, TokenCache, describe_transport, location_host, read_capped, size,
+    transport_kind,
 };
 use crate::defender::limiter::{Endpoint, Limiter};
 use crate::defender::timestamp;
@@ -73,6 +77,12 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Whether the call may have reached the service without its answer reaching us: it timed out, or the
+    /// connection closed after it was sent. (A connection that could not be made sent nothing.)
+    pub fn answer_lost(&self) -> bool {
+        self.status.is_none() && (self.code == TIMEOUT || self.code == CONNECTION_CLOSED)
+    }
+
     /// Whether the answer carried the service's JSON error with a code (see [`http_failure`]), rather than a
     /// page from something that is not the API.
     pub fn is_service_error(&self) -> bool {
@@ -1084,6 +1094,11 @@ impl Api {
         &self.tokens
     }
 
+    /// Most calls a call makes for the retry policy (the policy's `max_attempts`).
+    pub fn max_attempts(&self) -> u32 {
+        self.policy.max_attempts
+    }
+
     /// Why calls stopped being sent, if they did: sign-in failed for good ([`AuthError::Refused`], ...) or
     /// the API refuses the token ([`AuthError::ApiRefusesToken`]).
     pub fn fatal(&self) -> Option<&AuthError> {
@@ -1361,7 +1376,11 @@ impl Api {
                     failures += 1;
                     let failure = transport_failure(&e);
                     tracing::debug!(%path, attempt = attempts, code = %failure.code, "call failed: {}", failure.message);
-                    if failures < self.policy.max_attempts {
+                    if endpoint == Endpoint::Offboard && failure.answer_lost() {
+                        // It may have offboarded the machine: sent again blindly, it could offboard it twice
+                        // (once the first action has ended, the service takes a second).
+                        Step::Done(Err(failure))
+                    } else if failures < self.policy.max_attempts {
                         Step::Retry(self.backoff(failures))
                     } else {
                         Step::Done(Err(failure))

@@ -701,14 +701,21 @@ pub fn location_host(headers: &reqwest::header::HeaderMap, request_url: &str) ->
 
 /// What kind of transport failure `e` is: the code a results row shows, and the words a message uses.
 pub fn transport_kind(e: &reqwest::Error) -> (&'static str, &'static str) {
-    if e.is_timeout() {
-        ("Timeout", "timed out")
-    } else if e.is_connect() {
-        ("ConnectionFailed", "connection failed")
+    if e.is_connect() {
+        (CONNECTION_FAILED, "connection failed")
+    } else if e.is_timeout() {
+        (TIMEOUT, "timed out")
     } else {
-        ("ConnectionClosed", "connection closed before an answer")
+        (CONNECTION_CLOSED, "connection closed before an answer")
     }
 }
+
+/// [`transport_kind`]'s codes: no connection could be made (nothing was sent), ...
+pub const CONNECTION_FAILED: &str = "ConnectionFailed";
+/// ... the call was (or may have been) sent and no answer came in time, ...
+pub const TIMEOUT: &str = "Timeout";
+/// ... or the connection closed after it was sent, before an answer.
+pub const CONNECTION_CLOSED: &str = "ConnectionClosed";
 
 /// A transport failure in a few words, without URLs' query strings or anything secret.
 pub fn describe_transport(e: &reqwest::Error) -> String {

@@ -354,7 +354,8 @@ impl Limiter {
             Some(Verdict::Switched) => tracing::warn!(
                 api = endpoint.as_str(),
                 "the service answered 429 although this API's own budget had room in every window: it counts the \
-                 quotas per app, or another client spends them; every call now counts against one budget (quota \
+                 quotas per app, or other calls spend them (another client, or a run of the same app stopped \
+                 shortly before, whose calls the service still counts); every call now counts against one budget (quota \
                  scope app) for the rest of the run"
             ),
             Some(Verdict::Lowered(share)) => tracing::warn!(

@@ -13,6 +13,7 @@ mod identity;
 mod incomplete_reads;
 mod legacy_type;
 mod locks;
+mod lost_answers;
 mod platforms;
 mod preflight;
 mod promises;

@@ -121,6 +121,19 @@ fn outcome_counts<S: serde::Serializer>(counts: &BTreeMap<Outcome, u64>, s: S) -
     serde::Serialize::serialize(&all, s)
 }
 
+/// The outcomes counted, a line each, their numbers in one column (past the longest outcome's name).
+fn outcome_lines(counts: &BTreeMap<Outcome, u64>) -> String {
+    let width = Outcome::ALL.iter().map(|o| o.as_str().len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for outcome in Outcome::ALL {
+        let n = counts.get(&outcome).copied().unwrap_or(0);
+        if n > 0 {
+            out += &format!("  {:<width$} {n}\n", outcome.as_str());
+        }
+    }
+    out
+}
+
 impl Summary {
     pub fn exit_code(&self) -> u8 {
         if self.interrupted {
@@ -148,12 +161,7 @@ impl Summary {
             humantime::format_duration(Duration::from_secs(self.duration.as_secs())),
             self.run_id
         );
-        for outcome in Outcome::ALL {
-            let n = self.counts.get(&outcome).copied().unwrap_or(0);
-            if n > 0 {
-                out += &format!("  {:<16} {n}\n", outcome.as_str());
-            }
-        }
+        out += &outcome_lines(&self.counts);
         if let Some(account) = &self.account {
             let account: String = account.chars().filter(|c| !c.is_control()).collect();
             out += &format!("Signed in as: {account}\n");
@@ -243,5 +251,28 @@ impl Summary {
             tenants: &self.tenants,
         };
         write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: the names were padded to 16 characters, and `already_offboarded` (18) pushed its number out
+    /// of the column.
+    #[test]
+    fn the_counts_line_up_whatever_the_outcomes() {
+        let counts = BTreeMap::from([
+            (Outcome::Submitted, 33),
+            (Outcome::AlreadyOffboarded, 1),
+            (Outcome::AlreadyPending, 4),
+            (Outcome::Failed, 120),
+        ]);
+        let text = outcome_lines(&counts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let columns: Vec<usize> = lines.iter().map(|l| l.rfind(' ').unwrap() + 1).collect();
+        assert!(columns.iter().all(|&c| c == columns[0]), "{text}");
+        assert!(lines.iter().any(|l| l.trim_start().starts_with("already_offboarded ") && l.ends_with(" 1")), "{text}");
     }
 }

@@ -690,10 +690,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                 loop {
                     let next = work_rx.lock().await.recv().await;
                     let Some(Work { line, machine, facts, earlier_intent, slot }) = next else { break };
-                    let mut result = match earlier_intent {
-                        Some(at) => resume::verify_then_offboard(&api, line, machine, &comment, &body, at).await,
-                        None => offboard::offboard_one(&api, line, machine, &body).await,
-                    };
+                    let mut result = offboard::offboard_one(&api, line, machine, &comment, &body, earlier_intent).await;
                     if let Some(facts) = facts {
                         facts.fill(&mut result);
                     }

@@ -1,29 +1,18 @@
 //! Continuing an interrupted run (`--resume`) without offboarding any machine twice: what the earlier
-//! sessions finished, which machines may have been called without their answer being recorded, and the
-//! lookup that finds their action before any new call.
+//! sessions finished, and which machines may have been called without their answer being recorded: each is
+//! looked up before any new call ([`super::offboard::offboard_one`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use super::Job;
-use super::offboard::{fill_action, offboard_one};
 use super::preflight::{self, Screened};
-use crate::defender::api::{ActionQuery, Api, CommentBody, MachineAction, Page};
 use crate::defender::auth::Permissions;
-use crate::domain::{ActionStatus, MachineId, Outcome, message};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
-use crate::files::results::{self, Finished, ResultRow};
+use crate::files::results::{self, Finished};
 use crate::input::{self, RowKind};
-
-/// A machine's offboard actions fit one page: it has a handful at most.
-pub(super) const LOOKUP_PAGE: usize = 100;
-
-/// How far before an interrupted call's journal entry an action found on resume may have been created
-/// and still be taken for that call's (clocks differ).
-pub(super) const CLOCK_SKEW: Duration = Duration::from_secs(600);
 
 /// What a resume starts from.
 pub(super) struct Earlier {
@@ -120,54 +109,4 @@ pub(super) fn check_lookup_permission(permissions: &Permissions, in_doubt: usize
         preflight::READ_ROLES[0],
         preflight::READ_ROLES[1]
     )))
-}
-
-/// A machine whose earlier call may have gone through: look for the action it would have created before
-/// calling again, so no machine is offboarded twice. When the lookup fails the machine is not called: its
-/// row is `failed` with `InDoubt`, and the next `--resume` looks again.
-pub(super) async fn verify_then_offboard(
-    api: &Api,
-    line: u64,
-    machine_id: MachineId,
-    comment: &str,
-    body: &CommentBody,
-    intent_ms: u64,
-) -> ResultRow {
-    let (attempts, lookup) =
-        api.list_actions(&ActionQuery::offboards(Page::nth(0, LOOKUP_PAGE)).of_machine(machine_id)).await;
-    let since = SystemTime::UNIX_EPOCH + Duration::from_millis(intent_ms) - CLOCK_SKEW;
-    let actions: Vec<MachineAction> = match lookup {
-        // Either type is an offboard action; another type is not, whatever the service's filter let through.
-        Ok(actions) => actions.into_iter().filter(MachineAction::is_offboard).collect(),
-        Err(failure) => {
-            tracing::warn!(machine = %machine_id, code = %failure.code, "cannot check whether an earlier call went through; not calling it");
-            let mut row = ResultRow::new(line, machine_id.to_string(), Outcome::Failed);
-            row.attempts = attempts;
-            row.http_status = failure.status;
-            row.error_code = Some("InDoubt".into());
-            row.error_message = Some(message::lookup_failed(&failure.code, &failure.message));
-            return row;
-        }
-    };
-    let created = |a: &MachineAction| a.creation_date_time_utc.as_deref().and_then(crate::defender::timestamp::parse);
-    let ours = actions
-        .iter()
-        .filter(|a| a.requestor_comment.as_deref() == Some(comment) && created(a).is_some_and(|t| t >= since))
-        .max_by_key(|a| created(a));
-    let open = actions.iter().find(|a| a.status.as_ref().is_some_and(ActionStatus::is_open));
-    if let Some(action) = ours.or(open) {
-        let mut row = ResultRow::new(
-            line,
-            machine_id.to_string(),
-            if ours.is_some() { Outcome::Submitted } else { Outcome::AlreadyPending },
-        );
-        row.attempts = attempts;
-        row.http_status = Some(200);
-        row.error_message = Some(message::found_earlier_action().into());
-        fill_action(&mut row, action);
-        return row;
-    }
-    let mut row = offboard_one(api, line, machine_id, body).await;
-    row.attempts += attempts;
-    row
 }
