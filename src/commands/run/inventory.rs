@@ -163,6 +163,14 @@ pub struct Machine {
     pub machine_tags: Vec<String>,
 }
 
+/// The facts of a [`Machine`] a run's rows show, borrowed ([`Joined::machine_facts`]).
+pub struct MachineFacts<'a> {
+    pub computer_dns_name: &'a str,
+    pub os_platform: &'a str,
+    pub health_status: &'a str,
+    pub last_seen: &'a str,
+}
+
 /// Separates a machine's tags in the pre-flight's store (a control character: no tag holds one that matters).
 const TAG_SEPARATOR: char = '\u{1f}';
 
@@ -854,6 +862,19 @@ impl Joined {
     /// The machine of a decision, as the inventory showed it.
     pub fn machine(&self, decision: &Decision) -> std::io::Result<Machine> {
         self.store.get_with(decision.facts, machine_of)
+    }
+
+    /// What a run's rows show of a decision's machine, lent to `read` (nothing copied).
+    pub fn machine_facts<T>(&self, decision: &Decision, read: impl FnOnce(MachineFacts) -> T) -> std::io::Result<T> {
+        self.store.get_with(decision.facts, |fields| {
+            let field = |i: usize| fields.get(i).map_or("", |field| &**field);
+            read(MachineFacts {
+                computer_dns_name: field(facts::COMPUTER_DNS_NAME),
+                os_platform: field(facts::OS_PLATFORM),
+                health_status: field(facts::HEALTH_STATUS),
+                last_seen: field(facts::LAST_SEEN),
+            })
+        })
     }
 
     /// The latest succeeded offboard action of a decision's machine, when the machine is
