@@ -358,6 +358,14 @@ async fn cancel_one(api: &Api, open: &Open, comment: &str, summary: &mut CancelS
             Some(Update { action_id, status, updated_at })
         }
         Err(f) => {
+            // An answer lost on the way back (a timeout, a dropped connection), or a refusal of a retry after
+            // one: the cancel may have gone through. The action says.
+            if (f.answer_lost() || result.attempts > 1)
+                && let Some(update) = cancelled_after_all(api, open.machine, &action_id).await
+            {
+                tracing::info!(machine = %open.machine, action = %action_id, "its answer was lost, and the action is cancelled");
+                return Some(update);
+            }
             let code = match f.status {
                 Some(status) => format!("HTTP {status} {}", f.code),
                 None => f.code.clone(),
@@ -367,6 +375,19 @@ async fn cancel_one(api: &Api, open: &Open, comment: &str, summary: &mut CancelS
             None
         }
     }
+}
+
+/// The row's new state when the machine's action `action_id` reads `Cancelled` now; `None` when it does
+/// not, or cannot be read.
+async fn cancelled_after_all(api: &Api, machine: MachineId, action_id: &str) -> Option<Update> {
+    let query = ActionQuery::offboards(Page::nth(0, 100)).of_machine(machine);
+    let actions = api.list_actions(&query).await.1.ok()?;
+    let action = actions.into_iter().find(|a| a.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(action_id)))?;
+    (action.status == Some(ActionStatus::Cancelled)).then(|| Update {
+        action_id: action_id.to_string(),
+        status: ActionStatus::Cancelled.as_str().to_string(),
+        updated_at: action.updated_at().cloned(),
+    })
 }
 
 /// Rewrites the results file with the rows' new states, atomically.

@@ -604,3 +604,35 @@ fn a_report_of_several_tenants_counts_each_tenant_and_names_each_rows_tenant() {
     let markdown = std::fs::read_to_string(dir.path().join("one.md")).unwrap();
     assert!(markdown.contains("| Line | Machine id |") && !markdown.contains("Tenant |"), "{markdown}");
 }
+
+/// Every cancel's answer comes after the call timeout, though the service cancelled the action when the
+/// call came: the action says so, so the row is `Cancelled` and counted. Before: "could not be cancelled
+/// (Timeout)", exit 3, and the rows left `Pending`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_answer_is_lost_is_read_back_from_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, ids) = simulator(3, 41, &ALL_ROLES).await;
+    let run_input = input(dir.path(), &ids);
+    let out = mde_in(&sim, dir.path(), &["run", &run_input, "--yes", "--no-preflight"], "").await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let results = dir.path().join("m.results.csv");
+    assert!(Results::read(&results).rows.iter().all(|r| r["action_status"] == "Pending"));
+
+    sim.set_faults(Faults {
+        slow_share: 1.0,
+        slow_latency: std::time::Duration::from_secs(2),
+        actions_only: true,
+        ..Faults::default()
+    });
+    let path = results.to_str().unwrap();
+    let args = ["cancel", path, "--yes", "--comment", "undo", "--timeout", "1s", "--max-attempts", "2"];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("Cancelled 3 offboard action(s)"), "{}", out.stdout);
+    let after = Results::read(&results);
+    assert!(after.rows.iter().all(|r| r["action_status"] == "Cancelled"), "{:?}", after.rows);
+    for row in &after.rows {
+        let action = get_as_demo_app(&sim, &format!("/api/machineactions/{}", row["action_id"])).await;
+        assert_eq!(action["status"], "Cancelled");
+    }
+}

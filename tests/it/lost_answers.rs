@@ -33,7 +33,7 @@ fn accepted(stats: &SimStats) -> HashMap<&str, u64> {
 /// times, and rows saying `failed` for machines the service had offboarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_offboard_is_looked_up_and_never_sent_twice() {
-    let faults = Faults { seed: 3, drop_connection: 1.0, offboard_only: true, ..Faults::default() };
+    let faults = Faults { seed: 3, drop_connection: 1.0, actions_only: true, ..Faults::default() };
     let (dir, sim, input, ids) = fleet_counting(10, 21, "100000/1s", |c| {
         c.faults = faults;
         c.lifecycle = closing_at_once();
@@ -78,7 +78,7 @@ async fn an_answer_slower_than_the_timeout_is_looked_up_not_sent_again() {
         seed: 3,
         slow_share: 1.0,
         slow_latency: Duration::from_secs(2),
-        offboard_only: true,
+        actions_only: true,
         ..Faults::default()
     };
     let (dir, sim, input, ids) = fleet_counting(4, 22, "100000/1s", |c| {
@@ -113,4 +113,38 @@ async fn an_answer_slower_than_the_timeout_is_looked_up_not_sent_again() {
     }
     assert_eq!(stats.count(OFFBOARD, "201"), 0, "every answer came too late");
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// With only `Machine.Offboard` (and --no-preflight), a lost answer cannot be looked up: the row is
+/// `failed` with `InDoubt` and the machine is not called again, and the plan says so before the first call.
+/// Before: each timed-out machine was called again, and offboarded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_read_role_a_lost_answer_is_in_doubt_and_never_sent_again() {
+    let faults = Faults {
+        seed: 3,
+        slow_share: 1.0,
+        slow_latency: Duration::from_secs(2),
+        actions_only: true,
+        ..Faults::default()
+    };
+    let (dir, sim, input, ids) = fleet_counting(3, 23, "100000/1s", |c| {
+        c.faults = faults;
+        c.lifecycle = closing_at_once();
+        c.roles = vec!["Machine.Offboard".into()];
+    })
+    .await;
+    let args = ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--timeout", "1s", "--max-attempts", "3"];
+    let out = mde(&sim, &args, "").await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be looked up"), "{}", out.stderr);
+    let stats = sim.stats();
+    for id in &ids {
+        let calls = &stats.offboard_calls[id];
+        assert_eq!((calls.calls, calls.accepted), (1, 1), "machine {id}\n{}", out.stderr);
+    }
+    let results = Results::read(&dir.path().join("m.results.csv"));
+    assert_eq!(results.rows.len(), ids.len());
+    for row in &results.rows {
+        assert_eq!((row["outcome"].as_str(), row["error_code"].as_str()), ("failed", "InDoubt"), "{row:?}");
+    }
 }

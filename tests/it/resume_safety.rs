@@ -390,3 +390,67 @@ async fn intents_written_ahead_of_a_kill_are_looked_up_and_no_machine_is_offboar
     }
     sim.shutdown().await;
 }
+
+/// Seen as a user at real time: a session killed after its call went through but before its row was
+/// written; the resume's pre-flight found the machine's action still open and wrote `already_pending`, "no
+/// offboard call was made", for an action the run itself had created. A machine in doubt whose open action
+/// the pre-flight finds is looked up: its own action makes it `submitted`, and it is not called again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_of_a_resume_takes_the_open_action_of_its_own_lost_call_for_submitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(37, Lifecycle::default());
+    let ids = offboardable(&cfg, 4);
+    let sim = Simulator::start(cfg).await.unwrap();
+    let path = input(dir.path(), &ids);
+    let args = ["run", path.to_str().unwrap(), "--yes", "--resume", "--max-attempts", "1", "--comment", "retire"];
+    // The first session: every offboard fails before the service does anything; the journal holds the run.
+    sim.set_faults(Faults { error_503: 1.0, actions_only: true, ..Faults::default() });
+    let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    sim.set_faults(Faults::default());
+
+    // What a session killed after its first two calls went through leaves: their actions (open, under the
+    // run's comment), their intents, and no rows.
+    let journal = dir.path().join("m.results.csv.journal");
+    let (header, _) = read_journal(&journal);
+    let comment = header["resolved_comment"].as_str().unwrap_or("retire").to_string();
+    let mut intents = Vec::new();
+    for (i, id) in ids.iter().enumerate().take(2) {
+        intents.push(format!("{},{id},{}", i + 2, now_ms()));
+        let (status, _) =
+            post_as_demo_app(&sim, &format!("/api/machines/{id}/offboard"), serde_json::json!({ "Comment": comment }))
+                .await;
+        assert_eq!(status, 201);
+    }
+    // A third machine has an open action of someone else's: that one stays `already_pending`.
+    let (status, _) = post_as_demo_app(
+        &sim,
+        &format!("/api/machines/{}/offboard", ids[2]),
+        serde_json::json!({ "Comment": "other" }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    intents.push(format!("4,{},{}", ids[2], now_ms()));
+    write_journal(&journal, &header, &intents);
+    let results_path = dir.path().join("m.results.csv");
+    let text = std::fs::read_to_string(&results_path).unwrap();
+    std::fs::write(&results_path, text.lines().next().unwrap().to_string() + "\n").unwrap();
+
+    let out = mde_env(&sim, dir.path(), &args, "", &[]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let results = Results::read(&results_path);
+    assert_eq!(results.rows.len(), 4);
+    let row = |id: &str| results.rows.iter().find(|r| r["machine_id"] == id).unwrap().clone();
+    for id in &ids[..2] {
+        let row = row(id);
+        assert_eq!(row["outcome"], "submitted", "{row:?}");
+        assert!(row["error_message"].contains("not sent again"), "{row:?}");
+        assert!(!row["action_id"].is_empty() && !row["computer_dns_name"].is_empty(), "{row:?}");
+    }
+    assert_eq!(row(&ids[2])["outcome"], "already_pending");
+    assert_eq!(row(&ids[3])["outcome"], "submitted");
+    for id in &ids {
+        assert_eq!(accepted(&sim, id), 1, "machine {id}");
+    }
+    sim.shutdown().await;
+}

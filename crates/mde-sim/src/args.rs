@@ -131,9 +131,10 @@ pub struct SimulateArgs {
     /// Delay of the slow answers (real time); past the client's --timeout, they time out.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub fault_slow_latency: Duration,
-    /// The --fault-* shares and slow answers touch offboard calls only; reads are answered as usual.
+    /// The --fault-* shares and slow answers touch the calls that act only (offboard, cancel, tags); reads
+    /// are answered as usual.
     #[arg(long)]
-    pub fault_offboard_only: bool,
+    pub fault_actions_only: bool,
     /// List routes ignore $skip: every page is the first.
     #[arg(long)]
     pub fault_ignore_skip: bool,
@@ -285,7 +286,7 @@ impl SimulateArgs {
                 slow_share: self.fault_slow,
                 slow_latency: self.fault_slow_latency,
                 ignore_skip: self.fault_ignore_skip,
-                offboard_only: self.fault_offboard_only,
+                actions_only: self.fault_actions_only,
                 html_not_found: self.fault_html_404,
                 script: Vec::new(),
             },

@@ -330,9 +330,10 @@ pub struct Faults {
     pub slow_share: f64,
     /// The delay of a slow answer, real time: set it past the client's timeout to test timeouts.
     pub slow_latency: Duration,
-    /// The shares and slow answers above touch offboard calls only; every other call is answered as usual
-    /// (what a client does once an offboard's answer is lost, while its reads work).
-    pub offboard_only: bool,
+    /// The shares and slow answers above touch the calls that act only (the API's POSTs: offboard, cancel,
+    /// tags); every read is answered as usual (what a client does once an action's answer is lost, while its
+    /// reads work).
+    pub actions_only: bool,
     /// List routes ignore `$skip`: every page is the list's first (services have been seen doing so).
     pub ignore_skip: bool,
     /// Routes the API does not have answer 404 with an HTML page, as a web server that is not the API does

@@ -51,9 +51,9 @@ impl FaultState {
 
     /// The delay of the next answer, and whether it is a slow one (`Faults::slow_share`, drawn from the seed
     /// and the count of answers so far).
-    /// With `offboard_only`, the answers of other calls are never slow.
-    pub(crate) fn next_latency(&mut self, offboard: bool) -> (Duration, bool) {
-        if self.faults.slow_share > 0.0 && (offboard || !self.faults.offboard_only) {
+    /// With `actions_only`, the answers of reads (`acting` false) are never slow.
+    pub(crate) fn next_latency(&mut self, acting: bool) -> (Duration, bool) {
+        if self.faults.slow_share > 0.0 && (acting || !self.faults.actions_only) {
             let n = self.answers;
             self.answers += 1;
             if unit(mix(self.faults.seed, &[b"slow", &n.to_le_bytes()])) < self.faults.slow_share {
@@ -63,11 +63,11 @@ impl FaultState {
         (self.faults.latency, false)
     }
 
-    /// Draws the fault of this call (an offboard or not), if any.
-    pub(crate) fn draw(&mut self, method: &str, target: &str, offboard: bool) -> Option<Fault> {
+    /// Draws the fault of this call, if any (with `actions_only`, of a POST only).
+    pub(crate) fn draw(&mut self, method: &str, target: &str) -> Option<Fault> {
         let shares = self.faults.shares();
         if (shares.iter().all(|&s| s == 0.0) && self.faults.script.is_empty())
-            || (self.faults.offboard_only && !offboard)
+            || (self.faults.actions_only && method != "POST")
         {
             return None;
         }
@@ -121,12 +121,12 @@ mod tests {
         let paths: Vec<String> = (0..50).map(|i| format!("/api/machines/{i}")).collect();
         let mut a = FaultState::new(faults(3));
         let mut b = FaultState::new(faults(3));
-        let forward: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| a.draw("GET", p, false)).collect()).collect();
+        let forward: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| a.draw("GET", p)).collect()).collect();
         // b sees the same calls, interleaved differently: round by round, paths backwards.
         let mut backward = vec![Vec::new(); paths.len()];
         for _ in 0..4 {
             for (i, p) in paths.iter().enumerate().rev() {
-                backward[i].push(b.draw("GET", p, false));
+                backward[i].push(b.draw("GET", p));
             }
         }
         assert_eq!(forward, backward);
@@ -145,24 +145,24 @@ mod tests {
         assert!((60..140).contains(&slow_ones), "{slow_ones}");
         assert!(drawn.iter().all(|(d, s)| *s || *d == Duration::from_millis(1)));
         let mut c = FaultState::new(faults(4));
-        let other: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| c.draw("GET", p, false)).collect()).collect();
+        let other: Vec<Vec<_>> = paths.iter().map(|p| (0..4).map(|_| c.draw("GET", p)).collect()).collect();
         assert_ne!(forward, other);
     }
 
     #[test]
-    fn offboard_only_faults_leave_every_other_call_alone() {
+    fn faults_of_actions_only_leave_every_read_alone() {
         let mut state = FaultState::new(Faults {
             drop_connection: 1.0,
             slow_share: 1.0,
             slow_latency: Duration::from_secs(9),
-            offboard_only: true,
+            actions_only: true,
             ..Faults::default()
         });
         for n in 0..20 {
             let path = format!("/api/machines/{n}/offboard");
-            assert!(matches!(state.draw("POST", &path, true), Some(Fault::Drop { .. })));
+            assert!(matches!(state.draw("POST", &path), Some(Fault::Drop { .. })));
             assert_eq!(state.next_latency(true), (Duration::from_secs(9), true));
-            assert_eq!(state.draw("GET", "/api/machineactions?$top=100", false), None);
+            assert_eq!(state.draw("GET", "/api/machineactions?$top=100"), None);
             assert_eq!(state.next_latency(false), (Duration::ZERO, false));
         }
     }

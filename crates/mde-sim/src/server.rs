@@ -591,7 +591,7 @@ impl Shared {
 
     /// Adds the latency fault, records the answer, and answers or drops the connection.
     async fn finish(&self, route: &'static str, outcome: Outcome, kill: ConnectionKill) -> Response {
-        let (latency, slow) = self.faults.lock().expect("faults lock").next_latency(route == route::OFFBOARD);
+        let (latency, slow) = self.faults.lock().expect("faults lock").next_latency(route.starts_with("POST /api/"));
         if slow {
             self.counters.lock().expect("counters lock").faults.slow += 1;
         }
@@ -645,7 +645,7 @@ impl Shared {
             return Err(self.too_many_requests(wait, "Rate limit is exceeded. Try again later."));
         }
         let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let fault = self.faults.lock().expect("faults lock").draw(method, target, offboard);
+        let fault = self.faults.lock().expect("faults lock").draw(method, target);
         let counters = || self.counters.lock().expect("counters lock");
         match fault {
             Some(Fault::Error500) => {

@@ -108,6 +108,10 @@ pub struct TenantSummary {
     pub counts: BTreeMap<Outcome, u64>,
     pub api_calls: u64,
     pub throttled_429: u64,
+    /// Whether a 429 its per-API budgets could not explain switched the tenant's run to one budget, and the
+    /// most of its quotas it found another client spending (percent).
+    pub quota_scope_switched: bool,
+    pub quota_taken_percent: u32,
     /// Why the tenant's rows were not worked on (sign-in refused, consent or a role missing, its lock
     /// held) or why it stopped part way.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +139,30 @@ fn outcome_lines(counts: &BTreeMap<Outcome, u64>) -> String {
 }
 
 impl Summary {
+    /// How the quotas were counted, on one line: the run's, or over the tenants of a run of several (each
+    /// tenant counts its own).
+    fn describe_quotas(&self) -> String {
+        if self.tenants.is_empty() {
+            return crate::defender::limiter::describe_quotas(&self.quotas);
+        }
+        let (n, scope) = (self.tenants.len(), crate::defender::limiter::describe_scope(self.quotas.scope));
+        let mut line = format!("{scope}, in each tenant's own budgets");
+        let switched = self.tenants.iter().filter(|t| t.quota_scope_switched).count();
+        if switched > 0 {
+            line += &format!(
+                "; per app in {switched} of {n} tenant(s), after a 429 their per-API budgets could not explain"
+            );
+        }
+        let lowered: Vec<u32> = self.tenants.iter().map(|t| t.quota_taken_percent).filter(|p| *p > 0).collect();
+        if let Some(most) = lowered.iter().max() {
+            line += &format!(
+                "; another client spent up to {most}% of them in {} of {n} tenant(s), which lowered their rate",
+                lowered.len()
+            );
+        }
+        line
+    }
+
     pub fn exit_code(&self) -> u8 {
         if self.interrupted {
             exit_code::INTERRUPTED
@@ -171,14 +199,21 @@ impl Summary {
                 .iter()
                 .filter_map(|o| tenant.counts.get(o).filter(|n| **n > 0).map(|n| format!("{} {n}", o.as_str())))
                 .collect();
-            out += &format!("  tenant {}: {} rows: {}\n", tenant.tenant, tenant.rows, counts.join(", "));
+            out += &format!("  tenant {}: {} rows: {}", tenant.tenant, tenant.rows, counts.join(", "));
+            if tenant.quota_scope_switched {
+                out += "; its quotas counted per app after a 429";
+            }
+            if tenant.quota_taken_percent > 0 {
+                out += &format!("; another client spent up to {}% of them", tenant.quota_taken_percent);
+            }
+            out += "\n";
             if let Some(error) = &tenant.error {
                 let error: String = error.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
                 out += &format!("    {error}\n");
             }
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
-        out += &format!("Quotas: {}\n", crate::defender::limiter::describe_quotas(&self.quotas));
+        out += &format!("Quotas: {}\n", self.describe_quotas());
         if let Some(tags) = &self.tags {
             out += &tags.render(&self.results);
         }
@@ -274,5 +309,49 @@ mod tests {
         let columns: Vec<usize> = lines.iter().map(|l| l.rfind(' ').unwrap() + 1).collect();
         assert!(columns.iter().all(|&c| c == columns[0]), "{text}");
         assert!(lines.iter().any(|l| l.trim_start().starts_with("already_offboarded ") && l.ends_with(" 1")), "{text}");
+    }
+
+    /// Before: a run of three tenants, one of which switched to one budget after a 429, said "counted per
+    /// API (switched from per API ...)".
+    #[test]
+    fn the_quotas_of_a_run_of_several_tenants_say_which_tenants_switched() {
+        let tenant = |name: &str, switched: bool, taken: u32| TenantSummary {
+            tenant: name.into(),
+            rows: 20,
+            quota_scope_switched: switched,
+            quota_taken_percent: taken,
+            ..TenantSummary::default()
+        };
+        let mut summary = Summary {
+            run_id: "r".into(),
+            counts: BTreeMap::new(),
+            rows: 60,
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::ZERO,
+            calls: 0,
+            throttled: 1,
+            results: PathBuf::from("res.csv"),
+            interrupted: false,
+            resumed: false,
+            stopped: None,
+            account: None,
+            tags: None,
+            quotas: LimiterStats { switched: true, share: 100, lowest_share: 100, ..LimiterStats::default() },
+            tenants: vec![tenant("a", false, 0), tenant("b", true, 0), tenant("c", false, 0)],
+            tracking: None,
+        };
+        let text = summary.render();
+        assert!(
+            text.contains(
+                "Quotas: counted per API, in each tenant's own budgets; per app in 1 of 3 tenant(s), after a 429"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("switched from per API"), "{text}");
+        assert!(text.contains("tenant b: 20 rows: ; its quotas counted per app after a 429\n"), "{text}");
+        summary.tenants[2].quota_taken_percent = 30;
+        let text = summary.render();
+        assert!(text.contains("another client spent up to 30% of them in 1 of 3 tenant(s)"), "{text}");
+        assert!(text.contains("tenant c: 20 rows: ; another client spent up to 30% of them\n"), "{text}");
     }
 }

@@ -488,6 +488,18 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
     let account = token.account().map(str::to_owned);
+    if !job.preflight.dry_run && !preflight::READ_ROLES.iter().any(|r| token.permissions().has(r)) {
+        crate::ui::output::notice(
+            "plan",
+            &format!(
+                "Without {} or {}, a machine whose answer is lost (a timeout, a dropped connection) cannot be \
+                 looked up: its row is `failed` with `InDoubt`, and it is not called again (--resume needs the \
+                 permission to look it up).",
+                preflight::READ_ROLES[0],
+                preflight::READ_ROLES[1]
+            ),
+        );
+    }
     if !resumed {
         // Kept in the journal, so a report of the results file names who offboarded.
         identity.account = account.clone();
@@ -515,8 +527,9 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         // earlier offboard is still open, so subtracting the finished ones from it counted some twice.)
         Some(earlier) => {
             let (rows, done) = (job.scan.rows()?, std::mem::take(&mut earlier.done));
+            let in_doubt = earlier.in_doubt.clone();
             let counted = tokio::task::spawn_blocking(move || {
-                let calls = resume::count_calls(rows, screen.as_mut(), &done);
+                let calls = resume::count_calls(rows, screen.as_mut(), &done, &in_doubt);
                 (calls, screen, done)
             });
             let (calls, back, done) = tokio::select! {
@@ -742,6 +755,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         if done.is_some_and(|done| done.contains(screened.line(), &resume::machine_of(&screened))) {
             continue;
         }
+        let screened = resume::look_up_if_in_doubt(screened, &in_doubt);
         let (row, facts) = match screened {
             Screened::Row(result) => {
                 if row_tx.send(result).await.is_err() {

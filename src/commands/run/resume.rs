@@ -9,6 +9,7 @@ use std::path::Path;
 use super::Job;
 use super::preflight::{self, Screened};
 use crate::defender::auth::Permissions;
+use crate::domain::{MachineId, Outcome};
 use crate::error::{Error, Result};
 use crate::files::journal::{self, RunIdentity};
 use crate::files::results::{self, Finished};
@@ -67,6 +68,7 @@ pub(super) fn count_calls(
     rows: input::Rows,
     mut screen: Option<&mut preflight::Screen>,
     done: &Finished,
+    in_doubt: &HashMap<u64, Vec<journal::Intent>>,
 ) -> Result<u64> {
     let mut calls = 0;
     for row in rows {
@@ -74,6 +76,7 @@ pub(super) fn count_calls(
         if done.contains(screened.line(), &machine_of(&screened)) {
             continue;
         }
+        let screened = look_up_if_in_doubt(screened, in_doubt);
         if let Screened::Pass(row, _) = &screened
             && matches!(row.kind, RowKind::Valid(_))
         {
@@ -81,6 +84,31 @@ pub(super) fn count_calls(
         }
     }
     Ok(calls)
+}
+
+/// A machine in doubt (an earlier session's call for it may have gone through, its answer unrecorded)
+/// whose open offboard action the pre-flight found: that action may be the earlier call's own, so the
+/// machine goes on to the lookup, which tells the run's own action (`submitted`) from someone else's
+/// (`already_pending`), instead of the pre-flight's `already_pending` row ("no offboard call was made").
+pub(super) fn look_up_if_in_doubt(screened: Screened, in_doubt: &HashMap<u64, Vec<journal::Intent>>) -> Screened {
+    let Screened::Row(row) = screened else { return screened };
+    let intents = match in_doubt.get(&row.line) {
+        Some(intents) if row.outcome == Outcome::AlreadyPending => intents,
+        _ => return Screened::Row(row),
+    };
+    match MachineId::parse(&row.machine_id).filter(|id| journal::earliest(intents, id).is_some()) {
+        Some(id) => {
+            let facts = preflight::Facts {
+                computer_dns_name: row.computer_dns_name,
+                os_platform: row.os_platform,
+                health_status: row.health_status,
+                last_seen: row.last_seen,
+            };
+            let row = input::InputRow { line: row.line, raw: row.machine_id, kind: RowKind::Valid(id) };
+            Screened::Pass(row, Some(facts))
+        }
+        None => Screened::Row(row),
+    }
 }
 
 /// The machine a row is about, as its results row names it: what a finished line is compared with.

@@ -197,6 +197,7 @@ pub async fn command(
                 summary.interrupted |= ran.interrupted;
                 summary.quotas.switched |= ran.quotas.switched;
                 summary.quotas.lowest_share = summary.quotas.lowest_share.min(ran.quotas.lowest_share);
+                summary.quotas.share = summary.quotas.share.min(ran.quotas.share);
                 if let Some(why) = &ran.stopped {
                     summary.stopped.get_or_insert_with(|| why.clone());
                 }
@@ -312,6 +313,8 @@ fn merge(output: &Path, format: &input::Format, ran: &[(Partition, Result<Summar
         let mut tenant = TenantSummary { tenant: part.tenant.clone(), ..TenantSummary::default() };
         if let Ok(summary) = result {
             (tenant.api_calls, tenant.throttled_429) = (summary.calls, summary.throttled);
+            tenant.quota_scope_switched = summary.quotas.switched;
+            tenant.quota_taken_percent = 100 - summary.quotas.lowest_share.min(100);
             tenant.error = summary.stopped.clone();
         }
         match (results_of(part, result), result) {
