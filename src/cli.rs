@@ -323,7 +323,18 @@ fn resolve_settings(args: &settings::SettingsArgs) -> Result<settings::Settings,
 /// drains (the simulator stops serving). A second one exits at once; every row written so far is already
 /// on disk.
 async fn shutdown_signal(stopping: &'static str) {
-    signal().await;
+    // Listened for on a task of its own: what a command polls (a run, at every machine) is then a Notify,
+    // not three signal streams. The streams are set up here, at the first poll, not when the task first runs.
+    let mut listening = Box::pin(signal());
+    if std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx).is_pending())).await {
+        let signalled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let notify = signalled.clone();
+        tokio::spawn(async move {
+            listening.await;
+            notify.notify_one();
+        });
+        signalled.notified().await;
+    }
     output::notice("interrupt", stopping);
     tokio::spawn(async {
         signal().await;

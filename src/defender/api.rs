@@ -276,6 +276,9 @@ pub use crate::domain::OFFBOARD_TYPES;
 /// that stores the legacy type would not return its actions for `type eq 'Offboard'`.
 pub const OFFBOARD_TYPE_FILTER: &str = "(type eq 'Offboard' or type eq 'OffboardMachine')";
 
+/// The path [`Api`]'s offboard URLs are made from (see [`offboard_url`]).
+const OFFBOARD_TEMPLATE_PATH: &str = "/api/machines/0000000000000000000000000000000000000000/offboard";
+
 /// The call `check` probes the API with.
 pub const PROBE: &str = "/api/machines?$top=1";
 /// Machines one tag call may name (Microsoft's documentation).
@@ -435,19 +438,73 @@ pub fn each_in_page<'de, T: Deserialize<'de>>(body: &'de [u8], each: impl FnMut(
     }
 }
 
+/// [`each_in_page`], each entry read by `entry` (a hand reader, see [`plain::Cursor`]) where it can be: a page
+/// of the service's usual shape is read by hand at a fraction of serde's cost. Where `entry` gives up (`None`)
+/// or the page is not of that shape, serde reads the page and hands over the entries after those handed over
+/// already: `entry` must read an entry only where serde reads the same one (its callers test that), and then
+/// the entries handed over, their count and any error are exactly [`each_in_page`]'s.
+pub fn each_in_page_by_hand<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
+    entry: impl FnMut(&mut plain::Cursor<'de>) -> Option<T>,
+    mut each: impl FnMut(T),
+) -> Result<usize, String> {
+    let Ok(text) = std::str::from_utf8(body) else { return each_in_page(body, each) };
+    let mut handed = 0;
+    if plain::page(text, entry, |t| {
+        handed += 1;
+        each(t)
+    }) {
+        return Ok(handed);
+    }
+    let mut skip = handed;
+    each_in_page(body, |t| match skip {
+        0 => each(t),
+        _ => skip -= 1,
+    })
+}
+
 /// An action's answer as the service writes it, read by hand at a fraction of serde's cost (a run reads one
 /// a machine): a JSON object whose strings hold no escapes, whose numbers are integers, nested at most
 /// [`plain::DEPTH_MAX`] deep, whose action fields are strings or `null`, each at most once, and with no
 /// `error` member other than `null`. [`read`](plain::read) gives up (`None`) on anything else, and on
 /// anything that is not JSON, and serde reads it: where it does read an answer, serde reads the same
 /// ([`ActionAnswer`]; a test compares the two on many answers).
-mod plain {
+pub mod plain {
     use std::borrow::Cow;
 
     use super::{ActionAnswer, Text};
 
     /// Deepest nesting read by hand (the answer's own object is 1).
     pub const DEPTH_MAX: usize = 8;
+    /// The nesting of an entry of a page ([`page`]): the page is 1, its `value` array 2.
+    pub const ENTRY_DEPTH: usize = 3;
+
+    /// A page of a collection as the service writes it (see [`super::each_in_page_by_hand`]): an object
+    /// with one `value` array, each of its entries read by `entry` and handed to `each`, every other member
+    /// any value of the subset read by hand. Whether the whole page was read: when not, the entries handed
+    /// over are those before the first one not read by hand.
+    pub fn page<'a, T>(
+        text: &'a str,
+        mut entry: impl FnMut(&mut Cursor<'a>) -> Option<T>,
+        mut each: impl FnMut(T),
+    ) -> bool {
+        let mut at = Cursor::new(text);
+        let mut value = false;
+        let read = at.object(1, |key, at| {
+            if key != "value" {
+                return at.value(1);
+            }
+            if value {
+                return None;
+            }
+            value = true;
+            at.array(|at| {
+                each(entry(at)?);
+                Some(())
+            })
+        });
+        read.is_some() && value && at.end()
+    }
 
     /// The answer in `text`, or `None` to leave it to serde.
     pub fn read(text: &str) -> Option<ActionAnswer<'_>> {
@@ -507,12 +564,19 @@ mod plain {
         (at.at == text.len()).then_some(answer)
     }
 
-    struct Cursor<'a> {
+    /// A place in a JSON text read by hand: each reading takes what it reads, or gives up (`None`, `false`) on
+    /// anything outside the subset read by hand (escapes, fractions, exponents, control characters in
+    /// strings, nesting past [`DEPTH_MAX`]), leaving the text to serde.
+    pub struct Cursor<'a> {
         text: &'a str,
         at: usize,
     }
 
     impl<'a> Cursor<'a> {
+        pub fn new(text: &'a str) -> Self {
+            Cursor { text, at: 0 }
+        }
+
         #[inline]
         fn peek(&self) -> Option<u8> {
             self.text.as_bytes().get(self.at).copied()
@@ -524,6 +588,69 @@ mod plain {
             while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
                 self.at += 1;
             }
+        }
+
+        /// Whether only whitespace is left.
+        pub fn end(&mut self) -> bool {
+            self.space();
+            self.at == self.text.len()
+        }
+
+        /// An object `depth` levels in (from 1), whitespace around it included: `member` reads each member's
+        /// value (any value at most [`DEPTH_MAX`] deep), given its key.
+        pub fn object(&mut self, depth: usize, mut member: impl FnMut(&'a str, &mut Self) -> Option<()>) -> Option<()> {
+            if depth > DEPTH_MAX {
+                return None;
+            }
+            self.space();
+            self.eat(b'{')?;
+            self.space();
+            if self.eat(b'}').is_some() {
+                return Some(());
+            }
+            loop {
+                let key = self.string()?;
+                self.space();
+                self.eat(b':')?;
+                self.space();
+                member(key, self)?;
+                self.space();
+                if self.eat(b',').is_some() {
+                    self.space();
+                    continue;
+                }
+                return self.eat(b'}');
+            }
+        }
+
+        /// An array (at whose `[` the cursor is): `item` reads each item.
+        pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+            self.eat(b'[')?;
+            self.space();
+            if self.eat(b']').is_some() {
+                return Some(());
+            }
+            loop {
+                item(self)?;
+                self.space();
+                if self.eat(b',').is_some() {
+                    self.space();
+                    continue;
+                }
+                return self.eat(b']');
+            }
+        }
+
+        /// A string or `null` (what serde reads as an `Option` of a string).
+        #[inline]
+        pub fn string_or_null(&mut self) -> Option<Option<&'a str>> {
+            if self.null() { Some(None) } else { self.string().map(Some) }
+        }
+
+        /// Takes `null` if it is next.
+        #[inline]
+        pub fn null(&mut self) -> bool {
+            self.literal("null")
         }
 
         /// Takes `b` if it is next.
@@ -543,7 +670,7 @@ mod plain {
 
         /// A string without escapes or control characters: its text.
         #[inline(always)]
-        fn string(&mut self) -> Option<&'a str> {
+        pub fn string(&mut self) -> Option<&'a str> {
             const ONES: u64 = u64::from_le_bytes([1; 8]);
             const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
             // The high bit of each byte of `word` below `n` (at most 0x80), exact up to the first such byte
@@ -581,7 +708,7 @@ mod plain {
         }
 
         /// Any value of the subset read by hand, `depth` levels in.
-        fn value(&mut self, depth: usize) -> Option<()> {
+        pub fn value(&mut self, depth: usize) -> Option<()> {
             match self.peek()? {
                 b'"' => self.string().map(drop),
                 b'-' | b'0'..=b'9' => self.integer(),
@@ -827,6 +954,32 @@ fn url_under(base: &reqwest::Url, path: &str) -> reqwest::Url {
     url
 }
 
+/// The path of machine `hex`'s offboard call, `/api/machines/{hex}/offboard`, written in place (no allocation).
+fn offboard_path(hex: &[u8; 40]) -> [u8; OFFBOARD_PATH_LEN] {
+    let mut path = [0u8; OFFBOARD_PATH_LEN];
+    let (head, rest) = path.split_at_mut(OFFBOARD_HEAD.len());
+    head.copy_from_slice(OFFBOARD_HEAD.as_bytes());
+    let (id, tail) = rest.split_at_mut(40);
+    id.copy_from_slice(hex);
+    tail.copy_from_slice(OFFBOARD_TAIL.as_bytes());
+    path
+}
+
+const OFFBOARD_HEAD: &str = "/api/machines/";
+const OFFBOARD_TAIL: &str = "/offboard";
+const OFFBOARD_PATH_LEN: usize = OFFBOARD_HEAD.len() + 40 + OFFBOARD_TAIL.len();
+
+/// The URL of machine `hex`'s offboard call made from `template`, the URL of another machine's: its id's
+/// segment replaced. What [`url_under`] gives for the path (an id's hex digits are taken as they are); as
+/// long as the template's text, a copy of it is the one allocation.
+fn offboard_url(template: &reqwest::Url, hex: &str) -> reqwest::Url {
+    let mut url = template.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop().pop().push(hex).push("offboard");
+    }
+    url
+}
+
 /// A call's JSON body, as sent.
 fn json_body(value: &serde_json::Value) -> bytes::Bytes {
     serde_json::to_vec(value).expect("a JSON value serialises").into()
@@ -856,6 +1009,9 @@ pub struct Api {
     /// text read again (host and all) for every call. `None` when `base` is not a URL to put paths under
     /// (settings refuse that before any call): the text then goes to the client as it is.
     base_url: Option<reqwest::Url>,
+    /// The URL of an offboard call under `base_url` (of the machine whose id is all zeros): each offboard's
+    /// URL is a copy with the id replaced ([`offboard_url`]).
+    offboard_template: Option<reqwest::Url>,
     tokens: Arc<TokenCache>,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
@@ -890,10 +1046,12 @@ impl Api {
         let base_url = reqwest::Url::parse(&base)
             .ok()
             .filter(|url| !url.cannot_be_a_base() && url.query().is_none() && url.fragment().is_none());
+        let offboard_template = base_url.as_ref().map(|base| url_under(base, OFFBOARD_TEMPLATE_PATH));
         Api {
             http,
             base,
             base_url,
+            offboard_template,
             tokens,
             limiter,
             policy,
@@ -956,11 +1114,12 @@ impl Api {
 
     /// [`Api::offboard`] with its body made once for every machine of a run.
     pub async fn offboard_with(&self, machine_id: &MachineId, body: &CommentBody) -> CallResult {
-        let mut path = String::with_capacity(64);
-        path.push_str("/api/machines/");
-        path.push_str(std::str::from_utf8(&machine_id.hex()).expect("hexadecimal digits are ASCII"));
-        path.push_str("/offboard");
-        self.call(Endpoint::Offboard, reqwest::Method::POST, &path, Some(&body.0), true, ANSWER_MAX).await
+        let hex = machine_id.hex();
+        let path = offboard_path(&hex);
+        let path = std::str::from_utf8(&path).expect("the path is ASCII");
+        let hex = std::str::from_utf8(&hex).expect("hexadecimal digits are ASCII");
+        let url = self.offboard_template.as_ref().map(|template| offboard_url(template, hex));
+        self.call_at(Endpoint::Offboard, reqwest::Method::POST, path, url, Some(&body.0), true, ANSWER_MAX).await
     }
 
     /// `GET /api/machines/{id}`: one machine (a 404 is tried once more: see the module's policy).
@@ -1071,7 +1230,21 @@ impl Api {
         retry_404: bool,
         limit: usize,
     ) -> CallResult {
-        let url = self.url(path);
+        self.call_at(endpoint, method, path, self.url(path), body, retry_404, limit).await
+    }
+
+    /// [`Api::call`] with the URL of `path` ([`Api::url`]) made already.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_at(
+        &self,
+        endpoint: Endpoint,
+        method: reqwest::Method,
+        path: &str,
+        url: Option<reqwest::Url>,
+        body: Option<&bytes::Bytes>,
+        retry_404: bool,
+        limit: usize,
+    ) -> CallResult {
         let mut attempts = 0u32;
         let mut failures = 0u32; // attempts that count against max_attempts
         let mut throttled = 0u32; // 429s in a row
@@ -1455,6 +1628,26 @@ mod tests {
         let any = ActionQuery { offboards: false, ..ActionQuery::offboards(page) };
         assert_eq!(any.clone().filter(), None);
         assert_eq!(any.of_machine("o'brien").filter().as_deref(), Some("machineId eq 'o''brien'"));
+    }
+
+    #[test]
+    fn an_offboard_url_is_the_url_of_its_path_under_the_base() {
+        for base in
+            ["http://127.0.0.1:8080", "https://api.securitycenter.microsoft.com/", "https://h.example/prefix/v1"]
+        {
+            let base = reqwest::Url::parse(base).unwrap();
+            let template = url_under(&base, OFFBOARD_TEMPLATE_PATH);
+            for id in ["0123456789abcdef0123456789abcdef01234567", "ffffffffffffffffffffffffffffffffffffffff"] {
+                let id = MachineId::parse(id).unwrap();
+                let hex = id.hex();
+                let path = offboard_path(&hex);
+                let path = std::str::from_utf8(&path).unwrap();
+                assert_eq!(path, format!("/api/machines/{id}/offboard"));
+                let url = offboard_url(&template, std::str::from_utf8(&hex).unwrap());
+                assert_eq!(url, url_under(&base, path), "{base} {id}");
+                assert_eq!(url.as_str().len(), template.as_str().len());
+            }
+        }
     }
 
     #[test]

@@ -654,14 +654,27 @@ pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> Resul
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    let mut body = bytes::BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
+    // An answer that comes in one chunk (the usual small one) is that chunk, not a copy of it.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut body = bytes::BytesMut::new();
+    let mut len = 0;
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
-        if body.len() + chunk.len() > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(BodyError::TooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        match &first {
+            None => first = Some(chunk),
+            Some(first) => {
+                if body.is_empty() {
+                    body.reserve(announced.map_or(len, |n| n as usize).max(len));
+                    body.extend_from_slice(first);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(if body.is_empty() { first.unwrap_or_default() } else { body.freeze() })
 }
 
 /// A byte count for a message: `1 MiB`, `128 MiB`.

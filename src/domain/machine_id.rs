@@ -33,11 +33,20 @@ impl MachineId {
     /// The 40 lowercase hexadecimal characters, without the formatting machinery: a run writes each id
     /// several times (the journal, the call's path, the row).
     pub fn hex(&self) -> [u8; 40] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        // Each byte's two digits at once.
+        const PAIRS: [[u8; 2]; 256] = {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut pairs = [[0u8; 2]; 256];
+            let mut byte = 0;
+            while byte < 256 {
+                pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+                byte += 1;
+            }
+            pairs
+        };
         let mut text = [0u8; 40];
         for (pair, byte) in text.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0xf)];
+            pair.copy_from_slice(&PAIRS[usize::from(byte)]);
         }
         text
     }

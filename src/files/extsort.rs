@@ -11,6 +11,7 @@
 //! it is deleted when its last handle closes), so the system reclaims it however the process ends, kill -9
 //! included. A file read by several readers is shared open ([`SharedReader`]), never reopened by name.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
@@ -479,21 +480,44 @@ pub struct Frozen {
 impl Frozen {
     /// The fields stored at `at`.
     pub fn get(&self, at: Ref) -> io::Result<Vec<String>> {
+        self.get_with(at, |fields| fields.iter().map(|field| field.to_string()).collect())
+    }
+
+    /// The fields stored at `at`, lent to `read`: what [`Frozen::get`] gives, without a `String` made for
+    /// each (an entry of a few hundred bytes, and its first fields, are read on the stack).
+    pub fn get_with<T>(&self, at: Ref, read: impl FnOnce(&[Cow<'_, str>]) -> T) -> io::Result<T> {
+        const ON_STACK: usize = 512;
+        const FIELDS_ON_STACK: usize = 8;
         let (offset, len) = (at.0 >> 16, (at.0 & 0xFFFF) as usize);
-        let mut entry = vec![0u8; len];
-        read_exact_at(&self.file, &mut entry, offset)?;
-        let mut fields = Vec::new();
+        let (mut small, mut large) = ([0u8; ON_STACK], Vec::new());
+        let entry = if len <= ON_STACK {
+            &mut small[..len]
+        } else {
+            large.resize(len, 0);
+            &mut large[..]
+        };
+        read_exact_at(&self.file, entry, offset)?;
+        let (mut first, mut more): ([Cow<str>; FIELDS_ON_STACK], Vec<Cow<str>>) = Default::default();
+        let mut count = 0;
         let mut rest = &entry[..];
         while rest.len() >= 2 {
             let n = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
             // What `from_utf8_lossy` gives, without its slower walk over valid text (every field stored is).
             let field = &rest[2..2 + n];
-            fields.push(
-                std::str::from_utf8(field).map_or_else(|_| String::from_utf8_lossy(field).into_owned(), str::to_owned),
-            );
+            let field = std::str::from_utf8(field).map_or_else(|_| String::from_utf8_lossy(field), Cow::Borrowed);
+            match first.get_mut(count) {
+                Some(slot) => *slot = field,
+                None => {
+                    if more.is_empty() {
+                        more.extend(first.iter_mut().map(std::mem::take));
+                    }
+                    more.push(field);
+                }
+            }
+            count += 1;
             rest = &rest[2 + n..];
         }
-        Ok(fields)
+        Ok(read(if more.is_empty() { &first[..count] } else { &more }))
     }
 }
 
@@ -640,5 +664,27 @@ mod tests {
         assert_eq!(back.len(), 1, "no room left for the second field");
         assert!(back[0].len() == u16::MAX as usize - 3 && back[0].chars().all(|c| c == 'é'), "cut at a boundary");
         assert!(Ref::NONE.is_none() && !a.is_none());
+    }
+
+    #[test]
+    fn fields_lent_are_the_fields_stored() {
+        let mut store = Store::new().unwrap();
+        let many: Vec<String> = (0..20).map(|i| format!("field {i}")).collect();
+        let long = "x".repeat(600);
+        let entries: Vec<Vec<&str>> = vec![
+            vec![],
+            vec![""],
+            many[..8].iter().map(String::as_str).collect(),
+            many[..9].iter().map(String::as_str).collect(),
+            many.iter().map(String::as_str).collect(),
+            vec!["a", &long, "b"],
+        ];
+        let at: Vec<Ref> = entries.iter().map(|fields| store.put(fields).unwrap()).collect();
+        let store = store.freeze().unwrap();
+        for (fields, at) in entries.iter().zip(at) {
+            let lent = store.get_with(at, |lent| lent.iter().map(|f| f.to_string()).collect::<Vec<_>>()).unwrap();
+            assert_eq!(&lent, fields);
+            assert_eq!(store.get(at).unwrap(), lent);
+        }
     }
 }

@@ -313,7 +313,7 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) {
 }
 
 /// `n` in decimal.
-fn push_number(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_number(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::guard::{Guard, Kept, Why};
-use crate::defender::api::{ActionQuery, Api, Failure, MachineAction, MachineQuery, Page, Text, each_in_page};
+use crate::defender::api::{
+    ActionQuery, Api, Failure, MachineAction, MachineQuery, Page, Text, each_in_page, each_in_page_by_hand, plain,
+};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, MachineId};
 use crate::files::extsort::{Cursor, Field, Frozen, Record, RecordFile, RecordReader, Ref, Sorter, Store, record};
@@ -161,6 +163,14 @@ pub struct Machine {
     pub machine_tags: Vec<String>,
 }
 
+/// The facts of a [`Machine`] a run's rows show, borrowed ([`Joined::machine_facts`]).
+pub struct MachineFacts<'a> {
+    pub computer_dns_name: &'a str,
+    pub os_platform: &'a str,
+    pub health_status: &'a str,
+    pub last_seen: &'a str,
+}
+
 /// Separates a machine's tags in the pre-flight's store (a control character: no tag holds one that matters).
 const TAG_SEPARATOR: char = '\u{1f}';
 
@@ -231,6 +241,82 @@ struct MachineEntry<'a> {
     rbac_group_name: Option<Text<'a>>,
     #[serde(default, borrow)]
     machine_tags: Option<Vec<Text<'a>>>,
+}
+
+impl<'a> MachineEntry<'a> {
+    /// The entry at `at`, read by hand where serde would read the same (see [`plain::Cursor`]): every field a
+    /// string (`id`) or a string or `null` (the others; `machineTags` an array of strings or `null`), each at
+    /// most once; anything else is serde's to read (or refuse).
+    fn by_hand(at: &mut plain::Cursor<'a>) -> Option<Self> {
+        let mut entry = MachineEntry {
+            id: Cow::Borrowed(""),
+            computer_dns_name: None,
+            aad_device_id: None,
+            os_platform: None,
+            health_status: None,
+            last_seen: None,
+            rbac_group_name: None,
+            machine_tags: None,
+        };
+        // The fields met so far, one bit each: a second of any is serde's to refuse.
+        let mut seen = 0u8;
+        at.object(plain::ENTRY_DEPTH, |key, at| {
+            let (bit, field) = match key {
+                "id" => (0, None),
+                "computerDnsName" => (1, Some(&mut entry.computer_dns_name)),
+                "aadDeviceId" => (2, Some(&mut entry.aad_device_id)),
+                "osPlatform" => (3, Some(&mut entry.os_platform)),
+                "healthStatus" => (4, Some(&mut entry.health_status)),
+                "lastSeen" => (5, Some(&mut entry.last_seen)),
+                "rbacGroupName" => (6, Some(&mut entry.rbac_group_name)),
+                "machineTags" => (7, None),
+                _ => return at.value(plain::ENTRY_DEPTH),
+            };
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            match (bit, field) {
+                (_, Some(field)) => *field = at.string_or_null()?.map(Text::from),
+                (0, None) => entry.id = Cow::Borrowed(at.string()?),
+                _ if at.null() => entry.machine_tags = None,
+                _ => {
+                    let mut tags = Vec::new();
+                    at.array(|at| {
+                        tags.push(Text::from(at.string()?));
+                        Some(())
+                    })?;
+                    entry.machine_tags = Some(tags);
+                }
+            }
+            Some(())
+        })?;
+        Some(entry)
+    }
+}
+
+/// Whether an inventory page is read alike by hand ([`MachineEntry::by_hand`], serde reading what it does
+/// not) and by serde alone: the same entries, field by field, and the same count or error. (The unit tests
+/// and the fuzz target `inventory_page` check it.)
+#[doc(hidden)]
+pub fn hand_reader_agrees(text: &str) -> bool {
+    type Fields = (String, [Option<String>; 6], Option<Vec<String>>);
+    let fields = |e: MachineEntry| -> Fields {
+        let own = |t: &Option<Text>| t.as_deref().map(str::to_owned);
+        let texts = [
+            own(&e.computer_dns_name),
+            own(&e.aad_device_id),
+            own(&e.os_platform),
+            own(&e.health_status),
+            own(&e.last_seen),
+            own(&e.rbac_group_name),
+        ];
+        (e.id.to_string(), texts, e.machine_tags.map(|tags| tags.iter().map(|t| t.to_string()).collect()))
+    };
+    let (mut by_hand, mut by_serde) = (Vec::new(), Vec::new());
+    let hand = each_in_page_by_hand(text.as_bytes(), MachineEntry::by_hand, |e| by_hand.push(fields(e)));
+    let serde = each_in_page(text.as_bytes(), |e| by_serde.push(fields(e)));
+    hand == serde && by_hand == by_serde
 }
 
 /// Why the reads could not finish: what was being read, and the call's failure.
@@ -378,7 +464,7 @@ impl Inventory {
                 .list_machines(&MachineQuery::all(Page::nth(page, PAGE_SIZE)), |body| {
                     // Entry by entry as the page is parsed: its 10,000 entries are never held at once.
                     let (mut first, mut repeated) = (None::<String>, false);
-                    let len = each_in_page(body, |entry: MachineEntry| {
+                    let len = each_in_page_by_hand(body, MachineEntry::by_hand, |entry: MachineEntry| {
                         if first.is_none() {
                             let id = entry.id.to_string();
                             repeated = first_ids.contains(&id);
@@ -504,6 +590,7 @@ impl Inventory {
         let id = id.hex();
         let tags: Vec<&str> = entry.machine_tags.iter().flatten().map(|tag| &**tag).collect();
         let tags = tags.join(&TAG_SEPARATOR.to_string());
+        // In the order of [`facts`].
         let fields = [
             std::str::from_utf8(&id).expect("hexadecimal digits are ASCII"),
             entry.computer_dns_name.as_deref().unwrap_or_default(),
@@ -689,16 +776,26 @@ impl<A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Res
                 decisions.push(Decision { action, ..decision })?;
                 continue;
             }
-            let machine = machine_of(self.store.get(claim.facts)?);
-            let seen = timestamp::parse(&machine.last_seen).map(millis);
-            // A machine with no readable lastSeen has shown no report since.
-            if let Some(done) = done.filter(|d| seen.is_none_or(|seen| seen < d.updated)) {
-                tally.offboarded += 1;
-                decisions.push(Decision { done: done.facts, ..decision })?;
-                continue;
-            }
-            let tags = machine.machine_tags.iter().map(String::as_str);
-            let why = self.guard.judge(&machine.last_seen, &machine.rbac_group_name, tags);
+            // The machine's facts read in place: offboarded earlier (the action's facts), or the guard's verdict.
+            let verdict = self.store.get_with(claim.facts, |fields| {
+                let field = |i: usize| fields.get(i).map_or("", |field| &**field);
+                let last_seen = field(facts::LAST_SEEN);
+                let seen = timestamp::parse(last_seen).map(millis);
+                // A machine with no readable lastSeen has shown no report since.
+                if let Some(done) = done.filter(|d| seen.is_none_or(|seen| seen < d.updated)) {
+                    return Err(done.facts);
+                }
+                let tags = field(facts::TAGS).split(TAG_SEPARATOR).filter(|t| !t.is_empty());
+                Ok(self.guard.judge(last_seen, field(facts::RBAC_GROUP_NAME), tags))
+            })?;
+            let why = match verdict {
+                Err(done) => {
+                    tally.offboarded += 1;
+                    decisions.push(Decision { done, ..decision })?;
+                    continue;
+                }
+                Ok(why) => why,
+            };
             if let Some(why) = why {
                 tally.kept.add(why);
             }
@@ -708,18 +805,28 @@ impl<A: Iterator<Item = std::io::Result<Found>>, D: Iterator<Item = std::io::Res
     }
 }
 
+/// Where each fact of a machine is among its stored fields (see [`Inventory::put_facts`]).
+mod facts {
+    pub const ID: usize = 0;
+    pub const COMPUTER_DNS_NAME: usize = 1;
+    pub const OS_PLATFORM: usize = 2;
+    pub const HEALTH_STATUS: usize = 3;
+    pub const LAST_SEEN: usize = 4;
+    pub const RBAC_GROUP_NAME: usize = 5;
+    pub const TAGS: usize = 6;
+}
+
 /// A machine from its stored fields (see [`Inventory::put_facts`]).
-fn machine_of(fields: Vec<String>) -> Machine {
-    let mut fields = fields.into_iter();
-    let mut next = || fields.next().unwrap_or_default();
+fn machine_of(fields: &[Cow<str>]) -> Machine {
+    let field = |i: usize| fields.get(i).map_or("", |field| &**field);
     Machine {
-        id: next(),
-        computer_dns_name: next(),
-        os_platform: next(),
-        health_status: next(),
-        last_seen: next(),
-        rbac_group_name: next(),
-        machine_tags: next().split(TAG_SEPARATOR).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        id: field(facts::ID).to_owned(),
+        computer_dns_name: field(facts::COMPUTER_DNS_NAME).to_owned(),
+        os_platform: field(facts::OS_PLATFORM).to_owned(),
+        health_status: field(facts::HEALTH_STATUS).to_owned(),
+        last_seen: field(facts::LAST_SEEN).to_owned(),
+        rbac_group_name: field(facts::RBAC_GROUP_NAME).to_owned(),
+        machine_tags: field(facts::TAGS).split(TAG_SEPARATOR).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
     }
 }
 
@@ -754,7 +861,20 @@ impl Joined {
 
     /// The machine of a decision, as the inventory showed it.
     pub fn machine(&self, decision: &Decision) -> std::io::Result<Machine> {
-        Ok(machine_of(self.store.get(decision.facts)?))
+        self.store.get_with(decision.facts, machine_of)
+    }
+
+    /// What a run's rows show of a decision's machine, lent to `read` (nothing copied).
+    pub fn machine_facts<T>(&self, decision: &Decision, read: impl FnOnce(MachineFacts) -> T) -> std::io::Result<T> {
+        self.store.get_with(decision.facts, |fields| {
+            let field = |i: usize| fields.get(i).map_or("", |field| &**field);
+            read(MachineFacts {
+                computer_dns_name: field(facts::COMPUTER_DNS_NAME),
+                os_platform: field(facts::OS_PLATFORM),
+                health_status: field(facts::HEALTH_STATUS),
+                last_seen: field(facts::LAST_SEEN),
+            })
+        })
     }
 
     /// The latest succeeded offboard action of a decision's machine, when the machine is
@@ -799,6 +919,53 @@ fn name_keys(name: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::input::scan_reader;
+
+    #[test]
+    fn an_inventory_page_read_by_hand_is_what_serde_reads() {
+        let service = r#"{"@odata.context":"http://127.0.0.1:1/api/$metadata#Machines","value":[{"id":"746af30839d0c0925055933e73723b9339b528c8","computerDnsName":"lnx-0001.contoso.local","firstSeen":"2026-01-20T19:27:56.0000000Z","lastSeen":"2026-11-25T19:27:56.0000000Z","osPlatform":"Linux","osProcessor":"x64","version":null,"lastIpAddress":"10.17.224.103","agentVersion":"10.85.20690","healthStatus":"Active","deviceValue":"Normal","rbacGroupId":101,"rbacGroupName":"Workstations","riskScore":"High","isAadJoined":false,"aadDeviceId":null,"machineTags":["Contoso-HQ"]},{"id":"5a90c6b0ee3d38422511cf74ce4b166e1414fcc7","computerDnsName":"ws-0001.contoso.local","lastSeen":"2026-11-24T19:51:56.0000000Z","osPlatform":"Windows11","healthStatus":"Active","rbacGroupId":101,"rbacGroupName":"Workstations","isAadJoined":true,"aadDeviceId":"28d5da28-33e3-471d-ad12-72f92d070528","machineTags":["Decommission","b"]}]}"#;
+        let variants = [
+            service.to_string(),
+            " \r\n\t{ \"value\" : [ { \"id\" : \"a1\" , \"machineTags\":null,\"x\":[1,-20,{\"y\":[true,false,null,{}]},[]] } , {} ] , \"n\":{} } \n".into(),
+            r#"{"value":[{"id":"é☃","machineTags":[],"n":-0,"m":[[[[[[1]]]]]]}],"@odata.nextLink":"x"}"#.into(),
+            r#"{"value":[{"id":"a"},{"id":"b","deep":[[[[[[[1]]]]]]],"e":1.5}],"f":2e3}"#.into(),
+            r#"{"value":[{"id":"a"},{"id":"b\"c","osPlatform":"x"}],"value":[]}"#.into(),
+            r#"{"value":[{"id":"a","osPlatform":"x","lastSeen":null,"osPlatform":"y"}]}"#.into(),
+            r#"{"value":[{"id":"a","machineTags":[1],"id":null,"healthStatus":5}]}"#.into(),
+        ];
+        let mut by_hand = 0;
+        for variant in &variants {
+            let bytes = variant.as_bytes();
+            let mut cases = vec![bytes.to_vec()];
+            for at in 0..bytes.len() {
+                for b in *br#"{}[]:,"\ 0-.e1an"# {
+                    let mut changed = bytes.to_vec();
+                    changed[at] = b;
+                    cases.push(changed);
+                }
+                cases.push([&bytes[..at], &bytes[at + 1..]].concat());
+                cases.push(bytes[..at].to_vec());
+                cases.push([&bytes[..at], b"\x01", &bytes[at..]].concat());
+            }
+            for case in cases {
+                let Ok(text) = std::str::from_utf8(&case) else { continue };
+                by_hand += usize::from(plain::page(text, MachineEntry::by_hand, drop));
+                assert!(hand_reader_agrees(text), "{text}");
+            }
+        }
+        // Most variants are read by hand; the pages with escapes, fractions, a second `value` or field, or a
+        // field of another type, are not.
+        assert!(by_hand > 1000, "{by_hand}");
+        let mut ids = Vec::new();
+        assert!(plain::page(service, MachineEntry::by_hand, |e| ids.push(e.id.into_owned())));
+        assert_eq!(ids, ["746af30839d0c0925055933e73723b9339b528c8", "5a90c6b0ee3d38422511cf74ce4b166e1414fcc7"]);
+        for not_by_hand in &variants[3..] {
+            assert!(!plain::page(not_by_hand, MachineEntry::by_hand, drop), "{not_by_hand}");
+        }
+        // Where the hand reader gives up part way, serde hands over only the entries after those it read.
+        let mut ids = Vec::new();
+        let read = each_in_page_by_hand(variants[3].as_bytes(), MachineEntry::by_hand, |e| ids.push(e.id.into_owned()));
+        assert_eq!((read, ids), (Ok(2), vec!["a".to_string(), "b".to_string()]));
+    }
 
     fn entry(id: &str, name: &str) -> MachineEntry<'static> {
         MachineEntry {

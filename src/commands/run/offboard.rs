@@ -168,7 +168,7 @@ fn fill(
     updated: Option<&str>,
 ) {
     row.action_id = id.map(str::to_owned);
-    row.action_status = status.map(|status| status.to_string());
+    row.action_status = status.map(|status| status.as_str().to_owned());
     row.computer_dns_name = name.filter(|s| !s.is_empty()).map(str::to_owned);
     row.submitted_at = created.map(str::to_owned);
     row.updated_at = updated.map(str::to_owned);

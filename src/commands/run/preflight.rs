@@ -15,7 +15,9 @@
 use std::path::Path;
 
 use super::job::{Job, Options};
-use crate::commands::run::inventory::{AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine};
+use crate::commands::run::inventory::{
+    AMBIGUOUS_LISTED, Decision, DecisionKind, Inventory, Joined, Machine, MachineFacts,
+};
 use crate::defender::api::Api;
 use crate::defender::auth::Permissions;
 use crate::domain::{Outcome, message};
@@ -149,6 +151,16 @@ impl Facts {
         }
     }
 
+    fn lent(m: MachineFacts) -> Facts {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Facts {
+            computer_dns_name: some(m.computer_dns_name),
+            os_platform: some(m.os_platform),
+            health_status: some(m.health_status),
+            last_seen: some(m.last_seen),
+        }
+    }
+
     /// Fills the row's machine columns the row does not already have.
     pub fn fill(self, row: &mut ResultRow) {
         row.computer_dns_name = row.computer_dns_name.take().or(self.computer_dns_name);
@@ -269,12 +281,12 @@ impl Screen {
             result.error_message = Some(message::not_in_inventory(self.dry_run).into());
             return Ok(Screened::Row(Box::new(result)));
         };
-        let machine = self.joined.machine(found).map_err(disk)?;
-        let text = machine.id.clone();
-        let facts = Facts::of(machine);
+        // The machine's facts copied straight from the store; its id written only for a row made here.
+        let facts = self.joined.machine_facts(found, Facts::lent).map_err(disk)?;
+        let text = || found.machine.to_hex();
         if let Some(action) = self.joined.open_action(found).map_err(disk)? {
             let some = |s: String| Some(s).filter(|s| !s.is_empty());
-            let mut result = ResultRow::new(row.line, text, Outcome::AlreadyPending);
+            let mut result = ResultRow::new(row.line, text(), Outcome::AlreadyPending);
             result.action_id = some(action.id);
             result.action_status = Some(action.status);
             result.submitted_at = some(action.created);
@@ -285,7 +297,7 @@ impl Screen {
         }
         if let Some(done) = self.joined.done_action(found).map_err(disk)? {
             let some = |s: String| Some(s).filter(|s| !s.is_empty());
-            let mut result = ResultRow::new(row.line, text, Outcome::AlreadyOffboarded);
+            let mut result = ResultRow::new(row.line, text(), Outcome::AlreadyOffboarded);
             result.error_message = Some(message::offboarded_earlier(
                 self.dry_run,
                 &done.updated,
@@ -302,13 +314,13 @@ impl Screen {
             let machine = self.joined.machine(found).map_err(disk)?;
             let guard = self.joined.guard();
             let (why, how) = guard.explain(why, &machine.last_seen, &machine.rbac_group_name, &machine.machine_tags);
-            let mut result = ResultRow::new(row.line, text, Outcome::Protected);
+            let mut result = ResultRow::new(row.line, text(), Outcome::Protected);
             result.error_message = Some(message::protected(self.dry_run, &why, &how));
             facts.fill(&mut result);
             return Ok(Screened::Row(Box::new(result)));
         }
         if self.dry_run {
-            let mut result = ResultRow::new(row.line, text, Outcome::WouldSubmit);
+            let mut result = ResultRow::new(row.line, text(), Outcome::WouldSubmit);
             facts.fill(&mut result);
             return Ok(Screened::Row(Box::new(result)));
         }
