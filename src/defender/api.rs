@@ -773,6 +773,24 @@ pub mod plain {
             }
         }
     }
+
+    /// Variants of `bytes` for the differential tests of the hand readers: itself, and each byte replaced by
+    /// a JSON-significant one, removed, cut there, or preceded by a control character.
+    #[cfg(test)]
+    pub(crate) fn variants(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut cases = vec![bytes.to_vec()];
+        for at in 0..bytes.len() {
+            for b in *br#"{}[]:,"\ 0-.e1an"# {
+                let mut changed = bytes.to_vec();
+                changed[at] = b;
+                cases.push(changed);
+            }
+            cases.push([&bytes[..at], &bytes[at + 1..]].concat());
+            cases.push(bytes[..at].to_vec());
+            cases.push([&bytes[..at], b"\x01", &bytes[at..]].concat());
+        }
+        cases
+    }
 }
 
 /// The visitors of [`each_in_page`].
@@ -1728,19 +1746,7 @@ mod tests {
         ];
         let mut by_hand = 0;
         for variant in &variants {
-            let bytes = variant.as_bytes();
-            let mut cases = vec![bytes.to_vec()];
-            for at in 0..bytes.len() {
-                for b in *br#"{}[]:,"\ 0-.e1an"# {
-                    let mut changed = bytes.to_vec();
-                    changed[at] = b;
-                    cases.push(changed);
-                }
-                cases.push([&bytes[..at], &bytes[at + 1..]].concat());
-                cases.push(bytes[..at].to_vec());
-                cases.push([&bytes[..at], b"\x01", &bytes[at..]].concat());
-            }
-            for case in cases {
+            for case in plain::variants(variant.as_bytes()) {
                 let Ok(text) = std::str::from_utf8(&case) else { continue };
                 by_hand += usize::from(plain::read(text).is_some());
                 assert!(hand_reader_agrees(text), "{text}: {:?}", serde_json::from_str::<ActionAnswer>(text));

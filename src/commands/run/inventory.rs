@@ -934,19 +934,7 @@ mod tests {
         ];
         let mut by_hand = 0;
         for variant in &variants {
-            let bytes = variant.as_bytes();
-            let mut cases = vec![bytes.to_vec()];
-            for at in 0..bytes.len() {
-                for b in *br#"{}[]:,"\ 0-.e1an"# {
-                    let mut changed = bytes.to_vec();
-                    changed[at] = b;
-                    cases.push(changed);
-                }
-                cases.push([&bytes[..at], &bytes[at + 1..]].concat());
-                cases.push(bytes[..at].to_vec());
-                cases.push([&bytes[..at], b"\x01", &bytes[at..]].concat());
-            }
-            for case in cases {
+            for case in plain::variants(variant.as_bytes()) {
                 let Ok(text) = std::str::from_utf8(&case) else { continue };
                 by_hand += usize::from(plain::page(text, MachineEntry::by_hand, drop));
                 assert!(hand_reader_agrees(text), "{text}");
