@@ -112,7 +112,17 @@ pub fn main() -> u8 {
     logging::init(cli.verbose, cli.quiet, cli.log_format);
     // A blocking thread idle for a second ends (tokio's default is ten): each tenant of a run of many starts
     // with file work of its own on the blocking pool, and the threads (their stacks) would outlive it.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // The client's async work (calls, limiter, dispatch) runs on one worker thread; file work goes to the
+    // blocking pool, the journal's fsyncs to a thread of their own. The quotas allow a tenant a few calls a
+    // second, and even unthrottled one thread keeps up with the service: a second worker added lock waits,
+    // not speed, as a row or an answer made on one thread was freed on the other (glibc's allocator takes
+    // the other thread's arena lock for it; BENCHMARKS.md figure 2). The simulator serves many clients at
+    // once: it keeps one worker per core.
+    if !matches!(cli.command, Command::Simulate(_)) {
+        runtime.worker_threads(1);
+    }
+    let runtime = match runtime
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
