@@ -122,11 +122,7 @@ pub fn main() -> u8 {
     if !matches!(cli.command, Command::Simulate(_)) {
         runtime.worker_threads(1);
     }
-    let runtime = match runtime
-        .enable_all()
-        .thread_keep_alive(std::time::Duration::from_secs(1))
-        .build()
-    {
+    let runtime = match runtime.enable_all().thread_keep_alive(std::time::Duration::from_secs(1)).build() {
         Ok(runtime) => runtime,
         Err(e) => {
             output::error(&format!("cannot start the async runtime: {e}"));
