@@ -44,12 +44,21 @@ fn main() {
         write_ids(n.parse().expect("a count"), Path::new(path));
         return;
     }
-    if let [hidden, tenants, n, dir] = &args[..]
+    if let [hidden, rest @ ..] = &args[..]
         && hidden == TENANTS_COMMAND
     {
-        // Figure 7's list of `tenants` tenants of `n`, for running the client by hand: its path on stdout.
-        let (tenants, n) = (tenants.parse().expect("a count"), n.parse().expect("a count"));
-        println!("{}", tenants_file(Path::new(dir), 0..tenants, n, None).display());
+        // Figure 7's list of tenants FIRST.. (COUNT of them) of N machines, with a big tenant of MACHINES
+        // listed ROWS times if given, written in a child process (see `harness_peak_rss_kib`) or for running
+        // the client by hand: its path on stdout.
+        let number = |s: &String| s.parse::<usize>().expect("a count");
+        let (first, count, n, dir, big) = match rest {
+            [first, count, n, dir] => (number(first), number(count), number(n), dir, None),
+            [first, count, n, dir, machines, rows] => {
+                (number(first), number(count), number(n), dir, Some((number(machines), number(rows))))
+            }
+            _ => panic!("usage: {TENANTS_COMMAND} FIRST COUNT N DIR [BIG_MACHINES BIG_ROWS]"),
+        };
+        println!("{}", tenants_file(Path::new(dir), first..first + count, n, big).display());
         return;
     }
     if let [hidden, url, input, concurrency] = &args[..]
@@ -268,8 +277,8 @@ fn tenants(dir: &Path, runs: usize) {
     let config = tenants_config(dir, TENANTS);
     let inputs = [
         (id_file(dir, N), 1usize),
-        (tenants_file(dir, 0..20, N, None), 20),
-        (tenants_file(dir, 0..TENANTS, N, None), TENANTS),
+        (tenants_list(dir, 0, 20, N, None), 20),
+        (tenants_list(dir, 0, TENANTS, N, None), TENANTS),
     ];
     let mut cpu_one = 0.0;
     for (input, tenants) in &inputs {
@@ -306,6 +315,10 @@ fn tenants(dir: &Path, runs: usize) {
         );
     }
     println!("(targets: ratio at most 1.05, zero 429s, memory flat, CPU per machine within 10% of one tenant's)");
+    println!(
+        "(floor of the RSS figures, the harness's own peak RSS: {:.1} MiB)",
+        harness_peak_rss_kib() as f64 / 1024.0
+    );
     tenants_tracking(dir, runs, &config, ideal);
 }
 
@@ -335,10 +348,10 @@ fn tenants_tracking(dir: &Path, runs: usize, config: &str, ideal: Duration) {
     let lifecycle = ["--pending-for", "100s", "--in-progress-for", "100s", "--action-timeout", "300s"];
     let wait = ["--wait", "--poll-interval", "1s", "--wait-timeout", "10m"];
     let cases = [
-        (format!("{OTHERS} tenants"), tenants_file(dir, others.clone(), N, None), OTHERS * N),
+        (format!("{OTHERS} tenants"), tenants_list(dir, 1, OTHERS, N, None), OTHERS * N),
         (
             format!("{OTHERS} tenants + one of {HEAVY_ROWS} rows"),
-            tenants_file(dir, others.clone(), N, Some((HEAVY_MACHINES, HEAVY_ROWS))),
+            tenants_list(dir, 1, OTHERS, N, Some((HEAVY_MACHINES, HEAVY_ROWS))),
             OTHERS * N + HEAVY_ROWS,
         ),
     ];
@@ -373,6 +386,10 @@ fn tenants_tracking(dir: &Path, runs: usize, config: &str, ideal: Duration) {
         );
     }
     println!("(target: the slowest tenant's offboards no slower beside the big tenant than alone, zero 429s)");
+    println!(
+        "(floor of the RSS figures, the harness's own peak RSS: {:.1} MiB)",
+        harness_peak_rss_kib() as f64 / 1024.0
+    );
 }
 
 /// Figure 7's tenants at most: all at once.
@@ -428,6 +445,20 @@ fn slowest_offboards(stats: &[SimStats]) -> Duration {
 /// How the list names tenant `k` (from 0): the first by the simulator's tenant id, the others by domain.
 fn tenant_name(k: usize) -> String {
     if k == 0 { sim::DEMO_TENANT_ID.to_string() } else { format!("tenant{}.onmicrosoft.com", k + 1) }
+}
+
+/// [`tenants_file`] of the `count` tenants from `first`, written by a child process: generating the fleets here would raise the harness's own
+/// peak RSS, the floor of every client's figure after it (see [`harness_peak_rss_kib`]).
+fn tenants_list(dir: &Path, first: usize, count: usize, n: usize, big: Option<(usize, usize)>) -> PathBuf {
+    let exe = std::env::current_exe().expect("the harness's path");
+    let mut command = Command::new(exe);
+    command.args([TENANTS_COMMAND, &first.to_string(), &count.to_string(), &n.to_string()]).arg(dir);
+    if let Some((machines, rows)) = big {
+        command.args([machines.to_string(), rows.to_string()]);
+    }
+    let out = command.stderr(Stdio::inherit()).output().expect("the list's writer starts");
+    assert!(out.status.success(), "writing the list of tenants {first}+{count}");
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
 }
 
 /// A list of the tenants `tenants` (by number, see [`tenant_name`]) with `n` machines each (the fleets
@@ -997,7 +1028,8 @@ fn wait4(child: &Child) -> (i32, libc::rusage) {
 /// The hidden subcommand that writes an input file in a child process (see `harness_peak_rss_kib`).
 const IDS_COMMAND: &str = "__write-ids";
 
-/// The hidden subcommand that writes figure 7's list of several tenants (`__write-tenants TENANTS N DIR`).
+/// The hidden subcommand that writes figure 7's list of several tenants (`__write-tenants FIRST COUNT N DIR
+/// [BIG_MACHINES BIG_ROWS]`).
 const TENANTS_COMMAND: &str = "__write-tenants";
 
 /// A one-column input with the `n` machines of the simulator's fleet of `n`.
