@@ -824,14 +824,16 @@ impl SimProcess {
         SimProcess { child, url }
     }
 
-    /// `GET /sim/stats`, over a bare socket.
+    /// `GET /sim/stats`, over a bare socket, without the calls per machine: kept by the harness, a fleet's
+    /// worth of them would raise its RSS, which every client it spawns after inherits (see
+    /// [`harness_peak_rss_kib`]).
     fn stats(&self) -> SimStats {
-        self.stats_at("/sim/stats")
+        self.stats_at("/sim/stats?per_machine=no")
     }
 
-    /// `GET /sim/stats?tenant=TENANT`: one tenant's.
+    /// `GET /sim/stats?tenant=TENANT`: one tenant's, as [`SimProcess::stats`].
     fn tenant_stats(&self, tenant: &str) -> SimStats {
-        self.stats_at(&format!("/sim/stats?tenant={tenant}"))
+        self.stats_at(&format!("/sim/stats?tenant={tenant}&per_machine=no"))
     }
 
     fn stats_at(&self, path: &str) -> SimStats {
