@@ -44,6 +44,9 @@ fn build_client(setting: &ClientSetting, idle: usize) -> Result<reqwest::Client>
         .pool_max_idle_per_host(idle)
         .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        // Every call passes the limiter and is counted as an attempt: reqwest sends none again on its own (by
+        // default it repeats a call an HTTP/2 peer refused, and copies each call's request to be able to).
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .build()
         .map_err(|e| Error::Setting { key: "api.base_url", message: format!("cannot build the HTTP client: {e}") })
 }
