@@ -28,9 +28,11 @@ fn return_large_buffers_when_freed() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
-    // And as many arenas as the runtime has workers (glibc's default is 8 per core): each arena keeps its own
-    // high-water mark, and a run of many tenants allocates on many threads (each tenant's reader and scan on
-    // a blocking thread of its own). 100 tenants of 1,500 at once: 93 -> 70 MiB (BENCHMARKS.md, figure 7).
+    // And as many arenas as cores (glibc's default is 8 per core): each arena keeps its own high-water mark,
+    // and a run of many tenants allocates on many threads (each tenant's reader and scan on a blocking thread
+    // of its own). 100 tenants of 1,500 at once: 93 -> 70 MiB (BENCHMARKS.md, figure 7). Not one: the
+    // runtime's worker would share it with the blocking threads reading the list (with the pre-flight, half
+    // as many lock waits again, for 1.3 MiB less at 100 tenants).
     let arenas = std::thread::available_parallelism().map_or(1, usize::from);
     // SAFETY: as above.
     unsafe {
