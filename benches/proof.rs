@@ -447,8 +447,9 @@ fn tenant_name(k: usize) -> String {
     if k == 0 { sim::DEMO_TENANT_ID.to_string() } else { format!("tenant{}.onmicrosoft.com", k + 1) }
 }
 
-/// [`tenants_file`] of the `count` tenants from `first`, written by a child process: generating the fleets here would raise the harness's own
-/// peak RSS, the floor of every client's figure after it (see [`harness_peak_rss_kib`]).
+/// [`tenants_file`] of the `count` tenants from `first`, written by a child process: generating the fleets
+/// here would raise the harness's own peak RSS, the floor of every client's figure after it (see
+/// [`harness_peak_rss_kib`]).
 fn tenants_list(dir: &Path, first: usize, count: usize, n: usize, big: Option<(usize, usize)>) -> PathBuf {
     let exe = std::env::current_exe().expect("the harness's path");
     let mut command = Command::new(exe);
