@@ -801,15 +801,7 @@ async fn stats_over_http_and_unknown_routes() {
     assert_eq!(stats.count("unmatched", "404"), 1);
     assert!(!stats.calls.keys().any(|k| k.contains("stats")));
     // Without the calls per machine, for a client that keeps its memory small; the counters are the same.
-    let brief: SimStats = api
-        .http
-        .get(format!("{}/sim/stats?per_machine=no", api.sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let brief: SimStats = serde_json::from_value(api.get("/sim/stats?per_machine=no").await.1).unwrap();
     assert!(brief.offboard_calls.is_empty());
     assert_eq!((brief.count(OFFBOARD, "404"), brief.tokens_issued), (1, 1));
     api.sim.shutdown().await;

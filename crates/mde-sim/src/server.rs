@@ -417,14 +417,11 @@ async fn device_code_start(Extension(sim): Sim, Path(tenant): Path<String>, body
 }
 
 async fn stats(Extension(sim): Sim, uri: Uri) -> Response {
-    let mut stats = sim.stats();
     // `per_machine=no`: without the offboard calls per machine (an entry per machine called), for a client
     // that must keep its own memory small (the benchmarks' harness, whose RSS its measured children inherit).
     let pairs = super::query::decode_pairs(uri.query().unwrap_or_default());
-    if pairs.iter().any(|(k, v)| k == "per_machine" && v == "no") {
-        stats.offboard_calls.clear();
-    }
-    axum::Json(stats).into_response()
+    let per_machine = !pairs.iter().any(|(k, v)| k == "per_machine" && v == "no");
+    axum::Json(sim.stats_of(per_machine)).into_response()
 }
 
 async fn unmatched(Extension(sim): Sim, uri: Uri) -> Response {
@@ -579,8 +576,13 @@ impl Shared {
     }
 
     fn stats(&self) -> SimStats {
+        self.stats_of(true)
+    }
+
+    /// [`Shared::stats`], with the offboard calls per machine or without them (see `GET /sim/stats`).
+    fn stats_of(&self, per_machine: bool) -> SimStats {
         let now = Instant::now();
-        let mut stats = self.counters.lock().expect("counters lock").snapshot();
+        let mut stats = self.counters.lock().expect("counters lock").snapshot(per_machine);
         {
             let quotas = self.quotas.lock().expect("quota lock");
             stats.max_in_window = quotas.stats();

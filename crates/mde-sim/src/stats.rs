@@ -143,7 +143,9 @@ impl Counters {
         self.actions_span_ms = Some((first.min(ms), ms));
     }
 
-    pub(crate) fn snapshot(&self) -> SimStats {
+    /// The counters; with `per_machine` false, without the offboard calls per machine (an entry per machine
+    /// called, for a client that keeps its own memory small).
+    pub(crate) fn snapshot(&self, per_machine: bool) -> SimStats {
         let mut calls: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (&(route, status), &n) in &self.calls {
             let status = if status == DROPPED { "dropped".to_string() } else { status.to_string() };
@@ -161,7 +163,10 @@ impl Counters {
             actions_created: self.actions_created,
             first_action_ms: self.actions_span_ms.map(|(first, _)| first),
             last_action_ms: self.actions_span_ms.map(|(_, last)| last),
-            offboard_calls: self.offboard.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            offboard_calls: match per_machine {
+                true => self.offboard.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                false => BTreeMap::new(),
+            },
             faults: self.faults,
             ..SimStats::default()
         }
