@@ -118,7 +118,7 @@ pub async fn demo(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<
         tag: None,
         settings,
     };
-    let summary = run::execute(job, &mut session, shutdown).await;
+    let summary = run::execute(Box::new(job), &mut session, shutdown).await;
     let stats = simulator.stats();
     simulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&workdir);

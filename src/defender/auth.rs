@@ -258,7 +258,9 @@ impl TokenCache {
         if let Some(token) = self.cached() {
             return Ok(token);
         }
-        self.fetch(false).await
+        // Boxed: a sign-in's future (an HTTP call) is large, and every API call's future keeps room for this
+        // one (a future is as large as its largest wait), where few calls sign in.
+        Box::pin(self.fetch(false)).await
     }
 
     /// The API refused `rejected` with 401: drop it (unless another worker already replaced it) and get another.
@@ -279,7 +281,7 @@ impl TokenCache {
                 return Ok(token.clone());
             }
         }
-        self.fetch(true).await
+        Box::pin(self.fetch(true)).await
     }
 
     /// The ready access token, unless its `exp` claim says it has expired.

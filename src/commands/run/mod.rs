@@ -188,7 +188,7 @@ pub async fn command(
     let (job, mut session) = prepare(args, settings)?;
     let run_id = job.run_id.clone();
     let tag = job.tag.clone();
-    let result = execute(job, &mut session, shutdown).await;
+    let result = execute(Box::new(job), &mut session, shutdown).await;
     // From here on this function writes the summary JSON itself.
     set_exit_now(None);
     match result {
@@ -424,7 +424,7 @@ fn resolve_guard(args: &RunArgs, settings: &Settings) -> Result<guard::Guard> {
 }
 
 /// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
-pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+pub async fn execute(job: Box<Job>, session: &mut Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
@@ -442,7 +442,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
     // And one command at a time on the results file, whatever its state directory.
     let _results_lock = ResultsLock::acquire(&job.output)?;
     if job.preflight.dry_run {
-        return Box::pin(dry_run::dry_run(job, session, shutdown)).await;
+        return Box::pin(dry_run::dry_run(*job, session, shutdown)).await;
     }
     let credentials = session.credentials();
     let started = Instant::now();
@@ -635,11 +635,12 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
         // Rows are read and screened off the runtime (both read files), a batch at a time on the blocking
         // pool: no thread is held while the batches wait for the dispatcher (a paced run waits for its
         // quota most of the time, each tenant of a run of many too).
+        // (The reader and the screen boxed: the task holds them across its waits, as long as the run.)
         tokio::spawn(async move {
-            let mut state = (rows, screen);
+            let mut state = Box::new((rows, screen));
             loop {
                 let (back, batch, end) = tokio::task::spawn_blocking(move || {
-                    let (mut rows, mut screen) = state;
+                    let (rows, screen) = &mut *state;
                     let mut batch = Vec::with_capacity(read_batch);
                     let mut end = true;
                     for row in rows.by_ref() {
@@ -652,7 +653,7 @@ pub async fn execute(job: Job, session: &mut Session, shutdown: impl Future<Outp
                             break;
                         }
                     }
-                    ((rows, screen), batch, end)
+                    (state, batch, end)
                 })
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));

@@ -40,7 +40,9 @@ pub(super) async fn offboard_one(
     let mut given_up: Option<Failure> = None;
     loop {
         if let Some(since) = in_doubt_since {
-            let (calls, found) = look_up(api, line, machine_id, comment, since).await;
+            // Boxed: only a machine whose answer was lost looks its action up, and every machine's future would
+            // otherwise keep room for it (each worker of each tenant holds one).
+            let (calls, found) = Box::pin(look_up(api, line, machine_id, comment, since)).await;
             attempts += calls;
             if let Some(mut row) = found {
                 row.attempts = attempts;

@@ -135,7 +135,10 @@ pub async fn command(
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
-        let (args, dir, clients) = (args.clone(), dir.clone(), clients.clone());
+        let (dir, clients) = (dir.clone(), clients.clone());
+        // Boxed, here and in each step of the tenant's run: a task's future keeps room for every value it holds
+        // across a wait (those moved on too), and a run of many tenants holds one task for each.
+        let (args, settings) = (Box::new(args.clone()), Box::new(settings));
         tasks.push(tokio::spawn(async move {
             let _slot = tokio::select! {
                 slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -225,8 +228,8 @@ pub async fn command(
 /// quota the run spent is counted), while other tenants may still be offboarding. A tracking that cannot go
 /// on stops part way, as after a run of one tenant: the offboards stand. Both stop on `stopped`.
 async fn run_tenant(
-    mut args: RunArgs,
-    settings: Settings,
+    mut args: Box<RunArgs>,
+    settings: Box<Settings>,
     clients: &SharedClients,
     part: &Partition,
     dir: &Path,
@@ -250,9 +253,11 @@ async fn run_tenant(
     };
     let prepared = {
         let _scan = SCANS.acquire().await.expect("the semaphore is never closed");
-        tokio::task::spawn_blocking(move || prepare_on(args, settings, Some(shared)))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        tokio::task::spawn_blocking(move || {
+            prepare_on(*args, *settings, Some(shared)).map(|(job, session)| (Box::new(job), session))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     };
     let (mut job, mut session) = match prepared {
         Ok(prepared) => prepared,
