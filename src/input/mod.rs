@@ -225,8 +225,11 @@ impl Filter {
         self.bits[bit / 64] |= 1 << (bit % 64);
     }
 
-    /// Whether the input may have `key`.
+    /// Whether the input may have `key`. A filter let go of ([`Scan::release_filter`]) passes every key.
     pub fn may_contain(&self, key: &Key) -> bool {
+        if self.bits.is_empty() {
+            return true;
+        }
         let bit = self.keys.bit(key, self.bits.len() * 64);
         self.bits[bit / 64] & (1 << (bit % 64)) != 0
     }
@@ -340,6 +343,13 @@ impl Scan {
     /// A sieve of the input's keys.
     pub fn filter(&self) -> Arc<Filter> {
         Arc::clone(&self.filter)
+    }
+
+    /// Lets go of the sieve once the pre-flight has read the inventory through it (it is not read again): a
+    /// run holds its scan as long as it runs, each tenant of a run of many its own. From then on the scan's
+    /// sieve passes every key.
+    pub fn release_filter(&mut self) {
+        self.filter = Arc::new(Filter { keys: self.keys.clone(), bits: Vec::new() });
     }
 
     /// Streams the rows again, from the scan's copy of the input, for the run.
@@ -1112,6 +1122,18 @@ mod tests {
         assert!(other < 50, "{other} of 1,000 other keys pass");
         // A large list's is 1 MiB at most.
         assert_eq!(Filter::new(Keys::default(), 10_000_000).bits.len() * 64, FILTER_BITS);
+    }
+
+    #[test]
+    fn a_released_filter_keeps_no_bits_and_passes_every_key() {
+        let (mut scan, _) = read(format!("MachineId\n{A}\n").as_bytes(), None).unwrap();
+        let keys = scan.keys().clone();
+        let other = keys.name("not in the list");
+        assert!(!scan.filter().may_contain(&other), "the filter holds only the list's keys");
+        scan.release_filter();
+        let filter = scan.filter();
+        assert!(filter.bits.is_empty());
+        assert!(filter.may_contain(&other) && filter.may_contain(&keys.id(&MachineId::parse(A).unwrap())));
     }
 
     fn error(content: &[u8], id_column: Option<&str>) -> String {

@@ -424,7 +424,7 @@ fn resolve_guard(args: &RunArgs, settings: &Settings) -> Result<guard::Guard> {
 }
 
 /// Runs the job in `session`: lock, sign in, confirm, offboard every machine, write every row, summarise.
-pub async fn execute(job: Box<Job>, session: &mut Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     // One run at a time per tenant and app (a dry run too: its reads spend the same quota). Held as long as
     // the session. A tenant given by a domain name takes the lock of its id, which signing in finds (before
     // any API call).
@@ -517,6 +517,8 @@ pub async fn execute(job: Box<Job>, session: &mut Session, shutdown: impl Future
         screen = Box::pin(preflight::load(&job, &api)) => screen?,
         _ = &mut shutdown => return Err(Error::Interrupted),
     };
+    // Read through once: the run goes on without it (8 KiB a tenant of a run of many).
+    job.scan.release_filter();
     if let Some(screen) = &screen {
         crate::ui::output::notice("preflight", &format!("Pre-flight: read {}.", screen.describe()));
         crate::ui::output::notice("plan", &screen.protected_line());
