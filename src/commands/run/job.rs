@@ -199,7 +199,11 @@ impl Summary {
                 .iter()
                 .filter_map(|o| tenant.counts.get(o).filter(|n| **n > 0).map(|n| format!("{} {n}", o.as_str())))
                 .collect();
-            out += &format!("  tenant {}: {} rows: {}", tenant.tenant, tenant.rows, counts.join(", "));
+            out += &format!("  tenant {}: {} rows", tenant.tenant, tenant.rows);
+            // (None to give for a tenant stopped before its first row: no colon left hanging.)
+            if !counts.is_empty() {
+                out += &format!(": {}", counts.join(", "));
+            }
             if tenant.quota_scope_switched {
                 out += "; its quotas counted per app after a 429";
             }
@@ -348,10 +352,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("switched from per API"), "{text}");
-        assert!(text.contains("tenant b: 20 rows: ; its quotas counted per app after a 429\n"), "{text}");
+        assert!(text.contains("tenant b: 20 rows; its quotas counted per app after a 429\n"), "{text}");
         summary.tenants[2].quota_taken_percent = 30;
         let text = summary.render();
         assert!(text.contains("another client spent up to 30% of them in 1 of 3 tenant(s)"), "{text}");
-        assert!(text.contains("tenant c: 20 rows: ; another client spent up to 30% of them\n"), "{text}");
+        assert!(text.contains("tenant c: 20 rows; another client spent up to 30% of them\n"), "{text}");
+        // A tenant interrupted before its first row has no counts to give, and no colon before them.
+        summary.tenants[0].rows = 0;
+        summary.tenants[1].counts = BTreeMap::from([(Outcome::Submitted, 15), (Outcome::Failed, 5)]);
+        let text = summary.render();
+        assert!(text.contains("  tenant a: 0 rows\n"), "{text}");
+        assert!(text.contains("tenant b: 20 rows: submitted 15, failed 5; its quotas"), "{text}");
     }
 }
