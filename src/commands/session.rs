@@ -72,7 +72,7 @@ impl Session {
             person.person = std::io::stdin().is_terminal();
         }
         let tokens = Arc::new(TokenCache::new(http.clone(), credentials));
-        let mut api = Api::new(http, &settings.api_base, tokens.clone(), limiter, policy);
+        let mut api = Api::new(http, &settings.api_base, tokens.clone(), limiter, policy, settings.timeout);
         if let Some(in_flight) = in_flight {
             api = api.sharing(in_flight);
         }

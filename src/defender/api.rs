@@ -49,6 +49,13 @@ pub const LIST_PAGE_MAX: usize = 128 << 20;
 /// tenant otherwise). Two, not more: the tenants of a run of many read their pages at its start, together,
 /// and the pages under way (each with its connection's read buffer) were the run's peak of memory; two keep
 /// a start of 100 tenants as quick as four did (figure 7).
+///
+/// A page waits for its turn once its answer has begun to come (its status and headers), to read the body:
+/// not while the service takes its time to answer, which costs no memory, so that a slow service does not
+/// hold the tenants' pre-flights back one behind another. An answer that says it is small (a
+/// `Content-Length` of at most [`ANSWER_MAX`], as an empty list or the open actions usually are) does not
+/// wait at all. Such a call is timed by [`Api::call_at`] rather than by the client: the wait for its turn is
+/// not the service's time, and does not count against the timeout.
 const PAGES_AT_ONCE: usize = 2;
 static PAGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PAGES_AT_ONCE);
 /// Calls in a row answered 401 with a token just renewed after which the API is taken to refuse the token.
@@ -1044,7 +1051,26 @@ pub struct Api {
     cancel: tokio::sync::Notify,
     /// The bound on calls in flight this API shares with other sessions' (the tenants of a run), if any.
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long a call may take, the client's timeout: a list page's call keeps it itself ([`PAGES_AT_ONCE`]).
+    timeout: Duration,
 }
+
+/// A call whose answer did not come whole: the connection failed or closed, or it timed out.
+enum Lost {
+    Transport(reqwest::Error),
+    /// A call timed by [`Api::call_at`] itself (a list page) took longer than the timeout.
+    TimedOut,
+}
+
+/// A list page's body not read ([`Api::read_page`]).
+enum Unread {
+    Body(BodyError),
+    TimedOut,
+}
+
+/// The client's timeout of a call that keeps its own ([`PAGES_AT_ONCE`]): a day, past the longest timeout
+/// the settings take (an hour), so that only the call's own clock ends it.
+const UNTIMED: Duration = Duration::from_secs(24 * 3600);
 
 enum Step {
     Done(Result<Reply, Failure>),
@@ -1059,6 +1085,7 @@ impl Api {
         tokens: Arc<TokenCache>,
         limiter: Arc<Limiter>,
         policy: RetryPolicy,
+        timeout: Duration,
     ) -> Self {
         let base = base.trim_end_matches('/').to_string();
         let base_url = reqwest::Url::parse(&base)
@@ -1079,6 +1106,7 @@ impl Api {
             cancelled: AtomicBool::new(false),
             cancel: tokio::sync::Notify::new(),
             in_flight: None,
+            timeout,
         }
     }
 
@@ -1291,13 +1319,9 @@ impl Api {
                     return CallResult { attempts, answer: Err(failure) };
                 }
             };
-            // A list page (an answer of megabytes) waits for its turn among the process's pages; after the
-            // quota's permit (a wait for the quota holds no other tenant's page back) and before it is sent
-            // (its timeout runs from there).
-            let page = match limit > ANSWER_MAX {
-                true => Some(PAGES.acquire().await.expect("the semaphore is never closed")),
-                false => None,
-            };
+            // A list page (an answer of megabytes) is timed here: the wait for its turn among the process's
+            // pages, once its answer begins, is not the service's time.
+            let page = limit > ANSWER_MAX;
             let in_flight = match &self.in_flight {
                 Some(calls) => Some(calls.acquire().await.expect("the semaphore is never closed")),
                 None => None,
@@ -1312,18 +1336,25 @@ impl Api {
                 Some(authorization) => request.header(reqwest::header::AUTHORIZATION, authorization.clone()),
                 None => request.header(reqwest::header::AUTHORIZATION, token.bearer()),
             };
-            if page.is_some() {
+            if page {
                 // Reading it grows the connection's read buffer to hyper's most, some 400 KB, which a pooled
                 // connection would keep for the rest of the run (for each tenant of a run of many): such a
                 // connection is not kept.
-                request = request.header(reqwest::header::CONNECTION, "close");
+                request = request.header(reqwest::header::CONNECTION, "close").timeout(UNTIMED);
             }
             if let Some(body) = body {
                 request = request
                     .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
                     .body(body.clone());
             }
-            let sent = request.send().await;
+            let sent_at = tokio::time::Instant::now();
+            let sent = match page {
+                true => match tokio::time::timeout(self.timeout, request.send()).await {
+                    Ok(sent) => sent.map_err(Lost::Transport),
+                    Err(_) => Err(Lost::TimedOut),
+                },
+                false => request.send().await.map_err(Lost::Transport),
+            };
             let answer = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -1344,9 +1375,13 @@ impl Api {
                             ),
                         }))
                     } else {
-                        match read_capped(response, limit).await {
+                        let read = match page {
+                            true => self.read_page(response, limit, sent_at.elapsed()).await,
+                            false => read_capped(response, limit).await.map_err(Unread::Body),
+                        };
+                        match read {
                             Ok(body) => Ok(Ok((status, retry_after, body))),
-                            Err(BodyError::TooLarge { limit }) => Ok(Err(Failure {
+                            Err(Unread::Body(BodyError::TooLarge { limit })) => Ok(Err(Failure {
                                 status: Some(status),
                                 code: ANSWER_TOO_LARGE.into(),
                                 message: format!(
@@ -1354,14 +1389,15 @@ impl Api {
                                     size(limit)
                                 ),
                             })),
-                            Err(BodyError::Transport(e)) => Err(e),
+                            Err(Unread::Body(BodyError::Transport(e))) => Err(Lost::Transport(e)),
+                            Err(Unread::TimedOut) => Err(Lost::TimedOut),
                         }
                     }
                 }
                 Err(e) => Err(e),
             };
             // Read: the caller parses it before its task yields ([`Api::list_page`]).
-            drop((page, in_flight));
+            drop(in_flight);
             // The pool learns of the answer before the permit goes: a 429 pauses it (and a wait for the probe
             // ends only once the probe's verdict is in), any other answer ends its throttling.
             let pool_pause = match &answer {
@@ -1392,9 +1428,19 @@ impl Api {
                     tracing::debug!(%path, attempt = attempts, code = %failure.code, "call failed: {}", failure.message);
                     Step::Done(Err(failure))
                 }
-                Err(e) => {
+                Err(lost) => {
                     failures += 1;
-                    let failure = transport_failure(&e);
+                    let failure = match lost {
+                        Lost::Transport(e) => transport_failure(&e),
+                        Lost::TimedOut => Failure {
+                            status: None,
+                            code: TIMEOUT.into(),
+                            message: format!(
+                                "timed out (no answer within {})",
+                                humantime::format_duration(self.timeout)
+                            ),
+                        },
+                    };
                     tracing::debug!(%path, attempt = attempts, code = %failure.code, "call failed: {}", failure.message);
                     if endpoint == Endpoint::Offboard && failure.answer_lost() {
                         // It may have offboarded the machine: sent again blindly, it could offboard it twice
@@ -1467,6 +1513,25 @@ impl Api {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads a list page's body ([`PAGES_AT_ONCE`]): at once when its `Content-Length` says it is small,
+    /// otherwise once one of the process's page slots is free; within what is left of the timeout after
+    /// `taken`, the time its answer took to begin (the wait for the slot not counted).
+    async fn read_page(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+        taken: Duration,
+    ) -> Result<bytes::Bytes, Unread> {
+        let _slot = match response.content_length().is_some_and(|n| n <= ANSWER_MAX as u64) {
+            true => None,
+            false => Some(PAGES.acquire().await.expect("the semaphore is never closed")),
+        };
+        match tokio::time::timeout(self.timeout.saturating_sub(taken), read_capped(response, limit)).await {
+            Ok(read) => read.map_err(Unread::Body),
+            Err(_) => Err(Unread::TimedOut),
         }
     }
 

@@ -166,6 +166,25 @@ async fn an_endless_list_page_stops_the_pre_flight() {
     assert_eq!(stats.total("GET /api/machines"), 1, "{:?}", stats.calls);
 }
 
+/// A list page keeps its own clock (its wait for one of the process's page slots is not the service's time)
+/// and still times out at --timeout: every read answered after 3 s against --timeout 1s, the inventory page
+/// is tried --max-attempts times, each a timeout, and nothing is offboarded.
+#[tokio::test]
+async fn a_list_page_slower_than_the_timeout_times_out() {
+    let (sim, ids) = simulator(2, Misanswers::default()).await;
+    sim.set_faults(Faults { latency: Duration::from_secs(3), ..Faults::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&sim, dir.path(), &ids, &["--timeout", "1s", "--max-attempts", "2"]).await;
+    let stats = sim.stats();
+    sim.shutdown().await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("timed out (no answer within 1s)"), "{}", out.stderr);
+    assert_eq!(offboard_calls(&stats), 0);
+    // The sign-in and two tries of the first read, none answered.
+    assert_eq!(stats.requests, 3, "{:?}", stats.calls);
+    assert_eq!(stats.total("GET /api/machines"), 0, "{:?}", stats.calls);
+}
+
 #[tokio::test]
 async fn a_token_the_api_always_refuses_stops_the_run() {
     let config = SimConfig {

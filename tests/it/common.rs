@@ -214,10 +214,11 @@ pub fn demo_api(
         authority: sim.base_url(),
         scope: mde_offboard::settings::DEFAULT_SCOPE.into(),
     };
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let timeout = std::time::Duration::from_secs(30);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout).build().unwrap();
     let tokens = std::sync::Arc::new(mde_offboard::defender::auth::TokenCache::new(http.clone(), credentials));
     let limiter = mde_offboard::defender::limiter::Limiter::new(&[], mde_offboard::settings::QuotaScope::App);
-    (mde_offboard::defender::api::Api::new(http, &sim.base_url(), tokens.clone(), limiter, policy), tokens)
+    (mde_offboard::defender::api::Api::new(http, &sim.base_url(), tokens.clone(), limiter, policy, timeout), tokens)
 }
 
 /// Starts `cmd` with a pseudo-terminal as its stdin (a person is at the keyboard), stdout and stderr still

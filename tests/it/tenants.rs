@@ -624,3 +624,36 @@ async fn tenants_calls_at_once(extra: &str, bound: usize) {
     assert!(open <= (bound + TENANTS + 1) as u64, "{open} connections open at once");
     sim.shutdown().await;
 }
+
+/// A slow service does not hold the tenants' pre-flights back one behind another: a list page waits for one
+/// of the process's few page slots (the bound on pages held in memory at once) only once its answer has
+/// come, to be read, not while the service takes its time to answer. Six tenants, every answer a second
+/// late: their pre-flight reads are answered together, not two at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_service_answers_the_tenants_pre_flight_reads_together() {
+    const TENANTS: usize = 6;
+    let first = SimConfig {
+        fleet: Fleet::generate(4, 51),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults: mde_sim::Faults { latency: std::time::Duration::from_secs(1), ..mde_sim::Faults::default() },
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(4, 51 + k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
+    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n"));
+    let args = ["run", input.to_str().unwrap(), "--yes", "--config", config.to_str().unwrap()];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for tenant in &tenants {
+        let stats = sim.tenant_stats(&tenant.tenant_id).unwrap();
+        assert_eq!(stats.count(OFFBOARD, "201"), 4);
+        assert!(stats.count("GET /api/machines", "200") >= 1, "{:?}", stats.calls);
+    }
+    let reads = sim.stats().most_reads_at_once;
+    assert!(reads > 2, "at most {reads} reads were answered at once: the tenants' pre-flights waited in turn");
+    sim.shutdown().await;
+}

@@ -99,12 +99,14 @@ pub(crate) struct Shared {
     connections: Arc<Connections>,
 }
 
-/// The TCP connections the server accepted, and how many are open.
+/// The TCP connections the server accepted, and how many are open; and the API reads being answered.
 #[derive(Debug, Default)]
 struct Connections {
     accepted: AtomicU64,
     open: AtomicU64,
     most_open: AtomicU64,
+    reads: AtomicU64,
+    most_reads: AtomicU64,
 }
 
 impl Connections {
@@ -118,6 +120,23 @@ impl Connections {
 }
 
 struct OpenConnection(Arc<Connections>);
+
+/// One API read (a GET) being answered, until dropped: its latency included, every tenant's alike.
+struct Reading<'a>(&'a Connections);
+
+impl<'a> Reading<'a> {
+    fn start(connections: &'a Connections) -> Self {
+        let reads = connections.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        connections.most_reads.fetch_max(reads, Ordering::Relaxed);
+        Reading(connections)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.reads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -595,11 +614,13 @@ impl Shared {
         stats.time_scale = self.config.time_scale;
         stats.connections = self.connections.accepted.load(Ordering::Relaxed);
         stats.most_connections_open = self.connections.most_open.load(Ordering::Relaxed);
+        stats.most_reads_at_once = self.connections.most_reads.load(Ordering::Relaxed);
         stats
     }
 
     /// Adds the latency fault, records the answer, and answers or drops the connection.
     async fn finish(&self, route: &'static str, outcome: Outcome, kill: ConnectionKill) -> Response {
+        let _reading = route.starts_with("GET /api/").then(|| Reading::start(&self.connections));
         let (latency, slow) = self.faults.lock().expect("faults lock").next_latency(route.starts_with("POST /api/"));
         if slow {
             self.counters.lock().expect("counters lock").faults.slow += 1;

@@ -58,6 +58,10 @@ pub struct SimStats {
     pub connections: u64,
     #[serde(default)]
     pub most_connections_open: u64,
+    /// The most API reads (GETs: list pages, a machine, an action) being answered at once, their latency
+    /// included, all tenants together.
+    #[serde(default)]
+    pub most_reads_at_once: u64,
     /// Offboard actions by current status.
     pub actions_by_status: BTreeMap<String, u64>,
     pub time_scale: f64,

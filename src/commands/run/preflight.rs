@@ -365,8 +365,8 @@ impl Screen {
 /// Pre-flights reading at once in the process, whatever the tenants. Each holds its sorters' room and its
 /// files' buffers until it is done (some 100 KB for a list of 1,500 machines, more for a larger one), and
 /// the tenants of a run of many start together: without a bound every running tenant would hold them at
-/// once, for a peak of memory growing with the tenants. Their list pages already wait their turn among the
-/// process's few (`api::PAGES_AT_ONCE`), so the bound costs a tenant little of its start.
+/// once, for a peak of memory growing with the tenants. Their large list pages already wait their turn to be
+/// read among the process's few (`api::PAGES_AT_ONCE`), so the bound costs a tenant little of its start.
 const PREFLIGHTS_AT_ONCE: usize = 8;
 static PREFLIGHTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PREFLIGHTS_AT_ONCE);
 
