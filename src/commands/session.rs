@@ -10,11 +10,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use crate::defender::SharedClient;
 use crate::defender::api::{Api, RetryPolicy};
 use crate::defender::auth::{Permissions, Token, TokenCache, token_file};
+use crate::defender::calls_at_once::CallsAtOnce;
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, Result};
 use crate::files::lock::RunLock;
@@ -60,7 +59,7 @@ impl Session {
 
     fn assemble(
         http: reqwest::Client,
-        in_flight: Option<Arc<Semaphore>>,
+        in_flight: Option<Arc<CallsAtOnce>>,
         settings: &Settings,
         credentials: Credentials,
         limiter: Arc<Limiter>,

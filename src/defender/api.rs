@@ -30,6 +30,7 @@ use crate::defender::auth::{
     AuthError, BodyError, CONNECTION_CLOSED, TIMEOUT, TokenCache, describe_transport, location_host, read_capped, size,
     transport_kind,
 };
+use crate::defender::calls_at_once::CallsAtOnce;
 use crate::defender::limiter::{Endpoint, Limiter};
 use crate::defender::timestamp;
 use crate::domain::{ActionStatus, ActionType, MachineId};
@@ -53,11 +54,14 @@ pub const LIST_PAGE_MAX: usize = 128 << 20;
 /// A page waits for its turn once its answer has begun to come (its status and headers), to read the body:
 /// not while the service takes its time to answer, which costs no memory, so that a slow service does not
 /// hold the tenants' pre-flights back one behind another. An answer that says it is small (a
-/// `Content-Length` of at most [`ANSWER_MAX`], as an empty list or the open actions usually are) does not
-/// wait at all. Such a call is timed by [`Api::call_at`] rather than by the client: the wait for its turn is
+/// `Content-Length` of at most [`SMALL_PAGE`], as an empty list or a few open actions are) does not wait at
+/// all. Such a call is timed by [`Api::call_at`] rather than by the client: the wait for its turn is
 /// not the service's time, and does not count against the timeout.
 const PAGES_AT_ONCE: usize = 2;
 static PAGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PAGES_AT_ONCE);
+/// The most a list page may say it holds and still be read without waiting for its turn ([`PAGES_AT_ONCE`]):
+/// 100 tenants reading such pages at once hold 6.4 MiB at most.
+const SMALL_PAGE: u64 = 64 << 10;
 /// Calls in a row answered 401 with a token just renewed after which the API is taken to refuse the token.
 pub const REFUSED_IN_A_ROW_MAX: u32 = 3;
 /// Renewals one call may ask for (one per token it had refused): a bound, whatever other workers do.
@@ -1050,7 +1054,7 @@ pub struct Api {
     cancelled: AtomicBool,
     cancel: tokio::sync::Notify,
     /// The bound on calls in flight this API shares with other sessions' (the tenants of a run), if any.
-    in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    in_flight: Option<Arc<CallsAtOnce>>,
     /// How long a call may take, the client's timeout: a list page's call keeps it itself ([`PAGES_AT_ONCE`]).
     timeout: Duration,
 }
@@ -1112,7 +1116,7 @@ impl Api {
 
     /// Each call waits, after its quota's permit and before it is sent, for one of `in_flight`'s permits,
     /// held until its answer is read: a bound on calls at once shared with other sessions' APIs.
-    pub fn sharing(mut self, in_flight: Arc<tokio::sync::Semaphore>) -> Self {
+    pub fn sharing(mut self, in_flight: Arc<CallsAtOnce>) -> Self {
         self.in_flight = Some(in_flight);
         self
     }
@@ -1323,7 +1327,7 @@ impl Api {
             // pages, once its answer begins, is not the service's time.
             let page = limit > ANSWER_MAX;
             let in_flight = match &self.in_flight {
-                Some(calls) => Some(calls.acquire().await.expect("the semaphore is never closed")),
+                Some(calls) => Some(calls.acquire().await),
                 None => None,
             };
             attempts += 1;
@@ -1525,7 +1529,7 @@ impl Api {
         limit: usize,
         taken: Duration,
     ) -> Result<bytes::Bytes, Unread> {
-        let _slot = match response.content_length().is_some_and(|n| n <= ANSWER_MAX as u64) {
+        let _slot = match response.content_length().is_some_and(|n| n <= SMALL_PAGE) {
             true => None,
             false => Some(PAGES.acquire().await.expect("the semaphore is never closed")),
         };

@@ -4,12 +4,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod calls_at_once;
 pub mod limiter;
 pub mod timestamp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::defender::calls_at_once::CallsAtOnce;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -57,9 +59,9 @@ fn build_client(setting: &ClientSetting, idle: usize) -> Result<reqwest::Client>
 /// header of its own: a connection one tenant's call left idle serves the next call of any tenant, so the run
 /// holds as many connections as calls in flight, not tenants x concurrency.
 pub struct SharedClients {
-    /// The most calls in flight at once, and the idle connections kept per host.
+    /// The most calls in flight at once it may come to, and the idle connections kept per host.
     calls: usize,
-    in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<CallsAtOnce>,
     clients: std::sync::Mutex<Vec<(ClientSetting, reqwest::Client)>>,
 }
 
@@ -67,21 +69,29 @@ pub struct SharedClients {
 #[derive(Clone)]
 pub struct SharedClient {
     pub http: reqwest::Client,
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub in_flight: Arc<CallsAtOnce>,
 }
 
 impl SharedClients {
     /// For a run whose tenants, running at once, could make `calls` calls at once (the sum of their
     /// concurrency), each at most `concurrency`: at most `bound` of them at once (`run.calls_at_once`), or
     /// `concurrency` if more. The tenants' quotas open together, and without a bound every running tenant's
-    /// workers would call at once, each call on a connection of its own (some 30 KB of buffers each).
-    pub fn new(calls: usize, concurrency: usize, bound: usize) -> Self {
-        let calls = calls.min(bound.max(concurrency)).max(1);
+    /// workers would call at once, each call on a connection of its own (some 30 KB of buffers each). A
+    /// bound that `grows` (the default's) doubles, up to `calls`, while it, not the quotas, holds calls back
+    /// ([`CallsAtOnce`]).
+    pub fn new(calls: usize, concurrency: usize, bound: usize, grows: bool) -> Self {
+        let start = calls.min(bound.max(concurrency)).max(1);
+        let ceiling = if grows { calls.max(start) } else { start };
         SharedClients {
-            calls,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(calls)),
+            calls: ceiling,
+            in_flight: Arc::new(CallsAtOnce::new(start, ceiling)),
             clients: std::sync::Mutex::default(),
         }
+    }
+
+    /// The bound on the calls at once.
+    pub fn calls_at_once(&self) -> &Arc<CallsAtOnce> {
+        &self.in_flight
     }
 
     /// The client for `settings`: the one already built for the same setting, or a new one.

@@ -31,7 +31,8 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 /// A list of several tenants: tenants run at once (`run.tenant_concurrency`), each with its own quotas.
 pub const DEFAULT_TENANT_CONCURRENCY: usize = 8;
 /// A list of several tenants: calls at once across the tenants (`run.calls_at_once`). 64 calls at once keep up
-/// with the quotas of some 190 tenants at 200 ms a call.
+/// with the quotas of some 190 tenants at 200 ms a call; unset, the bound starts there and doubles while calls
+/// wait for it rather than their quotas ([`crate::defender::calls_at_once`]).
 pub const DEFAULT_CALLS_AT_ONCE: usize = 64;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -272,6 +273,9 @@ pub struct Settings {
     pub tenant_concurrency: usize,
     /// A list of several tenants: calls at once across the tenants, at most (`run.calls_at_once`).
     pub calls_at_once: usize,
+    /// Whether that bound is the default's, which grows while it rather than the quotas holds calls back
+    /// (see [`crate::defender::calls_at_once`]); one set in the config file is kept to.
+    pub calls_at_once_grows: bool,
     pub max_attempts: u32,
     pub retry_delay: Duration,
     /// The guard of live machines (`run`): machines seen within this long are `protected`.
@@ -657,9 +661,9 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         Some(v) => parse_number("run.tenant_concurrency", &v, 1, 1024)? as usize,
         None => DEFAULT_TENANT_CONCURRENCY,
     };
-    let calls_at_once = match file.string("run.calls_at_once")? {
-        Some(v) => parse_number("run.calls_at_once", &v, 1, 4096)? as usize,
-        None => DEFAULT_CALLS_AT_ONCE,
+    let (calls_at_once, calls_at_once_grows) = match file.string("run.calls_at_once")? {
+        Some(v) => (parse_number("run.calls_at_once", &v, 1, 4096)? as usize, false),
+        None => (DEFAULT_CALLS_AT_ONCE, true),
     };
     let max_attempts = match pick(&retry.max_attempts, "run.max_attempts")? {
         Some(v) => parse_number("run.max_attempts", &v, 1, 100)? as u32,
@@ -705,6 +709,7 @@ fn resolve_filled(args: &SettingsArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         quota_scope,
         tenant_concurrency,
         calls_at_once,
+        calls_at_once_grows,
         max_attempts,
         retry_delay,
         active_within,

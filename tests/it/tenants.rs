@@ -657,3 +657,51 @@ async fn a_slow_service_answers_the_tenants_pre_flight_reads_together() {
     assert!(reads > 2, "at most {reads} reads were answered at once: the tenants' pre-flights waited in turn");
     sim.shutdown().await;
 }
+
+/// The default bound on calls at once grows while it, not the quotas, holds the tenants' calls back: 20
+/// tenants at concurrency 8 against a service answering in half a second could make 160 calls at once, and
+/// 64 at once keep them waiting. After five seconds of calls waiting at every look the bound doubles (and
+/// again, up to the 160, if they still wait); the summary says so, and every machine is offboarded once, in
+/// its own tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_bound_on_calls_at_once_grows_while_it_holds_calls_back() {
+    const TENANTS: usize = 20;
+    let first = SimConfig {
+        fleet: Fleet::generate(100, 61),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults: mde_sim::Faults { latency: std::time::Duration::from_millis(500), ..mde_sim::Faults::default() },
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(100, 61 + k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
+    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n"));
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "--yes",
+        "--no-preflight",
+        "--concurrency",
+        "8",
+        "--config",
+        config.to_str().unwrap(),
+        "--summary-json",
+        "s.json",
+    ];
+    let out = mde_in(&sim, dir.path(), &args, "").await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for tenant in &tenants {
+        assert_eq!(sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"), 100);
+    }
+    let summary = summary_json(dir.path());
+    let to = summary["calls_at_once"]["to"].as_u64().expect("the bound grew");
+    assert!(summary["calls_at_once"]["from"] == 64 && (to == 128 || to == 160), "{summary}");
+    let line = format!("Calls at once across the tenants: raised from 64 to {to}: the service answered slowly");
+    assert!(out.stdout.contains(&line), "{}", out.stdout);
+    let open = sim.stats().most_connections_open;
+    assert!(open > (64 + TENANTS + 1) as u64, "{open} connections open at once: the bound did not grow");
+    sim.shutdown().await;
+}

@@ -103,6 +103,7 @@ pub async fn dry_run(job: Job, session: &Session, shutdown: impl Future<Output =
         quotas: api.limiter().stats(),
         tenants: Vec::new(),
         tracking: None,
+        calls_at_once: None,
     })
 }
 

@@ -96,6 +96,9 @@ pub struct Summary {
     /// A run of several tenants with `--wait`: the most serious exit code of the tenants' tracking (each
     /// tenant tracked in its own session right after its run). `None` otherwise.
     pub tracking: Option<u8>,
+    /// A run of several tenants whose bound on calls at once grew ([`crate::defender::calls_at_once`]): the
+    /// bound it started at and the one it ended at. `None` otherwise.
+    pub calls_at_once: Option<(usize, usize)>,
 }
 
 /// One tenant's share of a run of several tenants.
@@ -218,6 +221,12 @@ impl Summary {
         }
         out += &format!("API calls: {} (429 throttled: {})\n", self.calls, self.throttled);
         out += &format!("Quotas: {}\n", self.describe_quotas());
+        if let Some((from, to)) = self.calls_at_once {
+            out += &format!(
+                "Calls at once across the tenants: raised from {from} to {to}: the service answered slowly, and \
+                 the bound, not the quotas, was holding calls back (run.calls_at_once)\n"
+            );
+        }
         if let Some(tags) = &self.tags {
             out += &tags.render(&self.results);
         }
@@ -266,6 +275,14 @@ impl Summary {
             /// A list of several tenants: each tenant's rows, counts and calls.
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             tenants: &'a [TenantSummary],
+            /// A run of several tenants whose bound on calls at once grew: from what to what.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            calls_at_once: Option<CallsAtOnceJson>,
+        }
+        #[derive(Serialize)]
+        struct CallsAtOnceJson {
+            from: usize,
+            to: usize,
         }
         let json = Json {
             run_id: &self.run_id,
@@ -288,6 +305,7 @@ impl Summary {
             tagged: self.tags.as_ref().map(|t| t.tagged),
             not_tagged: self.tags.as_ref().map(|t| t.not_tagged),
             tenants: &self.tenants,
+            calls_at_once: self.calls_at_once.map(|(from, to)| CallsAtOnceJson { from, to }),
         };
         write_atomically(path, &serde_json::to_vec_pretty(&json).expect("the summary serialises"))
     }
@@ -343,6 +361,7 @@ mod tests {
             quotas: LimiterStats { switched: true, share: 100, lowest_share: 100, ..LimiterStats::default() },
             tenants: vec![tenant("a", false, 0), tenant("b", true, 0), tenant("c", false, 0)],
             tracking: None,
+            calls_at_once: None,
         };
         let text = summary.render();
         assert!(

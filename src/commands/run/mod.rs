@@ -1070,6 +1070,7 @@ impl SessionSummary {
             quotas: self.api.limiter().stats(),
             tenants: Vec::new(),
             tracking: None,
+            calls_at_once: None,
         }
     }
 }

@@ -32,6 +32,7 @@ use super::{RunArgs, Summary, TenantSummary, execute, output_path, prepare_on, t
 use crate::commands::tenants::{keep_apps, settings_for, tenant_results, tenants_dir};
 use crate::commands::track::{TrackSummary, track_file};
 use crate::defender::SharedClients;
+use crate::defender::calls_at_once::LOOK_EVERY;
 use crate::defender::limiter::LimiterStats;
 use crate::domain::Outcome;
 use crate::error::{Error, Result};
@@ -131,7 +132,24 @@ pub async fn command(
     // connections as calls in flight.
     let widest = settings_of.iter().map(|s| s.concurrency).max().unwrap_or(1);
     let running = settings_of.iter().map(|s| s.concurrency).sum::<usize>().min(widest * settings.tenant_concurrency);
-    let clients = Arc::new(SharedClients::new(running, widest, settings.calls_at_once));
+    let clients = Arc::new(SharedClients::new(running, widest, settings.calls_at_once, settings.calls_at_once_grows));
+    // The bound grows while it, not the quotas, holds the tenants' calls back (a slow service).
+    let grow = {
+        let calls = clients.calls_at_once().clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LOOK_EVERY);
+            loop {
+                every.tick().await;
+                if let Some(bound) = calls.look() {
+                    tracing::info!(
+                        calls_at_once = bound,
+                        "calls waited for the bound on calls at once, not for the quotas (the service answers \
+                         slowly): raised to {bound}"
+                    );
+                }
+            }
+        })
+    };
     let mut tasks = Vec::with_capacity(parts.len());
     for (part, settings) in parts.iter().cloned().zip(settings_of) {
         let (slots, mut stopped) = (slots.clone(), stopped.clone());
@@ -157,6 +175,7 @@ pub async fn command(
             all.await
         }
     };
+    grow.abort();
     let interrupted = *stop.borrow();
     let (ran, tracked): (Vec<_>, Vec<_>) =
         ran.into_iter().map(|(part, (run, tracked))| ((part.clone(), run), (part.tenant, tracked))).unzip();
@@ -185,6 +204,7 @@ pub async fn command(
         quotas: LimiterStats { scope: settings.quota_scope, share: 100, lowest_share: 100, ..Default::default() },
         tenants,
         tracking: None,
+        calls_at_once: Some(clients.calls_at_once().bounds()).filter(|(from, to)| to > from),
     };
     for tenant in &summary.tenants {
         summary.rows += tenant.rows;
