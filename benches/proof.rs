@@ -800,6 +800,8 @@ fn modes() -> Vec<(&'static str, Vec<&'static str>)> {
 struct SimProcess {
     child: Child,
     url: String,
+    /// Which simulator of the harness's this is (the clients' state directory: see [`client_command`]).
+    serial: usize,
 }
 
 impl SimProcess {
@@ -822,7 +824,8 @@ impl SimProcess {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
             .to_string();
-        SimProcess { child, url }
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        SimProcess { child, url, serial: STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
     }
 
     /// `GET /sim/stats`, over a bare socket, without the calls per machine: kept by the harness, a fleet's
@@ -1008,8 +1011,9 @@ fn client_command(sim: &SimProcess, dir: &Path) -> Command {
         .env("MDE_API_BASE", &sim.url)
         .env("MDE_COMMENT", "benchmark")
         // Locks of its own: without HOME they would go to the shared temp directory, where two harnesses
-        // running at once would refuse each other's runs.
-        .env("MDE_STATE_DIR", dir.join("state"))
+        // running at once would refuse each other's runs. One state directory per simulator: a fresh
+        // simulator is a fresh service, which counts none of the calls an earlier run's `.calls` file keeps.
+        .env("MDE_STATE_DIR", dir.join("state").join(sim.serial.to_string()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("client.stderr")).expect("a stderr file"));

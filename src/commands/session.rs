@@ -9,6 +9,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::defender::SharedClient;
 use crate::defender::api::{Api, RetryPolicy};
@@ -17,11 +18,17 @@ use crate::defender::calls_at_once::CallsAtOnce;
 use crate::defender::limiter::Limiter;
 use crate::error::{Error, Result};
 use crate::files::lock::RunLock;
+use crate::files::spent;
 use crate::settings::{Credential, Credentials, Settings};
 
 pub struct Session {
     api: Arc<Api>,
     tokens: Arc<TokenCache>,
+    /// A call's timeout (the settings').
+    timeout: Duration,
+    /// From [`Session::lock`]: what the calls spent of the quotas, kept beside the lock ([`spent`]). Before
+    /// `lock`: dropped first, its last write made while the lock is still held.
+    spent: Option<spent::Keeper>,
     /// Held from [`Session::lock`] until the session is dropped.
     lock: Option<RunLock>,
 }
@@ -76,7 +83,7 @@ impl Session {
             api = api.sharing(in_flight);
         }
         let api = Arc::new(api);
-        Session { api, tokens, lock: None }
+        Session { api, tokens, timeout: settings.timeout, spent: None, lock: None }
     }
 
     /// Takes the run lock of the tenant (by its id: a tenant named by a domain signs in first to learn it)
@@ -85,7 +92,35 @@ impl Session {
     pub async fn lock(&mut self, dir: &Path, run_id: &str) -> Result<()> {
         if self.lock.is_none() {
             let tenant = self.tokens.tenant_id().await.map_err(Error::Auth)?;
-            self.lock = Some(RunLock::acquire(dir, &tenant, &self.credentials().client_id, run_id)?);
+            let lock = RunLock::acquire(dir, &tenant, &self.credentials().client_id, run_id)?;
+            // The calls an earlier run of this tenant and app made lately, which the service still counts.
+            let path = spent::path_for(lock.path());
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || spent::read(&path))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            };
+            match read {
+                Ok(earlier) => {
+                    let calls: usize = earlier.iter().map(|(_, at)| at.len()).sum();
+                    if calls > 0 {
+                        tracing::info!(
+                            calls,
+                            "counting the calls an earlier run of this tenant and app made lately, which the \
+                             service still counts, in this run's quotas"
+                        );
+                        self.api.limiter().count_earlier(&earlier);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "cannot read {} ({e}): the calls an earlier run made lately are not counted in this run's \
+                     quotas (a 429 will say if the service still counts them)",
+                    path.display()
+                ),
+            }
+            self.spent = Some(spent::Keeper::start(path, self.api.limiter().clone(), self.timeout));
+            self.lock = Some(lock);
         }
         Ok(())
     }

@@ -321,6 +321,65 @@ impl Limiter {
         }
     }
 
+    /// The calls its ledgers count now, for a later session of the same app ([`crate::files::spent`]): per
+    /// ledger (each API's under [`QuotaScope::Api`], `None` for the one of `App`), when each call still
+    /// counting in some quota was answered, oldest first; a call in flight counts as answered at
+    /// `in_flight_by`, the latest its answer can come.
+    pub fn spent(&self, in_flight_by: Instant) -> Vec<(Option<Endpoint>, Vec<Instant>)> {
+        let state = self.lock();
+        let now = self.nanos(Instant::now());
+        let endpoints: Vec<Option<Endpoint>> = match state.scope {
+            QuotaScope::Api => Endpoint::ALL.iter().copied().map(Some).collect(),
+            QuotaScope::App => vec![None],
+        };
+        let mut spent = Vec::new();
+        for (endpoint, ledger) in endpoints.into_iter().zip(&state.ledgers) {
+            // Every call is in every quota: the longest period's releases hold all that still count.
+            let Some(quota) = ledger.quotas.iter().max_by_key(|q| q.period) else { continue };
+            let period = Duration::from_nanos(quota.period);
+            let mut answered: Vec<Instant> = quota
+                .releases
+                .iter()
+                .filter(|&release| release > now)
+                .filter_map(|release| (self.origin + Duration::from_nanos(release)).checked_sub(period))
+                .collect();
+            answered.extend(std::iter::repeat_n(in_flight_by, ledger.in_flight as usize));
+            if !answered.is_empty() {
+                spent.push((endpoint, answered));
+            }
+        }
+        spent
+    }
+
+    /// Counts the calls an earlier session of the same app made, as [`Limiter::spent`] gave them: each holds
+    /// a slot in every quota of its API's ledger (`None`: of every ledger) until one period after it was
+    /// answered, as the service still counts it. Before the first call: the run starts with what the
+    /// service's windows hold, not with empty budgets.
+    pub fn count_earlier(&self, spent: &[(Option<Endpoint>, Vec<Instant>)]) {
+        let mut state = self.lock();
+        let scope = state.scope;
+        let now = self.nanos(Instant::now());
+        for (index, ledger) in state.ledgers.iter_mut().enumerate() {
+            let mine = |endpoint: &Option<Endpoint>| match (scope, endpoint) {
+                (QuotaScope::App, _) | (QuotaScope::Api, None) => true,
+                (QuotaScope::Api, Some(endpoint)) => endpoint.index() == index,
+            };
+            let answered: Vec<Instant> =
+                spent.iter().filter(|(endpoint, _)| mine(endpoint)).flat_map(|(_, at)| at.iter().copied()).collect();
+            if answered.is_empty() {
+                continue;
+            }
+            for quota in &mut ledger.quotas {
+                let period = Duration::from_nanos(quota.period);
+                let mut releases: Vec<u64> = quota.releases.iter().filter(|&release| release > now).collect();
+                releases.extend(answered.iter().map(|&at| self.nanos(at + period)).filter(|&release| release > now));
+                quota.releases = Releases::of(releases);
+            }
+        }
+        drop(state);
+        self.finished.notify_waiters();
+    }
+
     fn finish(&self, endpoint: Endpoint, probe: bool) {
         {
             let mut state = self.lock();
@@ -1082,6 +1141,53 @@ mod tests {
         assert_eq!(Instant::now(), t0);
         assert_eq!(limiter.stats().in_flight, 5);
         drop(held);
+    }
+
+    /// What one session's ledgers spent is counted by the next's before its first call, each call until one
+    /// period after its answer, in its own API's budget (or every budget, from one of the app); a call in
+    /// flight as answered when its timeout ends.
+    #[tokio::test(start_paused = true)]
+    async fn the_calls_an_earlier_session_spent_hold_the_next_ones_windows() {
+        let rates = [rate(3, ms(1000))];
+        let earlier = Limiter::new(&rates, QuotaScope::Api);
+        earlier.acquire(OFFBOARD).await.finish();
+        tokio::time::advance(ms(400)).await;
+        earlier.acquire(OFFBOARD).await.finish();
+        let in_flight = earlier.acquire(OFFBOARD).await;
+        earlier.acquire(Endpoint::ListMachines).await.finish();
+        let spent = earlier.spent(Instant::now() + ms(300));
+        drop(in_flight);
+        assert_eq!(spent.len(), 2, "{spent:?}");
+        assert_eq!(spent[0].0, Some(OFFBOARD));
+        assert_eq!(spent[0].1.len(), 3);
+
+        // The offboards' window is full until 1 s after the first answer (t0): 600 ms from now.
+        let t0 = Instant::now();
+        let next = Limiter::new(&rates, QuotaScope::Api);
+        next.count_earlier(&spent);
+        next.acquire(OFFBOARD).await.finish();
+        assert_eq!(Instant::now() - t0, ms(600));
+        // Then 1 s after the second answer, and the third (in flight, answered by the end of its timeout).
+        next.acquire(OFFBOARD).await.finish();
+        assert_eq!(Instant::now() - t0, ms(1000));
+        next.acquire(OFFBOARD).await.finish();
+        assert_eq!(Instant::now() - t0, ms(1300));
+        // The list's budget held one of three: two more go at once.
+        let t1 = Instant::now();
+        next.acquire(Endpoint::ListMachines).await.finish();
+        next.acquire(Endpoint::ListMachines).await.finish();
+        assert_eq!(Instant::now(), t1);
+
+        // Under one budget for the app, every API's calls count in it.
+        let app = Limiter::new(&rates, QuotaScope::App);
+        let t2 = Instant::now();
+        let fresh = Limiter::new(&rates, QuotaScope::Api);
+        fresh.acquire(OFFBOARD).await.finish();
+        fresh.acquire(Endpoint::ListMachines).await.finish();
+        fresh.acquire(Endpoint::Tags).await.finish();
+        app.count_earlier(&fresh.spent(Instant::now()));
+        app.acquire(Endpoint::GetMachine).await.finish();
+        assert_eq!(Instant::now() - t2, ms(1000));
     }
 
     /// The first 429 of a spell under `Api` switches to one ledger holding every call already made: the

@@ -36,6 +36,7 @@ pub fn state_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct RunLock {
     file: File,
+    path: PathBuf,
     holder_path: PathBuf,
 }
 
@@ -87,7 +88,14 @@ impl RunLock {
         let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let holder = format!("run {run_id}, pid {}, started {started}", std::process::id());
         write_holder(&holder_path, &holder).map_err(|e| fail(&holder_path, e))?;
-        Ok(RunLock { file, holder_path })
+        Ok(RunLock { file, path, holder_path })
+    }
+}
+
+impl RunLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

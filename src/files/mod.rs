@@ -1,10 +1,11 @@
-//! The files a command keeps besides its input: the results CSV, the run journal, the locks, and the
-//! external sort that keeps memory flat however long the list.
+//! The files a command keeps besides its input: the results CSV, the run journal, the locks, what the calls
+//! spent of the quotas, and the external sort that keeps memory flat however long the list.
 
 pub mod extsort;
 pub mod journal;
 pub mod lock;
 pub mod results;
+pub mod spent;
 pub mod sync;
 
 use std::io::Write;

@@ -51,6 +51,36 @@ async fn per_api_counting_lets_a_list_of_exactly_the_quota_and_its_reads_finish_
     assert_eq!(summary["quota_taken_percent"], 0);
 }
 
+/// A run right after another of the same tenant and app: the service still counts the first run's calls
+/// (10 offboards in a quota of 10 every 4 s). The first run leaves what its calls spent beside its run lock,
+/// and the second counts them in its budgets before its first call: it waits for the first run's window to
+/// pass. Before, it was answered 429 at once, which its empty budget could not explain, and switched to one
+/// budget for the app for the rest of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_right_after_another_counts_the_calls_the_service_still_counts() {
+    let (dir, sim, _, ids) = fleet_counting(20, 7, "10/4s", |_| ()).await;
+    let list = |name: &str, ids: &[String]| {
+        crate::common::write_file(dir.path(), name, &format!("MachineId\n{}\n", ids.join("\n")))
+    };
+    let (first, second) = (list("a.csv", &ids[..10]), list("b.csv", &ids[10..]));
+    for input in [&first, &second] {
+        let args =
+            ["run", input.to_str().unwrap(), "--yes", "--no-preflight", "--rate", "10/4s", "--summary-json", "s.json"];
+        let out = mde_in(&sim, dir.path(), &args, "").await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let summary = summary_json(dir.path());
+        assert_eq!(
+            (summary["quota_scope_switched"].as_bool(), summary["throttled_429"].as_u64()),
+            (Some(false), Some(0))
+        );
+    }
+    let stats = sim.stats();
+    sim.shutdown().await;
+    assert_eq!((stats.throttled, stats.count(OFFBOARD, "201")), (0, 20), "{:?}", stats.calls);
+    assert_eq!(stats.max_in_window_by_budget["offboard"][0].max_seen, 10);
+    assert!(dir.path().read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "calls")));
+}
+
 /// A service that counts every call against one budget: the per-API run meets a 429 its budget cannot
 /// explain, says so and switches to one budget for the app; from then on it keeps to it. Only the calls in
 /// flight when the first 429 came back can be refused too: at most the concurrency in all.
