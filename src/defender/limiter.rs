@@ -321,9 +321,9 @@ impl Limiter {
         }
     }
 
-    /// The calls its ledgers count now, for a later session of the same app ([`crate::files::spent`]): per
-    /// ledger (each API's under [`QuotaScope::Api`], `None` for the one of `App`), when each call still
-    /// counting in some quota was answered, oldest first; a call in flight counts as answered at
+    /// The calls its ledgers count now, for a later session of the same app (the `.calls` file beside the
+    /// run lock): per ledger (each API's under [`QuotaScope::Api`], `None` for the one of `App`), when each
+    /// call still counting in some quota was answered, oldest first; a call in flight counts as answered at
     /// `in_flight_by`, the latest its answer can come.
     pub fn spent(&self, in_flight_by: Instant) -> Vec<(Option<Endpoint>, Vec<Instant>)> {
         let state = self.lock();
