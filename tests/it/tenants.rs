@@ -592,30 +592,8 @@ async fn run_calls_at_once_sets_the_bound_of_the_tenants_calls_at_once() {
 /// offboarded in its own tenant, with at most `bound` connections open for calls (and one per sign-in).
 async fn tenants_calls_at_once(extra: &str, bound: usize) {
     const TENANTS: usize = 20;
-    let first = SimConfig {
-        fleet: Fleet::generate(100, 41),
-        quotas: Vec::new(),
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        faults: mde_sim::Faults { latency: std::time::Duration::from_millis(50), ..mde_sim::Faults::default() },
-        ..SimConfig::default()
-    };
-    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(100, 41 + k as u64)).unwrap();
-    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
-    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n{extra}"));
-    let args = [
-        "run",
-        input.to_str().unwrap(),
-        "--yes",
-        "--no-preflight",
-        "--concurrency",
-        "8",
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let out = mde_in(&sim, dir.path(), &args, "").await;
+    let (sim, tenants, dir) = slow_tenants(TENANTS, 100, 41, std::time::Duration::from_millis(50)).await;
+    let out = run_all(&sim, &tenants, dir.path(), extra, &["--no-preflight", "--concurrency", "8"]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     for tenant in &tenants {
         assert_eq!(sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"), 100);
@@ -631,22 +609,8 @@ async fn tenants_calls_at_once(extra: &str, bound: usize) {
 /// late: their pre-flight reads are answered together, not two at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_service_answers_the_tenants_pre_flight_reads_together() {
-    const TENANTS: usize = 6;
-    let first = SimConfig {
-        fleet: Fleet::generate(4, 51),
-        quotas: Vec::new(),
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        faults: mde_sim::Faults { latency: std::time::Duration::from_secs(1), ..mde_sim::Faults::default() },
-        ..SimConfig::default()
-    };
-    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(4, 51 + k as u64)).unwrap();
-    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
-    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n"));
-    let args = ["run", input.to_str().unwrap(), "--yes", "--config", config.to_str().unwrap()];
-    let out = mde_in(&sim, dir.path(), &args, "").await;
+    let (sim, tenants, dir) = slow_tenants(6, 4, 51, std::time::Duration::from_secs(1)).await;
+    let out = run_all(&sim, &tenants, dir.path(), "", &[]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     for tenant in &tenants {
         let stats = sim.tenant_stats(&tenant.tenant_id).unwrap();
@@ -666,32 +630,9 @@ async fn a_slow_service_answers_the_tenants_pre_flight_reads_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_bound_on_calls_at_once_grows_while_it_holds_calls_back() {
     const TENANTS: usize = 20;
-    let first = SimConfig {
-        fleet: Fleet::generate(100, 61),
-        quotas: Vec::new(),
-        forbidden_groups: Vec::new(),
-        unsupported_platforms: Vec::new(),
-        faults: mde_sim::Faults { latency: std::time::Duration::from_millis(500), ..mde_sim::Faults::default() },
-        ..SimConfig::default()
-    };
-    let tenants = mde_sim::tenant_series(first, TENANTS, |k| Fleet::generate(100, 61 + k as u64)).unwrap();
-    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_file(dir.path(), "m.csv", &grouped_list(&tenants));
-    let config = write_file(dir.path(), "c.toml", &format!("[run]\ntenant_concurrency = {TENANTS}\n"));
-    let args = [
-        "run",
-        input.to_str().unwrap(),
-        "--yes",
-        "--no-preflight",
-        "--concurrency",
-        "8",
-        "--config",
-        config.to_str().unwrap(),
-        "--summary-json",
-        "s.json",
-    ];
-    let out = mde_in(&sim, dir.path(), &args, "").await;
+    let (sim, tenants, dir) = slow_tenants(TENANTS, 100, 61, std::time::Duration::from_millis(500)).await;
+    let extra = ["--no-preflight", "--concurrency", "8", "--summary-json", "s.json"];
+    let out = run_all(&sim, &tenants, dir.path(), "", &extra).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     for tenant in &tenants {
         assert_eq!(sim.tenant_stats(&tenant.tenant_id).unwrap().count(OFFBOARD, "201"), 100);
@@ -704,4 +645,41 @@ async fn the_default_bound_on_calls_at_once_grows_while_it_holds_calls_back() {
     let open = sim.stats().most_connections_open;
     assert!(open > (64 + TENANTS + 1) as u64, "{open} connections open at once: the bound did not grow");
     sim.shutdown().await;
+}
+
+/// `n` tenants of `machines` machines each (fleets from `seed` on), no quotas, every answer `latency` late;
+/// and a directory for the run.
+async fn slow_tenants(
+    n: usize,
+    machines: usize,
+    seed: u64,
+    latency: std::time::Duration,
+) -> (Simulator, Vec<SimConfig>, tempfile::TempDir) {
+    let first = SimConfig {
+        fleet: Fleet::generate(machines, seed),
+        quotas: Vec::new(),
+        forbidden_groups: Vec::new(),
+        unsupported_platforms: Vec::new(),
+        faults: mde_sim::Faults { latency, ..mde_sim::Faults::default() },
+        ..SimConfig::default()
+    };
+    let tenants = mde_sim::tenant_series(first, n, |k| Fleet::generate(machines, seed + k as u64)).unwrap();
+    let sim = Simulator::start_tenants(tenants.clone()).await.unwrap();
+    (sim, tenants, tempfile::tempdir().unwrap())
+}
+
+/// `run` in `dir` of one list of every machine of `tenants`, every tenant at once, with `extra` in the
+/// config's `[run]` and `flags` on the command line.
+async fn run_all(
+    sim: &Simulator,
+    tenants: &[SimConfig],
+    dir: &Path,
+    extra: &str,
+    flags: &[&str],
+) -> crate::common::Output {
+    let input = write_file(dir, "m.csv", &grouped_list(tenants));
+    let config = write_file(dir, "c.toml", &format!("[run]\ntenant_concurrency = {}\n{extra}", tenants.len()));
+    let mut args = vec!["run", input.to_str().unwrap(), "--yes", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    mde_in(sim, dir, &args, "").await
 }
