@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -687,7 +687,6 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
         })));
     }
 
-    let slots = Arc::new(Semaphore::new(job.settings.concurrency));
     let body = Arc::new(CommentBody::new(&comment));
     let comment: Arc<str> = comment.into();
     // Why dispatch stopped before the input's end, other than a signal.
@@ -697,22 +696,27 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
         path: job.output.clone(),
         message: "the results file stopped taking rows (see the error above)".into(),
     };
-    // The workers, as many as the slots: each takes the next machine given a slot, makes its call
-    // sequence and sends its row, until the queue closes.
-    let (work_tx, work_rx) = mpsc::channel::<Box<Work>>(job.settings.concurrency);
-    let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+    // The workers, --concurrency of them: each takes the next machine from the queue, makes its call
+    // sequence and sends its row, until the queue closes (or stops).
+    let queue = Arc::new(WorkQueue::new(job.settings.concurrency));
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..job.settings.concurrency {
-        let (api, comment, body, work_rx) = (api.clone(), comment.clone(), body.clone(), work_rx.clone());
+        let (api, comment, body, queue) = (api.clone(), comment.clone(), body.clone(), queue.clone());
         // A weak sender: a machine still stuck in a call after an interrupt's drain bound must not keep the
         // writer waiting.
         let row_tx = row_tx.downgrade();
         let in_flight = in_flight.clone();
-        tokio::spawn(
+        workers.spawn(
             async move {
                 loop {
-                    let next = work_rx.lock().await.recv().await;
-                    let Some(work) = next else { break };
-                    let Work { line, machine, facts, earlier_intent, slot } = *work;
+                    // Sign-in failed for good, or the results file stopped taking rows: no machine more is
+                    // called (the dispatcher sees why and stops).
+                    if api.fatal().is_some() || row_tx.upgrade().is_none_or(|tx| tx.is_closed()) {
+                        queue.stop();
+                        break;
+                    }
+                    let Some(work) = queue.take(&in_flight).await else { break };
+                    let Work { line, machine, facts, earlier_intent } = *work;
                     let mut result = offboard::offboard_one(&api, line, machine, &comment, &body, earlier_intent).await;
                     if let Some(facts) = facts {
                         facts.fill(&mut result);
@@ -727,7 +731,6 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
                     if let Some(sender) = sender {
                         let _ = sender.send(Box::new(result)).await;
                     }
-                    drop(slot);
                 }
             }
             .instrument(span.clone()),
@@ -799,14 +802,21 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
                 continue;
             }
         };
-        let slot = tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                interrupted = true;
+        // A full queue is waited on until it has run down to half: the dispatcher wakes once for many
+        // machines, not once for each.
+        if !queue.has_room() {
+            let room = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    interrupted = true;
+                    break;
+                }
+                room = queue.room() => room,
+            };
+            if !room {
                 break;
             }
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
+        }
         if api.fatal().is_some() {
             break;
         }
@@ -830,14 +840,21 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
             }
             recorded.extend(ahead.iter().map(|(line, _)| *line));
         }
-        in_flight.lock().expect("never poisoned").insert(row.line, machine);
-        // Never waits: a machine goes only with a slot, and the queue holds as many as there are slots.
-        let work = Box::new(Work { line: row.line, machine, facts, earlier_intent, slot });
-        work_tx.send(work).await.unwrap_or_else(|_| unreachable!("the workers take machines until the queue closes"));
+        queue.give(Box::new(Work { line: row.line, machine, facts, earlier_intent }));
     }
-    drop(work_tx);
     if let Some(e) = api.fatal() {
         stop.get_or_insert_with(|| Error::from(e.clone()));
+    }
+    if stop.is_none() && row_tx.is_closed() {
+        // A worker stopped the queue for it.
+        stop = Some(writer_gone());
+    }
+    if interrupted || stop.is_some() {
+        // The machines queued and not yet taken are not called: like those not yet read, they get no row,
+        // and their intents are on record for --resume to look them up.
+        queue.stop();
+    } else {
+        queue.close();
     }
     cancelled.store(true, Ordering::Relaxed);
     drop(item_rx);
@@ -846,7 +863,7 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
     // quota may hold the last ones back for most of an hour, and each call is bounded by its timeout and
     // the retry policy. An interrupt (or a stop) cancels what has not been sent and waits a bounded time
     // for the calls on the wire.
-    let all_done = slots.acquire_many(job.settings.concurrency as u32);
+    let all_done = async { while workers.join_next().await.is_some() {} };
     tokio::pin!(all_done);
     let mut finished = false;
     if !interrupted && stop.is_none() {
@@ -946,7 +963,106 @@ impl std::hash::Hasher for LineHasher {
     }
 }
 
-/// A machine handed to a worker, with the slot it holds until its row is sent.
+/// The machines the dispatcher hands to the workers, first in first out, at most `full` waiting. Each lock is
+/// held for a take or a give, never across a wait. A worker takes a machine and enters it in the in-flight
+/// set in one step, so a machine is always either queued, in flight or done.
+struct WorkQueue {
+    queued: Mutex<Queued>,
+    /// Wakes a worker: a machine was given, or the queue closed.
+    given: Notify,
+    /// Wakes the dispatcher: the queue ran down to half, or stopped.
+    drained: Notify,
+    full: usize,
+}
+
+#[derive(Default)]
+struct Queued {
+    machines: VecDeque<Box<Work>>,
+    /// No machine more will be given: the workers take those left, then end.
+    closed: bool,
+    /// Those left are dropped, and none is given or taken any more.
+    stopped: bool,
+}
+
+impl WorkQueue {
+    fn new(full: usize) -> WorkQueue {
+        WorkQueue { queued: Mutex::default(), given: Notify::new(), drained: Notify::new(), full: full.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().expect("never poisoned")
+    }
+
+    /// Whether a machine can be given without waiting.
+    fn has_room(&self) -> bool {
+        self.lock().machines.len() < self.full
+    }
+
+    /// Waits until the queue has room: at once if it has, else until it has run down to half. `false` once
+    /// it has stopped.
+    async fn room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let queued = self.lock();
+                if queued.stopped {
+                    return false;
+                }
+                if queued.machines.len() < self.full {
+                    return true;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    fn give(&self, work: Box<Work>) {
+        self.lock().machines.push_back(work);
+        self.given.notify_one();
+    }
+
+    /// Ends the queue once the machines in it are taken.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.given.notify_waiters();
+    }
+
+    /// Ends the queue now: the machines in it are dropped, not called.
+    fn stop(&self) {
+        let dropped = {
+            let mut queued = self.lock();
+            queued.closed = true;
+            queued.stopped = true;
+            std::mem::take(&mut queued.machines)
+        };
+        drop(dropped);
+        self.given.notify_waiters();
+        self.drained.notify_waiters();
+    }
+
+    /// The next machine, entered in `in_flight`; `None` once the queue has ended.
+    async fn take(&self, in_flight: &Mutex<InFlight>) -> Option<Box<Work>> {
+        loop {
+            let given = self.given.notified();
+            {
+                let mut queued = self.lock();
+                if let Some(work) = queued.machines.pop_front() {
+                    in_flight.lock().expect("never poisoned").insert(work.line, work.machine);
+                    if queued.machines.len() == self.full / 2 {
+                        self.drained.notify_one();
+                    }
+                    return Some(work);
+                }
+                if queued.closed {
+                    return None;
+                }
+            }
+            given.await;
+        }
+    }
+}
+
+/// A machine handed to a worker.
 struct Work {
     line: u64,
     machine: MachineId,
@@ -954,7 +1070,6 @@ struct Work {
     facts: Option<preflight::Facts>,
     /// When an earlier session was first about to call it (a resume looks it up first).
     earlier_intent: Option<u64>,
-    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The machines among `next` (the rows read and not yet dispatched) that the dispatcher will call, in
@@ -1112,5 +1227,101 @@ mod tests {
         assert_eq!(lines(intents_ahead(&next, None, 3)), [2, 4]);
         assert_eq!(lines(intents_ahead(&next, None, 1)), Vec::<u64>::new());
         assert_eq!(intents_ahead(&next, None, 2), [(2, id(2))]);
+    }
+
+    fn work(line: u64) -> Box<Work> {
+        Box::new(Work { line, machine: id(line as u8), facts: None, earlier_intent: None })
+    }
+
+    /// Whether `future` is ready at its first poll.
+    fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = std::pin::pin!(future);
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_queue_hands_machines_out_in_order_each_entered_in_flight_as_it_is_taken() {
+        let queue = WorkQueue::new(4);
+        let in_flight = Mutex::new(InFlight::default());
+        for line in 1..=3 {
+            queue.give(work(line));
+        }
+        let taken = ready_now(queue.take(&in_flight)).flatten().expect("a machine");
+        assert_eq!(taken.line, 1);
+        assert_eq!(in_flight.lock().unwrap().get(&1), Some(&id(1)));
+        assert_eq!(in_flight.lock().unwrap().len(), 1, "the machines still queued are not in flight");
+        // Closed: the machines left are still taken, then none.
+        queue.close();
+        assert_eq!(ready_now(queue.take(&in_flight)).flatten().map(|w| w.line), Some(2));
+        assert_eq!(ready_now(queue.take(&in_flight)).flatten().map(|w| w.line), Some(3));
+        assert!(matches!(ready_now(queue.take(&in_flight)), Some(None)), "ended");
+    }
+
+    #[test]
+    fn an_empty_queue_keeps_a_worker_waiting_until_a_machine_comes_or_it_closes() {
+        let queue = WorkQueue::new(2);
+        let in_flight = Mutex::new(InFlight::default());
+        assert!(ready_now(queue.take(&in_flight)).is_none(), "nothing to take yet");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let queue = Arc::new(queue);
+            let in_flight = Arc::new(in_flight);
+            let waiting = {
+                let (queue, in_flight) = (queue.clone(), in_flight.clone());
+                tokio::spawn(async move { queue.take(&in_flight).await.map(|w| w.line) })
+            };
+            tokio::task::yield_now().await;
+            queue.give(work(7));
+            assert_eq!(waiting.await.unwrap(), Some(7));
+            let waiting = {
+                let (queue, in_flight) = (queue.clone(), in_flight.clone());
+                tokio::spawn(async move { queue.take(&in_flight).await.map(|w| w.line) })
+            };
+            tokio::task::yield_now().await;
+            queue.close();
+            assert_eq!(waiting.await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn a_full_queue_has_room_again_only_once_it_has_run_down_to_half() {
+        let queue = WorkQueue::new(4);
+        let in_flight = Mutex::new(InFlight::default());
+        for line in 1..=4 {
+            assert!(queue.has_room());
+            queue.give(work(line));
+        }
+        assert!(!queue.has_room());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let queue = Arc::new(queue);
+            let room = {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.room().await })
+            };
+            tokio::task::yield_now().await;
+            ready_now(queue.take(&in_flight)).flatten().expect("a machine");
+            tokio::task::yield_now().await;
+            assert!(!room.is_finished(), "one taken of four: the dispatcher is not woken yet");
+            ready_now(queue.take(&in_flight)).flatten().expect("a machine");
+            assert!(room.await.unwrap(), "two of four left: room");
+        });
+    }
+
+    #[test]
+    fn a_stopped_queue_drops_what_it_holds_and_ends_both_sides() {
+        let queue = WorkQueue::new(2);
+        let in_flight = Mutex::new(InFlight::default());
+        queue.give(work(1));
+        queue.give(work(2));
+        queue.stop();
+        assert!(matches!(ready_now(queue.take(&in_flight)), Some(None)), "nothing left to take");
+        assert!(in_flight.lock().unwrap().is_empty(), "the dropped machines were never in flight");
+        assert_eq!(ready_now(queue.room()), Some(false), "the dispatcher gives no more");
     }
 }
