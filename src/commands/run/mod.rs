@@ -1,11 +1,12 @@
 //! `mde-offboard run`: the offboarding pipeline.
 //!
-//! reader (a batch at a time on the blocking pool) -> bounded channel -> dispatcher (at most `concurrency` machines at once, by
-//! owned semaphore permits) -> `concurrency` worker tasks (one call sequence at a time each) -> one writer
-//! task. Every input row ends in exactly one results row: invalid and duplicate rows go straight to the
-//! writer, every valid id gets one offboard call sequence, and a per-machine failure is a row, never an
-//! aborted run. On shutdown the dispatcher stops taking machines,
-//! waits for those in flight, and the writer flushes.
+//! reader (a batch at a time on the blocking pool) -> bounded channel -> dispatcher (intents on record, then
+//! into a queue of at most `concurrency` machines, see [`WorkQueue`]) -> `concurrency` worker tasks (one call
+//! sequence at a time each) -> one writer task. Every input row ends in exactly one results row: invalid and
+//! duplicate rows go straight to the writer, every valid id gets one offboard call sequence, and a
+//! per-machine failure is a row, never an aborted run. On shutdown the dispatcher stops, the machines queued
+//! are dropped uncalled (like the rows not yet read), the run waits for those in flight, and the writer
+//! flushes.
 
 pub mod inventory;
 mod job;
@@ -831,7 +832,9 @@ pub async fn execute(mut job: Box<Job>, session: &mut Session, shutdown: impl Fu
             recorded.pop_front();
         } else {
             recorded.clear();
-            let ahead = intents_ahead(batch.as_slice(), done, job.settings.concurrency);
+            // The machines queued are on record and not yet called too: with them, at most --concurrency.
+            let most = job.settings.concurrency.saturating_sub(queue.len()).max(1);
+            let ahead = intents_ahead(batch.as_slice(), done, most);
             let written =
                 journal.intents(std::iter::once((row.line, &machine)).chain(ahead.iter().map(|(l, m)| (*l, m))));
             if let Err(e) = written {
@@ -995,7 +998,12 @@ impl WorkQueue {
 
     /// Whether a machine can be given without waiting.
     fn has_room(&self) -> bool {
-        self.lock().machines.len() < self.full
+        self.len() < self.full
+    }
+
+    /// The machines queued.
+    fn len(&self) -> usize {
+        self.lock().machines.len()
     }
 
     /// Waits until the queue has room: at once if it has, else until it has run down to half. `false` once
