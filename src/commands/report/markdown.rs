@@ -13,7 +13,9 @@ use crate::error::Result;
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if let Some(entity) = super::html::entity(c) {
+        // Quotes open markup only inside a tag, and `<` never reaches the page: in text they stay as they
+        // are (an error message's "can't" reads as written in a ticket's plain text too).
+        if let Some(entity) = super::html::entity(c).filter(|_| !matches!(c, '\'' | '"')) {
             out.push_str(entity);
             continue;
         }
@@ -78,5 +80,6 @@ mod tests {
     #[test]
     fn markup_and_table_breakers_are_escaped() {
         assert_eq!(escape("<b>x|y</b>\n[a](b)"), "&lt;b&gt;x\\|y&lt;/b&gt; \\[a\\](b)");
+        assert_eq!(escape("it's \"<i>\""), "it's \"&lt;i&gt;\"");
     }
 }
