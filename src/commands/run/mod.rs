@@ -1006,8 +1006,9 @@ impl WorkQueue {
         self.lock().machines.len()
     }
 
-    /// Waits until the queue has room: at once if it has, else until it has run down to half. `false` once
-    /// it has stopped.
+    /// Waits until the queue has room: at once if it has, else until a take brings it down to half (a wake
+    /// left over from an earlier half may end a wait sooner: the queue is looked at again, and a full one
+    /// waited on again). `false` once it has stopped.
     async fn room(&self) -> bool {
         loop {
             let drained = self.drained.notified();
