@@ -176,9 +176,10 @@ impl Keeper {
 impl Drop for Keeper {
     fn drop(&mut self) {
         self.task.abort();
-        // A small file, once, as the session ends (the lock goes with it).
+        // A small file, once, as the session ends (the lock goes with it): written before the lock goes, and
+        // off the runtime's worker, whose other tasks (the other tenants of a run of many) go on meanwhile.
         let spent = self.limiter.spent(Instant::now() + self.timeout);
-        if let Err(e) = write(&self.path, &spent) {
+        if let Err(e) = super::sync::off_runtime(|| write(&self.path, &spent)) {
             tracing::debug!("cannot write {}: {e}", self.path.display());
         }
     }
@@ -214,5 +215,38 @@ mod tests {
         assert_eq!(read(&path).unwrap().len(), 2, "the unknown budget and the stale entries are left out");
         std::fs::write(&path, "something else\n").unwrap();
         assert!(read(&path).is_err());
+    }
+
+    /// The last write, as the session ends, is made where the keeper is dropped, with the calls spent: in a
+    /// task on the tool's runtime (multi-thread, one worker: the write hands the worker's other tasks on
+    /// first), on a single-thread runtime (a test's), and outside any runtime.
+    #[test]
+    fn the_keeper_writes_the_calls_spent_as_it_is_dropped() {
+        use crate::settings::{QuotaScope, Rate};
+        let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let single = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rates = [Rate { limit: 100, period: Duration::from_secs(60) }];
+        for (n, runtime) in [Some(&multi), Some(&single), None].into_iter().enumerate() {
+            let path = dir.path().join(format!("{n}.calls"));
+            let limiter = Limiter::new(&rates, QuotaScope::Api);
+            let dropped = {
+                let (path, limiter) = (path.clone(), limiter.clone());
+                let session = async move {
+                    let keeper = Keeper::start(path, limiter.clone(), Duration::from_secs(30));
+                    limiter.acquire(Endpoint::Offboard).await.finish();
+                    keeper
+                };
+                match runtime {
+                    Some(runtime) => runtime.block_on(async { tokio::spawn(async { drop(session.await) }).await }),
+                    None => Ok(drop(multi.block_on(session))),
+                }
+            };
+            dropped.unwrap();
+            let spent = read(&path).unwrap();
+            let offboards: Vec<_> = spent.iter().filter(|(budget, _)| *budget == Some(Endpoint::Offboard)).collect();
+            assert_eq!(offboards.len(), 1, "runtime {n}: {spent:?}");
+            assert_eq!(offboards[0].1.len(), 1, "runtime {n}: one call spent");
+        }
     }
 }
