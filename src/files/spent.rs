@@ -239,7 +239,11 @@ mod tests {
                 };
                 match runtime {
                     Some(runtime) => runtime.block_on(async { tokio::spawn(async { drop(session.await) }).await }),
-                    None => Ok(drop(multi.block_on(session))),
+                    None => {
+                        let keeper = multi.block_on(session);
+                        drop(keeper);
+                        Ok(())
+                    }
                 }
             };
             dropped.unwrap();
