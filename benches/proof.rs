@@ -615,20 +615,16 @@ fn instructions(dir: &Path) {
     let rate_arg = format!("--rate={UNREACHED_RATE}");
     let bare = {
         let sim = SimProcess::start(n, &["--no-quotas"]);
-        let mut command = Command::new(std::env::current_exe().expect("the harness's path"));
-        command.args([BASELINE_COMMAND, &sim.url]).arg(&input).arg(&concurrency_arg).env_clear();
-        callgrind("bare", command)
+        callgrind("bare", baseline_command(&sim, &input, concurrency))
     };
     println!("| client | instructions a machine | ratio to the bare client |");
     println!("|---|---:|---:|");
     println!("| bare client | {:.1} k | 1.00x |", bare / 1000.0);
     for (name, extra) in [("with pre-flight (default)", &[][..]), ("--no-preflight", &["--no-preflight"])] {
         let sim = SimProcess::start(n, &["--no-quotas"]);
-        let output = dir.join("results.csv");
-        let mut command = client_command(&sim, dir);
-        command.arg("run").arg(&input).args(["--yes", "--overwrite", "-q", "--output"]).arg(&output);
-        command.args([rate_arg.as_str(), "--concurrency", &concurrency_arg]).args(extra);
-        let tool = callgrind(name, command);
+        let mut args = vec![rate_arg.as_str(), "--concurrency", &concurrency_arg];
+        args.extend(extra);
+        let tool = callgrind(name, run_command(&sim, &input, dir, &args).0);
         println!("| {name} | {:.1} k | {:.2}x |", tool / 1000.0, tool / bare);
     }
     println!("(target: a CPU ratio of at most 1.2x, which the CPU time of `speed` measures with the machine's noise)");
@@ -640,19 +636,21 @@ const BASELINE_COMMAND: &str = "__baseline";
 /// The speed figure's baseline: the same offboard calls the tool makes, made by a bare `reqwest` client and
 /// nothing else, in a child process measured like the tool's (`wait4`).
 fn baseline_run(sim: &SimProcess, input: &Path, concurrency: usize, dir: &Path) -> ClientRun {
-    let exe = std::env::current_exe().expect("the harness's path");
-    let mut command = Command::new(exe);
+    let mut command = baseline_command(sim, input, concurrency);
     command
-        .args([BASELINE_COMMAND, &sim.url])
-        .arg(input)
-        .arg(concurrency.to_string())
-        .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("baseline.stderr")).expect("a stderr file"));
     let run = measured(command, dir.join("baseline.stderr"));
     assert_eq!(run.code, 0, "the baseline exited {}; stderr in {}", run.code, dir.join("baseline.stderr").display());
     run
+}
+
+/// The command of the bare client ([`baseline`]): this harness, in a clean environment.
+fn baseline_command(sim: &SimProcess, input: &Path, concurrency: usize) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("the harness's path"));
+    command.args([BASELINE_COMMAND, &sim.url]).arg(input).arg(concurrency.to_string()).env_clear();
+    command
 }
 
 /// A bare client: reads the ids of `input` (one column under a header), signs in once (client credentials),
@@ -1044,10 +1042,16 @@ fn track_once(sim: &SimProcess, results: &Path, dir: &Path) -> i32 {
 
 /// Runs `mde-offboard run INPUT --yes -q` against `sim` and measures it with wait4.
 fn client(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> ClientRun {
+    let (command, output) = run_command(sim, input, dir, extra);
+    measured(command, output)
+}
+
+/// `mde-offboard run INPUT --yes -q` against `sim` with `extra`, and the results file it writes.
+fn run_command(sim: &SimProcess, input: &Path, dir: &Path, extra: &[&str]) -> (Command, PathBuf) {
     let output = dir.join("results.csv");
     let mut command = client_command(sim, dir);
     command.arg("run").arg(input).args(["--yes", "--overwrite", "-q", "--output"]).arg(&output).args(extra);
-    measured(command, output)
+    (command, output)
 }
 
 /// Starts `command` and reaps it with `wait4`: its wall time, and its own CPU time and peak RSS; `output` is
